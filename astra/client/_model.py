@@ -1,0 +1,103 @@
+"""The model provider interface: one small class with one async method.
+
+``Model.request(messages, tools, settings) -> ModelResponse``. Messages are
+:class:`astra.records.ChatMessage` (OpenAI chat format); tools are OpenAI function-format
+dicts (``{"type": "function", "function": {"name", "description", "parameters"}}``).
+Providers translate to their own wire format. A provider that finally fails (after its
+retries) raises :class:`ModelError`; callers record that as a failure, never a score.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from astra.records import ChatMessage, Usage
+
+
+class ModelSettings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    timeout_s: float = 120.0
+    tool_choice: str | None = Field(default=None, description="auto | none | required")
+    json_output: bool = Field(default=False, description="ask for a JSON object reply (no tools)")
+
+
+class ModelResponse(BaseModel):
+    message: ChatMessage
+    usage: Usage = Field(default_factory=Usage)
+    model: str = ""
+    latency_s: float = 0.0
+    raw: Any = Field(default=None, description="the provider's raw response, kept for audit")
+
+
+class ModelError(Exception):
+    """A provider failed for good (after retries): a recorded failure, never a default score."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+class ScriptExhausted(ModelError):
+    """A scripted model was asked for more replies than its script holds."""
+
+
+class Model(abc.ABC):
+    """A chat model that may call tools."""
+
+    name: str = "model"
+
+    @abc.abstractmethod
+    async def request(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        settings: ModelSettings | None = None,
+    ) -> ModelResponse: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; providers holding a client override this."""
+
+
+Reply = ChatMessage | str | Callable[[Sequence[ChatMessage], Sequence[dict[str, Any]]], ChatMessage | str]
+
+
+class ScriptedModel(Model):
+    """A deterministic model that replays a script of replies, in order.
+
+    Each reply is an assistant :class:`ChatMessage`, a plain string (a text answer), or a
+    callable ``(messages, tools) -> ChatMessage | str`` for replies that depend on the
+    conversation. Asking beyond the script raises :class:`ScriptExhausted` (loudly).
+    """
+
+    def __init__(self, replies: Sequence[Reply], name: str = "scripted") -> None:
+        self.replies = list(replies)
+        self.name = f"scripted:{name}" if not name.startswith("scripted:") else name
+        self.calls = 0
+
+    async def request(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        settings: ModelSettings | None = None,
+    ) -> ModelResponse:
+        if self.calls >= len(self.replies):
+            raise ScriptExhausted(
+                f"{self.name}: script exhausted after {len(self.replies)} replies "
+                f"(asked for reply #{self.calls + 1})"
+            )
+        reply = self.replies[self.calls]
+        self.calls += 1
+        if callable(reply):
+            reply = reply(messages, tools)
+        if isinstance(reply, str):
+            reply = ChatMessage(role="assistant", content=reply)
+        return ModelResponse(message=reply, model=self.name)

