@@ -1,0 +1,173 @@
+"""Resumable pipeline stages and the funnel summary, shared by both synthesis pipelines.
+
+A stage maps each input item to zero or more output records. Its file
+``<run>/<stage>.jsonl`` holds ONE line per processed input (a :class:`StageEntry`): the
+outputs it produced, or why it was dropped, plus an audit trail of model calls. One line per
+input makes the write atomic: after a ``kill -9`` an input is either fully done or not at
+all, so a rerun skips finished inputs and gives the same final set, without duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+import anyio
+from pydantic import BaseModel, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from astra.runs import RunDir
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class StageEntry(BaseModel):
+    """What one input became in one stage."""
+
+    id: str = Field(description="the input's stable id")
+    stage: str
+    outputs: list[dict[str, Any]] = Field(default_factory=list)
+    dropped: str | None = Field(default=None, description="drop reason when the input yields nothing")
+    failed: bool = Field(default=False, description="dropped because something failed (a model, a server), not filtered")
+    audit: list[dict[str, Any]] = Field(default_factory=list, description="model calls: model, prompt version, raw reply")
+    seconds: float = 0.0
+
+
+class Outcome(BaseModel):
+    """Returned by a stage function for one input."""
+
+    outputs: list[BaseModel] = Field(default_factory=list)
+    dropped: str | None = None
+    failed: bool = False
+    audit: list[dict[str, Any]] = Field(default_factory=list)
+
+    @classmethod
+    def keep(cls, *outputs: BaseModel, audit: list[dict[str, Any]] | None = None) -> Outcome:
+        return cls(outputs=list(outputs), audit=audit or [])
+
+    @classmethod
+    def drop(cls, reason: str, *, failed: bool = False, audit: list[dict[str, Any]] | None = None) -> Outcome:
+        return cls(dropped=reason, failed=failed, audit=audit or [])
+
+
+class StageCounts(BaseModel):
+    stage: str
+    inputs: int = 0
+    outputs: int = 0
+    dropped: int = 0
+    failed: int = 0
+    drop_reasons: dict[str, int] = Field(default_factory=dict)
+
+
+class Funnel(BaseModel):
+    """Items in/out per stage with drop reasons: printed after every run."""
+
+    stages: list[StageCounts] = Field(default_factory=list)
+
+    def add(self, counts: StageCounts) -> None:
+        self.stages = [s for s in self.stages if s.stage != counts.stage] + [counts]
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="funnel")
+        for col in ("stage", "in", "out", "dropped", "failed", "top drop reasons"):
+            table.add_column(col)
+        for s in self.stages:
+            reasons = ", ".join(f"{r} ({n})" for r, n in sorted(s.drop_reasons.items(), key=lambda kv: -kv[1])[:3])
+            table.add_row(s.stage, str(s.inputs), str(s.outputs), str(s.dropped), str(s.failed), reasons)
+        return table
+
+
+def _reason_key(reason: str) -> str:
+    """Group drop reasons by their head ('bad_json: ...' -> 'bad_json')."""
+    return reason.split(":", 1)[0].strip()[:60]
+
+
+class Stage(Generic[T]):
+    """One resumable stage in a run directory."""
+
+    def __init__(self, run: RunDir, name: str, output_model: type[T]) -> None:
+        self.run = run
+        self.name = name
+        self.output_model = output_model
+        self.log = run.stage(name)
+
+    def done_ids(self) -> frozenset[str]:
+        return self.log.ids
+
+    def entries(self) -> Iterator[StageEntry]:
+        return self.log.read(StageEntry)
+
+    def outputs(self) -> list[T]:
+        """Every output record of the stage, in input order of processing."""
+        return [self.output_model.model_validate(o) for e in self.entries() for o in e.outputs]
+
+    def counts(self) -> StageCounts:
+        counts = StageCounts(stage=self.name)
+        reasons: Counter[str] = Counter()
+        for e in self.entries():
+            counts.inputs += 1
+            counts.outputs += len(e.outputs)
+            if e.dropped is not None:
+                counts.dropped += 1
+                counts.failed += int(e.failed)
+                reasons[_reason_key(e.dropped)] += 1
+        counts.drop_reasons = dict(reasons)
+        return counts
+
+    async def run_items(
+        self,
+        items: Iterable[tuple[str, Any]],
+        fn: Callable[[Any], Awaitable[Outcome]],
+        *,
+        concurrency: int = 4,
+        progress: bool = True,
+        description: str | None = None,
+    ) -> StageCounts:
+        """Apply ``fn`` to every (id, item) not yet done, ``concurrency`` at a time.
+
+        ``fn`` must not raise for expected failures (return ``Outcome.drop(..., failed=True)``);
+        an unexpected exception is recorded as a failed drop with its type and message, so one
+        bad item never stops the run and is never silently lost.
+        """
+        todo: Sequence[tuple[str, Any]] = [(i, it) for i, it in items if i not in self.log]
+        limiter = anyio.CapacityLimiter(max(1, concurrency))
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            disable=not progress,
+            transient=False,
+        )
+
+        async def one(item_id: str, item: Any, task_id: Any) -> None:
+            async with limiter:
+                start = time.perf_counter()
+                try:
+                    outcome = await fn(item)
+                except Exception as exc:  # top level of one item: record, never lose it
+                    outcome = Outcome.drop(f"error: {type(exc).__name__}: {exc}", failed=True)
+                entry = StageEntry(
+                    id=item_id,
+                    stage=self.name,
+                    outputs=[o.model_dump(mode="json") for o in outcome.outputs],
+                    dropped=outcome.dropped if not outcome.outputs else None,
+                    failed=outcome.failed,
+                    audit=outcome.audit,
+                    seconds=round(time.perf_counter() - start, 4),
+                )
+                self.log.append(entry)
+                bar.advance(task_id)
+
+        with bar:
+            task_id = bar.add_task(description or self.name, total=len(todo))
+            async with anyio.create_task_group() as tg:
+                for item_id, item in todo:
+                    tg.start_soon(one, item_id, item, task_id)
+        counts = self.counts()
+        self.run.mark(self.name, "done", **counts.model_dump(exclude={"stage"}))
+        return counts
