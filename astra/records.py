@@ -296,6 +296,7 @@ class Decomposition(Record):
     answer: str
     steps: list[DecompositionStep]
     scores: dict[str, float] = Field(default_factory=dict)
+    flags: list[str] = Field(default_factory=list, description="problems checks found without dropping the item")
     model: str | None = None
 
 
