@@ -1,1 +1,91 @@
-"""astra.registry"""
+"""astra.registry: the durable record of MCP servers, their tools, tool graphs and environments.
+
+- :class:`Registry`: one SQLite database (WAL, versioned schema with migrations).
+- :func:`import_file`: ASTRA ``mcp_servers.jsonl`` and MCP registry ``server.json`` files.
+- :func:`discover_tools` / :func:`add_server`: live ``tools/list`` over stdio, streamable
+  HTTP or in-process, with the official ``mcp`` client.
+- :func:`to_networkx` / :func:`from_networkx` / :func:`export_graph`: graphs for algorithms
+  and for GraphML / node-link JSON / DOT.
+- :func:`normalize_schema`: loose tool schemas to valid JSON Schema (Draft 2020-12).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from astra.records import (
+    EnvironmentLaunch,
+    GraphEdge,
+    HttpLaunch,
+    ServerSpec,
+    SimulatedLaunch,
+    StdioLaunch,
+    ToolGraph,
+    ToolSpec,
+)
+from astra.registry._discovery import (
+    DiscoveryError,
+    DiscoveryResult,
+    DiscoveryTarget,
+    add_server,
+    add_server_async,
+    describe_target,
+    discover_tools,
+    discover_tools_sync,
+)
+from astra.registry._graph import GRAPH_FORMATS, GraphFormat, export_graph, from_networkx, parse_graph, to_networkx
+from astra.registry._import import ImportReport, RecordError, import_file, parse_astra_record, parse_server_json
+from astra.registry._schema import SchemaError, normalize_schema, validate_schema
+from astra.registry._store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    GraphInfo,
+    NotFoundError,
+    Registry,
+    RegistryError,
+    server_content_hash,
+)
+
+SAMPLE_SERVERS: Path = Path(__file__).parent / "data" / "sample_servers.jsonl"
+"""Bundled ASTRA-format sample servers (documentation only: their tools are simulated)."""
+
+__all__ = [
+    "Registry",
+    "RegistryError",
+    "NotFoundError",
+    "GraphInfo",
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "server_content_hash",
+    "ImportReport",
+    "RecordError",
+    "import_file",
+    "parse_astra_record",
+    "parse_server_json",
+    "SchemaError",
+    "normalize_schema",
+    "validate_schema",
+    "DiscoveryError",
+    "DiscoveryResult",
+    "DiscoveryTarget",
+    "discover_tools",
+    "discover_tools_sync",
+    "add_server",
+    "add_server_async",
+    "describe_target",
+    "to_networkx",
+    "from_networkx",
+    "export_graph",
+    "parse_graph",
+    "GraphFormat",
+    "GRAPH_FORMATS",
+    "SAMPLE_SERVERS",
+    "ServerSpec",
+    "ToolSpec",
+    "ToolGraph",
+    "GraphEdge",
+    "StdioLaunch",
+    "HttpLaunch",
+    "EnvironmentLaunch",
+    "SimulatedLaunch",
+]
