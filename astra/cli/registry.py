@@ -1,5 +1,214 @@
-"""CLI group: registry (being built)."""
+"""CLI group ``astra registry``: import, add (live discovery), list, show, remove."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from astra.config import default_db_path
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.records import HttpLaunch, ServerSpec, StdioLaunch
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values or []:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise fail(f"{option} {value!r}: expected KEY=VALUE", code=2)
+        out[key] = val
+    return out
+
+
+def _launch_text(spec: ServerSpec) -> str:
+    launch = spec.launch
+    if isinstance(launch, StdioLaunch):
+        import shlex
+
+        return "stdio: " + shlex.join([launch.command, *launch.args])
+    if isinstance(launch, HttpLaunch):
+        return f"http: {launch.url}"
+    if launch.kind == "environment":
+        return f"environment: {launch.environment_id}"
+    return "simulated"
+
+
+@app.command("import")
+def import_(
+    files: Annotated[list[Path], typer.Argument(help="ASTRA mcp_servers.jsonl and/or MCP registry server.json files")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Import servers and tools from files; bad records are reported as FILE:LINE: field: reason."""
+    from astra.registry import ImportReport, Registry, import_file
+
+    total = ImportReport()
+    with Registry.open(home) as registry:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True, disable=json_out,
+        ) as progress:
+            for path in files:
+                lines = 0
+                try:
+                    lines = path.read_bytes().count(b"\n") + 1 if path.is_file() else 0
+                except OSError:
+                    pass
+                task = progress.add_task(str(path), total=lines or None)
+                report = import_file(registry, path, on_record=lambda line, t=task: progress.update(t, completed=line))
+                progress.update(task, completed=lines)
+                total = total.merge(report)
+    for error in total.errors:
+        console.print(f"[red]{error}[/]", highlight=False, markup=False, style="red")
+    summary = {k: v for k, v in total.model_dump().items() if k != "servers"}
+    summary["db"] = str(default_db_path(home))
+    if json_out:
+        emit_json(summary)
+    console.print(
+        f"{len(total.files)} file(s), {total.records} record(s): [green]{total.imported} imported[/], "
+        f"{total.unchanged} unchanged, [{'red' if total.rejected else 'green'}]{total.rejected} rejected[/]"
+    )
+    if total.rejected:
+        raise typer.Exit(1)
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="registry name for the server")],
+    command: Annotated[list[str] | None, typer.Argument(help="after --: the command that starts a stdio server")] = None,
+    url: Annotated[str | None, typer.Option("--url", help="streamable HTTP endpoint instead of a command")] = None,
+    header: Annotated[list[str] | None, typer.Option("--header", help="HTTP header K=V (repeatable)")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="environment variable K=V for the server (repeatable)")] = None,
+    cwd: Annotated[str | None, typer.Option("--cwd", help="working directory of the stdio server")] = None,
+    title: Annotated[str | None, typer.Option("--title")] = None,
+    description: Annotated[str | None, typer.Option("--description")] = None,
+    domain: Annotated[str | None, typer.Option("--domain")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the server's tool list")] = 30.0,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Start (stdio) or reach (--url) a live MCP server, list all its tools and store them.
+
+    Examples: astra registry add time -- mcp-server-time --local-timezone UTC;
+    astra registry add docs --url http://127.0.0.1:8000/mcp --header Authorization='Bearer X'
+    """
+    from astra.registry import DiscoveryError, Registry, add_server
+
+    target: StdioLaunch | HttpLaunch
+    if url and command:
+        raise fail("give either --url URL or -- COMMAND [ARGS...], not both", code=2)
+    if url:
+        if env:
+            raise fail("--env applies to stdio servers (-- COMMAND ...), not --url", code=2)
+        target = HttpLaunch(url=url, headers=_pairs(header, "--header"))
+    elif command:
+        if header:
+            raise fail("--header applies to --url servers", code=2)
+        program = command[0]
+        if os.sep in program and not os.path.isabs(program):
+            program = os.path.abspath(program)  # stored launches must work from any directory
+        target = StdioLaunch(command=program, args=command[1:], env=_pairs(env, "--env"), cwd=cwd)
+    else:
+        raise fail("nothing to reach: give -- COMMAND [ARGS...] or --url URL", code=2)
+
+    with console.status(f"discovering tools of {name}...", spinner="dots") if not json_out else nullcontext():
+        try:
+            with Registry.open(home) as registry:
+                spec, changed = add_server(
+                    registry, name, target, title=title, description=description, domain=domain, timeout_s=timeout
+                )
+        except DiscoveryError as exc:
+            if json_out:
+                emit_json({"name": name, "ok": False, "error": str(exc)})
+            raise fail(str(exc)) from None
+    if json_out:
+        emit_json({"name": name, "ok": True, "changed": changed, "tools": [t.name for t in spec.tools],
+                   "launch": spec.launch.model_dump()})
+    console.print(
+        f"[green]{name}[/]: {len(spec.tools)} tool(s) {'stored' if changed else 'unchanged'} "
+        f"({', '.join(t.name for t in spec.tools[:8])}{', ...' if len(spec.tools) > 8 else ''})"
+    )
+
+
+@app.command("list")
+def list_(
+    domain: Annotated[str | None, typer.Option("--domain", help="only servers of this domain")] = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List the registered servers with their domain, launch and tool count."""
+    from astra.registry import Registry
+
+    with Registry.open(home) as registry:
+        servers = registry.list_servers(domain)
+    if json_out:
+        emit_json([
+            {"name": s.name, "title": s.title, "domain": s.domain, "launch": s.launch.kind, "tools": len(s.tools),
+             "source": s.source}
+            for s in servers
+        ])
+    table = Table(title=f"{len(servers)} server(s)" + (f" in domain {domain!r}" if domain else ""))
+    for col in ("name", "domain", "tools", "launch", "title"):
+        table.add_column(col, justify="right" if col == "tools" else "left")
+    for s in servers:
+        table.add_row(s.name, s.domain or "-", str(len(s.tools)), _launch_text(s), s.title or "")
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="server name")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show one server: how it is launched, and each tool with its parameters."""
+    from astra.registry import Registry
+
+    with Registry.open(home) as registry:
+        spec = registry.get_server(name)
+        known = registry.server_names() if spec is None else []
+    if spec is None:
+        hint = f" (known: {', '.join(known[:20])}{', ...' if len(known) > 20 else ''})" if known else ""
+        raise fail(f"no server named {name!r} in the registry{hint}")
+    if json_out:
+        emit_json(spec.model_dump(mode="json"))
+    console.print(f"[bold]{spec.name}[/]  {spec.title or ''}", highlight=False)
+    if spec.description:
+        console.print(spec.description, highlight=False)
+    console.print(f"domain: {spec.domain or '-'}   launch: {_launch_text(spec)}   source: {spec.source or '-'}",
+                  highlight=False)
+    table = Table(title=f"{len(spec.tools)} tool(s)")
+    for col in ("tool", "parameters", "outputs", "description"):
+        table.add_column(col)
+    for tool in spec.tools:
+        required = set(tool.input_schema.get("required", []))
+        params = ", ".join(f"{p}{'*' if p in required else ''}" for p in tool.input_schema.get("properties", {}))
+        outputs = ", ".join((tool.output_schema or {}).get("properties", {}))
+        table.add_row(tool.name, params, outputs or "-", tool.description[:80])
+    console.print(table)
+
+
+@app.command("remove")
+def remove(
+    name: Annotated[str, typer.Argument(help="server name")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove a server and its tools from the registry."""
+    from astra.registry import Registry
+
+    with Registry.open(home) as registry:
+        removed = registry.delete_server(name)
+    if json_out:
+        emit_json({"name": name, "removed": removed})
+    if not removed:
+        raise fail(f"no server named {name!r} in the registry")
+    console.print(f"removed {name}")
