@@ -22,7 +22,7 @@ from astra.bfcl._data import (
 )
 from astra.bfcl._episode import BfclEpisode, ground_truth_as_decoded, run_entry
 from astra.bfcl._gold import GOLD_MODEL, gold_model, gold_replies
-from astra.bfcl._run import BfclResult, BfclSummary, run_bfcl, score_entry, summarize
+from astra.bfcl._run import BfclResult, BfclSummary, model_factory, run_bfcl, score_entry, summarize
 from astra.bfcl._schema import SchemaConversionError, bfcl_schema_to_json_schema, function_input_schema
 from astra.bfcl._score import BfclVerdict, StateDiff, compare_with_direct_execution, score_decoded
 from astra.bfcl._servers import BfclEpisodeServers, backend_server, bfcl_result_text, server_name
@@ -56,6 +56,7 @@ __all__ = [
     "gold_replies",
     "ground_truth_as_decoded",
     "load_entries",
+    "model_factory",
     "parse_call",
     "run_bfcl",
     "run_entry",

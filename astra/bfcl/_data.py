@@ -130,7 +130,7 @@ class BfclEntry(BaseModel):
         }
 
 
-def _entry_sort_key(entry_id: str) -> tuple[str, int]:
+def entry_sort_key(entry_id: str) -> tuple[str, int]:
     head, _, tail = entry_id.rpartition("_")
     return (head, int(tail)) if tail.isdigit() else (entry_id, -1)
 
@@ -157,7 +157,7 @@ def _load_category(category: str) -> tuple[BfclEntry, ...]:
                 ground_truth=answers[row["id"]],
             )
         )
-    return tuple(sorted(entries, key=lambda e: _entry_sort_key(e.id)))
+    return tuple(sorted(entries, key=lambda e: entry_sort_key(e.id)))
 
 
 def load_entries(

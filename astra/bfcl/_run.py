@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field
 
-from astra.bfcl._data import CATEGORIES, BfclEntry
+from astra.bfcl._data import CATEGORIES, BfclEntry, entry_sort_key
 from astra.bfcl._episode import ground_truth_as_decoded, run_entry
 from astra.bfcl._gold import GOLD_MODEL, gold_model
 from astra.bfcl._score import compare_with_direct_execution, score_decoded
@@ -64,7 +64,7 @@ class CategoryScore(BaseModel):
 class BfclSummary(BaseModel):
     model: str
     run_dir: str
-    categories: dict[str, dict[str, float]] = Field(description="category -> {total, passed, accuracy}")
+    categories: dict[str, dict[str, Any]] = Field(description="category -> {total, passed, accuracy}")
     overall: float | None = Field(description="unweighted mean of the categories' accuracies (the seed paper's Overall)")
     failures: list[dict[str, Any]] = Field(default_factory=list, description="[{id, category, error_type}]")
     scored_now: int = 0
@@ -74,7 +74,13 @@ class BfclSummary(BaseModel):
     gold_disagreements: list[dict[str, Any]] = Field(default_factory=list, description="gold runs: entries where replay and direct ground truth differ")
 
 
+def _result_order(result: BfclResult) -> tuple[int, tuple[str, int]]:
+    rank = CATEGORIES.index(result.category) if result.category in CATEGORIES else len(CATEGORIES)
+    return rank, entry_sort_key(result.id)
+
+
 def summarize(results: list[BfclResult], model: str, run_dir: str) -> BfclSummary:
+    results = sorted(results, key=_result_order)
     scores: dict[str, CategoryScore] = {}
     for r in results:
         score = scores.setdefault(r.category, CategoryScore())
@@ -145,6 +151,23 @@ def _failed_result(entry: BfclEntry, model_name: str, exc: BaseException) -> Bfc
     )
 
 
+def model_factory(spec: str, **options: Any) -> ModelFactory:
+    """The model for each entry from a model spec.
+
+    ``scripted:gold`` is a fresh ground-truth replay per entry; other ``scripted:`` specs are
+    resolved per entry too (a script counts its replies); providers (``openai:``,
+    ``anthropic:``, ``local:``) are resolved once and shared, keeping one connection pool.
+    """
+    if spec == GOLD_MODEL:
+        return gold_model
+    from astra.client import resolve_model
+
+    if spec.startswith("scripted:"):
+        return lambda entry: resolve_model(spec, **options)
+    shared = resolve_model(spec, **options)
+    return lambda entry: shared
+
+
 async def run_bfcl(
     model: str | ModelFactory,
     entries: list[BfclEntry],
@@ -158,19 +181,18 @@ async def run_bfcl(
 ) -> BfclSummary:
     """Play and score ``entries`` (skipping those already in ``run_dir``); returns the summary of all of them.
 
-    ``model`` is ``"scripted:gold"`` (ground-truth replay, also scored against the ground
-    truth fed straight to the checker) or a factory giving the model for an entry.
+    ``model`` is a model spec (see :func:`model_factory`) or a factory giving the model for
+    an entry. With ``scripted:gold`` every entry is also scored with its ground truth fed
+    straight to the checker, and the summary lists where the two verdicts differ.
     """
     started = time.perf_counter()
-    gold = model == GOLD_MODEL
     if isinstance(model, str):
-        if not gold:
-            raise ValueError(f"run_bfcl takes {GOLD_MODEL!r} or a model factory, got {model!r}")
-        factory: ModelFactory = gold_model
-        name = GOLD_MODEL
+        factory = model_factory(model)
+        name = model_name or model
     else:
         factory = model
         name = model_name or "model"
+    gold = factory is gold_model  # the replay is checked against the ground truth fed directly
     run = RunDir(run_dir, config={"model": name, "entries": len(entries), "concurrency": concurrency})
     log = run.stage(RESULTS_STAGE)
     todo = [e for e in entries if e.id not in log]
