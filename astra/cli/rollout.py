@@ -1,5 +1,90 @@
-"""CLI group: rollout (being built)."""
+"""``astra rollout``: run tasks through the MCP client harness (resumable)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def load_tasks(path: Path) -> list:
+    """Tasks from a JSONL file of records.Task; a bad line is reported (file:line: field) and skipped."""
+    from astra.records import Task
+
+    tasks = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                tasks.append(Task.model_validate(json.loads(line)))
+            except json.JSONDecodeError as exc:
+                console.print(f"[yellow]skipped[/] {path}:{lineno}: not JSON ({exc.msg})", highlight=False)
+            except ValidationError as exc:
+                fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}" for e in exc.errors())
+                console.print(f"[yellow]skipped[/] {path}:{lineno}: {fields}", highlight=False)
+    return tasks
+
+
+@app.command("rollout")
+def rollout(
+    tasks: Annotated[Path, typer.Option("--tasks", help="JSONL file of Task records", exists=True, dir_okay=False)],
+    model: Annotated[str, typer.Option("--model", help="openai:<m> | anthropic:<m> | local:<gguf|smollm2> | scripted:<name>")],
+    out: Annotated[Path, typer.Option("--out", help="run directory (resumed if it exists)")],
+    servers: Annotated[list[str] | None, typer.Option("--servers", help="registry server names (repeatable)")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1)] = 1,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="concurrent episodes per process")] = 8,
+    per_endpoint: Annotated[int | None, typer.Option("--per-endpoint-concurrency", min=1)] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local | ray")] = "local",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="local worker processes")] = 1,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="join this Ray cluster")] = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 16,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (openai:)")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature")] = None,
+    call_timeout: Annotated[float, typer.Option("--call-timeout", help="seconds per tool call")] = 30.0,
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt")] = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run TASKS x SAMPLES rollouts of MODEL against registry SERVERS into OUT (JSONL, resumable)."""
+    from astra.client import ModelSettings, run_rollouts
+
+    if executor not in ("local", "ray"):
+        raise fail(f"--executor must be 'local' or 'ray', not {executor!r}")
+    task_list = load_tasks(tasks)
+    if not task_list:
+        raise fail(f"{tasks}: no valid tasks")
+    model_options = {"base_url": base_url} if base_url and model.startswith("openai:") else {}
+    try:
+        summary = run_rollouts(
+            task_list, model, out,
+            servers=list(servers or []), samples=samples, concurrency=concurrency,
+            per_endpoint_concurrency=per_endpoint, executor=executor, workers=workers, ray_address=ray_address,
+            progress=not json_out, home=home, model_options=model_options, max_steps=max_steps,
+            settings=ModelSettings(temperature=temperature) if temperature is not None else None,
+            call_timeout_s=call_timeout, system_prompt=system_prompt,
+        )
+    except (KeyError, ValueError, RuntimeError, OSError) as exc:
+        raise fail(str(exc).strip("'\"")) from None
+    if json_out:
+        emit_json(summary.model_dump(mode="json"))
+    table = Table(title=f"rollouts -> {summary.out_dir}", show_header=False)
+    for key in ("model", "executor", "planned", "already_done", "written", "failed", "total_in_file",
+                "input_tokens", "output_tokens", "step_latency_p50_s", "step_latency_p95_s", "wall_s"):
+        value = getattr(summary, key)
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    for reason, n in summary.by_termination.items():
+        table.add_row(f"termination {reason}", str(n))
+    console.print(table)
+    for err in summary.errors[:5]:
+        console.print(f"[red]error:[/] {err}", highlight=False)
+    if summary.failed:
+        raise typer.Exit(1)

@@ -1,5 +1,23 @@
-"""astra.client — the MCP client harness: connections, model providers, agent loop, runner."""
+"""astra.client — the MCP client harness: connections, model providers, agent loop, runner.
 
+- :class:`Connections` holds many MCP servers open (stdio, streamable HTTP, in-process) and
+  aggregates their tools under collision-free names (:class:`ToolBinding`);
+- :func:`resolve_model` builds a :class:`Model` from ``openai:`` / ``anthropic:`` /
+  ``local:`` / ``scripted:`` specs (retries, optional on-disk cache);
+- :func:`run_episode` runs one (multi-turn) episode into a :class:`~astra.records.Trajectory`;
+- :func:`run_rollouts` runs tasks x samples, resumable, locally or on Ray.
+"""
+
+from astra.client._cache import CachedModel
+from astra.client._connections import (
+    ConnectionFailed,
+    Connections,
+    ServerTarget,
+    ToolBinding,
+    ToolResult,
+)
+from astra.client._local import LocalModel, parse_tool_reply, smollm2_path, tool_call_schema
+from astra.client._loop import EpisodeTurn, run_episode, trajectory_id
 from astra.client._model import (
     Model,
     ModelError,
@@ -8,5 +26,43 @@ from astra.client._model import (
     ScriptedModel,
     ScriptExhausted,
 )
+from astra.client._providers import AnthropicModel, OpenAIModel
+from astra.client._resolve import EchoModel, register_script, registered_scripts, resolve_model
+from astra.client._retry import RetryPolicy
+from astra.client._runner import RolloutSummary, arun_rollouts, run_rollouts
+from astra.client._schema import anthropic_tool, normalize_schema, openai_tool
 
-__all__ = ["Model", "ModelError", "ModelResponse", "ModelSettings", "ScriptedModel", "ScriptExhausted"]
+__all__ = [
+    "AnthropicModel",
+    "CachedModel",
+    "ConnectionFailed",
+    "Connections",
+    "EchoModel",
+    "EpisodeTurn",
+    "LocalModel",
+    "Model",
+    "ModelError",
+    "ModelResponse",
+    "ModelSettings",
+    "OpenAIModel",
+    "RetryPolicy",
+    "RolloutSummary",
+    "ScriptExhausted",
+    "ScriptedModel",
+    "ServerTarget",
+    "ToolBinding",
+    "ToolResult",
+    "anthropic_tool",
+    "arun_rollouts",
+    "normalize_schema",
+    "openai_tool",
+    "parse_tool_reply",
+    "register_script",
+    "registered_scripts",
+    "resolve_model",
+    "run_episode",
+    "run_rollouts",
+    "smollm2_path",
+    "tool_call_schema",
+    "trajectory_id",
+]

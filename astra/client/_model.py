@@ -10,12 +10,14 @@ retries) raises :class:`ModelError`; callers record that as a failure, never a s
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from astra.records import ChatMessage, Usage
+from astra.records import ChatMessage, ToolCall, Usage
 
 
 class ModelSettings(BaseModel):
@@ -76,12 +78,52 @@ class ScriptedModel(Model):
     Each reply is an assistant :class:`ChatMessage`, a plain string (a text answer), or a
     callable ``(messages, tools) -> ChatMessage | str`` for replies that depend on the
     conversation. Asking beyond the script raises :class:`ScriptExhausted` (loudly).
+
+    ``per_conversation=True`` makes the model stateless: the reply index is the number of
+    assistant messages already in ``messages``, so one instance can serve many concurrent
+    episodes (the rollout runner needs this). ``delay_s`` simulates model latency.
     """
 
-    def __init__(self, replies: Sequence[Reply], name: str = "scripted") -> None:
+    def __init__(
+        self,
+        replies: Sequence[Reply],
+        name: str = "scripted",
+        *,
+        per_conversation: bool = False,
+        delay_s: float = 0.0,
+    ) -> None:
         self.replies = list(replies)
         self.name = f"scripted:{name}" if not name.startswith("scripted:") else name
         self.calls = 0
+        self.per_conversation = per_conversation
+        self.delay_s = delay_s
+
+    @classmethod
+    def from_plan(
+        cls,
+        plan: Sequence[tuple[str, dict[str, Any]] | Sequence[tuple[str, dict[str, Any]]]],
+        final_answer: str,
+        name: str = "plan",
+        **options: Any,
+    ) -> ScriptedModel:
+        """Replay a plan: each item is one tool call ``(tool, arguments)`` or a list of them
+        (parallel calls in one assistant turn); then ``final_answer``. Per conversation."""
+        replies: list[Reply] = []
+        for index, item in enumerate(plan):
+            calls = [item] if isinstance(item, tuple) else list(item)
+            replies.append(
+                ChatMessage(
+                    role="assistant",
+                    content=None,
+                    tool_calls=[
+                        ToolCall(id=f"call_{index}_{j}", name=tool, arguments=json.dumps(args))
+                        for j, (tool, args) in enumerate(calls)
+                    ],
+                )
+            )
+        replies.append(final_answer)
+        options.setdefault("per_conversation", True)
+        return cls(replies, name=name, **options)
 
     async def request(
         self,
@@ -89,13 +131,19 @@ class ScriptedModel(Model):
         tools: Sequence[dict[str, Any]] = (),
         settings: ModelSettings | None = None,
     ) -> ModelResponse:
-        if self.calls >= len(self.replies):
+        if self.per_conversation:
+            index = sum(1 for m in messages if m.role == "assistant")
+        else:
+            index = self.calls
+        self.calls += 1
+        if index >= len(self.replies):
             raise ScriptExhausted(
                 f"{self.name}: script exhausted after {len(self.replies)} replies "
-                f"(asked for reply #{self.calls + 1})"
+                f"(asked for reply #{index + 1})"
             )
-        reply = self.replies[self.calls]
-        self.calls += 1
+        if self.delay_s:
+            await anyio.sleep(self.delay_s)
+        reply = self.replies[index]
         if callable(reply):
             reply = reply(messages, tools)
         if isinstance(reply, str):

@@ -1,0 +1,403 @@
+"""Many MCP servers held open at once, their tools aggregated under collision-free names.
+
+``async with Connections(targets) as conns:`` opens every server concurrently and keeps it
+open until the block ends. Each server is owned by one supervisor task (so each
+``mcp.client.Client`` is entered and exited in the same task, as anyio requires); a call
+that finds its server dead (stdio process gone, HTTP endpoint closed) returns a tool error
+(``error_kind="server_died"``) and asks the supervisor to reconnect, so the next call works
+again. One client per server per :class:`Connections`, never one per call, and no ping
+before calls (DESIGN.md "Performance facts").
+
+Targets are registry :class:`~astra.records.ServerSpec` records (stdio or HTTP launch), or
+``(name, X)`` pairs where X is an in-process ``MCPServer`` / low-level ``Server`` (served
+through ``Client(server)``: no subprocess, no JSON-RPC copy), a
+:class:`~astra.records.StdioLaunch` or a :class:`~astra.records.HttpLaunch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any, Literal, TextIO
+
+import anyio
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server import Server
+from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+from pydantic import BaseModel, ConfigDict, Field
+
+from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
+from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
+
+log = logging.getLogger(__name__)
+
+InProcessServer = MCPServer | Server
+ServerTarget = ServerSpec | tuple[str, InProcessServer | StdioLaunch | HttpLaunch]
+"""What :class:`Connections` can open: a registry ServerSpec or a ``(name, server)`` pair."""
+
+ErrorKind = Literal["tool_error", "unknown_tool", "timeout", "server_died", "server_unavailable", "protocol_error"]
+
+
+class ConnectionFailed(RuntimeError):
+    """A server could not be started or reached (a user/setup mistake: the message names it)."""
+
+
+class ToolBinding(BaseModel):
+    """An aggregated tool name and where it goes: ``(server, tool.name)``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="collision-free name shown to the model")
+    server: str
+    tool: ToolSpec
+
+
+class ToolResult(BaseModel):
+    """The outcome of one tool call, error or not (errors are results the model sees)."""
+
+    text: str = ""
+    structured_content: Any = None
+    content: list[dict[str, Any]] = Field(default_factory=list)
+    is_error: bool = False
+    error_kind: ErrorKind | None = None
+    latency_s: float = 0.0
+
+
+def _content_text(blocks: Sequence[Any]) -> str:
+    parts = []
+    for block in blocks:
+        text = getattr(block, "text", None)
+        if text is not None:
+            parts.append(text)
+        else:  # images, audio, resources: say what they are rather than dropping them
+            kind = getattr(block, "type", type(block).__name__)
+            uri = getattr(getattr(block, "resource", None), "uri", None)
+            parts.append(f"[{kind}{' ' + str(uri) if uri else ''}]")
+    return "\n".join(parts)
+
+
+class _Server:
+    """One server: its supervisor task owns the ``Client``; calls borrow it."""
+
+    def __init__(self, name: str, target: Any, *, kind: str, max_restarts: int, connect_timeout_s: float,
+                 errlog: TextIO) -> None:
+        self.name = name
+        self.target = target
+        self.kind = kind
+        self.max_restarts = max_restarts
+        self.connect_timeout_s = connect_timeout_s
+        self.errlog = errlog
+        self.client: Client | None = None
+        self.generation = 0
+        self.restarts = 0
+        self.tools: list[ToolSpec] = []
+        self.error: str | None = None
+        self._ready = anyio.Event()
+        self._dead = anyio.Event()
+        self._closed = anyio.Event()
+        self._closing = False
+
+    def _make_client(self) -> Client:
+        t = self.target
+        if isinstance(t, StdioLaunch):
+            params = StdioServerParameters(command=t.command, args=list(t.args), env=dict(t.env), cwd=t.cwd)
+            return Client(stdio_client(params, errlog=self.errlog))
+        if isinstance(t, HttpLaunch):
+            if t.headers:
+                from mcp.shared._httpx_utils import create_mcp_http_client
+
+                return Client(streamable_http_client(t.url, http_client=create_mcp_http_client(headers=t.headers)))
+            return Client(t.url)
+        return Client(t)
+
+    async def _list_tools(self, client: Client) -> list[ToolSpec]:
+        tools: list[ToolSpec] = []
+        cursor: str | None = None
+        for _ in range(1000):
+            page = await client.list_tools(cursor=cursor)
+            for t in page.tools:
+                tools.append(
+                    ToolSpec(
+                        server=self.name,
+                        name=t.name,
+                        title=t.title,
+                        description=t.description or "",
+                        input_schema=dict(t.input_schema or {"type": "object", "properties": {}}),
+                        output_schema=dict(t.output_schema) if t.output_schema else None,
+                        annotations=t.annotations.model_dump(exclude_none=True) if t.annotations else {},
+                    )
+                )
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return tools
+
+    async def supervise(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open the client, keep it until closed; reopen it when a call reports it dead."""
+        started = False
+        while not self._closing:
+            try:
+                # The deadline covers only connecting; the scope must enclose the client's whole
+                # life, since the client opens task groups that may not outlive an inner scope.
+                with anyio.CancelScope(deadline=anyio.current_time() + self.connect_timeout_s) as scope:
+                    async with self._make_client() as client:
+                        if not self.tools:
+                            self.tools = await self._list_tools(client)
+                        scope.deadline = float("inf")
+                        self.client, self.error = client, None
+                        self.generation += 1
+                        self._dead = anyio.Event()
+                        if self._closing:
+                            return
+                        self._ready.set()
+                        if not started:
+                            started = True
+                            task_status.started()
+                        await self._dead.wait()
+                        self.client = None
+                if scope.cancelled_caught and self.client is None and self.generation == 0:
+                    raise TimeoutError(f"no answer within {self.connect_timeout_s:g} s")
+            except Exception as exc:  # noqa: BLE001 - a failed (re)connect is recorded, calls see it
+                self.client = None
+                self.error = f"{type(exc).__name__}: {exc}"
+                if not started:
+                    raise ConnectionFailed(f"MCP server {self.name!r} ({self.kind}) failed to start: {self.error}") from exc
+                log.warning("server %s: reconnect failed: %s", self.name, self.error)
+            if self._closing:
+                return
+            if self.restarts >= self.max_restarts:
+                self.error = self.error or "server died"
+                self.error = f"gave up after {self.restarts} restarts ({self.error})"
+                self._ready.set()  # wake waiters: they will see client is None
+                await self._closed.wait()
+                return
+            self.restarts += 1
+            log.info("server %s: restarting (#%d)", self.name, self.restarts)
+
+    def mark_dead(self, generation: int) -> None:
+        if generation == self.generation and self.client is not None:
+            self.client = None
+            self._ready = anyio.Event()  # later calls wait for the reconnect
+            self._dead.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self._dead.set()
+        self._closed.set()
+
+    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float) -> ToolResult:
+        start = time.perf_counter()
+
+        def result(kind: ErrorKind, text: str) -> ToolResult:
+            return ToolResult(text=text, is_error=True, error_kind=kind, latency_s=time.perf_counter() - start)
+
+        client = self.client
+        if client is None:
+            with anyio.move_on_after(timeout_s):
+                await self._ready.wait()
+            client = self.client
+            if client is None:
+                return result("server_unavailable", f"server {self.name!r} is unavailable: {self.error or 'restarting'}")
+        generation = self.generation
+        try:
+            with anyio.fail_after(timeout_s):
+                res = await client.call_tool(tool, arguments)
+        except TimeoutError:
+            return result("timeout", f"tool {tool!r} on server {self.name!r} timed out after {timeout_s:g} s")
+        except MCPError as exc:
+            if exc.error.code == CONNECTION_CLOSED:
+                self.mark_dead(generation)
+                return result("server_died", f"server {self.name!r} died during the call; it is being restarted")
+            if exc.error.code == REQUEST_TIMEOUT:
+                return result("timeout", f"tool {tool!r} timed out: {exc}")
+            return result("protocol_error", f"server {self.name!r} rejected the call: {exc}")
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
+            self.mark_dead(generation)
+            return result("server_died", f"server {self.name!r} connection lost ({type(exc).__name__}); restarting")
+        except Exception as exc:  # noqa: BLE001 - a malformed result is the call's failure, not the episode's
+            return result("protocol_error", f"server {self.name!r}: {type(exc).__name__}: {exc}")
+        blocks = [b.model_dump(mode="json", exclude_none=True) for b in res.content]
+        return ToolResult(
+            text=_content_text(res.content),
+            structured_content=res.structured_content,
+            content=blocks,
+            is_error=bool(res.is_error),
+            error_kind="tool_error" if res.is_error else None,
+            latency_s=time.perf_counter() - start,
+        )
+
+
+def _first_connection_failure(exc: BaseException) -> ConnectionFailed | None:
+    if isinstance(exc, ConnectionFailed):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_connection_failure(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _target_parts(target: ServerTarget) -> tuple[str, Any, str]:
+    if isinstance(target, ServerSpec):
+        launch = target.launch
+        if isinstance(launch, (StdioLaunch, HttpLaunch)):
+            return target.name, launch, launch.kind
+        raise ConnectionFailed(
+            f"server {target.name!r} has a {launch.kind!r} launch, which Connections cannot open by itself; "
+            "serve it in-process and pass (name, MCPServer) instead"
+        )
+    if isinstance(target, tuple) and len(target) == 2:
+        name, server = target
+        if isinstance(server, (StdioLaunch, HttpLaunch)):
+            return str(name), server, server.kind
+        if isinstance(server, (MCPServer, Server)):
+            return str(name), server, "in-process"
+    raise TypeError(f"not a server target: {target!r} (want ServerSpec or (name, MCPServer | StdioLaunch | HttpLaunch))")
+
+
+class Connections:
+    """Open MCP servers and their aggregated tools (see the module docstring).
+
+    Aggregated names: a tool keeps its own name when no other server has a tool of that name;
+    otherwise it becomes ``<server>__<tool>``. Names are then made provider-safe
+    (``[A-Za-z0-9_-]{1,64}``) and deduplicated with a numeric suffix if still needed.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[ServerTarget],
+        *,
+        call_timeout_s: float = 30.0,
+        connect_timeout_s: float = 60.0,
+        max_restarts: int = 3,
+        errlog: TextIO | None = None,
+    ) -> None:
+        self.call_timeout_s = call_timeout_s
+        self._servers: dict[str, _Server] = {}
+        for target in targets:
+            name, tgt, kind = _target_parts(target)
+            if name in self._servers:
+                raise ValueError(f"two servers named {name!r}")
+            self._servers[name] = _Server(
+                name, tgt, kind=kind, max_restarts=max_restarts, connect_timeout_s=connect_timeout_s,
+                errlog=errlog or sys.stderr,
+            )
+        self._stack: AsyncExitStack | None = None
+        self._bindings: dict[str, ToolBinding] = {}
+
+    async def __aenter__(self) -> Connections:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._close_all)  # runs before the task group joins its supervisors
+            async with anyio.create_task_group() as starters:
+                for server in self._servers.values():
+                    starters.start_soon(tg.start, server.supervise)
+        except BaseException as exc:
+            try:
+                await stack.aclose()  # stop the servers that did start
+            except Exception:  # noqa: BLE001 - the start failure below is the error to report
+                log.debug("cleanup after a failed start", exc_info=True)
+            failed = _first_connection_failure(exc)
+            if failed is not None:
+                raise failed from None
+            raise
+        self._stack = stack
+        self._bindings = self._aggregate()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__(*exc_info)
+
+    def _close_all(self) -> None:
+        for server in self._servers.values():
+            server.close()
+
+    def _aggregate(self) -> dict[str, ToolBinding]:
+        counts: dict[str, int] = {}
+        for server in self._servers.values():
+            for tool in server.tools:
+                counts[tool.name] = counts.get(tool.name, 0) + 1
+        out: dict[str, ToolBinding] = {}
+        for server in self._servers.values():
+            for tool in server.tools:
+                raw = tool.name if counts[tool.name] == 1 else f"{server.name}__{tool.name}"
+                name = provider_tool_name(raw)
+                base, n = name, 2
+                while name in out:
+                    name = provider_tool_name(f"{base}_{n}")
+                    n += 1
+                out[name] = ToolBinding(name=name, server=server.name, tool=tool)
+        return out
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def servers(self) -> list[str]:
+        return list(self._servers)
+
+    @property
+    def tools(self) -> list[ToolBinding]:
+        return list(self._bindings.values())
+
+    def binding(self, name: str) -> ToolBinding | None:
+        return self._bindings.get(name)
+
+    def name_for(self, server: str, tool: str) -> str:
+        """The aggregated name of ``server``'s tool ``tool`` (KeyError if there is none)."""
+        for b in self._bindings.values():
+            if b.server == server and b.tool.name == tool:
+                return b.name
+        raise KeyError(f"no tool {tool!r} on server {server!r}")
+
+    def resolve_names(self, names: Sequence[str]) -> list[str]:
+        """Aggregated names for ``names``; each may be aggregated, ``server/tool`` or a plain tool name."""
+        out = []
+        for n in names:
+            if n in self._bindings:
+                out.append(n)
+                continue
+            server, _, tool = n.rpartition("/")
+            hits = [b.name for b in self._bindings.values() if b.tool.name == tool and (not server or b.server == server)]
+            if not hits:
+                raise KeyError(f"no tool named {n!r} on servers {self.servers}")
+            out.extend(hits)
+        return list(dict.fromkeys(out))
+
+    def _selected(self, names: Sequence[str] | None) -> list[ToolBinding]:
+        if names is None:
+            return self.tools
+        return [self._bindings[n] for n in self.resolve_names(names)]
+
+    def openai_tools(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        return [openai_tool(b.name, b.tool) for b in self._selected(names)]
+
+    def anthropic_tools(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        return [anthropic_tool(b.name, b.tool) for b in self._selected(names)]
+
+    def server_status(self) -> dict[str, dict[str, Any]]:
+        return {
+            s.name: {"kind": s.kind, "connected": s.client is not None, "restarts": s.restarts, "error": s.error}
+            for s in self._servers.values()
+        }
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout_s: float | None = None) -> ToolResult:
+        """Call an aggregated tool. Never raises for tool-side trouble: errors are results."""
+        binding = self._bindings.get(name)
+        if binding is None:
+            return ToolResult(text=f"unknown tool {name!r}", is_error=True, error_kind="unknown_tool")
+        server = self._servers[binding.server]
+        return await server.call(binding.tool.name, arguments, timeout_s or self.call_timeout_s)

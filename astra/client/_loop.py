@@ -1,0 +1,246 @@
+"""The agent loop: model -> tool calls (run concurrently) -> results -> model ... -> Trajectory.
+
+Vocabulary:
+- a *turn* is one user message (a task has one or more; BFCL multi-turn has several);
+- a *step* is one model request (with the tool calls it made, if any). ``max_steps``
+  bounds the number of model requests in the whole episode;
+- ``Trajectory.steps`` are the executed tool calls (records.Step), each tagged with its turn.
+
+Errors the model makes come back to it as error tool results, never as crashes: an unknown
+tool (``error_kind="unknown_tool"``), arguments that are not a JSON object
+(``bad_json``), arguments that fail the tool's input schema (``bad_arguments``, checked
+with jsonschema before the call), and tool-side failures (``tool_error``, ``timeout``,
+``server_died``). Termination reasons (records.TerminationReason):
+``final_answer`` (a reply without tool calls on the last turn), ``max_steps``,
+``max_tokens`` (``max_tokens_total`` reached), ``model_error`` (the provider failed for
+good, or a script ran out), ``server_error`` (a server is gone for good: restarts
+exhausted), ``timeout`` (``episode_timeout_s`` reached). ``cancelled`` is for runners that
+record an episode cancelled from outside; ``run_episode`` itself lets cancellation propagate.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import jsonschema
+from pydantic import BaseModel, Field
+
+from astra.client._connections import Connections, ToolResult
+from astra.client._model import Model, ModelError, ModelSettings
+from astra.records import ChatMessage, Step, Task, TerminationReason, Trajectory, Usage, stable_id
+
+
+class EpisodeTurn(BaseModel):
+    """One user turn of a multi-turn episode.
+
+    ``add_tools`` makes more tools visible to the model from this turn on (names as in
+    :meth:`Connections.resolve_names`: aggregated names, ``server/tool`` or plain tool names).
+    With ``run_episode(..., tool_names=[...])`` as the initial visible subset, this is how
+    BFCL's "missing function" category reveals a held-back function in a later turn.
+    """
+
+    content: str
+    add_tools: list[str] = Field(default_factory=list)
+
+
+def trajectory_id(task_id: str, model: str, sample: int) -> str:
+    """The stable id of a rollout: hash of (task id, model spec, sample index)."""
+    return stable_id(task_id, model, sample, prefix="traj_")
+
+
+def _turns(task: Task | Sequence[str] | Sequence[EpisodeTurn]) -> tuple[str, list[EpisodeTurn]]:
+    if isinstance(task, Task):
+        return task.id, [EpisodeTurn(content=t) for t in task.user_turns]
+    turns = [t if isinstance(t, EpisodeTurn) else EpisodeTurn(content=str(t)) for t in task]
+    if not turns:
+        raise ValueError("an episode needs at least one user turn")
+    return stable_id([t.model_dump() for t in turns], prefix="adhoc_"), turns
+
+
+def _result_payload(result: ToolResult) -> Any:
+    if result.structured_content is not None:
+        return result.structured_content
+    return result.text
+
+
+async def _execute(
+    conns: Connections,
+    call: Any,
+    visible: set[str],
+    turn: int,
+    validators: dict[str, Any],
+    timeout_s: float | None,
+) -> tuple[Step, str]:
+    """Run one tool call; returns the Step and the text the model will see."""
+    start = time.perf_counter()
+    binding = conns.binding(call.name) if call.name in visible else None
+
+    def error(kind: str, text: str, arguments: Any) -> tuple[Step, str]:
+        step = Step(
+            turn=turn, call_id=call.id, tool=call.name, arguments=arguments, result=text, is_error=True,
+            error_kind=kind, latency_s=time.perf_counter() - start,
+            server=binding.server if binding else None, server_tool=binding.tool.name if binding else None,
+        )
+        return step, f"Error: {text}"
+
+    if binding is None:
+        return error("unknown_tool", f"unknown tool {call.name!r}; available: {', '.join(sorted(visible)) or 'none'}", call.arguments)
+    try:
+        arguments = json.loads(call.arguments or "{}")
+    except json.JSONDecodeError as exc:
+        return error("bad_json", f"arguments are not valid JSON ({exc.msg} at char {exc.pos})", call.arguments)
+    if not isinstance(arguments, dict):
+        return error("bad_json", f"arguments must be a JSON object, got {type(arguments).__name__}", call.arguments)
+    validator = validators.get(binding.name)
+    if validator is None:
+        schema = binding.tool.input_schema or {}
+        try:
+            validator = jsonschema.validators.validator_for(schema)(schema)
+        except jsonschema.SchemaError:
+            validator = False  # the server's own schema is broken: let the server judge
+        validators[binding.name] = validator
+    if validator:
+        problems = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
+        if problems:
+            detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
+            return error("bad_arguments", f"arguments do not match the schema of {call.name!r}: {detail}", arguments)
+    result = await conns.call(binding.name, arguments, timeout_s=timeout_s)
+    step = Step(
+        turn=turn, call_id=call.id, tool=call.name, server=binding.server, server_tool=binding.tool.name,
+        arguments=arguments, result=_result_payload(result), is_error=result.is_error,
+        error_kind=result.error_kind, latency_s=result.latency_s,
+    )
+    text = result.text if result.text or result.structured_content is None else json.dumps(result.structured_content)
+    return step, (f"Error: {text}" if result.is_error else text)
+
+
+async def run_episode(
+    model: Model,
+    conns: Connections,
+    task: Task | Sequence[str] | Sequence[EpisodeTurn],
+    *,
+    system_prompt: str | None = None,
+    settings: ModelSettings | None = None,
+    max_steps: int = 16,
+    max_tokens_total: int | None = None,
+    sample: int = 0,
+    tool_names: Sequence[str] | None = None,
+    call_timeout_s: float | None = None,
+    episode_timeout_s: float | None = None,
+    trajectory_id_: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Trajectory:
+    """Run one episode and return its Trajectory (see the module docstring for the rules).
+
+    ``task``: a :class:`Task` (its ``user_turns``), a list of user messages, or a list of
+    :class:`EpisodeTurn` (turns that reveal more tools). ``tool_names``: the tools visible
+    from the start (default: every tool of ``conns``); each turn's ``add_tools`` extends it.
+    A Task with ``servers`` set and no ``tool_names`` sees only those servers' tools.
+    """
+    task_id, turns = _turns(task)
+    if tool_names is None and isinstance(task, Task) and task.servers:
+        tool_names = [b.name for b in conns.tools if b.server in set(task.servers)]
+    visible_list = conns.resolve_names(tool_names) if tool_names is not None else [b.name for b in conns.tools]
+    messages: list[ChatMessage] = []
+    if system_prompt:
+        messages.append(ChatMessage(role="system", content=system_prompt))
+    steps: list[Step] = []
+    usage = Usage()
+    termination: TerminationReason | None = None
+    error: str | None = None
+    final_answer: str | None = None
+    requests = 0
+    timings = {"model_s": 0.0, "tools_s": 0.0}
+    step_latencies: list[float] = []
+    validators: dict[str, Any] = {}
+    tools_payload = conns.openai_tools(visible_list)
+    started = time.perf_counter()
+
+    async def body() -> None:
+        nonlocal termination, error, final_answer, requests, usage, tools_payload, visible_list
+        for turn_index, turn in enumerate(turns):
+            if turn.add_tools:
+                visible_list = list(dict.fromkeys(visible_list + conns.resolve_names(turn.add_tools)))
+                tools_payload = conns.openai_tools(visible_list)
+            messages.append(ChatMessage(role="user", content=turn.content))
+            while True:
+                if requests >= max_steps:
+                    termination = "max_steps"
+                    return
+                t0 = time.perf_counter()
+                try:
+                    response = await model.request(messages, tools_payload, settings)
+                except ModelError as exc:
+                    termination, error = "model_error", f"{type(exc).__name__}: {exc}"
+                    return
+                t1 = time.perf_counter()
+                timings["model_s"] += t1 - t0
+                requests += 1
+                usage = usage + response.usage
+                message = response.message.model_copy(update={"role": "assistant"})
+                messages.append(message)
+                calls = message.tool_calls or []
+                if calls:
+                    visible = set(visible_list)
+                    results: list[tuple[Step, str] | None] = [None] * len(calls)
+
+                    async def run_one(i: int) -> None:
+                        results[i] = await _execute(conns, calls[i], visible, turn_index, validators, call_timeout_s)
+
+                    async with anyio.create_task_group() as tg:
+                        for i in range(len(calls)):
+                            tg.start_soon(run_one, i)
+                    for call, res in zip(calls, results, strict=True):
+                        assert res is not None
+                        step, text = res
+                        steps.append(step)
+                        messages.append(ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=text))
+                    timings["tools_s"] += time.perf_counter() - t1
+                step_latencies.append(time.perf_counter() - t0)
+                if calls and any(s.error_kind == "server_unavailable" for s in steps[-len(calls):]):
+                    termination = "server_error"
+                    error = next(s.result for s in steps[-len(calls):] if s.error_kind == "server_unavailable")
+                    return
+                if max_tokens_total is not None and usage.input_tokens + usage.output_tokens >= max_tokens_total:
+                    termination = "max_tokens"
+                    return
+                if not calls:
+                    final_answer = message.content
+                    break  # next user turn
+        termination = "final_answer"
+
+    try:
+        if episode_timeout_s is not None:
+            with anyio.move_on_after(episode_timeout_s) as scope:
+                await body()
+            if scope.cancelled_caught:
+                termination, error = "timeout", f"episode exceeded {episode_timeout_s:g} s"
+        else:
+            await body()
+    finally:
+        timings["total_s"] = time.perf_counter() - started
+    assert termination is not None
+    return Trajectory(
+        id=trajectory_id_ or trajectory_id(task_id, model.name, sample),
+        task_id=task_id,
+        sample=sample,
+        model=model.name,
+        tools=tools_payload,
+        messages=messages,
+        steps=steps,
+        final_answer=final_answer if termination == "final_answer" else None,
+        usage=usage,
+        termination=termination,
+        error=error,
+        timings=timings,
+        meta={
+            "model_requests": requests,
+            "turns": len(turns),
+            "step_latencies_s": [round(x, 6) for x in step_latencies],
+            **(meta or {}),
+        },
+    )

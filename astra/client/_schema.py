@@ -1,0 +1,129 @@
+"""MCP tool schemas -> OpenAI function tools and Anthropic tools.
+
+MCP servers publish whatever JSON Schema their framework produces; providers reject some of
+it (OpenAI: a non-object top level, top-level ``oneOf``/``anyOf``/``allOf``/``not``/``enum``,
+arrays without ``items``; both: ``$ref`` into ``$defs`` they do not resolve, tool names
+outside ``[A-Za-z0-9_-]{1,64}``). :func:`normalize_schema` rewrites a schema into the common
+subset both accept, keeping its meaning where it can.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from typing import Any
+
+from astra.records import ToolSpec
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
+MAX_TOOL_NAME = 64
+_DROP_KEYS = {"$schema", "$id", "$defs", "definitions", "$comment"}
+_TOP_LEVEL_REJECTED = ("oneOf", "anyOf", "allOf", "not", "enum", "const")
+
+
+def provider_tool_name(name: str) -> str:
+    """A name providers accept: ``[A-Za-z0-9_-]{1,64}``; long names keep a hash suffix."""
+    clean = _NAME_OK.sub("_", name) or "tool"
+    if len(clean) > MAX_TOOL_NAME:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        clean = f"{clean[: MAX_TOOL_NAME - 9]}_{digest}"
+    return clean
+
+
+def _resolve_refs(node: Any, root: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:
+    if isinstance(node, list):
+        return [_resolve_refs(v, root, seen) for v in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        if ref in seen:  # recursive schema: cut the cycle with an unconstrained value
+            return {"description": node.get("description", f"(recursive {ref.rsplit('/', 1)[-1]})")}
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
+        merged = {**copy.deepcopy(target), **{k: v for k, v in node.items() if k != "$ref"}}
+        return _resolve_refs(merged, root, seen + (ref,))
+    return {k: _resolve_refs(v, root, seen) for k, v in node.items() if k not in _DROP_KEYS}
+
+
+def _fix_node(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_fix_node(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _fix_node(v) for k, v in node.items()}
+    types = out.get("type")
+    is_array = types == "array" or (isinstance(types, list) and "array" in types)
+    is_object = types == "object" or (isinstance(types, list) and "object" in types)
+    if is_array and "items" not in out and "prefixItems" not in out:
+        out["items"] = {}
+    if is_object and not isinstance(out.get("properties"), dict):
+        out["properties"] = {}
+    if "required" in out and isinstance(out.get("properties"), dict):
+        out["required"] = [r for r in out["required"] if r in out["properties"]]
+        if not out["required"]:
+            del out["required"]
+    return out
+
+
+def normalize_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
+    """A provider-acceptable copy of an MCP ``inputSchema`` (always ``type: object`` at the top)."""
+    if not isinstance(schema, dict):
+        return {"type": "object", "properties": {}}
+    root = copy.deepcopy(schema)
+    out = _fix_node(_resolve_refs(root, root))
+    out.pop("title", None)
+    if out.get("type") != "object":
+        if "properties" in out:
+            out["type"] = "object"
+        else:  # a scalar or composite top level: wrap it as a single argument
+            inner = {k: v for k, v in out.items()}
+            out = {"type": "object", "properties": {"value": inner}, "required": ["value"]}
+    if isinstance(out.get("allOf"), list):  # fold object-shaped allOf parts into the top level
+        for part in out.pop("allOf"):
+            if isinstance(part, dict):
+                out["properties"] = {**out.get("properties", {}), **part.get("properties", {})}
+                out["required"] = sorted(set(out.get("required", [])) | set(part.get("required", [])))
+    dropped = [k for k in _TOP_LEVEL_REJECTED if k in out]
+    for key in dropped:
+        out.pop(key)
+    if dropped:
+        note = f"(constraints {', '.join(dropped)} not enforced by the provider schema)"
+        out["description"] = f"{out.get('description', '')} {note}".strip()
+    out.setdefault("properties", {})
+    if not out.get("required"):
+        out.pop("required", None)
+    return out
+
+
+def openai_tool(name: str, tool: ToolSpec) -> dict[str, Any]:
+    """OpenAI Chat Completions function tool for ``tool`` under the aggregated ``name``."""
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": tool.description or tool.title or tool.name,
+            "parameters": normalize_schema(tool.input_schema),
+        },
+    }
+
+
+def anthropic_tool(name: str, tool: ToolSpec) -> dict[str, Any]:
+    """Anthropic Messages API tool for ``tool`` under the aggregated ``name``."""
+    return {
+        "name": name,
+        "description": tool.description or tool.title or tool.name,
+        "input_schema": normalize_schema(tool.input_schema),
+    }
+
+
+def openai_to_anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """Convert an OpenAI function tool (the Model interface's format) to an Anthropic tool."""
+    fn = tool.get("function", tool)
+    return {
+        "name": fn["name"],
+        "description": fn.get("description", ""),
+        "input_schema": normalize_schema(fn.get("parameters")),
+    }
