@@ -1,1 +1,80 @@
-"""astra.servers"""
+"""astra.servers: environments as real MCP servers (official ``mcp`` SDK v2).
+
+Public API
+- :class:`Sandbox`, :class:`SandboxLimits`, :class:`SandboxResult`: a warm, isolated worker
+  process for model-written tool code (rlimits, wall-clock timeout, no network, writes
+  confined to a scratch directory, clean environment).
+- :func:`build_server` (an ``EnvironmentSpec``) and :func:`build_class_server` (a trusted
+  Python class, e.g. BFCL's backends) return an :class:`EnvironmentServer` (an
+  ``MCPServer``) for ``mcp.client.Client(server)`` in-process, stdio or HTTP; its
+  :class:`EnvironmentRuntime` (``server.runtime``) is the harness's hidden control handle
+  (reset / snapshot / restore / state / calls), and :class:`EnvironmentControl` is the same
+  over the wire (MCP extension ``dev.astra/environment``). See ``_runtime`` for how
+  requests map to episodes (``EPISODE_META_KEY``).
+- :func:`emit` writes a standalone server directory; :func:`validate_emitted` launches it
+  over stdio and replays the verifiers' reference calls.
+- :func:`process_reward` and :func:`score_episode`: the ASTRA process reward and per-call checks.
+"""
+
+from __future__ import annotations
+
+from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec, Verifier
+
+from ._runtime import (
+    CONTROL_EXTENSION,
+    DEFAULT_EPISODE,
+    EPISODE_META_KEY,
+    EnvironmentControl,
+    EnvironmentRuntime,
+    EnvironmentServer,
+    Snapshot,
+    ToolOutcome,
+    build_class_server,
+    build_server_from_dict,
+)
+from ._runtime import EnvironmentError_ as EnvironmentSpecError
+from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult
+
+
+def build_server(
+    spec: EnvironmentSpec,
+    *,
+    sandboxed: bool | None = None,
+    limits: SandboxLimits | None = None,
+    bearer_token: str | None = None,
+    public_url: str | None = None,
+) -> EnvironmentServer:
+    """An ``MCPServer`` for ``spec``: tools with the spec's input schemas and descriptions,
+    ``structured_content`` results, per-episode state.
+
+    ``sandboxed=None`` follows ``spec.sandboxed``; ``sandboxed=False`` runs the tool code
+    in-process (only for trusted, hand-written environments). Serve it in-process with
+    ``mcp.client.Client(server)``, or over stdio / HTTP with ``astra.servers.serve``.
+    """
+    return build_server_from_dict(
+        spec.model_dump(mode="json"), sandboxed=sandboxed, limits=limits, bearer_token=bearer_token, public_url=public_url
+    )
+
+
+__all__ = [
+    "CONTROL_EXTENSION",
+    "DEFAULT_EPISODE",
+    "EPISODE_META_KEY",
+    "EnvironmentControl",
+    "EnvironmentRuntime",
+    "EnvironmentServer",
+    "EnvironmentSpec",
+    "EnvironmentSpecError",
+    "Sandbox",
+    "SandboxError",
+    "SandboxLimits",
+    "SandboxResult",
+    "Snapshot",
+    "ToolImplementation",
+    "ToolOutcome",
+    "ToolSpec",
+    "Verifier",
+    "build_class_server",
+    "build_server",
+    "build_server_from_dict",
+]

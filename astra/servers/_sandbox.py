@@ -1,0 +1,339 @@
+"""Host side of the sandbox: a warm worker process that runs untrusted tool code.
+
+Only the standard library, ``anyio`` and (for types) nothing else: this module is
+vendored into emitted environment directories, which need nothing but Python and ``mcp``.
+
+Isolation, outermost first:
+- ``unshare --user --map-root-user -n``: a fresh network namespace (loopback down, no
+  route anywhere). Where namespaces are refused the sandbox says so loudly (a warning and
+  ``Sandbox.isolation``) and relies on the worker's audit hook, which refuses sockets.
+- a pids cgroup (cgroup v1 ``pids`` controller, when writable) with ``pids.max``;
+- a cleaned environment (no host variables), the scratch directory as cwd and HOME;
+- the wall-clock timeout here, and the worker's rlimits and audit hook (see ``_worker``).
+
+A crash, timeout or limit hit kills and restarts the worker; the caller's state is never
+touched because the worker gets a copy and the new state only comes back on success.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+log = logging.getLogger("astra.servers.sandbox")
+
+_HEADER = struct.Struct(">I")
+_WORKER = Path(__file__).with_name("_worker.py")
+_CGROUP_PIDS = Path("/sys/fs/cgroup/pids")
+_NAMESPACE_PROBE: dict[str, list[str] | None] = {}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not start or talk to its worker (not a tool failure)."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-call limits for sandboxed tool code."""
+
+    cpu_s: float = 2.0
+    memory_mb: int = 256
+    max_procs: int = 16
+    file_size_mb: int = 16
+    wall_s: float = 5.0
+    max_output_bytes: int = 64 * 1024
+    max_result_bytes: int = 256 * 1024
+    max_state_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass
+class SandboxResult:
+    """The outcome of one sandboxed call. ``state`` is the state after a successful stateful call."""
+
+    ok: bool
+    value: Any = None
+    error: str | None = None
+    error_kind: str | None = None
+    state: dict[str, Any] | None = None
+    latency_s: float = 0.0
+    stdout: str = ""
+    truncated: bool = False
+    restarted: bool = False
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def _namespace_prefix() -> list[str] | None:
+    """The command prefix that gives the worker its own network namespace, or None."""
+    if "prefix" in _NAMESPACE_PROBE:
+        return _NAMESPACE_PROBE["prefix"]
+    prefix: list[str] | None = None
+    unshare = shutil.which("unshare")
+    if unshare and sys.platform.startswith("linux"):
+        candidates = [[unshare, "--user", "--map-root-user", "-n"]]
+        if os.geteuid() == 0:
+            candidates.append([unshare, "-n"])
+        for candidate in candidates:
+            try:
+                done = subprocess.run([*candidate, "true"], capture_output=True, timeout=10)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if done.returncode == 0:
+                prefix = candidate
+                break
+    if prefix is None:
+        message = (
+            "SANDBOX WARNING: network namespaces are not available here (unshare failed); "
+            "sandboxed tool code runs WITHOUT network isolation, relying on the worker's "
+            "audit hook to refuse sockets."
+        )
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        log.warning(message)
+    _NAMESPACE_PROBE["prefix"] = prefix
+    return prefix
+
+
+class Sandbox:
+    """A warm worker process for untrusted tool code.
+
+    ``async with Sandbox(limits=SandboxLimits(...)) as sb: await sb.call(source, entrypoint, args)``.
+    Calls are serialised (one worker, one call at a time); use several sandboxes for
+    parallelism. Compiled tool source is cached in the worker by its hash.
+    """
+
+    def __init__(self, limits: SandboxLimits | None = None, scratch_dir: str | os.PathLike[str] | None = None) -> None:
+        self.limits = limits or SandboxLimits()
+        self._own_scratch = scratch_dir is None
+        self.scratch_dir = Path(scratch_dir) if scratch_dir is not None else Path(tempfile.mkdtemp(prefix="astra-sandbox-"))
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        self._process: Process | None = None
+        self._reader: BufferedByteReceiveStream | None = None
+        self._known: set[str] = set()
+        self._lock = anyio.Lock()
+        self._cgroup: Path | None = None
+        self._log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
+        self.restarts = 0
+        self.isolation: dict[str, bool] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        if self._process is None:
+            await self._spawn()
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._kill()
+            if self._cgroup is not None:
+                try:
+                    self._cgroup.rmdir()
+                except OSError:
+                    pass
+                self._cgroup = None
+            if self._own_scratch:
+                shutil.rmtree(self.scratch_dir, ignore_errors=True)
+            try:
+                self._log_path.unlink()
+            except OSError:
+                pass
+
+    def _make_cgroup(self) -> Path | None:
+        if not _CGROUP_PIDS.is_dir() or not os.access(_CGROUP_PIDS, os.W_OK):
+            return None
+        path = _CGROUP_PIDS / f"astra-sandbox-{os.getpid()}-{id(self):x}"
+        try:
+            path.mkdir(exist_ok=True)
+            (path / "pids.max").write_text(str(self.limits.max_procs))
+        except OSError:
+            return None
+        return path
+
+    async def _spawn(self) -> None:
+        limits = self.limits
+        config = {
+            "scratch": str(self.scratch_dir),
+            "cpu_s": limits.cpu_s,
+            "memory_mb": limits.memory_mb,
+            "max_procs": limits.max_procs,
+            "file_size_mb": limits.file_size_mb,
+            "max_output_bytes": limits.max_output_bytes,
+            "max_result_bytes": limits.max_result_bytes,
+            "max_state_bytes": limits.max_state_bytes,
+        }
+        prefix = _namespace_prefix()
+        command = [*(prefix or []), sys.executable, "-I", "-S", str(_WORKER), json.dumps(config)]
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.scratch_dir), "TMPDIR": str(self.scratch_dir)}
+        with self._log_path.open("wb") as log_file:
+            try:
+                self._process = await anyio.open_process(command, stderr=log_file, cwd=str(self.scratch_dir), env=env)
+            except OSError as exc:
+                raise SandboxError(f"cannot start the sandbox worker: {exc}") from exc
+        assert self._process.stdout is not None
+        self._reader = BufferedByteReceiveStream(self._process.stdout)
+        self._known = set()
+        if self._cgroup is None:
+            self._cgroup = self._make_cgroup()
+        if self._cgroup is not None:
+            try:
+                (self._cgroup / "cgroup.procs").write_text(str(self._process.pid))
+            except OSError:
+                pass
+        self.isolation = {"network_namespace": prefix is not None, "pids_cgroup": self._cgroup is not None}
+
+    def abandon(self) -> None:
+        """Kill the worker without awaiting it (its event loop is gone or is another one)."""
+        process, self._process, self._reader = self._process, None, None
+        if process is not None and process.returncode is None:
+            try:
+                os.kill(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._cgroup is not None:
+            try:
+                self._cgroup.rmdir()
+            except OSError:
+                pass
+            self._cgroup = None
+
+    async def _kill(self) -> None:
+        process, self._process, self._reader = self._process, None, None
+        if process is None:
+            return
+        if process.returncode is None:
+            try:
+                process.kill()
+            except ProcessLookupError:
+                pass
+        await process.wait()
+        await process.aclose()
+
+    async def _restart(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._kill()
+            self.restarts += 1
+            await self._spawn()
+
+    # ------------------------------------------------------------------ calls
+
+    async def call(
+        self,
+        source: str,
+        entrypoint: str,
+        arguments: dict[str, Any],
+        *,
+        state: dict[str, Any] | None = None,
+    ) -> SandboxResult:
+        """Run ``entrypoint(**arguments)`` (or ``entrypoint(state, **arguments)`` when a state is
+        given) from ``source`` in the worker. Never raises for tool failures: see ``SandboxResult``."""
+        start = time.perf_counter()
+        stateful = state is not None
+        digest = source_hash(source)
+        async with self._lock:
+            if self._process is None:
+                await self._spawn()
+            request: dict[str, Any] = {
+                "hash": digest,
+                "entrypoint": entrypoint,
+                "arguments": arguments,
+                "stateful": stateful,
+                "state": state,
+            }
+            if digest not in self._known:
+                request["source"] = source
+            try:
+                payload = json.dumps(request, allow_nan=False).encode("utf-8")
+            except (TypeError, ValueError) as exc:
+                return SandboxResult(ok=False, error_kind="not_json", error=f"arguments or state are not JSON: {exc}", latency_s=time.perf_counter() - start)
+            result = await self._exchange(payload)
+            if result.ok or result.error_kind in ("exception", "forbidden", "not_json", "memory", "state_too_large"):
+                self._known.add(digest)
+            result.latency_s = time.perf_counter() - start
+            return result
+
+    async def _exchange(self, payload: bytes) -> SandboxResult:
+        process, reader = self._process, self._reader
+        assert process is not None and reader is not None and process.stdin is not None
+        completed = False
+        try:
+            with anyio.fail_after(self.limits.wall_s):
+                try:
+                    await process.stdin.send(_HEADER.pack(len(payload)) + payload)
+                    header = await reader.receive_exactly(4)
+                    (size,) = _HEADER.unpack(header)
+                    body = await reader.receive_exactly(size)
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return await self._died()
+            try:
+                data = json.loads(body)
+            except ValueError:
+                await self._restart()
+                return SandboxResult(ok=False, error_kind="crash", error="the sandbox worker sent a corrupt reply; it was restarted", restarted=True)
+            completed = True
+            return SandboxResult(
+                ok=bool(data.get("ok")),
+                value=data.get("value"),
+                error=data.get("error"),
+                error_kind=data.get("error_kind"),
+                state=data.get("state"),
+                stdout=data.get("stdout") or "",
+                truncated=bool(data.get("truncated")),
+            )
+        except TimeoutError:
+            await self._restart()
+            return SandboxResult(
+                ok=False,
+                error_kind="timeout",
+                error=f"the tool did not finish within {self.limits.wall_s:g} s (wall-clock limit); it was stopped",
+                restarted=True,
+            )
+        finally:
+            if not completed and self._process is process:
+                # Cancelled mid-exchange: the worker's reply would desynchronise the next call.
+                with anyio.CancelScope(shield=True):
+                    await self._restart()
+
+    async def _died(self) -> SandboxResult:
+        process = self._process
+        code = None
+        if process is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                code = await process.wait()
+        await self._restart()
+        if code is not None and code < 0:
+            sig = -code
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            if sig == signal.SIGXCPU:
+                return SandboxResult(ok=False, error_kind="cpu", error=f"the tool used more than {self.limits.cpu_s:g} s of CPU; it was stopped", restarted=True)
+            if sig == signal.SIGXFSZ:
+                return SandboxResult(ok=False, error_kind="file_size", error=f"the tool wrote a file larger than {self.limits.file_size_mb} MiB; it was stopped", restarted=True)
+            if sig == signal.SIGKILL:
+                return SandboxResult(ok=False, error_kind="memory", error="the tool's worker was killed (out of memory or a limit); it was restarted", restarted=True)
+            return SandboxResult(ok=False, error_kind="crash", error=f"the tool's worker died ({name}); it was restarted", restarted=True)
+        return SandboxResult(ok=False, error_kind="crash", error=f"the tool's worker exited unexpectedly (code {code}); it was restarted", restarted=True)
+
