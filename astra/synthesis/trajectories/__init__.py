@@ -1,0 +1,48 @@
+"""astra.synthesis.trajectories — tool graph -> chains -> tasks -> rollouts -> rewards -> SFT data.
+
+Entry points: :func:`run_trajectory_pipeline` (all stages, resumable, returns the funnel and
+the export paths), :class:`TrajectoryPipeline` (one stage at a time, as the CLI verbs do),
+:func:`demo_config` (an offline run on bundled servers). Building blocks are public for
+benchmarks and tests: :func:`generate_candidates` (schema candidates through an inverted
+index), :func:`sample_walks` / :func:`sample_toolsets`, :class:`SimulatedServer`.
+"""
+
+from astra.synthesis.trajectories._chains import Coverage, coverage, graph_to_networkx, sample_toolsets, sample_walks
+from astra.synthesis.trajectories._config import (
+    ChainOptions,
+    ConfigError,
+    GraphOptions,
+    RewardOptions,
+    RolloutOptions,
+    TaskOptions,
+    TrajectoryConfig,
+    VerifyOptions,
+)
+from astra.synthesis.trajectories._export import SFTSample, to_sharegpt, write_exports
+from astra.synthesis.trajectories._graph import (
+    Candidate,
+    batch_candidates,
+    generate_candidates,
+    server_pair_count,
+    tokens,
+)
+from astra.synthesis.trajectories._pipeline import (
+    STAGES,
+    VERBS,
+    PipelineError,
+    PipelineResult,
+    TrajectoryPipeline,
+    demo_config,
+    run_trajectory_pipeline,
+)
+from astra.synthesis.trajectories._reward import DIMENSIONS, reward_trajectory, rule_scores
+from astra.synthesis.trajectories._simulate import SimulatedServer
+
+__all__ = [
+    "Candidate", "ChainOptions", "ConfigError", "Coverage", "DIMENSIONS", "GraphOptions", "PipelineError",
+    "PipelineResult", "RewardOptions", "RolloutOptions", "SFTSample", "STAGES", "SimulatedServer", "TaskOptions",
+    "TrajectoryConfig", "TrajectoryPipeline", "VERBS", "VerifyOptions", "batch_candidates", "coverage",
+    "demo_config", "generate_candidates", "graph_to_networkx", "reward_trajectory", "rule_scores",
+    "run_trajectory_pipeline", "sample_toolsets", "sample_walks", "server_pair_count", "to_sharegpt", "tokens",
+    "write_exports",
+]

@@ -1,0 +1,157 @@
+"""The trajectory pipeline's configuration: one pydantic model, loaded from YAML or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from astra.records import ServerSpec
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GraphOptions(_Options):
+    name: str | None = Field(default=None, description="graph name in the registry (default: traj-<run dir name>)")
+    cross_server: bool = Field(default=True, description="also link tools across servers of the same domain")
+    min_candidate_score: float = Field(default=0.35, ge=0.0, le=1.0)
+    max_sources_per_tool: int = Field(default=6, ge=1, description="keep the best N candidate sources per destination tool")
+    llm_verify: bool = Field(default=True, description="an LLM verifies candidate edges (in batches)")
+    batch_size: int = Field(default=12, ge=1, description="candidate edges per LLM verification call")
+    llm_chains: bool = Field(default=False, description="also ask the LLM for whole chains per server (original ASTRA)")
+    min_edge_score: float = Field(default=0.5, ge=0.0, le=1.0, description="LLM-verified edges below this are dropped")
+
+
+class ChainOptions(_Options):
+    num_chains: int = Field(default=20, ge=0)
+    min_length: int = Field(default=2, ge=2)
+    max_length: int = Field(default=5, ge=2)
+    num_toolsets: int = Field(default=10, ge=0, description="single- and multi-tool sets without a chain")
+    max_toolset_size: int = Field(default=3, ge=1, le=3)
+    uncovered_weight: float = Field(default=4.0, ge=1.0, description="how much more likely an uncovered tool is picked")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> ChainOptions:
+        if self.max_length < self.min_length:
+            raise ValueError(f"chains.max_length ({self.max_length}) < chains.min_length ({self.min_length})")
+        return self
+
+
+class VerifyOptions(_Options):
+    enabled: bool = True
+    votes: int = Field(default=1, ge=1, description="LLM votes per chain; a majority must accept")
+    back_translation: bool = True
+    min_back_translation: float = Field(default=0.5, ge=0.0, le=1.0, description="recovered-chain similarity to pass")
+    distractors: int = Field(default=4, ge=0, description="extra tools offered when recovering the chain")
+
+
+class TaskOptions(_Options):
+    per_chain: int = Field(default=1, ge=1, description="base questions per chain / toolset")
+    augmentations: list[str] = Field(default_factory=lambda: ["wording", "complex", "persona"])
+    multi_turn: bool = True
+    quality_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="mean of the four quality scores, in [0, 1]")
+
+    @model_validator(mode="after")
+    def _known(self) -> TaskOptions:
+        unknown = sorted(set(self.augmentations) - {"wording", "complex", "persona"})
+        if unknown:
+            raise ValueError(f"tasks.augmentations: unknown {unknown} (known: wording, complex, persona)")
+        return self
+
+
+class RolloutOptions(_Options):
+    samples: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=8, ge=1)
+    max_tokens: int | None = Field(default=512, description="per model reply")
+    temperature: float | None = 0.7
+
+
+class RewardOptions(_Options):
+    threshold: float = Field(default=0.6, ge=0.0, le=1.0, description="minimum overall reward to export")
+    min_dimension: float = Field(default=0.0, ge=0.0, le=1.0, description="every dimension must reach this to export")
+    require_schema_valid: bool = Field(default=False, description="export only when every call's arguments were schema-valid")
+
+
+class TrajectoryConfig(_Options):
+    """Everything one run of the trajectory pipeline needs."""
+
+    out_dir: Path
+    home: Path | None = Field(default=None, description="ASTRA home (registry); default $ASTRA_HOME or ~/.astra")
+    servers: list[str] = Field(default_factory=list, description="registry server names")
+    inline_servers: list[ServerSpec] = Field(default_factory=list, description="servers given in full here, not in the registry")
+    environments: list[Path] = Field(default_factory=list, description="EnvironmentSpec JSON files, served in-process")
+    model: str = "local:smollm2"
+    judge_model: str | None = Field(default=None, description="default: model")
+    simulator_model: str | None = Field(default=None, description="simulates tools of servers that cannot run; default: model")
+    seed: int = 0
+    concurrency: int = Field(default=4, ge=1)
+    graph: GraphOptions = Field(default_factory=GraphOptions)
+    chains: ChainOptions = Field(default_factory=ChainOptions)
+    verify: VerifyOptions = Field(default_factory=VerifyOptions)
+    tasks: TaskOptions = Field(default_factory=TaskOptions)
+    rollout: RolloutOptions = Field(default_factory=RolloutOptions)
+    reward: RewardOptions = Field(default_factory=RewardOptions)
+    export_formats: list[str] = Field(default_factory=lambda: ["openai", "sharegpt", "parquet"])
+
+    @model_validator(mode="after")
+    def _check(self) -> TrajectoryConfig:
+        unknown = sorted(set(self.export_formats) - {"openai", "sharegpt", "parquet"})
+        if unknown:
+            raise ValueError(f"export_formats: unknown {unknown} (known: openai, sharegpt, parquet)")
+        if not (self.servers or self.inline_servers or self.environments):
+            raise ValueError("no servers: give at least one of servers, inline_servers, environments")
+        return self
+
+    @property
+    def judge(self) -> str:
+        return self.judge_model or self.model
+
+    @property
+    def simulator(self) -> str:
+        return self.simulator_model or self.model
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrajectoryConfig:
+        """Read a YAML or JSON config; relative paths in it are relative to the file.
+
+        Raises :class:`ConfigError` naming the file and the offending field.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text("utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        data: Any
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as exc:  # json / yaml parse errors carry line numbers in their message
+            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        base = path.parent.resolve()
+        for key in ("out_dir", "home"):
+            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+                data[key] = str(base / data[key])
+        if isinstance(data.get("environments"), list):
+            data["environments"] = [
+                str(base / e) if isinstance(e, str) and not Path(e).is_absolute() else e for e in data["environments"]
+            ]
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise ConfigError(f"{path}: field {where}: {first['msg']} ({exc.error_count()} error(s))") from exc
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be read or validated (the message names file and field)."""

@@ -1,0 +1,530 @@
+"""The trajectory pipeline: graph -> chains -> verify -> tasks (+quality) -> rollout -> reward -> export.
+
+Every stage writes ``<out_dir>/<stage>.jsonl`` through :class:`astra.synthesis.Stage` (one
+line per input; a killed run resumes where it stopped). Stages read the previous stage's
+outputs from the run directory, so each can also be run on its own (``astra traj <stage>``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field
+
+from astra.client import Model
+from astra.records import (
+    EnvironmentLaunch,
+    EnvironmentSpec,
+    GraphEdge,
+    HttpLaunch,
+    Reward,
+    ServerSpec,
+    SimulatedLaunch,
+    StdioLaunch,
+    Task,
+    ToolChain,
+    ToolGraph,
+    ToolSpec,
+    Trajectory,
+    stable_id,
+)
+from astra.runs import RunDir
+from astra.synthesis._llm import LLMOutputError, ask_json
+from astra.synthesis._stage import Funnel, Outcome, Stage, StageCounts
+from astra.synthesis.trajectories import _chains, _graph
+from astra.synthesis.trajectories._config import TrajectoryConfig
+from astra.synthesis.trajectories._export import SFTSample, select, write_exports
+from astra.synthesis.trajectories._reward import reward_trajectory
+from astra.synthesis.trajectories._simulate import SimulatedServer
+from astra.synthesis.trajectories._tasks import generate_tasks, score_task
+from astra.synthesis.trajectories._verify import verify_chain
+
+STAGES = ("graph", "chains", "verify", "tasks", "quality", "rollout", "reward", "export")
+"""Stage files in order (the ``tasks`` CLI verb runs ``tasks`` and ``quality``)."""
+
+ROLLOUT_SYSTEM = (
+    "You are a helpful assistant with tools. Use the tools to get the facts you need, one step at a time, "
+    "then answer the user's request directly and concisely."
+)
+_FAILED_TERMINATIONS = {"model_error", "server_error", "timeout", "cancelled"}
+
+
+class PipelineError(RuntimeError):
+    """A user-facing problem with a run (a missing server, a stage run before its inputs exist)."""
+
+
+class PipelineResult(BaseModel):
+    run_dir: str
+    funnel: Funnel
+    exports: dict[str, str] = Field(default_factory=dict)
+    exported: int = 0
+    graph: dict[str, Any] = Field(default_factory=dict)
+    coverage: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_dir": self.run_dir, "exports": self.exports, "exported": self.exported, "graph": self.graph,
+            "coverage": self.coverage, "seconds": round(self.seconds, 2),
+            "funnel": [s.model_dump() for s in self.funnel.stages],
+        }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str), "utf-8")
+    os.replace(tmp, path)
+
+
+class TrajectoryPipeline:
+    """One run of the pipeline over a run directory. ``models`` maps a model spec to an
+    instance (tests pass scripted models); other specs go through ``astra.client.resolve_model``."""
+
+    def __init__(self, config: TrajectoryConfig, *, models: dict[str, Model] | None = None, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.run = RunDir(config.out_dir, config=config.model_dump(mode="json"))
+        self._models: dict[str, Model] = dict(models or {})
+        self._owned: list[Model] = []
+        self._registry: Any = None
+        self._servers: list[ServerSpec] | None = None
+        self._environments: dict[str, EnvironmentSpec] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from astra.registry import Registry
+
+            self._registry = Registry.open(self.config.home)
+        return self._registry
+
+    def model(self, spec: str) -> Model:
+        if spec not in self._models:
+            from astra.client import resolve_model
+
+            self._models[spec] = resolve_model(spec)
+            self._owned.append(self._models[spec])
+        return self._models[spec]
+
+    async def aclose(self) -> None:
+        for m in self._owned:
+            await m.aclose()
+        self._owned.clear()
+        if self._registry is not None:
+            self._registry.close()
+            self._registry = None
+
+    def stage(self, name: str, model: type[BaseModel]) -> Stage[Any]:
+        return Stage(self.run, name, model)
+
+    def _require(self, name: str) -> None:
+        if self.run.status(name) != "done":
+            raise PipelineError(f"{self.run.path}: stage {name!r} has not run yet; run `astra traj {name}` first "
+                                "(or `astra traj run`)")
+
+    # ------------------------------------------------------------------ servers
+
+    async def servers(self) -> list[ServerSpec]:
+        """The run's servers, snapshotted in ``servers.json`` on first use (a resumed run sees the same tools)."""
+        if self._servers is not None:
+            return self._servers
+        snapshot = self.run.path / "servers.json"
+        self._load_environments()
+        if snapshot.exists():
+            self._servers = [ServerSpec.model_validate(s) for s in json.loads(snapshot.read_text("utf-8"))]
+            return self._servers
+        from astra.registry import discover_tools
+
+        specs: list[ServerSpec] = []
+        for name in self.config.servers:
+            spec = self.registry.get_server(name)
+            if spec is None:
+                known = ", ".join(self.registry.server_names()[:20]) or "none"
+                raise PipelineError(f"server {name!r} is not in the registry at {self.registry.db_path} (known: {known})")
+            specs.append(spec)
+        for spec in self.config.inline_servers:
+            if not spec.tools and isinstance(spec.launch, (StdioLaunch, HttpLaunch)):
+                found = await discover_tools(spec.launch, name=spec.name)
+                spec = spec.model_copy(update={"tools": found.tools})
+            self.registry.upsert_server(spec)
+            specs.append(spec)
+        for env in self._environments.values():
+            spec = ServerSpec(
+                id=stable_id("environment", env.id, prefix="srv-"), name=env.name, description=env.description,
+                domain=env.provenance.get("domain") if isinstance(env.provenance.get("domain"), str) else None,
+                launch=EnvironmentLaunch(environment_id=env.id),
+                tools=[t.spec.model_copy(update={"server": env.name}) for t in env.tools], source=f"environment:{env.id}",
+            )
+            self.registry.save_environment(env)
+            self.registry.upsert_server(spec)
+            specs.append(spec)
+        names = [s.name for s in specs]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise PipelineError(f"servers named twice: {dup}")
+        specs = [s.model_copy(update={"tools": [t.model_copy(update={"server": s.name}) for t in s.tools]}) for s in specs]
+        _write_json(snapshot, [s.model_dump(mode="json") for s in specs])
+        self._servers = specs
+        return specs
+
+    def _load_environments(self) -> None:
+        if self._environments or not self.config.environments:
+            return
+        for path in self.config.environments:
+            try:
+                env = EnvironmentSpec.model_validate_json(Path(path).read_text("utf-8"))
+            except OSError as exc:
+                raise PipelineError(f"{path}: cannot read environment: {exc.strerror}") from exc
+            except ValueError as exc:
+                raise PipelineError(f"{path}: not an EnvironmentSpec: {str(exc).splitlines()[0]}") from exc
+            self._environments[env.name] = env
+
+    async def tools(self) -> dict[str, ToolSpec]:
+        return {t.qualified_name: t for s in await self.servers() for t in s.tools}
+
+    # ------------------------------------------------------------------ 1. graph
+
+    def graph_name(self) -> str:
+        return self.config.graph.name or f"traj-{Path(self.config.out_dir).resolve().name}"
+
+    def load_graph(self) -> ToolGraph:
+        path = self.run.path / "graph.json"
+        if not path.exists():
+            raise PipelineError(f"{self.run.path}: no graph yet; run `astra traj graph` first")
+        return ToolGraph.model_validate_json(path.read_text("utf-8"))
+
+    async def build_graph(self) -> ToolGraph:
+        path = self.run.path / "graph.json"
+        if path.exists() and self.run.status("graph") == "done":
+            return self.load_graph()
+        opts = self.config.graph
+        servers = await self.servers()
+        tools = await self.tools()
+        t0 = time.perf_counter()
+        candidates, stats = _graph.generate_candidates(
+            servers, cross_server=opts.cross_server, min_score=opts.min_candidate_score,
+            max_sources_per_tool=opts.max_sources_per_tool,
+        )
+        stats["seconds"] = round(time.perf_counter() - t0, 4)
+        batches = _graph.batch_candidates(candidates, opts.batch_size)
+        stats["llm_calls"] = len(batches) if opts.llm_verify else 0
+        stats["server_pairs"] = _graph.server_pair_count(servers, opts.cross_server)
+        self.run.mark("candidates", "done", **stats)
+        by_id = dict(batches)
+        judge = self.model(self.config.judge) if opts.llm_verify else None
+
+        async def verify_batch(batch: list[_graph.Candidate]) -> Outcome:
+            if judge is None:  # schema edges only
+                return Outcome.keep(*[GraphEdge(src=c.src, dst=c.dst, bindings=c.bindings, score=c.score,
+                                                provenance="schema") for c in batch])
+            try:
+                verdicts, audit = await ask_json(judge, _graph.edge_prompt(batch, tools), _graph.EdgeVerdicts,
+                                                 system=_graph.EDGE_SYSTEM, prompt_version=_graph.EDGE_PROMPT_VERSION)
+            except LLMOutputError as exc:
+                return Outcome.drop(f"judge_failed: {exc.reason[:160]}", failed=True, audit=exc.audit)
+            edges, why = _graph.verdicts_to_edges(batch, verdicts, tools, opts.min_edge_score)
+            audit.append({"not_accepted": why})
+            if not edges:
+                return Outcome.drop("no_edge_accepted: " + ", ".join(f"{k} {n}" for k, n in sorted(why.items())), audit=audit)
+            return Outcome.keep(*edges, audit=audit)
+
+        stage = self.stage("graph", GraphEdge)
+        await stage.run_items(list(by_id.items()), verify_batch, concurrency=self.config.concurrency,
+                              progress=self.progress, description="graph: verify candidate edges")
+        edges: list[GraphEdge] = list(stage.outputs())
+        if opts.llm_chains:
+            proposer = self.model(self.config.judge)
+
+            async def propose(server: ServerSpec) -> Outcome:
+                try:
+                    proposed, audit = await ask_json(proposer, _graph.chain_prompt(server), _graph.ProposedChains,
+                                                     prompt_version=_graph.CHAIN_PROMPT_VERSION)
+                except LLMOutputError as exc:
+                    return Outcome.drop(f"judge_failed: {exc.reason[:160]}", failed=True, audit=exc.audit)
+                found, bad = _graph.chains_to_edges(server, proposed)
+                if not found:
+                    return Outcome.drop(f"no_valid_chain: {bad} invalid", audit=audit)
+                return Outcome.keep(*found, audit=audit)
+
+            chain_stage = self.stage("graph_chains", GraphEdge)
+            multi = [(s.name, s) for s in servers if len(s.tools) >= 2]
+            await chain_stage.run_items(multi, propose, concurrency=self.config.concurrency, progress=self.progress,
+                                        description="graph: LLM-proposed chains")
+            edges += list(chain_stage.outputs())
+        graph = ToolGraph(name=self.graph_name(), nodes=sorted(tools), edges=_graph.merge_edges(edges),
+                          meta={"run": str(self.run.path), "candidates": stats, "seed": self.config.seed})
+        version = self.registry.save_graph(graph)
+        graph = graph.model_copy(update={"version": version})
+        _write_json(path, graph.model_dump(mode="json"))
+        self.run.mark("graph", "done", graph=graph.name, version=version, edges=len(graph.edges), nodes=len(graph.nodes))
+        return graph
+
+    # ------------------------------------------------------------------ 2. chains
+
+    async def sample_chains(self) -> dict[str, Any]:
+        graph = self.load_graph()
+        opts = self.config.chains
+        attempts, covered, _edges = _chains.sample_walks(
+            graph, num_chains=opts.num_chains, min_length=opts.min_length, max_length=opts.max_length,
+            seed=self.config.seed, uncovered_weight=opts.uncovered_weight,
+        )
+        toolsets = _chains.sample_toolsets(graph, count=opts.num_toolsets, max_size=opts.max_toolset_size,
+                                           seed=self.config.seed, covered=covered)
+        outcomes: dict[str, Outcome] = {}
+        for attempt_id, chain, reason in attempts:
+            outcomes[attempt_id] = Outcome.keep(chain) if chain is not None else Outcome.drop(reason or "dropped")
+        for ts in toolsets:
+            outcomes[ts.id] = Outcome.keep(ts)
+
+        async def emit(item_id: str) -> Outcome:
+            return outcomes[item_id]
+
+        stage = self.stage("chains", ToolChain)
+        await stage.run_items([(i, i) for i in outcomes], emit, concurrency=1, progress=self.progress,
+                              description="chains: sample walks and tool sets")
+        cov = _chains.coverage(graph, stage.outputs()).summary()
+        self.run.mark("chains", "done", coverage=cov)
+        return cov
+
+    # ------------------------------------------------------------------ 3-4. verify, tasks, quality
+
+    async def verify_chains(self) -> StageCounts:
+        self._require("chains")
+        tools = await self.tools()
+        judge = self.model(self.config.judge)
+        chains = self.stage("chains", ToolChain).outputs()
+        return await self.stage("verify", ToolChain).run_items(
+            [(c.id, c) for c in chains],
+            lambda c: verify_chain(c, tools, judge, self.config.verify, seed=self.config.seed),
+            concurrency=self.config.concurrency, progress=self.progress, description="verify: vote + back-translation",
+        )
+
+    async def generate_tasks(self) -> StageCounts:
+        self._require("verify")
+        tools = await self.tools()
+        gen = self.model(self.config.model)
+        chains = self.stage("verify", ToolChain).outputs()
+        await self.stage("tasks", Task).run_items(
+            [(c.id, c) for c in chains], lambda c: generate_tasks(c, tools, gen, self.config.tasks),
+            concurrency=self.config.concurrency, progress=self.progress, description="tasks: generate",
+        )
+        judge = self.model(self.config.judge)
+        tasks = self.stage("tasks", Task).outputs()
+        return await self.stage("quality", Task).run_items(
+            [(t.id, t) for t in tasks], lambda t: score_task(t, tools, judge, self.config.tasks.quality_threshold),
+            concurrency=self.config.concurrency, progress=self.progress, description="tasks: quality",
+        )
+
+    # ------------------------------------------------------------------ 5. rollouts
+
+    async def _targets(self, needed: set[str]) -> tuple[list[Any], set[str]]:
+        """Connection targets for the servers the tasks use, and which of them are simulated."""
+        targets: list[Any] = []
+        simulated: set[str] = set()
+        for spec in await self.servers():
+            if spec.name not in needed:
+                continue
+            if isinstance(spec.launch, (StdioLaunch, HttpLaunch)):
+                targets.append(spec)
+            elif isinstance(spec.launch, EnvironmentLaunch) and spec.name in self._environments:
+                from astra.servers import build_server
+
+                env = self._environments[spec.name]
+                targets.append((spec.name, build_server(env, sandboxed=env.sandboxed)))
+            elif isinstance(spec.launch, EnvironmentLaunch):
+                found = self.registry.get_environment(spec.launch.environment_id)
+                if found is None:
+                    raise PipelineError(f"server {spec.name!r}: environment {spec.launch.environment_id!r} is not in the registry")
+                from astra.servers import build_server
+
+                targets.append((spec.name, build_server(found[0], sandboxed=found[0].sandboxed)))
+            else:
+                assert isinstance(spec.launch, SimulatedLaunch)
+                targets.append((spec.name, SimulatedServer(spec, self.model(self.config.simulator))))
+                simulated.add(spec.name)
+        return targets, simulated
+
+    async def rollouts(self) -> StageCounts:
+        self._require("quality")
+        from astra.client import Connections, ModelSettings, run_episode
+        from astra.client._loop import trajectory_id
+
+        tasks = self.stage("quality", Task).outputs()
+        agent = self.model(self.config.model)
+        opts = self.config.rollout
+        stage = self.stage("rollout", Trajectory)
+        items = [(trajectory_id(t.id, agent.name, s), (t, s)) for t in tasks for s in range(opts.samples)]
+        todo = [it for it in items if it[0] not in stage.done_ids()]
+        if not todo:  # nothing left: do not start servers
+            return await stage.run_items([], _never, progress=False)
+        targets, simulated = await self._targets({srv for t, _ in (it[1] for it in todo) for srv in t.servers})
+        settings = ModelSettings(temperature=opts.temperature, max_tokens=opts.max_tokens, seed=self.config.seed)
+        async with Connections(targets) as conns:
+
+            async def roll(item: tuple[Task, int]) -> Outcome:
+                task, sample = item
+                traj = await run_episode(agent, conns, task, system_prompt=ROLLOUT_SYSTEM, settings=settings,
+                                         max_steps=opts.max_steps, sample=sample,
+                                         meta={"chain_id": task.chain_id, "simulated_servers": sorted(simulated)})
+                if simulated:
+                    traj = traj.model_copy(update={"steps": [
+                        s.model_copy(update={"simulated": s.server in simulated}) for s in traj.steps]})
+                if traj.termination in _FAILED_TERMINATIONS:
+                    return Outcome.drop(f"{traj.termination}: {(traj.error or '')[:160]}", failed=True)
+                return Outcome.keep(traj)
+
+            counts = await stage.run_items(items, roll, concurrency=self.config.concurrency, progress=self.progress,
+                                           description="rollout: episodes")
+        return counts
+
+    # ------------------------------------------------------------------ 6-7. rewards, export
+
+    async def rewards(self) -> StageCounts:
+        self._require("rollout")
+        tasks = {t.id: t for t in self.stage("quality", Task).outputs()}
+        judge = self.model(self.config.judge)
+        trajs = self.stage("rollout", Trajectory).outputs()
+
+        async def score(traj: Trajectory) -> Outcome:
+            reward, audit = await reward_trajectory(tasks[traj.task_id], traj, judge)
+            return Outcome.keep(reward, audit=audit)
+
+        return await self.stage("reward", Reward).run_items(
+            [(t.id, t) for t in trajs], score, concurrency=self.config.concurrency, progress=self.progress,
+            description="reward: rules + judge",
+        )
+
+    async def export(self) -> dict[str, str]:
+        self._require("reward")
+        tasks = {t.id: t for t in self.stage("quality", Task).outputs()}
+        trajs = {t.id: t for t in self.stage("rollout", Trajectory).outputs()}
+        rewards = self.stage("reward", Reward).outputs()
+        opts = self.config.reward
+
+        async def pick(reward: Reward) -> Outcome:
+            traj = trajs[reward.trajectory_id]
+            return select(reward, traj, tasks[traj.task_id], opts)
+
+        stage = self.stage("export", SFTSample)
+        await stage.run_items([(r.id, r) for r in rewards], pick, concurrency=1, progress=self.progress,
+                              description="export: filter by thresholds")
+        paths = write_exports(stage.outputs(), self.run.path / "export", self.config.export_formats)
+        self.run.mark("export", "done", **self.stage("export", SFTSample).counts().model_dump(exclude={"stage"}), paths=paths)
+        return paths
+
+    # ------------------------------------------------------------------ funnel
+
+    def funnel(self) -> Funnel:
+        funnel = Funnel()
+        cand = self.run.manifest["stages"].get("candidates")
+        if cand:
+            funnel.add(StageCounts(stage="candidates", inputs=cand.get("tools", 0), outputs=cand.get("candidates", 0)))
+        for name in ("graph", "graph_chains", *STAGES[1:]):
+            if (self.run.path / f"{name}.jsonl").exists():
+                funnel.add(self.stage(name, BaseModel).counts())
+        return funnel
+
+    def result(self, started: float) -> PipelineResult:
+        graph = self.run.manifest["stages"].get("graph", {})
+        exp = self.run.manifest["stages"].get("export", {})
+        return PipelineResult(
+            run_dir=str(self.run.path), funnel=self.funnel(), exports=exp.get("paths", {}),
+            exported=exp.get("outputs", 0), graph={k: graph.get(k) for k in ("graph", "version", "nodes", "edges")},
+            coverage=self.run.manifest["stages"].get("chains", {}).get("coverage", {}),
+            seconds=time.perf_counter() - started,
+        )
+
+    async def run_stage(self, verb: str) -> None:
+        """One CLI verb: graph, chains, verify, tasks (generation + quality), rollout, reward, export."""
+        steps = {
+            "graph": self.build_graph, "chains": self.sample_chains, "verify": self.verify_chains,
+            "tasks": self.generate_tasks, "rollout": self.rollouts, "reward": self.rewards, "export": self.export,
+        }
+        if verb not in steps:
+            raise PipelineError(f"unknown stage {verb!r} (stages: {', '.join(steps)})")
+        await steps[verb]()
+
+
+VERBS = ("graph", "chains", "verify", "tasks", "rollout", "reward", "export")
+
+
+async def _never(_: Any) -> Outcome:  # pragma: no cover - called only with no items
+    raise AssertionError("no items")
+
+
+async def run_trajectory_pipeline(
+    config: TrajectoryConfig,
+    *,
+    progress: bool = True,
+    models: dict[str, Model] | None = None,
+    stages: Sequence[str] = VERBS,
+) -> PipelineResult:
+    """Run the stages (all by default) and return the funnel and export paths; resumable."""
+    started = time.perf_counter()
+    pipeline = TrajectoryPipeline(config, models=models, progress=progress)
+    try:
+        for verb in stages:
+            await pipeline.run_stage(verb)
+        result = pipeline.result(started)
+    finally:
+        await pipeline.aclose()
+    if progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        console.print(result.funnel.render())
+        if result.exports:
+            console.print(f"exported {result.exported} sample(s): " + ", ".join(result.exports.values()), highlight=False)
+    return result
+
+
+def demo_config(
+    out_dir: str | os.PathLike[str],
+    model_spec: str = "local:smollm2",
+    home: str | os.PathLike[str] | None = None,
+    *,
+    judge_model: str | None = None,
+) -> TrajectoryConfig:
+    """A small offline run on bundled servers: ``mcp-server-time`` (a real stdio server), the
+    sample environment(s) of ``astra.servers`` (served in-process), and two of the registry's
+    sample servers (simulated by the model). Imports the sample servers into the registry."""
+    from astra.registry import SAMPLE_SERVERS, Registry, import_file
+
+    with Registry.open(home) as registry:
+        report = import_file(registry, SAMPLE_SERVERS)
+        if not report.ok:
+            raise PipelineError("bundled sample servers failed to import: " + "; ".join(report.errors[:3]))
+    samples_dir = Path(__file__).resolve().parents[2] / "servers" / "samples"
+    environments = sorted(samples_dir.glob("*.json")) if samples_dir.is_dir() else []
+    time_server = ServerSpec(
+        id=stable_id("demo", "time", prefix="srv-"), name="time", title="Time",
+        description="Current time and time zone conversion (PyPI mcp-server-time).", domain="time",
+        launch=StdioLaunch(command=sys.executable, args=["-m", "mcp_server_time", "--local-timezone", "UTC"]),
+        source="pypi:mcp-server-time",
+    )
+    return TrajectoryConfig.model_validate({
+        "out_dir": str(out_dir),
+        "home": str(home) if home is not None else None,
+        "servers": ["geo-locator", "weather-forecast"],
+        "inline_servers": [time_server.model_dump(mode="json")],
+        "environments": [str(p) for p in environments[:1]],
+        "model": model_spec,
+        "judge_model": judge_model,
+        "seed": 0,
+        "concurrency": 2,
+        "graph": {"batch_size": 8, "max_sources_per_tool": 3},
+        "chains": {"num_chains": 3, "max_length": 3, "num_toolsets": 3, "max_toolset_size": 2},
+        "verify": {"votes": 1, "distractors": 2},
+        "tasks": {"per_chain": 1, "augmentations": ["wording"], "multi_turn": False, "quality_threshold": 0.25},
+        "rollout": {"samples": 1, "max_steps": 4, "max_tokens": 256},
+        "reward": {"threshold": 0.3},
+    })
