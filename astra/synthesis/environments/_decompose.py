@@ -1,0 +1,183 @@
+"""Stage 2: decomposition of a main question into hops, with structural checks (networkx).
+
+The chain must lead to the final answer: step ids are unique, every dependency exists,
+there is no cycle, and the sub-answer of the last hop matches the final answer (normalised
+comparison). Hop levels are recomputed from the dependency graph (longest path).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import networkx as nx
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from astra.records import Decomposition, DecompositionStep, QAItem, stable_id
+from astra.synthesis._llm import LLMOutputError
+from astra.synthesis._stage import Outcome, StageCounts
+from astra.synthesis.environments._answers import answers_match
+from astra.synthesis.environments._context import PipelineContext
+
+PROMPT_VERSION = "decompose-v1"
+
+SYSTEM = (
+    "You decompose a multi-hop question into atomic steps. Each step asks exactly one thing, "
+    "lists the ids of the steps whose answers it uses (depends_on), is marked is_parallel when "
+    "it can run at the same time as other steps of its hop, and gives its exact sub_answer. "
+    "The last step's sub_answer is the final answer. Reply with JSON only."
+)
+
+EXAMPLE = (
+    '{"steps": [{"id": "s1", "hop": 1, "sub_question": "How many km is 5 miles?", "depends_on": [], '
+    '"is_parallel": true, "sub_answer": "8.04672"}, {"id": "s2", "hop": 1, "sub_question": "How many km '
+    'is 3 miles?", "depends_on": [], "is_parallel": true, "sub_answer": "4.828032"}, {"id": "s3", "hop": 2, '
+    '"sub_question": "What is 8.04672 + 4.828032?", "depends_on": ["s1", "s2"], "is_parallel": false, '
+    '"sub_answer": "12.874752"}]}'
+)
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int | float):
+        return repr(v) if isinstance(v, float) else str(v)
+    return v
+
+
+class StepReply(BaseModel):
+    id: str
+    hop: int = 1
+    sub_question: str = Field(min_length=1)
+    depends_on: list[str] = Field(default_factory=list)
+    is_parallel: bool = False
+    sub_answer: str = Field(min_length=1)
+
+    @field_validator("id", "sub_answer", mode="before")
+    @classmethod
+    def _as_text(cls, v: Any) -> Any:
+        return _text(v)
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _ids_as_text(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str | int):
+            v = [v]
+        return [_text(x) for x in v] if isinstance(v, list) else v
+
+
+class DecompositionReply(BaseModel):
+    steps: list[StepReply] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_list(cls, v: Any) -> Any:
+        return {"steps": v} if isinstance(v, list) else v
+
+
+def dependency_graph(steps: list[DecompositionStep] | list[StepReply]) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    for s in steps:
+        graph.add_node(s.id)
+    for s in steps:
+        for d in s.depends_on:
+            graph.add_edge(d, s.id)
+    return graph
+
+
+def structural_problems(steps: list[StepReply] | list[DecompositionStep], final_answer: str) -> list[str]:
+    """Why a chain of steps is not a valid decomposition of (question -> final_answer); empty when valid."""
+    problems: list[str] = []
+    ids = [s.id for s in steps]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        problems.append(f"duplicate_step_id: {', '.join(dup)}")
+    known = set(ids)
+    for s in steps:
+        missing = [d for d in s.depends_on if d not in known]
+        if missing:
+            problems.append(f"unknown_dependency: step {s.id} depends on {', '.join(missing)}")
+        if s.id in s.depends_on:
+            problems.append(f"cycle: step {s.id} depends on itself")
+    if problems:
+        return problems
+    graph = dependency_graph(steps)
+    if not nx.is_directed_acyclic_graph(graph):
+        cycle = nx.find_cycle(graph)
+        return [f"cycle: {' -> '.join(a for a, _ in cycle)}"]
+    final = last_step_id(steps)
+    last = next(s for s in steps if s.id == final)
+    if not answers_match(last.sub_answer, final_answer):
+        problems.append(f"answer_mismatch: last hop answers {last.sub_answer!r}, final answer is {final_answer!r}")
+    return problems
+
+
+def hop_levels(steps: list[StepReply] | list[DecompositionStep]) -> dict[str, int]:
+    graph = dependency_graph(steps)
+    hops: dict[str, int] = {}
+    for node in nx.topological_sort(graph):
+        hops[node] = 1 + max((hops[p] for p in graph.predecessors(node)), default=0)
+    return hops
+
+
+def last_step_id(steps: list[StepReply] | list[DecompositionStep]) -> str:
+    """The final hop: the deepest sink of the dependency graph (ties: the later-listed step)."""
+    graph = dependency_graph(steps)
+    hops = hop_levels(steps)
+    order = {s.id: i for i, s in enumerate(steps)}
+    sinks = [n for n in graph.nodes if graph.out_degree(n) == 0]
+    return max(sinks, key=lambda n: (hops[n], order[n]))
+
+
+def decomposition_prompt(qa: QAItem, max_steps: int) -> str:
+    return (
+        f"Question: {qa.question}\nFinal answer: {qa.answer}\n\n"
+        f"Decompose it into 2 to {max_steps} steps. Example of the format:\n{EXAMPLE}"
+    )
+
+
+async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
+    try:
+        reply, audit = await ctx.ask(
+            decomposition_prompt(qa, ctx.config.max_steps), DecompositionReply, system=SYSTEM, prompt_version=PROMPT_VERSION
+        )
+    except LLMOutputError as exc:
+        return Outcome.drop(f"decomposition_failed: {exc.reason}", failed=True, audit=exc.audit)
+    steps = reply.steps
+    if len(steps) < ctx.config.min_steps:
+        return Outcome.drop(f"too_few_steps: {len(steps)} < {ctx.config.min_steps}", audit=audit)
+    if len(steps) > ctx.config.max_steps:
+        return Outcome.drop(f"too_many_steps: {len(steps)} > {ctx.config.max_steps}", audit=audit)
+    problems = structural_problems(steps, qa.answer)
+    if problems:
+        return Outcome.drop("; ".join(problems), audit=audit)
+    hops = hop_levels(steps)
+    decomposition = Decomposition(
+        id=stable_id("decomposition", qa.id, prefix="dec_"),
+        qa_id=qa.id,
+        question=qa.question,
+        answer=qa.answer,
+        steps=[
+            DecompositionStep(
+                id=s.id,
+                hop=hops[s.id],
+                sub_question=s.sub_question,
+                depends_on=list(dict.fromkeys(s.depends_on)),
+                is_parallel=s.is_parallel,
+                sub_answer=s.sub_answer,
+            )
+            for s in steps
+        ],
+        scores={"hop_mismatches": float(sum(1 for s in steps if s.hop != hops[s.id]))},
+        model=ctx.model_name,
+    )
+    return Outcome.keep(decomposition, audit=audit)
+
+
+async def run_decompose(ctx: PipelineContext) -> StageCounts:
+    qas = {q.id: q for q in ctx.outputs_of("qa", QAItem)}
+    return await ctx.stage("decompose", Decomposition).run_items(
+        list(qas.items()), lambda qa: decompose_one(ctx, qa),
+        concurrency=ctx.config.concurrency, progress=ctx.progress, description="decompose",
+    )

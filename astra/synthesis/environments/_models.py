@@ -1,0 +1,144 @@
+"""Records and configuration of the environment synthesis pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from astra.records import EnvironmentSpec, Record, ToolImplementation
+from astra.synthesis._stage import Funnel
+
+STAGES = ("qa", "decompose", "necessity", "verify", "synthesize", "merge", "emit", "export")
+
+
+class EnvironmentPipelineConfig(BaseModel):
+    """Everything a run needs; stored in the run's manifest. Relative paths resolve against the config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_dir: Path = Field(description="run directory: manifest + one JSONL per stage")
+    qa_path: Path | None = Field(default=None, description='input {"question", "answer", "domain"?} JSONL')
+    domains: list[str] = Field(default_factory=list, description="generate QA for these domains (with the model)")
+    corpus_path: Path | None = Field(default=None, description="generate QA grounded in this text file (paragraphs)")
+    questions_per_source: int = Field(default=2, ge=1, le=20)
+    model: str = Field(default="local:smollm2", description="model spec for every LLM stage")
+    max_tokens: int = Field(default=1024, ge=16, description="bound on each model reply")
+    llm_retries: int = Field(default=2, ge=0, le=5)
+    concurrency: int = Field(default=4, ge=1)
+    min_steps: int = Field(default=2, ge=1, description="a decomposition needs at least this many hops")
+    max_steps: int = Field(default=8, ge=1)
+    verify_threshold: float = Field(default=0.75, ge=0.0, le=1.0)
+    synth_attempts: int = Field(default=3, ge=1, le=10, description="tool code attempts per step (feedback between)")
+    complexity_scaling: bool = Field(default=False, description="also ask for a generalised tool; kept when it still verifies")
+    merge_tools: bool = True
+    sandbox_timeout_s: float = Field(default=5.0, gt=0)
+    sandbox_memory_mb: int = Field(default=256, ge=32)
+    out_dir: Path | None = Field(default=None, description="where emitted servers go (default: RUN/servers)")
+    export_dir: Path | None = Field(default=None, description="where RLVR data goes (default: RUN/export)")
+    home: Path | None = Field(default=None, description="ASTRA home (registry); None: $ASTRA_HOME or ~/.astra")
+    save_to_registry: bool = True
+    data_source: str = "astra_env"
+    certify_timeout_s: float = Field(default=60.0, gt=0)
+
+    @property
+    def servers_dir(self) -> Path:
+        return self.out_dir or self.run_dir / "servers"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.export_dir or self.run_dir / "export"
+
+    @classmethod
+    def load(cls, path: str | Path) -> EnvironmentPipelineConfig:
+        """Read a JSON (or YAML, when PyYAML is installed) config; paths are relative to its folder."""
+        path = Path(path)
+        text = path.read_text("utf-8")
+        if path.suffix in (".yaml", ".yml"):
+            import yaml  # optional: only for YAML configs
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config must be an object")
+        base = path.resolve().parent
+        for key in ("run_dir", "qa_path", "corpus_path", "out_dir", "export_dir", "home"):
+            if data.get(key) is not None and not Path(data[key]).expanduser().is_absolute():
+                data[key] = str(base / Path(data[key]))
+        return cls.model_validate(data)
+
+
+class SynthAttempt(BaseModel):
+    attempt: int
+    variant: str = "base"
+    name: str | None = None
+    ok: bool = False
+    error: str | None = None
+    result: Any = None
+    latency_s: float = 0.0
+
+
+class ReferenceCall(BaseModel):
+    """A call a tool must serve: the arguments of one step and the sub-answer it must return."""
+
+    synth_id: str
+    arguments: dict[str, Any]
+    expected: Any
+
+
+class SynthesizedTool(Record):
+    id: str
+    decomposition_id: str
+    qa_id: str
+    step_id: str
+    sub_question: str
+    implementation: ToolImplementation
+    call: ReferenceCall
+    variant: str = "base"
+    attempts: list[SynthAttempt] = Field(default_factory=list)
+
+
+class MergedTool(Record):
+    id: str
+    implementation: ToolImplementation
+    members: list[str] = Field(description="ids of the synthesised tools it serves")
+    calls: list[ReferenceCall]
+    merged: bool = Field(default=False, description="one implementation now serves several steps")
+    merge_note: str | None = None
+
+
+class Certificate(BaseModel):
+    """Solvability certificate: every reference call replayed over stdio reproduced its sub-answer."""
+
+    transport: str = "stdio"
+    calls: int
+    passed: int
+    seconds: float
+    failures: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.calls > 0 and self.passed == self.calls and not self.failures
+
+
+class EmittedEnvironment(Record):
+    id: str
+    spec: EnvironmentSpec
+    server_dir: str
+    certificate: Certificate
+    question: str
+    answer: str
+    registry: bool = False
+
+
+class PipelineResult(BaseModel):
+    run_dir: Path
+    funnel: Funnel
+    server_dirs: list[Path] = Field(default_factory=list)
+    mcp_servers: dict[str, Any] = Field(default_factory=dict, description='{"mcpServers": {...}} for MCP hosts')
+    exports: dict[str, Path] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+    input_errors: list[str] = Field(default_factory=list)

@@ -1,0 +1,90 @@
+"""Stage 3: tool necessity — per step, does answering it need a tool, and why.
+
+A step that depends on a step marked "no tool" is flagged (its input comes from the
+question or from reasoning, not from a verifiable call); flags lower the dependency check
+of verification. A decomposition where no step needs a tool yields no environment.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from astra.records import Decomposition
+from astra.synthesis._llm import LLMOutputError
+from astra.synthesis._stage import Outcome, StageCounts
+from astra.synthesis.environments._context import PipelineContext
+
+PROMPT_VERSION = "necessity-v1"
+
+SYSTEM = (
+    "For each step of a decomposed question, decide whether answering it needs a tool call "
+    "(a computation, conversion, lookup or date/string operation) or can be read directly from "
+    "the question. Give a short reason. Reply with JSON only."
+)
+
+
+class NecessityItem(BaseModel):
+    id: str
+    needs_tool: bool
+    reason: str = Field(min_length=1)
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v
+
+
+class NecessityReply(BaseModel):
+    steps: list[NecessityItem] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_list(cls, v: Any) -> Any:
+        return {"steps": v} if isinstance(v, list) else v
+
+
+def necessity_prompt(dec: Decomposition) -> str:
+    steps = [{"id": s.id, "sub_question": s.sub_question, "depends_on": s.depends_on} for s in dec.steps]
+    return (
+        f"Question: {dec.question}\nSteps: {json.dumps(steps, ensure_ascii=False)}\n"
+        'Reply as {"steps": [{"id": "s1", "needs_tool": true, "reason": "..."}]} with one entry per step.'
+    )
+
+
+def necessity_flags(dec: Decomposition) -> list[str]:
+    no_tool = {s.id for s in dec.steps if s.needs_tool is False}
+    return [
+        f"depends_on_no_tool_step: {s.id} depends on {d}"
+        for s in dec.steps
+        for d in s.depends_on
+        if d in no_tool and s.needs_tool
+    ]
+
+
+async def necessity_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
+    try:
+        reply, audit = await ctx.ask(necessity_prompt(dec), NecessityReply, system=SYSTEM, prompt_version=PROMPT_VERSION)
+    except LLMOutputError as exc:
+        return Outcome.drop(f"necessity_failed: {exc.reason}", failed=True, audit=exc.audit)
+    by_id = {i.id: i for i in reply.steps}
+    missing = [s.id for s in dec.steps if s.id not in by_id]
+    if missing:
+        return Outcome.drop(f"necessity_incomplete: no verdict for step {', '.join(missing)}", failed=True, audit=audit)
+    steps = [s.model_copy(update={"needs_tool": by_id[s.id].needs_tool, "reason": by_id[s.id].reason}) for s in dec.steps]
+    out = dec.model_copy(update={"steps": steps})
+    if not any(s.needs_tool for s in steps):
+        return Outcome.drop("no_tool_needed: no step needs a tool", audit=audit)
+    flags = necessity_flags(out)
+    out = out.model_copy(update={"flags": [*dec.flags, *flags], "scores": {**dec.scores, "flagged_steps": float(len(flags))}})
+    return Outcome.keep(out, audit=audit)
+
+
+async def run_necessity(ctx: PipelineContext) -> StageCounts:
+    decs = {d.id: d for d in ctx.outputs_of("decompose", Decomposition)}
+    return await ctx.stage("necessity", Decomposition).run_items(
+        list(decs.items()), lambda d: necessity_one(ctx, d),
+        concurrency=ctx.config.concurrency, progress=ctx.progress, description="necessity",
+    )

@@ -1,0 +1,122 @@
+"""The whole pipeline: QA -> decomposition -> necessity -> verification -> tools -> merge -> emit -> export."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from astra.client import Model
+from astra.synthesis._stage import Funnel, StageCounts
+from astra.synthesis.environments._context import PipelineContext
+from astra.synthesis.environments._decompose import run_decompose
+from astra.synthesis.environments._emit import mcp_servers_block, run_emit
+from astra.synthesis.environments._export import run_export
+from astra.synthesis.environments._merge import run_merge
+from astra.synthesis.environments._models import STAGES, EmittedEnvironment, EnvironmentPipelineConfig, PipelineResult
+from astra.synthesis.environments._necessity import run_necessity
+from astra.synthesis.environments._qa import run_qa
+from astra.synthesis.environments._synthesize import run_synthesize
+from astra.synthesis.environments._verify import run_verify
+
+
+def sample_qa_path() -> Path:
+    """The bundled multi-hop QA set (answers computable with standard-library code)."""
+    return Path(str(resources.files("astra.synthesis.environments") / "data" / "sample_qa.jsonl"))
+
+
+def demo_config(out_dir: str | Path, model_spec: str = "local:smollm2", home: str | Path | None = None) -> EnvironmentPipelineConfig:
+    """The config ``astra demo`` runs: the bundled QA set, one run directory under ``out_dir``."""
+    out_dir = Path(out_dir)
+    return EnvironmentPipelineConfig(
+        run_dir=out_dir / "envs-run",
+        qa_path=sample_qa_path(),
+        model=model_spec,
+        home=Path(home) if home is not None else None,
+        # the embedded 135M model: short replies, few retries (it rarely fixes itself)
+        max_tokens=512 if model_spec.startswith("local:") else 1024,
+        llm_retries=1 if model_spec.startswith("local:") else 2,
+        synth_attempts=2 if model_spec.startswith("local:") else 3,
+        concurrency=2,
+    )
+
+
+async def run_stage(ctx: PipelineContext, name: str) -> tuple[StageCounts, dict[str, Any]]:
+    """Run one stage (its inputs are the previous stage's outputs in the run directory)."""
+    extra: dict[str, Any] = {}
+    if name == "qa":
+        counts, errors = await run_qa(ctx)
+        extra["input_errors"] = errors
+    elif name == "decompose":
+        counts = await run_decompose(ctx)
+    elif name == "necessity":
+        counts = await run_necessity(ctx)
+    elif name == "verify":
+        counts = await run_verify(ctx)
+    elif name == "synthesize":
+        counts = await run_synthesize(ctx)
+    elif name == "merge":
+        counts = await run_merge(ctx)
+    elif name == "emit":
+        counts = await run_emit(ctx)
+    elif name == "export":
+        counts, extra["exports"] = await run_export(ctx)
+    else:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    return counts, extra
+
+
+def funnel_of(ctx: PipelineContext) -> Funnel:
+    funnel = Funnel()
+    for name in STAGES:
+        if ctx.run.status(name) is not None:
+            funnel.add(ctx.stage(name, EmittedEnvironment).counts())
+    return funnel
+
+
+async def run_environment_pipeline(
+    config: EnvironmentPipelineConfig, *, progress: bool = True, model: Model | None = None, stages: tuple[str, ...] = STAGES
+) -> PipelineResult:
+    """Run (or resume) every stage; returns the funnel, emitted servers, mcpServers block and export paths.
+
+    ``model`` overrides ``config.model`` (tests pass a ScriptedModel). Each stage skips the
+    inputs its JSONL already holds, so a killed run resumes without duplicates.
+    """
+    ctx = PipelineContext(config=config, model=model, progress=progress)
+    timings: dict[str, float] = {}
+    result = PipelineResult(run_dir=config.run_dir, funnel=Funnel())
+    try:
+        for name in stages:
+            start = time.perf_counter()
+            _, extra = await run_stage(ctx, name)
+            timings[name] = round(time.perf_counter() - start, 3)
+            result.input_errors += extra.get("input_errors", [])
+            result.exports.update(extra.get("exports", {}))
+    finally:
+        if model is None and ctx.model is not None:
+            await ctx.model.aclose()
+    envs = list({e.id: e for e in ctx.outputs_of("emit", EmittedEnvironment)}.values())
+    result.funnel = funnel_of(ctx)
+    result.server_dirs = [Path(e.server_dir) for e in envs]
+    result.mcp_servers = mcp_servers_block(envs)
+    result.timings = timings
+    ctx.run.mark("pipeline", "done", timings=timings)
+    return result
+
+
+def funnel_problems(funnel: Funnel) -> list[str]:
+    """Inconsistencies in a funnel (empty when consistent): every input is either kept or dropped,
+    and each stage consumes what the stage before it produced."""
+    problems: list[str] = []
+    by = {s.stage: s for s in funnel.stages}
+    for s in funnel.stages:
+        kept = s.inputs - s.dropped
+        if kept < 0 or (s.outputs == 0 and kept != 0) or s.failed > s.dropped:
+            problems.append(f"{s.stage}: inputs {s.inputs}, outputs {s.outputs}, dropped {s.dropped}, failed {s.failed}")
+    for prev, nxt in (("qa", "decompose"), ("decompose", "necessity"), ("necessity", "verify"), ("verify", "emit")):
+        if prev in by and nxt in by and by[prev].outputs != by[nxt].inputs:
+            problems.append(f"{prev} produced {by[prev].outputs} but {nxt} consumed {by[nxt].inputs}")
+    if "emit" in by and "export" in by and by["emit"].outputs != by["export"].inputs:
+        problems.append(f"emit produced {by['emit'].outputs} but export consumed {by['export'].inputs}")
+    return problems

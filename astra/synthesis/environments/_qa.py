@@ -1,0 +1,153 @@
+"""Stage 1: QA input (JSONL) or multi-hop QA generation from a domain list or a small corpus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from astra.records import QAItem, stable_id
+from astra.synthesis._llm import LLMOutputError
+from astra.synthesis._stage import Outcome, StageCounts
+from astra.synthesis.environments._context import PipelineContext
+
+PROMPT_VERSION = "qa-gen-v1"
+
+SYSTEM = (
+    "You write multi-hop questions for training tool-using agents. Every question needs 2-4 "
+    "steps, each computable by a short Python function using only the standard library "
+    "(arithmetic over facts stated in the question, unit conversion, date arithmetic, string "
+    "operations, lookups in a small table). Reply with JSON only."
+)
+
+
+class QALine(BaseModel):
+    """One line of an input QA file."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    question: str = Field(min_length=1)
+    answer: str
+    domain: str | None = None
+
+    @field_validator("answer", mode="before")
+    @classmethod
+    def _answer_text(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, int | float):
+            return str(v)
+        return v
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+
+class GeneratedQA(BaseModel):
+    items: list[QALine] = Field(min_length=1)
+
+
+def qa_id(question: str, answer: str, domain: str | None) -> str:
+    return stable_id(question.strip(), answer.strip(), domain, prefix="qa_")
+
+
+def read_qa_jsonl(path: str | Path) -> tuple[list[QAItem], list[str]]:
+    """Valid items, and one ``FILE:LINE: field: reason`` message per bad or duplicate line."""
+    path = Path(path)
+    items: list[QAItem] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    with path.open("r", encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append(f"{where}: (line): invalid JSON: {exc.msg} at column {exc.colno}")
+                continue
+            if not isinstance(data, dict):
+                errors.append(f"{where}: (line): expected a JSON object, got {type(data).__name__}")
+                continue
+            try:
+                parsed = QALine.model_validate(data)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(p) for p in err["loc"]) or "(line)"
+                errors.append(f"{where}: {field}: {err['msg']}")
+                continue
+            item_id = qa_id(parsed.question, parsed.answer, parsed.domain)
+            if item_id in seen:
+                errors.append(f"{where}: question: duplicate of line {seen[item_id]}")
+                continue
+            seen[item_id] = lineno
+            items.append(
+                QAItem(id=item_id, question=parsed.question, answer=parsed.answer, domain=parsed.domain, source=where)
+            )
+    return items, errors
+
+
+def _corpus_chunks(path: Path, max_chars: int = 1500) -> list[str]:
+    paragraphs = [p.strip() for p in path.read_text("utf-8").split("\n\n") if p.strip()]
+    return [p[:max_chars] for p in paragraphs]
+
+
+class _Source(BaseModel):
+    kind: str
+    text: str
+    domain: str | None = None
+
+
+async def run_qa(ctx: PipelineContext) -> tuple[StageCounts, list[str]]:
+    """Accept the input file and/or generate QA; returns the stage counts and input errors."""
+    config = ctx.config
+    stage = ctx.stage("qa", QAItem)
+    items: list[tuple[str, Any]] = []
+    errors: list[str] = []
+    if config.qa_path is not None:
+        good, errors = read_qa_jsonl(config.qa_path)
+        items += [(q.id, q) for q in good]
+        items += [(stable_id("bad_input", e, prefix="bad_"), e) for e in errors]
+    sources: list[_Source] = [_Source(kind="domain", text=d, domain=d) for d in config.domains]
+    if config.corpus_path is not None:
+        sources += [_Source(kind="corpus", text=c) for c in _corpus_chunks(config.corpus_path)]
+    items += [(stable_id("gen", s.kind, s.text, config.questions_per_source, prefix="gen_"), s) for s in sources]
+
+    async def one(item: QAItem | str | _Source) -> Outcome:
+        if isinstance(item, QAItem):
+            return Outcome.keep(item)
+        if isinstance(item, str):
+            return Outcome.drop(f"bad_input: {item}")
+        return await _generate(ctx, item)
+
+    counts = await stage.run_items(items, one, concurrency=config.concurrency, progress=ctx.progress, description="qa")
+    return counts, errors
+
+
+async def _generate(ctx: PipelineContext, source: _Source) -> Outcome:
+    n = ctx.config.questions_per_source
+    if source.kind == "domain":
+        prompt = f"Domain: {source.text}\nWrite {n} multi-hop questions with their exact final answers."
+    else:
+        prompt = (
+            f"Text:\n{source.text}\n\nWrite {n} multi-hop questions answerable from facts in this text "
+            "(state the needed facts in the question), with their exact final answers."
+        )
+    prompt += ' Reply as {"items": [{"question": "...", "answer": "..."}]}.'
+    try:
+        reply, audit = await ctx.ask(prompt, GeneratedQA, system=SYSTEM, prompt_version=PROMPT_VERSION)
+    except LLMOutputError as exc:
+        return Outcome.drop(f"generation_failed: {exc.reason}", failed=True, audit=exc.audit)
+    out = {}
+    for q in reply.items[:n]:
+        item_id = qa_id(q.question, q.answer, q.domain or source.domain)
+        out[item_id] = QAItem(id=item_id, question=q.question, answer=q.answer, domain=q.domain or source.domain,
+                              source=f"generated:{ctx.model_name}:{source.kind}")
+    return Outcome.keep(*out.values(), audit=audit)
