@@ -23,7 +23,7 @@ from astra.bfcl._data import (
 from astra.bfcl._episode import BfclEpisode, ground_truth_as_decoded, run_entry
 from astra.bfcl._gold import GOLD_MODEL, gold_model, gold_replies
 from astra.bfcl._run import BfclResult, BfclSummary, model_factory, run_bfcl, score_entry, summarize
-from astra.bfcl._schema import SchemaConversionError, bfcl_schema_to_json_schema, function_input_schema
+from astra.bfcl._schema import function_input_schema
 from astra.bfcl._score import BfclVerdict, StateDiff, compare_with_direct_execution, score_decoded
 from astra.bfcl._servers import BfclEpisodeServers, backend_server, bfcl_result_text, server_name
 
@@ -42,12 +42,10 @@ __all__ = [
     "BfclUnavailable",
     "BfclVerdict",
     "CallParseError",
-    "SchemaConversionError",
     "StateDiff",
     "backend_server",
     "bfcl_available",
     "bfcl_result_text",
-    "bfcl_schema_to_json_schema",
     "compare_with_direct_execution",
     "format_call",
     "function_docs",

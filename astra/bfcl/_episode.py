@@ -64,8 +64,13 @@ async def run_entry(
     *,
     settings: ModelSettings | None = None,
     system_prompt: str | None = None,
+    max_steps_per_turn: int = MAX_STEPS_PER_TURN,
 ) -> tuple[BfclEpisode, BfclEpisodeServers]:
-    """Drive ``entry`` with ``model`` over fresh MCP servers; returns the episode and the servers (their final state)."""
+    """Drive ``entry`` with ``model`` over fresh MCP servers; returns the episode and the servers (their final state).
+
+    ``max_steps_per_turn`` is BFCL's limit; lower it only for smoke runs of slow models
+    (scores are then not comparable with BFCL's).
+    """
     started = time.perf_counter()
     servers = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=entry.long_context)
     episode = BfclEpisode(entry_id=entry.id)
@@ -124,7 +129,7 @@ async def run_entry(
                     messages.append(ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=text))
                 step += 1
                 episode.steps += 1
-                if step > MAX_STEPS_PER_TURN:
+                if step > max_steps_per_turn:
                     episode.force_quit = True
                     break
             episode.decoded.append(turn_decoded)

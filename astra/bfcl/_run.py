@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field
 
-from astra.bfcl._data import CATEGORIES, BfclEntry, entry_sort_key
+from astra.bfcl._data import CATEGORIES, MAX_STEPS_PER_TURN, BfclEntry, entry_sort_key
 from astra.bfcl._episode import ground_truth_as_decoded, run_entry
 from astra.bfcl._gold import GOLD_MODEL, gold_model
 from astra.bfcl._score import compare_with_direct_execution, score_decoded
@@ -113,9 +113,10 @@ async def score_entry(
     settings: ModelSettings | None = None,
     check_ground_truth: bool = False,
     keep_messages: bool = True,
+    max_steps_per_turn: int = MAX_STEPS_PER_TURN,
 ) -> BfclResult:
     """Play one entry and score it (BFCL's checker, plus the MCP-vs-direct state check)."""
-    episode, servers = await run_entry(model, entry, settings=settings)
+    episode, servers = await run_entry(model, entry, settings=settings, max_steps_per_turn=max_steps_per_turn)
     if episode.model_error:
         verdict_valid, error_type, error_message = False, "astra:model_error", episode.model_error
     else:
@@ -177,6 +178,7 @@ async def run_bfcl(
     concurrency: int = 8,
     settings: ModelSettings | None = None,
     keep_messages: bool = True,
+    max_steps_per_turn: int = MAX_STEPS_PER_TURN,
     on_result: Callable[[BfclResult], None] | None = None,
 ) -> BfclSummary:
     """Play and score ``entries`` (skipping those already in ``run_dir``); returns the summary of all of them.
@@ -193,7 +195,7 @@ async def run_bfcl(
         factory = model
         name = model_name or "model"
     gold = factory is gold_model  # the replay is checked against the ground truth fed directly
-    run = RunDir(run_dir, config={"model": name, "entries": len(entries), "concurrency": concurrency})
+    run = RunDir(run_dir, config={"model": name, "max_steps_per_turn": max_steps_per_turn})
     log = run.stage(RESULTS_STAGE)
     todo = [e for e in entries if e.id not in log]
     resumed = len(entries) - len(todo)
@@ -206,6 +208,7 @@ async def run_bfcl(
                 result = await score_entry(
                     factory(entry), entry, model_name=name, settings=settings,
                     check_ground_truth=gold, keep_messages=keep_messages,
+                    max_steps_per_turn=max_steps_per_turn,
                 )
             except Exception as exc:  # noqa: BLE001 - one broken entry is a recorded failure, the rest go on
                 result = _failed_result(entry, name, exc)

@@ -44,16 +44,18 @@ def _percent(value: float | None) -> str:
 def _score_table(summary: Any) -> Table:
     from astra.bfcl import CATEGORIES, CATEGORY_TITLES
 
-    table = Table(title=f"BFCL v3 multi-turn: {summary.model} (accuracy %)")
-    table.add_column("Model", no_wrap=True)
+    table = Table(title=f"BFCL v3 multi-turn, accuracy %: {summary.model}")
+    table.add_column("", no_wrap=True)
     for category in CATEGORIES:
-        table.add_column(CATEGORY_TITLES[category], justify="right")
-    table.add_column("Overall", justify="right", style="bold")
-    cells = []
+        table.add_column(CATEGORY_TITLES[category], justify="right", no_wrap=True)
+    table.add_column("Overall", justify="right", style="bold", no_wrap=True)
+    accuracy, counts = [], []
     for category in CATEGORIES:
         score = summary.categories.get(category)
-        cells.append("-" if score is None else f"{_percent(score['accuracy'])} ({int(score['passed'])}/{int(score['total'])})")
-    table.add_row(summary.model, *cells, _percent(summary.overall))
+        accuracy.append("-" if score is None else _percent(score["accuracy"]))
+        counts.append("" if score is None else f"{int(score['passed'])}/{int(score['total'])}")
+    table.add_row("accuracy", *accuracy, _percent(summary.overall))
+    table.add_row("passed", *counts, "", style="dim")
     return table
 
 
@@ -76,6 +78,9 @@ def run(
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="max tokens per model reply")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (openai: specs)")] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="context window for local: models")] = None,
+    max_steps_per_turn: Annotated[
+        int, typer.Option("--max-steps-per-turn", min=1, help="BFCL's limit is 20; lower only for smoke runs (not comparable)")
+    ] = 20,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -129,7 +134,7 @@ def run(
         summary = anyio.run(
             lambda: run_bfcl(
                 factory, entries, run_dir, model_name=model, concurrency=concurrency, settings=settings,
-                on_result=on_result,
+                max_steps_per_turn=max_steps_per_turn, on_result=on_result,
             )
         )
     if json_out:
