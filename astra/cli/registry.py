@@ -67,7 +67,7 @@ def import_(
                 progress.update(task, completed=lines)
                 total = total.merge(report)
     for error in total.errors:
-        console.print(f"[red]{error}[/]", highlight=False, markup=False, style="red")
+        console.print(error, style="red", markup=False, highlight=False, soft_wrap=True)
     summary = {k: v for k, v in total.model_dump().items() if k != "servers"}
     summary["db"] = str(default_db_path(home))
     if json_out:

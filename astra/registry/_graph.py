@@ -37,9 +37,9 @@ def to_networkx(graph: ToolGraph) -> nx.DiGraph:
             e.src,
             e.dst,
             {"kind": e.kind, "bindings": dict(e.bindings), "score": e.score, "provenance": e.provenance,
-             "rationale": e.rationale},
+             "rationale": e.rationale, "position": i},
         )
-        for e in graph.edges
+        for i, e in enumerate(graph.edges)
     )
     return g
 
@@ -61,12 +61,16 @@ def from_networkx(
 ) -> ToolGraph:
     """A :class:`ToolGraph` from a ``DiGraph`` (as made by :func:`to_networkx` or read from an export).
 
+    Edges come in ``position`` order when every edge has one, else in networkx's order.
     Missing edge attributes take the :class:`GraphEdge` defaults; ``bindings`` and ``meta``
     may be JSON strings (GraphML). ``name``/``version``/``meta`` default to the graph's attributes.
     """
     attrs = g.graph
     edges: list[GraphEdge] = []
-    for src, dst, data in g.edges(data=True):
+    listed = list(g.edges(data=True))
+    if all("position" in data for _, _, data in listed):
+        listed.sort(key=lambda edge: int(edge[2]["position"]))
+    for src, dst, data in listed:
         fields: dict[str, Any] = {"src": str(src), "dst": str(dst)}
         for key in _EDGE_FIELDS:
             if key in data and data[key] is not None:
