@@ -1,0 +1,145 @@
+"""The rollout runner: resumable JSONL, kill -9 and rerun, summary, CLI, Ray on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mcp_test_server import make_server
+from rollout_job import tasks
+from typer.testing import CliRunner
+
+from astra.client import ScriptedModel, register_script, run_rollouts, trajectory_id
+from astra.records import ChatMessage, Task, ToolCall
+
+HERE = Path(__file__).parent
+
+
+def read_ids(out: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in (out / "trajectories.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_run_rollouts_resume_and_summary(tmp_path):
+    calls = {"n": 0}
+
+    def plan():
+        calls["n"] += 1
+        return ScriptedModel.from_plan([[("add", {"a": 1, "b": 2}), ("echo", {"text": "x"})]], "3", delay_s=0.01)
+
+    register_script("runner-plan", plan)
+    ts = tasks(5) + [Task(id="scoped", user_turns=["x"], servers=["s"])]
+    summary = run_rollouts(ts, "scripted:runner-plan", tmp_path, servers=[("s", make_server())],
+                           samples=2, concurrency=3, progress=False)
+    assert summary.planned == 12 and summary.written == 12 and summary.already_done == 0 and summary.failed == 0
+    assert summary.by_termination == {"final_answer": 12}
+    assert summary.step_latency_p50_s is not None and summary.step_latency_p95_s >= summary.step_latency_p50_s
+    ids = read_ids(tmp_path)
+    assert sorted(ids) == sorted(trajectory_id(t.id, "scripted:runner-plan", s) for t in ts for s in range(2))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["stages"]["trajectories"]["status"] == "done"
+    again = run_rollouts(ts, "scripted:runner-plan", tmp_path, servers=[("s", make_server())], samples=3, progress=False)
+    assert (again.already_done, again.written, again.total_in_file) == (12, 6, 18)
+    assert len(read_ids(tmp_path)) == len(set(read_ids(tmp_path))) == 18
+
+
+def test_model_failures_are_recorded_and_the_run_goes_on(tmp_path):
+    def flaky(messages, tools):
+        if "bad" in messages[0].content:
+            raise RuntimeError("boom")  # a harness-level crash: not written, counted as failed
+        return ChatMessage(role="assistant", tool_calls=[ToolCall(id="c", name="add", arguments='{"a": 1}')])
+
+    register_script("flaky", lambda: ScriptedModel([flaky], per_conversation=True))
+    ts = [Task(id="ok", user_turns=["fine"]), Task(id="bad", user_turns=["bad"])]
+    summary = run_rollouts(ts, "scripted:flaky", tmp_path, servers=[("s", make_server())], progress=False)
+    # "ok": a schema-invalid call goes back as an error, then the script runs out -> model_error
+    assert summary.by_termination == {"model_error": 1} and summary.failed == 1 and "boom" in summary.errors[0]
+    assert json.loads((tmp_path / "trajectories.jsonl").read_text())["steps"][0]["error_kind"] == "bad_arguments"
+
+
+def test_kill_9_mid_run_then_rerun(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(HERE / "rollout_job.py"), str(out), "40"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    log = out / "trajectories.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_bytes().count(b"\n") >= 10:
+            break
+        assert proc.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    partial = read_ids(out) if log.exists() else []
+    assert 10 <= len(partial) < 80
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=120, check=True)
+    summary = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert summary["already_done"] >= len(partial) and summary["total_in_file"] == 80
+    ids = read_ids(out)
+    expected = {trajectory_id(t.id, "scripted:slow-plan", s) for t in tasks(40) for s in range(2)}
+    assert set(ids) == expected and len(ids) == len(expected)
+    assert not [i for i, n in Counter(ids).items() if n > 1]
+
+
+def test_cli_rollout_json(tmp_path):
+    from astra.cli import app
+
+    task_file = tmp_path / "tasks.jsonl"
+    lines = [Task(id="a", user_turns=["hello"]).model_dump_json(), "{not json", json.dumps({"id": "b"}),
+             Task(id="c", user_turns=["one", "two"]).model_dump_json()]
+    task_file.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["rollout", "--tasks", str(task_file), "--model", "scripted:echo",
+                                      "--out", str(tmp_path / "out"), "--samples", "2", "--json",
+                                      "--home", str(tmp_path / "home")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["planned"] == 4 and summary["written"] == 4 and summary["by_termination"] == {"final_answer": 4}
+    assert "tasks.jsonl:2" in result.stderr and "tasks.jsonl:3" in result.stderr and "user_turns" in result.stderr
+    records = [json.loads(x) for x in (tmp_path / "out" / "trajectories.jsonl").read_text().splitlines()]
+    c = next(r for r in records if r["task_id"] == "c")
+    assert c["final_answer"] == "echo: two" and [m["role"] for m in c["messages"]] == ["user", "assistant"] * 2
+
+
+def test_cli_unknown_model_is_a_clear_error(tmp_path):
+    from astra.cli import app
+
+    task_file = tmp_path / "tasks.jsonl"
+    task_file.write_text(Task(id="a", user_turns=["hello"]).model_dump_json() + "\n")
+    result = CliRunner().invoke(app, ["rollout", "--tasks", str(task_file), "--model", "scripted:ghost",
+                                      "--out", str(tmp_path / "out"), "--json"])
+    assert result.exit_code != 0
+
+
+@pytest.mark.ray
+def test_ray_executor_on_loopback(tmp_path, test_stdio_launch):
+    ray = pytest.importorskip("ray")
+    from astra.client._runner import _ray_init
+
+    try:
+        _ray_init(None, 2)
+        nodes = ray.nodes()
+        assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
+        summary = run_rollouts(tasks(6), "scripted:echo", tmp_path, servers=[("s", test_stdio_launch)],
+                               executor="ray", progress=False)
+        assert summary.written == 6 and summary.by_termination == {"final_answer": 6}
+        assert_ray_sockets_on_loopback()
+    finally:
+        ray.shutdown()
+
+
+def assert_ray_sockets_on_loopback() -> None:
+    psutil = pytest.importorskip("psutil")
+    me = psutil.Process()
+    pids = {p.pid for p in me.children(recursive=True)} | {me.pid}
+    bad = []
+    for conn in psutil.net_connections(kind="inet"):
+        if conn.pid in pids and conn.laddr and conn.laddr.ip not in ("127.0.0.1", "::1"):
+            bad.append((conn.pid, conn.laddr, conn.status))
+    assert not bad, f"Ray sockets off loopback: {bad}"
