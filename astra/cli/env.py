@@ -1,5 +1,223 @@
-"""CLI group: env (being built)."""
+"""CLI group ``astra env``: environments as MCP servers (emit, serve, validate, score, list)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.table import Table
+
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.records import EnvironmentSpec
 
 app = typer.Typer(no_args_is_help=True)
+
+
+def _spec_from_file(path: Path) -> EnvironmentSpec:
+    from pydantic import ValidationError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"{path}: cannot read: {exc.strerror or exc}", code=2) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}", code=2) from exc
+    try:
+        return EnvironmentSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
+        raise fail(f"{path}: not an EnvironmentSpec: {problems}", code=2) from exc
+
+
+def _resolve(target: str, home: Path | None) -> tuple[EnvironmentSpec, str | None]:
+    """An environment from an emitted DIR, a spec JSON file, a registry name/id, or ``sample:NAME``."""
+    from astra.servers import load_sample
+
+    path = Path(target).expanduser()
+    if path.is_dir():
+        if not (path / "environment.json").is_file():
+            raise fail(f"{path}: not an emitted environment directory (no environment.json)", code=2)
+        return _spec_from_file(path / "environment.json"), str(path.resolve())
+    if path.is_file():
+        return _spec_from_file(path), None
+    if target.startswith("sample:"):
+        try:
+            return load_sample(target.split(":", 1)[1]), None
+        except FileNotFoundError as exc:
+            raise fail(str(exc), code=2) from exc
+    from astra.registry import Registry
+
+    with Registry.open(home) as registry:
+        found = registry.get_environment(target)
+    if found is None:
+        raise fail(f"no environment {target!r}: not a directory, not a file, not in the registry (see `astra env list`)", code=2)
+    return found
+
+
+@app.command("emit")
+def emit_cmd(
+    spec_json: Annotated[str, typer.Argument(help="EnvironmentSpec JSON file, registry name/id, or sample:NAME")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory to write the server into")],
+    register: Annotated[bool, typer.Option("--register/--no-register", help="record the environment and its location in the registry")] = True,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Write a standalone MCP server directory (server.py, environment.json, README, mcpServers block)."""
+    from astra.servers import emit, mcp_servers_block
+
+    spec, _ = _resolve(spec_json, home)
+    directory = emit(spec, out)
+    if register:
+        from astra.registry import Registry
+
+        with Registry.open(home) as registry:
+            registry.save_environment(spec, directory)
+    summary = {
+        "environment_id": spec.id,
+        "name": spec.name,
+        "directory": str(directory),
+        "tools": [t.spec.name for t in spec.tools],
+        "sandboxed": spec.sandboxed,
+        "registered": register,
+        "stdio": f"python {directory / 'server.py'}",
+        "http": f"python {directory / 'server.py'} --http --port 8000",
+        "mcp_servers": mcp_servers_block(spec, directory),
+    }
+    if json_out:
+        emit_json(summary)
+    console.print(f"[green]emitted[/] {spec.name} ({len(spec.tools)} tools) -> {directory}")
+    console.print(f"  stdio: python {directory / 'server.py'}")
+    console.print(f"  http:  python {directory / 'server.py'} --http --port 8000")
+
+
+@app.command("serve")
+def serve_cmd(
+    target: Annotated[str, typer.Argument(help="emitted DIR, spec JSON, registry name/id, or sample:NAME")],
+    http: Annotated[bool, typer.Option("--http", help="serve streamable HTTP instead of stdio")] = False,
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="HTTP bind address")] = "127.0.0.1",
+    token: Annotated[str | None, typer.Option("--token", help="require this bearer token (HTTP)")] = None,
+    home: HomeOption = None,
+) -> None:
+    """Serve an environment over stdio (default) or streamable HTTP."""
+    from astra.servers import build_server, serve
+
+    spec, _ = _resolve(target, home)
+    server = build_server(spec, bearer_token=token if http else None, public_url=f"http://{host}:{port}/mcp")
+    if http:
+        console.print(f"serving {spec.name} on http://{host}:{port}/mcp" + (" (bearer token required)" if token else ""))
+    serve(server, http=http, host=host, port=port, token=token)
+
+
+@app.command("validate")
+def validate_cmd(
+    directory: Annotated[Path, typer.Argument(help="an emitted environment directory")],
+    timeout: Annotated[float, typer.Option("--timeout", help="seconds for the whole run")] = 120.0,
+    json_out: JsonOption = False,
+) -> None:
+    """Launch DIR/server.py over stdio, list its tools, replay the reference calls, check the results."""
+    import anyio
+
+    from astra.servers import validate_emitted
+
+    with console.status(f"validating {directory} over stdio", spinner="dots") if not json_out else nullcontext():
+        report = anyio.run(lambda: validate_emitted(directory, timeout_s=timeout))
+    if json_out:
+        emit_json(report.model_dump() | {"failed": len(report.failed)})
+    else:
+        table = Table("check", "result", "detail", title=f"{report.name or directory}")
+        for check in report.checks:
+            table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAIL[/]", check.detail)
+        console.print(table)
+    if report.error:
+        console.print(f"[red]error:[/] {report.error}", highlight=False)
+    passed = sum(c.ok for c in report.checks)
+    console.print(f"{passed}/{len(report.checks)} checks passed" + ("" if report.ok else " [red](validation failed)[/]"))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("score")
+def score_cmd(
+    env: Annotated[str, typer.Argument(help="emitted DIR, spec JSON, registry name/id, or sample:NAME")],
+    trajectory_file: Annotated[Path, typer.Argument(help="Trajectory records: JSONL (one per line) or one JSON object")],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Score trajectories against the environment's verifiers: per-call checks and the process reward."""
+    from pydantic import ValidationError
+
+    from astra.records import Trajectory
+    from astra.servers import score_episode
+
+    spec, _ = _resolve(env, home)
+    try:
+        text = trajectory_file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise fail(f"{trajectory_file}: cannot read: {exc.strerror or exc}", code=2) from exc
+    stripped = text.strip()
+    lines: list[tuple[int, str]]
+    if stripped.startswith("{") and "\n{" not in stripped:
+        lines = [(1, stripped)]
+    else:
+        lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    scores, errors = [], []
+    for lineno, line in lines:
+        try:
+            trajectory = Trajectory.model_validate_json(line)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            errors.append(f"{trajectory_file}:{lineno}: {'.'.join(str(p) for p in first['loc']) or 'record'}: {first['msg']}")
+            continue
+        scores.append(score_episode(spec, trajectory))
+    for error in errors:
+        console.print(error, style="red", markup=False, highlight=False)
+    mean = sum(s.process_reward for s in scores) / len(scores) if scores else None
+    if json_out:
+        emit_json({"environment_id": spec.id, "scores": [s.model_dump() for s in scores], "errors": errors, "mean_process_reward": mean})
+    else:
+        table = Table("trajectory", "calls", "solved", "recall", "precision", "process reward", "verified calls passed")
+        for s in scores:
+            verified = [c for c in s.per_call if c.passed is not None]
+            table.add_row(
+                s.trajectory_id or "-", str(s.tool_calls), f"{len(s.solved_subquestions)}/{s.total_subquestions}",
+                f"{s.recall:.2f}", f"{s.precision:.2f}", f"{s.process_reward:.3f}",
+                f"{sum(bool(c.passed) for c in verified)}/{len(verified)}",
+            )
+        console.print(table)
+        console.print(f"{len(scores)} scored, {len(errors)} rejected" + (f", mean process reward {mean:.3f}" if mean is not None else ""))
+    failed = [s for s in scores if s.status != "ok"]
+    for s in failed:
+        console.print(f"[red]{s.trajectory_id}: {s.error}[/]", highlight=False)
+    if errors or failed or not scores:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+def list_cmd(home: HomeOption = None, json_out: JsonOption = False) -> None:
+    """Environments in the registry (with where they were emitted) and the bundled samples."""
+    from astra.registry import Registry
+    from astra.servers import SAMPLES_DIR
+
+    with Registry.open(home) as registry:
+        rows = registry.list_environments()
+    samples = sorted(p.stem for p in SAMPLES_DIR.glob("*.json"))
+    if json_out:
+        emit_json({
+            "environments": [
+                {"id": s.id, "name": s.name, "tools": len(s.tools), "verifiers": len(s.verifiers), "sandboxed": s.sandboxed, "location": loc}
+                for s, loc in rows
+            ],
+            "samples": samples,
+        })
+        return
+    table = Table("name", "id", "tools", "verifiers", "sandboxed", "location")
+    for s, loc in rows:
+        table.add_row(s.name, s.id, str(len(s.tools)), str(len(s.verifiers)), "yes" if s.sandboxed else "no", loc or "-")
+    console.print(table)
+    console.print(f"{len(rows)} environment(s); samples: {', '.join('sample:' + n for n in samples)}")

@@ -18,6 +18,8 @@ Public API
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec, Verifier
 
 from ._runtime import (
@@ -31,9 +33,29 @@ from ._runtime import (
     ToolOutcome,
     build_class_server,
     build_server_from_dict,
+    serve,
 )
 from ._runtime import EnvironmentError_ as EnvironmentSpecError
+from ._emit import emit, load_emitted, mcp_servers_block
+from ._rewards import CallCheck, EpisodeScore, answer_found, process_reward, result_matches, score_episode
 from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult
+from ._validate import Check, ValidationReport, stdio_parameters, validate_emitted
+
+SAMPLES_DIR = Path(__file__).with_name("samples")
+
+
+def sample_path(name: str = "inventory") -> Path:
+    """Path of a bundled sample environment spec (``astra/servers/samples/NAME.json``)."""
+    path = SAMPLES_DIR / f"{name}.json"
+    if not path.is_file():
+        available = sorted(p.stem for p in SAMPLES_DIR.glob("*.json"))
+        raise FileNotFoundError(f"no sample environment {name!r}; available: {available}")
+    return path
+
+
+def load_sample(name: str = "inventory") -> EnvironmentSpec:
+    """A bundled sample environment (``inventory``: a stateful warehouse with 7 tools and 5 verifiers)."""
+    return EnvironmentSpec.model_validate_json(sample_path(name).read_text(encoding="utf-8"))
 
 
 def build_server(
@@ -57,6 +79,23 @@ def build_server(
 
 
 __all__ = [
+    "SAMPLES_DIR",
+    "CallCheck",
+    "Check",
+    "EpisodeScore",
+    "ValidationReport",
+    "answer_found",
+    "emit",
+    "load_emitted",
+    "load_sample",
+    "mcp_servers_block",
+    "process_reward",
+    "result_matches",
+    "sample_path",
+    "score_episode",
+    "stdio_parameters",
+    "validate_emitted",
+    "serve",
     "CONTROL_EXTENSION",
     "DEFAULT_EPISODE",
     "EPISODE_META_KEY",
