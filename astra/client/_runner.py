@@ -22,6 +22,7 @@ bounds concurrent requests to the model endpoint per process.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import multiprocessing
@@ -77,6 +78,7 @@ class EpisodeConfig(BaseModel):
     episode_timeout_s: float | None = None
     concurrency: int = 8
     per_endpoint_concurrency: int | None = None
+    imports: list[str] = Field(default_factory=list, description="modules each worker imports first (to register scripts)")
 
 
 class _LimitedModel(Model):
@@ -121,6 +123,8 @@ async def run_shard(
     todo = [item for item in items if item[0] not in log_file]
     if not todo:
         return 0, []
+    for module in config.imports:
+        importlib.import_module(module)
     model = model or resolve_model(config.model_spec, **config.model_options)
     if config.per_endpoint_concurrency:
         model = _LimitedModel(model, _endpoint_limiter(model_endpoint(model), config.per_endpoint_concurrency))
@@ -243,14 +247,24 @@ def _shards(items: list[Any], n: int) -> list[list[Any]]:
 
 
 def _ray_init(ray_address: str | None, num_cpus: int | None) -> Any:
+    """Join ``ray_address``, or start a local Ray with every socket on 127.0.0.1.
+
+    ``_node_ip_address="127.0.0.1"`` alone is not enough: Ray replaces a loopback address by
+    the machine's interface address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (read at
+    import time, and inherited by Ray's own processes). We set it, then check the result.
+    """
+    if not ray_address:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError as exc:
         raise RuntimeError("--executor ray needs ray (pip install 'astra-synth[ray]')") from exc
     if not ray.is_initialized():
         if ray_address:
             ray.init(address=ray_address, log_to_driver=False)
         else:
+            ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the env was set
             ray.init(
                 num_cpus=num_cpus or os.cpu_count() or 2,
                 include_dashboard=False,
@@ -258,6 +272,10 @@ def _ray_init(ray_address: str | None, num_cpus: int | None) -> Any:
                 log_to_driver=False,
                 configure_logging=False,
             )
+            addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
+            if addresses != {"127.0.0.1"}:
+                ray.shutdown()
+                raise RuntimeError(f"local Ray did not stay on 127.0.0.1 (nodes at {sorted(addresses)}); refusing to run")
     return ray
 
 
@@ -283,6 +301,7 @@ async def arun_rollouts(
     max_tokens_total: int | None = None,
     call_timeout_s: float = 30.0,
     episode_timeout_s: float | None = None,
+    imports: Sequence[str] = (),
 ) -> RolloutSummary:
     """Async form of :func:`run_rollouts` (for callers already inside an event loop)."""
     started = time.perf_counter()
@@ -292,7 +311,7 @@ async def arun_rollouts(
         model_spec=model_spec, model_options=model_options or {}, system_prompt=system_prompt, settings=settings,
         max_steps=max_steps, max_tokens_total=max_tokens_total, call_timeout_s=call_timeout_s,
         episode_timeout_s=episode_timeout_s, concurrency=concurrency,
-        per_endpoint_concurrency=per_endpoint_concurrency,
+        per_endpoint_concurrency=per_endpoint_concurrency, imports=list(imports),
     )
     run = RunDir(out, config={"stage": "rollout", **config.model_dump(mode="json", exclude={"model_options"}),
                               "samples": samples, "servers": [_target_name(t) for t in targets]})
@@ -399,7 +418,8 @@ def run_rollouts(
     ``workers`` (local worker processes, 1), ``ray_address``, ``progress`` (True),
     ``model_options`` (for :func:`resolve_model`), ``model`` (a ready Model, workers=1 only),
     ``system_prompt``, ``settings``, ``max_steps`` (16), ``max_tokens_total``,
-    ``call_timeout_s`` (30), ``episode_timeout_s``. Synchronous: it runs its own event loop
+    ``call_timeout_s`` (30), ``episode_timeout_s``, ``imports`` (modules every worker imports
+    before resolving the model, e.g. one that calls ``register_script``). Synchronous: it runs its own event loop
     (use :func:`arun_rollouts` from async code).
     """
     return anyio.run(lambda: arun_rollouts(tasks, model_spec, out_dir, **options))

@@ -118,28 +118,32 @@ def test_cli_unknown_model_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.ray
-def test_ray_executor_on_loopback(tmp_path, test_stdio_launch):
+def test_ray_executor_on_loopback(tmp_path, test_stdio_launch, monkeypatch):
     ray = pytest.importorskip("ray")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    from netcheck import off_loopback, tcp_sockets
+
     from astra.client._runner import _ray_init
 
     try:
         _ray_init(None, 2)
-        nodes = ray.nodes()
-        assert nodes and all(n["NodeManagerAddress"] == "127.0.0.1" for n in nodes)
-        summary = run_rollouts(tasks(6), "scripted:echo", tmp_path, servers=[("s", test_stdio_launch)],
-                               executor="ray", progress=False)
-        assert summary.written == 6 and summary.by_termination == {"final_answer": 6}
-        assert_ray_sockets_on_loopback()
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        summary = run_rollouts(tasks(6), "scripted:slow-plan", tmp_path, servers=[("s", test_stdio_launch)],
+                               executor="ray", progress=False, imports=["rollout_job"])
+        assert summary.written == 6 and summary.failed == 0 and summary.by_termination == {"final_answer": 6}
+        assert summary.executor == "ray"
+        sockets = tcp_sockets()
+        assert sockets and not off_loopback(sockets), off_loopback(sockets)
     finally:
         ray.shutdown()
 
 
-def assert_ray_sockets_on_loopback() -> None:
-    psutil = pytest.importorskip("psutil")
-    me = psutil.Process()
-    pids = {p.pid for p in me.children(recursive=True)} | {me.pid}
-    bad = []
-    for conn in psutil.net_connections(kind="inet"):
-        if conn.pid in pids and conn.laddr and conn.laddr.ip not in ("127.0.0.1", "::1"):
-            bad.append((conn.pid, conn.laddr, conn.status))
-    assert not bad, f"Ray sockets off loopback: {bad}"
+def test_local_worker_processes(tmp_path, test_stdio_launch, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    summary = run_rollouts(tasks(8), "scripted:slow-plan", tmp_path, servers=[("s", test_stdio_launch)],
+                           workers=2, concurrency=4, progress=False, imports=["rollout_job"])
+    assert (summary.written, summary.failed, summary.executor) == (8, 0, "local x2")
+    records = [json.loads(x) for x in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
+    assert all(r["termination"] == "final_answer" and r["steps"][0]["result"] == {"result": 2} for r in records)
+    with pytest.raises(ValueError, match="in-process servers"):
+        run_rollouts(tasks(8), "scripted:slow-plan", tmp_path / "x", servers=[("s", make_server())], workers=2, progress=False)
