@@ -46,7 +46,7 @@ def _text(v: Any) -> Any:
 
 class StepReply(BaseModel):
     id: str
-    hop: int = 1
+    hop: int | None = Field(default=None, description="the model's hop level; recomputed from the graph")
     sub_question: str = Field(min_length=1)
     depends_on: list[str] = Field(default_factory=list)
     is_parallel: bool = False
@@ -169,7 +169,7 @@ async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
             )
             for s in steps
         ],
-        scores={"hop_mismatches": float(sum(1 for s in steps if s.hop != hops[s.id]))},
+        scores={"hop_mismatches": float(sum(1 for s in steps if s.hop is not None and s.hop != hops[s.id]))},
         model=ctx.model_name,
     )
     return Outcome.keep(decomposition, audit=audit)

@@ -59,7 +59,8 @@ def build_environment(dec: Decomposition, tool_of_step: dict[str, tuple[MergedTo
             merged, synth_id = tool_of_step[step.id]
             call = next(c for c in merged.calls if c.synth_id == synth_id)
             verifiers.append(Verifier(id=step.id, sub_question=step.sub_question, expected_answer=step.sub_answer,
-                                      tool=names[merged.id], arguments=call.arguments, expected_result=call.expected))
+                                      tool=names[merged.id], arguments=call.arguments,
+                                      expected_result=call.result if call.result is not None else call.expected))
         else:
             verifiers.append(Verifier(id=step.id, sub_question=step.sub_question, expected_answer=step.sub_answer))
     env_id = stable_id("env", dec.id, sorted((m.id, m.implementation.source) for m, _ in tool_of_step.values()), prefix="env_")
@@ -93,15 +94,11 @@ def _result_value(result: Any) -> Any:
     return parse_tool_value(texts[0] if len(texts) == 1 else texts)
 
 
-def server_parameters(server_dir: Path) -> Any:
-    from mcp.client.stdio import StdioServerParameters
-
-    return StdioServerParameters(command=sys.executable, args=[str(server_dir / "server.py")], cwd=str(server_dir))
-
-
 async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60.0) -> Certificate:
     """Replay every reference call through the emitted server over stdio (official MCP client)."""
     from mcp.client import Client
+
+    from astra.servers import stdio_parameters
 
     calls = [v for v in spec.verifiers if v.tool]
     failures: list[str] = []
@@ -109,7 +106,7 @@ async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60
     start = time.perf_counter()
     try:
         with anyio.fail_after(timeout_s):
-            async with Client(server_parameters(server_dir)) as client:
+            async with Client(stdio_parameters(server_dir)) as client:
                 listed = {t.name for t in (await client.list_tools()).tools}
                 missing = sorted({t.spec.name for t in spec.tools} - listed)
                 if missing:
@@ -119,8 +116,8 @@ async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60
                     value = _result_value(result)
                     if result.is_error:
                         failures.append(f"{v.id}: {v.tool} returned an error: {json.dumps(value, default=str)[:200]}")
-                    elif not answers_match(value, v.expected_result):
-                        failures.append(f"{v.id}: {v.tool} returned {json.dumps(value, default=str)[:200]}, expected {v.expected_result!r}")
+                    elif not answers_match(value, v.expected_answer):
+                        failures.append(f"{v.id}: {v.tool} returned {json.dumps(value, default=str)[:200]}, expected {v.expected_answer!r}")
                     else:
                         passed += 1
     except TimeoutError:
@@ -199,8 +196,9 @@ async def run_emit(ctx: PipelineContext) -> StageCounts:
 
 def mcp_servers_block(envs: list[EmittedEnvironment]) -> dict[str, Any]:
     """``{"mcpServers": {name: {"command", "args"}}}`` for MCP hosts to launch the emitted servers."""
-    return {
-        "mcpServers": {
-            e.spec.name: {"command": sys.executable, "args": [str(Path(e.server_dir) / "server.py")]} for e in envs
-        }
-    }
+    from astra.servers import mcp_servers_block as one_block
+
+    block: dict[str, Any] = {}
+    for env in envs:
+        block.update(one_block(env.spec, Path(env.server_dir))["mcpServers"])
+    return {"mcpServers": block}

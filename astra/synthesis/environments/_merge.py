@@ -25,7 +25,7 @@ from astra.synthesis.environments._answers import answers_match
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._models import MergedTool, ReferenceCall, SynthesizedTool
 from astra.synthesis.environments._sandbox import SandboxRunner
-from astra.synthesis.environments._synthesize import EXAMPLE, SYSTEM, ToolReply, static_problems
+from astra.synthesis.environments._synthesize import EXAMPLE, SYSTEM, ToolReply, implementation_of, static_problems
 
 PROMPT_VERSION = "merge-v1"
 _STOP = frozenset("a an the of to in for from by and or with on at is are get compute calculate find return value given".split())
@@ -76,19 +76,24 @@ def cluster_tools(tools: list[SynthesizedTool], threshold: float = 0.6) -> list[
     return sorted(clusters, key=lambda c: c[0].id)
 
 
-async def serves_all(sandbox: SandboxRunner, name: str, source: str, schema: dict[str, Any], calls: list[ReferenceCall]) -> str | None:
-    """None when the implementation returns every call's expected answer, else why not."""
+async def serves_all(
+    sandbox: SandboxRunner, name: str, source: str, schema: dict[str, Any], calls: list[ReferenceCall]
+) -> tuple[str | None, list[ReferenceCall]]:
+    """(None, the calls with this implementation's results) when it returns every call's expected
+    answer, else (why not, [])."""
     validator = Draft202012Validator(schema)
+    served: list[ReferenceCall] = []
     for call in calls:
         errors = list(validator.iter_errors(call.arguments))
         if errors:
-            return f"call {call.synth_id}: arguments do not fit the merged schema: {errors[0].message}"
+            return f"call {call.synth_id}: arguments do not fit the merged schema: {errors[0].message}", []
         result = await sandbox.call(source, name, call.arguments)
         if not result.ok:
-            return f"call {call.synth_id}: {result.error_kind or 'error'}: {result.error}"
+            return f"call {call.synth_id}: {result.error_kind or 'error'}: {result.error}", []
         if not answers_match(result.value, call.expected):
-            return f"call {call.synth_id}: returned {json.dumps(result.value, default=str)[:120]}, expected {call.expected!r}"
-    return None
+            return f"call {call.synth_id}: returned {json.dumps(result.value, default=str)[:120]}, expected {call.expected!r}", []
+        served.append(call.model_copy(update={"result": result.value}))
+    return None, served
 
 
 def _singletons(cluster: list[SynthesizedTool], note: str | None) -> list[MergedTool]:
@@ -123,9 +128,9 @@ async def merge_cluster(ctx: PipelineContext, sandbox: SandboxRunner, cluster: l
     candidates = sorted(cluster, key=lambda t: (t.variant != "scaled", -len(t.implementation.spec.input_schema.get("properties", {})), t.id))
     for cand in candidates:
         impl = cand.implementation
-        why = await serves_all(sandbox, impl.entrypoint or impl.spec.name, impl.source, impl.spec.input_schema, calls)
+        why, served = await serves_all(sandbox, impl.entrypoint or impl.spec.name, impl.source, impl.spec.input_schema, calls)
         if why is None:
-            merged = MergedTool(id=cluster_id, implementation=impl, members=[t.id for t in cluster], calls=calls,
+            merged = MergedTool(id=cluster_id, implementation=impl, members=[t.id for t in cluster], calls=served,
                                 merged=True, merge_note=f"member {cand.id} serves all {len(calls)} calls")
             return Outcome.keep(merged)
         failures.append(f"{impl.spec.name}: {why}")
@@ -134,14 +139,15 @@ async def merge_cluster(ctx: PipelineContext, sandbox: SandboxRunner, cluster: l
         reply, audit = await ctx.ask(_merge_prompt(cluster), ToolReply, system=SYSTEM, prompt_version=PROMPT_VERSION)
         reply = reply.model_copy(update={"arguments": calls[0].arguments})
         problems = static_problems(reply, None)
-        why = "; ".join(problems) if problems else await serves_all(sandbox, reply.name, reply.code, reply.parameters, calls)
+        if problems:
+            why, served = "; ".join(problems), []
+        else:
+            why, served = await serves_all(sandbox, reply.name, reply.code, reply.parameters, calls)
     except LLMOutputError as exc:
         audit, why = exc.audit, f"bad_reply: {exc.reason}"
     if why is None:
-        from astra.synthesis.environments._synthesize import _implementation
-
-        merged = MergedTool(id=cluster_id, implementation=_implementation(reply), members=[t.id for t in cluster],
-                            calls=calls, merged=True, merge_note=f"LLM-merged implementation serves all {len(calls)} calls")
+        merged = MergedTool(id=cluster_id, implementation=implementation_of(reply), members=[t.id for t in cluster],
+                            calls=served, merged=True, merge_note=f"LLM-merged implementation serves all {len(calls)} calls")
         return Outcome.keep(merged, audit=audit)
     failures.append(f"llm merge: {why}")
     return Outcome.keep(*_singletons(cluster, "merge_rejected: " + " | ".join(failures)[:1000]), audit=audit)

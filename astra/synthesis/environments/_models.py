@@ -86,7 +86,8 @@ class ReferenceCall(BaseModel):
 
     synth_id: str
     arguments: dict[str, Any]
-    expected: Any
+    expected: Any = Field(description="the step's sub-answer")
+    result: Any = Field(default=None, description="the value the verified implementation returned")
 
 
 class SynthesizedTool(Record):

@@ -159,7 +159,7 @@ async def _try(
     return record
 
 
-def _implementation(reply: ToolReply) -> ToolImplementation:
+def implementation_of(reply: ToolReply) -> ToolImplementation:
     return ToolImplementation(
         spec=ToolSpec(server="synthesized", name=reply.name, description=reply.description, input_schema=reply.parameters),
         source=reply.code,
@@ -172,6 +172,7 @@ async def synthesize_one(ctx: PipelineContext, sandbox: SandboxRunner, dec: Deco
     attempts: list[SynthAttempt] = []
     audit: list[dict[str, Any]] = []
     accepted: ToolReply | None = None
+    accepted_result: Any = None
     for attempt in range(ctx.config.synth_attempts):
         try:
             reply, calls = await ctx.ask(messages, ToolReply, system=SYSTEM, prompt_version=PROMPT_VERSION)
@@ -183,7 +184,7 @@ async def synthesize_one(ctx: PipelineContext, sandbox: SandboxRunner, dec: Deco
         record = await _try(sandbox, reply, step.sub_answer, attempt, "base")
         attempts.append(record)
         if record.ok:
-            accepted = reply
+            accepted, accepted_result = reply, record.result
             break
         messages = [
             *messages,
@@ -195,8 +196,8 @@ async def synthesize_one(ctx: PipelineContext, sandbox: SandboxRunner, dec: Deco
     if accepted is None:
         last = attempts[-1].error if attempts else "no attempt"
         return Outcome.drop(f"synthesis_failed: {len(attempts)} attempt(s); last: {last}", failed=True, audit=[*audit, meta])
-    implementation = _implementation(accepted)
-    call = ReferenceCall(synth_id=synth_id, arguments=accepted.arguments, expected=step.sub_answer)
+    implementation = implementation_of(accepted)
+    call = ReferenceCall(synth_id=synth_id, arguments=accepted.arguments, expected=step.sub_answer, result=accepted_result)
     variant = "base"
     if ctx.config.complexity_scaling:
         try:
@@ -210,7 +211,8 @@ async def synthesize_one(ctx: PipelineContext, sandbox: SandboxRunner, dec: Deco
             record = SynthAttempt(attempt=len(attempts), variant="scaled", error=f"bad_reply: {exc.reason}")
         attempts.append(record)
         if record.ok:
-            implementation, variant = _implementation(scaled), "scaled"
+            implementation, variant = implementation_of(scaled), "scaled"
+            call = call.model_copy(update={"result": record.result})
     tool = SynthesizedTool(
         id=synth_id, decomposition_id=dec.id, qa_id=dec.qa_id, step_id=step.id, sub_question=step.sub_question,
         implementation=implementation, call=call, variant=variant, attempts=attempts,

@@ -26,6 +26,7 @@ import networkx as nx
 from pydantic import BaseModel
 
 from astra.records import Trajectory
+from astra.servers import process_reward
 from astra.synthesis.environments._answers import answers_match, parse_tool_value
 
 __all__ = ["ProcessReward", "compute_score", "f1_reward", "parse_ground_truth", "score_results", "score_trajectory"]
@@ -46,11 +47,9 @@ class ProcessReward(BaseModel):
 
 def f1_reward(solved: int, total: int, tool_calls: int) -> tuple[float, float, float]:
     """(recall, precision, F1) of ``solved`` sub-questions out of ``total`` with ``tool_calls`` calls."""
-    if solved < 0 or total < 0 or tool_calls < 0:
-        raise ValueError("counts must be non-negative")
+    reward = process_reward(solved, total, tool_calls)  # the one definition (astra.servers); validates counts
     recall = solved / total if total else 0.0
     precision = min(1.0, solved / tool_calls) if tool_calls else 0.0
-    reward = 2 * precision * recall / (precision + recall) if precision and recall else 0.0
     return recall, precision, reward
 
 

@@ -122,7 +122,10 @@ def _gold_for(text: str) -> tuple[str, list[dict[str, Any]]] | None:
 
 
 def decomposition_reply(steps: list[dict[str, Any]]) -> str:
-    return json.dumps({"steps": [{k: s[k] for k in ("id", "sub_question", "depends_on", "is_parallel", "sub_answer")}
+    hops: dict[str, int] = {}
+    for s in steps:  # gold steps are listed in dependency order
+        hops[s["id"]] = 1 + max((hops[d] for d in s["depends_on"]), default=0)
+    return json.dumps({"steps": [{"hop": hops[s["id"]], **{k: s[k] for k in ("id", "sub_question", "depends_on", "is_parallel", "sub_answer")}}
                                  for s in steps]})
 
 
