@@ -387,7 +387,7 @@ class EnvironmentRuntime:
 
     async def _sandbox_for_loop(self) -> Sandbox:
         token = anyio.lowlevel.current_token()
-        if self._sandbox is not None and self._sandbox_token is not token:
+        if self._sandbox is not None and self._sandbox_token != token:
             self._sandbox.abandon()
             self._sandbox = None
         if self._sandbox is None:
@@ -477,7 +477,7 @@ class EnvironmentRuntime:
 
     async def aclose(self) -> None:
         if self._sandbox is not None:
-            if self._sandbox_token is anyio.lowlevel.current_token():
+            if self._sandbox_token == anyio.lowlevel.current_token():
                 await self._sandbox.aclose()
             else:
                 self._sandbox.abandon()

@@ -1,0 +1,187 @@
+"""Sandbox attacks: each one is contained, reported as a clear error, and the server keeps serving."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp.client import Client
+
+from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
+from astra.servers import Sandbox, SandboxLimits, build_server
+from astra.servers._sandbox import _namespace_prefix
+
+pytestmark = pytest.mark.anyio
+
+LIMITS = SandboxLimits(cpu_s=1, memory_mb=256, wall_s=4, max_output_bytes=4096, max_result_bytes=10_000)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def listener():  # type: ignore[no-untyped-def]
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    yield server
+    server.close()
+
+
+ATTACKS: dict[str, tuple[str, dict, set[str]]] = {
+    "infinite_loop": ("def attack():\n    while True:\n        pass\n", {}, {"cpu", "timeout"}),
+    "sleep_forever": ("import time\ndef attack():\n    time.sleep(60)\n", {}, {"timeout"}),
+    "memory_bomb": ("def attack():\n    blob = bytearray(4 * 1024**3)\n    return len(blob)\n", {}, {"memory"}),
+    "memory_creep": ("def attack():\n    chunks = []\n    while True:\n        chunks.append(bytearray(16 * 1024**2))\n", {}, {"memory"}),
+    "fork_bomb": ("import os\ndef attack():\n    while True:\n        os.fork()\n", {}, {"forbidden"}),
+    "subprocess": ("def attack():\n    import subprocess\n    return subprocess.run(['id'], capture_output=True).stdout.decode()\n", {}, {"forbidden"}),
+    "os_system": ("import os\ndef attack():\n    return os.system('touch /tmp/astra-sandbox-pwned')\n", {}, {"forbidden"}),
+    "write_outside": ("def attack(path):\n    with open(path, 'w') as fh:\n        fh.write('pwned')\n    return 'written'\n", {}, {"forbidden"}),
+    "os_open_outside": ("import os\ndef attack(path):\n    fd = os.open(path, os.O_WRONLY | os.O_CREAT)\n    os.write(fd, b'x')\n    return 'written'\n", {}, {"forbidden"}),
+    "parent_environ": ("import os\ndef attack():\n    return open(f'/proc/{os.getppid()}/environ').read()\n", {}, {"forbidden"}),
+    "read_host_file": ("def attack():\n    return open('/etc/passwd').read()\n", {}, {"forbidden"}),
+    "unserialisable": ("def attack():\n    return {'handle': object()}\n", {}, {"not_json"}),
+    "nan": ("def attack():\n    return float('nan')\n", {}, {"not_json"}),
+    "raises": ("def attack():\n    raise ValueError('the tool is broken')\n", {}, {"exception"}),
+    "exit": ("import sys\ndef attack():\n    sys.exit(3)\n", {}, {"exception"}),
+    "hard_exit": ("import os\ndef attack():\n    os._exit(9)\n", {}, {"crash"}),
+    "raise_limits": ("def attack():\n    import resource\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n", {}, {"forbidden"}),
+    "ctypes": ("def attack():\n    import ctypes\n    return ctypes.CDLL(None).getpid()\n", {}, {"forbidden"}),
+    "recursion": ("def attack(n=0):\n    return attack(n + 1)\n", {}, {"exception"}),
+}
+
+HEALTHY = "def healthy(x):\n    return {'double': 2 * x}\n"
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+async def test_attack_is_contained_and_the_worker_keeps_serving(name: str, tmp_path: Path) -> None:
+    source, arguments, kinds = ATTACKS[name]
+    target = tmp_path / "outside" / "pwned.txt"
+    target.parent.mkdir()
+    if "path" in source.split("\n")[0] or "def attack(path)" in source:
+        arguments = {"path": str(target)}
+    async with Sandbox(limits=LIMITS) as sandbox:
+        before = await sandbox.call(HEALTHY, "healthy", {"x": 2})
+        assert before.ok and before.value == {"double": 4}
+        result = await sandbox.call(source, "attack", arguments)
+        assert not result.ok, result
+        assert result.error_kind in kinds, result
+        assert result.error  # a message the model can read
+        after = await sandbox.call(HEALTHY, "healthy", {"x": 21})
+        assert after.ok and after.value == {"double": 42}
+    assert not target.exists()
+    assert not Path("/tmp/astra-sandbox-pwned").exists()
+
+
+async def test_socket_to_loopback_is_refused(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    direct = "def attack(port):\n    import socket\n    s = socket.create_connection(('127.0.0.1', port), timeout=1)\n    s.sendall(b'leak')\n    return 'sent'\n"
+    sneaky = "def attack(port):\n    import _socket\n    s = _socket.socket()\n    s.connect(('127.0.0.1', port))\n    return 'sent'\n"
+    async with Sandbox(limits=LIMITS) as sandbox:
+        for source in (direct, sneaky):
+            result = await sandbox.call(source, "attack", {"port": port})
+            assert not result.ok and result.error_kind == "forbidden", result
+        assert (await sandbox.call(HEALTHY, "healthy", {"x": 1})).ok
+    with pytest.raises(socket.timeout):
+        listener.accept()
+
+
+def test_network_namespace_has_no_route_to_loopback(listener: socket.socket) -> None:
+    prefix = _namespace_prefix()
+    if prefix is None:
+        pytest.skip("namespaces are not available on this host (the sandbox warned about it)")
+    port = listener.getsockname()[1]
+    code = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)\n"
+    done = subprocess.run([*prefix, sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.stdout.startswith("refused"), done
+    with pytest.raises(socket.timeout):
+        listener.accept()
+
+
+async def test_host_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASTRA_TEST_SECRET", "hunter2")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-tools")
+    async with Sandbox(limits=LIMITS) as sandbox:
+        result = await sandbox.call("import os\ndef env():\n    return dict(os.environ)\n", "env", {})
+        assert result.ok
+        assert "ASTRA_TEST_SECRET" not in result.value and "OPENAI_API_KEY" not in result.value
+        assert "hunter2" not in repr(result.value)
+        assert sandbox.isolation["network_namespace"] == (_namespace_prefix() is not None)
+
+
+async def test_printing_100_mb_is_bounded_and_the_call_succeeds() -> None:
+    async with Sandbox(limits=LIMITS) as sandbox:
+        result = await sandbox.call("def loud():\n    print('x' * 100_000_000)\n    return 'done'\n", "loud", {})
+        assert result.ok and result.value == "done"
+        assert len(result.stdout) < LIMITS.max_output_bytes + 200
+        assert "output truncated" in result.stdout
+
+
+async def test_huge_result_is_truncated_with_a_marker() -> None:
+    async with Sandbox(limits=LIMITS) as sandbox:
+        result = await sandbox.call("def big():\n    return ['row'] * 1_000_000\n", "big", {})
+        assert result.ok and result.truncated
+        assert isinstance(result.value, str) and "[truncated: result was" in result.value
+        assert len(result.value) < LIMITS.max_result_bytes + 200
+
+
+async def test_scratch_directory_is_writable_and_state_round_trips(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    source = "def note(state, text):\n    with open('notes.txt', 'a') as fh:\n        fh.write(text)\n    state.setdefault('notes', []).append(text)\n    return open('notes.txt').read()\n"
+    async with Sandbox(limits=LIMITS, scratch_dir=scratch) as sandbox:
+        first = await sandbox.call(source, "note", {"text": "a"}, state={})
+        second = await sandbox.call(source, "note", {"text": "b"}, state=first.state)
+    assert second.ok and second.value == "ab" and second.state == {"notes": ["a", "b"]}
+    assert (scratch / "notes.txt").read_text() == "ab"
+
+
+def _attack_environment() -> EnvironmentSpec:
+    def tool(name: str, source: str, schema: dict | None = None) -> ToolImplementation:
+        return ToolImplementation(
+            spec=ToolSpec(server="attacks", name=name, description=name, input_schema=schema or {"type": "object", "properties": {}}),
+            source=source, stateful=True,
+        )
+
+    return EnvironmentSpec(
+        id="env-attacks", name="attacks",
+        tools=[
+            tool("bump", "def bump(state):\n    state['n'] += 1\n    return state['n']\n"),
+            tool("bump_then_loop", "def bump_then_loop(state):\n    state['n'] += 100\n    while True:\n        pass\n"),
+            tool("bump_then_bomb", "def bump_then_bomb(state):\n    state['n'] += 100\n    return bytearray(4 * 1024**3)\n"),
+            tool("bump_then_crash", "import os\ndef bump_then_crash(state):\n    state['n'] += 100\n    os._exit(1)\n"),
+            tool("bump_then_raise", "def bump_then_raise(state):\n    state['n'] += 100\n    raise RuntimeError('nope')\n"),
+            tool("bump_then_object", "def bump_then_object(state):\n    state['n'] += 100\n    state['bad'] = object()\n    return 1\n"),
+        ],
+        initial_state={"n": 0},
+    )
+
+
+async def test_failed_calls_leave_episode_state_unchanged_through_the_server() -> None:
+    server = build_server(_attack_environment(), limits=LIMITS)
+    try:
+        async with Client(server) as client:
+            assert (await client.call_tool("bump", {})).structured_content == {"result": 1}
+            for attack in ("bump_then_loop", "bump_then_bomb", "bump_then_crash", "bump_then_raise", "bump_then_object"):
+                result = await client.call_tool(attack, {})
+                assert result.is_error, attack
+                assert result.content[0].text.startswith("Error: "), attack
+                assert (await client.call_tool("bump", {})).structured_content["result"] == 2 + ["bump_then_loop", "bump_then_bomb", "bump_then_crash", "bump_then_raise", "bump_then_object"].index(attack), attack
+        assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == 2  # the loop and the hard exit; MemoryError and exceptions need no restart
+    finally:
+        await server.runtime.aclose()
+
+
+async def test_cancelled_call_does_not_desynchronise_the_worker() -> None:
+    async with Sandbox(limits=LIMITS) as sandbox:
+        with anyio.move_on_after(0.3):
+            await sandbox.call("import time\ndef slow():\n    time.sleep(2)\n    return 'late'\n", "slow", {})
+        result = await sandbox.call(HEALTHY, "healthy", {"x": 5})
+        assert result.ok and result.value == {"double": 10}
