@@ -116,8 +116,10 @@ def _normalize_node(node: Any, field: str) -> Any:
                 {k: _normalize_node(v, f"{field}.{key}.{k}") for k, v in value.items()}
                 if isinstance(value, dict) else value
             )
-        else:
+        elif isinstance(value, (dict, list)):
             out[key] = copy.deepcopy(value)
+        else:  # immutable JSON scalar
+            out[key] = value
 
     # OpenAPI 3.0 "nullable: true" -> a union with null
     nullable = out.pop("nullable", None)

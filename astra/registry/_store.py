@@ -8,6 +8,7 @@ transaction: a crash leaves the previous record or the new one, never half of it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -18,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
+import pydantic_core
 from pydantic import BaseModel, TypeAdapter
 
 from astra.config import default_db_path
@@ -166,15 +169,25 @@ _LAUNCH = TypeAdapter(Launch)
 
 
 def server_content_hash(spec: ServerSpec) -> str:
-    """Hash of what a server *is* (not where or when it was read): the re-import no-op key."""
-    import hashlib
+    """Hash of what a server *is* (not where or when it was read): the re-import no-op key.
 
-    body = spec.model_dump(mode="json", exclude={"content_hash", "source", "id"})
-    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+    Serialised by pydantic (fast, deterministic for the same input; key order is kept, so
+    the same content with its keys reordered hashes differently and is simply rewritten).
+    """
+    body = spec.model_dump_json(exclude={"content_hash", "source", "id"})
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _parse_cached(cache: dict[str, dict[str, str]], text: str) -> dict[str, str]:
+    """A fresh dict from a JSON object text; edge bindings repeat a lot, so each text is parsed once."""
+    parsed = cache.get(text)
+    if parsed is None:
+        parsed = cache[text] = json.loads(text)
+    return dict(parsed)
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return pydantic_core.to_json(value).decode("utf-8")
 
 
 class Registry:
@@ -431,26 +444,32 @@ class Registry:
             )
         return version
 
+    def _graph_head(self, name: str, version: int | None) -> tuple[int, str, str]:
+        """(version, nodes JSON, meta JSON) of a stored graph version; NotFoundError if absent."""
+        if version is None:
+            row = self._db.execute(
+                "SELECT version, nodes, meta FROM graphs WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+            ).fetchone()
+        else:
+            row = self._db.execute(
+                "SELECT version, nodes, meta FROM graphs WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+        if row is None:
+            known = self.graph_versions(name)
+            what = f"graph {name!r}" + (f" version {version}" if version is not None else "")
+            hint = f" (versions: {known})" if known else ""
+            raise NotFoundError(f"no {what} in the registry{hint}")
+        return row
+
     def load_graph(self, name: str, version: int | None = None) -> ToolGraph:
         """A stored graph (the latest version by default); :class:`NotFoundError` if absent."""
         with self._lock:
-            if version is None:
-                row = self._db.execute(
-                    "SELECT version, nodes, meta FROM graphs WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
-                ).fetchone()
-            else:
-                row = self._db.execute(
-                    "SELECT version, nodes, meta FROM graphs WHERE name = ? AND version = ?", (name, version)
-                ).fetchone()
-            if row is None:
-                known = self.graph_versions(name)
-                what = f"graph {name!r}" + (f" version {version}" if version is not None else "")
-                hint = f" (versions: {known})" if known else ""
-                raise NotFoundError(f"no {what} in the registry{hint}")
+            row = self._graph_head(name, version)
+            parsed: dict[str, dict[str, str]] = {}
             edges = [
                 GraphEdge.model_construct(
-                    src=r[0], dst=r[1], kind=r[2], bindings=json.loads(r[3]), score=r[4], provenance=r[5],
-                    rationale=r[6],
+                    src=r[0], dst=r[1], kind=r[2],
+                    bindings=_parse_cached(parsed, r[3]), score=r[4], provenance=r[5], rationale=r[6],
                 )
                 for r in self._db.execute(
                     """SELECT src, dst, kind, bindings, score, provenance, rationale FROM graph_edges
@@ -459,6 +478,29 @@ class Registry:
                 )
             ]
         return ToolGraph(name=name, version=row[0], nodes=json.loads(row[1]), edges=edges, meta=json.loads(row[2]))
+
+    def load_networkx(self, name: str, version: int | None = None) -> nx.DiGraph:
+        """A stored graph straight into a ``networkx.DiGraph`` (same layout as :func:`to_networkx`).
+
+        Skips building a GraphEdge per edge: for algorithm work on big graphs (100k edges
+        load in about half the time of ``to_networkx(load_graph(...))``).
+        """
+        with self._lock:
+            head = self._graph_head(name, version)
+            g = nx.DiGraph(name=name, version=head[0], meta=json.loads(head[2]))
+            g.add_nodes_from(json.loads(head[1]))
+            parsed: dict[str, dict[str, str]] = {}
+            g.add_edges_from(
+                (r[0], r[1], {"kind": r[2],
+                              "bindings": _parse_cached(parsed, r[3]),
+                              "score": r[4], "provenance": r[5], "rationale": r[6], "position": r[7]})
+                for r in self._db.execute(
+                    """SELECT src, dst, kind, bindings, score, provenance, rationale, position FROM graph_edges
+                       WHERE graph = ? AND version = ? ORDER BY position""",
+                    (name, head[0]),
+                )
+            )
+        return g
 
     def graph_versions(self, name: str) -> list[int]:
         with self._lock:
@@ -490,8 +532,6 @@ class Registry:
 
     def save_environment(self, spec: EnvironmentSpec, location: str | os.PathLike[str] | None = None) -> bool:
         """Store (or replace) an environment spec and where it was emitted; False if unchanged."""
-        import hashlib
-
         body = spec.model_dump_json()
         loc = None if location is None else str(location)
         digest = hashlib.sha256(canonical_json([json.loads(body), loc]).encode("utf-8")).hexdigest()

@@ -47,6 +47,19 @@ def test_store_load_versions(registry: Registry) -> None:
     assert registry.graph_versions("travel") == [2]
 
 
+def test_load_networkx_matches_to_networkx(registry: Registry) -> None:
+    graph = sample_graph()
+    registry.save_graph(graph)
+    direct = registry.load_networkx("travel")
+    via_records = to_networkx(registry.load_graph("travel"))
+    assert direct.graph == via_records.graph
+    assert list(direct.nodes) == list(via_records.nodes)
+    assert list(direct.edges(data=True)) == list(via_records.edges(data=True))
+    assert from_networkx(direct) == graph
+    with pytest.raises(NotFoundError):
+        registry.load_networkx("travel", 2)
+
+
 def test_bad_graphs_are_refused(registry: Registry) -> None:
     graph = sample_graph()
     dangling = graph.model_copy(update={"edges": [*graph.edges, GraphEdge(src="x/y", dst="geo-locator/search_city")]})
