@@ -23,7 +23,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared._httpx_utils import create_mcp_http_client
 from pydantic import BaseModel, Field
 
-from astra.records import EnvironmentLaunch, HttpLaunch, Launch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
+from astra.records import EnvironmentLaunch, HttpLaunch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
 from astra.registry._schema import SchemaError, validate_schema
 from astra.registry._store import Registry
 
@@ -227,20 +227,6 @@ def _launch_of(target: DiscoveryTarget, launch: Any) -> Any:
     raise ValueError("an in-process server has no launch of its own: pass launch= (e.g. EnvironmentLaunch)")
 
 
-def _spec_from(result: DiscoveryResult, name: str, launch: Launch, title: str | None, description: str | None,
-               domain: str | None, source: str) -> ServerSpec:
-    return ServerSpec(
-        id=stable_id("live", name, prefix="srv-"),
-        name=name,
-        title=title if title is not None else result.server_title,
-        description=description if description is not None else (result.server_description or result.instructions or ""),
-        domain=domain,
-        launch=launch,
-        tools=result.tools,
-        source=source,
-    )
-
-
 async def add_server_async(
     registry: Registry,
     name: str,
@@ -259,7 +245,16 @@ async def add_server_async(
     """
     stored_launch = _launch_of(target, launch)
     result = await discover_tools(target, name=name, timeout_s=timeout_s)
-    spec = _spec_from(result, name, stored_launch, title, description, domain, describe_target(target))
+    spec = ServerSpec(
+        id=stable_id("live", name, prefix="srv-"),
+        name=name,
+        title=title if title is not None else result.server_title,
+        description=description if description is not None else (result.server_description or result.instructions or ""),
+        domain=domain,
+        launch=stored_launch,
+        tools=result.tools,
+        source=describe_target(target),
+    )
     changed = await anyio.to_thread.run_sync(registry.upsert_server, spec)
     return spec, changed
 
@@ -268,15 +263,7 @@ def add_server(
     registry: Registry,
     name: str,
     target: DiscoveryTarget,
-    *,
-    launch: StdioLaunch | HttpLaunch | EnvironmentLaunch | SimulatedLaunch | None = None,
-    title: str | None = None,
-    description: str | None = None,
-    domain: str | None = None,
-    timeout_s: float = 30.0,
+    **kwargs: Any,
 ) -> tuple[ServerSpec, bool]:
-    """Synchronous :func:`add_server_async`: discover, then store in one transaction."""
-    stored_launch = _launch_of(target, launch)
-    result = discover_tools_sync(target, name=name, timeout_s=timeout_s)
-    spec = _spec_from(result, name, stored_launch, title, description, domain, describe_target(target))
-    return spec, registry.upsert_server(spec)
+    """Synchronous :func:`add_server_async` (same keyword arguments): discover, then store."""
+    return anyio.run(lambda: add_server_async(registry, name, target, **kwargs))

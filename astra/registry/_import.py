@@ -212,16 +212,17 @@ def _stdio_launch(pkg: dict[str, Any], field: str) -> StdioLaunch:
     args = _arguments(pkg.get("runtimeArguments"), f"{field}.runtimeArguments")
     args += name_it(identifier, pkg.get("version"))
     args += _arguments(pkg.get("packageArguments"), f"{field}.packageArguments")
-    env: dict[str, str] = {}
-    for i, var in enumerate(pkg.get("environmentVariables") or []):
-        var = _object(var, f"{field}.environmentVariables[{i}]")
-        value = var.get("value", var.get("default"))
-        if value is not None:
-            env[_require(var, "name", f"{field}.environmentVariables[{i}]")] = str(value)
+    env = _headers(pkg.get("environmentVariables"), f"{field}.environmentVariables")
     return StdioLaunch(command=runtime, args=args, env=env)
 
 
 def _headers(headers: Any, field: str) -> dict[str, str]:
+    """server.json ``headers`` / ``environmentVariables``: [{name, value|default}] -> {name: value}.
+
+    Entries without a value (secrets the user must supply) are left out.
+    """
+    if headers is not None and not isinstance(headers, list):
+        raise RecordError(field, f"expected a list, got {type(headers).__name__}")
     out: dict[str, str] = {}
     for i, h in enumerate(headers or []):
         h = _object(h, f"{field}[{i}]")
