@@ -1,5 +1,86 @@
-"""CLI group: traj (being built)."""
+"""CLI group: ``astra traj`` — the trajectory synthesis pipeline, one verb per stage, and ``run``."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
 import typer
 
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+
 app = typer.Typer(no_args_is_help=True)
+
+ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML or JSON): servers, model, judge, thresholds, counts, seed, out_dir")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def _load(config: Path, home: Path | None) -> Any:
+    from astra.synthesis.trajectories import ConfigError, TrajectoryConfig
+
+    try:
+        cfg = TrajectoryConfig.load(config)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    if home is not None:
+        cfg = cfg.model_copy(update={"home": home})
+    return cfg
+
+
+def _run(config: Path, home: Path | None, as_json: bool, quiet: bool, stages: tuple[str, ...]) -> None:
+    from astra.client import ModelError
+    from astra.registry import DiscoveryError, RegistryError
+    from astra.synthesis.trajectories import PipelineError, run_trajectory_pipeline
+
+    cfg = _load(config, home)
+    try:
+        result = anyio.run(lambda: run_trajectory_pipeline(cfg, progress=not quiet and not as_json, stages=stages))
+    except (PipelineError, ModelError, RegistryError, DiscoveryError, ValueError, KeyError) as exc:
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        emit_json(result.summary())
+    elif quiet:
+        console.print(result.funnel.render())
+
+
+def _verb(name: str, help_text: str) -> None:
+    def command(config: ConfigArg, home: HomeOption = None, as_json: JsonOption = False, quiet: QuietOption = False) -> None:
+        _run(config, home, as_json, quiet, (name,))
+
+    command.__doc__ = help_text
+    app.command(name)(command)
+
+
+_verb("graph", "Stage 1: candidate edges from schemas, LLM verification in batches; store the graph (versioned) in the registry.")
+_verb("chains", "Stage 2: seeded acyclic random walks (towards uncovered tools) and tool sets; reports coverage.")
+_verb("verify", "Stage 3: LLM vote and back-translation; failing chains are dropped with the reason.")
+_verb("tasks", "Stage 4: chain- and toolset-conditioned tasks, augmentations, multi-turn; quality scoring and filter.")
+_verb("rollout", "Stage 5: episodes through the MCP client harness (real servers; simulated where none can run).")
+_verb("reward", "Stage 6: the seven ASTRA reward dimensions, rule checks, LLM judge (judge_failed is never exported).")
+_verb("export", "Stage 7: OpenAI JSONL, ShareGPT / LLaMA-Factory and Parquet, filtered by thresholds.")
+
+
+@app.command("run")
+def run(config: ConfigArg, home: HomeOption = None, as_json: JsonOption = False, quiet: QuietOption = False) -> None:
+    """Run every stage (resumable: finished items are skipped) and print the funnel."""
+    from astra.synthesis.trajectories import VERBS
+
+    _run(config, home, as_json, quiet, VERBS)
+
+
+@app.command("funnel")
+def funnel(config: ConfigArg, home: HomeOption = None, as_json: JsonOption = False) -> None:
+    """Show the funnel of a run so far (items in/out per stage, drop reasons)."""
+    import time
+
+    from astra.synthesis.trajectories import TrajectoryPipeline
+
+    cfg = _load(config, home)
+    if not Path(cfg.out_dir).exists():
+        raise fail(f"{cfg.out_dir}: no run directory yet")
+    result = TrajectoryPipeline(cfg, progress=False).result(time.perf_counter())
+    if as_json:
+        emit_json(result.summary())
+    else:
+        console.print(result.funnel.render())

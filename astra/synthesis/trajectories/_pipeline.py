@@ -128,7 +128,8 @@ class TrajectoryPipeline:
 
     def _require(self, name: str) -> None:
         if self.run.status(name) != "done":
-            raise PipelineError(f"{self.run.path}: stage {name!r} has not run yet; run `astra traj {name}` first "
+            verb = "tasks" if name == "quality" else name
+            raise PipelineError(f"{self.run.path}: stage {name!r} has not run yet; run `astra traj {verb}` first "
                                 "(or `astra traj run`)")
 
     # ------------------------------------------------------------------ servers
@@ -149,7 +150,7 @@ class TrajectoryPipeline:
             spec = self.registry.get_server(name)
             if spec is None:
                 known = ", ".join(self.registry.server_names()[:20]) or "none"
-                raise PipelineError(f"server {name!r} is not in the registry at {self.registry.db_path} (known: {known})")
+                raise PipelineError(f"server {name!r} is not in the registry at {self.registry.path} (known: {known})")
             specs.append(spec)
         for spec in self.config.inline_servers:
             if not spec.tools and isinstance(spec.launch, (StdioLaunch, HttpLaunch)):
@@ -429,7 +430,7 @@ class TrajectoryPipeline:
         if cand:
             funnel.add(StageCounts(stage="candidates", inputs=cand.get("tools", 0), outputs=cand.get("candidates", 0)))
         for name in ("graph", "graph_chains", *STAGES[1:]):
-            if (self.run.path / f"{name}.jsonl").exists():
+            if (self.run.path / f"{name}.jsonl").exists() or self.run.status(name) is not None:
                 funnel.add(self.stage(name, BaseModel).counts())
         return funnel
 
