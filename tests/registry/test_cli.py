@@ -133,3 +133,23 @@ def test_graph_list_show_export(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "graphml, json, dot" in bad.stderr
     missing = run("graph", "show", "nope", "--home", home)
     assert missing.exit_code == 1 and "graphs: travel" in missing.stderr
+
+
+def test_the_astra_entry_point(tmp_path: Path) -> None:
+    """Through the real ``astra`` command line (all groups registered), in a subprocess."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from astra.cli import main; main()", "registry", "import", str(SAMPLE_SERVERS),
+         "--home", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["imported"] == 6
+    proc = subprocess.run(
+        [sys.executable, "-c", "from astra.cli import main; main()", "registry", "list", "--home", str(tmp_path),
+         "--domain", "finance", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert sorted(s["name"] for s in json.loads(proc.stdout)) == ["currency-exchange", "stock-market"]

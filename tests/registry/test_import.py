@@ -207,8 +207,26 @@ _record = st.fixed_dictionaries({
                           "server_title": st.text(max_size=4) | st.none(), "domain": st.text(max_size=3)}),
             "tool_list": st.lists(_tool, max_size=4) | _value}),
 }, optional={"call_info": _value})
+_package = st.fixed_dictionaries(
+    {}, optional={"registryType": st.sampled_from(["npm", "pypi", "oci", "nuget", "mcpb"]) | _value,
+                  "identifier": st.text(max_size=6) | _value, "version": st.text(max_size=4),
+                  "transport": st.fixed_dictionaries({"type": st.sampled_from(["stdio", "streamable-http", "sse"])},
+                                                     optional={"url": st.text(max_size=8)}) | _value,
+                  "packageArguments": st.lists(st.fixed_dictionaries(
+                      {"type": st.sampled_from(["named", "positional"])},
+                      optional={"name": _value, "value": _value, "isRequired": st.booleans()}), max_size=2) | _value,
+                  "environmentVariables": st.lists(st.fixed_dictionaries(
+                      {}, optional={"name": _value, "default": _value}), max_size=2) | _value},
+)
+_server_json = st.fixed_dictionaries(
+    {"name": st.sampled_from(["io.x/a", "io.x/b", ""]) | _value},
+    optional={"description": _value, "version": _value, "packages": st.lists(_package, max_size=2) | _value,
+              "remotes": st.lists(st.fixed_dictionaries({"type": st.sampled_from(["streamable-http", "sse"])},
+                                                        optional={"url": _value, "headers": _value}), max_size=2)},
+)
 _line = st.one_of(
     _record.map(lambda r: json.dumps(r).encode()),
+    _server_json.map(lambda r: json.dumps(r).encode()),
     _value.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=30).filter(lambda b: b"\n" not in b),
 )
