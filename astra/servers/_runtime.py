@@ -364,6 +364,8 @@ class EnvironmentRuntime:
     @asynccontextmanager
     async def _lifespan(self, _server: Any) -> AsyncIterator[_ClientSlot]:
         slot = _ClientSlot(episode_id=f"client:{next(self._slot_counter)}:{uuid.uuid4().hex[:8]}")
+        if self.sandboxed and self.factory is None and self.tools:
+            await self._sandbox_for_loop()  # warm the worker before the first call
         try:
             yield slot
         finally:

@@ -264,19 +264,25 @@ class Sandbox:
                 "stateful": stateful,
                 "state": state,
             }
-            if digest not in self._known:
-                request["source"] = source
-            try:
-                payload = json.dumps(request, allow_nan=False).encode("utf-8")
-            except (TypeError, ValueError) as exc:
-                return SandboxResult(ok=False, error_kind="not_json", error=f"arguments or state are not JSON: {exc}", latency_s=time.perf_counter() - start)
-            result = await self._exchange(payload)
-            if result.ok or result.error_kind in ("exception", "forbidden", "not_json", "memory", "state_too_large"):
-                self._known.add(digest)
+            for attempt in range(2):
+                if digest not in self._known:
+                    request["source"] = source
+                try:
+                    payload = json.dumps(request, allow_nan=False).encode("utf-8")
+                except (TypeError, ValueError) as exc:
+                    return SandboxResult(ok=False, error_kind="not_json", error=f"arguments or state are not JSON: {exc}", latency_s=time.perf_counter() - start)
+                result, cached = await self._exchange(payload)
+                if cached:
+                    self._known.add(digest)
+                else:
+                    self._known.discard(digest)
+                if result.error_kind != "need_source" or attempt:
+                    break
             result.latency_s = time.perf_counter() - start
             return result
 
-    async def _exchange(self, payload: bytes) -> SandboxResult:
+    async def _exchange(self, payload: bytes) -> tuple[SandboxResult, bool]:
+        """Send one request; the reply and whether the worker now holds the tool's compiled code."""
         process, reader = self._process, self._reader
         assert process is not None and reader is not None and process.stdin is not None
         completed = False
@@ -288,12 +294,12 @@ class Sandbox:
                     (size,) = _HEADER.unpack(header)
                     body = await reader.receive_exactly(size)
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return await self._died()
+                    return await self._died(), False
             try:
                 data = json.loads(body)
             except ValueError:
                 await self._restart()
-                return SandboxResult(ok=False, error_kind="crash", error="the sandbox worker sent a corrupt reply; it was restarted", restarted=True)
+                return SandboxResult(ok=False, error_kind="crash", error="the sandbox worker sent a corrupt reply; it was restarted", restarted=True), False
             completed = True
             return SandboxResult(
                 ok=bool(data.get("ok")),
@@ -303,7 +309,7 @@ class Sandbox:
                 state=data.get("state"),
                 stdout=data.get("stdout") or "",
                 truncated=bool(data.get("truncated")),
-            )
+            ), bool(data.get("cached"))
         except TimeoutError:
             await self._restart()
             return SandboxResult(
@@ -311,7 +317,7 @@ class Sandbox:
                 error_kind="timeout",
                 error=f"the tool did not finish within {self.limits.wall_s:g} s (wall-clock limit); it was stopped",
                 restarted=True,
-            )
+            ), False
         finally:
             if not completed and self._process is process:
                 # Cancelled mid-exchange: the worker's reply would desynchronise the next call.

@@ -51,6 +51,13 @@ _DENIED_EVENTS = frozenset(
 )
 
 
+_MAX_CACHED = 256  # compiled tool modules kept warm; the oldest is dropped beyond this
+
+
+class _NeedSource(Exception):
+    """The host sent a hash the worker no longer (or never) compiled: it resends the source."""
+
+
 class SandboxViolation(PermissionError):
     """An operation the sandbox does not allow (raised inside tool code)."""
 
@@ -245,10 +252,12 @@ def main() -> None:
                 if ns is None:
                     source = request.get("source")
                     if source is None:
-                        raise LookupError("worker has no source for this tool (host cache out of sync)")
+                        raise _NeedSource
                     ns = {"__name__": "astra_tool_" + request["hash"][:12], "__builtins__": builtins}
                     exec(compile(source, "<tool " + request["entrypoint"] + ">", "exec"), ns)
                     namespaces[request["hash"]] = ns
+                    while len(namespaces) > _MAX_CACHED:
+                        namespaces.pop(next(iter(namespaces)))
                 fn = ns.get(request["entrypoint"])
                 if not callable(fn):
                     raise NameError(f"the tool source defines no function named {request['entrypoint']!r}")
@@ -279,6 +288,10 @@ def main() -> None:
                                 response = {"ok": False, "error_kind": "state_too_large", "error": f"the tool grew the state to {len(state_json)} characters (limit {max_state})"}
                             else:
                                 response["state"] = state
+        except _NeedSource:
+            guard.active = False
+            sys.stdout, sys.stderr = real_stdout, real_stderr
+            response = {"ok": False, "error_kind": "need_source", "error": "the worker no longer holds this tool's code"}
         except MemoryError:
             guard.active = False
             sys.stdout, sys.stderr = real_stdout, real_stderr
@@ -295,6 +308,7 @@ def main() -> None:
             where = f" (line {frames[-1].lineno})" if frames else ""
             response = {"ok": False, "error_kind": kind, "error": f"{type(exc).__name__}: {exc}{where}"}
         response["stdout"] = sink.text()
+        response["cached"] = request["hash"] in namespaces
         try:
             data = json.dumps(response, ensure_ascii=False).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError) as exc:

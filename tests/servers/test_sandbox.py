@@ -185,3 +185,18 @@ async def test_cancelled_call_does_not_desynchronise_the_worker() -> None:
             await sandbox.call("import time\ndef slow():\n    time.sleep(2)\n    return 'late'\n", "slow", {})
         result = await sandbox.call(HEALTHY, "healthy", {"x": 5})
         assert result.ok and result.value == {"double": 10}
+
+
+async def test_worker_cache_miss_resends_the_source_and_load_errors_stay_errors() -> None:
+    from astra.servers._sandbox import source_hash
+
+    async with Sandbox(limits=LIMITS) as sandbox:
+        # the host believes the worker holds the code (e.g. after an eviction): it resends it
+        sandbox._known.add(source_hash(HEALTHY))
+        assert (await sandbox.call(HEALTHY, "healthy", {"x": 3})).value == {"double": 6}
+        broken = "def broken(:\n    pass\n"
+        for _ in range(2):
+            result = await sandbox.call(broken, "broken", {})
+            assert result.error_kind == "exception" and "SyntaxError" in (result.error or "")
+        missing = await sandbox.call(HEALTHY, "nope", {})
+        assert missing.error_kind == "exception" and "no function named 'nope'" in (missing.error or "")
