@@ -111,7 +111,7 @@ def serve_cmd(
     server = build_server(spec, bearer_token=token if http else None, public_url=f"http://{host}:{port}/mcp")
     if http:
         console.print(f"serving {spec.name} on http://{host}:{port}/mcp" + (" (bearer token required)" if token else ""))
-    serve(server, http=http, host=host, port=port, token=token)
+    serve(server, http=http, host=host, port=port)
 
 
 @app.command("validate")

@@ -783,8 +783,9 @@ class EnvironmentControl:
 # --------------------------------------------------------------------------- launching
 
 
-def serve(server: EnvironmentServer, *, http: bool = False, host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -> None:
-    """Serve over stdio, or streamable HTTP on ``host:port`` (DNS-rebinding protection on)."""
+def serve(server: EnvironmentServer, *, http: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve over stdio, or streamable HTTP on ``host:port`` (DNS-rebinding protection on; a bearer
+    token, when wanted, is given to the builder: ``build_server(..., bearer_token=...)``)."""
     if not http:
         server.run("stdio")
         return
@@ -809,4 +810,4 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
     server = build_server_from_dict(spec, bearer_token=args.token if args.http else None, public_url=url)
     if args.token and not args.http:
         print("note: --token applies to --http only; stdio is not authenticated", file=sys.stderr)
-    serve(server, http=args.http, host=args.host, port=args.port, token=args.token)
+    serve(server, http=args.http, host=args.host, port=args.port)

@@ -112,6 +112,28 @@ def _namespace_prefix() -> list[str] | None:
     return prefix
 
 
+def _sweep_stale_cgroups() -> None:
+    """Remove pids cgroups left by sandbox hosts that exited without closing (a server killed mid-run)."""
+    for path in _CGROUP_PIDS.glob("astra-sandbox-*"):
+        try:
+            owner = int(path.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if owner == os.getpid():
+            continue
+        try:
+            os.kill(owner, 0)
+            continue  # its host is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            path.rmdir()  # refused while a worker still runs in it
+        except OSError:
+            pass
+
+
 class Sandbox:
     """A warm worker process for untrusted tool code.
 
@@ -150,12 +172,7 @@ class Sandbox:
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kill()
-            if self._cgroup is not None:
-                try:
-                    self._cgroup.rmdir()
-                except OSError:
-                    pass
-                self._cgroup = None
+            self._remove_cgroup()
             if self._own_scratch:
                 shutil.rmtree(self.scratch_dir, ignore_errors=True)
             try:
@@ -166,6 +183,7 @@ class Sandbox:
     def _make_cgroup(self) -> Path | None:
         if not _CGROUP_PIDS.is_dir() or not os.access(_CGROUP_PIDS, os.W_OK):
             return None
+        _sweep_stale_cgroups()
         path = _CGROUP_PIDS / f"astra-sandbox-{os.getpid()}-{id(self):x}"
         try:
             path.mkdir(exist_ok=True)
@@ -214,9 +232,12 @@ class Sandbox:
                 os.kill(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
         if self._cgroup is not None:
             try:
-                self._cgroup.rmdir()
+                self._cgroup.rmdir()  # fails while a killed worker is still exiting; harmless, pids.max stays
             except OSError:
                 pass
             self._cgroup = None
