@@ -223,7 +223,10 @@ class _Server:
             return result("server_died", f"server {self.name!r} connection lost ({type(exc).__name__}); restarting")
         except Exception as exc:  # noqa: BLE001 - a malformed result is the call's failure, not the episode's
             return result("protocol_error", f"server {self.name!r}: {type(exc).__name__}: {exc}")
-        blocks = [b.model_dump(mode="json", exclude_none=True) for b in res.content]
+        blocks = [
+            {"type": "text", "text": b.text} if getattr(b, "type", None) == "text" else b.model_dump(mode="json", exclude_none=True)
+            for b in res.content
+        ]
         return ToolResult(
             text=_content_text(res.content),
             structured_content=res.structured_content,
@@ -292,6 +295,7 @@ class Connections:
             )
         self._stack: AsyncExitStack | None = None
         self._bindings: dict[str, ToolBinding] = {}
+        self._openai_cache: dict[str, dict[str, Any]] = {}
 
     async def __aenter__(self) -> Connections:
         stack = AsyncExitStack()
@@ -381,7 +385,13 @@ class Connections:
         return [self._bindings[n] for n in self.resolve_names(names)]
 
     def openai_tools(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        return [openai_tool(b.name, b.tool) for b in self._selected(names)]
+        """OpenAI function tools (converted once per tool, then shared: treat them as read-only)."""
+        out = []
+        for b in self._selected(names):
+            if b.name not in self._openai_cache:
+                self._openai_cache[b.name] = openai_tool(b.name, b.tool)
+            out.append(self._openai_cache[b.name])
+        return out
 
     def anthropic_tools(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return [anthropic_tool(b.name, b.tool) for b in self._selected(names)]

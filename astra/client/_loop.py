@@ -103,11 +103,10 @@ async def _execute(
         except jsonschema.SchemaError:
             validator = False  # the server's own schema is broken: let the server judge
         validators[binding.name] = validator
-    if validator:
+    if validator and not validator.is_valid(arguments):
         problems = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
-        if problems:
-            detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
-            return error("bad_arguments", f"arguments do not match the schema of {call.name!r}: {detail}", arguments)
+        detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
+        return error("bad_arguments", f"arguments do not match the schema of {call.name!r}: {detail}", arguments)
     result = await conns.call(binding.name, arguments, timeout_s=timeout_s)
     step = Step(
         turn=turn, call_id=call.id, tool=call.name, server=binding.server, server_tool=binding.tool.name,
@@ -191,9 +190,12 @@ async def run_episode(
                     async def run_one(i: int) -> None:
                         results[i] = await _execute(conns, calls[i], visible, turn_index, validators, call_timeout_s)
 
-                    async with anyio.create_task_group() as tg:
-                        for i in range(len(calls)):
-                            tg.start_soon(run_one, i)
+                    if len(calls) == 1:  # no task group needed for a single call
+                        await run_one(0)
+                    else:
+                        async with anyio.create_task_group() as tg:
+                            for i in range(len(calls)):
+                                tg.start_soon(run_one, i)
                     for call, res in zip(calls, results, strict=True):
                         assert res is not None
                         step, text = res
