@@ -25,7 +25,14 @@ from astra.bfcl._gold import GOLD_MODEL, gold_model, gold_replies
 from astra.bfcl._run import BfclResult, BfclSummary, model_factory, run_bfcl, score_entry, summarize
 from astra.bfcl._schema import function_input_schema
 from astra.bfcl._score import BfclVerdict, StateDiff, compare_with_direct_execution, score_decoded
-from astra.bfcl._servers import BfclEpisodeServers, backend_server, bfcl_result_text, server_name
+from astra.bfcl._servers import (
+    SERVER_IMPLEMENTATIONS,
+    BfclEpisodeServers,
+    astra_backend_server,
+    backend_server,
+    bfcl_result_text,
+    server_name,
+)
 
 __all__ = [
     "ADDED_FUNCTIONS_PROMPT",
@@ -34,6 +41,7 @@ __all__ = [
     "CATEGORY_TITLES",
     "GOLD_MODEL",
     "MAX_STEPS_PER_TURN",
+    "SERVER_IMPLEMENTATIONS",
     "BfclEntry",
     "BfclEpisode",
     "BfclEpisodeServers",
@@ -43,6 +51,7 @@ __all__ = [
     "BfclVerdict",
     "CallParseError",
     "StateDiff",
+    "astra_backend_server",
     "backend_server",
     "bfcl_available",
     "bfcl_result_text",

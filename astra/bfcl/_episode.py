@@ -65,20 +65,42 @@ async def run_entry(
     settings: ModelSettings | None = None,
     system_prompt: str | None = None,
     max_steps_per_turn: int = MAX_STEPS_PER_TURN,
+    servers: str = "astra",
 ) -> tuple[BfclEpisode, BfclEpisodeServers]:
     """Drive ``entry`` with ``model`` over fresh MCP servers; returns the episode and the servers (their final state).
 
     ``max_steps_per_turn`` is BFCL's limit; lower it only for smoke runs of slow models
-    (scores are then not comparable with BFCL's).
+    (scores are then not comparable with BFCL's). ``servers`` picks the MCP server
+    implementation (``astra`` or ``bfcl``, see ``astra.bfcl._servers.SERVER_IMPLEMENTATIONS``).
     """
     started = time.perf_counter()
-    servers = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=entry.long_context)
+    episode_servers = BfclEpisodeServers(
+        entry.involved_classes, entry.initial_config, long_context=entry.long_context, implementation=servers
+    )
     episode = BfclEpisode(entry_id=entry.id)
     held_out = entry.held_out()
+    try:
+        await _play(model, entry, episode, episode_servers, held_out, settings, system_prompt, max_steps_per_turn)
+    finally:
+        episode_servers.release()
+    episode.latency_s = time.perf_counter() - started
+    return episode, episode_servers
+
+
+async def _play(
+    model: Model,
+    entry: BfclEntry,
+    episode: BfclEpisode,
+    episode_servers: BfclEpisodeServers,
+    held_out: set[str],
+    settings: ModelSettings | None,
+    system_prompt: str | None,
+    max_steps_per_turn: int,
+) -> None:
     async with AsyncExitStack() as stack:
         route: dict[str, Client] = {}
         schemas: dict[str, dict[str, Any]] = {}
-        for _name, server in servers.targets():
+        for _name, server in episode_servers.targets():
             client = await stack.enter_async_context(Client(server))
             for tool in (await client.list_tools()).tools:
                 route[tool.name] = client
@@ -135,8 +157,6 @@ async def run_entry(
             episode.decoded.append(turn_decoded)
             if episode.force_quit or episode.model_error:
                 break
-    episode.latency_s = time.perf_counter() - started
-    return episode, servers
 
 
 def ground_truth_as_decoded(entry: BfclEntry) -> list[list[list[str]]]:

@@ -114,15 +114,18 @@ async def score_entry(
     check_ground_truth: bool = False,
     keep_messages: bool = True,
     max_steps_per_turn: int = MAX_STEPS_PER_TURN,
+    servers: str = "astra",
 ) -> BfclResult:
     """Play one entry and score it (BFCL's checker, plus the MCP-vs-direct state check)."""
-    episode, servers = await run_entry(model, entry, settings=settings, max_steps_per_turn=max_steps_per_turn)
+    episode, episode_servers = await run_entry(
+        model, entry, settings=settings, max_steps_per_turn=max_steps_per_turn, servers=servers
+    )
     if episode.model_error:
         verdict_valid, error_type, error_message = False, "astra:model_error", episode.model_error
     else:
         verdict = score_decoded(entry, episode.decoded)
         verdict_valid, error_type, error_message = verdict.valid, verdict.error_type, verdict.error_message
-    fidelity = compare_with_direct_execution(entry, episode.decoded, servers.instances)
+    fidelity = compare_with_direct_execution(entry, episode.decoded, episode_servers.instances)
     return BfclResult(
         id=entry.id,
         category=entry.category,
@@ -179,6 +182,7 @@ async def run_bfcl(
     settings: ModelSettings | None = None,
     keep_messages: bool = True,
     max_steps_per_turn: int = MAX_STEPS_PER_TURN,
+    servers: str = "astra",
     on_result: Callable[[BfclResult], None] | None = None,
 ) -> BfclSummary:
     """Play and score ``entries`` (skipping those already in ``run_dir``); returns the summary of all of them.
@@ -195,7 +199,7 @@ async def run_bfcl(
         factory = model
         name = model_name or "model"
     gold = factory is gold_model  # the replay is checked against the ground truth fed directly
-    run = RunDir(run_dir, config={"model": name, "max_steps_per_turn": max_steps_per_turn})
+    run = RunDir(run_dir, config={"model": name, "max_steps_per_turn": max_steps_per_turn, "servers": servers})
     log = run.stage(RESULTS_STAGE)
     todo = [e for e in entries if e.id not in log]
     resumed = len(entries) - len(todo)
@@ -208,7 +212,7 @@ async def run_bfcl(
                 result = await score_entry(
                     factory(entry), entry, model_name=name, settings=settings,
                     check_ground_truth=gold, keep_messages=keep_messages,
-                    max_steps_per_turn=max_steps_per_turn,
+                    max_steps_per_turn=max_steps_per_turn, servers=servers,
                 )
             except Exception as exc:  # noqa: BLE001 - one broken entry is a recorded failure, the rest go on
                 result = _failed_result(entry, name, exc)

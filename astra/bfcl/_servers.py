@@ -13,6 +13,7 @@ checker ``eval``s whatever the model sent, and the MCP server must not diverge f
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from mcp.server.mcpserver.tools.base import Tool
 from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
-from astra.bfcl._data import function_docs, new_backend_instance
+from astra.bfcl._data import backend_class, function_docs, is_stateless, new_backend_instance
 from astra.bfcl._schema import function_input_schema
 
 SERVER_PREFIX = "bfcl_"
@@ -108,16 +109,135 @@ def backend_server(class_name: str, instance: Any) -> MCPServer:
     )
 
 
+@functools.cache
+def _tool_specs(class_name: str) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        {"name": doc["name"], "description": doc.get("description", ""), "input_schema": function_input_schema(doc)}
+        for doc in function_docs(class_name)
+    )
+
+
+class _EpisodeSlot:
+    """What a pooled server's factory needs for the episode it currently serves."""
+
+    def __init__(self) -> None:
+        self.long_context = False
+        self.on_instance: Callable[[Any], None] | None = None
+
+
+def astra_backend_server(class_name: str) -> tuple[MCPServer, _EpisodeSlot]:
+    """``class_name`` served through ``astra.servers.build_class_server`` (trusted, unsandboxed).
+
+    Every client connection is an episode with a fresh backend object built from the
+    runtime's ``initial_config`` (set per entry, see :class:`AstraServerPool`); the slot's
+    ``on_instance`` sees each object built (the harness keeps it for state checks).
+    Unlike BFCL's executor, this server validates arguments against the schema and formats
+    results as JSON (see :data:`SERVER_IMPLEMENTATIONS`).
+    """
+    from astra.servers import build_class_server
+
+    slot = _EpisodeSlot()
+
+    def factory(config: dict[str, Any]) -> Any:
+        instance = backend_class(class_name)()
+        if not is_stateless(class_name):
+            instance._load_scenario(config, long_context=slot.long_context)
+        if slot.on_instance is not None:
+            slot.on_instance(instance)
+        return instance
+
+    server = build_class_server(
+        server_name(class_name), factory, list(_tool_specs(class_name)),
+        description=f"BFCL multi-turn backend {class_name} (bfcl-eval)",
+    )
+    return server, slot
+
+
+class AstraServerPool:
+    """Class servers reused across entries: one per class per episode in flight.
+
+    Building a server validates every tool schema (~10 ms a class), so servers are built
+    once and lent to one episode at a time; an episode sets the runtime's
+    ``initial_config`` to its entry's scenario before its client connects.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[str, list[tuple[MCPServer, _EpisodeSlot]]] = {}
+
+    def acquire(self, class_name: str) -> tuple[MCPServer, _EpisodeSlot]:
+        free = self._free.setdefault(class_name, [])
+        return free.pop() if free else astra_backend_server(class_name)
+
+    def release(self, class_name: str, server: MCPServer, slot: _EpisodeSlot) -> None:
+        slot.on_instance = None
+        self._free.setdefault(class_name, []).append((server, slot))
+
+
+_POOL = AstraServerPool()
+
+
+SERVER_IMPLEMENTATIONS = ("astra", "bfcl")
+"""How a backend becomes an MCP server:
+
+- ``astra``: ``astra.servers.build_class_server``, the project's environment server (episodes,
+  control channel, arguments validated against the schema, results as JSON, errors as
+  ``Error: <Type>: <message>``);
+- ``bfcl``: a minimal ``MCPServer`` whose tools answer exactly what BFCL's executor
+  records (no validation, ``str()`` of non-dict results, ``Error during execution: ...``),
+  so that a model observes what it would under BFCL's own harness.
+
+Either way, the score comes from BFCL's checker re-executing the decoded calls.
+"""
+
+
 class BfclEpisodeServers:
     """The MCP servers of one entry: fresh backend objects with the entry's initial_config loaded."""
 
-    def __init__(self, involved_classes: list[str], initial_config: dict[str, Any], *, long_context: bool) -> None:
-        self.instances: dict[str, Any] = {
-            name: new_backend_instance(name, initial_config, long_context=long_context) for name in involved_classes
-        }
-        self.servers: dict[str, MCPServer] = {
-            server_name(name): backend_server(name, inst) for name, inst in self.instances.items()
-        }
+    def __init__(
+        self,
+        involved_classes: list[str],
+        initial_config: dict[str, Any],
+        *,
+        long_context: bool,
+        implementation: str = "astra",
+    ) -> None:
+        if implementation not in SERVER_IMPLEMENTATIONS:
+            raise ValueError(f"unknown server implementation {implementation!r}; choose from {SERVER_IMPLEMENTATIONS}")
+        self._classes = list(involved_classes)
+        self._initial_config = initial_config
+        self._long_context = long_context
+        self._instances: dict[str, Any] = {}
+        self._leases: list[tuple[str, MCPServer, _EpisodeSlot]] = []
+        if implementation == "bfcl":
+            self._instances = {
+                name: new_backend_instance(name, initial_config, long_context=long_context) for name in involved_classes
+            }
+            self.servers: dict[str, MCPServer] = {
+                server_name(name): backend_server(name, inst) for name, inst in self._instances.items()
+            }
+        else:
+            self.servers = {}
+            for name in involved_classes:
+                server, slot = _POOL.acquire(name)
+                server.runtime.initial_config = copy.deepcopy(initial_config.get(name, {}))
+                slot.long_context = long_context
+                slot.on_instance = lambda inst, name=name: self._instances.__setitem__(name, inst)
+                self._leases.append((name, server, slot))
+                self.servers[server_name(name)] = server
+
+    def release(self) -> None:
+        """Give pooled servers back (after every client of this episode has disconnected)."""
+        for name, server, slot in self._leases:
+            _POOL.release(name, server, slot)
+        self._leases = []
+
+    @property
+    def instances(self) -> dict[str, Any]:
+        """The backend objects the episode ran on (a class never called: its initial object)."""
+        for name in self._classes:
+            if name not in self._instances:
+                self._instances[name] = new_backend_instance(name, self._initial_config, long_context=self._long_context)
+        return self._instances
 
     def targets(self) -> list[tuple[str, MCPServer]]:
         """``(name, MCPServer)`` pairs, the in-process targets of an MCP client."""

@@ -81,6 +81,9 @@ def run(
     max_steps_per_turn: Annotated[
         int, typer.Option("--max-steps-per-turn", min=1, help="BFCL's limit is 20; lower only for smoke runs (not comparable)")
     ] = 20,
+    servers: Annotated[
+        str, typer.Option("--servers", help="MCP server implementation: astra (astra.servers) | bfcl (BFCL's exact result text)")
+    ] = "astra",
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -91,6 +94,10 @@ def run(
     from astra.client import ModelError, ModelSettings
     from astra.config import astra_home
 
+    from astra.bfcl import SERVER_IMPLEMENTATIONS
+
+    if servers not in SERVER_IMPLEMENTATIONS:
+        raise fail(f"--servers {servers}: choose from {', '.join(SERVER_IMPLEMENTATIONS)}", code=2)
     categories = _categories(category)
     try:
         entries = load_entries(categories, ids=_split(ids) or None, limit=limit)
@@ -134,7 +141,7 @@ def run(
         summary = anyio.run(
             lambda: run_bfcl(
                 factory, entries, run_dir, model_name=model, concurrency=concurrency, settings=settings,
-                max_steps_per_turn=max_steps_per_turn, on_result=on_result,
+                max_steps_per_turn=max_steps_per_turn, servers=servers, on_result=on_result,
             )
         )
     if json_out:

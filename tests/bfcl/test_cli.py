@@ -41,3 +41,20 @@ def test_bfcl_run_rejects_bad_input(tmp_path) -> None:
     assert bad_id.exit_code == 2 and "multi_turn_base_9999" in bad_id.output
     bad_model = runner.invoke(app, ["bfcl", "run", "-m", "nonsense", "-c", "base", "-n", "1", "-o", str(tmp_path)])
     assert bad_model.exit_code == 2 and "nonsense" in bad_model.output
+
+
+def test_bfcl_run_with_bfcl_exact_servers(tmp_path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["bfcl", "run", "-m", "scripted:gold", "--ids", "base_173", "--servers", "bfcl",
+                                 "-o", str(tmp_path / "exact"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["mcp_unfaithful"] == []
+    # Through astra.servers the ground truth's string ticket id is refused by the schema:
+    # same verdict, but the state check reports the divergence and the command says so.
+    result = runner.invoke(app, ["bfcl", "run", "-m", "scripted:gold", "--ids", "base_173", "--servers", "astra",
+                                 "-o", str(tmp_path / "astra"), "--json"])
+    assert result.exit_code == 1
+    summary = json.loads(result.stdout)
+    assert summary["overall"] == 1.0 and summary["mcp_unfaithful"] == ["multi_turn_base_173"]
+    bad = runner.invoke(app, ["bfcl", "run", "-m", "scripted:gold", "--servers", "fast", "-o", str(tmp_path)])
+    assert bad.exit_code == 2 and "fast" in bad.output

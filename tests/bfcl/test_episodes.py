@@ -149,3 +149,17 @@ def test_resume_skips_done_entries_without_duplicates(tmp_path) -> None:
 def test_unknown_ids_are_a_clear_error() -> None:
     with pytest.raises(ValueError, match="multi_turn_base_999"):
         load_entries(["base"], ids=["base_999"])
+
+
+def test_ground_truth_against_its_own_schema_astra_servers_reject_bfcl_executes() -> None:
+    # BFCL's ground truth for entry 173 calls close_ticket(ticket_id='ticket_001') although the
+    # doc says integer: astra.servers validates and refuses, BFCL's executor runs it. The
+    # checker re-executes the decoded calls either way, so the verdict is the same; the state
+    # check is what tells the two servers apart.
+    entry = load_entries(ids=["base_173"])[0]
+    astra = anyio.run(lambda: score_entry(gold_model(entry), entry, model_name="gold", servers="astra"))
+    exact = anyio.run(lambda: score_entry(gold_model(entry), entry, model_name="gold", servers="bfcl"))
+    assert astra.valid and exact.valid
+    assert exact.mcp_faithful is True
+    assert astra.mcp_faithful is False and set(astra.mcp_differences) == {"TicketAPI"}
+    assert any("is not of type 'integer'" in (m.content or "") for m in astra.messages if m.role == "tool")

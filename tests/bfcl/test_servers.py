@@ -1,4 +1,4 @@
-"""BFCL backends served as real MCP servers (in-process ``mcp.client.Client``)."""
+"""BFCL backends served as real MCP servers (in-process ``mcp.client.Client``), both implementations."""
 
 from __future__ import annotations
 
@@ -8,71 +8,115 @@ import anyio
 import pytest
 from mcp.client import Client
 
-from astra.bfcl import BACKEND_CLASSES, BfclEpisodeServers, function_docs, load_entries, server_name
+from astra.bfcl import (
+    BACKEND_CLASSES,
+    SERVER_IMPLEMENTATIONS,
+    BfclEpisodeServers,
+    function_docs,
+    load_entries,
+    server_name,
+)
+
+IMPLEMENTATIONS = pytest.mark.parametrize("implementation", SERVER_IMPLEMENTATIONS)
 
 
-def test_every_backend_serves_its_documented_functions() -> None:
+@IMPLEMENTATIONS
+def test_every_backend_serves_its_documented_functions(implementation: str) -> None:
     entry = load_entries(["base"], ids=["base_0"])[0]
 
     async def main() -> None:
-        servers = BfclEpisodeServers(list(BACKEND_CLASSES), entry.initial_config, long_context=False)
+        servers = BfclEpisodeServers(list(BACKEND_CLASSES), entry.initial_config, long_context=False,
+                                     implementation=implementation)
         for class_name in BACKEND_CLASSES:
             async with Client(servers.servers[server_name(class_name)]) as client:
                 listed = {t.name: t for t in (await client.list_tools()).tools}
                 assert set(listed) == {d["name"] for d in function_docs(class_name)}
                 for tool in listed.values():
                     assert tool.input_schema["type"] == "object"
+        servers.release()
 
     anyio.run(main)
 
 
-def test_calls_return_bfcl_text_and_change_only_this_episodes_state() -> None:
+@IMPLEMENTATIONS
+def test_calls_change_only_this_episodes_state(implementation: str) -> None:
     entry = load_entries(["base"], ids=["base_0"])[0]  # GorillaFileSystem + TwitterAPI
 
     async def main() -> None:
-        first = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=False)
-        second = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=False)
+        first = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=False,
+                                   implementation=implementation)
+        second = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=False,
+                                    implementation=implementation)
         async with Client(first.servers["bfcl_GorillaFileSystem"]) as client:
             result = await client.call_tool("cd", {"folder": "document"})
             assert not result.is_error
             assert json.loads(result.content[0].text) == {"current_working_directory": "document"}
             assert result.structured_content == {"current_working_directory": "document"}
-            result = await client.call_tool("mkdir", {"dir_name": "temp"})
-            assert not result.is_error
+            assert not (await client.call_tool("mkdir", {"dir_name": "temp"})).is_error
             listing = json.loads((await client.call_tool("ls", {})).content[0].text)
             assert "temp" in listing["current_directory_content"]
-            # BFCL turns an exception into "Error during execution: ..." text
-            bad = await client.call_tool("cd", {"no_such_param": "x"})
-            assert bad.is_error and bad.content[0].text.startswith("Error during execution:")
         async with Client(second.servers["bfcl_GorillaFileSystem"]) as client:
             await client.call_tool("cd", {"folder": "document"})
             listing = json.loads((await client.call_tool("ls", {})).content[0].text)
             assert listing["current_directory_content"] == ["final_report.pdf", "previous_report.pdf"]
-        assert first.instances["GorillaFileSystem"] != second.instances["GorillaFileSystem"]
+        assert "temp" in first.instances["GorillaFileSystem"]._current_dir.contents
+        assert "temp" not in second.instances["GorillaFileSystem"]._current_dir.contents
+        first.release()
+        second.release()
 
     anyio.run(main)
 
 
-def test_initial_config_and_long_context_are_loaded() -> None:
+def test_bad_arguments_bfcl_executes_astra_validates() -> None:
+    entry = load_entries(["base"], ids=["base_0"])[0]
+
+    async def call(implementation: str) -> str:
+        servers = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=False,
+                                     implementation=implementation)
+        async with Client(servers.servers["bfcl_GorillaFileSystem"]) as client:
+            result = await client.call_tool("cd", {"no_such_param": "x"})
+        servers.release()
+        assert result.is_error
+        return result.content[0].text
+
+    # BFCL's executor calls the method and reports the exception; astra.servers rejects on the schema.
+    assert anyio.run(call, "bfcl").startswith("Error during execution: ")
+    assert "'folder' is a required property" in anyio.run(call, "astra")
+
+
+@IMPLEMENTATIONS
+def test_initial_config_and_long_context_are_loaded_by_the_server(implementation: str) -> None:
     entry = load_entries(["long_context"], ids=["long_context_0"])[0]
-    short = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=False)
-    long = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=True)
-    tweets = entry.initial_config["TwitterAPI"]["tweets"]
-    assert len(short.instances["TwitterAPI"].tweets) == len(tweets)
-    short_fs = str(vars(short.instances["GorillaFileSystem"].root))
-    long_fs = str(vars(long.instances["GorillaFileSystem"].root))
-    assert "final_report.pdf" in short_fs
-    assert len(long_fs) > 2 * len(short_fs), "long_context must load BFCL's extra long-context content"
+
+    async def listing(long_context: bool) -> tuple[list[str], int]:
+        servers = BfclEpisodeServers(entry.involved_classes, entry.initial_config, long_context=long_context,
+                                     implementation=implementation)
+        async with Client(servers.servers["bfcl_GorillaFileSystem"]) as client:
+            await client.call_tool("cd", {"folder": "document"})
+            names = json.loads((await client.call_tool("ls", {})).content[0].text)["current_directory_content"]
+            async with Client(servers.servers["bfcl_TwitterAPI"]) as twitter:
+                await twitter.call_tool("authenticate_twitter", {"username": "x", "password": "y"})
+        tweets = len(servers.instances["TwitterAPI"].tweets)
+        servers.release()
+        return names, tweets
+
+    short, short_tweets = anyio.run(listing, False)
+    long, long_tweets = anyio.run(listing, True)
+    assert short == ["final_report.pdf", "previous_report.pdf"]
+    assert set(short) < set(long) and len(long) > 10, "long_context must load BFCL's extra content"
+    assert short_tweets == len(entry.initial_config["TwitterAPI"]["tweets"])
 
 
-def test_stateless_math_has_no_scenario() -> None:
+@IMPLEMENTATIONS
+def test_stateless_math(implementation: str) -> None:
     entry = next(e for e in load_entries(["base"]) if "MathAPI" in e.involved_classes)
 
     async def main() -> None:
-        servers = BfclEpisodeServers(["MathAPI"], entry.initial_config, long_context=False)
+        servers = BfclEpisodeServers(["MathAPI"], entry.initial_config, long_context=False, implementation=implementation)
         async with Client(servers.servers["bfcl_MathAPI"]) as client:
             result = await client.call_tool("add", {"a": 2, "b": 3.5})
             assert json.loads(result.content[0].text) == {"result": 5.5}
+        servers.release()
 
     anyio.run(main)
 
@@ -80,7 +124,7 @@ def test_stateless_math_has_no_scenario() -> None:
 @pytest.mark.parametrize("class_name", ["TradingBot", "TravelAPI", "MessageAPI", "TicketAPI", "VehicleControlAPI"])
 def test_each_stateful_backend_loads_its_scenario(class_name: str) -> None:
     entry = next(e for e in load_entries(["base"]) if class_name in e.involved_classes and class_name in e.initial_config)
-    servers = BfclEpisodeServers([class_name], entry.initial_config, long_context=False)
+    servers = BfclEpisodeServers([class_name], entry.initial_config, long_context=False, implementation="bfcl")
     instance = servers.instances[class_name]
     public = {k: v for k, v in vars(instance).items() if not k.startswith("_")}
     config = entry.initial_config[class_name]
