@@ -3,13 +3,17 @@
 Only the standard library, ``anyio`` and (for types) nothing else: this module is
 vendored into emitted environment directories, which need nothing but Python and ``mcp``.
 
-Isolation, outermost first:
-- ``unshare --user --map-root-user -n``: a fresh network namespace (loopback down, no
-  route anywhere). Where namespaces are refused the sandbox says so loudly (a warning and
-  ``Sandbox.isolation``) and relies on the worker's audit hook, which refuses sockets.
+Isolation, outermost first (probed once per process; each missing layer is warned about
+loudly and reported in ``Sandbox.isolation``):
+- ``unshare --user --map-root-user --net --mount --pid --fork --kill-child --mount-proc``:
+  no network (a fresh network namespace: loopback down, no route anywhere); every mount
+  remounted read-only except the scratch directory (kernel-enforced write confinement);
+  a private ``/proc`` showing only the sandbox's processes (no host environment variables);
 - a pids cgroup (cgroup v1 ``pids`` controller, when writable) with ``pids.max``;
 - a cleaned environment (no host variables), the scratch directory as cwd and HOME;
-- the wall-clock timeout here, and the worker's rlimits and audit hook (see ``_worker``).
+- the wall-clock timeout here, and the worker's rlimits, CPU timer and audit hook (``_worker``).
+Where only ``unshare --net`` works, writes are confined by the audit hook alone; where no
+namespace works, the audit hook also refuses sockets.
 
 A crash, timeout or limit hit kills and restarts the worker; the caller's state is never
 touched because the worker gets a copy and the new state only comes back on success.
@@ -42,7 +46,6 @@ log = logging.getLogger("astra.servers.sandbox")
 _HEADER = struct.Struct(">I")
 _WORKER = Path(__file__).with_name("_worker.py")
 _CGROUP_PIDS = Path("/sys/fs/cgroup/pids")
-_NAMESPACE_PROBE: dict[str, list[str] | None] = {}
 
 
 class SandboxError(RuntimeError):
@@ -82,34 +85,78 @@ def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
-def _namespace_prefix() -> list[str] | None:
-    """The command prefix that gives the worker its own network namespace, or None."""
-    if "prefix" in _NAMESPACE_PROBE:
-        return _NAMESPACE_PROBE["prefix"]
-    prefix: list[str] | None = None
+# Run inside fresh user, network, mount and pid namespaces (unshare --fork makes this shell
+# pid 1 of the new pid namespace, and /proc shows only the sandbox's processes): join the
+# pids cgroup, keep the scratch directory writable, make every other mount read-only, then
+# run the worker as a child so that its death by a signal comes back as 128 + signal.
+_CONFINE = r"""
+scratch="$1"; cgroup="$2"; shift 2
+if [ -n "$cgroup" ]; then echo 0 > "$cgroup/cgroup.procs" 2>/dev/null || true; fi
+mount --bind "$scratch" "$scratch" || exit 97
+for m in $(awk '{print $2}' /proc/self/mounts | sort -r -u); do
+  [ "$m" = "$scratch" ] && continue
+  mount -o remount,bind,ro "$m" 2>/dev/null || { [ "$m" = / ] && exit 97; }
+done
+"$@"
+exit $?
+"""
+
+
+@dataclass(frozen=True)
+class _Isolation:
+    prefix: tuple[str, ...]
+    confine: bool  # the prefix runs _CONFINE: read-only mounts, pid namespace
+    network: bool
+
+
+_ISOLATION: dict[str, _Isolation] = {}
+
+
+def _isolation() -> _Isolation:
+    """The strongest isolation this host allows (probed once per process); warns loudly when weak."""
+    if "probe" in _ISOLATION:
+        return _ISOLATION["probe"]
     unshare = shutil.which("unshare")
+    chosen = _Isolation(prefix=(), confine=False, network=False)
     if unshare and sys.platform.startswith("linux"):
-        candidates = [[unshare, "--user", "--map-root-user", "-n"]]
-        if os.geteuid() == 0:
-            candidates.append([unshare, "-n"])
-        for candidate in candidates:
-            try:
-                done = subprocess.run([*candidate, "true"], capture_output=True, timeout=10)
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if done.returncode == 0:
-                prefix = candidate
-                break
-    if prefix is None:
+        users = [("--user", "--map-root-user")] + ([()] if os.geteuid() == 0 else [])
+        full = [
+            _Isolation((unshare, *u, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "sh", "-c", _CONFINE, "astra-sandbox"), True, True)
+            for u in users
+        ]
+        net_only = [_Isolation((unshare, *u, "--net"), False, True) for u in users]
+        with tempfile.TemporaryDirectory(prefix="astra-sandbox-probe-") as scratch:
+            for candidate in full + net_only:
+                args = [*candidate.prefix, scratch, "", "true"] if candidate.confine else [*candidate.prefix, "true"]
+                try:
+                    done = subprocess.run(args, capture_output=True, timeout=20)
+                except (OSError, subprocess.SubprocessError):
+                    continue
+                if done.returncode == 0:
+                    chosen = candidate
+                    break
+    if not chosen.confine:
         message = (
-            "SANDBOX WARNING: network namespaces are not available here (unshare failed); "
-            "sandboxed tool code runs WITHOUT network isolation, relying on the worker's "
-            "audit hook to refuse sockets."
+            "SANDBOX WARNING: "
+            + ("mount/pid namespaces are not available here; writes outside the scratch directory are refused only by the worker's audit hook"
+               if chosen.network else
+               "network namespaces are not available here (unshare failed); sandboxed tool code runs WITHOUT kernel network or filesystem isolation, relying on the worker's audit hook")
         )
         warnings.warn(message, RuntimeWarning, stacklevel=3)
         log.warning(message)
-    _NAMESPACE_PROBE["prefix"] = prefix
-    return prefix
+    _ISOLATION["probe"] = chosen
+    return chosen
+
+
+def _namespace_prefix() -> list[str] | None:
+    """A command prefix that runs a command without network access (for tests and tools), or None."""
+    iso = _isolation()
+    if not iso.network:
+        return None
+    if iso.confine:
+        scratch = tempfile.mkdtemp(prefix="astra-sandbox-ns-")
+        return [*iso.prefix, scratch, ""]
+    return list(iso.prefix)
 
 
 def _sweep_stale_cgroups() -> None:
@@ -204,8 +251,14 @@ class Sandbox:
             "max_result_bytes": limits.max_result_bytes,
             "max_state_bytes": limits.max_state_bytes,
         }
-        prefix = _namespace_prefix()
-        command = [*(prefix or []), sys.executable, "-I", "-S", str(_WORKER), json.dumps(config)]
+        iso = _isolation()
+        if self._cgroup is None:
+            self._cgroup = self._make_cgroup()
+        worker = [sys.executable, "-I", "-S", str(_WORKER), json.dumps(config)]
+        if iso.confine:
+            command = [*iso.prefix, str(self.scratch_dir.resolve()), str(self._cgroup or ""), *worker]
+        else:
+            command = [*iso.prefix, *worker]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.scratch_dir), "TMPDIR": str(self.scratch_dir)}
         with self._log_path.open("wb") as log_file:
             try:
@@ -215,14 +268,17 @@ class Sandbox:
         assert self._process.stdout is not None
         self._reader = BufferedByteReceiveStream(self._process.stdout)
         self._known = set()
-        if self._cgroup is None:
-            self._cgroup = self._make_cgroup()
-        if self._cgroup is not None:
+        if self._cgroup is not None and not iso.confine:
             try:
                 (self._cgroup / "cgroup.procs").write_text(str(self._process.pid))
             except OSError:
                 pass
-        self.isolation = {"network_namespace": prefix is not None, "pids_cgroup": self._cgroup is not None}
+        self.isolation = {
+            "network_namespace": iso.network,
+            "readonly_filesystem": iso.confine,
+            "pid_namespace": iso.confine,
+            "pids_cgroup": self._cgroup is not None,
+        }
 
     def abandon(self) -> None:
         """Kill the worker without awaiting it (its event loop is gone or is another one)."""
@@ -352,10 +408,11 @@ class Sandbox:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                 code = await process.wait()
         await self._restart()
-        if code is not None and code < 0:
-            sig = -code
+        # A signal shows as a negative code, or as 128 + signal when the confining shell reports it.
+        sig = -code if code is not None and code < 0 else (code - 128 if code is not None and 128 < code < 160 else None)
+        if sig is not None:
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            if sig == signal.SIGXCPU:
+            if sig in (signal.SIGPROF, signal.SIGXCPU):
                 return SandboxResult(ok=False, error_kind="cpu", error=f"the tool used more than {self.limits.cpu_s:g} s of CPU; it was stopped", restarted=True)
             if sig == signal.SIGXFSZ:
                 return SandboxResult(ok=False, error_kind="file_size", error=f"the tool wrote a file larger than {self.limits.file_size_mb} MiB; it was stopped", restarted=True)

@@ -55,6 +55,11 @@ ATTACKS: dict[str, tuple[str, dict, set[str]]] = {
     "hard_exit": ("import os\ndef attack():\n    os._exit(9)\n", {}, {"crash"}),
     "raise_limits": ("def attack():\n    import resource\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n", {}, {"forbidden"}),
     "ctypes": ("def attack():\n    import ctypes\n    return ctypes.CDLL(None).getpid()\n", {}, {"forbidden"}),
+    # Tool code can walk its frames and patch modules; the guard has no switch to find.
+    "frame_walk": ("import sys\ndef attack(path):\n    frame = sys._getframe(0)\n    while frame is not None:\n        for space in (frame.f_locals, frame.f_globals):\n            for obj in list(space.values()):\n                try:\n                    obj.active = False\n                except Exception:\n                    pass\n        frame = frame.f_back\n    open(path, 'w').write('x')\n", {}, {"forbidden"}),
+    "monkeypatch": ("import os, posixpath\ndef attack(path):\n    os.path.realpath = posixpath.realpath = lambda p, **k: '/tmp'\n    os.getcwd = lambda: '/tmp'\n    open(path, 'w').write('x')\n", {}, {"forbidden"}),
+    "gc_walk": ("import gc\ndef attack():\n    return len(gc.get_objects())\n", {}, {"forbidden"}),
+    "finalizer": ("class Bomb:\n    def __del__(self):\n        open('/tmp/astra-sandbox-pwned', 'w').write('x')\ndef attack():\n    a, b = Bomb(), Bomb()\n    a.other, b.other = b, a\n    del a, b\n    import sys\n    sys.modules.get('gc') and sys.modules['gc'].collect()\n    raise RuntimeError('finalizers ran under the guard')\n", {}, {"exception", "forbidden"}),
     "recursion": ("def attack(n=0):\n    return attack(n + 1)\n", {}, {"exception"}),
 }
 
