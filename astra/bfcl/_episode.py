@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import AsyncExitStack
 from typing import Any
 
-from mcp.client import Client
 from pydantic import BaseModel, Field
 
 from astra.bfcl._calls import format_call
 from astra.bfcl._data import ADDED_FUNCTIONS_PROMPT, MAX_STEPS_PER_TURN, BfclEntry
 from astra.bfcl._servers import BfclEpisodeServers
-from astra.client import Model, ModelError, ModelSettings
+from astra.client import Connections, Model, ModelError, ModelSettings
 from astra.records import ChatMessage, Usage
 
 
@@ -38,17 +36,6 @@ class BfclEpisode(BaseModel):
     model_error: str | None = None
     usage: Usage = Field(default_factory=Usage)
     latency_s: float = 0.0
-
-
-def _text(result: Any) -> str:
-    return "\n".join(getattr(block, "text", str(block)) for block in result.content)
-
-
-def _openai_tool(tool: Any) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {"name": tool.name, "description": tool.description or "", "parameters": tool.input_schema},
-    }
 
 
 def _decode_arguments(raw: str) -> dict[str, Any]:
@@ -97,26 +84,21 @@ async def _play(
     system_prompt: str | None,
     max_steps_per_turn: int,
 ) -> None:
-    async with AsyncExitStack() as stack:
-        route: dict[str, Client] = {}
-        schemas: dict[str, dict[str, Any]] = {}
-        for _name, server in episode_servers.targets():
-            client = await stack.enter_async_context(Client(server))
-            for tool in (await client.list_tools()).tools:
-                route[tool.name] = client
-                schemas[tool.name] = _openai_tool(tool)
-        visible = [name for name in schemas if name not in held_out]
+    async with Connections(episode_servers.targets()) as conns:
+        # BFCL's function names are unique across its backends, so aggregated names are the plain names.
+        names = [binding.name for binding in conns.tools]
+        visible = [name for name in names if name not in held_out]
         messages = episode.messages
         if system_prompt:
             messages.append(ChatMessage(role="system", content=system_prompt))
         for turn_index, turn_messages in enumerate(entry.turns):
             revealed = entry.revealed_at(turn_index)
             if revealed:
-                visible.extend(name for name in revealed if name in schemas and name not in visible)
+                visible.extend(name for name in revealed if name in names and name not in visible)
                 turn_messages = [{"role": "user", "content": ADDED_FUNCTIONS_PROMPT}]
             messages.extend(ChatMessage(role=m["role"], content=m["content"]) for m in turn_messages)
             turn_decoded: list[list[str]] = []
-            tools = [schemas[name] for name in visible]
+            tools = conns.openai_tools(visible)
             step = 0
             while True:
                 try:
@@ -141,12 +123,13 @@ async def _play(
                     break
                 turn_decoded.append([format_call(call.name, args) for call, args in calls])
                 for call, args in calls:
-                    client = route.get(call.name)
-                    if client is None:
+                    # In order, one at a time: BFCL executes a step's calls sequentially, and
+                    # calls to held-out functions run too (BFCL only hides their docs).
+                    if conns.binding(call.name) is None:
                         text, is_error = f"Error during execution: unknown function {call.name!r}", True
                     else:
-                        result = await client.call_tool(call.name, args)
-                        text, is_error = _text(result), bool(result.is_error)
+                        result = await conns.call(call.name, args)
+                        text, is_error = result.text, result.is_error
                     episode.tool_errors += is_error
                     messages.append(ChatMessage(role="tool", tool_call_id=call.id, name=call.name, content=text))
                 step += 1

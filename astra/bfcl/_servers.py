@@ -1,14 +1,17 @@
-"""BFCL's backend classes served as real MCP servers (official SDK ``MCPServer``).
+"""BFCL's backend classes served as real MCP servers.
 
 Each backend object (a ``GorillaFileSystem``, a ``TradingBot``, ...) becomes one MCP server
 whose tools are the object's public methods, described by BFCL's function docs converted to
-JSON Schema. The code is BFCL's own, trusted, so it runs unsandboxed in this process. A
-tool returns exactly the text BFCL's executor would produce (``json.dumps`` of a dict
-result, ``str`` of anything else, ``"Error during execution: ..."`` on an exception), so
-the model sees what it would see under BFCL's own harness.
+JSON Schema; each episode gets fresh objects with the entry's ``initial_config`` loaded
+(``long_context`` included). The code is BFCL's own, trusted, so it runs unsandboxed in
+this process. Two implementations (:data:`SERVER_IMPLEMENTATIONS`):
 
-Arguments are not validated against the schema before the call, on purpose: BFCL's
-checker ``eval``s whatever the model sent, and the MCP server must not diverge from it.
+- ``astra`` (default): ``astra.servers.build_class_server``, pooled per class (building one
+  validates every tool schema); arguments are validated against the schema;
+- ``bfcl``: a minimal ``MCPServer`` whose tools answer exactly the text BFCL's executor
+  records (``json.dumps`` of a dict result, ``str`` of anything else, ``"Error during
+  execution: ..."`` on an exception) and never validate, since BFCL's checker ``eval``s
+  whatever the model sent.
 """
 
 from __future__ import annotations

