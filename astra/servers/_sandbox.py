@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,8 +155,7 @@ def _namespace_prefix() -> list[str] | None:
     if not iso.network:
         return None
     if iso.confine:
-        scratch = tempfile.mkdtemp(prefix="astra-sandbox-ns-")
-        return [*iso.prefix, scratch, ""]
+        return [*iso.prefix, tempfile.gettempdir(), ""]
     return list(iso.prefix)
 
 
@@ -181,6 +181,36 @@ def _sweep_stale_cgroups() -> None:
             pass
 
 
+@dataclass
+class _Resources:
+    """What a sandbox holds outside Python: released by ``aclose`` or, failing that, by a finalizer."""
+
+    scratch: Path | None
+    log: Path
+    pid: int | None = None
+    cgroup: Path | None = None
+
+
+def _release(res: _Resources) -> None:
+    if res.pid is not None:
+        try:
+            os.kill(res.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        res.pid = None
+    if res.scratch is not None:
+        shutil.rmtree(res.scratch, ignore_errors=True)
+    try:
+        res.log.unlink()
+    except OSError:
+        pass
+    if res.cgroup is not None:
+        try:
+            res.cgroup.rmdir()  # refused while a killed worker is still exiting; swept later
+        except OSError:
+            pass
+
+
 class Sandbox:
     """A warm worker process for untrusted tool code.
 
@@ -202,6 +232,8 @@ class Sandbox:
         self._log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
         self.restarts = 0
         self.isolation: dict[str, bool] = {}
+        self._res = _Resources(scratch=self.scratch_dir if self._own_scratch else None, log=self._log_path)
+        self._finalizer = weakref.finalize(self, _release, self._res)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -219,13 +251,8 @@ class Sandbox:
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kill()
-            self._remove_cgroup()
-            if self._own_scratch:
-                shutil.rmtree(self.scratch_dir, ignore_errors=True)
-            try:
-                self._log_path.unlink()
-            except OSError:
-                pass
+            self._res.cgroup, self._cgroup = self._cgroup, None
+            self._finalizer()
 
     def _make_cgroup(self) -> Path | None:
         if not _CGROUP_PIDS.is_dir() or not os.access(_CGROUP_PIDS, os.W_OK):
@@ -266,6 +293,7 @@ class Sandbox:
             except OSError as exc:
                 raise SandboxError(f"cannot start the sandbox worker: {exc}") from exc
         assert self._process.stdout is not None
+        self._res.pid, self._res.cgroup = self._process.pid, self._cgroup
         self._reader = BufferedByteReceiveStream(self._process.stdout)
         self._known = set()
         if self._cgroup is not None and not iso.confine:
@@ -288,6 +316,7 @@ class Sandbox:
                 os.kill(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        self._res.pid = None
         self._remove_cgroup()
 
     def _remove_cgroup(self) -> None:
@@ -296,7 +325,7 @@ class Sandbox:
                 self._cgroup.rmdir()  # fails while a killed worker is still exiting; harmless, pids.max stays
             except OSError:
                 pass
-            self._cgroup = None
+            self._cgroup = self._res.cgroup = None
 
     async def _kill(self) -> None:
         process, self._process, self._reader = self._process, None, None
@@ -309,6 +338,7 @@ class Sandbox:
                 pass
         await process.wait()
         await process.aclose()
+        self._res.pid = None
 
     async def _restart(self) -> None:
         with anyio.CancelScope(shield=True):
