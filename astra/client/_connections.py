@@ -17,6 +17,7 @@ through ``Client(server)``: no subprocess, no JSON-RPC copy), a
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -237,6 +238,19 @@ class _Server:
         )
 
 
+def _usable_errlog(errlog: TextIO | None) -> TextIO:
+    """Where stdio servers' stderr goes: a real file (subprocesses need a file descriptor;
+    a captured ``sys.stderr`` under pytest or typer's CliRunner has none)."""
+    for candidate in (errlog, sys.stderr, sys.__stderr__):
+        try:
+            if candidate is not None:
+                candidate.fileno()
+                return candidate
+        except (AttributeError, OSError, ValueError):
+            continue
+    return open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+
+
 def _first_connection_failure(exc: BaseException) -> ConnectionFailed | None:
     if isinstance(exc, ConnectionFailed):
         return exc
@@ -291,7 +305,7 @@ class Connections:
                 raise ValueError(f"two servers named {name!r}")
             self._servers[name] = _Server(
                 name, tgt, kind=kind, max_restarts=max_restarts, connect_timeout_s=connect_timeout_s,
-                errlog=errlog or sys.stderr,
+                errlog=_usable_errlog(errlog),
             )
         self._stack: AsyncExitStack | None = None
         self._bindings: dict[str, ToolBinding] = {}

@@ -54,13 +54,15 @@ def _status_error(exc: Exception, what: str) -> Exception:
     return RetryableError(f"{type(exc).__name__}: {exc}")
 
 
-class OpenAIModel(Model):
-    """``openai:<model>``: Chat Completions with tools on OpenAI or any compatible server.
+class _SdkModel(Model):
+    """What the OpenAI and Anthropic providers share: endpoint, key, settings, retries, one
+    shared SDK client per endpoint, and the retrying call that maps SDK errors."""
 
-    ``base_url`` (or ``$OPENAI_BASE_URL``) selects the endpoint; ``api_key`` defaults to
-    ``$OPENAI_API_KEY`` (or a placeholder for local servers that need none).
-    ``reasoning_content`` (DeepSeek, vLLM reasoning parsers) is kept on the message.
-    """
+    provider = ""
+    base_url_env = ""
+    api_key_env = ""
+    default_endpoint = ""
+    sdk_client = ""
 
     def __init__(
         self,
@@ -73,28 +75,62 @@ class OpenAIModel(Model):
         http_client: Any = None,
     ) -> None:
         self.model = model
-        self.name = f"openai:{model}"
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or "sk-no-key"
+        self.name = f"{self.provider}:{model}"
+        self.base_url = base_url or os.environ.get(self.base_url_env) or None
+        self.api_key = api_key or os.environ.get(self.api_key_env) or "no-key"  # local servers need none
         self.defaults = settings or ModelSettings()
         self.retry = retry or RetryPolicy()
         self._http_client = http_client
 
     @property
     def endpoint(self) -> str:
-        return self.base_url or "https://api.openai.com/v1"
+        return self.base_url or self.default_endpoint
+
+    def _sdk(self) -> Any:
+        raise NotImplementedError
+
+    def _new_client(self) -> Any:
+        return getattr(self._sdk(), self.sdk_client)(
+            base_url=self.base_url, api_key=self.api_key, max_retries=0, http_client=self._http_client
+        )
 
     def _client(self) -> Any:
+        if self._http_client is not None:  # a caller-provided transport is not shared
+            return self._new_client()
+        return _shared_client((self.provider, self.base_url, self.api_key), self._new_client)
+
+    async def _create(self, create: Any, kwargs: dict[str, Any], s: ModelSettings) -> tuple[Any, int]:
+        sdk = self._sdk()
+
+        async def attempt() -> Any:
+            try:
+                with anyio.fail_after(s.timeout_s):
+                    return await create(**kwargs, timeout=s.timeout_s)
+            except TimeoutError as exc:
+                raise RetryableError(f"timed out after {s.timeout_s:g} s") from exc
+            except sdk.APIStatusError as exc:
+                raise _status_error(exc, self.name) from exc
+            except (sdk.APITimeoutError, sdk.APIConnectionError) as exc:
+                raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+
+        return await with_retries(attempt, self.retry, self.name)
+
+
+class OpenAIModel(_SdkModel):
+    """``openai:<model>``: Chat Completions with tools on OpenAI or any compatible server.
+
+    ``base_url`` (or ``$OPENAI_BASE_URL``) selects the endpoint; ``api_key`` defaults to
+    ``$OPENAI_API_KEY`` (or a placeholder for local servers that need none).
+    ``reasoning_content`` (DeepSeek, vLLM reasoning parsers) is kept on the message.
+    """
+
+    provider, base_url_env, api_key_env = "openai", "OPENAI_BASE_URL", "OPENAI_API_KEY"
+    default_endpoint, sdk_client = "https://api.openai.com/v1", "AsyncOpenAI"
+
+    def _sdk(self) -> Any:
         import openai
 
-        def make() -> Any:
-            return openai.AsyncOpenAI(
-                base_url=self.base_url, api_key=self.api_key, max_retries=0, http_client=self._http_client
-            )
-
-        if self._http_client is not None:  # a caller-provided transport is not shared
-            return make()
-        return _shared_client(("openai", self.base_url, self.api_key), make)
+        return openai
 
     async def request(
         self,
@@ -102,8 +138,6 @@ class OpenAIModel(Model):
         tools: Sequence[dict[str, Any]] = (),
         settings: ModelSettings | None = None,
     ) -> ModelResponse:
-        import openai
-
         s = _settings(settings, self.defaults)
         client = self._client()
         kwargs: dict[str, Any] = {"model": self.model, "messages": [m.to_openai() for m in messages]}
@@ -118,19 +152,8 @@ class OpenAIModel(Model):
             if value is not None:
                 kwargs[arg] = value
 
-        async def attempt() -> Any:
-            try:
-                with anyio.fail_after(s.timeout_s):
-                    return await client.chat.completions.create(**kwargs, timeout=s.timeout_s)
-            except TimeoutError as exc:
-                raise RetryableError(f"timed out after {s.timeout_s:g} s") from exc
-            except openai.APIStatusError as exc:
-                raise _status_error(exc, self.name) from exc
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:
-                raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
-
         start = time.perf_counter()
-        resp, attempts = await with_retries(attempt, self.retry, self.name)
+        resp, attempts = await self._create(client.chat.completions.create, kwargs, s)
         if not resp.choices:
             raise ModelError(f"{self.name}: response without choices")
         msg = resp.choices[0].message
@@ -198,44 +221,20 @@ def to_anthropic_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, 
     return ("\n\n".join(system_parts) or None), out
 
 
-class AnthropicModel(Model):
+class AnthropicModel(_SdkModel):
     """``anthropic:<model>``: the Messages API with ``tool_use`` / ``tool_result`` blocks."""
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        settings: ModelSettings | None = None,
-        retry: RetryPolicy | None = None,
-        http_client: Any = None,
-        default_max_tokens: int = 1024,
-    ) -> None:
-        self.model = model
-        self.name = f"anthropic:{model}"
-        self.base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-        self.api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or "no-key"
-        self.defaults = settings or ModelSettings()
-        self.retry = retry or RetryPolicy()
+    provider, base_url_env, api_key_env = "anthropic", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"
+    default_endpoint, sdk_client = "https://api.anthropic.com", "AsyncAnthropic"
+
+    def __init__(self, model: str, *, default_max_tokens: int = 1024, **options: Any) -> None:
+        super().__init__(model, **options)
         self.default_max_tokens = default_max_tokens
-        self._http_client = http_client
 
-    @property
-    def endpoint(self) -> str:
-        return self.base_url or "https://api.anthropic.com"
-
-    def _client(self) -> Any:
+    def _sdk(self) -> Any:
         import anthropic
 
-        def make() -> Any:
-            return anthropic.AsyncAnthropic(
-                base_url=self.base_url, api_key=self.api_key, max_retries=0, http_client=self._http_client
-            )
-
-        if self._http_client is not None:
-            return make()
-        return _shared_client(("anthropic", self.base_url, self.api_key), make)
+        return anthropic
 
     async def request(
         self,
@@ -243,8 +242,6 @@ class AnthropicModel(Model):
         tools: Sequence[dict[str, Any]] = (),
         settings: ModelSettings | None = None,
     ) -> ModelResponse:
-        import anthropic
-
         s = _settings(settings, self.defaults)
         client = self._client()
         system, wire = to_anthropic_messages(messages)
@@ -266,19 +263,8 @@ class AnthropicModel(Model):
         if s.temperature is not None:
             kwargs["temperature"] = s.temperature
 
-        async def attempt() -> Any:
-            try:
-                with anyio.fail_after(s.timeout_s):
-                    return await client.messages.create(**kwargs, timeout=s.timeout_s)
-            except TimeoutError as exc:
-                raise RetryableError(f"timed out after {s.timeout_s:g} s") from exc
-            except anthropic.APIStatusError as exc:
-                raise _status_error(exc, self.name) from exc
-            except (anthropic.APITimeoutError, anthropic.APIConnectionError) as exc:
-                raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
-
         start = time.perf_counter()
-        resp, attempts = await with_retries(attempt, self.retry, self.name)
+        resp, attempts = await self._create(client.messages.create, kwargs, s)
         texts, thinking, calls = [], [], []
         for block in resp.content:
             kind = getattr(block, "type", None)

@@ -147,3 +147,28 @@ def test_local_worker_processes(tmp_path, test_stdio_launch, monkeypatch):
     assert all(r["termination"] == "final_answer" and r["steps"][0]["result"] == {"result": 2} for r in records)
     with pytest.raises(ValueError, match="in-process servers"):
         run_rollouts(tasks(8), "scripted:slow-plan", tmp_path / "x", servers=[("s", make_server())], workers=2, progress=False)
+
+
+def test_cli_rollout_with_registry_servers(tmp_path, time_launch):
+    from astra.cli import app
+    from astra.registry import Registry
+    from astra.records import ServerSpec
+
+    home = tmp_path / "home"
+    reg = Registry.open(home)
+    try:
+        reg.upsert_server(ServerSpec(id="srv-time", name="time", launch=time_launch))
+    finally:
+        reg.close()
+    register_script("cli-time", lambda: ScriptedModel.from_plan([("get_current_time", {"timezone": "UTC"})], "noon"))
+    task_file = tmp_path / "tasks.jsonl"
+    task_file.write_text(Task(id="t", user_turns=["time?"]).model_dump_json() + "\n")
+    args = ["rollout", "--tasks", str(task_file), "--model", "scripted:cli-time", "--out", str(tmp_path / "out"),
+            "--servers", "time", "--home", str(home), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["by_termination"] == {"final_answer": 1}
+    record = json.loads((tmp_path / "out" / "trajectories.jsonl").read_text())
+    assert record["steps"][0]["server"] == "time" and record["steps"][0]["result"]["timezone"] == "UTC"
+    bad = CliRunner().invoke(app, [*args[:-5], "--servers", "nosuch", "--home", str(home), "--json"])
+    assert bad.exit_code == 1 and "nosuch" in bad.stderr
