@@ -10,7 +10,8 @@ before calls (DESIGN.md "Performance facts").
 
 Targets are registry :class:`~astra.records.ServerSpec` records (stdio or HTTP launch), or
 ``(name, X)`` pairs where X is an in-process ``MCPServer`` / low-level ``Server`` (served
-through ``Client(server)``: no subprocess, no JSON-RPC copy), a
+through ``Client(server)``: no subprocess, no JSON-RPC copy) or a zero-argument factory of
+one, a
 :class:`~astra.records.StdioLaunch` or a :class:`~astra.records.HttpLaunch`.
 """
 
@@ -20,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal, TextIO
 
@@ -40,8 +41,10 @@ from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 log = logging.getLogger(__name__)
 
 InProcessServer = MCPServer | Server
-ServerTarget = ServerSpec | tuple[str, InProcessServer | StdioLaunch | HttpLaunch]
-"""What :class:`Connections` can open: a registry ServerSpec or a ``(name, server)`` pair."""
+ServerTarget = ServerSpec | tuple[str, InProcessServer | StdioLaunch | HttpLaunch | Callable[[], InProcessServer]]
+"""What :class:`Connections` can open: a registry ServerSpec or a ``(name, server)`` pair,
+where server may also be a zero-argument factory returning an ``MCPServer`` (picklable when
+it is a module-level function, so each worker process builds its own in-process server)."""
 
 ErrorKind = Literal["tool_error", "unknown_tool", "timeout", "server_died", "server_unavailable", "protocol_error"]
 
@@ -277,6 +280,11 @@ def _target_parts(target: ServerTarget) -> tuple[str, Any, str]:
             return str(name), server, server.kind
         if isinstance(server, (MCPServer, Server)):
             return str(name), server, "in-process"
+        if callable(server):  # a server factory: built in whichever process opens the connections
+            built = server()
+            if isinstance(built, (MCPServer, Server)):
+                return str(name), built, "in-process"
+            raise TypeError(f"server factory for {name!r} returned {type(built).__name__}, not an MCPServer")
     raise TypeError(f"not a server target: {target!r} (want ServerSpec or (name, MCPServer | StdioLaunch | HttpLaunch))")
 
 

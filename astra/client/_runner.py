@@ -11,8 +11,9 @@ model is):
   With ``workers=N > 1`` the work is split across N worker processes (spawned), each with
   its own event loop, its own model client / connection pool and its own server
   connections (each MCP server launched once per worker, not per episode); they append to
-  the same JSONL file (line-atomic ``O_APPEND`` writes, disjoint ids). In-process
-  ``MCPServer`` targets cannot cross processes, so they need ``workers=1``.
+  the same JSONL file (line-atomic ``O_APPEND`` writes, disjoint ids). A live in-process
+  ``MCPServer`` cannot cross processes: pass ``(name, factory)`` with a module-level
+  factory and each worker builds its own in-process server.
 - ``ray``: the same shards as Ray tasks (``ray_address`` to join a cluster; otherwise a
   local Ray started with every address pinned to 127.0.0.1).
 
@@ -239,7 +240,11 @@ def _progress(enabled: bool, total: int, description: str) -> Any:
 
 
 def _in_process_targets(targets: Sequence[ServerTarget]) -> list[str]:
-    return [t[0] for t in targets if isinstance(t, tuple) and not isinstance(t[1], BaseModel)]
+    """Targets holding a live server object (factories and launch specs can cross processes)."""
+    from mcp.server import Server
+    from mcp.server.mcpserver import MCPServer
+
+    return [t[0] for t in targets if isinstance(t, tuple) and isinstance(t[1], (MCPServer, Server))]
 
 
 def _shards(items: list[Any], n: int) -> list[list[Any]]:
@@ -341,7 +346,8 @@ async def arun_rollouts(
                 raise ValueError("a Model object cannot cross processes: pass model_spec (workers=1 to use model=)")
             inproc = _in_process_targets(targets)
             if inproc:
-                raise ValueError(f"in-process servers {inproc} cannot cross processes: use workers=1 and executor='local'")
+                raise ValueError(f"in-process servers {inproc} cannot cross processes: pass a module-level factory "
+                                 "(name, make_server) instead, or use workers=1 and executor='local'")
             written, errors = await _run_distributed(todo, config, targets, out_path, executor, workers, ray_address,
                                                      lambda n: bar.update(ptask, completed=already + n))
     base = dict(out_dir=str(out), model=model_spec, executor=executor if executor == "ray" else f"local x{max(1, workers)}",

@@ -138,15 +138,16 @@ def test_ray_executor_on_loopback(tmp_path, test_stdio_launch, monkeypatch):
         ray.shutdown()
 
 
-def test_local_worker_processes(tmp_path, test_stdio_launch, monkeypatch):
+def test_local_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-    summary = run_rollouts(tasks(8), "scripted:slow-plan", tmp_path, servers=[("s", test_stdio_launch)],
-                           workers=2, concurrency=4, progress=False, imports=["rollout_job"])
-    assert (summary.written, summary.failed, summary.executor) == (8, 0, "local x2")
-    records = [json.loads(x) for x in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
-    assert all(r["termination"] == "final_answer" and r["steps"][0]["result"] == {"result": 2} for r in records)
     with pytest.raises(ValueError, match="in-process servers"):
         run_rollouts(tasks(8), "scripted:slow-plan", tmp_path / "x", servers=[("s", make_server())], workers=2, progress=False)
+    # a module-level factory crosses processes: each worker builds its own in-process server
+    summary = run_rollouts(tasks(8), "scripted:slow-plan", tmp_path / "y", servers=[("s", make_server)],
+                           workers=2, concurrency=4, progress=False, imports=["rollout_job"])
+    assert (summary.written, summary.failed, summary.executor) == (8, 0, "local x2")
+    records = [json.loads(x) for x in (tmp_path / "y" / "trajectories.jsonl").read_text().splitlines()]
+    assert all(r["termination"] == "final_answer" and r["steps"][0]["result"] == {"result": 2} for r in records)
 
 
 def test_cli_rollout_with_registry_servers(tmp_path, time_launch):
