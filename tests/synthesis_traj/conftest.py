@@ -80,7 +80,7 @@ class Router:
             return '{"result": {"city_id": "c-lis", "latitude": 38.7, "longitude": -9.1, "temperature_c": 21}}'
         if kind == "edges":
             n = len(re.findall(r'^\{"index": \d+', user, flags=re.M))
-            items = [{"index": i, "valid": i % 4 != 3, "score": 0.9, "bindings": {}, "reason": "fits"} for i in range(n)]
+            items = [{"index": i, "valid": i != 1, "score": 0.9, "bindings": {}, "reason": "fits"} for i in range(n)]
             return "Here you go:\n```json\n" + json.dumps({"items": items}) + "\n```"
         if kind == "vote":
             return '{"valid": true, "reason": "each step uses the previous result"}'

@@ -21,10 +21,11 @@ def test_pipeline_completes_with_local_model(tmp_path, home):
     from .conftest import time_server
 
     config = TrajectoryConfig(
-        out_dir=tmp_path / "run", home=home, servers=["geo-locator"], inline_servers=[time_server()],
+        # the smallest run that still crosses every stage: one real stdio server, one tool set
+        out_dir=tmp_path / "run", home=home, inline_servers=[time_server()],
         model="local:smollm2", concurrency=1,
         graph={"llm_verify": False},
-        chains={"num_chains": 1, "num_toolsets": 1, "max_toolset_size": 1},
+        chains={"num_chains": 0, "num_toolsets": 1, "max_toolset_size": 1},
         verify={"back_translation": False},
         tasks={"augmentations": [], "multi_turn": False, "quality_threshold": 0.0},
         rollout={"max_steps": 2, "max_tokens": 96},

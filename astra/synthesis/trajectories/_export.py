@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from astra.records import Reward, Task, Trajectory
 from astra.synthesis._stage import Outcome
 from astra.synthesis.trajectories._config import RewardOptions
+from astra.synthesis.trajectories._reward import DIMENSIONS
 
 
 class SFTSample(BaseModel):
@@ -100,7 +101,8 @@ _MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("tool_ca
 PARQUET_SCHEMA = pa.schema([
     ("id", pa.string()), ("task_id", pa.string()), ("model", pa.string()), ("chain_id", pa.string()),
     ("messages", pa.list_(_MESSAGE)), ("tools", pa.string()), ("reward", pa.float64()),
-    ("dimensions", pa.map_(pa.string(), pa.float64())), ("rules", pa.map_(pa.string(), pa.float64())),
+    # a struct, not a map: HF datasets has no map type
+    ("dimensions", pa.struct([(d, pa.float64()) for d in DIMENSIONS])), ("rules", pa.string()),
     ("simulated", pa.bool_()),
 ])
 
@@ -132,7 +134,8 @@ def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence
                               "tool_calls": m.get("tool_calls"), "tool_call_id": m.get("tool_call_id"),
                               "name": m.get("name")} for m in s.messages],
                 "tools": json.dumps(s.tools, ensure_ascii=False), "reward": s.reward,
-                "dimensions": list(s.dimensions.items()), "rules": list(s.rules.items()), "simulated": s.simulated,
+                "dimensions": {d: s.dimensions.get(d) for d in DIMENSIONS}, "rules": json.dumps(s.rules),
+                "simulated": s.simulated,
             })
         table = pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA)
         tmp = path.with_name(path.name + ".tmp")

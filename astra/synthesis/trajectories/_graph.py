@@ -16,6 +16,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -40,7 +41,7 @@ _COMPATIBLE = {
 def _stem(token: str) -> str:
     if len(token) > 4 and token.endswith("ies"):
         return token[:-3] + "y"
-    if len(token) > 3 and token.endswith("s") and not token.endswith("ss"):
+    if len(token) >= 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
         return token[:-1]
     return token
 
@@ -68,9 +69,10 @@ def types_compatible(out_type: str | None, in_type: str | None) -> bool:
     return (out_type, in_type) in _COMPATIBLE
 
 
-class _Field(BaseModel):
+@dataclass(slots=True)
+class _Field:
     name: str
-    type: str | None = None
+    type: str | None
     name_tokens: list[str]
     desc_tokens: list[str]
 
@@ -118,12 +120,6 @@ def input_params(tool: ToolSpec) -> list[tuple[_Field, bool]]:
     return out
 
 
-class _Posting(BaseModel):
-    tool: int
-    param: int
-    weight: float
-
-
 def generate_candidates(
     servers: Sequence[ServerSpec],
     *,
@@ -163,83 +159,104 @@ def generate_candidates(
 def _scope_candidates(
     tools: list[ToolSpec], min_score: float, max_sources: int, max_df: float
 ) -> tuple[list[Candidate], int, int]:
-    params = [input_params(t) for t in tools]
-    outputs = [output_fields(t) for t in tools]
-    n_params = sum(len(p) for p in params) or 1
-    index: dict[str, list[tuple[int, int, float]]] = defaultdict(list)
-    for ti, plist in enumerate(params):
-        for pi, (field, required) in enumerate(plist):
+    # flat per-parameter arrays (plain lists: this loop is the hot path at 19k tools)
+    p_tool: list[int] = []
+    p_name: list[str] = []
+    p_key: list[str] = []
+    p_type: list[str | None] = []
+    p_toks: list[frozenset[str]] = []
+    index: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for ti, tool in enumerate(tools):
+        for field, required in input_params(tool):
+            pid = len(p_tool)
+            p_tool.append(ti)
+            p_name.append(field.name)
+            p_key.append("=" + "_".join(field.name_tokens))
+            p_type.append(field.type)
             boost = 1.0 if required else 0.8
             seen: set[str] = set()
             if field.name_tokens:  # the whole name: 'user_id' is rare even where 'id' is everywhere
-                index["=" + "_".join(field.name_tokens)].append((ti, pi, boost))
+                index[p_key[-1]].append((pid, boost))
             for tok in field.name_tokens:
                 if tok not in seen:
-                    index[tok].append((ti, pi, boost))
+                    index[tok].append((pid, boost))
                     seen.add(tok)
             for tok in field.desc_tokens[:12]:
                 if tok not in seen:
-                    index[tok].append((ti, pi, 0.5 * boost))
+                    index[tok].append((pid, 0.5 * boost))
                     seen.add(tok)
+            p_toks.append(frozenset(seen))
+    n_params = len(p_tool) or 1
     cap = max(50, int(max_df * n_params))
-    df = {tok: len(post) for tok, post in index.items()}
-    idf = {tok: math.log(1 + n_params / n) for tok, n in df.items()}
+    idf = {tok: math.log(1 + n_params / len(post)) for tok, post in index.items()}
+    p_norm = [sum(idf[t] for t in toks) or 1.0 for toks in p_toks]
+    compatible = _COMPATIBLE
 
     visited = 0
     pairs = 0
-    # best[(dst, src)] -> (score, bindings)
     best_per_dst: dict[int, dict[int, tuple[float, dict[str, str]]]] = defaultdict(dict)
-    for si, fields in enumerate(outputs):
-        src_server = tools[si].server
-        # (dst tool, dst param) -> (score, src field)
-        hits: dict[tuple[int, int], tuple[float, str]] = {}
-        for field in fields:
-            ftoks = set(field.name_tokens) | set(field.desc_tokens[:20])
-            if field.name_tokens:
-                ftoks.add("=" + "_".join(field.name_tokens))
-            if not ftoks:
-                continue
-            acc: dict[tuple[int, int], float] = defaultdict(float)
-            for tok in ftoks:
+    for si, tool in enumerate(tools):
+        src_server = tool.server
+        hits: dict[int, tuple[float, str]] = {}  # dst param -> (score, src field)
+        for field in output_fields(tool):
+            name_toks = set(field.name_tokens)
+            key = "=" + "_".join(field.name_tokens) if field.name_tokens else None
+            lookups: list[tuple[str, float]] = [(t, 1.0) for t in name_toks]
+            lookups += [(t, 0.5) for t in dict.fromkeys(field.desc_tokens[:8]) if t not in name_toks]
+            acc: dict[int, float] = defaultdict(float)
+            for tok, w0 in lookups:
                 posting = index.get(tok)
                 if not posting or len(posting) > cap:
-                    continue
+                    continue  # absent, or so common that it says nothing
                 visited += len(posting)
-                w = idf[tok] * (1.0 if tok in field.name_tokens or tok[0] == "=" else 0.5)
-                for ti, pi, boost in posting:
-                    if ti != si:
-                        acc[(ti, pi)] += w * boost
-            for (ti, pi), raw in acc.items():
-                pfield, _required = params[ti][pi]
-                if not types_compatible(field.type, pfield.type):
+                w = idf[tok] * w0
+                for pid, boost in posting:
+                    acc[pid] += w * boost
+            if key is not None:
+                posting = index.get(key)
+                if posting and len(posting) <= 4 * cap:  # a whole-name match is worth more lookups
+                    visited += len(posting)
+                    for pid, boost in posting:
+                        acc[pid] += 2.0 * idf[key] * boost
+            ftype = field.type
+            from_text = field.name == "result"
+            for pid, raw in acc.items():
+                ti = p_tool[pid]
+                if ti == si:
+                    continue
+                ptype = p_type[pid]
+                if ftype is not None and ptype is not None and ftype != ptype and (ftype, ptype) not in compatible:
                     continue
                 pairs += 1
-                ptoks = set(pfield.name_tokens) | set(pfield.desc_tokens[:12])
-                norm = sum(idf.get(t, 0.0) for t in ptoks) or 1.0
-                score = min(1.0, raw / norm)
-                if field.name == pfield.name or (field.name_tokens and field.name_tokens == pfield.name_tokens):
+                score = raw / p_norm[pid]
+                if score > 1.0:
+                    score = 1.0
+                if key is not None and (p_key[pid] == key or p_name[pid] == field.name):
                     score = max(score, 0.95)
-                if field.name == "result":  # only a description says what comes out
+                if from_text:  # only a description says what comes out
                     score *= 0.7
                 if tools[ti].server != src_server:
                     score *= 0.9  # a cross-server link needs more evidence than one inside a server
-                if score > hits.get((ti, pi), (0.0, ""))[0]:
-                    hits[(ti, pi)] = (score, field.name)
+                if score >= min_score and score > hits.get(pid, (0.0, ""))[0]:
+                    hits[pid] = (score, field.name)
         per_dst: dict[int, tuple[float, dict[str, str]]] = {}
-        for (ti, pi), (score, fname) in hits.items():
-            if score < min_score:
-                continue
-            cur = per_dst.get(ti, (0.0, {}))
-            bindings = {**cur[1], params[ti][pi][0].name: fname}
-            per_dst[ti] = (max(cur[0], score), bindings)
+        for pid, (score, fname) in hits.items():
+            ti = p_tool[pid]
+            cur = per_dst.get(ti)
+            if cur is None:
+                per_dst[ti] = (score, {p_name[pid]: fname})
+            else:
+                cur[1][p_name[pid]] = fname
+                per_dst[ti] = (max(cur[0], score), cur[1])
         for ti, value in per_dst.items():
             best_per_dst[ti][si] = value
     out: list[Candidate] = []
     for ti, sources in best_per_dst.items():
-        ranked = sorted(sources.items(), key=lambda kv: (-kv[1][0], tools[kv[0]].qualified_name))[:max_sources]
+        ranked = sorted(sources.items(), key=lambda kv: (-kv[1][0], kv[0]))[:max_sources]
+        dst = tools[ti].qualified_name
         for si, (score, bindings) in ranked:
-            out.append(Candidate(src=tools[si].qualified_name, dst=tools[ti].qualified_name,
-                                 score=round(score, 4), bindings=bindings))
+            out.append(Candidate.model_construct(src=tools[si].qualified_name, dst=dst, score=round(score, 4),
+                                                 bindings=bindings, domain=None))
     out.sort(key=lambda c: (c.src, c.dst))
     return out, visited, pairs
 

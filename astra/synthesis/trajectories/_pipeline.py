@@ -512,6 +512,7 @@ def demo_config(
         launch=StdioLaunch(command=sys.executable, args=["-m", "mcp_server_time", "--local-timezone", "UTC"]),
         source="pypi:mcp-server-time",
     )
+    local = model_spec.startswith("local:")  # one in-process model: no point in concurrent requests
     return TrajectoryConfig.model_validate({
         "out_dir": str(out_dir),
         "home": str(home) if home is not None else None,
@@ -521,11 +522,12 @@ def demo_config(
         "model": model_spec,
         "judge_model": judge_model,
         "seed": 0,
-        "concurrency": 2,
-        "graph": {"batch_size": 8, "max_sources_per_tool": 3},
-        "chains": {"num_chains": 3, "max_length": 3, "num_toolsets": 3, "max_toolset_size": 2},
+        "concurrency": 1 if local else 4,
+        "graph": {"batch_size": 4 if local else 8, "max_sources_per_tool": 3},
+        "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
         "verify": {"votes": 1, "distractors": 2},
-        "tasks": {"per_chain": 1, "augmentations": ["wording"], "multi_turn": False, "quality_threshold": 0.25},
-        "rollout": {"samples": 1, "max_steps": 4, "max_tokens": 256},
+        "tasks": {"per_chain": 1, "augmentations": [] if local else ["wording", "persona"], "multi_turn": not local,
+                  "quality_threshold": 0.25},
+        "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
         "reward": {"threshold": 0.3},
     })

@@ -1,0 +1,259 @@
+"""Stages 3-7 one at a time with the scripted model: verification, tasks, simulated tools, rewards, export."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+from mcp.client import Client
+
+from astra.client import ScriptedModel
+from astra.records import ChainCall, ChatMessage, Reward, ServerSpec, Step, Task, ToolCall, ToolChain, ToolSpec, Trajectory
+from astra.synthesis.trajectories import (
+    DIMENSIONS,
+    RewardOptions,
+    SFTSample,
+    SimulatedServer,
+    TaskOptions,
+    VerifyOptions,
+    reward_trajectory,
+    rule_scores,
+    to_sharegpt,
+    write_exports,
+)
+from astra.synthesis.trajectories._export import select
+from astra.synthesis.trajectories._tasks import generate_tasks, score_task
+from astra.synthesis.trajectories._verify import order_similarity, verify_chain
+
+from .conftest import Router, router_model
+
+TOOLS = {
+    "geo/search_city": ToolSpec(server="geo", name="search_city", description="Find a city; returns its coordinates.",
+                                input_schema={"type": "object", "properties": {"city_name": {"type": "string"}},
+                                              "required": ["city_name"]}),
+    "wx/get_weather": ToolSpec(server="wx", name="get_weather", description="Weather at coordinates.",
+                               input_schema={"type": "object", "properties": {"latitude": {"type": "number"},
+                                             "longitude": {"type": "number"}}, "required": ["latitude", "longitude"]}),
+    "wx/get_alerts": ToolSpec(server="wx", name="get_alerts", description="Weather alerts for a region."),
+}
+CHAIN = ToolChain(id="ch-1", calls=[ChainCall(tool="geo/search_city"),
+                                    ChainCall(tool="wx/get_weather", bindings={"latitude": "0.latitude"})])
+
+
+def _run(coro_fn, *args, **kwargs):
+    return anyio.run(lambda: coro_fn(*args, **kwargs))
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def test_verify_keeps_a_chain_that_survives_vote_and_back_translation():
+    out = _run(verify_chain, CHAIN, TOOLS, router_model(Router()), VerifyOptions(votes=3))
+    assert out.dropped is None and len(out.outputs) == 1
+    record = out.outputs[0].verification
+    assert len(record["votes"]) == 3 and record["back_translation"]["similarity"] == 1.0
+    assert set(CHAIN.calls[0].tool for _ in [0]) <= set(record["back_translation"]["offered"])
+
+
+def test_verify_drops_on_vote_with_reason():
+    model = ScriptedModel(['{"valid": false, "reason": "weather needs no city"}', '{"valid": true}',
+                           '{"valid": false, "reason": "no"}'])
+    out = _run(verify_chain, CHAIN, TOOLS, model, VerifyOptions(votes=3))
+    assert out.outputs == [] and out.dropped.startswith("vote_rejected: weather needs no city") and not out.failed
+
+
+def test_verify_drops_on_back_translation_mismatch():
+    model = ScriptedModel(['{"valid": true}', '{"query": "What is the weather in Porto today?"}',
+                           '{"tools": ["wx/get_alerts"]}'])
+    out = _run(verify_chain, CHAIN, TOOLS, model, VerifyOptions())
+    assert out.dropped.startswith("back_translation_mismatch: similarity 0.00") and not out.failed
+
+
+def test_verify_malformed_judge_is_a_failed_drop_with_audit():
+    model = ScriptedModel(["sure!", "```json\n{\"valid\": \"maybe\"}\n```", "no"])
+    out = _run(verify_chain, CHAIN, TOOLS, model, VerifyOptions())
+    assert out.failed and out.dropped.startswith("judge_failed") and len(out.audit) == 3
+
+
+def test_toolsets_skip_chain_verification():
+    ts = ToolChain(id="ts-1", kind="toolset", calls=[ChainCall(tool="wx/get_alerts")])
+    out = _run(verify_chain, ts, TOOLS, ScriptedModel([]), VerifyOptions())
+    assert out.outputs[0].verification == {"skipped": "toolset"}
+
+
+def test_order_similarity():
+    assert order_similarity(["a", "b", "c"], ["a", "b", "c"]) == 1.0
+    assert order_similarity(["a", "b"], ["b", "a"]) == 0.5
+    assert order_similarity(["a", "b"], ["a", "b", "x", "y"]) == 0.5
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def test_tasks_base_augmentations_and_multi_turn():
+    out = _run(generate_tasks, CHAIN, TOOLS, router_model(Router()), TaskOptions())
+    tasks = out.outputs
+    variants = {t.provenance["variant"] for t in tasks}
+    assert variants == {"base", "wording", "complex", "persona", "multi_turn"}
+    multi = next(t for t in tasks if t.provenance["variant"] == "multi_turn")
+    assert len(multi.user_turns) == 2
+    persona = next(t for t in tasks if t.provenance["variant"] == "persona")
+    assert persona.persona == "a travel blogger"
+    assert all(t.target_tools == ["geo/search_city", "wx/get_weather"] and t.servers == ["geo", "wx"] for t in tasks)
+    assert all(t.chain_id == "ch-1" for t in tasks) and len({t.id for t in tasks}) == len(tasks)
+
+
+def test_tasks_generation_failure_and_partial_augmentation():
+    bad = ScriptedModel(["nothing useful", '{"questions": []}', '{"questions": ["short"]}'])
+    out = _run(generate_tasks, CHAIN, TOOLS, bad, TaskOptions())
+    assert out.failed and out.dropped.startswith("generation_failed")
+    # the base question stands even when the augmentation reply is junk
+    partial = ScriptedModel(['{"questions": ["Find Lisbon and tell me its weather now."]}', "junk", "junk", "junk"])
+    out = _run(generate_tasks, CHAIN, TOOLS, partial, TaskOptions())
+    assert [t.provenance["variant"] for t in out.outputs] == ["base"]
+    assert any("augmentation_failed" in a for a in out.audit)
+
+
+@pytest.mark.parametrize(("score", "kept"), [(4, True), (2, False)])
+def test_quality_threshold(score, kept):
+    task = Task(id="t1", user_turns=["What is the weather in Lisbon?"], target_tools=["wx/get_weather"])
+    reply = json.dumps({d: score for d in ("tool_selection_difficulty", "uniqueness", "question_quality", "realism")})
+    out = _run(score_task, task, TOOLS, ScriptedModel([reply]), 0.5)
+    if kept:
+        assert out.outputs[0].quality["overall"] == 0.75
+    else:
+        assert out.outputs == [] and out.dropped.startswith("below_quality_threshold: 0.25")
+
+
+def test_quality_out_of_range_is_judge_failed():
+    task = Task(id="t1", user_turns=["What is the weather?"])
+    reply = json.dumps({"tool_selection_difficulty": 9, "uniqueness": 3, "question_quality": 3, "realism": 3})
+    out = _run(score_task, task, TOOLS, ScriptedModel([reply] * 3), 0.5)
+    assert out.failed and out.dropped.startswith("judge_failed: invalid_reply")
+
+
+# ----------------------------------------------------------------------------- simulated server
+
+
+def test_simulated_server_over_mcp_client():
+    spec = ServerSpec(id="x", name="geo", tools=[TOOLS["geo/search_city"]])
+    sim_replies = ['{"result": {"latitude": 38.7, "longitude": -9.1}}', '{"error": "city not found"}', "junk", "junk"]
+    server = SimulatedServer(spec, ScriptedModel(sim_replies))
+
+    async def main():
+        async with Client(server) as client:
+            listed = await client.list_tools()
+            assert [t.name for t in listed.tools] == ["search_city"]
+            assert listed.tools[0].input_schema == TOOLS["geo/search_city"].input_schema
+            ok = await client.call_tool("search_city", {"city_name": "Lisbon"})
+            assert not ok.is_error and json.loads(ok.content[0].text) == {"latitude": 38.7, "longitude": -9.1}
+            err = await client.call_tool("search_city", {"city_name": "Atlantis"})
+            assert err.is_error and err.content[0].text == "city not found"
+            bad = await client.call_tool("search_city", {"city_name": 3})
+            assert bad.is_error and "invalid arguments" in bad.content[0].text
+            junk = await client.call_tool("search_city", {"city_name": "Porto"})
+            assert junk.is_error and "simulator_failed" in junk.content[0].text
+    anyio.run(main)
+    assert server.calls == 3  # the schema-invalid call never reached the model
+
+
+# ----------------------------------------------------------------------------- rewards and export
+
+
+def _trajectory(steps: list[Step], answer: str | None = "Sunny, 21 C.") -> Trajectory:
+    tools = [{"type": "function", "function": {"name": t.name, "parameters": t.input_schema}} for t in TOOLS.values()]
+    msgs = [ChatMessage(role="user", content="Weather in Lisbon?")]
+    for s in steps:
+        msgs.append(ChatMessage(role="assistant", tool_calls=[ToolCall(id=s.call_id, name=s.tool, arguments=json.dumps(s.arguments))]))
+        msgs.append(ChatMessage(role="tool", tool_call_id=s.call_id, name=s.tool, content=json.dumps(s.result)))
+    if answer:
+        msgs.append(ChatMessage(role="assistant", content=answer))
+    return Trajectory(id="traj-1", task_id="t1", model="scripted:x", tools=tools, messages=msgs, steps=steps,
+                      final_answer=answer, termination="final_answer")
+
+
+TASK = Task(id="t1", user_turns=["Weather in Lisbon?"], target_tools=["geo/search_city", "wx/get_weather"])
+STEPS = [
+    Step(call_id="c1", tool="search_city", server="geo", server_tool="search_city", arguments={"city_name": "Lisbon"},
+         result={"latitude": 38.7}, simulated=True),
+    Step(call_id="c2", tool="get_weather", server="wx", server_tool="get_weather", arguments={"latitude": "x"},
+         result="bad", is_error=True),
+    Step(call_id="c3", tool="get_weather", server="wx", server_tool="get_weather",
+         arguments={"latitude": 38.7, "longitude": -9.1}, result={"t": 21}),
+]
+
+
+def test_rule_scores():
+    dims, rules, process = rule_scores(TASK, _trajectory(STEPS))
+    assert dims == {"tool_call_success": round(2 / 3, 4), "tool_concision": round(2 / 3, 4)}
+    assert rules["schema_valid"] == round(2 / 3, 4) and rules["error_rate"] == round(1 / 3, 4)
+    assert rules["chain_coverage"] == 1.0 and rules["simulated_share"] == round(1 / 3, 4)
+    assert process == [1.0, 0.0, 1.0]
+    dims, rules, process = rule_scores(TASK, _trajectory([], answer=None))
+    assert dims == {"tool_call_success": 0.0, "tool_concision": 0.0} and rules["answered"] == 0.0 and process == []
+
+
+def test_reward_seven_dimensions_and_failed_judge():
+    judge = json.dumps({"final_answer": 5, "tool_planning": 3, "tool_understanding": 4, "query_understanding": 5,
+                        "query_planning": 1, "rationale": "ok"})
+    reward, audit = _run(reward_trajectory, TASK, _trajectory(STEPS), ScriptedModel([judge]))
+    assert reward.status == "ok" and tuple(reward.dimensions) == DIMENSIONS
+    assert all(0 <= v <= 1 for v in reward.dimensions.values())
+    assert reward.dimensions["final_answer"] == 1.0 and reward.dimensions["query_planning"] == 0.0
+    assert reward.overall == round(sum(reward.dimensions.values()) / 7, 4) and audit[0]["raw"] == judge
+    failed, audit = _run(reward_trajectory, TASK, _trajectory(STEPS), ScriptedModel(["nope", "nope", "{}"]))
+    assert failed.status == "judge_failed" and failed.overall is None and failed.dimensions == {}
+    assert failed.error and len(audit) == 3
+    out = select(failed, _trajectory(STEPS), TASK, RewardOptions(threshold=0.0))
+    assert out.outputs == [] and out.failed and out.dropped.startswith("judge_failed")
+
+
+def test_export_thresholds():
+    traj = _trajectory(STEPS)
+    reward = Reward(id="r", trajectory_id=traj.id, task_id="t1", dimensions={d: 0.8 for d in DIMENSIONS}, overall=0.8,
+                    rules={"schema_valid": 0.66})
+    assert select(reward, traj, TASK, RewardOptions(threshold=0.6)).outputs
+    assert select(reward, traj, TASK, RewardOptions(threshold=0.9)).dropped.startswith("below_reward_threshold")
+    assert select(reward, traj, TASK, RewardOptions(threshold=0.6, require_schema_valid=True)).dropped == "schema_invalid_arguments"
+    low = reward.model_copy(update={"dimensions": {**reward.dimensions, "tool_planning": 0.1}})
+    assert select(low, traj, TASK, RewardOptions(threshold=0.6, min_dimension=0.5)).dropped == "below_dimension_minimum: tool_planning"
+
+
+def test_export_formats_and_hf_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    traj = _trajectory(STEPS)
+    reward = Reward(id="r", trajectory_id=traj.id, task_id="t1", dimensions={d: 0.8 for d in DIMENSIONS}, overall=0.8)
+    sample = select(reward, traj, TASK, RewardOptions()).outputs[0]
+    assert isinstance(sample, SFTSample) and sample.simulated
+    other = sample.model_copy(update={"id": "traj-2", "reward": 0.7})
+    paths = write_exports([sample, other], tmp_path / "export", ["openai", "sharegpt", "parquet"])
+    rows = [json.loads(line) for line in open(paths["openai"])]
+    assert len(rows) == 2 and set(rows[0]) == {"messages", "tools"}
+    assert rows[0]["messages"][1]["tool_calls"][0]["function"]["name"] == "search_city"
+    share = json.load(open(paths["sharegpt"]))
+    roles = [t["from"] for t in share[0]["conversations"]]
+    assert roles == ["human", "function_call", "observation"] * 1 + ["function_call", "observation"] * 2 + ["gpt"]
+    assert json.loads(share[0]["conversations"][1]["value"]) == {"name": "search_city", "arguments": {"city_name": "Lisbon"}}
+    assert json.loads(share[0]["tools"])[0]["name"] == "search_city"
+    assert json.load(open(tmp_path / "export" / "dataset_info.json"))["astra_traj"]["formatting"] == "sharegpt"
+    ds = datasets.load_dataset("parquet", data_files=paths["parquet"], split="train")
+    assert ds.num_rows == 2 and sorted(ds["id"]) == ["traj-1", "traj-2"]
+    row = ds[0]
+    assert row["messages"][0]["role"] == "user" and row["messages"][1]["tool_calls"][0]["function"]["name"] == "search_city"
+    assert row["dimensions"] == {d: 0.8 for d in DIMENSIONS} and row["reward"] in (0.8, 0.7)
+
+
+def test_sharegpt_groups_parallel_calls():
+    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+                {"id": "2", "type": "function", "function": {"name": "b", "arguments": "{\"x\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "1", "content": "A"}, {"role": "tool", "tool_call_id": "2", "content": "B"},
+            {"role": "assistant", "content": "done"}]
+    s = SFTSample(id="i", task_id="t", model="m", messages=msgs, tools=[], reward=1, dimensions={})
+    conv = to_sharegpt(s)
+    assert conv["system"] == "sys"
+    assert [c["from"] for c in conv["conversations"]] == ["human", "function_call", "observation", "gpt"]
+    assert json.loads(conv["conversations"][1]["value"]) == [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]
+    assert json.loads(conv["conversations"][2]["value"]) == ["A", "B"]
