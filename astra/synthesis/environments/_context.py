@@ -46,7 +46,8 @@ class PipelineContext:
         return self.model.name if self.model is not None else self.config.model
 
     def settings(self) -> ModelSettings:
-        return ModelSettings(json_output=True, temperature=0.0, max_tokens=self.config.max_tokens)
+        return ModelSettings(json_output=True, temperature=0.0, max_tokens=self.config.max_tokens,
+                             timeout_s=self.config.model_timeout_s)
 
     async def ask(
         self, prompt: str | Sequence[ChatMessage], output: type[T], *, system: str, prompt_version: str

@@ -26,6 +26,7 @@ class EnvironmentPipelineConfig(BaseModel):
     questions_per_source: int = Field(default=2, ge=1, le=20)
     model: str = Field(default="local:smollm2", description="model spec for every LLM stage")
     max_tokens: int = Field(default=1024, ge=16, description="bound on each model reply")
+    model_timeout_s: float = Field(default=120.0, gt=0, description="a reply slower than this is a failed call")
     llm_retries: int = Field(default=2, ge=0, le=5)
     concurrency: int = Field(default=4, ge=1)
     min_steps: int = Field(default=2, ge=1, description="a decomposition needs at least this many hops")

@@ -29,15 +29,18 @@ def sample_qa_path() -> Path:
 def demo_config(out_dir: str | Path, model_spec: str = "local:smollm2", home: str | Path | None = None) -> EnvironmentPipelineConfig:
     """The config ``astra demo`` runs: the bundled QA set, one run directory under ``out_dir``."""
     out_dir = Path(out_dir)
+    local = model_spec.startswith("local:")
     return EnvironmentPipelineConfig(
         run_dir=out_dir / "envs-run",
         qa_path=sample_qa_path(),
         model=model_spec,
         home=Path(home) if home is not None else None,
-        # the embedded 135M model: short replies, few retries (it rarely fixes itself)
-        max_tokens=512 if model_spec.startswith("local:") else 1024,
-        llm_retries=1 if model_spec.startswith("local:") else 2,
-        synth_attempts=2 if model_spec.startswith("local:") else 3,
+        # the embedded 135M model: short replies and no retries (it rarely repairs a reply, and
+        # the repair prompt doubles the context); ~70 tok/s on 2 idle cores
+        max_tokens=384 if local else 1024,
+        llm_retries=0 if local else 2,
+        synth_attempts=2 if local else 3,
+        model_timeout_s=180.0 if local else 120.0,
         concurrency=2,
     )
 
