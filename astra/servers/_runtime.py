@@ -785,16 +785,24 @@ class EnvironmentControl:
 
 def serve(server: EnvironmentServer, *, http: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve over stdio, or streamable HTTP on ``host:port`` (DNS-rebinding protection on; a bearer
-    token, when wanted, is given to the builder: ``build_server(..., bearer_token=...)``)."""
-    if not http:
-        server.run("stdio")
-        return
-    security = TransportSecuritySettings(
-        enable_dns_rebinding_protection=True,
-        allowed_hosts=[f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"],
-        allowed_origins=[f"http://{host}:*", "http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-    )
-    server.run("streamable-http", host=host, port=port, transport_security=security)
+    token, when wanted, is given to the builder: ``build_server(..., bearer_token=...)``).
+    Returns when the client goes away (stdio) or on interrupt; the sandbox worker is closed."""
+
+    async def run() -> None:
+        try:
+            if not http:
+                await server.run_stdio_async()
+                return
+            security = TransportSecuritySettings(
+                enable_dns_rebinding_protection=True,
+                allowed_hosts=[f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"],
+                allowed_origins=[f"http://{host}:*", "http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+            )
+            await server.run_streamable_http_async(host=host, port=port, transport_security=security)
+        finally:
+            await server.runtime.aclose()
+
+    anyio.run(run)
 
 
 def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
