@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
 from astra.synthesis.environments import (
-    STAGES,
     EnvironmentPipelineConfig,
     PipelineContext,
     funnel_problems,
@@ -142,4 +141,3 @@ def init(
         emit_json({"config": str(path), **data})
 
 
-_ = STAGES

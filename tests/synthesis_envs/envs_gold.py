@@ -13,7 +13,7 @@ from typing import Any
 
 from astra.client import ScriptedModel
 from astra.records import ChatMessage
-from astra.synthesis.environments import _decompose, _necessity, _synthesize, _verify, _merge, _qa
+from astra.synthesis.environments import _decompose, _necessity, _qa, _synthesize, _verify
 
 
 def tool(name: str, description: str, params: dict[str, str], code: str) -> dict[str, Any]:
@@ -204,4 +204,3 @@ def oracle_model(overrides: dict[tuple[str, str], Any] | None = None, n: int = 2
     return ScriptedModel([fn] * n, name="envs-oracle")
 
 
-_ = (_merge,)  # the merge prompt shares the synthesis system prompt

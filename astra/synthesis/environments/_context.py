@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -12,11 +12,10 @@ from astra.client import Model, ModelSettings
 from astra.records import ChatMessage
 from astra.runs import RunDir
 from astra.synthesis._llm import ask_json
-from astra.synthesis._stage import Stage
+from astra.synthesis._stage import Outcome, Stage, StageCounts
+from astra.synthesis.environments._models import EnvironmentPipelineConfig
 
 T = TypeVar("T", bound=BaseModel)
-
-from astra.synthesis.environments._models import EnvironmentPipelineConfig  # noqa: E402
 
 
 def resolve_pipeline_model(spec: str) -> Model:
@@ -74,6 +73,23 @@ class PipelineContext:
             if input_ids is None or e.id in input_ids
             for o in e.outputs
         ]
+
+    def unique_outputs(self, name: str, output_model: type[T]) -> list[T]:
+        """A finished stage's outputs, one per id (two inputs may yield the same record)."""
+        return list({o.id: o for o in self.outputs_of(name, output_model)}.values())  # type: ignore[attr-defined]
+
+    async def map_stage(
+        self,
+        name: str,
+        output_model: type[BaseModel],
+        items: list[tuple[str, Any]],
+        fn: Callable[[Any], Awaitable[Outcome]],
+        concurrency: int | None = None,
+    ) -> StageCounts:
+        """Run stage ``name`` over (id, item) pairs with the run's concurrency and progress settings."""
+        return await self.stage(name, output_model).run_items(
+            items, fn, concurrency=concurrency or self.config.concurrency, progress=self.progress, description=name
+        )
 
     def entry_ids(self, name: str) -> set[str]:
         return {e.id for e in Stage(self.run, name, BaseModel).entries()}

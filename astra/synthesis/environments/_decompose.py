@@ -176,8 +176,5 @@ async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
 
 
 async def run_decompose(ctx: PipelineContext) -> StageCounts:
-    qas = {q.id: q for q in ctx.outputs_of("qa", QAItem)}
-    return await ctx.stage("decompose", Decomposition).run_items(
-        list(qas.items()), lambda qa: decompose_one(ctx, qa),
-        concurrency=ctx.config.concurrency, progress=ctx.progress, description="decompose",
-    )
+    qas = ctx.unique_outputs("qa", QAItem)
+    return await ctx.map_stage("decompose", Decomposition, [(q.id, q) for q in qas], lambda qa: decompose_one(ctx, qa))

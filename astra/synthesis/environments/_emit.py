@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,7 @@ async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60
 
 def environment_items(ctx: PipelineContext) -> list[tuple[str, Any]]:
     """One item per verified decomposition: its spec when every tool step has a verified tool, else why not."""
-    decs = list({d.id: d for d in ctx.outputs_of("verify", Decomposition)}.values())
+    decs = ctx.unique_outputs("verify", Decomposition)
     merged = ctx.outputs_of("merge", MergedTool)
     by_synth: dict[str, MergedTool] = {}
     for m in merged:
@@ -188,10 +187,9 @@ async def emit_one(ctx: PipelineContext, item: Any) -> Outcome:
 
 async def run_emit(ctx: PipelineContext) -> StageCounts:
     items = environment_items(ctx)
-    return await ctx.stage("emit", EmittedEnvironment).run_items(
-        items, lambda it: emit_one(ctx, it), concurrency=min(ctx.config.concurrency, 2),
-        progress=ctx.progress, description="emit",
-    )
+    # each certification starts a server process: at most two at once on this machine class
+    return await ctx.map_stage("emit", EmittedEnvironment, items, lambda it: emit_one(ctx, it),
+                               concurrency=min(ctx.config.concurrency, 2))
 
 
 def mcp_servers_block(envs: list[EmittedEnvironment]) -> dict[str, Any]:

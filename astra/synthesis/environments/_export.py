@@ -21,6 +21,7 @@ from astra.records import ChatMessage, EnvironmentSpec, RLSample, stable_id
 from astra.runs import JsonlLog
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
+from astra.synthesis.environments._emit import mcp_servers_block
 from astra.synthesis.environments._models import EmittedEnvironment
 
 SYSTEM_PROMPT = (
@@ -82,7 +83,7 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]]:
-    envs = list({e.id: e for e in ctx.outputs_of("emit", EmittedEnvironment)}.values())
+    envs = ctx.unique_outputs("emit", EmittedEnvironment)
     data_source = ctx.config.data_source
     out = ctx.config.exports_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -92,9 +93,7 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
             return Outcome.drop("not_certified")
         return Outcome.keep(rl_sample(env, data_source))
 
-    counts = await ctx.stage("export", RLSample).run_items(
-        [(e.id, e) for e in envs], one, concurrency=ctx.config.concurrency, progress=ctx.progress, description="export"
-    )
+    counts = await ctx.map_stage("export", RLSample, [(e.id, e) for e in envs], one)
     env_by_id = {e.id: e for e in envs}
     samples = sorted(
         (s for s in ctx.outputs_of("export", RLSample, set(env_by_id)) if s.environment_id in env_by_id), key=lambda s: s.id
@@ -105,13 +104,8 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
     rows = [verl_row(s, env_by_id[s.environment_id], i) for i, s in enumerate(samples)]
     if rows:
         paths["verl_parquet"] = write_parquet(rows, out / "train.parquet")
-    mcp = {"mcpServers": {env_by_id[s.environment_id].spec.name: _launch(env_by_id[s.environment_id]) for s in samples}}
+    mcp = mcp_servers_block([env_by_id[s.environment_id] for s in samples])
     (out / "mcp_servers.json").write_text(json.dumps(mcp, indent=2), "utf-8")
     paths["mcp_servers"] = out / "mcp_servers.json"
     return counts, paths
 
-
-def _launch(env: EmittedEnvironment) -> dict[str, Any]:
-    from astra.synthesis.environments._emit import mcp_servers_block
-
-    return mcp_servers_block([env])["mcpServers"][env.spec.name]

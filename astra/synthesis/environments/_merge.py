@@ -154,14 +154,11 @@ async def merge_cluster(ctx: PipelineContext, sandbox: SandboxRunner, cluster: l
 
 
 async def run_merge(ctx: PipelineContext) -> StageCounts:
-    tools = list({t.id: t for t in ctx.outputs_of("synthesize", SynthesizedTool)}.values())
+    tools = ctx.unique_outputs("synthesize", SynthesizedTool)
     if ctx.config.merge_tools:
         clusters = cluster_tools(tools)
     else:
         clusters = [[t] for t in sorted(tools, key=lambda t: t.id)]
     items = [(stable_id("cluster", *[t.id for t in c], prefix="cl_"), c) for c in clusters]
     async with SandboxRunner(ctx.config) as sandbox:
-        return await ctx.stage("merge", MergedTool).run_items(
-            items, lambda c: merge_cluster(ctx, sandbox, c),
-            concurrency=ctx.config.concurrency, progress=ctx.progress, description="merge",
-        )
+        return await ctx.map_stage("merge", MergedTool, items, lambda c: merge_cluster(ctx, sandbox, c))

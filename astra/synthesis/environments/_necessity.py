@@ -83,8 +83,5 @@ async def necessity_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
 
 
 async def run_necessity(ctx: PipelineContext) -> StageCounts:
-    decs = {d.id: d for d in ctx.outputs_of("decompose", Decomposition)}
-    return await ctx.stage("necessity", Decomposition).run_items(
-        list(decs.items()), lambda d: necessity_one(ctx, d),
-        concurrency=ctx.config.concurrency, progress=ctx.progress, description="necessity",
-    )
+    decs = ctx.unique_outputs("decompose", Decomposition)
+    return await ctx.map_stage("necessity", Decomposition, [(d.id, d) for d in decs], lambda d: necessity_one(ctx, d))

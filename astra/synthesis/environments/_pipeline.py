@@ -45,29 +45,27 @@ def demo_config(out_dir: str | Path, model_spec: str = "local:smollm2", home: st
     )
 
 
+_SIMPLE_STAGES = {
+    "decompose": run_decompose,
+    "necessity": run_necessity,
+    "verify": run_verify,
+    "synthesize": run_synthesize,
+    "merge": run_merge,
+    "emit": run_emit,
+}
+
+
 async def run_stage(ctx: PipelineContext, name: str) -> tuple[StageCounts, dict[str, Any]]:
     """Run one stage (its inputs are the previous stage's outputs in the run directory)."""
-    extra: dict[str, Any] = {}
     if name == "qa":
         counts, errors = await run_qa(ctx)
-        extra["input_errors"] = errors
-    elif name == "decompose":
-        counts = await run_decompose(ctx)
-    elif name == "necessity":
-        counts = await run_necessity(ctx)
-    elif name == "verify":
-        counts = await run_verify(ctx)
-    elif name == "synthesize":
-        counts = await run_synthesize(ctx)
-    elif name == "merge":
-        counts = await run_merge(ctx)
-    elif name == "emit":
-        counts = await run_emit(ctx)
-    elif name == "export":
-        counts, extra["exports"] = await run_export(ctx)
-    else:
+        return counts, {"input_errors": errors}
+    if name == "export":
+        counts, exports = await run_export(ctx)
+        return counts, {"exports": exports}
+    if name not in _SIMPLE_STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    return counts, extra
+    return await _SIMPLE_STAGES[name](ctx), {}
 
 
 def funnel_of(ctx: PipelineContext) -> Funnel:
@@ -99,7 +97,7 @@ async def run_environment_pipeline(
     finally:
         if model is None and ctx.model is not None:
             await ctx.model.aclose()
-    envs = list({e.id: e for e in ctx.outputs_of("emit", EmittedEnvironment)}.values())
+    envs = ctx.unique_outputs("emit", EmittedEnvironment)
     result.funnel = funnel_of(ctx)
     result.server_dirs = [Path(e.server_dir) for e in envs]
     result.mcp_servers = mcp_servers_block(envs)

@@ -108,7 +108,6 @@ class _Source(BaseModel):
 async def run_qa(ctx: PipelineContext) -> tuple[StageCounts, list[str]]:
     """Accept the input file and/or generate QA; returns the stage counts and input errors."""
     config = ctx.config
-    stage = ctx.stage("qa", QAItem)
     items: list[tuple[str, Any]] = []
     errors: list[str] = []
     if config.qa_path is not None:
@@ -127,7 +126,7 @@ async def run_qa(ctx: PipelineContext) -> tuple[StageCounts, list[str]]:
             return Outcome.drop(f"bad_input: {item}")
         return await _generate(ctx, item)
 
-    counts = await stage.run_items(items, one, concurrency=config.concurrency, progress=ctx.progress, description="qa")
+    counts = await ctx.map_stage("qa", QAItem, items, one)
     return counts, errors
 
 

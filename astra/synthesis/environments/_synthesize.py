@@ -230,10 +230,6 @@ def tool_steps(decs: list[Decomposition]) -> list[tuple[str, tuple[Decomposition
 
 
 async def run_synthesize(ctx: PipelineContext) -> StageCounts:
-    decs = list({d.id: d for d in ctx.outputs_of("verify", Decomposition)}.values())
-    items = tool_steps(decs)
+    items = tool_steps(ctx.unique_outputs("verify", Decomposition))
     async with SandboxRunner(ctx.config) as sandbox:
-        return await ctx.stage("synthesize", SynthesizedTool).run_items(
-            items, lambda pair: synthesize_one(ctx, sandbox, *pair),
-            concurrency=ctx.config.concurrency, progress=ctx.progress, description="synthesize",
-        )
+        return await ctx.map_stage("synthesize", SynthesizedTool, items, lambda pair: synthesize_one(ctx, sandbox, *pair))

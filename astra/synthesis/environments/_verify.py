@@ -98,8 +98,5 @@ async def verify_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
 
 
 async def run_verify(ctx: PipelineContext) -> StageCounts:
-    decs = {d.id: d for d in ctx.outputs_of("necessity", Decomposition)}
-    return await ctx.stage("verify", Decomposition).run_items(
-        list(decs.items()), lambda d: verify_one(ctx, d),
-        concurrency=ctx.config.concurrency, progress=ctx.progress, description="verify",
-    )
+    decs = ctx.unique_outputs("necessity", Decomposition)
+    return await ctx.map_stage("verify", Decomposition, [(d.id, d) for d in decs], lambda d: verify_one(ctx, d))
