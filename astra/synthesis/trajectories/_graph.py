@@ -190,6 +190,8 @@ def _scope_candidates(
     cap = max(50, int(max_df * n_params))
     idf = {tok: math.log(1 + n_params / len(post)) for tok, post in index.items()}
     p_norm = [sum(idf[t] for t in toks) or 1.0 for toks in p_toks]
+    p_floor = [min_score * n for n in p_norm]
+    p_server = [tools[ti].server for ti in p_tool]
     compatible = _COMPATIBLE
 
     visited = 0
@@ -221,6 +223,9 @@ def _scope_candidates(
             ftype = field.type
             from_text = field.name == "result"
             for pid, raw in acc.items():
+                exact = key is not None and p_key[pid] == key
+                if raw < p_floor[pid] and not exact:
+                    continue  # below min_score before any penalty: the common case, decided cheaply
                 ti = p_tool[pid]
                 if ti == si:
                     continue
@@ -231,14 +236,16 @@ def _scope_candidates(
                 score = raw / p_norm[pid]
                 if score > 1.0:
                     score = 1.0
-                if key is not None and (p_key[pid] == key or p_name[pid] == field.name):
+                if exact or p_name[pid] == field.name:
                     score = max(score, 0.95)
                 if from_text:  # only a description says what comes out
                     score *= 0.7
-                if tools[ti].server != src_server:
+                if p_server[pid] != src_server:
                     score *= 0.9  # a cross-server link needs more evidence than one inside a server
-                if score >= min_score and score > hits.get(pid, (0.0, ""))[0]:
-                    hits[pid] = (score, field.name)
+                if score >= min_score:
+                    prev = hits.get(pid)
+                    if prev is None or score > prev[0]:
+                        hits[pid] = (score, field.name)
         per_dst: dict[int, tuple[float, dict[str, str]]] = {}
         for pid, (score, fname) in hits.items():
             ti = p_tool[pid]
