@@ -349,3 +349,48 @@ def test_merge_that_breaks_a_call_is_rejected(config):
     outcome = _merge(config, cluster, [llm_good])
     [merged] = outcome.outputs
     assert merged.merged and merged.implementation.spec.name == "combine"
+
+
+def _servers_attacks() -> dict[str, tuple[str, dict, set[str]]]:
+    """The servers unit's sandbox attack cases (tests/servers/test_sandbox.py), loaded by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "servers" / "test_sandbox.py"
+    if not path.is_file():
+        pytest.skip("tests/servers/test_sandbox.py is not in this checkout")
+    spec = importlib.util.spec_from_file_location("_servers_sandbox_attacks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ATTACKS
+
+
+def test_servers_attack_cases_as_synthesised_tools_are_contained(config, tmp_path):
+    """Every attack of the servers' suite, offered by the 'model' as a tool implementation, is
+    contained: the synthesis fails with the sandbox's verdict and nothing escapes."""
+    attacks = _servers_attacks()
+    target = tmp_path / "outside" / "pwned.txt"
+    target.parent.mkdir()
+    replies, names = [], sorted(attacks)
+    for name in names:
+        source, _, _ = attacks[name]
+        params = {"path": {"type": "string"}} if "def attack(path)" in source else {}
+        args = {"path": str(target)} if params else {}
+        replies.append(json.dumps({"name": "attack", "description": f"attack {name}", "code": source, "arguments": args,
+                                   "parameters": {"type": "object", "properties": params, "required": list(params)}}))
+    ctx = _ctx(config, ScriptedModel(replies), synth_attempts=1, llm_retries=0, sandbox_timeout_s=3.0)
+    dec, step = _dec_and_step("A meeting was scheduled", "s2")
+
+    async def go():
+        with anyio.fail_after(240):
+            async with SandboxRunner(ctx.config, size=1) as sandbox:
+                return [await synthesize_one(ctx, sandbox, dec, step) for _ in names]
+
+    outcomes = anyio.run(go)
+    for name, outcome in zip(names, outcomes, strict=True):
+        assert not outcome.outputs and outcome.failed, name
+        attempt = outcome.audit[-1]["attempts"][0]
+        # the attack's own verdict, or an earlier limit on this loaded machine (never a result)
+        kinds = attacks[name][2] | {"timeout", "cpu", "memory", "crash"}
+        assert attempt["error"].split(":", 1)[0] in kinds, (name, attempt["error"])
+    assert not target.exists()
+    assert not Path("/tmp/astra-sandbox-pwned").exists()
