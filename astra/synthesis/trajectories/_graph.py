@@ -196,56 +196,72 @@ def _scope_candidates(
 
     visited = 0
     pairs = 0
+    # Many tools share output fields (id, url, user_id ...): the matches of one field signature
+    # are computed once and reused; per source tool only self-links and the cross-server
+    # penalty remain to be applied.
+    matches_of: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
+
+    def field_matches(field: _Field) -> list[tuple[int, float]]:
+        nonlocal visited
+        name_toks = set(field.name_tokens)
+        key = "=" + "_".join(field.name_tokens) if field.name_tokens else None
+        lookups = [(t, 1.0) for t in sorted(name_toks) if 0 < len(index.get(t, ())) <= cap]
+        lookups += [(t, 0.5) for t in dict.fromkeys(field.desc_tokens[:8])
+                    if t not in name_toks and 0 < len(index.get(t, ())) <= cap]
+        use_key = key is not None and 0 < len(index.get(key, ())) <= 4 * cap  # whole names earn more lookups
+        sig = (field.name, field.type, tuple(lookups), key if use_key else None)
+        cached = matches_of.get(sig)
+        if cached is not None:
+            return cached
+        acc: dict[int, float] = defaultdict(float)
+        for tok, w0 in lookups:
+            posting = index[tok]
+            visited += len(posting)
+            w = idf[tok] * w0
+            for pid, boost in posting:
+                acc[pid] += w * boost
+        if use_key:
+            posting = index[key]  # type: ignore[index]
+            visited += len(posting)
+            w = 2.0 * idf[key]  # type: ignore[index]
+            for pid, boost in posting:
+                acc[pid] += w * boost
+        ftype = field.type
+        from_text = field.name == "result"
+        found: list[tuple[int, float]] = []
+        for pid, raw in acc.items():
+            exact = key is not None and (p_key[pid] == key or p_name[pid] == field.name)
+            if raw < p_floor[pid] and not exact:
+                continue  # below min_score before any penalty: the common case, decided cheaply
+            ptype = p_type[pid]
+            if ftype is not None and ptype is not None and ftype != ptype and (ftype, ptype) not in compatible:
+                continue
+            score = min(1.0, raw / p_norm[pid])
+            if exact:
+                score = max(score, 0.95)
+            if from_text:  # only a description says what comes out
+                score *= 0.7
+            if score >= min_score:
+                found.append((pid, score))
+        matches_of[sig] = found
+        return found
+
     best_per_dst: dict[int, dict[int, tuple[float, dict[str, str]]]] = defaultdict(dict)
     for si, tool in enumerate(tools):
         src_server = tool.server
         hits: dict[int, tuple[float, str]] = {}  # dst param -> (score, src field)
         for field in output_fields(tool):
-            name_toks = set(field.name_tokens)
-            key = "=" + "_".join(field.name_tokens) if field.name_tokens else None
-            lookups: list[tuple[str, float]] = [(t, 1.0) for t in name_toks]
-            lookups += [(t, 0.5) for t in dict.fromkeys(field.desc_tokens[:8]) if t not in name_toks]
-            acc: dict[int, float] = defaultdict(float)
-            for tok, w0 in lookups:
-                posting = index.get(tok)
-                if not posting or len(posting) > cap:
-                    continue  # absent, or so common that it says nothing
-                visited += len(posting)
-                w = idf[tok] * w0
-                for pid, boost in posting:
-                    acc[pid] += w * boost
-            if key is not None:
-                posting = index.get(key)
-                if posting and len(posting) <= 4 * cap:  # a whole-name match is worth more lookups
-                    visited += len(posting)
-                    for pid, boost in posting:
-                        acc[pid] += 2.0 * idf[key] * boost
-            ftype = field.type
-            from_text = field.name == "result"
-            for pid, raw in acc.items():
-                exact = key is not None and p_key[pid] == key
-                if raw < p_floor[pid] and not exact:
-                    continue  # below min_score before any penalty: the common case, decided cheaply
-                ti = p_tool[pid]
-                if ti == si:
-                    continue
-                ptype = p_type[pid]
-                if ftype is not None and ptype is not None and ftype != ptype and (ftype, ptype) not in compatible:
+            for pid, score in field_matches(field):
+                if p_tool[pid] == si:
                     continue
                 pairs += 1
-                score = raw / p_norm[pid]
-                if score > 1.0:
-                    score = 1.0
-                if exact or p_name[pid] == field.name:
-                    score = max(score, 0.95)
-                if from_text:  # only a description says what comes out
-                    score *= 0.7
                 if p_server[pid] != src_server:
                     score *= 0.9  # a cross-server link needs more evidence than one inside a server
-                if score >= min_score:
-                    prev = hits.get(pid)
-                    if prev is None or score > prev[0]:
-                        hits[pid] = (score, field.name)
+                    if score < min_score:
+                        continue
+                prev = hits.get(pid)
+                if prev is None or score > prev[0]:
+                    hits[pid] = (score, field.name)
         per_dst: dict[int, tuple[float, dict[str, str]]] = {}
         for pid, (score, fname) in hits.items():
             ti = p_tool[pid]
