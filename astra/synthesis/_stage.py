@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 from pydantic import BaseModel, Field
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from astra.runs import RunDir
@@ -81,6 +82,10 @@ class Funnel(BaseModel):
         return table
 
 
+# progress is human output: stderr, so that a CLI's --json owns stdout
+_PROGRESS_CONSOLE = Console(stderr=True)
+
+
 def _reason_key(reason: str) -> str:
     """Group drop reasons by their head ('bad_json: ...' -> 'bad_json')."""
     return reason.split(":", 1)[0].strip()[:60]
@@ -142,6 +147,7 @@ class Stage(Generic[T]):
             TimeElapsedColumn(),
             disable=not progress,
             transient=False,
+            console=_PROGRESS_CONSOLE,
         )
 
         async def one(item_id: str, item: Any, task_id: Any) -> None:

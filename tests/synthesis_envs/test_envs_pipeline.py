@@ -180,7 +180,7 @@ def test_cli_run_and_stage_verbs(tmp_path, config):
     qa = runner.invoke(app, ["envs", "qa", str(cfg_path), "--json", "-q"])
     assert qa.exit_code == 0, qa.output
     assert json.loads(qa.stdout)["counts"]["outputs"] == 1
-    out = runner.invoke(app, ["envs", "run", str(cfg_path), "--json", "-q"])
+    out = runner.invoke(app, ["envs", "run", str(cfg_path), "--json"])  # progress bars go to stderr
     assert out.exit_code == 0, out.output
     summary = json.loads(out.stdout)
     assert summary["funnel_problems"] == [] and len(summary["server_dirs"]) == 1
