@@ -29,6 +29,10 @@ class ModelSettings(BaseModel):
     timeout_s: float = 120.0
     tool_choice: str | None = Field(default=None, description="auto | none | required")
     json_output: bool = Field(default=False, description="ask for a JSON object reply (no tools)")
+    json_schema: dict[str, Any] | None = Field(
+        default=None,
+        description="with json_output: the JSON Schema the reply must match (local models constrain decoding to it)",
+    )
 
 
 class ModelResponse(BaseModel):

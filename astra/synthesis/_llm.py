@@ -55,6 +55,9 @@ async def ask_json(
     asked again, up to ``retries`` more times.
     """
     settings = settings or ModelSettings(json_output=True, temperature=0.0)
+    if settings.json_output and settings.json_schema is None:
+        # a schema lets constrained decoders (llama.cpp grammars) emit only valid shapes
+        settings = settings.model_copy(update={"json_schema": output.model_json_schema()})
     messages = _messages(prompt, system)
     audit: list[dict[str, Any]] = []
     reason = "no attempt"
