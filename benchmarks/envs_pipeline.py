@@ -58,7 +58,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         runs = {}
-        levels = (1, 2) if args.model == "scripted:oracle" else (2,)
+        levels = (1, 2) if args.model == "scripted:oracle" else (1,)
         for c in levels:
             runs[c] = _run(root, f"c{c}", args.model, args.questions, c)
         base_result, base_total = runs[levels[0]]

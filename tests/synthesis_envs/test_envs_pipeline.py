@@ -191,3 +191,36 @@ def test_cli_run_and_stage_verbs(tmp_path, config):
     bad.write_text(json.dumps({"run_dir": "run", "verify_threshold": 3}))
     res = runner.invoke(app, ["envs", "run", str(bad), "--json"])
     assert res.exit_code == 1 and "verify_threshold: Input should be less than or equal to 1" in res.output
+
+
+def test_config_files_resolve_paths_against_their_folder(tmp_path):
+    from astra.synthesis.environments import EnvironmentPipelineConfig
+
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps({"run_dir": "runs/one", "qa_path": "qa.jsonl", "model": "scripted:x"}))
+    cfg = EnvironmentPipelineConfig.load(folder / "a.json")
+    assert cfg.run_dir == folder / "runs" / "one" and cfg.qa_path == folder / "qa.jsonl"
+    assert cfg.servers_dir == folder / "runs" / "one" / "servers"
+    pytest.importorskip("yaml")
+    (folder / "b.yaml").write_text("run_dir: r\nqa_path: /abs/qa.jsonl\nverify_threshold: 0.5\n")
+    cfg = EnvironmentPipelineConfig.load(folder / "b.yaml")
+    assert cfg.run_dir == folder / "r" and cfg.qa_path == Path("/abs/qa.jsonl") and cfg.verify_threshold == 0.5
+    (folder / "c.json").write_text(json.dumps({"run_dir": "r", "unknown_option": 1}))
+    with pytest.raises(ValueError, match="unknown_option"):
+        EnvironmentPipelineConfig.load(folder / "c.json")
+
+
+def test_cli_init_writes_a_runnable_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from astra.cli import app
+    from astra.synthesis.environments import EnvironmentPipelineConfig
+
+    path = tmp_path / "envs.json"
+    res = CliRunner().invoke(app, ["envs", "init", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    cfg = EnvironmentPipelineConfig.load(path)
+    assert cfg.qa_path == sample_qa_path() and cfg.run_dir == tmp_path / "envs-run" and cfg.model == "local:smollm2"
+    again = CliRunner().invoke(app, ["envs", "init", str(path)])
+    assert again.exit_code == 1 and "exists" in again.output

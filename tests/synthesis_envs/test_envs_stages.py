@@ -394,3 +394,22 @@ def test_servers_attack_cases_as_synthesised_tools_are_contained(config, tmp_pat
         assert attempt["error"].split(":", 1)[0] in kinds, (name, attempt["error"])
     assert not target.exists()
     assert not Path("/tmp/astra-sandbox-pwned").exists()
+
+
+def test_qa_generation_from_a_corpus_is_grounded_per_paragraph(tmp_path, config):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The Nile is 6650 km long.\n\nMount Fuji is 3776 m high.\n")
+    seen: list[str] = []
+
+    def reply(messages, tools):
+        prompt = messages[-1].content
+        seen.append(prompt)
+        fact = "Nile" if "Nile" in prompt else "Fuji"
+        return json.dumps({"items": [{"question": f"How long/high is the {fact} in miles/feet, doubled?", "answer": fact}]})
+
+    ctx = _ctx(config, ScriptedModel([reply, reply]), qa_path=None, corpus_path=corpus, questions_per_source=1)
+    [(counts, _)] = run(ctx, "qa")
+    assert (counts.inputs, counts.outputs) == (2, 2)
+    assert sorted(q.answer for q in ctx.outputs_of("qa", QAItem)) == ["Fuji", "Nile"]
+    assert all(q.source.startswith("generated:scripted:") for q in ctx.outputs_of("qa", QAItem))
+    assert any("The Nile is 6650 km long." in p for p in seen) and any("Mount Fuji" in p for p in seen)

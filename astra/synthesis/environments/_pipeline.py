@@ -37,11 +37,13 @@ def demo_config(out_dir: str | Path, model_spec: str = "local:smollm2", home: st
         home=Path(home) if home is not None else None,
         # the embedded 135M model: short replies and no retries (it rarely repairs a reply, and
         # the repair prompt doubles the context); ~70 tok/s on 2 idle cores
-        max_tokens=384 if local else 1024,
+        # one request at a time: llama.cpp serialises them anyway, and a queued request's
+        # wait would count against its timeout
+        max_tokens=256 if local else 1024,
         llm_retries=0 if local else 2,
         synth_attempts=2 if local else 3,
         model_timeout_s=180.0 if local else 120.0,
-        concurrency=2,
+        concurrency=1 if local else 2,
     )
 
 
