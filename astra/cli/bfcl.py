@@ -71,7 +71,7 @@ def run(
         list[str] | None, typer.Option("--ids", help="only these entries: multi_turn_base_3 or base_3 (repeat or comma-separate)")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="run directory (default: <home>/runs/bfcl/<model>); rerun to resume")
+        Path | None, typer.Option("--out", "-o", help="run directory (default: <home>/runs/bfcl/<model>[-<servers>]); rerun to resume")
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-j", min=1, help="entries played at once")] = 8,
     temperature: Annotated[float | None, typer.Option("--temperature", help="sampling temperature")] = None,
@@ -118,7 +118,7 @@ def run(
     except (ModelError, ValueError) as exc:
         raise fail(f"--model {model}: {exc}", code=2) from exc
     settings = ModelSettings(temperature=temperature, max_tokens=max_tokens)
-    run_dir = out or astra_home(home) / "runs" / "bfcl" / _slug(model)
+    run_dir = out or astra_home(home) / "runs" / "bfcl" / (_slug(model) + ("" if servers == "astra" else f"-{servers}"))
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
