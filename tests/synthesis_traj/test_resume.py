@@ -42,13 +42,23 @@ def _outputs(path: Path) -> list[dict]:
     return [o for line in path.read_text().splitlines() if line.strip() for o in json.loads(line)["outputs"]]
 
 
-@pytest.mark.parametrize(("kind", "stage", "n"), [("agent", "rollout", 4), ("judge", "reward", 3)])
-def test_kill9_mid_stage_then_resume(tmp_path, home, kind, stage, n):
-    # reference: one uninterrupted run
-    ref = _spawn(tmp_path / "ref", home)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run, shared by the kill tests; returns (run dir, registry home)."""
+    from astra.registry import SAMPLE_SERVERS, Registry, import_file
+
+    base = tmp_path_factory.mktemp("resume")
+    with Registry.open(base / "home") as reg:
+        assert import_file(reg, SAMPLE_SERVERS).ok
+    ref = _spawn(base / "ref", base / "home")
     assert _wait_line(ref).startswith("DONE")
     assert ref.wait() == 0
+    return base / "ref", base / "home"
 
+
+@pytest.mark.parametrize(("kind", "stage", "n"), [("agent", "rollout", 4), ("judge", "reward", 3)])
+def test_kill9_mid_stage_then_resume(tmp_path, reference, kind, stage, n):
+    ref_dir, home = reference
     out = tmp_path / "run"
     proc = _spawn(out, home, kind, str(n))
     assert _wait_line(proc) == "READY"
@@ -65,9 +75,9 @@ def test_kill9_mid_stage_then_resume(tmp_path, home, kind, stage, n):
     for name in ("rollout", "reward", "export"):
         ids = _ids(out / f"{name}.jsonl")
         assert not [i for i, c in Counter(ids).items() if c > 1], f"duplicates in {name}"
-        assert sorted(ids) == sorted(_ids(tmp_path / "ref" / f"{name}.jsonl")), f"{name}: lost or extra items"
+        assert sorted(ids) == sorted(_ids(ref_dir / f"{name}.jsonl")), f"{name}: lost or extra items"
     assert set(before) <= set(_ids(out / f"{stage}.jsonl"))
     # the exported dataset is the same as the uninterrupted run's
-    ref_rows = (tmp_path / "ref" / "export" / "openai.jsonl").read_text()
+    ref_rows = (ref_dir / "export" / "openai.jsonl").read_text()
     assert (out / "export" / "openai.jsonl").read_text().count("\n") == ref_rows.count("\n") > 0
-    assert sorted(o["id"] for o in _outputs(out / "reward.jsonl")) == sorted(o["id"] for o in _outputs(tmp_path / "ref" / "reward.jsonl"))
+    assert sorted(o["id"] for o in _outputs(out / "reward.jsonl")) == sorted(o["id"] for o in _outputs(ref_dir / "reward.jsonl"))
