@@ -75,7 +75,10 @@ def _stage_command(name: str, help_text: str) -> None:
                 if ctx.model is not None:
                     await ctx.model.aclose()
 
-        counts, extra = anyio.run(go)
+        try:
+            counts, extra = anyio.run(go)
+        except ValueError as exc:  # a user mistake in the config (missing input file, no input)
+            raise fail(str(exc)) from exc
         funnel = funnel_of(ctx)
         summary = {"stage": name, "run_dir": str(cfg.run_dir), "counts": counts.model_dump(),
                    "funnel": funnel.model_dump()["stages"], **{k: v for k, v in extra.items()}}
@@ -103,7 +106,10 @@ def run(config: ConfigArg, model: ModelOption = None, home: HomeOption = None, a
         quiet: QuietOption = False) -> None:
     """Run (or resume) every stage; ends with the funnel, the mcpServers block and the export paths."""
     cfg = _load(config, model, home)
-    result = anyio.run(lambda: run_environment_pipeline(cfg, progress=not quiet))
+    try:
+        result = anyio.run(lambda: run_environment_pipeline(cfg, progress=not quiet))
+    except ValueError as exc:  # a user mistake in the config (missing input file, no input)
+        raise fail(str(exc)) from exc
     summary = {
         "run_dir": str(result.run_dir),
         "funnel": result.funnel.model_dump()["stages"],

@@ -191,6 +191,10 @@ def test_cli_run_and_stage_verbs(tmp_path, config):
     bad.write_text(json.dumps({"run_dir": "run", "verify_threshold": 3}))
     res = runner.invoke(app, ["envs", "run", str(bad), "--json"])
     assert res.exit_code == 1 and "verify_threshold: Input should be less than or equal to 1" in res.output
+    missing = tmp_path / "missing.json"
+    missing.write_text(json.dumps({"run_dir": "run2", "qa_path": "nope.jsonl"}))
+    res = runner.invoke(app, ["envs", "qa", str(missing)])
+    assert res.exit_code == 1 and f"qa_path: {tmp_path / 'nope.jsonl'}: no such file" in " ".join(res.output.split())
 
 
 def test_config_files_resolve_paths_against_their_folder(tmp_path):

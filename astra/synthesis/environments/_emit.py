@@ -22,6 +22,7 @@ from astra.records import Decomposition, EnvironmentSpec, ToolImplementation, Ve
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._answers import answers_match, parse_tool_value
 from astra.synthesis.environments._context import PipelineContext
+from astra.synthesis.environments._merge import current_merged_tools
 from astra.synthesis.environments._models import Certificate, EmittedEnvironment, MergedTool
 
 
@@ -129,7 +130,7 @@ async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60
 def environment_items(ctx: PipelineContext) -> list[tuple[str, Any]]:
     """One item per verified decomposition: its spec when every tool step has a verified tool, else why not."""
     decs = ctx.unique_outputs("verify", Decomposition)
-    merged = ctx.outputs_of("merge", MergedTool)
+    merged = current_merged_tools(ctx)
     by_synth: dict[str, MergedTool] = {}
     for m in merged:
         for member in m.members:
@@ -152,6 +153,13 @@ def environment_items(ctx: PipelineContext) -> list[tuple[str, Any]]:
             spec = build_environment(dec, tool_of_step)
             items.append((spec.id, (dec, spec)))
     return items
+
+
+def current_environments(ctx: PipelineContext) -> list[EmittedEnvironment]:
+    """Certified environments of the run's current inputs (an environment re-emitted after its
+    tools changed replaces the earlier one)."""
+    ids = {item_id for item_id, _ in environment_items(ctx)}
+    return list({e.id: e for e in ctx.outputs_of("emit", EmittedEnvironment, ids)}.values())
 
 
 async def emit_one(ctx: PipelineContext, item: Any) -> Outcome:

@@ -21,7 +21,7 @@ from astra.records import ChatMessage, EnvironmentSpec, RLSample, stable_id
 from astra.runs import JsonlLog
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
-from astra.synthesis.environments._emit import mcp_servers_block
+from astra.synthesis.environments._emit import current_environments, mcp_servers_block
 from astra.synthesis.environments._models import EmittedEnvironment
 
 SYSTEM_PROMPT = (
@@ -83,7 +83,7 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]]:
-    envs = ctx.unique_outputs("emit", EmittedEnvironment)
+    envs = current_environments(ctx)
     data_source = ctx.config.data_source
     out = ctx.config.exports_dir
     out.mkdir(parents=True, exist_ok=True)

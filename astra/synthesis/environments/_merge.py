@@ -153,12 +153,22 @@ async def merge_cluster(ctx: PipelineContext, sandbox: SandboxRunner, cluster: l
     return Outcome.keep(*_singletons(cluster, "merge_rejected: " + " | ".join(failures)[:1000]), audit=audit)
 
 
-async def run_merge(ctx: PipelineContext) -> StageCounts:
+def current_clusters(ctx: PipelineContext) -> list[tuple[str, list[SynthesizedTool]]]:
+    """(cluster id, members) for the synthesised tools the run holds now (deterministic)."""
     tools = ctx.unique_outputs("synthesize", SynthesizedTool)
     if ctx.config.merge_tools:
         clusters = cluster_tools(tools)
     else:
         clusters = [[t] for t in sorted(tools, key=lambda t: t.id)]
-    items = [(stable_id("cluster", *[t.id for t in c], prefix="cl_"), c) for c in clusters]
+    return [(stable_id("cluster", *[t.id for t in c], prefix="cl_"), c) for c in clusters]
+
+
+def current_merged_tools(ctx: PipelineContext) -> list[MergedTool]:
+    """The merge stage's outputs for today's clusters (entries of an earlier tool set are ignored)."""
+    return ctx.outputs_of("merge", MergedTool, {cid for cid, _ in current_clusters(ctx)})
+
+
+async def run_merge(ctx: PipelineContext) -> StageCounts:
+    items = current_clusters(ctx)
     async with SandboxRunner(ctx.config) as sandbox:
         return await ctx.map_stage("merge", MergedTool, items, lambda c: merge_cluster(ctx, sandbox, c))

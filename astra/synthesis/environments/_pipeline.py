@@ -11,7 +11,7 @@ from astra.client import Model
 from astra.synthesis._stage import Funnel, StageCounts
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._decompose import run_decompose
-from astra.synthesis.environments._emit import mcp_servers_block, run_emit
+from astra.synthesis.environments._emit import current_environments, mcp_servers_block, run_emit
 from astra.synthesis.environments._export import run_export
 from astra.synthesis.environments._merge import run_merge
 from astra.synthesis.environments._models import STAGES, EmittedEnvironment, EnvironmentPipelineConfig, PipelineResult
@@ -99,7 +99,7 @@ async def run_environment_pipeline(
     finally:
         if model is None and ctx.model is not None:
             await ctx.model.aclose()
-    envs = ctx.unique_outputs("emit", EmittedEnvironment)
+    envs = current_environments(ctx)
     result.funnel = funnel_of(ctx)
     result.server_dirs = [Path(e.server_dir) for e in envs]
     result.mcp_servers = mcp_servers_block(envs)

@@ -110,6 +110,12 @@ async def run_qa(ctx: PipelineContext) -> tuple[StageCounts, list[str]]:
     config = ctx.config
     items: list[tuple[str, Any]] = []
     errors: list[str] = []
+    if config.qa_path is None and not config.domains and config.corpus_path is None:
+        raise ValueError("no QA input: set qa_path, domains or corpus_path in the config")
+    for key in ("qa_path", "corpus_path"):
+        path = getattr(config, key)
+        if path is not None and not path.is_file():
+            raise ValueError(f"{key}: {path}: no such file")
     if config.qa_path is not None:
         good, errors = read_qa_jsonl(config.qa_path)
         items += [(q.id, q) for q in good]
