@@ -67,13 +67,17 @@ class StepReply(BaseModel):
         return [_text(x) for x in v] if isinstance(v, list) else v
 
 
-class DecompositionReply(BaseModel):
-    steps: list[StepReply] = Field(min_length=1)
+class StepsReply(BaseModel):
+    """A reply holding a ``steps`` list; a bare list (what small models often send) is accepted."""
 
     @model_validator(mode="before")
     @classmethod
     def _bare_list(cls, v: Any) -> Any:
         return {"steps": v} if isinstance(v, list) else v
+
+
+class DecompositionReply(StepsReply):
+    steps: list[StepReply] = Field(min_length=1)
 
 
 def dependency_graph(steps: list[DecompositionStep] | list[StepReply]) -> nx.DiGraph:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from astra.records import Decomposition
 from astra.synthesis._llm import LLMOutputError
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
+from astra.synthesis.environments._decompose import StepsReply
 
 PROMPT_VERSION = "necessity-v1"
 
@@ -37,13 +38,8 @@ class NecessityItem(BaseModel):
         return str(v) if isinstance(v, int) else v
 
 
-class NecessityReply(BaseModel):
+class NecessityReply(StepsReply):
     steps: list[NecessityItem] = Field(min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _bare_list(cls, v: Any) -> Any:
-        return {"steps": v} if isinstance(v, list) else v
 
 
 def necessity_prompt(dec: Decomposition) -> str:
