@@ -34,7 +34,7 @@ TOOLS = [{"type": "function", "function": {"name": "get_current_time", "descript
 async def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     model = LocalModel("smollm2", n_ctx=2048)
-    llm, lock = load_llama(model.path, model.n_ctx, 0)
+    llm, lock = load_llama(model.path, model.n_ctx)
     settings = ModelSettings(temperature=0.0, max_tokens=MAX_TOKENS, seed=0)
     raw_rates, harness_rates = [], []
     for _ in range(rounds):

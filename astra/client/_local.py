@@ -36,7 +36,7 @@ STRING_MAX = 200
 ANSWER_MAX = 600
 DEFAULT_MAX_TOKENS = 256
 
-_MODELS: dict[tuple[str, int, int | None], tuple[Any, threading.Lock]] = {}
+_MODELS: dict[tuple[str, int], tuple[Any, threading.Lock]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
@@ -61,20 +61,20 @@ def resolve_gguf(spec: str) -> Path:
     return path
 
 
-def load_llama(path: Path, n_ctx: int = 4096, seed: int | None = None, **kwargs: Any) -> tuple[Any, threading.Lock]:
-    """One ``llama_cpp.Llama`` per (file, context, seed) per process, with its lock."""
+def load_llama(path: Path, n_ctx: int = 4096, **kwargs: Any) -> tuple[Any, threading.Lock]:
+    """One ``llama_cpp.Llama`` per (file, context size) per process, with its lock (the seed
+    is a per-request setting, not a reason to load the weights again)."""
     try:
         import llama_cpp
     except ImportError as exc:
         raise ModelError("local: models need llama-cpp-python (pip install 'astra-synth[local]')") from exc
-    key = (str(path), n_ctx, seed)
+    key = (str(path), n_ctx)
     with _MODELS_LOCK:
         if key not in _MODELS:
             llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx,
                 n_threads=kwargs.pop("n_threads", None) or max(1, os.cpu_count() or 1),
-                seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
                 verbose=False,
                 **kwargs,
             )
@@ -237,7 +237,7 @@ class LocalModel(Model):
         settings: ModelSettings | None = None,
     ) -> ModelResponse:
         s = settings or self.defaults
-        llm, lock = load_llama(self.path, self.n_ctx, s.seed, **copy.deepcopy(self.llama_kwargs))
+        llm, lock = load_llama(self.path, self.n_ctx, **copy.deepcopy(self.llama_kwargs))
         chat = _to_local_messages(messages, tools)
         grammar = None
         if self.constrained and tools and s.tool_choice != "none":
