@@ -148,6 +148,8 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
     readable = [resolve(p) or p for p in read_roots] + [scratch]
     writable = [scratch]
 
+    path_rules = ((write_events, writable, " (outside the scratch directory)"), (read_events, readable, ""))
+
     def deny(what: str) -> None:
         raise violation(f"sandbox: {what} is not allowed")
 
@@ -170,21 +172,16 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
             return
         if event in denied_events or event.startswith(denied_prefixes):
             deny(event)
-        positions = write_events.get(event)
-        if positions is not None:
+        for events, roots, why in path_rules:
+            positions = events.get(event)
+            if positions is None:
+                continue
             for pos in positions:
                 if pos < len_(args) and args[pos] is not None:
                     resolved = resolve(args[pos])
-                    if resolved is not None and not within(resolved, writable):
-                        deny(f"{event} on {resolved!r} (outside the scratch directory)")
+                    if resolved is not None and not within(resolved, roots):
+                        deny(f"{event} on {resolved!r}{why}")
             return
-        positions = read_events.get(event)
-        if positions is not None:
-            for pos in positions:
-                if pos < len_(args) and args[pos] is not None:
-                    resolved = resolve(args[pos])
-                    if resolved is not None and not within(resolved, readable):
-                        deny(f"{event} on {resolved!r}")
 
     return hook
 

@@ -16,6 +16,11 @@ from astra.records import EnvironmentSpec
 from astra.servers import emit, load_sample
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def inventory() -> EnvironmentSpec:
     return load_sample("inventory")

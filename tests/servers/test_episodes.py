@@ -14,11 +14,6 @@ from astra.servers import EnvironmentControl, build_server
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize("sandboxed", [True, False])
 async def test_32_concurrent_client_episodes_are_isolated(inventory: EnvironmentSpec, sandboxed: bool) -> None:
     server = build_server(inventory, sandboxed=sandboxed)

@@ -22,11 +22,6 @@ LIMITS = SandboxLimits(cpu_s=1, memory_mb=256, wall_s=4, max_output_bytes=4096, 
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def listener():  # type: ignore[no-untyped-def]
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -26,11 +26,6 @@ from astra.servers import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.parametrize("sandboxed", [True, False])
 async def test_in_process_tools_match_spec_and_results_are_structured(inventory: EnvironmentSpec, sandboxed: bool) -> None:
     server = build_server(inventory, sandboxed=sandboxed)
