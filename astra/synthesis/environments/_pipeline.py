@@ -26,23 +26,32 @@ def sample_qa_path() -> Path:
     return Path(str(resources.files("astra.synthesis.environments") / "data" / "sample_qa.jsonl"))
 
 
-def demo_config(out_dir: str | Path, model_spec: str = "local:smollm2", home: str | Path | None = None) -> EnvironmentPipelineConfig:
-    """The config ``astra demo`` runs: the bundled QA set, one run directory under ``out_dir``."""
+def demo_config(
+    out_dir: str | Path, model_spec: str = "local:smollm2", home: str | Path | None = None, limit: int | None = None
+) -> EnvironmentPipelineConfig:
+    """The config ``astra demo`` runs: the bundled QA set (its first ``limit`` questions), one run
+    directory under ``out_dir``."""
     out_dir = Path(out_dir)
+    qa_path = sample_qa_path()
+    if limit is not None:
+        lines = [line for line in qa_path.read_text("utf-8").splitlines() if line.strip()][: max(1, limit)]
+        qa_path = out_dir / "sample_qa.jsonl"
+        qa_path.parent.mkdir(parents=True, exist_ok=True)
+        qa_path.write_text("\n".join(lines) + "\n", "utf-8")
     local = model_spec.startswith("local:")
     return EnvironmentPipelineConfig(
         run_dir=out_dir / "envs-run",
-        qa_path=sample_qa_path(),
+        qa_path=qa_path,
         model=model_spec,
         home=Path(home) if home is not None else None,
         # the embedded 135M model: short replies and no retries (it rarely repairs a reply, and
-        # the repair prompt doubles the context); ~70 tok/s on 2 idle cores
-        # one request at a time: llama.cpp serialises them anyway, and a queued request's
-        # wait would count against its timeout
+        # the repair prompt doubles the context); ~70 tok/s on 2 idle cores, so 256 tokens take
+        # ~4 s; the timeout bounds a run on a busy machine. One request at a time: llama.cpp
+        # serialises them anyway, and a queued request's wait would count against its timeout.
         max_tokens=256 if local else 1024,
         llm_retries=0 if local else 2,
         synth_attempts=2 if local else 3,
-        model_timeout_s=180.0 if local else 120.0,
+        model_timeout_s=90.0 if local else 120.0,
         concurrency=1 if local else 2,
     )
 
