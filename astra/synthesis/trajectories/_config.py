@@ -89,6 +89,8 @@ class TrajectoryConfig(_Options):
     simulator_model: str | None = Field(default=None, description="simulates tools of servers that cannot run; default: model")
     seed: int = 0
     concurrency: int = Field(default=4, ge=1)
+    llm_timeout_s: float = Field(default=300.0, gt=0, description="per model request; a timed-out local generation "
+                                 "keeps the model busy, so err on the long side")
     graph: GraphOptions = Field(default_factory=GraphOptions)
     chains: ChainOptions = Field(default_factory=ChainOptions)
     verify: VerifyOptions = Field(default_factory=VerifyOptions)

@@ -18,8 +18,9 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field
 
-from astra.client import Model
+from astra.client import Model, ModelResponse, ModelSettings
 from astra.records import (
+    ChatMessage,
     EnvironmentLaunch,
     EnvironmentSpec,
     GraphEdge,
@@ -54,6 +55,20 @@ ROLLOUT_SYSTEM = (
     "then answer the user's request directly and concisely."
 )
 _FAILED_TERMINATIONS = {"model_error", "server_error", "timeout", "cancelled"}
+
+
+class _TimeoutModel(Model):
+    """The run's per-request timeout on every call (stages pass settings without one)."""
+
+    def __init__(self, inner: Model, timeout_s: float) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.timeout_s = timeout_s
+
+    async def request(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = (),
+                      settings: ModelSettings | None = None) -> ModelResponse:
+        settings = (settings or ModelSettings()).model_copy(update={"timeout_s": self.timeout_s})
+        return await self.inner.request(messages, tools, settings)
 
 
 class PipelineError(RuntimeError):
@@ -93,6 +108,7 @@ class TrajectoryPipeline:
         self.run = RunDir(config.out_dir, config=config.model_dump(mode="json"))
         self._models: dict[str, Model] = dict(models or {})
         self._owned: list[Model] = []
+        self._timed: dict[str, Model] = {}
         self._registry: Any = None
         self._servers: list[ServerSpec] | None = None
         self._environments: dict[str, EnvironmentSpec] = {}
@@ -113,7 +129,9 @@ class TrajectoryPipeline:
 
             self._models[spec] = resolve_model(spec)
             self._owned.append(self._models[spec])
-        return self._models[spec]
+        if spec not in self._timed:
+            self._timed[spec] = _TimeoutModel(self._models[spec], self.config.llm_timeout_s)
+        return self._timed[spec]
 
     async def aclose(self) -> None:
         for m in self._owned:
@@ -356,7 +374,7 @@ class TrajectoryPipeline:
 
     async def rollouts(self) -> StageCounts:
         self._require("quality")
-        from astra.client import Connections, ModelSettings, run_episode
+        from astra.client import Connections, run_episode
         from astra.client._loop import trajectory_id
 
         tasks = self.stage("quality", Task).outputs()
