@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import anyio
 from pydantic import BaseModel, Field
 
 from astra.client import Model, ModelResponse, ModelSettings
