@@ -231,7 +231,7 @@ class _Server:
             {"type": "text", "text": b.text} if getattr(b, "type", None) == "text" else b.model_dump(mode="json", exclude_none=True)
             for b in res.content
         ]
-        return ToolResult(
+        return ToolResult.model_construct(  # fields are known-good here: skip validation on the hot path
             text=_content_text(res.content),
             structured_content=res.structured_content,
             content=blocks,
