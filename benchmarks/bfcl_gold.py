@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from pathlib import Path
+
 import anyio
 
 from astra.bfcl import (
@@ -29,17 +31,8 @@ from astra.bfcl import (
     score_decoded,
 )
 
-
-class Clock:
-    """Wall and CPU seconds of a block (CPU time is what to compare on a busy shared machine)."""
-
-    def __enter__(self) -> Clock:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.wall
-        self.cpu = time.process_time() - self.cpu
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from registry_bench import Clock  # noqa: E402 - wall and CPU seconds of a block, shared by the benchmarks
 
 
 def main() -> int:
