@@ -7,7 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # llama-cpp-python builds from source (~11 min on 2 cores the first time; pip caches the wheel).
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m pip install -q -e ".[local,test,bfcl]"
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m pip install -q -e ".[local,test,bfcl,ray]"
 # bfcl-eval's declared dependencies pull a CUDA torch: install it alone.
 .venv/bin/python -m pip install -q --no-deps "bfcl-eval==2026.3.23"
 if command -v npm >/dev/null 2>&1; then

@@ -14,6 +14,7 @@ work runs in a worker thread so the event loop keeps serving other episodes' too
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import importlib.util
@@ -78,8 +79,19 @@ def load_llama(path: Path, n_ctx: int = 4096, **kwargs: Any) -> tuple[Any, threa
                 verbose=False,
                 **kwargs,
             )
+            if not _MODELS:
+                atexit.register(_close_models)
             _MODELS[key] = (llm, threading.Lock())
         return _MODELS[key]
+
+
+def _close_models() -> None:
+    """Free the weights before interpreter teardown (llama-cpp's own finaliser then finds
+    its C library half unloaded and prints a traceback per model)."""
+    with _MODELS_LOCK:
+        for llm, _ in _MODELS.values():
+            llm.close()
+        _MODELS.clear()
 
 
 def _bound_strings(node: Any, limit: int) -> Any:
@@ -243,7 +255,9 @@ class LocalModel(Model):
         if self.constrained and tools and s.tool_choice != "none":
             grammar = self._grammar(tool_call_schema(tools, self.string_max, self.answer_max))
         elif s.json_output and not tools:
-            grammar = self._grammar({"type": "object"})
+            # reply fields (code, questions) run longer than tool arguments: the answer bound
+            schema = _bound_strings(s.json_schema, self.answer_max) if s.json_schema else {"type": "object"}
+            grammar = self._grammar(schema)
         kwargs: dict[str, Any] = {
             "messages": chat,
             "max_tokens": s.max_tokens or DEFAULT_MAX_TOKENS,
