@@ -245,7 +245,6 @@ class EnvironmentRuntime:
         self._episodes: OrderedDict[str, _Episode] = OrderedDict()
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._sandbox: Sandbox | None = None
-        self._sandbox_token: object = None
         self._namespaces: dict[str, dict[str, Any]] = {}
         self._slot_counter = itertools.count()
         if factory is None and not sandboxed:
@@ -388,14 +387,10 @@ class EnvironmentRuntime:
         return ns
 
     async def _sandbox_for_loop(self) -> Sandbox:
-        token = anyio.lowlevel.current_token()
-        if self._sandbox is not None and self._sandbox_token != token:
-            self._sandbox.abandon()
-            self._sandbox = None
+        """The runtime's warm sandbox (one per runtime; it serves any event loop of this process)."""
         if self._sandbox is None:
             self._sandbox = Sandbox(limits=self.limits)
-            self._sandbox_token = token
-            await self._sandbox.start()
+        await self._sandbox.start()
         return self._sandbox
 
     async def call(self, name: str, arguments: dict[str, Any] | None = None, *, episode_id: str | None = None) -> ToolOutcome:
@@ -479,11 +474,8 @@ class EnvironmentRuntime:
 
     async def aclose(self) -> None:
         if self._sandbox is not None:
-            if self._sandbox_token == anyio.lowlevel.current_token():
-                await self._sandbox.aclose()
-            else:
-                self._sandbox.abandon()
-            self._sandbox = None
+            sandbox, self._sandbox = self._sandbox, None
+            await sandbox.aclose()
 
 
 def _public_attributes(instance: Any) -> dict[str, Any]:

@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
+import anyio.lowlevel
 
 log = logging.getLogger("astra.servers.sandbox")
 
@@ -211,6 +210,67 @@ def _release(res: _Resources) -> None:
             pass
 
 
+class _WorkerProcess:
+    """The worker with non-blocking pipes driven by anyio: not bound to an event loop, so one
+    sandbox serves every loop of its process (and nothing is left to an asyncio transport)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        assert popen.stdin is not None and popen.stdout is not None
+        self.popen = popen
+        self.pid = popen.pid
+        self._in, self._out = popen.stdin.fileno(), popen.stdout.fileno()
+        os.set_blocking(self._in, False)
+        os.set_blocking(self._out, False)
+        self._buffer = bytearray()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._in, view):]
+            except BlockingIOError:
+                await anyio.wait_writable(self._in)
+
+    async def receive_exactly(self, n: int) -> bytes:
+        while len(self._buffer) < n:
+            try:
+                chunk = os.read(self._out, max(65536, n - len(self._buffer)))
+            except BlockingIOError:
+                await anyio.wait_readable(self._out)
+                continue
+            if not chunk:
+                raise EOFError("the worker closed its pipe")
+            self._buffer += chunk
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            try:
+                self.popen.kill()
+            except ProcessLookupError:
+                pass
+
+    async def wait(self, timeout: float = 10.0) -> int | None:
+        with anyio.move_on_after(timeout):
+            while self.popen.poll() is None:
+                await anyio.sleep(0.002)
+        return self.popen.poll()
+
+    def close(self) -> None:
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+
 class Sandbox:
     """A warm worker process for untrusted tool code.
 
@@ -224,10 +284,10 @@ class Sandbox:
         self._own_scratch = scratch_dir is None
         self.scratch_dir = Path(scratch_dir) if scratch_dir is not None else Path(tempfile.mkdtemp(prefix="astra-sandbox-"))
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        self._process: Process | None = None
-        self._reader: BufferedByteReceiveStream | None = None
+        self._process: _WorkerProcess | None = None
         self._known: set[str] = set()
         self._lock = anyio.Lock()
+        self._lock_token: object = None
         self._cgroup: Path | None = None
         self._log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
         self.restarts = 0
@@ -289,12 +349,11 @@ class Sandbox:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.scratch_dir), "TMPDIR": str(self.scratch_dir)}
         with self._log_path.open("wb") as log_file:
             try:
-                self._process = await anyio.open_process(command, stderr=log_file, cwd=str(self.scratch_dir), env=env)
+                popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=str(self.scratch_dir), env=env, close_fds=True)
             except OSError as exc:
                 raise SandboxError(f"cannot start the sandbox worker: {exc}") from exc
-        assert self._process.stdout is not None
+        self._process = _WorkerProcess(popen)
         self._res.pid, self._res.cgroup = self._process.pid, self._cgroup
-        self._reader = BufferedByteReceiveStream(self._process.stdout)
         self._known = set()
         if self._cgroup is not None and not iso.confine:
             try:
@@ -309,13 +368,11 @@ class Sandbox:
         }
 
     def abandon(self) -> None:
-        """Kill the worker without awaiting it (its event loop is gone or is another one)."""
-        process, self._process, self._reader = self._process, None, None
-        if process is not None and process.returncode is None:
-            try:
-                os.kill(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """Kill the worker without waiting for it (outside any event loop)."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.close()
         self._res.pid = None
         self._remove_cgroup()
 
@@ -328,16 +385,12 @@ class Sandbox:
             self._cgroup = self._res.cgroup = None
 
     async def _kill(self) -> None:
-        process, self._process, self._reader = self._process, None, None
+        process, self._process = self._process, None
         if process is None:
             return
-        if process.returncode is None:
-            try:
-                process.kill()
-            except ProcessLookupError:
-                pass
+        process.kill()
         await process.wait()
-        await process.aclose()
+        process.close()
         self._res.pid = None
 
     async def _restart(self) -> None:
@@ -361,7 +414,7 @@ class Sandbox:
         start = time.perf_counter()
         stateful = state is not None
         digest = source_hash(source)
-        async with self._lock:
+        async with self._current_lock():
             if self._process is None:
                 await self._spawn()
             request: dict[str, Any] = {
@@ -388,19 +441,25 @@ class Sandbox:
             result.latency_s = time.perf_counter() - start
             return result
 
+    def _current_lock(self) -> anyio.Lock:
+        """The call lock of the running event loop (a sandbox may serve several loops in turn)."""
+        token = anyio.lowlevel.current_token()
+        if self._lock_token != token:
+            self._lock, self._lock_token = anyio.Lock(), token
+        return self._lock
+
     async def _exchange(self, payload: bytes) -> tuple[SandboxResult, bool]:
         """Send one request; the reply and whether the worker now holds the tool's compiled code."""
-        process, reader = self._process, self._reader
-        assert process is not None and reader is not None and process.stdin is not None
+        process = self._process
+        assert process is not None
         completed = False
         try:
             with anyio.fail_after(self.limits.wall_s):
                 try:
-                    await process.stdin.send(_HEADER.pack(len(payload)) + payload)
-                    header = await reader.receive_exactly(4)
-                    (size,) = _HEADER.unpack(header)
-                    body = await reader.receive_exactly(size)
-                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    await process.send(_HEADER.pack(len(payload)) + payload)
+                    (size,) = _HEADER.unpack(await process.receive_exactly(4))
+                    body = await process.receive_exactly(size)
+                except (EOFError, OSError):
                     return await self._died(), False
             try:
                 data = json.loads(body)
@@ -435,8 +494,8 @@ class Sandbox:
         process = self._process
         code = None
         if process is not None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                code = await process.wait()
+            with anyio.CancelScope(shield=True):
+                code = await process.wait(timeout=2)
         await self._restart()
         # A signal shows as a negative code, or as 128 + signal when the confining shell reports it.
         sig = -code if code is not None and code < 0 else (code - 128 if code is not None and 128 < code < 160 else None)

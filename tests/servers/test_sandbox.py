@@ -200,3 +200,16 @@ async def test_worker_cache_miss_resends_the_source_and_load_errors_stay_errors(
             assert result.error_kind == "exception" and "SyntaxError" in (result.error or "")
         missing = await sandbox.call(HEALTHY, "nope", {})
         assert missing.error_kind == "exception" and "no function named 'nope'" in (missing.error or "")
+
+
+def test_one_runtime_serves_several_event_loops(inventory: EnvironmentSpec) -> None:
+    runtime = build_server(inventory).runtime
+
+    async def call() -> int:
+        outcome = await runtime.call("add_stock", {"sku": "WID-1", "quantity": 1})
+        assert outcome.ok, outcome
+        return outcome.value["quantity"]
+
+    assert anyio.run(call) == 41
+    assert anyio.run(call) == 42  # same warm worker, another loop, state kept
+    anyio.run(runtime.aclose)
