@@ -38,6 +38,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 
+# the request _meta key astra.servers environments read the episode id from (astra.servers._runtime)
+EPISODE_META_KEY = "astra/episode"
+
 log = logging.getLogger(__name__)
 
 InProcessServer = MCPServer | Server
@@ -196,7 +199,7 @@ class _Server:
         self._dead.set()
         self._closed.set()
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float) -> ToolResult:
+    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float, episode: str | None = None) -> ToolResult:
         start = time.perf_counter()
 
         def result(kind: ErrorKind, text: str) -> ToolResult:
@@ -212,7 +215,9 @@ class _Server:
         generation = self.generation
         try:
             with anyio.fail_after(timeout_s):
-                res = await client.call_tool(tool, arguments)
+                res = await client.call_tool(
+                    tool, arguments, meta={EPISODE_META_KEY: episode} if episode is not None else None
+                )
         except TimeoutError:
             return result("timeout", f"tool {tool!r} on server {self.name!r} timed out after {timeout_s:g} s")
         except MCPError as exc:
@@ -426,10 +431,16 @@ class Connections:
 
     # ------------------------------------------------------------------ calls
 
-    async def call(self, name: str, arguments: dict[str, Any], timeout_s: float | None = None) -> ToolResult:
-        """Call an aggregated tool. Never raises for tool-side trouble: errors are results."""
+    async def call(
+        self, name: str, arguments: dict[str, Any], timeout_s: float | None = None, *, episode: str | None = None
+    ) -> ToolResult:
+        """Call an aggregated tool. Never raises for tool-side trouble: errors are results.
+
+        ``episode`` travels as ``_meta["astra/episode"]``: ASTRA environments keep one state
+        per episode id, so episodes sharing one connection never see each other's state
+        (other servers ignore the key)."""
         binding = self._bindings.get(name)
         if binding is None:
             return ToolResult(text=f"unknown tool {name!r}", is_error=True, error_kind="unknown_tool")
         server = self._servers[binding.server]
-        return await server.call(binding.tool.name, arguments, timeout_s or self.call_timeout_s)
+        return await server.call(binding.tool.name, arguments, timeout_s or self.call_timeout_s, episode)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -74,6 +75,7 @@ async def _execute(
     turn: int,
     validators: dict[str, Any],
     timeout_s: float | None,
+    episode: str | None = None,
 ) -> tuple[Step, str]:
     """Run one tool call; returns the Step and the text the model will see."""
     start = time.perf_counter()
@@ -107,7 +109,7 @@ async def _execute(
         problems = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
         detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
         return error("bad_arguments", f"arguments do not match the schema of {call.name!r}: {detail}", arguments)
-    result = await conns.call(binding.name, arguments, timeout_s=timeout_s)
+    result = await conns.call(binding.name, arguments, timeout_s=timeout_s, episode=episode)
     step = Step(
         turn=turn, call_id=call.id, tool=call.name, server=binding.server, server_tool=binding.tool.name,
         arguments=arguments, result=_result_payload(result), is_error=result.is_error,
@@ -157,6 +159,9 @@ async def run_episode(
     step_latencies: list[float] = []
     validators: dict[str, Any] = {}
     tools_payload = conns.openai_tools(visible_list)
+    traj_id = trajectory_id_ or trajectory_id(task_id, model.name, sample)
+    # a fresh environment state per run of an episode, even when one trajectory id is rerun
+    episode = f"{traj_id}:{uuid.uuid4().hex[:12]}"
     started = time.perf_counter()
 
     async def body() -> None:
@@ -188,7 +193,7 @@ async def run_episode(
                     results: list[tuple[Step, str] | None] = [None] * len(calls)
 
                     async def run_one(i: int) -> None:
-                        results[i] = await _execute(conns, calls[i], visible, turn_index, validators, call_timeout_s)
+                        results[i] = await _execute(conns, calls[i], visible, turn_index, validators, call_timeout_s, episode)
 
                     if len(calls) == 1:  # no task group needed for a single call
                         await run_one(0)
@@ -227,7 +232,7 @@ async def run_episode(
         timings["total_s"] = time.perf_counter() - started
     assert termination is not None
     return Trajectory(
-        id=trajectory_id_ or trajectory_id(task_id, model.name, sample),
+        id=traj_id,
         task_id=task_id,
         sample=sample,
         model=model.name,
@@ -242,6 +247,7 @@ async def run_episode(
         meta={
             "model_requests": requests,
             "turns": len(turns),
+            "episode": episode,
             "step_latencies_s": [round(x, 6) for x in step_latencies],
             **(meta or {}),
         },
