@@ -77,7 +77,7 @@ class StepsReply(BaseModel):
 
 
 class DecompositionReply(StepsReply):
-    steps: list[StepReply] = Field(min_length=1)
+    steps: list[StepReply] = Field(min_length=1, max_length=8)  # maxItems bounds constrained decoders
 
 
 def dependency_graph(steps: list[DecompositionStep] | list[StepReply]) -> nx.DiGraph:

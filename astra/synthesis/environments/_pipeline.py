@@ -48,10 +48,10 @@ def demo_config(
         # the repair prompt doubles the context); ~70 tok/s on 2 idle cores, so 256 tokens take
         # ~4 s; the timeout bounds a run on a busy machine. One request at a time: llama.cpp
         # serialises them anyway, and a queued request's wait would count against its timeout.
-        max_tokens=256 if local else 1024,
+        max_tokens=384 if local else 1024,
         llm_retries=0 if local else 2,
         synth_attempts=2 if local else 3,
-        model_timeout_s=90.0 if local else 120.0,
+        model_timeout_s=150.0 if local else 120.0,
         concurrency=1 if local else 2,
     )
 
