@@ -70,7 +70,9 @@ async def _trajectory_step(out: Path, model: str, home: Path | None, judge: str 
 async def _environment_step(out: Path, model: str, home: Path | None) -> dict[str, Any]:
     from astra.synthesis.environments import demo_config, run_environment_pipeline
 
-    result = await run_environment_pipeline(demo_config(out / "environments", model, home))
+    # the embedded 135M model takes up to minutes per question on 2 cores: a short demo set
+    limit = 3 if model.startswith("local:") else None
+    result = await run_environment_pipeline(demo_config(out / "environments", model, home, limit=limit))
     console.print(result.funnel.render())
     if result.mcp_servers.get("mcpServers"):
         console.print("[bold]mcpServers block for MCP hosts:[/]")
