@@ -37,9 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
+from astra.servers import EPISODE_META_KEY
 
-# the request _meta key astra.servers environments read the episode id from (astra.servers._runtime)
-EPISODE_META_KEY = "astra/episode"
 
 log = logging.getLogger(__name__)
 
