@@ -147,6 +147,11 @@ class ChatMessage(Record):
     tool_call_id: str | None = None
     name: str | None = None
     reasoning_content: str | None = None
+    thinking_blocks: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the provider's own reasoning blocks, verbatim (Anthropic thinking / redacted_thinking "
+        "with their signatures): sent back unchanged on the next request, as tool use with thinking requires",
+    )
 
     def to_openai(self) -> dict[str, Any]:
         out: dict[str, Any] = {"role": self.role, "content": self.content}

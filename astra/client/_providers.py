@@ -201,7 +201,9 @@ def to_anthropic_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, 
         elif m.role == "user":
             add("user", [{"type": "text", "text": m.content or ""}])
         elif m.role == "assistant":
-            blocks: list[dict[str, Any]] = []
+            # thinking blocks go back first and verbatim (signatures included): the API
+            # rejects a tool-use continuation whose thinking was dropped or altered
+            blocks: list[dict[str, Any]] = [dict(b) for b in m.thinking_blocks or []]
             if m.content:
                 blocks.append({"type": "text", "text": m.content})
             for c in m.tool_calls or []:
@@ -262,16 +264,22 @@ class AnthropicModel(_SdkModel):
                 kwargs["tool_choice"] = {"type": "any"}
         if s.temperature is not None:
             kwargs["temperature"] = s.temperature
+        thinking_option = (s.model_extra or {}).get("thinking")
+        if thinking_option:  # e.g. ModelSettings(thinking={"type": "enabled", "budget_tokens": 2048})
+            kwargs["thinking"] = thinking_option
 
         start = time.perf_counter()
         resp, attempts = await self._create(client.messages.create, kwargs, s)
         texts, thinking, calls = [], [], []
+        thinking_blocks: list[dict[str, Any]] = []
         for block in resp.content:
             kind = getattr(block, "type", None)
             if kind == "text":
                 texts.append(block.text)
-            elif kind == "thinking":
-                thinking.append(getattr(block, "thinking", ""))
+            elif kind in ("thinking", "redacted_thinking"):
+                thinking_blocks.append(block.model_dump(mode="json", exclude_none=True))
+                if kind == "thinking":
+                    thinking.append(getattr(block, "thinking", ""))
             elif kind == "tool_use":
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=json.dumps(block.input)))
         usage = Usage(
@@ -284,6 +292,7 @@ class AnthropicModel(_SdkModel):
                 content="".join(texts) or None,
                 tool_calls=calls or None,
                 reasoning_content="\n".join(thinking) or None,
+                thinking_blocks=thinking_blocks or None,
             ),
             usage=usage,
             model=resp.model or self.model,

@@ -132,10 +132,40 @@ async def test_anthropic_recorded_messages_api_episode():
     assert {t["name"] for t in first["tools"]} >= {"add"} and "input_schema" in first["tools"][0]
     tool_use = second["messages"][1]["content"][-1]
     assert tool_use["type"] == "tool_use" and tool_use["input"] == {"a": 20, "b": 22}
+    # the thinking block goes back first and verbatim, signature included
+    assert second["messages"][1]["content"][0] == {
+        "type": "thinking", "thinking": "I should use the add tool.", "signature": "sig"}
+    assert "thinking" not in first  # not asked for: not sent
     result = second["messages"][2]
     assert result["role"] == "user" and result["content"][0] == {
         "type": "tool_result", "tool_use_id": tool_use["id"], "content": "42"}
     assert traj.usage.input_tokens == 380 + 460
+
+
+async def test_anthropic_extended_thinking_round_trip():
+    """With thinking on, each tool-use continuation must carry the turn's thinking and
+    redacted_thinking blocks unchanged; the request carries the thinking option."""
+    recorded = json.loads((RECORDED / "anthropic_messages.json").read_text())
+    first_reply = json.loads(json.dumps(recorded[0]))
+    first_reply["content"].insert(1, {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"})
+    replay = Replay([(200, first_reply, {}), (200, recorded[1], {})])
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    model = AnthropicModel("claude-test", base_url="http://127.0.0.1:9", retry=FAST, http_client=replay.client(),
+                           settings=ModelSettings(max_tokens=4096, thinking=thinking))
+    with anyio.fail_after(30):
+        async with Connections([("s", make_server())]) as conns:
+            traj = await run_episode(model, conns, ["What is 20 + 22?"])
+    assert traj.termination == "final_answer"
+    assert [b["type"] for b in traj.messages[1].thinking_blocks] == ["thinking", "redacted_thinking"]
+    first, second = replay.requests
+    assert first["thinking"] == thinking and second["thinking"] == thinking and first["max_tokens"] == 4096
+    assert second["messages"][1]["content"][:2] == [
+        {"type": "thinking", "thinking": "I should use the add tool.", "signature": "sig"},
+        {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+    ]
+    # what a trajectory stores survives the JSONL round trip and still converts the same way
+    again = type(traj).model_validate_json(traj.model_dump_json())
+    assert again.messages[1].thinking_blocks == traj.messages[1].thinking_blocks
 
 
 async def test_anthropic_529_overloaded_is_retried():
