@@ -26,6 +26,7 @@ from contextlib import AsyncExitStack
 from typing import Any, Literal, TextIO
 
 import anyio
+import jsonschema
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -39,6 +40,10 @@ from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 from astra.servers import EPISODE_META_KEY
 
+try:  # compiled validators: the argument check runs on every call of every episode
+    import jsonschema_rs as _rs
+except ImportError:  # pragma: no cover - the same answers without it, only slower
+    _rs = None
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,7 @@ class _Server:
     """One server: its supervisor task owns the ``Client``; calls borrow it."""
 
     def __init__(self, name: str, target: Any, *, kind: str, max_restarts: int, connect_timeout_s: float,
-                 errlog: TextIO) -> None:
+                 errlog: TextIO, reconnect_delay_s: float = 0.5, reconnect_max_delay_s: float = 8.0) -> None:
         self.name = name
         self.target = target
         self.kind = kind
@@ -103,6 +108,9 @@ class _Server:
         self.client: Client | None = None
         self.generation = 0
         self.restarts = 0
+        self.restarts_in_a_row = 0  # reset by a call that succeeds
+        self.reconnect_delay_s = reconnect_delay_s
+        self.reconnect_max_delay_s = reconnect_max_delay_s
         self.tools: list[ToolSpec] = []
         self.error: str | None = None
         self._ready = anyio.Event()
@@ -146,9 +154,17 @@ class _Server:
         return tools
 
     async def supervise(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Open the client, keep it until closed; reopen it when a call reports it dead."""
+        """Open the client, keep it until closed; reopen it when a call reports it dead.
+
+        A reconnect that fails is retried after a growing pause (``reconnect_delay_s``,
+        doubling, at most ``reconnect_max_delay_s``): a stdio server is relaunched at once,
+        while an HTTP server that is being restarted by its own supervisor gets time to
+        come back. ``max_restarts`` bounds the reconnects in a row that did not lead to a
+        successful call; after that the server is unavailable for the rest of the run."""
         started = False
+        failed_attempts = 0
         while not self._closing:
+            connected = False
             try:
                 # The deadline covers only connecting; the scope must enclose the client's whole
                 # life, since the client opens task groups that may not outlive an inner scope.
@@ -157,6 +173,8 @@ class _Server:
                         if not self.tools:
                             self.tools = await self._list_tools(client)
                         scope.deadline = float("inf")
+                        connected = True
+                        failed_attempts = 0
                         self.client, self.error = client, None
                         self.generation += 1
                         self._dead = anyio.Event()
@@ -168,23 +186,29 @@ class _Server:
                             task_status.started()
                         await self._dead.wait()
                         self.client = None
-                if scope.cancelled_caught and self.client is None and self.generation == 0:
+                if scope.cancelled_caught and not connected:
                     raise TimeoutError(f"no answer within {self.connect_timeout_s:g} s")
             except Exception as exc:  # noqa: BLE001 - a failed (re)connect is recorded, calls see it
                 self.client = None
-                self.error = f"{type(exc).__name__}: {exc}"
+                self.error = _describe(exc)
                 if not started:
                     raise ConnectionFailed(f"MCP server {self.name!r} ({self.kind}) failed to start: {self.error}") from exc
-                log.warning("server %s: reconnect failed: %s", self.name, self.error)
+                if not connected:
+                    failed_attempts += 1
+                log.warning("server %s: %s failed: %s", self.name, "reconnect" if not connected else "connection", self.error)
             if self._closing:
                 return
-            if self.restarts >= self.max_restarts:
-                self.error = self.error or "server died"
-                self.error = f"gave up after {self.restarts} restarts ({self.error})"
+            if self.restarts_in_a_row >= self.max_restarts:
+                self.error = f"gave up after {self.restarts_in_a_row} restarts in a row ({self.error or 'server died'})"
                 self._ready.set()  # wake waiters: they will see client is None
                 await self._closed.wait()
                 return
+            if failed_attempts:
+                delay = min(self.reconnect_max_delay_s, self.reconnect_delay_s * 2 ** (failed_attempts - 1))
+                with anyio.move_on_after(delay):
+                    await self._closed.wait()
             self.restarts += 1
+            self.restarts_in_a_row += 1
             log.info("server %s: restarting (#%d)", self.name, self.restarts)
 
     def mark_dead(self, generation: int) -> None:
@@ -231,6 +255,7 @@ class _Server:
             return result("server_died", f"server {self.name!r} connection lost ({type(exc).__name__}); restarting")
         except Exception as exc:  # noqa: BLE001 - a malformed result is the call's failure, not the episode's
             return result("protocol_error", f"server {self.name!r}: {type(exc).__name__}: {exc}")
+        self.restarts_in_a_row = 0  # the server answered: it is healthy again
         blocks = [
             {"type": "text", "text": b.text} if getattr(b, "type", None) == "text" else b.model_dump(mode="json", exclude_none=True)
             for b in res.content
@@ -243,6 +268,45 @@ class _Server:
             error_kind="tool_error" if res.is_error else None,
             latency_s=time.perf_counter() - start,
         )
+
+
+class _ArgumentCheck:
+    """A compiled input-schema check: a fast yes/no (jsonschema-rs), then the Python
+    validator to explain a failure with the paths of the offending fields."""
+
+    def __init__(self, fast: Any, explain: Any) -> None:
+        self.fast, self.explain = fast, explain
+
+    @classmethod
+    def compile(cls, schema: dict[str, Any]) -> _ArgumentCheck | None:
+        try:
+            explain = jsonschema.validators.validator_for(schema)(schema)
+            explain.check_schema(schema)
+        except jsonschema.SchemaError:
+            return None
+        fast = None
+        if _rs is not None:
+            try:
+                fast = _rs.validator_for(schema)
+            except Exception:  # noqa: BLE001 - a schema jsonschema-rs cannot compile keeps the Python check
+                fast = None
+        return cls(fast, explain)
+
+    def errors(self, arguments: dict[str, Any]) -> str | None:
+        if self.fast is not None and self.fast.is_valid(arguments):
+            return None
+        problems = sorted(self.explain.iter_errors(arguments), key=lambda e: list(e.path))
+        if not problems:
+            return None
+        return "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of the exception that says what went wrong: task groups wrap the
+    real cause (a refused connection, a dead process) in exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _usable_errlog(errlog: TextIO | None) -> TextIO:
@@ -298,6 +362,11 @@ class Connections:
     Aggregated names: a tool keeps its own name when no other server has a tool of that name;
     otherwise it becomes ``<server>__<tool>``. Names are then made provider-safe
     (``[A-Za-z0-9_-]{1,64}``) and deduplicated with a numeric suffix if still needed.
+
+    A server that dies (stdio process gone, HTTP endpoint gone or its session lost) is
+    reconnected: at once, then after ``reconnect_delay_s`` doubling up to 8 s while
+    reconnects fail; after ``max_restarts`` reconnects in a row without a successful call
+    it is unavailable for the rest of the block (calls return ``server_unavailable``).
     """
 
     def __init__(
@@ -306,7 +375,8 @@ class Connections:
         *,
         call_timeout_s: float = 30.0,
         connect_timeout_s: float = 60.0,
-        max_restarts: int = 3,
+        max_restarts: int = 5,
+        reconnect_delay_s: float = 0.5,
         errlog: TextIO | None = None,
     ) -> None:
         self.call_timeout_s = call_timeout_s
@@ -317,11 +387,13 @@ class Connections:
                 raise ValueError(f"two servers named {name!r}")
             self._servers[name] = _Server(
                 name, tgt, kind=kind, max_restarts=max_restarts, connect_timeout_s=connect_timeout_s,
+                reconnect_delay_s=reconnect_delay_s,
                 errlog=_usable_errlog(errlog),
             )
         self._stack: AsyncExitStack | None = None
         self._bindings: dict[str, ToolBinding] = {}
         self._openai_cache: dict[str, dict[str, Any]] = {}
+        self._arg_checks: dict[str, _ArgumentCheck | None] = {}
 
     async def __aenter__(self) -> Connections:
         stack = AsyncExitStack()
@@ -418,6 +490,17 @@ class Connections:
                 self._openai_cache[b.name] = openai_tool(b.name, b.tool)
             out.append(self._openai_cache[b.name])
         return out
+
+    def argument_errors(self, name: str, arguments: dict[str, Any]) -> str | None:
+        """Why ``arguments`` do not match the input schema of tool ``name`` (None: they do).
+
+        The check is compiled once per tool and shared by every episode. A tool whose own
+        schema is broken is not checked here: its server judges the arguments."""
+        if name not in self._arg_checks:
+            binding = self._bindings[name]
+            self._arg_checks[name] = _ArgumentCheck.compile(binding.tool.input_schema or {})
+        check = self._arg_checks[name]
+        return None if check is None else check.errors(arguments)
 
     def anthropic_tools(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return [anthropic_tool(b.name, b.tool) for b in self._selected(names)]

@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
-import jsonschema
 from pydantic import BaseModel, Field
 
 from astra.client._connections import Connections, ToolResult
@@ -73,7 +72,6 @@ async def _execute(
     call: Any,
     visible: set[str],
     turn: int,
-    validators: dict[str, Any],
     timeout_s: float | None,
     episode: str | None = None,
 ) -> tuple[Step, str]:
@@ -97,17 +95,8 @@ async def _execute(
         return error("bad_json", f"arguments are not valid JSON ({exc.msg} at char {exc.pos})", call.arguments)
     if not isinstance(arguments, dict):
         return error("bad_json", f"arguments must be a JSON object, got {type(arguments).__name__}", call.arguments)
-    validator = validators.get(binding.name)
-    if validator is None:
-        schema = binding.tool.input_schema or {}
-        try:
-            validator = jsonschema.validators.validator_for(schema)(schema)
-        except jsonschema.SchemaError:
-            validator = False  # the server's own schema is broken: let the server judge
-        validators[binding.name] = validator
-    if validator and not validator.is_valid(arguments):
-        problems = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
-        detail = "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
+    detail = conns.argument_errors(binding.name, arguments)
+    if detail is not None:
         return error("bad_arguments", f"arguments do not match the schema of {call.name!r}: {detail}", arguments)
     result = await conns.call(binding.name, arguments, timeout_s=timeout_s, episode=episode)
     step = Step(
@@ -157,7 +146,6 @@ async def run_episode(
     requests = 0
     timings = {"model_s": 0.0, "tools_s": 0.0}
     step_latencies: list[float] = []
-    validators: dict[str, Any] = {}
     tools_payload = conns.openai_tools(visible_list)
     traj_id = trajectory_id_ or trajectory_id(task_id, model.name, sample)
     # a fresh environment state per run of an episode, even when one trajectory id is rerun
@@ -193,7 +181,7 @@ async def run_episode(
                     results: list[tuple[Step, str] | None] = [None] * len(calls)
 
                     async def run_one(i: int) -> None:
-                        results[i] = await _execute(conns, calls[i], visible, turn_index, validators, call_timeout_s, episode)
+                        results[i] = await _execute(conns, calls[i], visible, turn_index, call_timeout_s, episode)
 
                     if len(calls) == 1:  # no task group needed for a single call
                         await run_one(0)

@@ -152,7 +152,8 @@ async def run_shard(
                 if on_done:
                     on_done(None, message)
                 return
-        if log_file.append(traj):
+        # serialising + fsync off the event loop: the other episodes keep running meanwhile
+        if await anyio.to_thread.run_sync(log_file.append, traj):
             written += 1
         if on_done:
             on_done(traj, None)

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
 from mcp_test_server import make_server
 
 from astra.client import Connections, EpisodeTurn, ScriptedModel, run_episode, trajectory_id
-from astra.records import ChatMessage, Task, ToolCall, Trajectory
+from astra.records import ChatMessage, HttpLaunch, Task, ToolCall, Trajectory
+from conftest import free_port, wait_for_port
 
 pytestmark = pytest.mark.anyio
 
@@ -171,6 +175,91 @@ async def test_server_gone_for_good_is_server_error(test_stdio_launch):
             traj = await run_episode(model, conns, ["add"])
     assert traj.termination == "server_error" and "unavailable" in traj.error
     assert [s.error_kind for s in traj.steps] == [None, "server_died", "server_unavailable"]
+
+
+class HttpServerProcess:
+    """The test server over streamable HTTP on 127.0.0.1, killable and restartable on one port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "mcp_test_server.py"), "http", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    @property
+    def launch(self) -> HttpLaunch:
+        return HttpLaunch(url=f"http://127.0.0.1:{self.port}/mcp")
+
+
+@pytest.fixture
+def http_process():
+    server = HttpServerProcess()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def test_http_server_killed_mid_episode_and_restarted(http_process):
+    """The endpoint dies under a call (server_died, the episode goes on), its supervisor
+    brings it back on the same port, the next call reconnects and works."""
+    def kill_then_echo(messages, tools):
+        http_process.kill()
+        return ChatMessage(role="assistant", tool_calls=[ToolCall(id="e", name="echo", arguments='{"text": "x"}')])
+
+    def restart_then_pid(messages, tools):
+        http_process.start()
+        return ChatMessage(role="assistant", tool_calls=[ToolCall(id="p2", name="pid", arguments="{}")])
+
+    model = ScriptedModel([
+        ChatMessage(role="assistant", tool_calls=[ToolCall(id="p1", name="pid", arguments="{}")]),
+        kill_then_echo, restart_then_pid, "done",
+    ])
+    with anyio.fail_after(60):
+        async with Connections([("web", http_process.launch)], call_timeout_s=20, reconnect_delay_s=0.1) as conns:
+            first_pid = http_process.proc.pid
+            traj = await run_episode(model, conns, ["pids"])
+            status = conns.server_status()["web"]
+    assert traj.termination == "final_answer"
+    assert [s.error_kind for s in traj.steps] == [None, "server_died", None]
+    assert traj.steps[0].result == {"result": first_pid}
+    assert traj.steps[2].result == {"result": http_process.proc.pid} != {"result": first_pid}
+    assert status["connected"] and status["restarts"] >= 1
+    assert_well_formed(traj)
+
+
+async def test_http_server_gone_for_good_ends_in_bounded_time(http_process):
+    """An endpoint that never comes back: reconnects back off, then give up; the episode
+    ends as server_error with the transport's own reason, well within its deadline."""
+    def kill_then_echo(messages, tools):
+        http_process.kill()
+        return ChatMessage(role="assistant", tool_calls=[ToolCall(id="e1", name="echo", arguments='{"text": "x"}')])
+
+    again = [ChatMessage(role="assistant", tool_calls=[ToolCall(id=f"e{i}", name="echo", arguments='{"text": "y"}')])
+             for i in range(2, 6)]
+    model = ScriptedModel([
+        ChatMessage(role="assistant", tool_calls=[ToolCall(id="p1", name="pid", arguments="{}")]),
+        kill_then_echo, *again, "never",
+    ])
+    with anyio.fail_after(60):
+        async with Connections([("web", http_process.launch)], call_timeout_s=10, max_restarts=2,
+                               reconnect_delay_s=0.05) as conns:
+            traj = await run_episode(model, conns, ["echo"])
+    assert traj.termination == "server_error"
+    assert [s.error_kind for s in traj.steps] == [None, "server_died", "server_unavailable"]
+    assert "gave up after 2 restarts in a row" in traj.error and "ConnectError" in traj.error
+    assert "ExceptionGroup" not in traj.error  # the cause, not its wrapper
 
 
 async def test_hanging_tool_times_out_and_episode_goes_on():
