@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import BaseModel
 
 from astra import __version__
@@ -59,13 +60,16 @@ class JsonlLog:
     def ids(self) -> frozenset[str]:
         return frozenset(self._ids)
 
-    def append(self, record: BaseModel | dict[str, Any]) -> bool:
-        """Append one record unless its id is already present; returns whether it was written."""
+    def encode(self, record: BaseModel | dict[str, Any]) -> tuple[str, bytes]:
+        """``(id, line)``: the record as the one JSON line :meth:`write_line` appends."""
         data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
-        rid = str(data[self.id_field])
         line = (json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        return str(data[self.id_field]), line
+
+    def write_line(self, record_id: str, line: bytes) -> bool:
+        """Append one encoded line (one ``write``, then fsync) unless ``record_id`` is present."""
         with self._lock:
-            if rid in self._ids:
+            if record_id in self._ids:
                 return False
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -73,8 +77,19 @@ class JsonlLog:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            self._ids.add(rid)
+            self._ids.add(record_id)
         return True
+
+    def append(self, record: BaseModel | dict[str, Any]) -> bool:
+        """Append one record unless its id is already present; returns whether it was written."""
+        return self.write_line(*self.encode(record))
+
+    async def aappend(self, record: BaseModel | dict[str, Any]) -> bool:
+        """:meth:`append` from async code: encoded here, written and fsynced in a worker
+        thread, so other tasks run during the disk wait (encoding in that thread instead
+        would hold the GIL against the event loop for no gain)."""
+        record_id, line = self.encode(record)
+        return await anyio.to_thread.run_sync(self.write_line, record_id, line)
 
     def extend(self, records: Iterable[BaseModel | dict[str, Any]]) -> int:
         return sum(self.append(r) for r in records)

@@ -17,6 +17,8 @@ Three schedules run in the same process, interleaved, after one untimed warm-up 
 ``astra rollout --workers N --concurrency 64/N`` does: each process is started and warmed
 first, then all start together (a barrier); the wall time is from the first start to the
 last finish, so it measures throughput, not process start-up (reported separately).
+``--batches B`` gives the runner schedules 64 x B tasks at 64 at a time: the steady state of a
+long run, where a new episode starts whenever one ends.
 
 Each is repeated (``--repeats``) and the median is reported; a shared machine's neighbours
 move single runs by +-20 %. ``--server`` picks the in-process server: ``sync`` (the test
@@ -26,7 +28,7 @@ server: plain ``def`` tools, which ``MCPServer`` runs in a worker thread per cal
 unsandboxed).
 
 Run: python benchmarks/client_concurrency.py [--episodes 64] [--steps 5] [--delay 0.1]
-     [--repeats 7] [--server sync|async|env] [--workers N]
+     [--repeats 7] [--server sync|async|env] [--workers N] [--batches B]
 """
 
 from __future__ import annotations
@@ -159,38 +161,38 @@ def _server_target(kind: str) -> tuple[str, Any]:
     return ("s", SERVERS[kind][0])
 
 
-async def _run_shard(episodes: int, steps: int, delay: float, kind: str, offset: int = 0) -> Result:
+async def _run_shard(episodes: int, steps: int, delay: float, kind: str, batches: int = 1, offset: int = 0) -> Result:
+    """``episodes`` at a time, ``episodes x batches`` in all (the runner starts the next task
+    as soon as one ends)."""
     spec = _register(kind, steps, delay)
-    tasks = [Task(id=f"bench-{offset + i}", user_turns=[f"episode {offset + i}"]) for i in range(episodes)]
+    total = episodes * batches
+    tasks = [Task(id=f"bench-{offset + i}", user_turns=[f"episode {offset + i}"]) for i in range(total)]
     config = EpisodeConfig(model_spec=spec, max_steps=steps, concurrency=episodes)
     items = [(trajectory_id(t.id, spec, 0), t, 0) for t in tasks]
     with tempfile.TemporaryDirectory() as tmp:
         async def body() -> None:
             written, errors = await run_shard(items, config, [_server_target(kind)], f"{tmp}/t.jsonl")
-            assert written == episodes and not errors, errors
+            assert written == total and not errors, errors
 
         return await _timed(body)
 
 
-async def runner(episodes: int, steps: int, delay: float, kind: str) -> Result:
-    return await _run_shard(episodes, steps, delay, kind)
-
-
-def _worker(index: int, share: int, steps: int, delay: float, kind: str, repeats: int, barrier: Any,
-            out: Any) -> None:
-    anyio.run(_run_shard, share, steps, delay, kind, 10_000 * (index + 1))  # warm-up
+def _worker(index: int, share: int, steps: int, delay: float, kind: str, batches: int, repeats: int,
+            barrier: Any, out: Any) -> None:
+    anyio.run(_run_shard, share, steps, delay, kind, 1, 10_000 * (index + 1))  # warm-up
     for _ in range(repeats):
         barrier.wait()
         start = time.time()
-        _, cpu = anyio.run(_run_shard, share, steps, delay, kind, 10_000 * (index + 1))
+        _, cpu = anyio.run(_run_shard, share, steps, delay, kind, batches, 10_000 * (index + 1))
         out.put((index, start, time.time(), cpu))
 
 
-def multi_process(workers: int, episodes: int, steps: int, delay: float, kind: str, repeats: int) -> list[Result]:
+def multi_process(workers: int, episodes: int, steps: int, delay: float, kind: str, batches: int,
+                  repeats: int) -> list[Result]:
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(workers + 1), ctx.Queue()
     t0 = time.perf_counter()
-    procs = [ctx.Process(target=_worker, args=(i, episodes // workers, steps, delay, kind, repeats, barrier, out))
+    procs = [ctx.Process(target=_worker, args=(i, episodes // workers, steps, delay, kind, batches, repeats, barrier, out))
              for i in range(workers)]
     for p in procs:
         p.start()
@@ -208,38 +210,44 @@ def multi_process(workers: int, episodes: int, steps: int, delay: float, kind: s
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--episodes", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--delay", type=float, default=0.1)
+    parser.add_argument("--episodes", type=int, default=64, help="concurrent episodes")
+    parser.add_argument("--steps", type=int, default=5, help="model requests per episode")
+    parser.add_argument("--delay", type=float, default=0.1, help="seconds per model reply")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--server", default="sync", choices=["sync", "async", "env"])
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="also run the runner over N processes")
+    parser.add_argument("--batches", type=int, default=1,
+                        help="runner schedules: episodes x batches tasks, episodes at a time (steady state)")
     a = parser.parse_args()
-    ideal = a.steps * a.delay
-    schedules = {"sleeps": sleeps, "raw-sdk": raw_sdk, "harness": harness, "runner": runner}
-    results: dict[str, list[Result]] = {name: [] for name in schedules}
-    for fn in schedules.values():  # warm-up, untimed
+    episode_s = a.steps * a.delay
+    schedules: dict[str, tuple[Callable[..., Awaitable[Result]], int]] = {
+        "sleeps": (sleeps, 1), "raw-sdk": (raw_sdk, 1), "harness": (harness, 1),
+        "runner": (lambda *args: _run_shard(*args, batches=a.batches), a.batches),
+    }
+    results: dict[str, tuple[list[Result], int]] = {name: ([], b) for name, (_, b) in schedules.items()}
+    for fn, _ in schedules.values():  # warm-up, untimed
         await fn(a.episodes, a.steps, a.delay, a.server)
     for _ in range(a.repeats):
-        for name, fn in schedules.items():
-            results[name].append(await fn(a.episodes, a.steps, a.delay, a.server))
+        for name, (fn, _) in schedules.items():
+            results[name][0].append(await fn(a.episodes, a.steps, a.delay, a.server))
     if a.workers > 1:
-        results[f"runner x{a.workers} processes"] = multi_process(
-            a.workers, a.episodes, a.steps, a.delay, a.server, a.repeats)
-    steps_total = a.episodes * a.steps
-    print(f"{a.episodes} episodes x {a.steps} steps, model {a.delay * 1000:.0f} ms/reply, "
+        results[f"runner x{a.workers} proc"] = (
+            multi_process(a.workers, a.episodes, a.steps, a.delay, a.server, a.batches, a.repeats), a.batches)
+    print(f"{a.episodes} concurrent episodes x {a.steps} steps, model {a.delay * 1000:.0f} ms/reply, "
           f"server {a.server!r} in-process, {a.repeats} repeats (median; best in brackets)")
-    print(f"ideal      {ideal:.3f} s  ({a.episodes / a.delay:.0f} steps/s)")
+    print(f"ideal: {a.episodes / a.delay:.0f} steps/s ({episode_s:.3f} s per batch of {a.episodes} episodes)")
     medians = {}
-    for name, runs in results.items():
+    for name, (runs, batches) in results.items():
+        ideal, steps_total = episode_s * batches, a.episodes * a.steps * batches
         wall = statistics.median(r[0] for r in runs)
         best = min(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
         medians[name] = wall
-        print(f"{name:<9}  {wall:.3f} s  ({steps_total / wall:.0f} steps/s)  ratio to ideal {ideal / wall:.3f} "
-              f"[{ideal / best:.3f}]   CPU {cpu:.3f} s = {cpu / steps_total * 1000:.2f} ms/step")
+        label = f"{name} ({a.episodes * batches} ep)" if batches > 1 else name
+        print(f"{label:<24} {wall:6.3f} s  {steps_total / wall:4.0f} steps/s  ratio to ideal {ideal / wall:.3f} "
+              f"[{ideal / best:.3f}]  CPU {cpu / steps_total * 1000:.2f} ms/step")
     if a.workers > 1:
-        print("(the multi-process CPU is the sum over the workers)")
+        print("(multi-process CPU: summed over the workers; their start-up is not timed)")
     print(f"harness vs raw SDK (same server, same schedule): throughput ratio "
           f"{medians['raw-sdk'] / medians['harness']:.3f}")
 

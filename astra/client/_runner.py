@@ -152,8 +152,7 @@ async def run_shard(
                 if on_done:
                     on_done(None, message)
                 return
-        # serialising + fsync off the event loop: the other episodes keep running meanwhile
-        if await anyio.to_thread.run_sync(log_file.append, traj):
+        if await log_file.aappend(traj):  # the fsync waits off the event loop
             written += 1
         if on_done:
             on_done(traj, None)
