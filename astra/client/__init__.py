@@ -30,7 +30,7 @@ from astra.client._providers import AnthropicModel, OpenAIModel
 from astra.client._resolve import EchoModel, register_script, registered_scripts, resolve_model
 from astra.client._retry import RetryPolicy
 from astra.client._runner import RolloutSummary, arun_rollouts, run_rollouts
-from astra.client._schema import anthropic_tool, normalize_schema, openai_tool
+from astra.client._schema import anthropic_tool, openai_tool, provider_schema
 
 __all__ = [
     "AnthropicModel",
@@ -54,9 +54,9 @@ __all__ = [
     "ToolResult",
     "anthropic_tool",
     "arun_rollouts",
-    "normalize_schema",
     "openai_tool",
     "parse_tool_reply",
+    "provider_schema",
     "register_script",
     "registered_scripts",
     "resolve_model",

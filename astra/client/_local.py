@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 
 from astra.client._model import Model, ModelError, ModelResponse, ModelSettings
-from astra.client._schema import normalize_schema
+from astra.client._schema import provider_schema
 from astra.jsonutil import JSONExtractionError, extract_all_json_objects, extract_json
 from astra.records import ChatMessage, ToolCall, Usage
 
@@ -113,7 +113,7 @@ def tool_call_schema(tools: Sequence[dict[str, Any]], string_max: int = STRING_M
     options: list[dict[str, Any]] = []
     for tool in tools:
         fn = tool.get("function", tool)
-        params = _bound_strings(normalize_schema(fn.get("parameters")), string_max)
+        params = _bound_strings(provider_schema(fn.get("parameters")), string_max)
         params.pop("description", None)
         options.append(
             {
@@ -143,7 +143,7 @@ def _tool_prompt(tools: Sequence[dict[str, Any]]) -> str:
     ]
     for tool in tools:
         fn = tool.get("function", tool)
-        params = normalize_schema(fn.get("parameters"))
+        params = provider_schema(fn.get("parameters"))
         lines.append(f"- {fn['name']}: {fn.get('description', '')} Arguments schema: {json.dumps(params)}")
     return "\n".join(lines)
 

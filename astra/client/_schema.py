@@ -3,7 +3,7 @@
 MCP servers publish whatever JSON Schema their framework produces; providers reject some of
 it (OpenAI: a non-object top level, top-level ``oneOf``/``anyOf``/``allOf``/``not``/``enum``,
 arrays without ``items``; both: ``$ref`` into ``$defs`` they do not resolve, tool names
-outside ``[A-Za-z0-9_-]{1,64}``). :func:`normalize_schema` rewrites a schema into the common
+outside ``[A-Za-z0-9_-]{1,64}``). :func:`provider_schema` rewrites a schema into the common
 subset both accept, keeping its meaning where it can.
 """
 
@@ -68,7 +68,7 @@ def _fix_node(node: Any) -> Any:
     return out
 
 
-def normalize_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
+def provider_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     """A provider-acceptable copy of an MCP ``inputSchema`` (always ``type: object`` at the top)."""
     if not isinstance(schema, dict):
         return {"type": "object", "properties": {}}
@@ -105,7 +105,7 @@ def openai_tool(name: str, tool: ToolSpec) -> dict[str, Any]:
         "function": {
             "name": name,
             "description": tool.description or tool.title or tool.name,
-            "parameters": normalize_schema(tool.input_schema),
+            "parameters": provider_schema(tool.input_schema),
         },
     }
 
@@ -115,7 +115,7 @@ def anthropic_tool(name: str, tool: ToolSpec) -> dict[str, Any]:
     return {
         "name": name,
         "description": tool.description or tool.title or tool.name,
-        "input_schema": normalize_schema(tool.input_schema),
+        "input_schema": provider_schema(tool.input_schema),
     }
 
 
@@ -125,5 +125,5 @@ def openai_to_anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": fn["name"],
         "description": fn.get("description", ""),
-        "input_schema": normalize_schema(fn.get("parameters")),
+        "input_schema": provider_schema(fn.get("parameters")),
     }

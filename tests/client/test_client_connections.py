@@ -8,7 +8,7 @@ import signal
 import anyio
 import pytest
 
-from astra.client import ConnectionFailed, Connections, normalize_schema
+from astra.client import ConnectionFailed, Connections, provider_schema
 from astra.records import StdioLaunch
 from mcp_test_server import make_server
 
@@ -97,12 +97,12 @@ def test_normalize_schema_fixes_what_providers_reject():
         "required": ["p", "missing"],
         "anyOf": [{"required": ["p"]}],
     }
-    out = normalize_schema(schema)
+    out = provider_schema(schema)
     assert out["properties"]["p"] == {"type": "object", "properties": {"x": {"type": "number"}}}
     assert out["properties"]["tags"]["items"] == {}
     assert out["required"] == ["p"]
     assert "anyOf" not in out and "$defs" not in out and "$schema" not in out
-    assert normalize_schema({"type": "string"}) == {
+    assert provider_schema({"type": "string"}) == {
         "type": "object", "properties": {"value": {"type": "string"}}, "required": ["value"]
     }
-    assert normalize_schema(None) == {"type": "object", "properties": {}}
+    assert provider_schema(None) == {"type": "object", "properties": {}}
