@@ -38,12 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
-from astra.servers import EPISODE_META_KEY
+from astra.servers import EPISODE_META_KEY, SchemaCheck
 
-try:  # compiled validators: the argument check runs on every call of every episode
-    import jsonschema_rs as _rs
-except ImportError:  # pragma: no cover - the same answers without it, only slower
-    _rs = None
 
 log = logging.getLogger(__name__)
 
@@ -270,37 +266,6 @@ class _Server:
         )
 
 
-class _ArgumentCheck:
-    """A compiled input-schema check: a fast yes/no (jsonschema-rs), then the Python
-    validator to explain a failure with the paths of the offending fields."""
-
-    def __init__(self, fast: Any, explain: Any) -> None:
-        self.fast, self.explain = fast, explain
-
-    @classmethod
-    def compile(cls, schema: dict[str, Any]) -> _ArgumentCheck | None:
-        try:
-            explain = jsonschema.validators.validator_for(schema)(schema)
-            explain.check_schema(schema)
-        except jsonschema.SchemaError:
-            return None
-        fast = None
-        if _rs is not None:
-            try:
-                fast = _rs.validator_for(schema)
-            except Exception:  # noqa: BLE001 - a schema jsonschema-rs cannot compile keeps the Python check
-                fast = None
-        return cls(fast, explain)
-
-    def errors(self, arguments: dict[str, Any]) -> str | None:
-        if self.fast is not None and self.fast.is_valid(arguments):
-            return None
-        problems = sorted(self.explain.iter_errors(arguments), key=lambda e: list(e.path))
-        if not problems:
-            return None
-        return "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
-
-
 def _describe(exc: BaseException) -> str:
     """``Type: message`` of the exception that says what went wrong: task groups wrap the
     real cause (a refused connection, a dead process) in exception groups."""
@@ -393,7 +358,7 @@ class Connections:
         self._stack: AsyncExitStack | None = None
         self._bindings: dict[str, ToolBinding] = {}
         self._openai_cache: dict[str, dict[str, Any]] = {}
-        self._arg_checks: dict[str, _ArgumentCheck | None] = {}
+        self._arg_checks: dict[str, SchemaCheck | None] = {}
 
     async def __aenter__(self) -> Connections:
         stack = AsyncExitStack()
@@ -497,10 +462,15 @@ class Connections:
         The check is compiled once per tool and shared by every episode. A tool whose own
         schema is broken is not checked here: its server judges the arguments."""
         if name not in self._arg_checks:
-            binding = self._bindings[name]
-            self._arg_checks[name] = _ArgumentCheck.compile(binding.tool.input_schema or {})
+            try:
+                self._arg_checks[name] = SchemaCheck(self._bindings[name].tool.input_schema or {})
+            except jsonschema.SchemaError:
+                self._arg_checks[name] = None
         check = self._arg_checks[name]
-        return None if check is None else check.errors(arguments)
+        problems = sorted(check.errors(arguments), key=lambda e: list(e.path)) if check is not None else []
+        if not problems:
+            return None
+        return "; ".join(f"{'/'.join(map(str, p.path)) or '(root)'}: {p.message}" for p in problems[:5])
 
     def anthropic_tools(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         return [anthropic_tool(b.name, b.tool) for b in self._selected(names)]

@@ -55,6 +55,11 @@ from mcp_types import Tool as MCPTool
 
 from ._sandbox import Sandbox, SandboxLimits
 
+try:  # optional: a compiled "is it valid" for the hot path; emitted servers run without it
+    import jsonschema_rs as _rs
+except ImportError:  # pragma: no cover - exercised only where the wheel is missing
+    _rs = None
+
 log = logging.getLogger("astra.servers")
 
 EPISODE_META_KEY = "astra/episode"
@@ -137,8 +142,8 @@ class _Tool:
     entrypoint: str | None = None
     stateful: bool = False
     method: str | None = None
-    validator: Any = None
-    output_validator: Any = None
+    validator: SchemaCheck | None = None
+    output_validator: SchemaCheck | None = None
 
     def mcp(self) -> MCPTool:
         annotations = None
@@ -157,6 +162,36 @@ class _Tool:
         )
 
 
+class SchemaCheck:
+    """A compiled JSON Schema check for every call of a tool: jsonschema-rs (when
+    installed) answers "valid" in microseconds; the Python validator, which is the
+    authority, explains a failure with the path of each offending field.
+
+    Raises ``jsonschema.SchemaError`` for a schema that is not valid JSON Schema."""
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        validator_cls = jsonschema.validators.validator_for(schema)
+        validator_cls.check_schema(schema)
+        self.validator = validator_cls(schema)
+        self.fast = None
+        if _rs is not None:
+            try:
+                self.fast = _rs.validator_for(dict(schema))
+            except Exception:  # noqa: BLE001 - a schema jsonschema-rs cannot compile keeps the Python check
+                self.fast = None
+
+    def errors(self, instance: Any) -> list[jsonschema.ValidationError]:
+        """Every violation (empty: valid)."""
+        if self.fast is not None and self.fast.is_valid(instance):
+            return []
+        return list(self.validator.iter_errors(instance))
+
+    def first_error(self, instance: Any) -> jsonschema.ValidationError | None:
+        """The most relevant violation (``jsonschema``'s ``best_match``), or None."""
+        errors = self.errors(instance)
+        return jsonschema.exceptions.best_match(errors) if errors else None
+
+
 def _make_tool(spec: Mapping[str, Any], **extra: Any) -> _Tool:
     name = spec.get("name")
     if not isinstance(name, str) or not name:
@@ -169,14 +204,8 @@ def _make_tool(spec: Mapping[str, Any], **extra: Any) -> _Tool:
         output_schema = {"type": "object", "properties": {"result": output_schema}, "required": ["result"]}
         wrap = True
     try:
-        validator_cls = jsonschema.validators.validator_for(input_schema)
-        validator_cls.check_schema(input_schema)
-        validator = validator_cls(input_schema)
-        output_validator = None
-        if output_schema is not None:
-            out_cls = jsonschema.validators.validator_for(output_schema)
-            out_cls.check_schema(output_schema)
-            output_validator = out_cls(output_schema)
+        validator = SchemaCheck(input_schema)
+        output_validator = SchemaCheck(output_schema) if output_schema is not None else None
     except jsonschema.SchemaError as exc:
         raise EnvironmentError_(f"tool {name!r}: invalid JSON Schema: {exc.message}") from exc
     return _Tool(
@@ -196,7 +225,7 @@ def _make_tool(spec: Mapping[str, Any], **extra: Any) -> _Tool:
 def _schema_error(tool: _Tool, arguments: Any) -> str | None:
     if not isinstance(arguments, dict):
         return f"arguments for tool {tool.name!r} must be a JSON object"
-    error = jsonschema.exceptions.best_match(tool.validator.iter_errors(arguments))
+    error = tool.validator.first_error(arguments)
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
@@ -411,7 +440,7 @@ class EnvironmentRuntime:
                 outcome = await self._execute(tool, arguments, episode)
             if outcome.ok and tool.output_validator is not None and not outcome.truncated:
                 structured = {"result": outcome.value} if tool.wrap_output else outcome.value
-                error = jsonschema.exceptions.best_match(tool.output_validator.iter_errors(structured))
+                error = tool.output_validator.first_error(structured)
                 if error is not None:
                     outcome = ToolOutcome(name, arguments, ok=False, error_kind="bad_output",
                                           error=f"the tool's result does not match its output schema: {error.message}")

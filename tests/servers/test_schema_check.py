@@ -1,0 +1,60 @@
+"""SchemaCheck: the compiled fast path and the Python validator give the same verdicts."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from astra.servers import SchemaCheck
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sku": {"type": "string", "minLength": 1},
+        "quantity": {"type": "integer", "minimum": 1},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "where": {"type": "object", "properties": {"bin": {"type": "integer"}}, "required": ["bin"]},
+    },
+    "required": ["sku", "quantity"],
+    "additionalProperties": False,
+}
+
+CASES = [
+    ({"sku": "A", "quantity": 2}, True),
+    ({"sku": "A", "quantity": 2.0}, True),  # 2.0 is an integer in JSON Schema
+    ({"sku": "A", "quantity": 0}, False),
+    ({"sku": "", "quantity": 1}, False),
+    ({"sku": "A"}, False),
+    ({"sku": "A", "quantity": 1, "extra": 1}, False),
+    ({"sku": "A", "quantity": 1, "tags": ["x", 3]}, False),
+    ({"sku": "A", "quantity": 1, "where": {}}, False),
+    ({"sku": "A", "quantity": True}, False),  # a boolean is not an integer
+    ([], False),
+]
+
+
+@pytest.mark.parametrize(("instance", "valid"), CASES)
+def test_fast_and_python_paths_agree(instance, valid):
+    check = SchemaCheck(SCHEMA)
+    slow = SchemaCheck(SCHEMA)
+    slow.fast = None  # the Python validator alone
+    assert (check.errors(instance) == []) is valid
+    assert (slow.errors(instance) == []) is valid
+    assert (check.first_error(instance) is None) is valid
+    if not valid:
+        assert [e.message for e in check.errors(instance)] == [e.message for e in slow.errors(instance)]
+
+
+def test_errors_name_the_offending_field():
+    error = SchemaCheck(SCHEMA).first_error({"sku": "A", "quantity": 1, "tags": ["x", 3]})
+    assert list(error.absolute_path) == ["tags", 1] and "is not of type 'string'" in error.message
+
+
+def test_invalid_schema_is_refused():
+    with pytest.raises(jsonschema.SchemaError):
+        SchemaCheck({"type": "object", "properties": {"n": {"type": "integer", "minimum": "zero"}}})
+
+
+def test_fast_path_is_used_when_installed():
+    pytest.importorskip("jsonschema_rs")
+    assert SchemaCheck(SCHEMA).fast is not None
