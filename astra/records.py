@@ -70,6 +70,9 @@ class HttpLaunch(Record):
     kind: Literal["http"] = "http"
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    transport: Literal["streamable-http", "sse"] = Field(
+        default="streamable-http", description="streamable HTTP (current), or the legacy HTTP+SSE transport"
+    )
 
 
 class EnvironmentLaunch(Record):

@@ -35,7 +35,7 @@ def _launch_text(spec: ServerSpec) -> str:
 
         return "stdio: " + shlex.join([launch.command, *launch.args])
     if isinstance(launch, HttpLaunch):
-        return f"http: {launch.url}"
+        return f"{'sse' if launch.transport == 'sse' else 'http'}: {launch.url}"
     if launch.kind == "environment":
         return f"environment: {launch.environment_id}"
     return "simulated"
@@ -86,6 +86,7 @@ def add(
     command: Annotated[list[str] | None, typer.Argument(help="after --: the command that starts a stdio server")] = None,
     url: Annotated[str | None, typer.Option("--url", help="streamable HTTP endpoint instead of a command")] = None,
     header: Annotated[list[str] | None, typer.Option("--header", help="HTTP header K=V (repeatable)")] = None,
+    sse: Annotated[bool, typer.Option("--sse", help="with --url: the legacy HTTP+SSE transport")] = False,
     env: Annotated[list[str] | None, typer.Option("--env", help="environment variable K=V for the server (repeatable)")] = None,
     cwd: Annotated[str | None, typer.Option("--cwd", help="working directory of the stdio server")] = None,
     title: Annotated[str | None, typer.Option("--title")] = None,
@@ -98,7 +99,8 @@ def add(
     """Start (stdio) or reach (--url) a live MCP server, list all its tools and store them.
 
     Examples: astra registry add time -- mcp-server-time --local-timezone UTC;
-    astra registry add docs --url http://127.0.0.1:8000/mcp --header Authorization='Bearer X'
+    astra registry add docs --url http://127.0.0.1:8000/mcp --header Authorization='Bearer X';
+    astra registry add legacy --url http://127.0.0.1:8000/sse --sse
     """
     from astra.registry import DiscoveryError, Registry, add_server
 
@@ -108,10 +110,10 @@ def add(
     if url:
         if env:
             raise fail("--env applies to stdio servers (-- COMMAND ...), not --url", code=2)
-        target = HttpLaunch(url=url, headers=_pairs(header, "--header"))
+        target = HttpLaunch(url=url, headers=_pairs(header, "--header"), transport="sse" if sse else "streamable-http")
     elif command:
-        if header:
-            raise fail("--header applies to --url servers", code=2)
+        if header or sse:
+            raise fail("--header and --sse apply to --url servers", code=2)
         program = command[0]
         if os.sep in program and not os.path.isabs(program):
             program = os.path.abspath(program)  # stored launches must work from any directory

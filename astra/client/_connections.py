@@ -28,8 +28,6 @@ from typing import Any, Literal, TextIO
 import anyio
 import jsonschema
 from mcp.client import Client
-from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
 from mcp.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
@@ -38,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
+from astra.registry import client_target
 from astra.servers import EPISODE_META_KEY, SchemaCheck
 
 
@@ -116,15 +115,8 @@ class _Server:
 
     def _make_client(self) -> Client:
         t = self.target
-        if isinstance(t, StdioLaunch):
-            params = StdioServerParameters(command=t.command, args=list(t.args), env=dict(t.env), cwd=t.cwd)
-            return Client(stdio_client(params, errlog=self.errlog))
-        if isinstance(t, HttpLaunch):
-            if t.headers:
-                from mcp.shared._httpx_utils import create_mcp_http_client
-
-                return Client(streamable_http_client(t.url, http_client=create_mcp_http_client(headers=t.headers)))
-            return Client(t.url)
+        if isinstance(t, (StdioLaunch, HttpLaunch)):
+            return Client(client_target(t, errlog=self.errlog if isinstance(t, StdioLaunch) else None))
         return Client(t)
 
     async def _list_tools(self, client: Client) -> list[ToolSpec]:

@@ -3,7 +3,8 @@
 - :class:`Registry`: one SQLite database (WAL, versioned schema with migrations).
 - :func:`import_file`: ASTRA ``mcp_servers.jsonl`` and MCP registry ``server.json`` files.
 - :func:`discover_tools` / :func:`add_server`: live ``tools/list`` over stdio, streamable
-  HTTP or in-process, with the official ``mcp`` client.
+  HTTP, legacy HTTP+SSE or in-process, with the official ``mcp`` client
+  (:func:`client_target` says how a launch is reached; the client harness uses it too).
 - :func:`to_networkx` / :func:`from_networkx` / :func:`export_graph`: graphs for algorithms
   and for GraphML / node-link JSON / DOT.
 - :func:`normalize_schema`: loose tool schemas to valid JSON Schema (Draft 2020-12).
@@ -29,6 +30,7 @@ from astra.registry._discovery import (
     DiscoveryTarget,
     add_server,
     add_server_async,
+    client_target,
     describe_target,
     discover_tools,
     discover_tools_sync,
@@ -72,6 +74,7 @@ __all__ = [
     "discover_tools_sync",
     "add_server",
     "add_server_async",
+    "client_target",
     "describe_target",
     "to_networkx",
     "from_networkx",

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import shlex
 import tempfile
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import IO, Any
 
 import anyio
 from mcp.client import Client
+from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel import Server
@@ -36,6 +38,7 @@ __all__ = [
     "add_server",
     "add_server_async",
     "describe_target",
+    "client_target",
 ]
 
 DiscoveryTarget = StdioLaunch | HttpLaunch | MCPServer | Server
@@ -68,6 +71,31 @@ class DiscoveryResult(BaseModel):
     protocol_version: str | None = None
     pages: int = 0
     tools: list[ToolSpec] = Field(default_factory=list)
+
+
+def client_target(target: DiscoveryTarget, *, errlog: IO[str] | None = None) -> Any:
+    """What ``mcp.client.Client(...)`` takes to reach ``target``: a stdio transport (the
+    launch's ``env`` passed explicitly), the URL of a streamable HTTP endpoint, a
+    streamable HTTP transport with the launch's headers, an SSE transport, or the
+    in-process server itself. One place, so discovery and rollouts reach a server alike."""
+    if isinstance(target, StdioLaunch):
+        params = StdioServerParameters(command=target.command, args=list(target.args), env=dict(target.env) or None,
+                                       cwd=target.cwd)
+        return stdio_client(params, errlog=errlog) if errlog is not None else stdio_client(params)
+    if isinstance(target, HttpLaunch):
+        if target.transport == "sse":
+            return sse_client(target.url, headers=dict(target.headers) or None)
+        if target.headers:
+            return _streamable_http_with_headers(target.url, dict(target.headers))
+        return target.url
+    return target
+
+
+@asynccontextmanager
+async def _streamable_http_with_headers(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
+    # the transport does not close an http client it was given: this owns it
+    async with create_mcp_http_client(headers=headers) as http, streamable_http_client(url, http_client=http) as streams:
+        yield streams
 
 
 def describe_target(target: DiscoveryTarget) -> str:
@@ -187,19 +215,9 @@ async def discover_tools(
         tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") if isinstance(target, StdioLaunch) else None
     )
     try:
-        async with AsyncExitStack() as stack:
-            if isinstance(target, StdioLaunch):
-                params = StdioServerParameters(command=target.command, args=target.args, env=target.env or None,
-                                               cwd=target.cwd)
-                transport: Any = stdio_client(params, errlog=errlog)  # type: ignore[arg-type]
-            elif isinstance(target, HttpLaunch):
-                http = await stack.enter_async_context(create_mcp_http_client(headers=target.headers or None))
-                transport = streamable_http_client(target.url, http_client=http)
-            else:
-                transport = target
-            with anyio.fail_after(timeout_s):
-                async with Client(transport, cache=None) as client:
-                    return await _list_all(client, name, max_pages)
+        with anyio.fail_after(timeout_s):
+            async with Client(client_target(target, errlog=errlog), cache=None) as client:
+                return await _list_all(client, name, max_pages)
     except anyio.get_cancelled_exc_class():
         raise
     except BaseException as exc:  # noqa: BLE001 - any failure of the server becomes one clear error

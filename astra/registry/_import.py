@@ -14,7 +14,7 @@ Formats (auto-detected per record):
   "packages": [{"registryType", "identifier", "version", "transport": {"type"}, ...}],
   "remotes": [{"type", "url", "headers"?}]}`` (also wrapped as ``{"server": {...}}`` the way
   the registry API returns it). The launch is derived from a stdio package or a
-  streamable-HTTP remote; the whole document is kept. Tools are unknown until discovery.
+  streamable-HTTP remote (else an SSE one); the whole document is kept. Tools are unknown until discovery.
 """
 
 from __future__ import annotations
@@ -255,25 +255,30 @@ def parse_server_json(doc: dict[str, Any], *, source: str | None = None) -> Serv
         try:
             if transport.get("type", "stdio") == "stdio":
                 launch = _stdio_launch(pkg, f"packages[{i}]")
-            elif transport.get("type") == "streamable-http" and transport.get("url"):
-                launch = HttpLaunch(url=transport["url"], headers=_headers(transport.get("headers"),
-                                                                           f"packages[{i}].transport.headers"))
+            elif transport.get("type") in ("streamable-http", "sse") and transport.get("url"):
+                launch = HttpLaunch(url=transport["url"], transport=transport["type"],
+                                    headers=_headers(transport.get("headers"), f"packages[{i}].transport.headers"))
         except RecordError as exc:
             first_error = first_error or exc
             continue
         if launch is not None:
             break
     if launch is None:
-        for i, remote in enumerate(remotes):
-            remote = _object(remote, f"remotes[{i}]")
-            if remote.get("type") == "streamable-http":
-                url = _require(remote, "url", f"remotes[{i}]")
-                launch = HttpLaunch(url=url, headers=_headers(remote.get("headers"), f"remotes[{i}].headers"))
+        # streamable HTTP preferred; a legacy SSE remote when it is all there is
+        for wanted in ("streamable-http", "sse"):
+            for i, remote in enumerate(remotes):
+                remote = _object(remote, f"remotes[{i}]")
+                if remote.get("type") == wanted:
+                    url = _require(remote, "url", f"remotes[{i}]")
+                    launch = HttpLaunch(url=url, transport=wanted,
+                                        headers=_headers(remote.get("headers"), f"remotes[{i}].headers"))
+                    break
+            if launch is not None:
                 break
     if launch is None:
         if first_error is not None:
             raise first_error
-        raise RecordError("packages", "no launchable transport: need a stdio package or a streamable-http remote")
+        raise RecordError("packages", "no launchable transport: need a stdio package, or a streamable-http or sse remote")
     return ServerSpec(
         id=stable_id("server.json", name, prefix="srv-"),
         name=name,

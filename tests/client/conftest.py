@@ -52,16 +52,37 @@ def time_launch() -> StdioLaunch:
     return StdioLaunch(command=exe, args=["--local-timezone", "UTC"], env={"TZ": "UTC"})
 
 
-@pytest.fixture(scope="module")
-def http_server() -> HttpLaunch:
-    port = free_port()
+def start_test_server(transport: str, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """``mcp_test_server.py`` over ``http`` or ``sse`` on 127.0.0.1 (a free port unless given), ready."""
+    port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "mcp_test_server.py"), "http", str(port)],
+        [sys.executable, str(HERE / "mcp_test_server.py"), transport, str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         wait_for_port(port, proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, port
+
+
+@pytest.fixture(scope="module")
+def http_server() -> HttpLaunch:
+    proc, port = start_test_server("http")
+    try:
         yield HttpLaunch(url=f"http://127.0.0.1:{port}/mcp")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def sse_server() -> HttpLaunch:
+    """The test server over the legacy HTTP+SSE transport."""
+    proc, port = start_test_server("sse")
+    try:
+        yield HttpLaunch(url=f"http://127.0.0.1:{port}/sse", transport="sse")
     finally:
         proc.kill()
         proc.wait(timeout=10)

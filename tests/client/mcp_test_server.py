@@ -1,6 +1,7 @@
 """A small real MCP server for the harness tests: in-process, stdio or streamable HTTP.
 
-``python mcp_test_server.py stdio`` or ``python mcp_test_server.py http <port>`` (127.0.0.1).
+``python mcp_test_server.py stdio``, ``python mcp_test_server.py http <port>`` or
+``python mcp_test_server.py sse <port>`` (legacy HTTP+SSE at ``/sse``), on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -49,5 +50,7 @@ if __name__ == "__main__":
     server = make_server()
     if sys.argv[1:2] == ["http"]:
         server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    elif sys.argv[1:2] == ["sse"]:
+        server.run(transport="sse", host="127.0.0.1", port=int(sys.argv[2]))
     else:
         server.run()

@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import anyio
 import pytest
@@ -15,7 +13,7 @@ from mcp_test_server import make_server
 
 from astra.client import Connections, EpisodeTurn, ScriptedModel, run_episode, trajectory_id
 from astra.records import ChatMessage, HttpLaunch, Task, ToolCall, Trajectory
-from conftest import free_port, wait_for_port
+from conftest import free_port, start_test_server
 
 pytestmark = pytest.mark.anyio
 
@@ -68,6 +66,16 @@ async def test_http_server_episode(http_server):
         async with Connections([("web", http_server)]) as conns:
             traj = await run_episode(model, conns, ["say hello"])
     assert traj.termination == "final_answer" and traj.steps[0].result == {"result": "hello"}
+    assert_well_formed(traj)
+
+
+async def test_legacy_sse_server_episode(sse_server):
+    model = ScriptedModel.from_plan([("add", {"a": 40, "b": 2}), ("echo", {"text": "über"})], "42")
+    with anyio.fail_after(60):
+        async with Connections([("legacy", sse_server)]) as conns:
+            traj = await run_episode(model, conns, ["add, then echo"])
+    assert traj.termination == "final_answer"
+    assert [s.result for s in traj.steps] == [{"result": 42}, {"result": "über"}]
     assert_well_formed(traj)
 
 
@@ -185,11 +193,7 @@ class HttpServerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).parent / "mcp_test_server.py"), "http", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port, self.proc)
+        self.proc, _ = start_test_server("http", self.port)
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -65,12 +65,10 @@ def demo_server():  # noqa: ANN201 - MCPServer
     return server
 
 
-@pytest.fixture
-def http_server() -> Iterator[HttpLaunch]:
-    """``demo_server()`` over streamable HTTP on 127.0.0.1 (uvicorn in a background thread)."""
+def _serve_on_loopback(app) -> Iterator[int]:  # noqa: ANN001
+    """Serve an ASGI app with uvicorn in a background thread on 127.0.0.1; yields the port."""
     import uvicorn
 
-    app = demo_server().streamable_http_app(host="127.0.0.1")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -83,8 +81,22 @@ def http_server() -> Iterator[HttpLaunch]:
             pytest.fail("the uvicorn test server did not start")
         time.sleep(0.02)
     try:
-        yield HttpLaunch(url=f"http://127.0.0.1:{port}/mcp", headers={"X-Test": "1"})
+        yield port
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def http_server() -> Iterator[HttpLaunch]:
+    """``demo_server()`` over streamable HTTP on 127.0.0.1."""
+    for port in _serve_on_loopback(demo_server().streamable_http_app(host="127.0.0.1")):
+        yield HttpLaunch(url=f"http://127.0.0.1:{port}/mcp", headers={"X-Test": "1"})
+
+
+@pytest.fixture
+def sse_server() -> Iterator[HttpLaunch]:
+    """``demo_server()`` over the legacy HTTP+SSE transport on 127.0.0.1."""
+    for port in _serve_on_loopback(demo_server().sse_app()):
+        yield HttpLaunch(url=f"http://127.0.0.1:{port}/sse", headers={"X-Test": "1"}, transport="sse")

@@ -94,6 +94,7 @@ def test_add_failure_names_command_and_writes_nothing(tmp_path: Path) -> None:
     (["registry", "add", "x"], "give -- COMMAND"),
     (["registry", "add", "x", "--url", "http://127.0.0.1:1/mcp", "--", "cmd"], "not both"),
     (["registry", "add", "x", "--url", "http://127.0.0.1:1/mcp", "--header", "novalue"], "expected KEY=VALUE"),
+    (["registry", "add", "x", "--sse", "--", "cmd"], "apply to --url servers"),
 ])
 def test_add_usage_errors(tmp_path: Path, argv: list[str], message: str) -> None:
     result = run(*argv, "--home", tmp_path)
@@ -105,6 +106,14 @@ def test_add_http(tmp_path: Path, http_server) -> None:  # noqa: ANN001
                  "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tools"] == ["add", "scale"]
+
+
+def test_add_sse(tmp_path: Path, sse_server) -> None:  # noqa: ANN001
+    result = run("registry", "add", "legacy", "--url", sse_server.url, "--sse", "--home", tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tools"] == ["add", "scale"]
+    shown = run("registry", "list", "--home", tmp_path)
+    assert f"sse: {sse_server.url}" in shown.stdout + shown.stderr
 
 
 def test_graph_list_show_export(tmp_path: Path) -> None:

@@ -112,6 +112,19 @@ def test_streamable_http(http_server, registry: Registry) -> None:  # noqa: ANN0
     assert stored.launch.headers == {"X-Test": "1"}
 
 
+def test_legacy_sse(sse_server, registry: Registry) -> None:  # noqa: ANN001
+    spec, changed = add_server(registry, "calc-sse", sse_server, timeout_s=20)
+    assert changed and [t.name for t in spec.tools] == ["add", "scale"]
+    stored = registry.get_server("calc-sse")
+    assert stored.launch == sse_server and stored.launch.transport == "sse"
+
+
+def test_sse_url_spoken_to_as_streamable_http_is_a_clear_error(sse_server) -> None:  # noqa: ANN001
+    wrong = sse_server.model_copy(update={"transport": "streamable-http"})
+    with pytest.raises(DiscoveryError, match="/sse"):
+        discover_tools_sync(wrong, timeout_s=10)
+
+
 def test_http_nobody_listening() -> None:
     import socket
 

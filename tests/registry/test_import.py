@@ -152,15 +152,22 @@ def test_server_json_package_and_remote(registry: Registry, tmp_path: Path) -> N
     pypi = {"name": "io.github.example/py", "description": "py", "version": "0.1.0",
             "packages": [{"registryType": "pypi", "identifier": "weather-mcp", "version": "0.1.0",
                           "transport": {"type": "stdio"}}]}
+    sse_only = {"name": "io.github.example/legacy", "description": "old", "version": "0.9.0",
+                "remotes": [{"type": "sse", "url": "https://x.test/sse",
+                             "headers": [{"name": "X-Key", "value": "k"}]}]}
     nothing = {"name": "io.github.example/docs-only", "description": "x", "version": "1.0.0", "remotes": []}
     listing = tmp_path / "servers.json"  # the registry API's list shape
-    listing.write_text(json.dumps({"servers": [{"server": remote_only, "_meta": {}}, {"server": pypi}, nothing]}))
+    listing.write_text(json.dumps({"servers": [{"server": remote_only, "_meta": {}}, {"server": pypi}, nothing,
+                                               {"server": sse_only}]}))
     report = import_file(registry, listing)
-    assert report.imported == 2
-    assert report.errors == [f"{listing}:1: [2].packages: no launchable transport: need a stdio package or a "
-                             "streamable-http remote"]
+    assert report.imported == 3
+    assert report.errors == [f"{listing}:1: [2].packages: no launchable transport: need a stdio package, or a "
+                             "streamable-http or sse remote"]
+    # streamable HTTP is preferred even when an SSE remote comes first
     assert registry.get_server("io.github.example/remote").launch == HttpLaunch(
         url="https://x.test/mcp", headers={"Authorization": "Bearer t"})
+    assert registry.get_server("io.github.example/legacy").launch == HttpLaunch(
+        url="https://x.test/sse", headers={"X-Key": "k"}, transport="sse")
     assert registry.get_server("io.github.example/py").launch == StdioLaunch(command="uvx", args=["weather-mcp==0.1.0"])
 
 
