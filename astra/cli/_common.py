@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,5 +29,18 @@ def emit_json(data: Any) -> None:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print a user-facing error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line: greppable
     return typer.Exit(code)
+
+
+@contextmanager
+def resumable_run(run_dir: Path | str) -> Iterator[None]:
+    """Ctrl-C during a long, resumable command: say what is kept and how to go on (exit 130).
+
+    Every finished record is already on disk (append-only, fsynced); the same command
+    resumes where this one stopped."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise fail(f"interrupted: every finished record is kept in {run_dir}; "
+                   "run the same command again to resume", code=130) from None

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -138,12 +138,13 @@ def run(
 
         already = len({e.id for e in entries} & RunDir(run_dir).stage("results").ids)
         progress.update(task, completed=already)
-        summary = anyio.run(
-            lambda: run_bfcl(
-                factory, entries, run_dir, model_name=model, concurrency=concurrency, settings=settings,
-                max_steps_per_turn=max_steps_per_turn, servers=servers, on_result=on_result,
+        with resumable_run(run_dir):
+            summary = anyio.run(
+                lambda: run_bfcl(
+                    factory, entries, run_dir, model_name=model, concurrency=concurrency, settings=settings,
+                    max_steps_per_turn=max_steps_per_turn, servers=servers, on_result=on_result,
+                )
             )
-        )
     if json_out:
         emit_json(summary.model_dump())
     console.print(_score_table(summary))

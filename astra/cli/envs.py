@@ -14,7 +14,7 @@ import anyio
 import typer
 from pydantic import ValidationError
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
 from astra.synthesis.environments import (
     EnvironmentPipelineConfig,
     PipelineContext,
@@ -76,7 +76,8 @@ def _stage_command(name: str, help_text: str) -> None:
                     await ctx.model.aclose()
 
         try:
-            counts, extra = anyio.run(go)
+            with resumable_run(cfg.run_dir):
+                counts, extra = anyio.run(go)
         except ValueError as exc:  # a user mistake in the config (missing input file, no input)
             raise fail(str(exc)) from exc
         funnel = funnel_of(ctx)
@@ -107,7 +108,8 @@ def run(config: ConfigArg, model: ModelOption = None, home: HomeOption = None, a
     """Run (or resume) every stage; ends with the funnel, the mcpServers block and the export paths."""
     cfg = _load(config, model, home)
     try:
-        result = anyio.run(lambda: run_environment_pipeline(cfg, progress=not quiet))
+        with resumable_run(cfg.run_dir):
+            result = anyio.run(lambda: run_environment_pipeline(cfg, progress=not quiet))
     except ValueError as exc:  # a user mistake in the config (missing input file, no input)
         raise fail(str(exc)) from exc
     summary = {

@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -63,17 +63,18 @@ def rollout(
     if not task_list:
         raise fail(f"{tasks}: no valid tasks")
     model_options = {"base_url": base_url} if base_url and model.startswith("openai:") else {}
-    try:
-        summary = run_rollouts(
-            task_list, model, out,
-            servers=list(servers or []), samples=samples, concurrency=concurrency,
-            per_endpoint_concurrency=per_endpoint, executor=executor, workers=workers, ray_address=ray_address,
-            progress=not json_out, home=home, model_options=model_options, max_steps=max_steps,
-            settings=ModelSettings(temperature=temperature) if temperature is not None else None,
-            call_timeout_s=call_timeout, system_prompt=system_prompt,
-        )
-    except (KeyError, ValueError, RuntimeError, OSError) as exc:
-        raise fail(str(exc).strip("'\"")) from None
+    with resumable_run(out):  # outside the try: typer's Exit is a RuntimeError
+        try:
+            summary = run_rollouts(
+                task_list, model, out,
+                servers=list(servers or []), samples=samples, concurrency=concurrency,
+                per_endpoint_concurrency=per_endpoint, executor=executor, workers=workers, ray_address=ray_address,
+                progress=not json_out, home=home, model_options=model_options, max_steps=max_steps,
+                settings=ModelSettings(temperature=temperature) if temperature is not None else None,
+                call_timeout_s=call_timeout, system_prompt=system_prompt,
+            )
+        except (KeyError, ValueError, RuntimeError, OSError) as exc:
+            raise fail(str(exc).strip("'\"")) from None
     if json_out:
         emit_json(summary.model_dump(mode="json"))
     table = Table(title=f"rollouts -> {summary.out_dir}", show_header=False)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -35,7 +35,8 @@ def _run(config: Path, home: Path | None, as_json: bool, quiet: bool, stages: tu
 
     cfg = _load(config, home)
     try:
-        result = anyio.run(lambda: run_trajectory_pipeline(cfg, progress=not quiet and not as_json, stages=stages))
+        with resumable_run(cfg.out_dir):
+            result = anyio.run(lambda: run_trajectory_pipeline(cfg, progress=not quiet and not as_json, stages=stages))
     except (PipelineError, ModelError, RegistryError, DiscoveryError, ValueError, KeyError) as exc:
         raise fail(f"{type(exc).__name__}: {exc}") from None
     if as_json:

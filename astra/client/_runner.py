@@ -328,12 +328,39 @@ async def arun_rollouts(
     existing = JsonlLog(out_path)
     already = sum(1 for i in ids if i in existing)
     todo = [i for i in items if i[0] not in existing]
+    if todo and (executor != "local" or workers > 1):  # user mistakes first, before anything runs
+        if model is not None:
+            raise ValueError("a Model object cannot cross processes: pass model_spec (workers=1 to use model=)")
+        inproc = _in_process_targets(targets)
+        if inproc:
+            raise ValueError(f"in-process servers {inproc} cannot cross processes: pass a module-level factory "
+                             "(name, make_server) instead, or use workers=1 and executor='local'")
     run.mark(STAGE, "running", planned=len(items), done=already)
-    written, errors = 0, []
-    counts: Counter[str] = Counter()
     bar = _progress(progress, len(items), "rollouts")
+    try:
+        written, errors = await _run_with_progress(
+            bar, todo, already, len(items), config, targets, out_path, executor, workers, ray_address, model)
+    except BaseException:  # Ctrl-C, a cancelled caller, a crash: say so in the manifest, keep what is written
+        in_file = sum(1 for i in ids if i in JsonlLog(out_path))
+        run.mark(STAGE, "interrupted", planned=len(items), in_file=in_file)
+        raise
+    base = dict(out_dir=str(out), model=model_spec, executor=executor if executor == "ray" else f"local x{max(1, workers)}",
+                planned=len(items), already_done=already, written=written, failed=len(errors),
+                wall_s=time.perf_counter() - started, errors=errors[:50])
+    summary = _summarise(out, ids, base)
+    run.mark(STAGE, "done" if not errors and summary.total_in_file >= len(ids) else "partial",
+             planned=len(items), written=written, failed=len(errors))
+    return summary
+
+
+async def _run_with_progress(bar: Any, todo: list[Any], already: int, planned: int, config: EpisodeConfig,
+                             targets: list[ServerTarget], out_path: str, executor: str, workers: int,
+                             ray_address: str | None, model: Model | None) -> tuple[int, list[str]]:
+    written: int = 0
+    errors: list[str] = []
+    counts: Counter[str] = Counter()
     with bar:
-        ptask = bar.add_task("rollouts", total=len(items), completed=already, status="")
+        ptask = bar.add_task("rollouts", total=planned, completed=already, status="")
 
         def on_done(traj: Trajectory | None, err: str | None) -> None:
             counts[traj.termination if traj else "harness_error"] += 1
@@ -342,21 +369,9 @@ async def arun_rollouts(
         if todo and executor == "local" and workers <= 1:
             written, errors = await run_shard(todo, config, targets, out_path, on_done, model=model)
         elif todo:
-            if model is not None:
-                raise ValueError("a Model object cannot cross processes: pass model_spec (workers=1 to use model=)")
-            inproc = _in_process_targets(targets)
-            if inproc:
-                raise ValueError(f"in-process servers {inproc} cannot cross processes: pass a module-level factory "
-                                 "(name, make_server) instead, or use workers=1 and executor='local'")
             written, errors = await _run_distributed(todo, config, targets, out_path, executor, workers, ray_address,
                                                      lambda n: bar.update(ptask, completed=already + n))
-    base = dict(out_dir=str(out), model=model_spec, executor=executor if executor == "ray" else f"local x{max(1, workers)}",
-                planned=len(items), already_done=already, written=written, failed=len(errors),
-                wall_s=time.perf_counter() - started, errors=errors[:50])
-    summary = _summarise(out, ids, base)
-    run.mark(STAGE, "done" if not errors and summary.total_in_file >= len(ids) else "partial",
-             planned=len(items), written=written, failed=len(errors))
-    return summary
+    return written, errors
 
 
 def _target_name(t: ServerTarget) -> str:

@@ -88,6 +88,51 @@ def test_kill_9_mid_run_then_rerun(tmp_path):
     assert not [i for i, n in Counter(ids).items() if n > 1]
 
 
+def test_interrupted_run_is_marked_and_resumes(tmp_path):
+    """A run cancelled from outside (Ctrl-C reaches the runner as a cancellation) keeps every
+    finished trajectory, says "interrupted" in the manifest, and a rerun completes the set."""
+    import anyio
+
+    from astra.client import arun_rollouts
+
+    register_script("slow-for-interrupt", lambda: ScriptedModel.from_plan(
+        [("add", {"a": 1, "b": 1})], "2", name="slow-for-interrupt", delay_s=0.05))
+    ts = tasks(40)
+
+    async def interrupted() -> None:
+        with anyio.move_on_after(0.6) as scope:
+            await arun_rollouts(ts, "scripted:slow-for-interrupt", tmp_path, servers=[("s", make_server())],
+                                concurrency=4, progress=False)
+        assert scope.cancelled_caught
+
+    anyio.run(interrupted)
+    stage = json.loads((tmp_path / "manifest.json").read_text())["stages"]["trajectories"]
+    kept = read_ids(tmp_path)
+    assert stage["status"] == "interrupted" and stage["in_file"] == len(kept) and 0 < len(kept) < 40
+    summary = run_rollouts(ts, "scripted:slow-for-interrupt", tmp_path, servers=[("s", make_server())],
+                           concurrency=8, progress=False)
+    assert summary.already_done == len(kept) and summary.total_in_file == 40
+    assert len(read_ids(tmp_path)) == len(set(read_ids(tmp_path))) == 40
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["trajectories"]["status"] == "done"
+
+
+def test_cli_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
+    import astra.client
+    from astra.cli import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(astra.client, "run_rollouts", interrupted)
+    task_file = tmp_path / "tasks.jsonl"
+    task_file.write_text(Task(id="a", user_turns=["hello"]).model_dump_json() + "\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["rollout", "--tasks", str(task_file), "--model", "scripted:echo",
+                                      "--out", str(out)])
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and str(out) in result.stderr and "run the same command again" in result.stderr
+
+
 def test_cli_rollout_json(tmp_path):
     from astra.cli import app
 
