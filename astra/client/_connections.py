@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
-from astra.registry import client_target
+from astra.registry import client_target, failure_reason
 from astra.servers import EPISODE_META_KEY, SchemaCheck
 
 
@@ -178,7 +178,7 @@ class _Server:
                     raise TimeoutError(f"no answer within {self.connect_timeout_s:g} s")
             except Exception as exc:  # noqa: BLE001 - a failed (re)connect is recorded, calls see it
                 self.client = None
-                self.error = _describe(exc)
+                self.error = failure_reason(exc)
                 if not started:
                     raise ConnectionFailed(f"MCP server {self.name!r} ({self.kind}) failed to start: {self.error}") from exc
                 if not connected:
@@ -256,14 +256,6 @@ class _Server:
             error_kind="tool_error" if res.is_error else None,
             latency_s=time.perf_counter() - start,
         )
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of the exception that says what went wrong: task groups wrap the
-    real cause (a refused connection, a dead process) in exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _usable_errlog(errlog: TextIO | None) -> TextIO:

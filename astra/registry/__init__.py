@@ -34,6 +34,7 @@ from astra.registry._discovery import (
     describe_target,
     discover_tools,
     discover_tools_sync,
+    failure_reason,
 )
 from astra.registry._graph import GRAPH_FORMATS, GraphFormat, export_graph, from_networkx, parse_graph, to_networkx
 from astra.registry._import import ImportReport, RecordError, import_file, parse_astra_record, parse_server_json
@@ -76,6 +77,7 @@ __all__ = [
     "add_server_async",
     "client_target",
     "describe_target",
+    "failure_reason",
     "to_networkx",
     "from_networkx",
     "export_graph",

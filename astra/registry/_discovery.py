@@ -39,6 +39,7 @@ __all__ = [
     "add_server_async",
     "describe_target",
     "client_target",
+    "failure_reason",
 ]
 
 DiscoveryTarget = StdioLaunch | HttpLaunch | MCPServer | Server
@@ -109,12 +110,14 @@ def describe_target(target: DiscoveryTarget) -> str:
     return f"in-process Server {target.name!r}"
 
 
-def _error_reason(exc: BaseException) -> str:
-    """The innermost meaningful message of a (possibly grouped) exception."""
+def failure_reason(exc: BaseException) -> str:
+    """Why reaching a server failed, in words: the innermost meaningful message of a
+    (possibly grouped: task groups wrap the real cause) exception. Used by discovery and by
+    the client harness when a server cannot be (re)connected."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, TimeoutError):
-        return "timed out"
+        return f"timed out ({exc})" if str(exc) else "timed out"
     if isinstance(exc, FileNotFoundError):
         return f"command not found ({exc.filename or exc})"
     text = str(exc) or type(exc).__name__
@@ -223,7 +226,7 @@ async def discover_tools(
     except BaseException as exc:  # noqa: BLE001 - any failure of the server becomes one clear error
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        reason = _error_reason(exc)
+        reason = failure_reason(exc)
         if reason == "timed out":
             reason = f"no complete tools/list answer within {timeout_s:g} s (hung or too slow)"
         raise DiscoveryError(label, reason, _tail(errlog)) from exc
