@@ -268,6 +268,12 @@ class Reward(Record):
     rationale: str | None = None
     status: Literal["ok", "judge_failed"] = "ok"
     error: str | None = None
+    mode: Literal["llm", "rules"] | None = Field(
+        default=None, description="llm: a judge model scored the items; rules: rules alone (never LLM-judged)")
+    judge_version: str | None = Field(default=None, description="prompt / rule-set version of the scores")
+    judge_calls: int | None = Field(default=None, description="model requests this reward took (retries included)")
+    items: list[dict[str, Any]] = Field(
+        default_factory=list, description="item verdicts: kind, ref, score (0 / 0.5 / 1), reason, source (judge|rule)")
 
     @field_validator("dimensions")
     @classmethod

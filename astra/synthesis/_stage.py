@@ -60,6 +60,11 @@ class StageCounts(BaseModel):
     dropped: int = 0
     failed: int = 0
     drop_reasons: dict[str, int] = Field(default_factory=dict)
+    model_calls: int = Field(default=0, description="model requests recorded in the audits (retries included)")
+
+    @property
+    def calls_per_item(self) -> float:
+        return round(self.model_calls / self.inputs, 2) if self.inputs else 0.0
 
 
 class Funnel(BaseModel):
@@ -74,16 +79,22 @@ class Funnel(BaseModel):
         from rich.table import Table
 
         table = Table(title="funnel")
-        for col in ("stage", "in", "out", "dropped", "failed", "top drop reasons"):
+        for col in ("stage", "in", "out", "dropped", "failed", "model calls / item", "top drop reasons"):
             table.add_column(col)
         for s in self.stages:
             reasons = ", ".join(f"{r} ({n})" for r, n in sorted(s.drop_reasons.items(), key=lambda kv: -kv[1])[:3])
-            table.add_row(s.stage, str(s.inputs), str(s.outputs), str(s.dropped), str(s.failed), reasons)
+            table.add_row(s.stage, str(s.inputs), str(s.outputs), str(s.dropped), str(s.failed),
+                          f"{s.calls_per_item:g}" if s.model_calls else "-", reasons)
         return table
 
 
 # progress is human output: stderr, so that a CLI's --json owns stdout
 _PROGRESS_CONSOLE = Console(stderr=True)
+
+
+def model_calls(audit: list[dict[str, Any]]) -> int:
+    """Model requests in an audit trail (``ask_json`` records one entry per attempt)."""
+    return sum(1 for a in audit if isinstance(a, dict) and "model" in a and ("raw" in a or "error" in a))
 
 
 def _reason_key(reason: str) -> str:
@@ -115,6 +126,7 @@ class Stage(Generic[T]):
         reasons: Counter[str] = Counter()
         for e in self.entries():
             counts.inputs += 1
+            counts.model_calls += model_calls(e.audit)
             counts.outputs += len(e.outputs)
             if e.dropped is not None:
                 counts.dropped += 1

@@ -102,8 +102,7 @@ class Router:
             return json.dumps({"tool_selection_difficulty": s, "uniqueness": s, "question_quality": s, "realism": s,
                                "reason": "clear"})
         if kind == "judge":
-            return json.dumps({"final_answer": 5, "tool_planning": 4, "tool_understanding": 5,
-                               "query_understanding": 5, "query_planning": 4, "rationale": "good"})
+            return judge_reply(user)
         if kind == "chains":
             return '{"chains": [["geo-locator/search_city", "weather-forecast/get_forecast"], ["nope/nothing", "x"]]}'
         raise AssertionError(kind)
@@ -114,6 +113,19 @@ class Router:
         fn = tools[0]["function"]
         return ChatMessage(role="assistant", content=None, tool_calls=[
             ToolCall(id="call_0", name=fn["name"], arguments=json.dumps(example_args(fn.get("parameters") or {})))])
+
+
+def judge_reply(prompt: str, score: float = 1.0) -> str:
+    """A judge's reply to a trajectory-judge prompt: the requested shape, every item at ``score``."""
+    shape = json.loads(prompt[prompt.rindex("\n{") + 1:])
+    for value in shape.values():
+        for item in value if isinstance(value, list) else [value]:
+            if "success" in item:
+                item["success"] = score >= 1.0
+            else:
+                item["score"] = score
+            item["reason"] = "looks right" if score >= 1.0 else "not quite"
+    return "```json\n" + json.dumps(shape) + "\n```"
 
 
 def router_model(router: Router, name: str = "router") -> ScriptedModel:

@@ -12,6 +12,7 @@ from astra.synthesis.trajectories._config import (
     ChainOptions,
     ConfigError,
     GraphOptions,
+    JudgeMode,
     RewardOptions,
     RolloutOptions,
     TaskOptions,
@@ -35,14 +36,20 @@ from astra.synthesis.trajectories._pipeline import (
     demo_config,
     run_trajectory_pipeline,
 )
-from astra.synthesis.trajectories._reward import DIMENSIONS, reward_trajectory, rule_scores
+from astra.synthesis.trajectories._reward import (
+    DIMENSIONS,
+    OVERALL_KEY,
+    original_keys,
+    reward_trajectory,
+    rule_scores,
+)
 from astra.synthesis.trajectories._simulate import SimulatedServer
 
 __all__ = [
-    "Candidate", "ChainOptions", "ConfigError", "Coverage", "DIMENSIONS", "GraphOptions", "PipelineError",
+    "Candidate", "ChainOptions", "ConfigError", "Coverage", "DIMENSIONS", "GraphOptions", "JudgeMode", "OVERALL_KEY", "PipelineError",
     "PipelineResult", "RewardOptions", "RolloutOptions", "SFTSample", "STAGES", "SimulatedServer", "TaskOptions",
     "TrajectoryConfig", "TrajectoryPipeline", "VERBS", "VerifyOptions", "batch_candidates", "coverage",
-    "demo_config", "generate_candidates", "graph_to_networkx", "reward_trajectory", "rule_scores",
+    "demo_config", "generate_candidates", "graph_to_networkx", "original_keys", "reward_trajectory", "rule_scores",
     "run_trajectory_pipeline", "sample_toolsets", "sample_walks", "server_pair_count", "to_sharegpt", "tokens",
     "write_exports",
 ]

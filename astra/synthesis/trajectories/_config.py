@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,15 @@ class RolloutOptions(_Options):
     temperature: float | None = 0.7
 
 
+class JudgeMode(StrEnum):
+    """Who scores the seven reward dimensions."""
+
+    LLM = "llm"      # one structured judge call per trajectory (rules override where they decide)
+    RULES = "rules"  # rules alone: no model call; rewards say so and are never presented as LLM-judged
+
+
 class RewardOptions(_Options):
+    judge: JudgeMode = Field(default=JudgeMode.LLM, description="llm (judge_model) or rules (no judge model)")
     threshold: float = Field(default=0.6, ge=0.0, le=1.0, description="minimum overall reward to export")
     min_dimension: float = Field(default=0.0, ge=0.0, le=1.0, description="every dimension must reach this to export")
     require_schema_valid: bool = Field(default=False, description="export only when every call's arguments were schema-valid")

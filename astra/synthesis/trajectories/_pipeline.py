@@ -39,9 +39,9 @@ from astra.runs import RunDir
 from astra.synthesis._llm import LLMOutputError, ask_json
 from astra.synthesis._stage import Funnel, Outcome, Stage, StageCounts
 from astra.synthesis.trajectories import _chains, _graph
-from astra.synthesis.trajectories._config import TrajectoryConfig
+from astra.synthesis.trajectories._config import JudgeMode, TrajectoryConfig
 from astra.synthesis.trajectories._export import SFTSample, select, write_exports
-from astra.synthesis.trajectories._reward import reward_trajectory
+from astra.synthesis.trajectories._reward import score_trajectory
 from astra.synthesis.trajectories._simulate import SimulatedServer
 from astra.synthesis.trajectories._tasks import generate_tasks, score_task
 from astra.synthesis.trajectories._verify import verify_chain
@@ -87,7 +87,8 @@ class PipelineResult(BaseModel):
         return {
             "run_dir": self.run_dir, "exports": self.exports, "exported": self.exported, "graph": self.graph,
             "coverage": self.coverage, "seconds": round(self.seconds, 2),
-            "funnel": [s.model_dump() for s in self.funnel.stages],
+            "funnel": [{**s.model_dump(), "model_calls_per_item": s.calls_per_item} for s in self.funnel.stages],
+            "judge_calls_per_sample": next((s.calls_per_item for s in self.funnel.stages if s.stage == "reward"), None),
         }
 
 
@@ -409,16 +410,13 @@ class TrajectoryPipeline:
     async def rewards(self) -> StageCounts:
         self._require("rollout")
         tasks = {t.id: t for t in self.stage("quality", Task).outputs()}
-        judge = self.model(self.config.judge)
+        mode = self.config.reward.judge
+        judge = self.model(self.config.judge) if mode is JudgeMode.LLM else None
         trajs = self.stage("rollout", Trajectory).outputs()
-
-        async def score(traj: Trajectory) -> Outcome:
-            reward, audit = await reward_trajectory(tasks[traj.task_id], traj, judge)
-            return Outcome.keep(reward, audit=audit)
-
         return await self.stage("reward", Reward).run_items(
-            [(t.id, t) for t in trajs], score, concurrency=self.config.concurrency, progress=self.progress,
-            description="reward: rules + judge",
+            [(t.id, t) for t in trajs], lambda t: score_trajectory(tasks[t.task_id], t, judge, mode),
+            concurrency=self.config.concurrency, progress=self.progress,
+            description=f"reward: rules + {'judge' if judge else 'no judge (rules only)'}",
         )
 
     async def export(self) -> dict[str, str]:
