@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True)
 """Human-facing output (progress, tables, errors) goes to stderr; ``--json`` owns stdout."""
@@ -27,9 +29,21 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def user(value: object) -> str:
+    """``value`` (data from a user, a server, a file) made safe to print with Rich: never read
+    as markup (``x[/]`` prints as is) and control characters shown escaped (``\\x1b``), so a
+    hostile server name can neither crash a listing nor drive the terminal."""
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+    return escape(text)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print a user-facing error and return the Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line: greppable
+    """Print a user-facing error and return the Exit to raise. ``message`` is shown verbatim
+    (no markup), on one line: greppable."""
+    console.print(f"[bold red]error:[/] {user(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

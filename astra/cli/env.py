@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, user
 from astra.records import EnvironmentSpec
 
 app = typer.Typer(no_args_is_help=True)
@@ -59,6 +59,35 @@ def _resolve(target: str, home: Path | None) -> tuple[EnvironmentSpec, str | Non
     return found
 
 
+def _check_starts(spec: EnvironmentSpec) -> None:
+    """Launch ``spec`` as an emitted server in a scratch directory; fail (nothing written) unless
+    every tool's code compiles (compiled here, never run) and the server starts and lists the
+    spec's tools. Failing reference calls only warn: the spec may be work in progress."""
+    import tempfile
+
+    from astra.servers import emit, validate_emitted
+
+    broken: list[str] = []
+    for impl in spec.tools:
+        try:
+            compile(impl.source or "", f"<{impl.spec.name}>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            where = f":{exc.lineno}" if isinstance(exc, SyntaxError) and exc.lineno else ""
+            broken.append(f"tool {impl.spec.name}{where}: {exc.msg if isinstance(exc, SyntaxError) else exc}")
+    if broken:
+        raise fail(f"{spec.name}: tool code does not compile, nothing written: {'; '.join(broken)}")
+    with tempfile.TemporaryDirectory(prefix="astra-emit-check-") as scratch:
+        import anyio
+
+        report = anyio.run(validate_emitted, emit(spec, Path(scratch) / "env"))
+    listing = [c for c in report.checks if c.name.startswith("tools/list") and not c.ok]
+    if report.error or listing:
+        why = report.error or "; ".join(f"{c.name}: {c.detail}" for c in listing)
+        raise fail(f"{spec.name}: the emitted server does not start cleanly, nothing written: {why}")
+    for check in report.failed:
+        console.print(f"[yellow]warning:[/] {user(spec.name)}: {user(check.name)}: {user(check.detail)}", highlight=False)
+
+
 @app.command("emit")
 def emit_cmd(
     spec_json: Annotated[str, typer.Argument(help="EnvironmentSpec JSON file, registry name/id, or sample:NAME")],
@@ -67,10 +96,14 @@ def emit_cmd(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Write a standalone MCP server directory (server.py, environment.json, README, mcpServers block)."""
+    """Write a standalone MCP server directory (server.py, environment.json, README, mcpServers block).
+
+    The server is first emitted into a scratch directory and launched over stdio: a spec whose
+    server does not start (or lists other tools than the spec) exits non-zero and writes nothing."""
     from astra.servers import emit, mcp_servers_block
 
     spec, _ = _resolve(spec_json, home)
+    _check_starts(spec)
     directory = emit(spec, out)
     if register:
         from astra.registry import Registry

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from astra.config import default_db_path
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, user
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch
 
 app = typer.Typer(no_args_is_help=True)
@@ -80,6 +80,19 @@ def import_(
         raise typer.Exit(1)
 
 
+_ADD_OPTIONS = ("--url", "--header", "--sse", "--env", "--cwd", "--title", "--description", "--domain",
+                "--timeout", "--home", "--json")
+
+
+def _warn_own_options(server_args: list[str]) -> None:
+    """Everything after ``--`` goes to the server, even what looks like astra's own options:
+    say so, since ``... -- server --timeout 60`` usually meant astra's ``--timeout``."""
+    own = [a for a in server_args if a.split("=", 1)[0] in _ADD_OPTIONS]
+    if own:
+        console.print(f"[yellow]warning:[/] {user(', '.join(own))} after -- {'is' if len(own) == 1 else 'are'} "
+                      "passed to the server, not to astra; put astra's options before --", highlight=False)
+
+
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="registry name for the server")],
@@ -114,6 +127,7 @@ def add(
     elif command:
         if header or sse:
             raise fail("--header and --sse apply to --url servers", code=2)
+        _warn_own_options(command[1:])
         program = command[0]
         if os.sep in program and not os.path.isabs(program):
             program = os.path.abspath(program)  # stored launches must work from any directory
@@ -135,8 +149,8 @@ def add(
         emit_json({"name": name, "ok": True, "changed": changed, "tools": [t.name for t in spec.tools],
                    "launch": spec.launch.model_dump()})
     console.print(
-        f"[green]{name}[/]: {len(spec.tools)} tool(s) {'stored' if changed else 'unchanged'} "
-        f"({', '.join(t.name for t in spec.tools[:8])}{', ...' if len(spec.tools) > 8 else ''})"
+        f"[green]{user(name)}[/]: {len(spec.tools)} tool(s) {'stored' if changed else 'unchanged'} "
+        f"({user(', '.join(t.name for t in spec.tools[:8]))}{', ...' if len(spec.tools) > 8 else ''})"
     )
 
 
@@ -157,11 +171,11 @@ def list_(
              "source": s.source}
             for s in servers
         ])
-    table = Table(title=f"{len(servers)} server(s)" + (f" in domain {domain!r}" if domain else ""))
+    table = Table(title=f"{len(servers)} server(s)" + (f" in domain {user(repr(domain))}" if domain else ""))
     for col in ("name", "domain", "tools", "launch", "title"):
         table.add_column(col, justify="right" if col == "tools" else "left")
     for s in servers:
-        table.add_row(s.name, s.domain or "-", str(len(s.tools)), _launch_text(s), s.title or "")
+        table.add_row(user(s.name), user(s.domain or "-"), str(len(s.tools)), user(_launch_text(s)), user(s.title or ""))
     console.print(table)
 
 
@@ -182,11 +196,11 @@ def show(
         raise fail(f"no server named {name!r} in the registry{hint}")
     if json_out:
         emit_json(spec.model_dump(mode="json"))
-    console.print(f"[bold]{spec.name}[/]  {spec.title or ''}", highlight=False)
+    console.print(f"[bold]{user(spec.name)}[/]  {user(spec.title or '')}", highlight=False)
     if spec.description:
-        console.print(spec.description, highlight=False)
-    console.print(f"domain: {spec.domain or '-'}   launch: {_launch_text(spec)}   source: {spec.source or '-'}",
-                  highlight=False)
+        console.print(user(spec.description), highlight=False)
+    console.print(f"domain: {user(spec.domain or '-')}   launch: {user(_launch_text(spec))}   "
+                  f"source: {user(spec.source or '-')}", highlight=False)
     table = Table(title=f"{len(spec.tools)} tool(s)")
     for col in ("tool", "parameters", "outputs", "description"):
         table.add_column(col)
@@ -194,7 +208,7 @@ def show(
         required = set(tool.input_schema.get("required", []))
         params = ", ".join(f"{p}{'*' if p in required else ''}" for p in tool.input_schema.get("properties", {}))
         outputs = ", ".join((tool.output_schema or {}).get("properties", {}))
-        table.add_row(tool.name, params, outputs or "-", tool.description[:80])
+        table.add_row(user(tool.name), user(params), user(outputs or "-"), user(tool.description[:80]))
     console.print(table)
 
 
@@ -213,4 +227,4 @@ def remove(
         emit_json({"name": name, "removed": removed})
     if not removed:
         raise fail(f"no server named {name!r} in the registry")
-    console.print(f"removed {name}")
+    console.print(f"removed {user(name)}")

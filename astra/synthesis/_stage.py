@@ -9,9 +9,10 @@ all, so a rerun skips finished inputs and gives the same final set, without dupl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -19,9 +20,46 @@ from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from astra.errors import RunWriteError
 from astra.runs import RunDir
 
 T = TypeVar("T", bound=BaseModel)
+
+
+class Gate(BaseModel):
+    """A threshold decision kept with its evidence, so that changing a threshold and rerunning
+    re-decides the input without redoing its work.
+
+    ``scores`` maps a check to the score compared with a threshold; a check is named by its
+    threshold (a config field, e.g. ``quality_threshold``), optionally with what it measures
+    in brackets (``dimension_minimum[tool_planning]``). The input passes when every score
+    reaches its threshold. The outputs are stored either way (``held`` while the gate is shut)."""
+
+    scores: dict[str, float]
+    thresholds: dict[str, float]
+    held: list[dict[str, Any]] = Field(default_factory=list, description="outputs held back while the gate is shut")
+
+    def current(self, thresholds: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Each check's threshold: from ``thresholds`` (by threshold name) where given, else as recorded."""
+        given = thresholds or {}
+        return {k: given.get(_threshold_name(k), v) for k, v in self.thresholds.items()}
+
+    def failing(self, thresholds: Mapping[str, float] | None = None) -> list[str]:
+        current = self.current(thresholds)
+        return [k for k, score in self.scores.items() if score < current[k]]
+
+    def reason(self, thresholds: Mapping[str, float] | None = None) -> str:
+        current = self.current(thresholds)
+        parts: list[str] = []
+        for check in self.failing(thresholds):
+            name, _, what = check.partition("[")
+            value = f"{self.scores[check]:.2f} < {current[check]}"
+            parts.append(f"below_{name}: {what[:-1]} ({value})" if what else f"below_{name}: {value}")
+        return "; ".join(parts)
+
+
+def _threshold_name(check: str) -> str:
+    return check.split("[", 1)[0]
 
 
 class StageEntry(BaseModel):
@@ -34,6 +72,7 @@ class StageEntry(BaseModel):
     failed: bool = Field(default=False, description="dropped because something failed (a model, a server), not filtered")
     audit: list[dict[str, Any]] = Field(default_factory=list, description="model calls: model, prompt version, raw reply")
     seconds: float = 0.0
+    gate: Gate | None = Field(default=None, description="the threshold decision, re-made when a threshold changes")
 
 
 class Outcome(BaseModel):
@@ -43,6 +82,7 @@ class Outcome(BaseModel):
     dropped: str | None = None
     failed: bool = False
     audit: list[dict[str, Any]] = Field(default_factory=list)
+    gate: Gate | None = None
 
     @classmethod
     def keep(cls, *outputs: BaseModel, audit: list[dict[str, Any]] | None = None) -> Outcome:
@@ -51,6 +91,17 @@ class Outcome(BaseModel):
     @classmethod
     def drop(cls, reason: str, *, failed: bool = False, audit: list[dict[str, Any]] | None = None) -> Outcome:
         return cls(dropped=reason, failed=failed, audit=audit or [])
+
+    @classmethod
+    def gated(cls, checks: Mapping[str, tuple[float, float]], *outputs: BaseModel,
+              audit: list[dict[str, Any]] | None = None) -> Outcome:
+        """Keep ``outputs`` when every ``name: (score, threshold)`` holds, else drop them with
+        the reason; either way the decision is recorded so a changed threshold re-decides it."""
+        gate = Gate(scores={k: v[0] for k, v in checks.items()}, thresholds={k: v[1] for k, v in checks.items()})
+        if gate.failing():
+            gate.held = [o.model_dump(mode="json") for o in outputs]
+            return cls(dropped=gate.reason(), audit=audit or [], gate=gate)
+        return cls(outputs=list(outputs), audit=audit or [], gate=gate)
 
 
 class StageCounts(BaseModel):
@@ -135,6 +186,21 @@ class Stage(Generic[T]):
         counts.drop_reasons = dict(reasons)
         return counts
 
+    def _regated(self, entry: StageEntry, thresholds: Mapping[str, float]) -> StageEntry | None:
+        """``entry`` re-decided under ``thresholds``, or None when the decision stands."""
+        gate = entry.gate
+        if gate is None:
+            return None
+        now_open = not gate.failing(thresholds)
+        if now_open == (entry.dropped is None):
+            return None
+        current = gate.current(thresholds)
+        if now_open:
+            new_gate = gate.model_copy(update={"thresholds": current, "held": []})
+            return entry.model_copy(update={"outputs": gate.held, "dropped": None, "gate": new_gate})
+        new_gate = gate.model_copy(update={"thresholds": current, "held": entry.outputs})
+        return entry.model_copy(update={"outputs": [], "dropped": new_gate.reason(), "gate": new_gate})
+
     async def run_items(
         self,
         items: Iterable[tuple[str, Any]],
@@ -143,14 +209,28 @@ class Stage(Generic[T]):
         concurrency: int = 4,
         progress: bool = True,
         description: str | None = None,
+        gates: Mapping[str, float] | None = None,
     ) -> StageCounts:
         """Apply ``fn`` to every (id, item) not yet done, ``concurrency`` at a time.
 
         ``fn`` must not raise for expected failures (return ``Outcome.drop(..., failed=True)``);
         an unexpected exception is recorded as a failed drop with its type and message, so one
         bad item never stops the run and is never silently lost.
+
+        Resuming: inputs that *failed* (a model, a server, a timeout: not the input's fault)
+        are tried again, their new entry superseding the old; inputs decided by a
+        :class:`Gate` are re-decided without redoing their work when ``gates`` (the current
+        thresholds by name) changes the decision. A Ctrl-C / SIGTERM marks the stage
+        ``interrupted`` with what is kept.
         """
-        todo: Sequence[tuple[str, Any]] = [(i, it) for i, it in items if i not in self.log]
+        items = list(items)
+        done = {e.id: e for e in self.entries()}
+        for entry in list(done.values()):
+            regated = self._regated(entry, gates or {})
+            if regated is not None:
+                self.log.append(regated, replace=True)
+        retry = {i for i, e in done.items() if e.failed and not e.outputs}
+        todo: Sequence[tuple[str, Any]] = [(i, it) for i, it in items if i not in self.log or i in retry]
         limiter = anyio.CapacityLimiter(max(1, concurrency))
         bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -177,15 +257,23 @@ class Stage(Generic[T]):
                     failed=outcome.failed,
                     audit=outcome.audit,
                     seconds=round(time.perf_counter() - start, 4),
+                    gate=outcome.gate,
                 )
-                self.log.append(entry)
+                self.log.append(entry, replace=item_id in retry)
                 bar.advance(task_id)
 
-        with bar:
-            task_id = bar.add_task(description or self.name, total=len(todo))
-            async with anyio.create_task_group() as tg:
-                for item_id, item in todo:
-                    tg.start_soon(one, item_id, item, task_id)
+        self.run.mark(self.name, "running", todo=len(todo), retried=len(retry & {i for i, _ in todo}))
+        try:
+            with bar:
+                task_id = bar.add_task(description or self.name, total=len(todo))
+                async with anyio.create_task_group() as tg:
+                    for item_id, item in todo:
+                        tg.start_soon(one, item_id, item, task_id)
+        except BaseException:  # Ctrl-C, SIGTERM, a cancelled caller, a full disk: say what is kept
+            with contextlib.suppress(RunWriteError):  # a full disk cannot take the note either
+                self.run.mark(self.name, "interrupted", kept=len(self.log),
+                              resume="run the same command again: finished inputs are skipped")
+            raise
         counts = self.counts()
         self.run.mark(self.name, "done", **counts.model_dump(exclude={"stage"}))
         return counts

@@ -155,7 +155,7 @@ def test_necessity_flags_and_verification_threshold(tmp_path, config):
     flagged = [d for d in ctx.outputs_of("necessity", Decomposition) if d.flags]
     assert [d.flags for d in flagged] == [["depends_on_no_tool_step: s2 depends on s1"]]
     assert (verify.inputs, verify.outputs, verify.dropped, verify.failed) == (3, 1, 2, 1)
-    assert verify.drop_reasons == {"below_threshold": 1, "judge_failed": 1}
+    assert verify.drop_reasons == {"below_verify_threshold": 1, "judge_failed": 1}
     [kept] = ctx.outputs_of("verify", Decomposition)
     # the flagged dependency lowers the rule-based dependency check, but it still passes
     assert kept.scores["rule_dependency"] == 0.5 and kept.scores["dependency"] == 0.75

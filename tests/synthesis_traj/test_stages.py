@@ -201,7 +201,7 @@ def test_export_thresholds():
     assert select(reward, traj, TASK, RewardOptions(threshold=0.9)).dropped.startswith("below_reward_threshold")
     assert select(reward, traj, TASK, RewardOptions(threshold=0.6, require_schema_valid=True)).dropped == "schema_invalid_arguments"
     low = reward.model_copy(update={"dimensions": {**reward.dimensions, "tool_planning": 0.1}})
-    assert select(low, traj, TASK, RewardOptions(threshold=0.6, min_dimension=0.5)).dropped == "below_dimension_minimum: tool_planning"
+    assert select(low, traj, TASK, RewardOptions(threshold=0.6, min_dimension=0.5)).dropped == "below_dimension_minimum: tool_planning (0.10 < 0.5)"
 
 
 def test_export_formats_and_hf_datasets(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -85,10 +85,13 @@ class PipelineContext:
         items: list[tuple[str, Any]],
         fn: Callable[[Any], Awaitable[Outcome]],
         concurrency: int | None = None,
+        gates: Mapping[str, float] | None = None,
     ) -> StageCounts:
-        """Run stage ``name`` over (id, item) pairs with the run's concurrency and progress settings."""
+        """Run stage ``name`` over (id, item) pairs with the run's concurrency and progress settings
+        (``gates``: the current thresholds, see :meth:`Stage.run_items`)."""
         return await self.stage(name, output_model).run_items(
-            items, fn, concurrency=concurrency or self.config.concurrency, progress=self.progress, description=name
+            items, fn, concurrency=concurrency or self.config.concurrency, progress=self.progress, description=name,
+            gates=gates,
         )
 
     def entry_ids(self, name: str) -> set[str]:

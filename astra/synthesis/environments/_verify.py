@@ -91,12 +91,11 @@ async def verify_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
     score = fmean(checks.values())
     scores = {**dec.scores, **checks, "score": score, **{f"rule_{k}": v for k, v in rules.items()},
               **{f"judge_{k}": v for k, v in judged.items()}}
-    if score < ctx.config.verify_threshold:
-        weakest = min(checks, key=lambda k: checks[k])
-        return Outcome.drop(f"below_threshold: score {score:.2f} < {ctx.config.verify_threshold} (weakest: {weakest})", audit=audit)
-    return Outcome.keep(dec.model_copy(update={"scores": scores}), audit=audit)
+    return Outcome.gated({"verify_threshold": (score, ctx.config.verify_threshold)},
+                         dec.model_copy(update={"scores": scores}), audit=audit)
 
 
 async def run_verify(ctx: PipelineContext) -> StageCounts:
     decs = ctx.unique_outputs("necessity", Decomposition)
-    return await ctx.map_stage("verify", Decomposition, [(d.id, d) for d in decs], lambda d: verify_one(ctx, d))
+    return await ctx.map_stage("verify", Decomposition, [(d.id, d) for d in decs], lambda d: verify_one(ctx, d),
+                               gates={"verify_threshold": ctx.config.verify_threshold})

@@ -37,14 +37,11 @@ def select(reward: Reward, traj: Trajectory, task: Task, opts: RewardOptions) ->
     """Keep a sample only when the judge succeeded and every threshold holds."""
     if reward.status != "ok" or reward.overall is None:
         return Outcome.drop(f"judge_failed: {(reward.error or '')[:120]}", failed=True)
-    if reward.overall < opts.threshold:
-        return Outcome.drop(f"below_reward_threshold: {reward.overall:.2f} < {opts.threshold}")
-    low = [d for d, v in reward.dimensions.items() if v < opts.min_dimension]
-    if low:
-        return Outcome.drop(f"below_dimension_minimum: {', '.join(low)}")
     if opts.require_schema_valid and reward.rules.get("schema_valid", 0.0) < 1.0:
         return Outcome.drop("schema_invalid_arguments")
-    return Outcome.keep(SFTSample(
+    checks = {"reward_threshold": (reward.overall, opts.threshold)}
+    checks.update({f"dimension_minimum[{d}]": (v, opts.min_dimension) for d, v in reward.dimensions.items()})
+    return Outcome.gated(checks, SFTSample(
         id=traj.id, task_id=task.id, model=traj.model, messages=[m.to_openai() for m in traj.messages],
         tools=traj.tools, reward=reward.overall, dimensions=reward.dimensions, rules=reward.rules,
         simulated=any(s.simulated for s in traj.steps), chain_id=task.chain_id,

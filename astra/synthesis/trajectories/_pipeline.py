@@ -341,6 +341,7 @@ class TrajectoryPipeline:
         return await self.stage("quality", Task).run_items(
             [(t.id, t) for t in tasks], lambda t: score_task(t, tools, judge, self.config.tasks.quality_threshold),
             concurrency=self.config.concurrency, progress=self.progress, description="tasks: quality",
+            gates={"quality_threshold": self.config.tasks.quality_threshold},
         )
 
     # ------------------------------------------------------------------ 5. rollouts
@@ -431,9 +432,13 @@ class TrajectoryPipeline:
             return select(reward, traj, tasks[traj.task_id], opts)
 
         stage = self.stage("export", SFTSample)
-        await stage.run_items([(r.id, r) for r in rewards], pick, concurrency=1, progress=self.progress,
-                              description="export: filter by thresholds")
-        paths = write_exports(stage.outputs(), self.run.path / "export", self.config.export_formats)
+        # a task dropped since (a stricter threshold on a rerun) takes its trajectories with it
+        current = [r for r in rewards if r.trajectory_id in trajs and trajs[r.trajectory_id].task_id in tasks]
+        await stage.run_items([(r.id, r) for r in current], pick, concurrency=1, progress=self.progress,
+                              description="export: filter by thresholds",
+                              gates={"reward_threshold": opts.threshold, "dimension_minimum": opts.min_dimension})
+        stage_outputs = [o for o in stage.outputs() if o.id in trajs and trajs[o.id].task_id in tasks]
+        paths = write_exports(stage_outputs, self.run.path / "export", self.config.export_formats)
         self.run.mark("export", "done", **self.stage("export", SFTSample).counts().model_dump(exclude={"stage"}), paths=paths)
         return paths
 

@@ -140,6 +140,5 @@ async def score_task(task: Task, tools: dict[str, ToolSpec], model: Model, thres
         return Outcome.drop(f"judge_failed: {exc.reason[:160]}", failed=True, audit=exc.audit)
     quality = {d: round((getattr(scores, d) - 1) / 4, 4) for d in QUALITY_DIMENSIONS}
     quality["overall"] = round(sum(quality[d] for d in QUALITY_DIMENSIONS) / len(QUALITY_DIMENSIONS), 4)
-    if quality["overall"] < threshold:
-        return Outcome.drop(f"below_quality_threshold: {quality['overall']:.2f} < {threshold}", audit=audit)
-    return Outcome.keep(task.model_copy(update={"quality": quality}), audit=audit)
+    return Outcome.gated({"quality_threshold": (quality["overall"], threshold)},
+                         task.model_copy(update={"quality": quality}), audit=audit)
