@@ -10,6 +10,9 @@ PY=${PYTHON:-python3}
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m pip install -q -e ".[local,test,bfcl,ray]"
 # bfcl-eval's declared dependencies pull a CUDA torch: install it alone.
 .venv/bin/python -m pip install -q --no-deps "bfcl-eval==2026.3.23"
+# Trainers' own code checks the adapters (tests/trainers): TRL's chat templates and environment_factory
+# introspection (TRL without its torch-pulling dependencies; transformers comes with the test extra).
+.venv/bin/python -m pip install -q --no-deps "trl==1.16.0"
 if command -v npm >/dev/null 2>&1; then
   mkdir -p .ci/node
   [ -f .ci/node/package.json ] || echo '{"name":"astra-test-node","private":true}' > .ci/node/package.json

@@ -13,7 +13,9 @@ Public API
   requests map to episodes (``EPISODE_META_KEY``).
 - :func:`emit` writes a standalone server directory; :func:`validate_emitted` launches it
   over stdio and replays the verifiers' reference calls.
-- :func:`process_reward` and :func:`score_episode`: the ASTRA process reward and per-call checks.
+- :func:`score_calls` (and :func:`score_episode`, :func:`score_trajectory`, :func:`compute_score`):
+  THE process reward (one definition, ``_rewards``), its matching rule :func:`answer_in_result`
+  and template-agnostic episode parsing (:func:`calls_from_text`).
 """
 
 from __future__ import annotations
@@ -38,7 +40,26 @@ from ._runtime import (
 )
 from ._runtime import EnvironmentError_ as EnvironmentSpecError
 from ._emit import emit, load_emitted, mcp_servers_block
-from ._rewards import CallCheck, EpisodeScore, answer_found, process_reward, result_matches, score_episode
+from ._rewards import (
+    CallCheck,
+    EpisodeScore,
+    ProcessReward,
+    SubQuestion,
+    ToolCallRecord,
+    answer_found,
+    answer_in_result,
+    answers_match,
+    calls_from_messages,
+    calls_from_text,
+    calls_from_trajectory,
+    compute_score,
+    process_reward,
+    result_matches,
+    score_calls,
+    score_episode,
+    score_trajectory,
+    sub_questions,
+)
 from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult
 from ._validate import Check, ValidationReport, stdio_parameters, validate_emitted
 
@@ -86,6 +107,18 @@ __all__ = [
     "EpisodeScore",
     "ValidationReport",
     "answer_found",
+    "answer_in_result",
+    "answers_match",
+    "calls_from_messages",
+    "calls_from_text",
+    "calls_from_trajectory",
+    "compute_score",
+    "ProcessReward",
+    "SubQuestion",
+    "ToolCallRecord",
+    "score_calls",
+    "score_trajectory",
+    "sub_questions",
     "emit",
     "load_emitted",
     "load_sample",

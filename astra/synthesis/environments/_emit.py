@@ -20,7 +20,7 @@ import anyio
 
 from astra.records import Decomposition, EnvironmentSpec, ToolImplementation, Verifier, stable_id
 from astra.synthesis._stage import Outcome, StageCounts
-from astra.synthesis.environments._answers import answers_match, parse_tool_value
+from astra.servers._rewards import answer_in_result, parse_tool_value
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._merge import current_merged_tools
 from astra.synthesis.environments._models import Certificate, EmittedEnvironment, MergedTool
@@ -116,7 +116,7 @@ async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60
                     value = _result_value(result)
                     if result.is_error:
                         failures.append(f"{v.id}: {v.tool} returned an error: {json.dumps(value, default=str)[:200]}")
-                    elif not answers_match(value, v.expected_answer):
+                    elif not answer_in_result(value, v.expected_answer):  # the reward's own rule
                         failures.append(f"{v.id}: {v.tool} returned {json.dumps(value, default=str)[:200]}, expected {v.expected_answer!r}")
                     else:
                         passed += 1
