@@ -73,6 +73,9 @@ class HttpLaunch(Record):
     transport: Literal["streamable-http", "sse"] = Field(
         default="streamable-http", description="streamable HTTP (current), or the legacy HTTP+SSE transport"
     )
+    url_config: dict[str, Any] | None = Field(
+        default=None, description="JSON put base64-encoded into the URL's {config_b64} placeholder at launch (Smithery)"
+    )
 
 
 class EnvironmentLaunch(Record):
@@ -87,6 +90,10 @@ class SimulatedLaunch(Record):
 
     kind: Literal["simulated"] = "simulated"
     call_info: dict[str, Any] | None = None
+    remote: HttpLaunch | None = Field(
+        default=None, description="a remote MCP endpoint for these tools (from call_info), called live only on request "
+        "(--live-remote) and when reachable; url, headers and url_config may hold ${VAR} references to secrets"
+    )
 
 
 Launch = Annotated[
@@ -290,6 +297,10 @@ class QAItem(Record):
     answer: str
     domain: str | None = None
     source: str | None = None
+    answer_unverified: bool = Field(
+        default=False, description="no answer was given (question-only input): decomposition proposes it, "
+        "and it stays unverified until tools reproduce it"
+    )
 
 
 class DecompositionStep(Record):
@@ -312,6 +323,8 @@ class Decomposition(Record):
     scores: dict[str, float] = Field(default_factory=dict)
     flags: list[str] = Field(default_factory=list, description="problems checks found without dropping the item")
     model: str | None = None
+    answer_unverified: bool = Field(default=False, description="the final answer was proposed by the decomposing "
+                                    "model (question-only input), not given")
 
 
 class ToolImplementation(Record):

@@ -38,16 +38,24 @@ def _launch_text(spec: ServerSpec) -> str:
         return f"{'sse' if launch.transport == 'sse' else 'http'}: {launch.url}"
     if launch.kind == "environment":
         return f"environment: {launch.environment_id}"
+    if launch.remote is not None:
+        return f"simulated (remote: {launch.remote.url})"
     return "simulated"
 
 
 @app.command("import")
 def import_(
     files: Annotated[list[Path], typer.Argument(help="ASTRA mcp_servers.jsonl and/or MCP registry server.json files")],
+    strict: Annotated[bool, typer.Option("--strict", help="a broken tool rejects its server, and any error "
+                                         "leaves the whole file unimported")] = False,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Import servers and tools from files; bad records are reported as FILE:LINE: field: reason."""
+    """Import servers and tools from files; bad records are reported as FILE:LINE: field: reason.
+
+    Also reads the original ASTRA's intermediate files (mcp_info-wrapped records). A broken tool
+    is left out and reported while the rest of its server is kept (unless --strict). Secrets in
+    call_info are never stored: the notices name the environment variable to set instead."""
     from astra.registry import ImportReport, Registry, import_file
 
     total = ImportReport()
@@ -63,11 +71,14 @@ def import_(
                 except OSError:
                     pass
                 task = progress.add_task(str(path), total=lines or None)
-                report = import_file(registry, path, on_record=lambda line, t=task: progress.update(t, completed=line))
+                report = import_file(registry, path, strict=strict,
+                                     on_record=lambda line, t=task: progress.update(t, completed=line))
                 progress.update(task, completed=lines)
                 total = total.merge(report)
     for error in total.errors:
         console.print(error, style="red", markup=False, highlight=False, soft_wrap=True)
+    for notice in total.notices:
+        console.print(notice, style="yellow", markup=False, highlight=False, soft_wrap=True)
     summary = {k: v for k, v in total.model_dump().items() if k != "servers"}
     summary["db"] = str(default_db_path(home))
     if json_out:
@@ -75,8 +86,9 @@ def import_(
     console.print(
         f"{len(total.files)} file(s), {total.records} record(s): [green]{total.imported} imported[/], "
         f"{total.unchanged} unchanged, [{'red' if total.rejected else 'green'}]{total.rejected} rejected[/]"
+        + (f", [red]{total.tools_rejected} tool(s) left out[/]" if total.tools_rejected else "")
     )
-    if total.rejected:
+    if not total.ok:
         raise typer.Exit(1)
 
 

@@ -35,9 +35,21 @@ from astra.registry._discovery import (
     discover_tools,
     discover_tools_sync,
     failure_reason,
+    MissingSecretError,
+    resolve_http_launch,
 )
 from astra.registry._graph import GRAPH_FORMATS, GraphFormat, export_graph, from_networkx, parse_graph, to_networkx
-from astra.registry._import import ImportReport, RecordError, import_file, parse_astra_record, parse_server_json
+from astra.registry._import import (
+    ImportReport,
+    RecordError,
+    import_file,
+    iter_json_lines,
+    parse_astra_record,
+    parse_server_json,
+    read_input_file,
+    secret_env_name,
+    unwrap_mcp_info,
+)
 from astra.registry._schema import SchemaError, normalize_schema, validate_schema
 from astra.registry._store import (
     MIGRATIONS,
@@ -78,6 +90,12 @@ __all__ = [
     "client_target",
     "describe_target",
     "failure_reason",
+    "resolve_http_launch",
+    "MissingSecretError",
+    "read_input_file",
+    "iter_json_lines",
+    "secret_env_name",
+    "unwrap_mcp_info",
     "to_networkx",
     "from_networkx",
     "export_graph",

@@ -9,9 +9,13 @@ discovery succeeded.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import re
 import shlex
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import IO, Any
 
@@ -40,6 +44,8 @@ __all__ = [
     "describe_target",
     "client_target",
     "failure_reason",
+    "resolve_http_launch",
+    "MissingSecretError",
 ]
 
 DiscoveryTarget = StdioLaunch | HttpLaunch | MCPServer | Server
@@ -84,12 +90,51 @@ def client_target(target: DiscoveryTarget, *, errlog: IO[str] | None = None) -> 
                                        cwd=target.cwd)
         return stdio_client(params, errlog=errlog) if errlog is not None else stdio_client(params)
     if isinstance(target, HttpLaunch):
+        target = resolve_http_launch(target)
         if target.transport == "sse":
             return sse_client(target.url, headers=dict(target.headers) or None)
         if target.headers:
             return _streamable_http_with_headers(target.url, dict(target.headers))
         return target.url
     return target
+
+
+class MissingSecretError(ValueError):
+    """A launch refers to a secret (``${VAR}``) that is not set in the environment."""
+
+
+_SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _resolve_refs(value: Any, where: str, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in environ:
+                raise MissingSecretError(f"{where} needs ${name}, which is not set in the environment")
+            return environ[name]
+
+        return _SECRET_REF.sub(one, value)
+    if isinstance(value, dict):
+        return {k: _resolve_refs(v, f"{where}.{k}", environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_refs(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
+    return value
+
+
+def resolve_http_launch(launch: HttpLaunch, environ: Mapping[str, str] | None = None) -> HttpLaunch:
+    """The launch to connect with: ``${VAR}`` references in its URL, headers and ``url_config``
+    filled from the environment (the registry stores only the references), and ``url_config``
+    put base64-encoded into the URL's ``{config_b64}`` (Smithery). Raises :class:`MissingSecretError`."""
+    env = os.environ if environ is None else environ
+    url = _resolve_refs(launch.url, "url", env)
+    if launch.url_config is not None:
+        config = _resolve_refs(launch.url_config, "url_config", env)
+        url = url.replace("{config_b64}", base64.b64encode(json.dumps(config).encode()).decode())
+    headers = _resolve_refs(dict(launch.headers), "header", env)
+    if url == launch.url and headers == launch.headers and launch.url_config is None:
+        return launch
+    return launch.model_copy(update={"url": url, "headers": headers, "url_config": None})
 
 
 @asynccontextmanager

@@ -264,6 +264,17 @@ class Registry:
 
         ``raw`` is the source document (kept for audit, e.g. a server.json with all packages).
         """
+        return self.upsert_servers([(spec, raw)])[0]
+
+    def upsert_servers(self, items: list[tuple[ServerSpec, Any]]) -> list[bool]:
+        """Store several (spec, raw) in ONE transaction: all of them or, on any error, none."""
+        for spec, _ in items:
+            self._check_server(spec)
+        with self._transaction() as db:
+            return [self._upsert(db, spec, raw) for spec, raw in items]
+
+    @staticmethod
+    def _check_server(spec: ServerSpec) -> None:
         names = [t.name for t in spec.tools]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -271,52 +282,53 @@ class Registry:
         for tool in spec.tools:
             if tool.server != spec.name:
                 raise RegistryError(f"server {spec.name!r}: tool {tool.name!r} says it belongs to {tool.server!r}")
+
+    def _upsert(self, db: sqlite3.Connection, spec: ServerSpec, raw: Any) -> bool:
         digest = server_content_hash(spec)
         now = time.time()
-        with self._transaction() as db:
-            row = db.execute("SELECT content_hash FROM servers WHERE name = ?", (spec.name,)).fetchone()
-            if row is not None and row[0] == digest:
-                return False
-            db.execute("DELETE FROM tools WHERE server = ?", (spec.name,))
-            db.execute(
-                """INSERT INTO servers (name, id, title, description, domain, launch, source, content_hash,
-                                        raw, created_at, updated_at)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                   ON CONFLICT(name) DO UPDATE SET id=excluded.id, title=excluded.title,
-                       description=excluded.description, domain=excluded.domain, launch=excluded.launch,
-                       source=excluded.source, content_hash=excluded.content_hash, raw=excluded.raw,
-                       updated_at=excluded.updated_at""",
+        row = db.execute("SELECT content_hash FROM servers WHERE name = ?", (spec.name,)).fetchone()
+        if row is not None and row[0] == digest:
+            return False
+        db.execute("DELETE FROM tools WHERE server = ?", (spec.name,))
+        db.execute(
+            """INSERT INTO servers (name, id, title, description, domain, launch, source, content_hash,
+                                    raw, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT(name) DO UPDATE SET id=excluded.id, title=excluded.title,
+                   description=excluded.description, domain=excluded.domain, launch=excluded.launch,
+                   source=excluded.source, content_hash=excluded.content_hash, raw=excluded.raw,
+                   updated_at=excluded.updated_at""",
+            (
+                spec.name,
+                spec.id,
+                spec.title,
+                spec.description,
+                spec.domain,
+                spec.launch.model_dump_json(),
+                spec.source,
+                digest,
+                None if raw is None else _dumps(raw),
+                now,
+                now,
+            ),
+        )
+        db.executemany(
+            """INSERT INTO tools (server, name, position, title, description, input_schema, output_schema,
+                                  annotations) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            [
                 (
                     spec.name,
-                    spec.id,
-                    spec.title,
-                    spec.description,
-                    spec.domain,
-                    spec.launch.model_dump_json(),
-                    spec.source,
-                    digest,
-                    None if raw is None else _dumps(raw),
-                    now,
-                    now,
-                ),
-            )
-            db.executemany(
-                """INSERT INTO tools (server, name, position, title, description, input_schema, output_schema,
-                                      annotations) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                [
-                    (
-                        spec.name,
-                        t.name,
-                        i,
-                        t.title,
-                        t.description,
-                        _dumps(t.input_schema),
-                        None if t.output_schema is None else _dumps(t.output_schema),
-                        _dumps(t.annotations),
-                    )
-                    for i, t in enumerate(spec.tools)
-                ],
-            )
+                    t.name,
+                    i,
+                    t.title,
+                    t.description,
+                    _dumps(t.input_schema),
+                    None if t.output_schema is None else _dumps(t.output_schema),
+                    _dumps(t.annotations),
+                )
+                for i, t in enumerate(spec.tools)
+            ],
+        )
         return True
 
     _SERVER_COLS = "name, id, title, description, domain, launch, source, content_hash"

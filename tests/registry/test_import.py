@@ -93,20 +93,42 @@ def test_bad_and_mixed_file_reports_file_line_field_reason(registry: Registry, t
     ])
     report = import_file(registry, path)
     p = str(path)
+    kept = "(tool left out; the rest of {!r} is kept)"
     assert report.errors == [
         f"{p}:2: json: Expecting value at column 66",
-        f"{p}:3: base_info.group_info.server_name: missing",
         f"{p}:4: base_info.tool_list[0].parameters.properties.city.type: "
-        "'strng' is not valid under any of the given schemas",
-        f"{p}:5: base_info.tool_list[2].name: duplicate tool name 'a' (also tool_list[0])",
+        f"'strng' is not valid under any of the given schemas {kept.format('bad-schema')}",
+        f"{p}:5: base_info.tool_list[2].name: duplicate tool name 'a' (also tool_list[0]) {kept.format('dups')}",
         f"{p}:6: encoding: invalid UTF-8 byte 0xe9 at column 19",
         f"{p}:8: record: expected a JSON object, got list",
         f"{p}:9: base_info: missing (neither an ASTRA mcp_servers record nor an MCP registry server.json)",
-        f"{p}:10: base_info.tool_list[0].name: empty",
-        f"{p}:11: base_info.tool_list[0].output_schema.type: a tool schema must be of type 'object', got 'array'",
+        f"{p}:10: base_info.tool_list[0].name: empty {kept.format('bad-tool-name')}",
+        f"{p}:11: base_info.tool_list[0].output_schema.type: a tool schema must be of type 'object', got 'array' "
+        f"{kept.format('bad-output')}",
     ]
-    assert (report.records, report.imported, report.rejected) == (11, 2, 9)
-    assert registry.server_names() == ["ok-one", "ok-two"]  # nothing of a rejected line was written
+    assert (report.records, report.imported, report.rejected, report.tools_rejected) == (11, 7, 4, 4)
+    assert not report.ok
+    # a record without server_name is named by its title, as the original ASTRA names it
+    assert registry.server_names() == ["No name", "bad-output", "bad-schema", "bad-tool-name", "dups", "ok-one", "ok-two"]
+    assert [t.name for t in registry.get_server("dups").tools] == ["a", "b"]
+    assert registry.get_server("bad-schema").tools == []
+    raw = registry.get_server_raw("dups")  # the stored copy holds only what was kept
+    assert [t["name"] for t in raw["base_info"]["tool_list"]] == ["a", "b"]
+
+
+def test_strict_import_is_all_or_nothing(registry: Registry, tmp_path: Path) -> None:
+    dup_tools = [{"name": "a", "parameters": {}}, {"name": "a"}]
+    good = write_lines(tmp_path / "good.jsonl", [astra_record("one"), astra_record("two")])
+    report = import_file(registry, good, strict=True)
+    assert (report.imported, report.rejected, report.errors) == (2, 0, [])
+    mixed = write_lines(tmp_path / "mixed.jsonl", [astra_record("three"), astra_record("dups", tools=dup_tools)])
+    report = import_file(registry, mixed, strict=True)
+    assert report.errors == [
+        f"{mixed}:2: base_info.tool_list[1].name: duplicate tool name 'a' (also tool_list[0])",
+        f"{mixed}:0: file: nothing imported (--strict: 1 record(s) rejected)",
+    ]
+    assert (report.imported, report.rejected) == (0, 2)
+    assert registry.server_names() == ["one", "two"]  # "three" was good but the file is all or nothing
 
 
 def test_missing_file(registry: Registry, tmp_path: Path) -> None:
@@ -251,7 +273,7 @@ def test_fuzz_importer_never_crashes_and_accounts_for_every_line(tmp_path: Path,
             reports.append(report)
             assert report.records + report.blank == len(lines)
             assert report.imported + report.unchanged + report.rejected == report.records
-            assert len(report.errors) == report.rejected
+            assert len(report.errors) == report.rejected + report.tools_rejected
             for error in report.errors:
                 location, field, reason = error.split(": ", 2)
                 assert location.startswith(f"{path}:") and int(location.rsplit(":", 1)[1]) >= 1
