@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
@@ -15,23 +14,17 @@ from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, 
 app = typer.Typer(no_args_is_help=True)
 
 
-def load_tasks(path: Path) -> list:
-    """Tasks from a JSONL file of records.Task; a bad line is reported (file:line: field) and skipped."""
-    from astra.records import Task
+def load_tasks(path: Path) -> tuple[list, list]:
+    """(tasks, servers) from a JSONL file of records.Task and/or the original ASTRA's tasks.jsonl lines
+    (their ``mcp_info`` servers come along); a bad line is reported FILE:LINE: field: reason and skipped."""
+    from astra.synthesis._original import read_tasks
 
-    tasks = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                tasks.append(Task.model_validate(json.loads(line)))
-            except json.JSONDecodeError as exc:
-                console.print(f"[yellow]skipped[/] {path}:{lineno}: not JSON ({exc.msg})", highlight=False)
-            except ValidationError as exc:
-                fields = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(record)'}: {e['msg']}" for e in exc.errors())
-                console.print(f"[yellow]skipped[/] {path}:{lineno}: {fields}", highlight=False)
-    return tasks
+    found = read_tasks(path)
+    for error in found.errors:
+        console.print(f"[yellow]skipped[/] {error}", markup=False, highlight=False, soft_wrap=True)
+    for notice in found.notices:
+        console.print(notice, style="dim", markup=False, highlight=False, soft_wrap=True)
+    return found.items, list(found.servers.values())
 
 
 @app.command("rollout")
@@ -51,23 +44,34 @@ def rollout(
     temperature: Annotated[float | None, typer.Option("--temperature")] = None,
     call_timeout: Annotated[float, typer.Option("--call-timeout", help="seconds per tool call")] = 30.0,
     system_prompt: Annotated[str | None, typer.Option("--system-prompt")] = None,
+    live_remote: Annotated[bool, typer.Option("--live-remote", help="call the remote endpoints of documented "
+                                              "servers (call_info) live when reachable; otherwise they are simulated")] = False,
+    simulator_model: Annotated[str | None, typer.Option("--simulator-model", help="simulates documented servers' "
+                                                        "tools (default: --model)")] = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Run TASKS x SAMPLES rollouts of MODEL against registry SERVERS into OUT (JSONL, resumable)."""
+    """Run TASKS x SAMPLES rollouts of MODEL against registry SERVERS into OUT (JSONL, resumable).
+
+    TASKS may be the original ASTRA's tasks.jsonl: each line's mcp_info server is used (live over
+    its call_info endpoint with --live-remote when reachable, else simulated; every step records which)."""
     from astra.client import ModelSettings, run_rollouts
 
     if executor not in ("local", "ray"):
         raise fail(f"--executor must be 'local' or 'ray', not {executor!r}")
-    task_list = load_tasks(tasks)
+    task_list, file_servers = load_tasks(tasks)
     if not task_list:
         raise fail(f"{tasks}: no valid tasks")
     model_options = {"base_url": base_url} if base_url and model.startswith("openai:") else {}
+    targets: list = list(servers or [])
+    if file_servers:
+        targets += _plan_file_servers(file_servers, set(targets), out, live_remote, simulator_model or model,
+                                      model_options if not simulator_model else {})
     with resumable_run(out):  # outside the try: typer's Exit is a RuntimeError
         try:
             summary = run_rollouts(
                 task_list, model, out,
-                servers=list(servers or []), samples=samples, concurrency=concurrency,
+                servers=targets, samples=samples, concurrency=concurrency,
                 per_endpoint_concurrency=per_endpoint, executor=executor, workers=workers, ray_address=ray_address,
                 progress=not json_out, home=home, model_options=model_options, max_steps=max_steps,
                 settings=ModelSettings(temperature=temperature) if temperature is not None else None,
@@ -89,3 +93,28 @@ def rollout(
         console.print(f"[red]error:[/] {err}", highlight=False)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _plan_file_servers(specs: list, named: set[str], out: Path, live_remote: bool, simulator_spec: str,
+                       simulator_options: dict) -> list:
+    """Targets for the servers a tasks file brings (those not named by --servers), live or
+    simulated; the plan is printed and kept in OUT/servers_plan.json."""
+    import anyio
+
+    from astra.client import resolve_model
+    from astra.records import SimulatedLaunch
+    from astra.synthesis._original import plan_servers
+
+    specs = [s for s in specs if s.name not in named]
+    needs_simulator = any(isinstance(s.launch, SimulatedLaunch) for s in specs)
+    simulator = resolve_model(simulator_spec, **simulator_options) if needs_simulator else None
+    try:
+        targets, plans = anyio.run(lambda: plan_servers(specs, live_remote=live_remote, simulator=simulator))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "servers_plan.json").write_text(json.dumps({n: p.model_dump(mode="json") for n, p in plans.items()},
+                                                      indent=1) + "\n", "utf-8")
+    for plan in plans.values():
+        console.print(f"server {plan.name}: {plan.execution.value} ({plan.why})", markup=False, highlight=False)
+    return targets

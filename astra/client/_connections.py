@@ -97,6 +97,8 @@ class _Server:
         self.name = name
         self.target = target
         self.kind = kind
+        # a server that only simulates its tools (e.g. the LLM simulator of documented servers): steps say so
+        self.simulated = bool(getattr(target, "astra_simulated", False))
         self.max_restarts = max_restarts
         self.connect_timeout_s = connect_timeout_s
         self.errlog = errlog
@@ -397,6 +399,11 @@ class Connections:
     @property
     def servers(self) -> list[str]:
         return list(self._servers)
+
+    def is_simulated(self, server: str | None) -> bool:
+        """True when ``server``'s tools are simulated (its target says ``astra_simulated``), not live."""
+        found = self._servers.get(server) if server is not None else None
+        return found is not None and found.simulated
 
     @property
     def tools(self) -> list[ToolBinding]:

@@ -102,7 +102,7 @@ async def _execute(
     step = Step(
         turn=turn, call_id=call.id, tool=call.name, server=binding.server, server_tool=binding.tool.name,
         arguments=arguments, result=_result_payload(result), is_error=result.is_error,
-        error_kind=result.error_kind, latency_s=result.latency_s,
+        error_kind=result.error_kind, latency_s=result.latency_s, simulated=conns.is_simulated(binding.server),
     )
     text = result.text if result.text or result.structured_content is None else json.dumps(result.structured_content)
     return step, (f"Error: {text}" if result.is_error else text)

@@ -37,6 +37,8 @@ class SimulatedReply(BaseModel):
 class SimulatedServer(MCPServer):
     """An MCP server for a :class:`ServerSpec` whose tool calls are answered by ``model``."""
 
+    astra_simulated = True  # the client harness marks this server's steps as simulated
+
     def __init__(self, spec: ServerSpec, model: Model) -> None:
         super().__init__(name=spec.name, description=spec.description or None)
         self.spec = spec
