@@ -232,12 +232,15 @@ class Stage(Generic[T]):
         retry = {i for i, e in done.items() if e.failed and not e.outputs}
         todo: Sequence[tuple[str, Any]] = [(i, it) for i, it in items if i not in self.log or i in retry]
         limiter = anyio.CapacityLimiter(max(1, concurrency))
+        # a terminal gets a live bar; a log (not a TTY) gets plain lines: start, every ~10 s, end
+        live = progress and _PROGRESS_CONSOLE.is_terminal
+        plain = _PlainProgress(description or self.name, len(todo)) if progress and not live else None
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            disable=not progress,
+            disable=not live,
             transient=False,
             console=_PROGRESS_CONSOLE,
         )
@@ -261,6 +264,8 @@ class Stage(Generic[T]):
                 )
                 self.log.append(entry, replace=item_id in retry)
                 bar.advance(task_id)
+                if plain is not None:
+                    plain.advance(entry.dropped is None, entry.failed)
 
         self.run.mark(self.name, "running", todo=len(todo), retried=len(retry & {i for i, _ in todo}))
         try:
@@ -276,4 +281,34 @@ class Stage(Generic[T]):
             raise
         counts = self.counts()
         self.run.mark(self.name, "done", **counts.model_dump(exclude={"stage"}))
+        if plain is not None:
+            plain.finish(counts)
         return counts
+
+
+class _PlainProgress:
+    """One line per stage event on stderr for logs (no live bar when stderr is not a TTY)."""
+
+    EVERY_S = 10.0
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name, self.total, self.done, self.kept, self.failed = name, total, 0, 0, 0
+        self.started = self.last = time.perf_counter()
+        self._line(f"{total} to do")
+
+    def _line(self, text: str) -> None:
+        _PROGRESS_CONSOLE.print(f"[{time.strftime('%H:%M:%S')}] {self.name}: {text}", markup=False, highlight=False,
+                                soft_wrap=True)
+
+    def advance(self, kept: bool, failed: bool) -> None:
+        self.done += 1
+        self.kept += int(kept)
+        self.failed += int(failed)
+        now = time.perf_counter()
+        if now - self.last >= self.EVERY_S and self.done < self.total:
+            self.last = now
+            self._line(f"{self.done}/{self.total} ({self.kept} kept, {self.failed} failed) {now - self.started:.0f} s")
+
+    def finish(self, counts: StageCounts) -> None:
+        self._line(f"done in {time.perf_counter() - self.started:.1f} s: {counts.inputs} in, {counts.outputs} out, "
+                   f"{counts.dropped} dropped ({counts.failed} failed)")
