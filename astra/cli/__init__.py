@@ -28,6 +28,7 @@ _GROUPS: list[tuple[str, str | None, str]] = [
     ("rollout", None, "Rollouts of tasks through the MCP client harness."),
     ("traj", "traj", "Trajectory synthesis pipeline (SFT data)."),
     ("envs", "envs", "Environment synthesis pipeline (RLVR arenas)."),
+    ("judge", "judge", "Trajectory judges: calibrate against the bundled labelled set."),
     ("bfcl", "bfcl", "BFCL v3 multi-turn arena over MCP."),
     ("demo", None, "The main job on embedded defaults."),
 ]

@@ -85,3 +85,62 @@ def funnel(config: ConfigArg, home: HomeOption = None, as_json: JsonOption = Fal
         emit_json(result.summary())
     else:
         console.print(result.funnel.render())
+
+
+@app.command("rejudge")
+def rejudge(
+    run_dir: Annotated[Path, typer.Argument(help="a trajectory run directory (holds rollout.jsonl and quality.jsonl)")],
+    judge: Annotated[str, typer.Option("--judge", help="judge model spec, or 'rules' for the rule-only judge")],
+    concurrency: Annotated[int, typer.Option(help="trajectories judged at once")] = 4,
+    timeout_s: Annotated[float, typer.Option("--timeout", help="per judge request, seconds")] = 300.0,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Re-score a finished run's trajectories with another judge: no rollout, no policy call; the new
+    scores go to reward.<judge>.<version>.jsonl beside the run's reward.jsonl (resumable)."""
+    from astra.client import ModelError
+    from astra.synthesis.trajectories import JudgeMode
+    from astra.synthesis.trajectories._rejudge import RejudgeError, rejudge_run
+
+    mode = JudgeMode.RULES if judge == "rules" else JudgeMode.LLM
+    model = _judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
+    try:
+        with resumable_run(run_dir):
+            result = anyio.run(lambda: _closing(model, rejudge_run(run_dir, model, mode=mode, concurrency=concurrency,
+                                                                   progress=not quiet and not as_json)))
+    except (RejudgeError, ModelError, ValueError) as exc:
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        emit_json(result.summary())
+        return
+    from rich.table import Table
+
+    table = Table(title=f"rejudge {result.run_dir} with {result.judge} ({result.judge_version}) -> {result.stage}.jsonl")
+    for col in ("key", "before (reward.jsonl)", "after"):
+        table.add_column(col)
+    for key, after in result.after.items():
+        before = result.before.get(key)
+        table.add_row(key, "-" if before is None else f"{before:.3f}", "-" if after is None else f"{after:.3f}")
+    console.print(table)
+    c = result.counts
+    console.print(f"{c.outputs} scored, {c.dropped} dropped ({c.failed} failed); policy calls: 0; "
+                  f"judge calls per sample: {result.judge_calls_per_sample:g}", highlight=False)
+
+
+def _judge_model(spec: str, timeout_s: float) -> Any:
+    from astra.client import ModelError, resolve_model
+    from astra.synthesis.trajectories import _calibration  # noqa: F401  (registers scripted:calibration-oracle)
+    from astra.synthesis.trajectories._pipeline import _TimeoutModel
+
+    try:
+        return _TimeoutModel(resolve_model(spec), timeout_s)
+    except (ModelError, ValueError, KeyError) as exc:
+        raise fail(f"--judge {spec}: {exc}") from None
+
+
+async def _closing(model: Any, coro: Any) -> Any:
+    try:
+        return await coro
+    finally:
+        if model is not None:
+            await model.inner.aclose()

@@ -181,3 +181,27 @@ def test_unanswered_trajectory_gets_no_reward_and_no_judge_call():
     out = run(score_trajectory, TASK, build(GOOD, None, termination="max_steps"), model, JudgeMode.LLM)
     assert out.outputs == [] and out.dropped == "no_final_answer: episode ended by max_steps" and not out.failed
     assert model.calls == 0
+
+
+def test_pipeline_with_rules_judge_and_llm_judge_call_counts(tmp_path, home):
+    from astra.synthesis.trajectories import TrajectoryPipeline, run_trajectory_pipeline
+
+    from .conftest import Router, router_model
+    from .test_pipeline import _config
+
+    router = Router()
+    config = _config(tmp_path, home, chains={"num_chains": 2, "num_toolsets": 2}, rollout={"samples": 1},
+                     reward={"judge": "rules", "threshold": 0.0})
+    result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False,
+                                                       models={"scripted:router": router_model(router)}))
+    assert "judge" not in router.seen and result.summary()["judge_calls_per_sample"] == 0.0
+    from astra.records import Reward
+
+    rewards = TrajectoryPipeline(config, progress=False).stage("reward", Reward).outputs()
+    assert rewards and all(r.mode == "rules" and r.judge_model == "rules" for r in rewards)
+    assert result.exported > 0
+    # the same run judged by the LLM: exactly one judge call per sample
+    llm = _config(tmp_path / "llm", home, chains={"num_chains": 2, "num_toolsets": 2}, rollout={"samples": 1})
+    result = anyio.run(lambda: run_trajectory_pipeline(llm, progress=False,
+                                                       models={"scripted:router": router_model(Router())}))
+    assert result.summary()["judge_calls_per_sample"] == 1.0

@@ -549,5 +549,6 @@ def demo_config(
         "tasks": {"per_chain": 1, "augmentations": [] if local else ["wording", "persona"], "multi_turn": not local,
                   "quality_threshold": 0.25},
         "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
-        "reward": {"threshold": 0.3},
+        # the 135M embedded model cannot judge a trajectory: rules score it, and the rewards say so
+        "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
     })
