@@ -87,6 +87,9 @@ REWARD_KEYS: dict[str, str] = {
     "tool_understanding": "tool_understand",
     "query_understanding": "query_understand",
     "query_planning": "query_plan",
+    # the v2 judge (astra.synthesis.trajectories._reward) already uses the original's names
+    **{name: name for name in ("tool_concise", "tool_call", "tool_plan", "tool_understand", "query_understand",
+                               "query_plan")},
 }
 """Our reward dimension -> the original's ``reward_all`` key (``overall`` -> ``overall_score``)."""
 
@@ -732,6 +735,12 @@ def to_original_trajectory(traj: Trajectory, task: Task | None, server: ServerSp
     return out
 
 
+_DIMENSION_ITEMS = {"call": ("tool_concise",), "tool_message": ("tool_call",), "plan_segment": ("tool_plan",),
+                    "understand_batch": ("tool_understand",), "first_understand": ("query_understand",),
+                    "first_plan": ("query_plan",), "answer_relevance": ("final_answer",),
+                    "answer_summary": ("final_answer",)}
+
+
 def to_original_reward(reward: Reward) -> dict[str, Any] | None:
     """Our reward in the original ``reward_all`` shape; None for a failed judge (never a safe score)."""
     if reward.status != "ok" or reward.overall is None:
@@ -739,7 +748,9 @@ def to_original_reward(reward: Reward) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for ours, theirs in REWARD_KEYS.items():
         if ours in reward.dimensions:
-            out[theirs] = {"score": reward.dimensions[ours], "extra_info": {"dimension": ours, "is_safe_score": 0}}
+            items = [i for i in reward.items if i.get("kind") and theirs in _DIMENSION_ITEMS.get(i["kind"], ())]
+            out[theirs] = {"score": reward.dimensions[ours],
+                           "extra_info": {"dimension": ours, "is_safe_score": 0, "items": items}}
     out["overall_score"] = reward.overall
     out["astra"] = {"reward_id": reward.id, "trajectory_id": reward.trajectory_id, "task_id": reward.task_id,
                     "judge_model": reward.judge_model, "rules": reward.rules, "process": reward.process,
