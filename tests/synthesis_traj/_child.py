@@ -40,7 +40,7 @@ def config(out_dir: str, home: str) -> TrajectoryConfig:
     return TrajectoryConfig(
         out_dir=Path(out_dir), home=Path(home), servers=["geo-locator", "weather-forecast"],
         inline_servers=[time_server()], model="scripted:router", concurrency=1,
-        chains={"num_chains": 3, "num_toolsets": 3}, tasks={"augmentations": ["wording"], "multi_turn": True},
+        chains={"num_chains": 3, "num_toolsets": 3}, tasks={"augmentations": ["context_shift"], "multi_turn": True},
         rollout={"samples": 2},
     )
 

@@ -93,10 +93,7 @@ class Router:
         if kind == "questions":
             return '{"questions": ["What is the weather like in Lisbon right now, and what time is it there?"]}'
         if kind == "variants":
-            return json.dumps({"wording": "Tell me Lisbon's current weather and local time.",
-                               "complex": "Compare the weather in Lisbon with Porto and tell me the local time in both.",
-                               "persona": "a travel blogger", "persona_question": "As a blogger in Lisbon, what's the weather now?",
-                               "turns": ["I'm going to Lisbon.", "What is the weather and time there?"]})
+            return variants_reply(user)
         if kind == "quality":
             s = 2 if self.low_quality else 4
             return json.dumps({"tool_selection_difficulty": s, "uniqueness": s, "question_quality": s, "realism": s,
@@ -113,6 +110,24 @@ class Router:
         fn = tools[0]["function"]
         return ChatMessage(role="assistant", content=None, tool_calls=[
             ToolCall(id="call_0", name=fn["name"], arguments=json.dumps(example_args(fn.get("parameters") or {})))])
+
+
+VARIANTS = {
+    "context_shift": "I'm planning a cycling trip in Porto: what's the weather there now and the local time?",
+    "complicate": "Compare the weather in Lisbon with Porto, and tell me the local time in both before 9 am.",
+    "persona": "As a teacher planning a field trip in Lisbon, what's the weather now?",
+}
+
+
+def variants_reply(prompt: str) -> str:
+    """A realistic augmentation reply: the requested shape, numbered variants per mode."""
+    shape = json.loads(prompt[prompt.rindex("Reply as ") + len("Reply as "):])
+    original = re.search(r"Original request: (.*)", prompt).group(1)[:40]
+    out = {mode: [f"{VARIANTS[mode]} (variant {i + 1} of '{original}')" for i in range(len(v))]
+           for mode, v in shape.items() if mode != "turns"}
+    if "turns" in shape:
+        out["turns"] = ["I'm going to Lisbon.", "What is the weather and time there?"]
+    return json.dumps(out)
 
 
 def judge_reply(prompt: str, score: float = 1.0) -> str:

@@ -22,7 +22,7 @@ from astra.synthesis.trajectories import (
     write_exports,
 )
 from astra.synthesis.trajectories._export import select
-from astra.synthesis.trajectories._tasks import generate_tasks, score_task
+from astra.synthesis.trajectories._tasks import generate_tasks, load_personas, score_task
 from astra.synthesis.trajectories._verify import order_similarity, verify_chain
 
 from .conftest import Router, router_model
@@ -94,21 +94,58 @@ def test_tasks_base_augmentations_and_multi_turn():
     out = _run(generate_tasks, CHAIN, TOOLS, router_model(Router()), TaskOptions())
     tasks = out.outputs
     variants = {t.provenance["variant"] for t in tasks}
-    assert variants == {"base", "wording", "complex", "persona", "multi_turn"}
+    assert variants == {"base", "context_shift", "complicate", "persona", "multi_turn"}
     multi = next(t for t in tasks if t.provenance["variant"] == "multi_turn")
     assert len(multi.user_turns) == 2
     persona = next(t for t in tasks if t.provenance["variant"] == "persona")
-    assert persona.persona == "a travel blogger"
+    bundled = {p.describe() for p in load_personas()[0]}
+    assert persona.persona in bundled  # drawn from the persona file, never invented
     assert all(t.target_tools == ["geo/search_city", "wx/get_weather"] and t.servers == ["geo", "wx"] for t in tasks)
     assert all(t.chain_id == "ch-1" for t in tasks) and len({t.id for t in tasks}) == len(tasks)
+    assert TaskOptions(augmentations=["wording", "complex"]).augmentations == ["context_shift", "complicate"]
+
+
+def test_n_variants_for_every_base_question_from_my_personas(tmp_path):
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text('{"persona": "a beekeeper in the Alentejo who sells honey at markets"}\n{"oops": 1}\n'
+                        '{"age": 70, "occupation": "retired sailor", "hobbies": "knots"}\n')
+    found, errors = load_personas(personas)
+    assert len(found) == 2 and errors == [f"{personas}:2: persona: empty (give \"persona\" or profile fields)"]
+    router = Router()
+    two_bases = ScriptedModel(['{"questions": ["What is the weather in Lisbon now?", "Is it raining in Faro today?"]}',
+                               *[router] * 2])
+    opts = TaskOptions(per_chain=2, variants=3, personas=personas, multi_turn=False)
+    out = _run(generate_tasks, CHAIN, TOOLS, two_bases, opts)
+    by = {}
+    for t in out.outputs:
+        by.setdefault((t.provenance["base_task"], t.provenance["variant"]), []).append(t)
+    bases = [t for t in out.outputs if t.provenance["variant"] == "base"]
+    assert len(bases) == 2 and router.seen == {"variants": 2}  # one augmentation call per base question
+    for b in bases:
+        for mode in ("context_shift", "complicate", "persona"):
+            assert len(by[(b.id, mode)]) == 3, (b.id, mode)
+        assert {t.persona for t in by[(b.id, "persona")]} <= {p.describe() for p in found}
+
+
+def test_variants_naming_a_tool_or_repeating_are_rejected():
+    def reply(messages, tools):
+        return json.dumps({"context_shift": ["Use search_city to find Porto, then its weather."],
+                           "complicate": ["What is the weather in Lisbon?"], "persona": ["ok then"]})
+    model = ScriptedModel(['{"questions": ["What is the weather in Lisbon?"]}', reply])
+    out = _run(generate_tasks, CHAIN, TOOLS, model, TaskOptions(multi_turn=False))
+    assert [t.provenance["variant"] for t in out.outputs] == ["base"]
+    rejected = next(a["variants_rejected"] for a in out.audit if "variants_rejected" in a)
+    assert rejected == ["context_shift[0]: names the tool search_city", "complicate[0]: a repeat",
+                        "persona[0]: too short"]
 
 
 def test_tasks_generation_failure_and_partial_augmentation():
     bad = ScriptedModel(["nothing useful", '{"questions": []}', '{"questions": ["short"]}'])
     out = _run(generate_tasks, CHAIN, TOOLS, bad, TaskOptions())
     assert out.failed and out.dropped.startswith("generation_failed")
-    # the base question stands even when the augmentation reply is junk
-    partial = ScriptedModel(['{"questions": ["Find Lisbon and tell me its weather now."]}', "junk", "junk", "junk"])
+    # the base question stands when the augmentation reply is junk or has the wrong number of variants
+    wrong_count = json.dumps({"context_shift": ["a", "b"], "complicate": ["c"], "persona": ["d"], "turns": ["x", "y"]})
+    partial = ScriptedModel(['{"questions": ["Find Lisbon and tell me its weather now."]}', "junk", wrong_count, "junk"])
     out = _run(generate_tasks, CHAIN, TOOLS, partial, TaskOptions())
     assert [t.provenance["variant"] for t in out.outputs] == ["base"]
     assert any("augmentation_failed" in a for a in out.audit)
@@ -123,6 +160,19 @@ def test_quality_threshold(score, kept):
         assert out.outputs[0].quality["overall"] == 0.75
     else:
         assert out.outputs == [] and out.dropped.startswith("below_quality_threshold: 0.25")
+
+
+def test_quality_judge_sees_every_tool_of_the_servers():
+    task = Task(id="t1", user_turns=["What is the weather in Lisbon?"], target_tools=["wx/get_weather"], servers=["wx"])
+    prompts = []
+
+    def judge(messages, tools):
+        prompts.append(messages[-1].content)
+        return json.dumps({d: 4 for d in ("tool_selection_difficulty", "uniqueness", "question_quality", "realism")})
+
+    _run(score_task, task, TOOLS, ScriptedModel([judge]), 0.5)
+    assert "All available tools (2)" in prompts[0] and "wx/get_alerts" in prompts[0]
+    assert "geo/search_city" not in prompts[0] and "Target tools of this task: wx/get_weather" in prompts[0]
 
 
 def test_quality_out_of_range_is_judge_failed():
@@ -241,3 +291,55 @@ def test_sharegpt_groups_parallel_calls():
     assert [c["from"] for c in conv["conversations"]] == ["human", "function_call", "observation", "gpt"]
     assert json.loads(conv["conversations"][1]["value"]) == [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]
     assert json.loads(conv["conversations"][2]["value"]) == ["A", "B"]
+
+
+# ----------------------------------------------------------------------------- simulator: memory, query, injection
+
+
+def test_simulator_memory_user_query_and_injected_errors():
+    from astra.servers import EPISODE_META_KEY
+    from astra.synthesis.trajectories._simulate import INJECTED_KIND, mark_injected
+
+    spec = ServerSpec(id="x", name="geo", tools=[TOOLS["geo/search_city"]])
+    prompts = []
+
+    def sim(messages, tools):
+        prompts.append(messages[-1].content)
+        return json.dumps({"result": {"city_id": f"c-{len(prompts)}", "latitude": 38.7}})
+
+    server = SimulatedServer(spec, ScriptedModel([sim] * 50), user_query=lambda ep: {"traj-a": "Plan my day in Lisbon"}
+                             .get(ep.rsplit(":", 1)[0]))
+
+    async def calls(srv, episode, cities):
+        async with Client(srv) as client:
+            return [await client.call_tool("search_city", {"city_name": c}, meta={EPISODE_META_KEY: episode})
+                    for c in cities]
+
+    anyio.run(calls, server, "traj-a:e1", ["Lisbon", "Porto"])
+    anyio.run(calls, server, "traj-b:e2", ["Faro"])
+    assert "Plan my day in Lisbon" in prompts[0] and "Earlier calls" not in prompts[0]
+    assert "Earlier calls" in prompts[1] and '"city_id": "c-1"' in prompts[1]  # remembers its own episode
+    assert "c-1" not in prompts[2] and "Plan my day" not in prompts[2]          # not another episode's
+    assert [c["arguments"]["city_name"] for c in server.episode_calls("traj-a:e1")] == ["Lisbon", "Porto"]
+
+    # error injection: seeded, about the configured share, no model call for an injected failure
+    cities = [f"city {i}" for i in range(60)]
+    a = SimulatedServer(spec, ScriptedModel([sim] * 200), error_rate=0.3, seed=7)
+    b = SimulatedServer(spec, ScriptedModel([sim] * 200), error_rate=0.3, seed=7)
+    ra, rb = anyio.run(calls, a, "traj-c:e", cities), anyio.run(calls, b, "traj-c:e", cities)
+    failed = [r.is_error for r in ra]
+    assert failed == [r.is_error for r in rb] and 8 <= sum(failed) <= 30
+    assert a.calls == len(cities) - sum(failed)
+    none = SimulatedServer(spec, ScriptedModel([]), error_rate=1.0)
+    from astra.synthesis.trajectories._simulate import INJECTED_ERRORS
+
+    only = anyio.run(calls, none, "traj-d:e", ["Lisbon", "Porto"])
+    assert all(r.is_error and r.content[0].text in INJECTED_ERRORS for r in only) and none.calls == 0
+    # the pipeline marks exactly the injected steps in the trajectory
+    steps = [Step(call_id=f"k{i}", tool="search_city", server="geo", server_tool="search_city",
+                  arguments={"city_name": c}, result=r.content[0].text, is_error=r.is_error, error_kind=
+                  "tool_error" if r.is_error else None) for i, (c, r) in enumerate(zip(cities, ra, strict=True))]
+    traj = Trajectory(id="traj-c", task_id="t", model="m", steps=steps, termination="final_answer")
+    marked = mark_injected(traj, {"geo": a})
+    assert [s.error_kind == INJECTED_KIND for s in marked.steps] == failed
+    assert marked.meta["injected_errors"] == sum(failed)

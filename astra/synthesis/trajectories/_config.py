@@ -7,7 +7,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from astra.records import ServerSpec
 
@@ -50,17 +50,34 @@ class VerifyOptions(_Options):
     distractors: int = Field(default=4, ge=0, description="extra tools offered when recovering the chain")
 
 
+AUGMENTATIONS = ("context_shift", "complicate", "persona")
+"""The original ASTRA's augmentations: the same tools in another scenario ("diverse"), harder
+constraints ("complicate"), and the request as a given user would ask it ("by_ug")."""
+_LEGACY_AUGMENTATIONS = {"wording": "context_shift", "complex": "complicate"}
+
+
 class TaskOptions(_Options):
     per_chain: int = Field(default=1, ge=1, description="base questions per chain / toolset")
-    augmentations: list[str] = Field(default_factory=lambda: ["wording", "complex", "persona"])
+    augmentations: list[str] = Field(default_factory=lambda: list(AUGMENTATIONS),
+                                     description="context_shift, complicate, persona (applied to every base question)")
+    variants: int = Field(default=1, ge=1, le=8, description="variants per augmentation mode and base question")
+    personas: Path | None = Field(default=None, description="persona JSONL ({\"persona\": ...} or profile fields per "
+                                  "line); default: the bundled sample")
     multi_turn: bool = True
     quality_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="mean of the four quality scores, in [0, 1]")
 
+    @field_validator("augmentations", mode="before")
+    @classmethod
+    def _legacy_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return list(dict.fromkeys(_LEGACY_AUGMENTATIONS.get(x, x) if isinstance(x, str) else x for x in v))
+        return v
+
     @model_validator(mode="after")
     def _known(self) -> TaskOptions:
-        unknown = sorted(set(self.augmentations) - {"wording", "complex", "persona"})
+        unknown = sorted(set(self.augmentations) - set(AUGMENTATIONS))
         if unknown:
-            raise ValueError(f"tasks.augmentations: unknown {unknown} (known: wording, complex, persona)")
+            raise ValueError(f"tasks.augmentations: unknown {unknown} (known: {', '.join(AUGMENTATIONS)})")
         return self
 
 
@@ -69,6 +86,8 @@ class RolloutOptions(_Options):
     max_steps: int = Field(default=8, ge=1)
     max_tokens: int | None = Field(default=512, description="per model reply")
     temperature: float | None = 0.7
+    sim_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of simulated tool calls that fail "
+                                  "with a transient error (marked error_kind=injected_error in the trajectory)")
 
 
 class JudgeMode(StrEnum):
@@ -152,6 +171,9 @@ class TrajectoryConfig(_Options):
         for key in ("out_dir", "home"):
             if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
                 data[key] = str(base / data[key])
+        tasks = data.get("tasks")
+        if isinstance(tasks, dict) and isinstance(tasks.get("personas"), str) and not Path(tasks["personas"]).is_absolute():
+            tasks["personas"] = str(base / tasks["personas"])
         if isinstance(data.get("environments"), list):
             data["environments"] = [
                 str(base / e) if isinstance(e, str) and not Path(e).is_absolute() else e for e in data["environments"]

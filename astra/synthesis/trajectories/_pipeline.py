@@ -42,8 +42,8 @@ from astra.synthesis.trajectories import _chains, _graph
 from astra.synthesis.trajectories._config import JudgeMode, TrajectoryConfig
 from astra.synthesis.trajectories._export import SFTSample, select, write_exports
 from astra.synthesis.trajectories._reward import score_trajectory
-from astra.synthesis.trajectories._simulate import SimulatedServer
-from astra.synthesis.trajectories._tasks import generate_tasks, score_task
+from astra.synthesis.trajectories._simulate import SimulatedServer, mark_injected
+from astra.synthesis.trajectories._tasks import PERSONAS_PATH, Persona, generate_tasks, load_personas, score_task
 from astra.synthesis.trajectories._verify import verify_chain
 
 STAGES = ("graph", "chains", "verify", "tasks", "quality", "rollout", "reward", "export")
@@ -332,8 +332,9 @@ class TrajectoryPipeline:
         tools = await self.tools()
         gen = self.model(self.config.model)
         chains = self.stage("verify", ToolChain).outputs()
+        personas = self._personas()
         await self.stage("tasks", Task).run_items(
-            [(c.id, c) for c in chains], lambda c: generate_tasks(c, tools, gen, self.config.tasks),
+            [(c.id, c) for c in chains], lambda c: generate_tasks(c, tools, gen, self.config.tasks, personas),
             concurrency=self.config.concurrency, progress=self.progress, description="tasks: generate",
         )
         judge = self.model(self.config.judge)
@@ -344,12 +345,34 @@ class TrajectoryPipeline:
             gates={"quality_threshold": self.config.tasks.quality_threshold},
         )
 
+    def _personas(self) -> list[Persona] | None:
+        opts = self.config.tasks
+        if "persona" not in opts.augmentations:
+            return None
+        path = opts.personas or PERSONAS_PATH
+        try:
+            personas, errors = load_personas(path)
+        except OSError as exc:
+            raise PipelineError(f"{path}: cannot read the persona file: {exc.strerror}") from exc
+        if errors:
+            self.run.mark("personas", "read", path=str(path), personas=len(personas), errors=errors[:50])
+        if not personas:
+            raise PipelineError(f"{path}: no usable persona" + (f" ({errors[0]})" if errors else ""))
+        return personas
+
     # ------------------------------------------------------------------ 5. rollouts
 
-    async def _targets(self, needed: set[str]) -> tuple[list[Any], set[str]]:
-        """Connection targets for the servers the tasks use, and which of them are simulated."""
+    async def _targets(self, needed: set[str], queries: dict[str, str] | None = None) -> tuple[list[Any], set[str]]:
+        """Connection targets for the servers the tasks use, and which of them are simulated.
+
+        ``queries`` maps trajectory ids to the user's request: simulated tools see it."""
         targets: list[Any] = []
         simulated: set[str] = set()
+        queries = queries or {}
+
+        def user_query(episode: str) -> str | None:
+            return queries.get(episode) or queries.get(episode.rsplit(":", 1)[0])
+
         for spec in await self.servers():
             if spec.name not in needed:
                 continue
@@ -369,7 +392,9 @@ class TrajectoryPipeline:
                 targets.append((spec.name, build_server(found[0], sandboxed=found[0].sandboxed)))
             else:
                 assert isinstance(spec.launch, SimulatedLaunch)
-                targets.append((spec.name, SimulatedServer(spec, self.model(self.config.simulator))))
+                targets.append((spec.name, SimulatedServer(
+                    spec, self.model(self.config.simulator), error_rate=self.config.rollout.sim_error_rate,
+                    seed=self.config.seed, user_query=user_query)))
                 simulated.add(spec.name)
         return targets, simulated
 
@@ -386,7 +411,10 @@ class TrajectoryPipeline:
         todo = [it for it in items if it[0] not in stage.done_ids()]
         if not todo:  # nothing left: do not start servers
             return await stage.run_items([], _never, progress=False)
-        targets, simulated = await self._targets({srv for t, _ in (it[1] for it in todo) for srv in t.servers})
+        queries = {tid: "\n".join(t.user_turns) for tid, (t, _) in todo}
+        targets, simulated = await self._targets({srv for t, _ in (it[1] for it in todo) for srv in t.servers}, queries)
+        sim_servers = {name: srv for name, srv in (x for x in targets if isinstance(x, tuple))
+                       if isinstance(srv, SimulatedServer)}
         settings = ModelSettings(temperature=opts.temperature, max_tokens=opts.max_tokens, seed=self.config.seed)
         async with Connections(targets) as conns:
 
@@ -398,6 +426,7 @@ class TrajectoryPipeline:
                 if simulated:
                     traj = traj.model_copy(update={"steps": [
                         s.model_copy(update={"simulated": s.server in simulated}) for s in traj.steps]})
+                    traj = mark_injected(traj, sim_servers)
                 if traj.termination in _FAILED_TERMINATIONS:
                     return Outcome.drop(f"{traj.termination}: {(traj.error or '')[:160]}", failed=True)
                 return Outcome.keep(traj)
@@ -546,7 +575,7 @@ def demo_config(
         "graph": {"batch_size": 4 if local else 8, "max_sources_per_tool": 3},
         "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
         "verify": {"votes": 1, "distractors": 2},
-        "tasks": {"per_chain": 1, "augmentations": [] if local else ["wording", "persona"], "multi_turn": not local,
+        "tasks": {"per_chain": 1, "augmentations": [] if local else ["context_shift", "persona"], "multi_turn": not local,
                   "quality_threshold": 0.25},
         "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
         # the 135M embedded model cannot judge a trajectory: rules score it, and the rewards say so
