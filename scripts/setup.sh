@@ -13,6 +13,10 @@ CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m 
 # Trainers' own code checks the adapters (tests/trainers): TRL's chat templates and environment_factory
 # introspection (TRL without its torch-pulling dependencies; transformers comes with the test extra).
 .venv/bin/python -m pip install -q --no-deps "trl==1.16.0"
+# verl 0.9.x (its tool base class, tool registry and tool parsers run in tests/trainers without torch):
+# --no-deps keeps its CUDA torch / vllm dependency set out; omegaconf reads its tool-config YAML.
+.venv/bin/python -m pip install -q --no-deps "verl==0.9.1"
+.venv/bin/python -m pip install -q "omegaconf>=2.3,<3"
 if command -v npm >/dev/null 2>&1; then
   mkdir -p .ci/node
   [ -f .ci/node/package.json ] || echo '{"name":"astra-test-node","private":true}' > .ci/node/package.json

@@ -787,15 +787,19 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
 
     Scores the calls the ASTRA tool adapter recorded for this trajectory (verl hands the agent
     loop's ``extra_fields`` over in ``extra_info``) or, without them, the calls read from the
-    rendered response text (any template, :func:`calls_from_text`). Use with
+    rendered response text (any template, :func:`calls_from_text`). Calls the text shows but no
+    tool recorded (refused by the loop: unknown tool, unparseable arguments) count as failed. Use with
     ``custom_reward_function.path=<astra/synthesis/environments/reward.py>``,
     ``custom_reward_function.name=compute_score``."""
     subs = sub_questions(ground_truth)
     if not any(s.tool is not None for s in subs):
         raise ValueError("ground truth has no tool sub-questions: no process reward can be computed")
+    written = calls_from_text(solution_str or "")
     calls = calls_from_extra_info(extra_info)
     if calls is None:
-        calls = calls_from_text(solution_str or "")
+        calls = written
+    elif len(written) > len(calls):  # calls the loop refused before any tool ran (unknown tool, bad JSON)
+        calls = calls + [ToolCallRecord(is_error=True)] * (len(written) - len(calls))
     return score_calls(calls, subs).reward
 
 

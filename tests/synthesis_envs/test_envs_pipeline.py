@@ -96,8 +96,12 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
     truth = json.loads(row["reward_model"]["ground_truth"])
     assert [t["sub_answer"] for t in truth] == ["8.04672", "4.828032", "12.874752"]
     tools = json.loads(row["extra_info"]["tools"])
-    assert {t["function"]["name"] for t in tools} == {"miles_to_km", "add_numbers"}
-    assert row["extra_info"]["tools_kwargs"]["miles_to_km"] == {"create_kwargs": {"environment_id": alice.id}}
+    # tool names are unique across the export: add_numbers exists in both environments
+    exported = {t["id"]: t["tool"] for t in truth}
+    assert {t["function"]["name"] for t in tools} == set(exported.values())
+    assert set(exported.values()) == {"miles_to_km", f"{alice.spec.name}__add_numbers"}
+    assert row["extra_info"]["tool_selection"] == [t["function"]["name"] for t in tools]
+    assert row["extra_info"]["tools_kwargs"]["miles_to_km"] == {"create_kwargs": {"ground_truth": row["reward_model"]["ground_truth"]}}
     samples = list(JsonlLog(result.exports["rl_samples"]).read_dicts())
     assert len(samples) == 2 and all(s["sub_qa"] for s in samples)
     mcp_json = json.loads(Path(result.exports["mcp_servers"]).read_text())
@@ -112,7 +116,7 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
             for v in alice.spec.verifiers:
                 res = await client.call_tool(v.tool, v.arguments)
                 text = "".join(c.text for c in res.content if c.type == "text")
-                out.append(f"<tool_call>{json.dumps({'name': v.tool, 'arguments': v.arguments})}</tool_call>"
+                out.append(f"<tool_call>{json.dumps({'name': exported[v.id], 'arguments': v.arguments})}</tool_call>"
                            f"<tool_response>{text}</tool_response>")
         return "".join(out) + "The answer is 12.874752"
 

@@ -1,85 +1,54 @@
-"""Stage 8: RLVR export — our RLSample JSONL and a verl-style Parquet.
+"""Stage 8: RLVR export — RLSample JSONL, verl parquet + tool-config YAML, MCP host configs.
 
-verl row: ``data_source``, ``agent_name`` ("tool_agent"), ``prompt`` (chat messages),
-``ability``, ``reward_model`` ``{"style": "rule", "ground_truth": <JSON list of
-{id, sub_question, sub_answer, tool}>}``, ``extra_info`` ``{index, split, environment_id,
-environment_name, server_dir, answer, tools (JSON, OpenAI function format),
-need_tools_kwargs, tools_kwargs {tool: {"create_kwargs": {"environment_id"}}}}``.
-The reward is :func:`astra.synthesis.environments.reward.compute_score`.
+Samples come from :mod:`astra.trainers.export` (tool names unique across the export, optional
+distractor tools, ground truth naming the exported tools). verl row: ``data_source``,
+``agent_name`` ("tool_agent"), ``prompt``, ``ability``, ``reward_model`` ``{"style": "rule",
+"ground_truth": <JSON list of {id, sub_question, sub_answer, tool}>}``, ``extra_info``
+``{index, split, environment_id, environment_name, server_dir, answer, tools, tool_selection,
+distractors, need_tools_kwargs, tools_kwargs}`` (``tools_kwargs`` for the sample's tools only).
+``verl_tool_config.yaml`` declares :class:`astra.trainers.verl.AstraTool` for every tool; the
+reward is :func:`astra.synthesis.environments.reward.compute_score` (the one process reward).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from astra.records import ChatMessage, EnvironmentSpec, RLSample, stable_id
+from astra.records import ChatMessage, RLSample, stable_id
 from astra.runs import JsonlLog
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._emit import current_environments, mcp_servers_block
 from astra.synthesis.environments._models import EmittedEnvironment
-
-SYSTEM_PROMPT = (
-    "You answer a multi-step question with the tools provided. Call one tool per step, use the "
-    "results of earlier calls as inputs of later ones, and finish with the final answer."
+from astra.trainers.export import (
+    SYSTEM_PROMPT,
+    ExportEnvironment,
+    Sample,
+    samples,
+    verl_row,
+    verl_tool_config,
+    write_verl_parquet,
+    write_yaml,
 )
 
-
-def openai_tools(spec: EnvironmentSpec) -> list[dict[str, Any]]:
-    from astra.client import openai_tool
-
-    return [openai_tool(t.spec.name, t.spec) for t in spec.tools]
+__all__ = ["SYSTEM_PROMPT", "export_environment", "rl_sample", "run_export"]
 
 
-def rl_sample(env: EmittedEnvironment, data_source: str) -> RLSample:
-    sub_qa = [
-        {"id": v.id, "sub_question": v.sub_question, "sub_answer": v.expected_answer, "tool": v.tool}
-        for v in env.spec.verifiers
-        if v.tool
-    ]
+def export_environment(env: EmittedEnvironment) -> ExportEnvironment:
+    return ExportEnvironment(spec=env.spec, question=env.question, answer=env.answer, server_dir=env.server_dir)
+
+
+def rl_sample(sample: Sample, data_source: str) -> RLSample:
     return RLSample(
-        id=stable_id("rl", env.id, prefix="rl_"),
-        prompt=[ChatMessage(role="system", content=SYSTEM_PROMPT), ChatMessage(role="user", content=env.question)],
-        environment_id=env.id,
-        tools=openai_tools(env.spec),
-        sub_qa=sub_qa,
-        answer=env.answer,
+        id=stable_id("rl", sample.env.spec.id, prefix="rl_"),
+        prompt=[ChatMessage(role=m["role"], content=m["content"]) for m in sample.prompt],  # type: ignore[arg-type]
+        environment_id=sample.env.spec.id,
+        tools=sample.tools,
+        sub_qa=sample.truth,
+        answer=sample.env.answer,
         data_source=data_source,
     )
-
-
-def verl_row(sample: RLSample, env: EmittedEnvironment, index: int, split: str = "train") -> dict[str, Any]:
-    return {
-        "data_source": sample.data_source,
-        "agent_name": "tool_agent",
-        "prompt": [{"role": m.role, "content": m.content or ""} for m in sample.prompt],
-        "ability": "tool_use",
-        "reward_model": {"style": "rule", "ground_truth": json.dumps(sample.sub_qa, ensure_ascii=False)},
-        "extra_info": {
-            "index": index,
-            "split": split,
-            "environment_id": env.id,
-            "environment_name": env.spec.name,
-            "server_dir": env.server_dir,
-            "answer": sample.answer or "",
-            "tools": json.dumps(sample.tools, ensure_ascii=False),
-            "need_tools_kwargs": True,
-            "tools_kwargs": {t["function"]["name"]: {"create_kwargs": {"environment_id": env.id}} for t in sample.tools},
-        },
-    }
-
-
-def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    tmp.replace(path)
-    return path
 
 
 async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]]:
@@ -91,21 +60,20 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
     async def one(env: EmittedEnvironment) -> Outcome:
         if not env.certificate.ok:  # never export an environment without its certificate
             return Outcome.drop("not_certified")
-        return Outcome.keep(rl_sample(env, data_source))
+        return Outcome.keep(rl_sample(samples([export_environment(env)])[0], data_source))
 
     counts = await ctx.map_stage("export", RLSample, [(e.id, e) for e in envs], one)
     env_by_id = {e.id: e for e in envs}
-    samples = sorted(
-        (s for s in ctx.outputs_of("export", RLSample, set(env_by_id)) if s.environment_id in env_by_id), key=lambda s: s.id
-    )
+    kept = sorted({s.environment_id for s in ctx.outputs_of("export", RLSample, set(env_by_id))} & set(env_by_id))
+    made = samples([export_environment(env_by_id[i]) for i in kept], n_distractors=ctx.config.distractors)
     jsonl = JsonlLog(out / "rl_samples.jsonl")
-    jsonl.extend(samples)
+    jsonl.extend(sorted((rl_sample(s, data_source) for s in made), key=lambda r: r.id))
     paths = {"rl_samples": jsonl.path}
-    rows = [verl_row(s, env_by_id[s.environment_id], i) for i, s in enumerate(samples)]
-    if rows:
-        paths["verl_parquet"] = write_parquet(rows, out / "train.parquet")
-    mcp = mcp_servers_block([env_by_id[s.environment_id] for s in samples])
+    if made:
+        paths["verl_parquet"] = write_verl_parquet([verl_row(s, i, data_source=data_source) for i, s in enumerate(made)],
+                                                   out / "train.parquet")
+        paths["verl_tool_config"] = write_yaml(verl_tool_config(made), out / "verl_tool_config.yaml")
+    mcp = mcp_servers_block([env_by_id[i] for i in kept])
     (out / "mcp_servers.json").write_text(json.dumps(mcp, indent=2), "utf-8")
     paths["mcp_servers"] = out / "mcp_servers.json"
     return counts, paths
-

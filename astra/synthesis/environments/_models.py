@@ -43,6 +43,7 @@ class EnvironmentPipelineConfig(BaseModel):
     save_to_registry: bool = True
     data_source: str = "astra_env"
     certify_timeout_s: float = Field(default=60.0, gt=0)
+    distractors: int = Field(default=0, ge=0, description="look-alike tools of other environments offered per RL sample")
 
     @property
     def servers_dir(self) -> Path:

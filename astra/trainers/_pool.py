@@ -1,0 +1,301 @@
+"""One pooled MCP connection per worker process, episodes on handles: what every trainer adapter holds.
+
+Trainers call tools from their own threads and event loops (verl's agent-loop worker loop, TRL's
+daemon loop for async tools and its main thread for ``reset``, OpenEnv's server). The pool owns
+one :class:`~astra.client.Connections` (one client per environment server, never one per call)
+on a private event loop in a daemon thread, and every adapter submits to it: ``*_sync`` methods
+from plain threads, the async ones from any asyncio loop.
+
+An :class:`Episode` is one trajectory's state on one environment server: a handle the server
+minted (``Connections.open_episode``), the calls made so far and the ground truth, so the
+process reward (:func:`astra.servers.score_calls`) and the per-step rewards are at hand after
+every call. Episodes never share state; a trajectory's calls all carry its handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import json
+import logging
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from astra.records import HttpLaunch, StdioLaunch
+from astra.servers import ProcessReward, SubQuestion, ToolCallRecord, score_calls, sub_questions
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_MAX_OPEN_EPISODES = 1024
+
+
+def stdio_launch(server_dir: str | Path, python: str | None = None) -> StdioLaunch:
+    """How a worker launches an emitted environment directory over stdio."""
+    import os
+    import sys
+
+    env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "TMPDIR") if k in os.environ}
+    return StdioLaunch(command=python or sys.executable, args=[str(Path(server_dir).resolve() / "server.py")], env=env)
+
+
+def launch_from_config(config: dict[str, Any]) -> StdioLaunch | HttpLaunch:
+    """A launch record from a generated adapter config (``{"kind": "stdio", ...}`` or ``"http"``)."""
+    if config.get("kind") == "http":
+        return HttpLaunch.model_validate(config)
+    if "server_dir" in config and "command" not in config:
+        return stdio_launch(config["server_dir"], config.get("python"))
+    return StdioLaunch.model_validate(config)
+
+
+@dataclass
+class StepOutcome:
+    """One call through the pool: what the model sees, and the reward bookkeeping."""
+
+    text: str
+    is_error: bool
+    result: Any
+    step_reward: float
+    latency_s: float
+
+
+@dataclass
+class Episode:
+    """One environment server's state for one trajectory: the handle the server minted."""
+
+    server: str
+    handle: str
+    closed: bool = False
+
+
+class Rollout:
+    """One trajectory: its episodes (one per environment server it calls, opened on first use),
+    every call in order, and the ground truth, so the process reward and the per-step rewards
+    are known after each call (:func:`astra.servers.score_calls`, the one definition)."""
+
+    def __init__(self, pool: EpisodePool, truth: Any = None) -> None:
+        self.pool = pool
+        self.truth: list[SubQuestion] | None = None if truth is None else sub_questions(truth)
+        self.calls: list[ToolCallRecord] = []
+        self.episodes: dict[str, Episode] = {}
+        self.closed = False
+
+    async def _acall(self, server: str, tool: str, arguments: dict[str, Any], name: str | None = None) -> StepOutcome:
+        if self.closed:
+            raise RuntimeError("this rollout is closed: start a new one")
+        episode = self.episodes.get(server)
+        if episode is None or episode.closed:
+            episode = self.episodes[server] = await self.pool._aopen(server)
+        result = await self.pool._acall(episode, tool, arguments)
+        value = result.structured_content if result.structured_content is not None else result.text
+        self.calls.append(ToolCallRecord(name=name or tool, arguments=arguments, result=None if result.is_error else value,
+                                         is_error=result.is_error))
+        step = score_calls(self.calls, self.truth).step_rewards[-1] if self.truth is not None else 0.0
+        return StepOutcome(text=result.text, is_error=result.is_error, result=value, step_reward=step,
+                           latency_s=result.latency_s)
+
+    async def _aclose(self) -> None:
+        self.closed = True
+        for episode in list(self.episodes.values()):
+            await self.pool._aclose(episode)
+
+    def reward(self) -> ProcessReward | None:
+        """The process reward of the calls so far (None without a ground truth)."""
+        return None if self.truth is None else score_calls(self.calls, self.truth)
+
+    def recorded_calls(self) -> list[dict[str, Any]]:
+        """The calls as JSON (what verl hands the reward function as ``extra_info["astra_calls"]``)."""
+        return [c.model_dump(mode="json") for c in self.calls]
+
+    async def call(self, server: str, tool: str, arguments: dict[str, Any], name: str | None = None) -> StepOutcome:
+        """Call ``tool`` on ``server`` in this trajectory's episode; ``name``: what the model called it
+        (the exported name the ground truth uses), recorded for the reward."""
+        return await self.pool.arun(self._acall(server, tool, arguments, name))
+
+    def call_sync(self, server: str, tool: str, arguments: dict[str, Any], name: str | None = None) -> StepOutcome:
+        return self.pool.run(self._acall(server, tool, arguments, name))
+
+    async def close(self) -> None:
+        await self.pool.arun(self._aclose())
+
+    def close_sync(self) -> None:
+        if not self.closed:
+            self.pool.run(self._aclose())
+
+    def close_soon(self) -> None:
+        """Close from anywhere without waiting (finalizers, other loops)."""
+        if not self.closed and self.pool._loop is not None and not self.pool._loop.is_closed():
+            self.pool._submit(self._aclose())
+
+
+class EpisodePool:
+    """Episodes over one pooled connection per environment server (see the module docstring).
+
+    ``targets``: what :class:`~astra.client.Connections` opens (``(name, StdioLaunch)``,
+    ``(name, HttpLaunch)``, ``(name, MCPServer factory)``); the connection opens on first use.
+    At most ``max_open_episodes`` stay open: opening one more closes the least recently used
+    (a trainer that never says when a trajectory ends cannot leak episodes)."""
+
+    _shared: dict[str, EpisodePool] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, targets: Sequence[Any], *, call_timeout_s: float = 60.0,
+                 max_open_episodes: int = DEFAULT_MAX_OPEN_EPISODES) -> None:
+        self.targets = list(targets)
+        self.call_timeout_s = call_timeout_s
+        self.max_open_episodes = max_open_episodes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._conns: Any = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, Episode] = OrderedDict()
+        self._names: dict[tuple[str, str], str] = {}
+
+    # ----------------------------------------------------------------- sharing
+
+    @classmethod
+    def shared(cls, key: str, make: Callable[[], EpisodePool]) -> EpisodePool:
+        """The process-wide pool for ``key`` (one per worker), built by ``make`` on first use."""
+        with cls._shared_lock:
+            pool = cls._shared.get(key)
+            if pool is None:
+                pool = cls._shared[key] = make()
+            return pool
+
+    @staticmethod
+    def key_of(config: Any) -> str:
+        return json.dumps(config, sort_keys=True, default=str)
+
+    # ----------------------------------------------------------------- the private loop
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                pass
+            else:
+                self._thread = threading.Thread(target=self._run_loop, name="astra-episode-pool", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+        self._ready.wait()
+        if self._start_error is not None:
+            raise RuntimeError(f"the episode pool could not connect: {self._start_error}") from self._start_error
+
+    def _run_loop(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._hold())
+        finally:
+            loop.close()
+
+    async def _hold(self) -> None:
+        from astra.client import Connections
+
+        self._stop = asyncio.Event()
+        try:
+            async with Connections(self.targets, call_timeout_s=self.call_timeout_s) as conns:
+                self._conns = conns
+                self._ready.set()
+                await self._stop.wait()
+                for episode in list(self._open.values()):
+                    await self._aclose(episode)
+        except BaseException as exc:  # noqa: BLE001 - reported to whoever waits for the pool
+            self._start_error = exc
+            self._ready.set()
+        finally:
+            self._conns = None
+
+    def _submit(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
+        if not self._ready.is_set() or self._thread is None:
+            self._start()
+        elif self._start_error is not None:
+            raise RuntimeError(f"the episode pool could not connect: {self._start_error}")
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)  # type: ignore[arg-type]
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on the pool's loop and wait (from a thread that is not running that loop)."""
+        return self._submit(coro).result()
+
+    async def arun(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on the pool's loop and await it from another asyncio loop."""
+        return await asyncio.wrap_future(self._submit(coro))
+
+    def close(self) -> None:
+        """Close every open episode and the connections (idempotent)."""
+        loop, stop = self._loop, self._stop
+        if loop is None or stop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:
+            return
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    # ----------------------------------------------------------------- episodes (on the pool's loop)
+
+    @property
+    def connections(self) -> Any:
+        return self._conns
+
+    async def _aopen(self, server: str) -> Episode:
+        opener = getattr(self._conns, "open_episode", None)
+        # until Connections mints handles through astra/episode/open (episodes helper), a private id
+        handle = await opener(server) if opener is not None else "ep-" + secrets.token_urlsafe(24)
+        episode = Episode(server=server, handle=handle)
+        self._open[handle] = episode
+        while len(self._open) > self.max_open_episodes:
+            _, oldest = self._open.popitem(last=False)
+            await self._aclose(oldest)
+        return episode
+
+    async def _acall(self, episode: Episode, tool: str, arguments: dict[str, Any]) -> Any:
+        if episode.closed:
+            raise RuntimeError(f"episode {episode.handle[:8]}... on {episode.server!r} is closed")
+        name = self._names.get((episode.server, tool))
+        if name is None:
+            name = self._names[(episode.server, tool)] = self._conns.name_for(episode.server, tool)
+        if episode.handle in self._open:
+            self._open.move_to_end(episode.handle)
+        return await self._conns.call(name, arguments, episode=episode.handle)
+
+    async def _aclose(self, episode: Episode) -> None:
+        if episode.closed:
+            return
+        episode.closed = True
+        self._open.pop(episode.handle, None)
+        closer = getattr(self._conns, "close_episode", None)
+        if closer is not None:
+            await closer(episode.handle)
+            return
+        from astra.servers import EnvironmentControl
+
+        client = self._conns._servers[episode.server].client
+        if client is not None:
+            await EnvironmentControl(client, episode.handle).close()
+
+    # ----------------------------------------------------------------- the adapters' API
+
+    def rollout(self, truth: Any = None) -> Rollout:
+        """A new trajectory (episodes open on its first call to each server)."""
+        return Rollout(self, truth)
+
+    def tools(self, server: str) -> list[Any]:
+        """The server's tools (ToolSpec records) as listed over the pooled connection."""
+        if self._conns is None:
+            self._start()
+        return [b.tool for b in self._conns.tools if b.server == server]
+
+    @property
+    def open_episodes(self) -> int:
+        return len(self._open)
