@@ -21,5 +21,6 @@ if command -v npm >/dev/null 2>&1; then
   mkdir -p .ci/node
   [ -f .ci/node/package.json ] || echo '{"name":"astra-test-node","private":true}' > .ci/node/package.json
   (cd .ci/node && npm install --no-audit --no-fund --silent \
-     @modelcontextprotocol/server-everything @modelcontextprotocol/inspector >/dev/null)
+     @modelcontextprotocol/server-everything @modelcontextprotocol/server-memory \
+     @modelcontextprotocol/server-filesystem @modelcontextprotocol/inspector >/dev/null)
 fi

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +64,7 @@ class Router:
                             ("query", "Write one realistic user request"), ("recover", "Which tools, in which order"),
                             ("questions", "self-contained user request"), ("variants", "Give variants"),
                             ("quality", "Rate this task"), ("judge", "Judge this tool-using assistant"),
-                            ("chains", "Propose realistic multi-step workflows")):
+                            ("chains", "Detect the dependency relationships between the tools of one server")):
             if marker in user:
                 return key
         raise AssertionError(f"router: unknown prompt {user[:200]!r}")
@@ -101,13 +102,20 @@ class Router:
         if kind == "judge":
             return judge_reply(user)
         if kind == "chains":
-            return '{"chains": [["geo-locator/search_city", "weather-forecast/get_forecast"], ["nope/nothing", "x"]]}'
+            names = re.findall(r'^\{"name": "([^"]+)"', user, flags=re.M)
+            return json.dumps([{"tool_graph_detect": "yes", "tool_graph_detect_chain": names[:2] + ["nope"],
+                                "tool_graph_detect_task": "use the first two tools"},
+                               {"tool_graph_detect": "not sure", "tool_graph_detect_chain": [], "tool_graph_detect_task": ""}])
         raise AssertionError(kind)
 
     def agent(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]]) -> ChatMessage | str:
         if any(m.role == "tool" for m in messages):
             return "It is sunny and 21 C in Lisbon, local time 12:30."
-        fn = tools[0]["function"]
+        # one offered tool, picked by a stable hash of the request and the offer: over many tasks every server
+        # of a mixed task gets called (always the first would leave servers that sort late unused)
+        user = next((m.content or "" for m in messages if m.role == "user"), "")
+        offer = ",".join(t["function"]["name"] for t in tools)
+        fn = tools[zlib.crc32(f"{user}|{offer}".encode()) % len(tools)]["function"]
         return ChatMessage(role="assistant", content=None, tool_calls=[
             ToolCall(id="call_0", name=fn["name"], arguments=json.dumps(example_args(fn.get("parameters") or {})))])
 

@@ -19,7 +19,14 @@ from astra.synthesis.trajectories import (
     server_pair_count,
     tokens,
 )
-from astra.synthesis.trajectories._graph import EdgeVerdict, EdgeVerdicts, chains_to_edges, ProposedChains, verdicts_to_edges
+from astra.synthesis.trajectories._graph import (
+    ChainDetection,
+    ChainDetections,
+    EdgeVerdict,
+    EdgeVerdicts,
+    chains_to_edges,
+    verdicts_to_edges,
+)
 
 from .conftest import Router, router_model
 
@@ -30,19 +37,22 @@ def _servers(home) -> list[ServerSpec]:
 
 
 def test_tokens_normalise_case_and_plurals():
-    assert tokens("getCityCoordinates") == ["city", "coordinate"]
+    assert tokens("getCityCoordinates") == ["get", "city", "coordinate"]  # verbs stay: they give the role
     assert tokens("city_ids of the Hotels") == ["city", "id", "hotel"]
 
 
-def test_candidates_follow_schemas_within_domains(home):
+def test_candidates_follow_typed_fields_across_servers(home):
     servers = _servers(home)
     cands, stats = generate_candidates(servers)
     pairs = {(c.src, c.dst): c for c in cands}
-    # geo-locator/search_city returns latitude/longitude: the weather tools take them (cross-server, same domain)
+    # geo-locator/search_city returns latitude/longitude: the weather tools take them (cross-server)
     edge = pairs[("geo-locator/search_city", "weather-forecast/get_current_weather")]
     assert edge.bindings.get("latitude") == "latitude" and edge.bindings.get("longitude") == "longitude"
+    assert "latitude" in edge.rationale and edge.kind == "data"
+    # a city found by the geo server feeds the hotel search of a server in another declared domain
     domain = {s.name: s.domain for s in servers}
-    assert all(domain[c.src.split("/")[0]] == domain[c.dst.split("/")[0]] for c in cands), "never across domains"
+    crossing = pairs[("geo-locator/search_city", "hotel-booking/search_hotels")]
+    assert domain["geo-locator"] != domain["hotel-booking"] and crossing.bindings == {"city_name": "city_name"}
     assert all(c.src != c.dst for c in cands)
     assert stats["tools"] == sum(len(s.tools) for s in servers)
     # within servers only
@@ -58,7 +68,7 @@ def test_batches_cover_every_candidate_once_and_beat_server_pairs(home):
     flat = [(c.src, c.dst) for _, b in batches for c in b]
     assert sorted(flat) == sorted((c.src, c.dst) for c in cands)
     assert all(len(b) <= 4 for _, b in batches) and len({i for i, _ in batches}) == len(batches)
-    assert server_pair_count(servers) == 3 * 4  # 3 domains x 2 servers: 2*2 ordered pairs each
+    assert server_pair_count(servers) == 6 * 6  # every ordered server pair, a server with itself included
 
 
 def test_verdicts_keep_real_params_and_count_the_rest():
@@ -77,14 +87,22 @@ def test_verdicts_keep_real_params_and_count_the_rest():
     assert why == {"bad_index": 1, "unanswered": 1}
 
 
-def test_llm_proposed_chains_only_use_real_tools(home):
+def test_server_chain_detections_as_in_the_original(home):
     server = next(s for s in _servers(home) if s.name == "flight-search")
-    edges, bad = chains_to_edges(server, ProposedChains(chains=[
-        ["flight-search/search_airports", "search_flights", "flight-search/get_flight_status"],
-        ["flight-search/search_airports", "hotel-booking/book_hotel"], ["search_flights"]]))
+    detections = ChainDetections(items=[
+        ChainDetection(tool_graph_detect="yes", tool_graph_detect_chain=["search_airports", "hotel-booking/book_hotel",
+                                                                         "search_flights", "get_flight_status"],
+                       tool_graph_detect_task="fly from Lisbon to Porto and check the flight"),
+        ChainDetection(tool_graph_detect="not sure", tool_graph_detect_chain=["get_flight_status", "search_airports"]),
+        ChainDetection(tool_graph_detect="no"),
+        ChainDetection(tool_graph_detect="yes", tool_graph_detect_chain=["search_flights"]),
+    ])
+    edges, outcome = chains_to_edges(server, detections)
+    # only "yes" chains; an unknown name is skipped and the chain goes on from the last known tool
     assert [(e.src, e.dst) for e in edges] == [("flight-search/search_airports", "flight-search/search_flights"),
                                                ("flight-search/search_flights", "flight-search/get_flight_status")]
-    assert bad == 2
+    assert all(e.provenance == "llm" and "fly from Lisbon" in e.rationale for e in edges)
+    assert (outcome.yes, outcome.no, outcome.not_sure, outcome.unknown_tools) == (2, 1, 1, ["hotel-booking/book_hotel"])
 
 
 def test_graph_stage_batches_llm_and_records_malformed_replies(tmp_path, home):

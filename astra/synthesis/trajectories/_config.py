@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -18,13 +18,38 @@ class _Options(BaseModel):
 
 class GraphOptions(_Options):
     name: str | None = Field(default=None, description="graph name in the registry (default: traj-<run dir name>)")
-    cross_server: bool = Field(default=True, description="also link tools across servers of the same domain")
-    min_candidate_score: float = Field(default=0.35, ge=0.0, le=1.0)
-    max_sources_per_tool: int = Field(default=6, ge=1, description="keep the best N candidate sources per destination tool")
+    method: Literal["candidates", "server_chains", "both"] = Field(
+        default="candidates", description="candidates: typed candidates from the docs (LLM-verified if llm_verify); "
+        "server_chains: the original ASTRA's per-server LLM chain detection only; both: their union")
+    cross_server: bool = Field(default=True, description="also link tools across servers (portable value types only)")
+    min_candidate_score: float = Field(default=0.45, ge=0.0, le=1.0)
+    max_sources_per_tool: int = Field(default=8, ge=1,
+                                      description="keep the best N candidate sources per destination tool")
     llm_verify: bool = Field(default=True, description="an LLM verifies candidate edges (in batches)")
     batch_size: int = Field(default=12, ge=1, description="candidate edges per LLM verification call")
-    llm_chains: bool = Field(default=False, description="also ask the LLM for whole chains per server (original ASTRA)")
+    llm_chains: bool = Field(default=False, description="same as method: both (kept for old configs)")
     min_edge_score: float = Field(default=0.5, ge=0.0, le=1.0, description="LLM-verified edges below this are dropped")
+    trace: bool = Field(default=False, description="execution-grounded edges: call read-only tools of the live "
+                        "servers and link a real output value to the parameters it fits (opt-in)")
+    trace_allow: list[str] = Field(default_factory=list, description="server/tool names that may be called although "
+                                   "their annotations do not say read-only")
+    trace_seeds: dict[str, Any] = Field(default_factory=dict, description="argument values to start from, by "
+                                        "parameter name or semantic type (e.g. {\"repo_path\": \"/tmp/repo\"})")
+    trace_calls: int = Field(default=3, ge=1, le=20, description="calls per tool at most while tracing")
+
+    @model_validator(mode="after")
+    def _legacy_chains(self) -> GraphOptions:
+        if self.llm_chains and self.method == "candidates":
+            self.method = "both"
+        return self
+
+    @property
+    def uses_candidates(self) -> bool:
+        return self.method in ("candidates", "both")
+
+    @property
+    def uses_server_chains(self) -> bool:
+        return self.method in ("server_chains", "both")
 
 
 class ChainOptions(_Options):

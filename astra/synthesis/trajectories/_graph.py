@@ -1,122 +1,498 @@
 """Stage 1: the tool dependency graph.
 
-Candidate edges come from the schemas: an output field of tool A (``output_schema``
-properties, else what A's name and description say it returns) that can feed an input
-parameter of tool B (name, type and description similarity). Candidates are found through an
-inverted index over normalised tokens, per domain, so the work grows with the matches, not
-with tools squared. An LLM then verifies candidates in batches and proposes argument bindings
-(LLM calls grow with candidates); optionally it proposes whole chains per server (the
-original ASTRA method). Edges keep provenance and score.
+Real MCP tools rarely publish a useful output schema, so candidates come from what the docs
+say. Every tool gets a *role* from its verb (read, create, modify, delete) and every field a
+*semantic type* (path, revision, branch, entity name, URL, time zone, content ...) inferred
+from its name, its description, its parent field and its JSON schema; a read tool's outputs
+are inferred from its name and description where no schema says (``git_log`` "Shows the
+commit logs" returns revisions). A candidate ``A -> B`` needs a typed match: a value A returns
+fits a parameter of B (a ``data`` edge), or A creates or changes the thing B's parameter
+names (an ``order`` edge: ``git_add -> git_commit``, ``create_entities -> add_observations``).
+Deleting tools produce nothing, and a parameter that names the new thing a tool creates is fed
+by nothing, so ``delete_X -> create_X`` is never proposed. Matching is within and across
+servers (portable types only across servers), never by declared domain, and is blocked by
+semantic type so the work grows with the matches, not with tools squared. Scores multiply the
+evidence of both sides; every candidate says why in ``rationale``.
+
+On top of the candidates: an LLM verifies them in batches (calls grow with candidates), the
+original ASTRA's per-server chain proposals (yes / no / not sure, chains with tasks) add
+edges, and :mod:`._graph_trace` adds execution-grounded edges; :func:`merge_edges` keeps one
+edge per pair and the provenance of every source.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from rapidfuzz import fuzz, process
 
 from astra.records import GraphEdge, ServerSpec, ToolSpec, stable_id
 
 _STOP = frozenset(
-    "a an the of to for in on by with and or from is are be this that it its as at any all get set "
-    "list use used using given which will can optional required value values new e g eg if not no "
-    "return returns returned the specified specify".split()
+    "a an the of to for in on by with and or from is are be this that it its as at any all "
+    "use used using given which will can optional required value values new e g eg if not no "
+    "return returns returned specified specify should must do does".split()
 )
 _SPLIT = re.compile(r"[^a-z0-9]+")
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-
-# JSON types that can carry each other's values (a number can fill a string parameter, ...)
-_COMPATIBLE = {
-    ("integer", "number"), ("number", "integer"), ("integer", "string"), ("number", "string"),
-    ("string", "integer"), ("string", "number"), ("array", "string"), ("object", "string"),
-}
 
 
 def _stem(token: str) -> str:
     if len(token) > 4 and token.endswith("ies"):
         return token[:-3] + "y"
+    if len(token) > 4 and token.endswith(("ches", "shes", "sses", "xes")):
+        return token[:-2]
     if len(token) >= 3 and token.endswith("s") and not token.endswith(("ss", "us", "is")):
         return token[:-1]
     return token
 
 
+@lru_cache(maxsize=65536)
+def _tokens(text: str) -> tuple[str, ...]:
+    text = _CAMEL.sub(" ", text).lower()
+    return tuple(_stem(t) for t in _SPLIT.split(text) if t and t not in _STOP and len(t) > 1)
+
+
 def tokens(text: str | None) -> list[str]:
     """Normalised tokens: camelCase and snake_case split, lower-cased, stop words dropped, plurals folded."""
-    if not text:
-        return []
-    text = _CAMEL.sub(" ", text).lower()
-    return [_stem(t) for t in _SPLIT.split(text) if t and t not in _STOP and len(t) > 1]
+    return list(_tokens(text)) if text else []
 
 
-def _type_of(schema: Any) -> str | None:
+# ----------------------------------------------------------------------------- semantic types
+
+
+class SemType(StrEnum):
+    """What a value means, whatever its JSON type."""
+
+    PATH = "path"  # a file or directory path
+    REPO = "repo_path"  # the path of a repository (a checkout, not any directory)
+    REVISION = "revision"  # a commit hash or any git revision
+    BRANCH = "branch"
+    ENTITY = "entity"  # the name of an entity in a knowledge graph
+    RELATION = "relation"
+    OBSERVATION = "observation"
+    URL = "url"
+    QUERY = "query"  # free search text
+    CONTENT = "content"  # a document's or file's text
+    TEXT = "text"  # a short message
+    TIMEZONE = "timezone"
+    TIME = "time"
+    ID = "id"  # an identifier of a subject (user_id -> ID of "user")
+    NAME = "name"  # a name of a subject
+    FIELD = "field"  # any other named field: matches the same name only
+    STAGED = "staged"  # the staging area of a version control system (state, never a value)
+
+
+class Role(StrEnum):
+    """What a tool does to the things it names, from its verb."""
+
+    READ = "read"
+    CREATE = "create"
+    MODIFY = "modify"
+    DELETE = "delete"
+
+
+class Evidence(StrEnum):
+    """Where a field's semantic type came from (strongest first)."""
+
+    SCHEMA = "output schema"
+    NAME = "name"
+    DESCRIPTION = "description"
+    TOOL = "tool name and description"
+    LIFECYCLE = "lifecycle"
+
+
+_EVIDENCE_WEIGHT = {Evidence.SCHEMA: 0.95, Evidence.NAME: 0.9, Evidence.DESCRIPTION: 0.75, Evidence.TOOL: 0.6,
+                    Evidence.LIFECYCLE: 0.8}
+
+# Cue words -> semantic type. Most specific first: the first cue found in a field's own name wins.
+_CUE_ORDER: tuple[tuple[SemType, tuple[str, ...]], ...] = (
+    (SemType.TIMEZONE, ("timezone", "tz", "iana")),
+    (SemType.REVISION, ("revision", "commit", "sha", "hash", "ref")),
+    (SemType.BRANCH, ("branch",)),
+    (SemType.ENTITY, ("entity",)),
+    (SemType.RELATION, ("relation",)),
+    (SemType.OBSERVATION, ("observation",)),
+    (SemType.URL, ("url", "uri", "link", "href")),
+    (SemType.TIME, ("time", "datetime", "timestamp", "date")),
+    (SemType.PATH, ("path", "file", "filename", "filepath", "dir", "directory", "folder", "destination")),
+    (SemType.QUERY, ("query", "keyword", "topic", "search")),
+    (SemType.CONTENT, ("content", "text", "body")),
+    (SemType.TEXT, ("message",)),
+)
+_CUE: dict[str, SemType] = {}
+for _t, _words in _CUE_ORDER:
+    for _w in _words:
+        _CUE.setdefault(_w, _t)
+_PRIORITY = {t: i for i, (t, _) in enumerate(_CUE_ORDER)}
+_CUE_WORDS = tuple(_CUE)
+
+# Identifier-like leaf names: "user_id" is the ID of a user, "city_name" the NAME of a city.
+_ID_WORDS = frozenset({"id", "uuid", "key", "number", "code"})
+_NAME_WORDS = frozenset({"name", "title", "handle", "slug", "label"})
+# Types whose values mean the same on any server: only these link tools across servers.
+_PORTABLE = frozenset({SemType.PATH, SemType.URL, SemType.TIME, SemType.TIMEZONE, SemType.CONTENT,
+                       SemType.ID, SemType.NAME, SemType.FIELD})
+# Types that point at an existing thing (as opposed to free content).
+_REFERENCE = frozenset({SemType.PATH, SemType.REPO, SemType.REVISION, SemType.BRANCH, SemType.ENTITY,
+                        SemType.RELATION, SemType.URL, SemType.ID, SemType.NAME})
+# output type -> parameter types it can fill, with how well
+_FEEDS: dict[SemType, tuple[tuple[SemType, float], ...]] = {
+    SemType.BRANCH: ((SemType.BRANCH, 1.0), (SemType.REVISION, 0.9)),
+    SemType.CONTENT: ((SemType.CONTENT, 1.0), (SemType.TEXT, 0.6)),
+    SemType.ENTITY: ((SemType.ENTITY, 1.0), (SemType.QUERY, 0.5)),
+    SemType.NAME: ((SemType.NAME, 1.0), (SemType.QUERY, 0.5)),
+}
+
+_VERBS: dict[str, Role] = {}
+for _role, _words in (
+    (Role.READ, "get list search find read show fetch query lookup look open view describe retrieve check count "
+                "browse inspect download export convert compute calculate summarize analyze validate translate "
+                "estimate track echo diff status log tree print cat"),
+    (Role.CREATE, "create add write insert new make post upload save put register book commit append generate "
+                  "stage init clone"),
+    (Role.MODIFY, "update edit modify move rename set patch replace checkout switch toggle merge push apply "
+                  "rebase tag"),
+    (Role.DELETE, "delete remove drop clear reset cancel destroy purge unstage revoke uninstall stop kill"),
+):
+    for _w in _words.split():
+        _VERBS[_w] = _role
+# read verbs that return the content of their subject rather than a list of identifiers
+_CONTENT_VERBS = frozenset("read fetch open view download cat show echo diff".split())
+# verbs that are also what they produce: a commit creates a revision
+_VERB_PRODUCES = {"commit": SemType.REVISION}
+# words that say a tool works on a VCS staging area
+_STAGE_WORDS = frozenset({"staged", "staging", "unstage"})
+_GENERIC_OUTPUTS = frozenset({"content", "result", "text", "output", "data", "message", "success", "response"})
+# undocumented parameters this generic take their type from what the tool's description is about
+_GENERIC_PARAMS = frozenset("target source dest input value item object arg argument spec other base".split())
+# last words that make a field a setting, not a reference to a thing ("branch_type", "max_count", "time_difference")
+_SETTING_WORDS = frozenset("type kind mode format count limit max min line option sort order difference offset "
+                           "duration page size depth level flag".split())
+
+
+@lru_cache(maxsize=65536)
+def cue_type(token: str) -> SemType | None:
+    """The semantic type a (normalised) word names: exact cue, else a close spelling (rapidfuzz).
+
+    Fuzzy matching catches compounds and variants ("filepath", "datetimes", "hashes");
+    only long words are matched fuzzily so short ones ("ids", "to") never drift.
+    """
+    hit = _CUE.get(token)
+    if hit is not None or len(token) < 6:
+        return hit
+    found = process.extractOne(token, _CUE_WORDS, scorer=fuzz.ratio, score_cutoff=88)
+    return _CUE[found[0]] if found else None
+
+
+def _cue_of(words: Iterable[str]) -> SemType | None:
+    best: SemType | None = None
+    for w in words:
+        t = cue_type(w)
+        if t is not None and (best is None or _PRIORITY[t] < _PRIORITY[best]):
+            best = t
+    return best
+
+
+@dataclass(slots=True, frozen=True)
+class TypedField:
+    """One field (output) or parameter (input) with its inferred semantic type."""
+
+    path: str  # "revision", "entities[].name", "result"
+    sem: SemType
+    subject: str | None  # for ID / NAME / FIELD: what it identifies ("user"); else None
+    evidence: Evidence
+    required: bool = False
+    new: bool = False  # names the thing its tool creates: fed by nothing
+
+    @property
+    def key(self) -> tuple[SemType, str | None]:
+        return self.sem, self.subject
+
+    @property
+    def weight(self) -> float:
+        return _EVIDENCE_WEIGHT[self.evidence]
+
+    def describe(self) -> str:
+        what = f"{self.sem.value}:{self.subject}" if self.subject else self.sem.value
+        return f"{self.path} ({what}, from {self.evidence.value})"
+
+
+@dataclass(slots=True)
+class ToolProfile:
+    """What one tool consumes and produces, typed."""
+
+    tool: ToolSpec
+    verb: str | None
+    role: Role
+    noun: SemType | None  # the kind of thing the tool acts on (write_file -> path)
+    noun_subject: str | None
+    params: list[TypedField] = field(default_factory=list)
+    outputs: list[TypedField] = field(default_factory=list)  # values it returns (data edges)
+    effects: list[TypedField] = field(default_factory=list)  # things it creates or changes (order edges)
+    uses_stage: bool = False
+
+    @property
+    def records_changes(self) -> bool:
+        """Stages or commits changes (a VCS): it needs a change to exist first."""
+        return self.uses_stage and self.verb in ("add", "stage", "commit")
+
+
+def _schema_type(schema: Any) -> str | None:
     if not isinstance(schema, dict):
         return None
     t = schema.get("type")
     if isinstance(t, list):
         t = next((x for x in t if x != "null"), None)
+    if t is None:
+        for alt in schema.get("anyOf") or schema.get("oneOf") or ():
+            t = _schema_type(alt)
+            if t is not None and t != "null":
+                break
     return t if isinstance(t, str) else None
 
 
-def types_compatible(out_type: str | None, in_type: str | None) -> bool:
-    if out_type is None or in_type is None or out_type == in_type:
+def _walk(schema: Any, prefix: str = "", parent: tuple[str, ...] = (), depth: int = 0
+          ) -> Iterable[tuple[str, tuple[str, ...], tuple[str, ...], str, Any, bool]]:
+    """(path, leaf tokens, parent tokens, description, subschema, required) of each property, two levels deep."""
+    if not isinstance(schema, dict) or depth > 2:
+        return
+    props = schema.get("properties")
+    if not isinstance(props, dict):
+        return
+    required = set(schema.get("required") or []) if isinstance(schema.get("required"), list) else set()
+    for name, sub in props.items():
+        if not isinstance(sub, dict):
+            continue
+        path = f"{prefix}{name}"
+        leaf = _tokens(name)
+        desc = sub.get("description") if isinstance(sub.get("description"), str) else ""
+        yield path, leaf, parent, desc, sub, name in required or sub.get("required") is True
+        inner = sub.get("items") if _schema_type(sub) == "array" else sub
+        if isinstance(inner, dict) and isinstance(inner.get("properties"), dict):
+            yield from _walk(inner, f"{path}[]." if inner is not sub else f"{path}.", leaf, depth + 1)
+
+
+def _type_field(leaf: tuple[str, ...], parent: tuple[str, ...], desc: str, schema: Any, *, fallback: bool = True
+                ) -> tuple[SemType, str | None, Evidence] | None:
+    """A field's semantic type from its own name, else its description, else its parent's name.
+
+    ``fallback``: when nothing names a type, an identifier-like name still gives ID / NAME of a
+    subject, and any other name a FIELD that matches the same name only.
+    """
+    if isinstance(schema, dict) and schema.get("enum"):
+        return None  # a choice among fixed values, never fed by another tool
+    jtype = _schema_type(schema)
+    if jtype == "boolean" or (leaf and leaf[-1] in _SETTING_WORDS):
+        return None
+    fmt = schema.get("format") if isinstance(schema, dict) else None
+    if fmt in ("uri", "url", "iri"):
+        return SemType.URL, None, Evidence.NAME
+    if fmt in ("date-time", "date", "time"):
+        return SemType.TIME, None, Evidence.NAME
+    if ("repo" in leaf or "repository" in leaf) and "path" in leaf:
+        return SemType.REPO, None, Evidence.NAME
+    own = _cue_of(leaf)
+    generic = not leaf or set(leaf) <= (_NAME_WORDS | _ID_WORDS | {"content", "text", "value", "item"})
+    if own is not None and not (generic and parent):
+        return own, None, Evidence.NAME
+    numeric = jtype in ("integer", "number")
+    dtoks = _tokens(desc)[:16] if desc else ()
+    if dtoks:
+        if "repository" in dtoks and "path" in dtoks:
+            return SemType.REPO, None, Evidence.DESCRIPTION
+        by_desc = _cue_of(dtoks)
+        content = by_desc in (SemType.CONTENT, SemType.QUERY, SemType.TEXT)
+        if numeric and by_desc is not SemType.TIME:
+            by_desc = None  # "the last N lines of the file" is a count, not a file
+        if by_desc is not None and not (content and leaf and leaf[-1] in _ID_WORDS | _NAME_WORDS):
+            return by_desc, None, Evidence.DESCRIPTION
+    if generic and parent:
+        up = _cue_of(parent)
+        if up is not None:
+            return up, None, Evidence.NAME
+    if own is not None:
+        return own, None, Evidence.NAME
+    if not fallback:
+        return None
+    if leaf and leaf[-1] in _ID_WORDS and jtype not in ("array", "object"):
+        subject = "_".join(leaf[:-1]) or (parent[-1] if parent else None)
+        return SemType.ID, subject, Evidence.NAME
+    if leaf and leaf[-1] in _NAME_WORDS and jtype not in ("array", "object"):
+        subject = "_".join(leaf[:-1]) or (parent[-1] if parent else None)
+        return SemType.NAME, subject, Evidence.NAME
+    if leaf and jtype not in ("array", "object", None) and len("_".join(leaf)) > 3:
+        return SemType.FIELD, "_".join(leaf), Evidence.NAME
+    return None
+
+
+def _verb_and_nouns(tool: ToolSpec, server_tokens: frozenset[str]) -> tuple[str | None, list[str]]:
+    words = list(_tokens(tool.name))
+    while len(words) > 1 and words[0] in server_tokens:  # "git_add": the server's prefix is no noun
+        words.pop(0)
+    # stemming folds "reads" / "lists" into verbs too; the verb is the first word when it is one
+    if words and words[0] in _VERBS:
+        return words[0], words[1:]
+    return None, words
+
+
+def profile_tool(tool: ToolSpec, server_tokens: frozenset[str] = frozenset()) -> ToolProfile:
+    """Type a tool's parameters, outputs and effects from its docs (see the module docstring)."""
+    verb, nouns = _verb_and_nouns(tool, server_tokens)
+    role = _VERBS.get(verb, Role.READ) if verb else _role_from_annotations(tool)
+    noun = _cue_of(nouns)
+    noun_subject = None if noun else ("_".join(nouns) or None)
+    desc_tokens = _tokens(tool.description or "")[:40]
+    prof = ToolProfile(tool=tool, verb=verb, role=role, noun=noun, noun_subject=noun_subject)
+    prof.uses_stage = bool(_STAGE_WORDS & set(_tokens(tool.name)) or _STAGE_WORDS & set(desc_tokens)
+                           or verb == "commit")
+
+    # ---- parameters
+    tool_desc_types = {t for t in (cue_type(w) for w in desc_tokens) if t in _REFERENCE}
+    for path, leaf, parent, desc, sub, required in _walk(tool.input_schema):
+        typed = _type_field(leaf, parent, desc, sub, fallback=bool(desc))
+        if (typed is None and not desc and set(leaf) <= _GENERIC_PARAMS and _schema_type(sub) in ("string", None)
+                and 0 < len(tool_desc_types) <= 2):
+            # an undocumented string parameter ("target"): what the tool's description is about
+            for t in sorted(tool_desc_types, key=_PRIORITY.__getitem__):
+                prof.params.append(TypedField(path, t, None, Evidence.TOOL, required))
+            continue
+        if typed is None and not desc:
+            typed = _type_field(leaf, parent, desc, sub)
+        if typed is None:
+            continue
+        sem, subject, ev = typed
+        new = role is Role.CREATE and _names_new_thing(sem, subject, leaf, parent, nouns, noun)
+        prof.params.append(TypedField(path, sem, subject, ev, required, new))
+
+    # ---- effects (order edges): what a create / modify tool makes exist or changes
+    if role in (Role.CREATE, Role.MODIFY):
+        for p in prof.params:
+            leaf = _tokens(p.path.rsplit(".", 1)[-1])
+            if p.sem not in _REFERENCE and p.sem is not SemType.OBSERVATION:
+                continue  # only things that can be named again later
+            if p.new or (role is Role.MODIFY and noun is not None and p.sem is noun and "source" not in leaf
+                         and "from" not in leaf and "old" not in leaf):
+                prof.effects.append(TypedField(p.path, p.sem, p.subject, Evidence.NAME))
+        if verb in _VERB_PRODUCES:
+            prof.effects.append(TypedField("result", _VERB_PRODUCES[verb], None, Evidence.TOOL))
+        if verb in ("add", "stage") and prof.uses_stage:
+            prof.effects.append(TypedField("(staging area)", SemType.STAGED, None, Evidence.LIFECYCLE))
+
+    # ---- outputs (data edges): what a read tool returns
+    if role is Role.READ:
+        schema_fields = list(_walk(tool.output_schema)) if isinstance(tool.output_schema, dict) else []
+        informative = False
+        for path, leaf, parent, desc, sub, _req in schema_fields:
+            if not parent and set(leaf) <= _GENERIC_OUTPUTS:
+                continue
+            typed = _type_field(leaf, parent, desc, sub)
+            if typed is not None:
+                informative = True
+                prof.outputs.append(TypedField(path, typed[0], typed[1], Evidence.SCHEMA))
+        if not informative:
+            prof.outputs.extend(_outputs_from_docs(verb, nouns, noun, desc_tokens))
+    return prof
+
+
+def _role_from_annotations(tool: ToolSpec) -> Role:
+    """The role of a tool whose name has no known verb: read-only by its annotations, else it changes things."""
+    ann = tool.annotations or {}
+    read_only = ann.get("readOnlyHint", ann.get("read_only_hint"))
+    return Role.MODIFY if read_only is False else Role.READ
+
+
+def _names_new_thing(sem: SemType, subject: str | None, leaf: tuple[str, ...], parent: tuple[str, ...],
+                     nouns: list[str], noun: SemType | None) -> bool:
+    """A create tool's parameter that names (or describes) the thing being created."""
+    if noun is not None and sem is noun and set(leaf) <= set(nouns) | _NAME_WORDS | _ID_WORDS | {"path", noun.value}:
         return True
-    return (out_type, in_type) in _COMPATIBLE
+    if parent and (set(parent) & set(nouns)):
+        # inside the created record (entities[].name, observations[].contents): new unless it points elsewhere
+        return not (sem in _REFERENCE and sem is not noun)
+    return subject is not None and subject in nouns
 
 
-@dataclass(slots=True)
-class _Field:
-    name: str
-    type: str | None
-    name_tokens: list[str]
-    desc_tokens: list[str]
+def _outputs_from_docs(verb: str | None, nouns: list[str], noun: SemType | None, desc_tokens: tuple[str, ...]
+                       ) -> list[TypedField]:
+    """What a read tool without an informative output schema returns, from its name and description."""
+    out: list[TypedField] = []
+    seen: set[tuple[SemType, str | None]] = set()
+
+    def add(sem: SemType, subject: str | None, ev: Evidence, path: str = "result") -> None:
+        if (sem, subject) not in seen:
+            seen.add((sem, subject))
+            out.append(TypedField(path, sem, subject, ev))
+
+    content_like = verb in _CONTENT_VERBS
+    if content_like:
+        # read_text_file, git_show "Shows the contents of ...": the subject's content
+        if noun in (SemType.PATH, SemType.CONTENT) or {"content", "text", "body"} & set(desc_tokens):
+            add(SemType.CONTENT, None, Evidence.TOOL if noun is None else Evidence.NAME)
+        return out
+    if {"info", "metadata", "stat", "detail"} & set(nouns):
+        return out  # metadata about a thing, not the thing
+    for w in nouns:
+        t = cue_type(w)
+        if t is None:
+            # a plain noun ("search_hotels", "get-resource-links"): its ids and names
+            add(SemType.ID, w, Evidence.TOOL)
+            add(SemType.NAME, w, Evidence.TOOL)
+        elif t not in (SemType.QUERY, SemType.TEXT):
+            add(t, None, Evidence.NAME)
+    for w in desc_tokens[:20]:
+        t = cue_type(w)
+        if t is not None and t in _REFERENCE | {SemType.TIME, SemType.TIMEZONE}:
+            add(t, None, Evidence.DESCRIPTION)
+    return out
+
+
+# ----------------------------------------------------------------------------- candidates
 
 
 class Candidate(BaseModel):
-    """A schema-derived candidate edge, before verification."""
+    """A candidate edge from the docs, before verification."""
 
     src: str
     dst: str
     score: float = Field(ge=0.0, le=1.0)
+    kind: Literal["data", "order"] = "data"
     bindings: dict[str, str] = Field(default_factory=dict, description="dst param -> src output field")
+    rationale: str = ""
     domain: str | None = None
 
 
-def output_fields(tool: ToolSpec) -> list[_Field]:
-    """What a tool returns: its output_schema properties, else a pseudo-field from name and description."""
-    props = (tool.output_schema or {}).get("properties") if isinstance(tool.output_schema, dict) else None
-    fields: list[_Field] = []
-    if isinstance(props, dict) and props:
-        for name, sub in props.items():
-            desc = sub.get("description") if isinstance(sub, dict) else None
-            fields.append(_Field(name=name, type=_type_of(sub), name_tokens=tokens(name), desc_tokens=tokens(desc)))
-            # one level down: {"items": [{"id": ...}]} style results feed id parameters
-            inner = sub.get("items", {}).get("properties") if isinstance(sub, dict) and isinstance(sub.get("items"), dict) else None
-            if isinstance(inner, dict):
-                for iname, isub in inner.items():
-                    idesc = isub.get("description") if isinstance(isub, dict) else None
-                    fields.append(_Field(name=f"{name}[].{iname}", type=_type_of(isub),
-                                         name_tokens=tokens(f"{name} {iname}"), desc_tokens=tokens(idesc)))
-    else:
-        # no output schema: the result is text; the tool's name says what it is about
-        fields.append(_Field(name="result", type=None, name_tokens=tokens(tool.name),
-                             desc_tokens=tokens(tool.description)[:40]))
-    return fields
+_CROSS_SERVER = 0.85  # a link between servers needs more evidence than one inside a server
 
 
-def input_params(tool: ToolSpec) -> list[tuple[_Field, bool]]:
-    props = tool.input_schema.get("properties") if isinstance(tool.input_schema, dict) else None
-    required = set(tool.input_schema.get("required") or []) if isinstance(tool.input_schema, dict) else set()
-    out: list[tuple[_Field, bool]] = []
-    if isinstance(props, dict):
-        for name, sub in props.items():
-            desc = sub.get("description") if isinstance(sub, dict) else None
-            out.append((_Field(name=name, type=_type_of(sub), name_tokens=tokens(name), desc_tokens=tokens(desc)), name in required))
+@dataclass(slots=True)
+class _Hit:
+    score: float
+    kind: str
+    bindings: dict[str, str]
+    why: list[str]
+
+
+def _server_tokens(server: ServerSpec) -> frozenset[str]:
+    words = set(_tokens(server.name)) | {"mcp", "server"}
+    return frozenset(words)
+
+
+def profile_servers(servers: Sequence[ServerSpec]) -> list[ToolProfile]:
+    out: list[ToolProfile] = []
+    for server in servers:
+        stoks = _server_tokens(server)
+        for tool in server.tools:
+            t = tool if tool.server == server.name else tool.model_copy(update={"server": server.name})
+            out.append(profile_tool(t, stoks))
     return out
 
 
@@ -124,171 +500,137 @@ def generate_candidates(
     servers: Sequence[ServerSpec],
     *,
     cross_server: bool = True,
-    min_score: float = 0.35,
-    max_sources_per_tool: int = 6,
-    max_df: float = 0.05,
+    min_score: float = 0.45,
+    max_sources_per_tool: int = 8,
 ) -> tuple[list[Candidate], dict[str, Any]]:
-    """Candidate edges from schemas, within each server and across servers of one domain.
+    """Typed candidate edges from the docs, within servers and (portable types) across them.
 
-    Per matching scope (a domain, or a lone server) an inverted index maps each normalised
-    token of an input parameter (name and description) to the parameters that contain it;
-    each output field of each tool looks up its own tokens. Tokens found in more than
-    ``max_df`` of a scope's parameters (and at least 50 of them) carry no signal and are not
-    indexed, so a lookup touches only informative matches. Returns (candidates, stats).
+    Blocking: produced values and consumed parameters are indexed by semantic type (and
+    subject); a parameter looks only at producers of a type that can fill it, same-server
+    producers first, then the best-evidenced producers of other servers (at most
+    ``max_sources_per_tool`` per destination tool). Returns (candidates, stats).
     """
-    scopes: dict[str, list[ToolSpec]] = defaultdict(list)
-    domain_of: dict[str, str | None] = {}
-    for server in servers:
-        key = f"domain:{server.domain}" if (cross_server and server.domain) else f"server:{server.name}"
-        for tool in server.tools:
-            scopes[key].append(tool if tool.server == server.name else tool.model_copy(update={"server": server.name}))
-        domain_of[server.name] = server.domain
+    profiles = profile_servers(servers)
+    domain_of = {s.name: s.domain for s in servers}
+    # producers by (type, subject) and by (server, type, subject), strongest evidence first
+    produced: dict[tuple[SemType, str | None], list[tuple[float, int, TypedField, str]]] = defaultdict(list)
+    by_server: dict[tuple[str, SemType, str | None], list[tuple[float, int, TypedField, str]]] = defaultdict(list)
+    for i, prof in enumerate(profiles):
+        for f in prof.outputs:
+            entry = (f.weight, i, f, "data")
+            produced[f.key].append(entry)
+            by_server[(prof.tool.server, *f.key)].append(entry)
+        for f in prof.effects:
+            entry = (f.weight, i, f, "order")
+            produced[f.key].append(entry)
+            by_server[(prof.tool.server, *f.key)].append(entry)
+    for lst in (*produced.values(), *by_server.values()):
+        lst.sort(key=lambda e: (-e[0], e[1]))
+    stats: dict[str, Any] = {"tools": len(profiles), "typed_params": 0, "typed_outputs": 0, "pairs_scored": 0}
+    stats["typed_params"] = sum(len(p.params) for p in profiles)
+    stats["typed_outputs"] = sum(len(p.outputs) + len(p.effects) for p in profiles)
+    scan_limit = 4 * max_sources_per_tool
+    similar: dict[tuple[SemType, str], list[str]] = {}
     candidates: list[Candidate] = []
-    stats = {"scopes": len(scopes), "tools": sum(len(v) for v in scopes.values()), "postings_visited": 0, "pairs_scored": 0}
-    for tools in scopes.values():
-        found, visited, pairs = _scope_candidates(tools, min_score, max_sources_per_tool, max_df)
-        stats["postings_visited"] += visited
-        stats["pairs_scored"] += pairs
-        for cand in found:
-            cand.domain = domain_of.get(cand.src.split("/", 1)[0])
-        candidates.extend(found)
+    for di, dst in enumerate(profiles):
+        server = dst.tool.server
+        hits: dict[int, _Hit] = {}
+        consumes = [p for p in dst.params if not p.new]
+        if dst.uses_stage and dst.verb not in ("add", "stage"):
+            consumes.append(TypedField("(staging area)", SemType.STAGED, None, Evidence.LIFECYCLE))
+        for param in consumes:
+            for out_sem, factor in _fed_by(param.sem):
+                keys = [(out_sem, param.subject)]
+                if param.subject is not None and param.sem in (SemType.ID, SemType.NAME):
+                    keys += [(out_sem, s) for s in _similar_subjects(param.subject, produced, out_sem, similar)]
+                for key in keys:
+                    local = by_server.get((server, *key), ())
+                    remote = produced.get(key, ()) if cross_server and _portable(key) else ()
+                    for source, same in ((local, True), (remote, False)):
+                        taken = 0
+                        for weight, si, out, kind in source:
+                            if si == di or (not same and profiles[si].tool.server == server):
+                                continue
+                            taken += 1
+                            if taken > scan_limit:
+                                break
+                            stats["pairs_scored"] += 1
+                            src = profiles[si]
+                            if kind == "order" and out.sem is not param.sem:
+                                continue  # a write precedes a read of the very same kind of thing
+                            if kind == "order" and src.role is Role.MODIFY and not dst.records_changes:
+                                continue  # an edit is needed first only by what records changes (git_add)
+                            if kind == "order" and not same and (out.sem is not SemType.PATH
+                                                                 or out.evidence is not Evidence.NAME):
+                                continue  # across servers only a path named as such is the same thing
+                            if out.subject is None and param.subject is not None and not same:
+                                continue
+                            score = weight * param.weight * factor * (1.0 if same else _CROSS_SERVER)
+                            if not param.required:
+                                score *= 0.9
+                            if src.role is Role.READ and dst.role is Role.READ and src.noun is not None \
+                                    and src.noun is dst.noun and out.evidence is not Evidence.SCHEMA:
+                                score *= 0.9  # two listings of the same thing rarely feed each other
+                            if score < min_score:
+                                continue
+                            hit = hits.get(si)
+                            why = f"{src.tool.name}.{out.describe()} -> {param.describe()}"
+                            if hit is None:
+                                hits[si] = _Hit(score, kind, {param.path: out.path}, [why])
+                            else:
+                                if param.path not in hit.bindings:
+                                    hit.bindings[param.path] = out.path
+                                    hit.why.append(why)
+                                    hit.score = min(1.0, max(hit.score, score) + 0.05)  # more than one fit
+                                if score > hit.score:
+                                    hit.score = score
+        ranked = sorted(hits.items(), key=lambda kv: (-kv[1].score, kv[0]))[:max_sources_per_tool]
+        for si, hit in ranked:
+            src = profiles[si]
+            bindings = {p: f for p, f in hit.bindings.items() if not p.startswith("(")}
+            kind = "order" if src.role in (Role.CREATE, Role.MODIFY) else "data"
+            candidates.append(Candidate.model_construct(
+                src=src.tool.qualified_name, dst=dst.tool.qualified_name, score=round(hit.score, 4), kind=kind,
+                bindings=bindings, rationale="; ".join(hit.why)[:500], domain=domain_of.get(src.tool.server)))
+    candidates.sort(key=lambda c: (c.src, c.dst))
     stats["candidates"] = len(candidates)
+    stats["order_candidates"] = sum(1 for c in candidates if c.kind == "order")
+    stats["cross_server_candidates"] = sum(1 for c in candidates if c.src.split("/", 1)[0] != c.dst.split("/", 1)[0])
     return candidates, stats
 
 
-def _scope_candidates(
-    tools: list[ToolSpec], min_score: float, max_sources: int, max_df: float
-) -> tuple[list[Candidate], int, int]:
-    # flat per-parameter arrays (plain lists: this loop is the hot path at 19k tools)
-    p_tool: list[int] = []
-    p_name: list[str] = []
-    p_key: list[str] = []
-    p_type: list[str | None] = []
-    p_toks: list[frozenset[str]] = []
-    index: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for ti, tool in enumerate(tools):
-        for field, required in input_params(tool):
-            pid = len(p_tool)
-            p_tool.append(ti)
-            p_name.append(field.name)
-            p_key.append("=" + "_".join(field.name_tokens))
-            p_type.append(field.type)
-            boost = 1.0 if required else 0.8
-            seen: set[str] = set()
-            if field.name_tokens:  # the whole name: 'user_id' is rare even where 'id' is everywhere
-                index[p_key[-1]].append((pid, boost))
-            for tok in field.name_tokens:
-                if tok not in seen:
-                    index[tok].append((pid, boost))
-                    seen.add(tok)
-            for tok in field.desc_tokens[:12]:
-                if tok not in seen:
-                    index[tok].append((pid, 0.5 * boost))
-                    seen.add(tok)
-            p_toks.append(frozenset(seen))
-    n_params = len(p_tool) or 1
-    cap = max(50, int(max_df * n_params))
-    idf = {tok: math.log(1 + n_params / len(post)) for tok, post in index.items()}
-    p_norm = [sum(idf[t] for t in toks) or 1.0 for toks in p_toks]
-    p_floor = [min_score * n for n in p_norm]
-    p_server = [tools[ti].server for ti in p_tool]
-    compatible = _COMPATIBLE
+def _fed_by(param_sem: SemType) -> list[tuple[SemType, float]]:
+    out = [(param_sem, 1.0)]
+    for src_sem, targets in _FEEDS.items():
+        for t, f in targets:
+            if t is param_sem and src_sem is not param_sem:
+                out.append((src_sem, f))
+    return out
 
-    visited = 0
-    pairs = 0
-    # Many tools share output fields (id, url, user_id ...): the matches of one field signature
-    # are computed once and reused; per source tool only self-links and the cross-server
-    # penalty remain to be applied.
-    matches_of: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
 
-    def field_matches(field: _Field) -> list[tuple[int, float]]:
-        nonlocal visited
-        name_toks = set(field.name_tokens)
-        key = "=" + "_".join(field.name_tokens) if field.name_tokens else None
-        lookups = [(t, 1.0) for t in sorted(name_toks) if 0 < len(index.get(t, ())) <= cap]
-        lookups += [(t, 0.5) for t in dict.fromkeys(field.desc_tokens[:8])
-                    if t not in name_toks and 0 < len(index.get(t, ())) <= cap]
-        use_key = key is not None and 0 < len(index.get(key, ())) <= 4 * cap  # whole names earn more lookups
-        sig = (field.name, field.type, tuple(lookups), key if use_key else None)
-        cached = matches_of.get(sig)
-        if cached is not None:
-            return cached
-        acc: dict[int, float] = defaultdict(float)
-        for tok, w0 in lookups:
-            posting = index[tok]
-            visited += len(posting)
-            w = idf[tok] * w0
-            for pid, boost in posting:
-                acc[pid] += w * boost
-        if use_key:
-            posting = index[key]  # type: ignore[index]
-            visited += len(posting)
-            w = 2.0 * idf[key]  # type: ignore[index]
-            for pid, boost in posting:
-                acc[pid] += w * boost
-        ftype = field.type
-        from_text = field.name == "result"
-        found: list[tuple[int, float]] = []
-        for pid, raw in acc.items():
-            exact = key is not None and (p_key[pid] == key or p_name[pid] == field.name)
-            if raw < p_floor[pid] and not exact:
-                continue  # below min_score before any penalty: the common case, decided cheaply
-            ptype = p_type[pid]
-            if ftype is not None and ptype is not None and ftype != ptype and (ftype, ptype) not in compatible:
-                continue
-            score = min(1.0, raw / p_norm[pid])
-            if exact:
-                score = max(score, 0.95)
-            if from_text:  # only a description says what comes out
-                score *= 0.7
-            if score >= min_score:
-                found.append((pid, score))
-        matches_of[sig] = found
-        return found
+def _portable(key: tuple[SemType, str | None]) -> bool:
+    sem, subject = key
+    if sem in (SemType.ID, SemType.NAME, SemType.FIELD):
+        return subject is not None
+    return sem in _PORTABLE
 
-    best_per_dst: dict[int, dict[int, tuple[float, dict[str, str]]]] = defaultdict(dict)
-    for si, tool in enumerate(tools):
-        src_server = tool.server
-        hits: dict[int, tuple[float, str]] = {}  # dst param -> (score, src field)
-        for field in output_fields(tool):
-            for pid, score in field_matches(field):
-                if p_tool[pid] == si:
-                    continue
-                pairs += 1
-                if p_server[pid] != src_server:
-                    score *= 0.9  # a cross-server link needs more evidence than one inside a server
-                    if score < min_score:
-                        continue
-                prev = hits.get(pid)
-                if prev is None or score > prev[0]:
-                    hits[pid] = (score, field.name)
-        per_dst: dict[int, tuple[float, dict[str, str]]] = {}
-        for pid, (score, fname) in hits.items():
-            ti = p_tool[pid]
-            cur = per_dst.get(ti)
-            if cur is None:
-                per_dst[ti] = (score, {p_name[pid]: fname})
-            else:
-                cur[1][p_name[pid]] = fname
-                per_dst[ti] = (max(cur[0], score), cur[1])
-        for ti, value in per_dst.items():
-            best_per_dst[ti][si] = value
-    out: list[Candidate] = []
-    for ti, sources in best_per_dst.items():
-        ranked = sorted(sources.items(), key=lambda kv: (-kv[1][0], kv[0]))[:max_sources]
-        dst = tools[ti].qualified_name
-        for si, (score, bindings) in ranked:
-            out.append(Candidate.model_construct(src=tools[si].qualified_name, dst=dst, score=round(score, 4),
-                                                 bindings=bindings, domain=None))
-    out.sort(key=lambda c: (c.src, c.dst))
-    return out, visited, pairs
+
+def _similar_subjects(subject: str, produced: dict[tuple[SemType, str | None], list[Any]], sem: SemType,
+                      cache: dict[tuple[SemType, str], list[str]]) -> list[str]:
+    """Other spellings of a subject among produced keys ("stock_quote" ~ "stockquote"), by rapidfuzz."""
+    hit = cache.get((sem, subject))
+    if hit is None:
+        vocab = [s for (t, s) in produced if t is sem and s is not None and s != subject]
+        hit = [m for m, _score, _i in process.extract(subject, vocab, scorer=fuzz.ratio, score_cutoff=90, limit=3)]
+        cache[(sem, subject)] = hit
+    return hit
 
 
 def batch_candidates(candidates: Iterable[Candidate], batch_size: int) -> list[tuple[str, list[Candidate]]]:
-    """Candidates grouped by domain (or server), cut into batches of ``batch_size``; stable ids."""
+    """Candidates grouped by source server, cut into batches of ``batch_size``; stable ids."""
     groups: dict[str, list[Candidate]] = defaultdict(list)
     for c in candidates:
-        groups[c.domain or c.src.split("/", 1)[0]].append(c)
+        groups[c.src.split("/", 1)[0]].append(c)
     batches: list[tuple[str, list[Candidate]]] = []
     for key in sorted(groups):
         items = groups[key]
@@ -299,13 +641,9 @@ def batch_candidates(candidates: Iterable[Candidate], batch_size: int) -> list[t
 
 
 def server_pair_count(servers: Sequence[ServerSpec], cross_server: bool = True) -> int:
-    """The baseline: one LLM call per ordered server pair inside a scope (a server with itself included)."""
-    scopes: dict[str, int] = defaultdict(int)
-    for s in servers:
-        scopes[f"domain:{s.domain}" if (cross_server and s.domain) else f"server:{s.name}"] += 1
-    return sum(n * n for n in scopes.values())
-
-
+    """The baseline: one LLM call per ordered server pair (a server with itself included)."""
+    n = len(servers)
+    return n * n if cross_server else n
 # ----------------------------------------------------------------------------- LLM side
 
 
@@ -321,15 +659,11 @@ class EdgeVerdicts(BaseModel):
     items: list[EdgeVerdict]
 
 
-class ProposedChains(BaseModel):
-    chains: list[list[str]]
-
-
-EDGE_PROMPT_VERSION = "edges-v1"
-CHAIN_PROMPT_VERSION = "server-chains-v1"
+EDGE_PROMPT_VERSION = "edges-v2"
 EDGE_SYSTEM = (
-    "You check dependencies between API tools. A dependency A -> B holds when a value that A returns "
-    "is a sensible argument of B in a real workflow. Reply with JSON only."
+    "You check dependencies between API tools. A data dependency A -> B holds when a value that A returns "
+    "is a sensible argument of B in a real workflow; an order dependency A -> B holds when A must run first "
+    "because it creates or changes what B then uses. Reply with JSON only."
 )
 
 
@@ -338,7 +672,10 @@ def _tool_brief(tool: ToolSpec, *, outputs: bool) -> dict[str, Any]:
     props = tool.input_schema.get("properties", {}) if isinstance(tool.input_schema, dict) else {}
     brief["parameters"] = {k: (v.get("type") if isinstance(v, dict) else None) for k, v in list(props.items())[:12]}
     if outputs:
-        brief["returns"] = [f.name for f in output_fields(tool)][:12]
+        prof = profile_tool(tool)
+        brief["returns"] = [f.describe() for f in prof.outputs][:8] or None
+        if prof.effects:
+            brief["creates_or_changes"] = [f.describe() for f in prof.effects][:8]
     return brief
 
 
@@ -347,14 +684,17 @@ def edge_prompt(batch: Sequence[Candidate], tools: dict[str, ToolSpec]) -> str:
     for i, c in enumerate(batch):
         lines.append(json.dumps({
             "index": i,
+            "kind": c.kind,
             "from": _tool_brief(tools[c.src], outputs=True),
             "to": _tool_brief(tools[c.dst], outputs=False),
             "proposed_bindings": c.bindings,
+            "why_proposed": c.rationale[:300],
         }, ensure_ascii=False))
     return (
-        "For each candidate dependency below decide whether the output of `from` can feed the "
-        "parameters of `to`. Give the argument bindings as {\"<to parameter>\": \"<from output field>\"}, "
-        "and a confidence score in [0, 1].\n\n" + "\n".join(lines) + "\n\n"
+        "For each candidate dependency below decide whether it holds: for kind \"data\", whether the output of "
+        "`from` can feed the parameters of `to`; for kind \"order\", whether `from` must run before `to`. Give the "
+        "argument bindings as {\"<to parameter>\": \"<from output field>\"}, and a confidence score in [0, 1].\n\n"
+        + "\n".join(lines) + "\n\n"
         'Reply as {"items": [{"index": 0, "valid": true, "score": 0.8, "bindings": {"param": "field"}, '
         '"reason": "..."}, ...]} with one item per candidate.'
     )
@@ -379,45 +719,163 @@ def verdicts_to_edges(
         if v.score < min_score:
             why["low_score"] += 1
             continue
-        dst_props = tools[cand.dst].input_schema.get("properties", {}) or {}
-        bindings = {p: str(f) for p, f in v.bindings.items() if p in dst_props} or cand.bindings
-        edges.append(GraphEdge(src=cand.src, dst=cand.dst, kind="data", bindings=bindings,
-                               score=round(v.score, 4), provenance="llm", rationale=v.reason[:500] or None))
+        params = {path for path, *_ in _walk(tools[cand.dst].input_schema)}
+        bindings = {p: str(f) for p, f in v.bindings.items() if p in params} or cand.bindings
+        rationale = "; ".join(x for x in (v.reason[:300], f"candidate: {cand.rationale[:180]}") if x) or None
+        edges.append(GraphEdge(src=cand.src, dst=cand.dst, kind=cand.kind, bindings=bindings,
+                               score=round(v.score, 4), provenance="llm", rationale=rationale))
     why["unanswered"] += len(batch) - len(seen)
     return edges, {k: n for k, n in why.items() if n}
 
 
-def chain_prompt(server: ServerSpec) -> str:
-    tools = [_tool_brief(t.model_copy(update={"server": server.name}), outputs=True) for t in server.tools[:40]]
+# The original ASTRA's graph step (trajectory_synthesis/src/1_graph_build): one call per server
+# with the server's info and its tool list; the model answers a list of detections, each
+# "yes" / "no" / "not sure" with a chain of tool names and the task the chain solves. Only
+# "yes" chains become edges, between consecutive tools of the chain; a name that is not a tool
+# of the server is skipped and the chain goes on from the last known tool, as in the original.
+
+CHAIN_PROMPT_VERSION = "server-chains-astra-v1"
+
+
+class ChainDetection(BaseModel):
+    tool_graph_detect: Literal["yes", "no", "not sure"]
+    tool_graph_detect_chain: list[str] = Field(default_factory=list)
+    tool_graph_detect_task: str = ""
+
+
+class ChainDetections(BaseModel):
+    items: list[ChainDetection]
+
+
+def chain_prompt(server: ServerSpec, max_tools: int = 60) -> str:
+    """The per-server dependency-detection prompt (same inputs and reply shape as the original)."""
+    group = {"server_name": server.name, "server_title": server.title or server.name,
+             "server_description": (server.description or "")[:600]}
+    tool_lines = []
+    for t in server.tools[:max_tools]:
+        props = t.input_schema.get("properties", {}) if isinstance(t.input_schema, dict) else {}
+        params = {k: {"type": v.get("type"), "description": (v.get("description") or "")[:160]}
+                  for k, v in list(props.items())[:12] if isinstance(v, dict)}
+        tool_lines.append(json.dumps({"name": t.name, "description": (t.description or "")[:400], "parameters": params},
+                                     ensure_ascii=False))
     return (
-        f"Server {server.name}: {server.description[:300]}\nTools:\n"
-        + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
-        + "\n\nPropose realistic multi-step workflows on these tools, where each tool uses what the one before "
-        'returned. Reply as {"chains": [["server/tool_a", "server/tool_b", ...], ...]} using the exact names.'
+        "Detect the dependency relationships between the tools of one server. Two tools are related when tool1 "
+        "must be called before tool2, for example tool1 gets data that tool2 then processes. Tools that can each "
+        "be called directly are not related. Do not guess: when unsure, answer \"not sure\" with an empty chain. "
+        "A server may support several tasks; give one chain per task.\n\n"
+        f"<GroupInfo>{json.dumps(group, ensure_ascii=False)}</GroupInfo>\n"
+        "<ToolList>\n" + "\n".join(tool_lines) + "\n</ToolList>\n\n"
+        'Reply with a JSON list; each item has "tool_graph_detect" ("yes", "no" or "not sure"), '
+        '"tool_graph_detect_chain" (tool names in calling order) and "tool_graph_detect_task" (the task the chain '
+        'solves). Example: [{"tool_graph_detect": "yes", "tool_graph_detect_chain": ["login_account", '
+        '"check_balance", "buy_stock"], "tool_graph_detect_task": "buy 1000 shares of NVDA"}]'
     )
 
 
-def chains_to_edges(server: ServerSpec, proposed: ProposedChains) -> tuple[list[GraphEdge], int]:
-    names = {f"{server.name}/{t.name}" for t in server.tools}
+class ChainOutcome(BaseModel):
+    """What one server's detections gave: counts per answer, names that are not tools, edges made."""
+
+    yes: int = 0
+    no: int = 0
+    not_sure: int = 0
+    unknown_tools: list[str] = Field(default_factory=list)
+    tasks: list[tuple[list[str], str]] = Field(default_factory=list, description="(chain, task) of each yes")
+
+
+def chains_to_edges(server: ServerSpec, detected: ChainDetections, score: float = 0.6
+                    ) -> tuple[list[GraphEdge], ChainOutcome]:
     short = {t.name: f"{server.name}/{t.name}" for t in server.tools}
+    names = set(short.values())
     edges: dict[tuple[str, str], GraphEdge] = {}
-    bad = 0
-    for chain in proposed.chains:
-        resolved = [n if n in names else short.get(n) for n in chain]
-        if len(resolved) < 2 or any(r is None for r in resolved) or len(set(resolved)) != len(resolved):
-            bad += 1
+    outcome = ChainOutcome()
+    for item in detected.items:
+        if item.tool_graph_detect != "yes":
+            if item.tool_graph_detect == "no":
+                outcome.no += 1
+            else:
+                outcome.not_sure += 1
             continue
+        outcome.yes += 1
+        resolved: list[str] = []
+        for name in item.tool_graph_detect_chain:
+            q = name if name in names else short.get(name)
+            if q is None:
+                outcome.unknown_tools.append(name)
+            else:
+                resolved.append(q)
+        outcome.tasks.append((resolved, item.tool_graph_detect_task[:300]))
         for a, b in zip(resolved, resolved[1:], strict=False):
-            edges[(a, b)] = GraphEdge(src=a, dst=b, kind="order", score=0.6, provenance="llm",  # type: ignore[arg-type]
-                                      rationale="proposed as part of a server chain")
-    return list(edges.values()), bad
+            if a != b and (a, b) not in edges:
+                edges[(a, b)] = GraphEdge(src=a, dst=b, kind="order", score=score, provenance="llm",
+                                          rationale=f"server chain for: {item.tool_graph_detect_task[:300]}")
+    return list(edges.values()), outcome
+
+
+# ----------------------------------------------------------------------------- merging and measuring
+
+_PROVENANCE_RANK = {"manual": 3, "trace": 2, "llm": 1, "schema": 0}
 
 
 def merge_edges(edges: Iterable[GraphEdge]) -> list[GraphEdge]:
-    """One edge per (src, dst): a data edge beats an order edge, then the higher score wins."""
-    best: dict[tuple[str, str], GraphEdge] = {}
+    """One edge per (src, dst), keeping what every source said.
+
+    A data edge beats an order edge; the strongest provenance (manual > trace > llm > schema)
+    names the edge, the highest score wins, bindings are united (the named source's first),
+    and the rationale lists each source as ``provenance: why``.
+    """
+    groups: dict[tuple[str, str], list[GraphEdge]] = defaultdict(list)
     for e in edges:
-        cur = best.get((e.src, e.dst))
-        if cur is None or (e.kind == "data", e.score) > (cur.kind == "data", cur.score):
-            best[(e.src, e.dst)] = e
-    return [best[k] for k in sorted(best)]
+        groups[(e.src, e.dst)].append(e)
+    out: list[GraphEdge] = []
+    for key in sorted(groups):
+        group = groups[key]
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        lead = max(group, key=lambda e: (_PROVENANCE_RANK[e.provenance], e.kind == "data", e.score))
+        bindings: dict[str, str] = {}
+        for e in sorted(group, key=lambda e: e is not lead):
+            for p, f in e.bindings.items():
+                bindings.setdefault(p, f)
+        reasons = list(dict.fromkeys(f"{e.provenance}: {e.rationale}" if e.rationale else e.provenance
+                                     for e in sorted(group, key=lambda e: -_PROVENANCE_RANK[e.provenance])))
+        kind = "data" if any(e.kind == "data" for e in group) else "order"
+        out.append(GraphEdge(src=lead.src, dst=lead.dst, kind=kind,
+                             bindings=bindings, score=max(e.score for e in group), provenance=lead.provenance,
+                             rationale=" | ".join(reasons)[:1000]))
+    return out
+
+
+class EdgeMetrics(BaseModel):
+    """Recall and precision of predicted (src, dst) pairs against labelled true dependencies."""
+
+    method: str
+    predicted: int
+    true: int
+    hits: int
+    kind_agreement: float | None = Field(default=None, description="share of hits whose kind matches the label")
+
+    @property
+    def precision(self) -> float:
+        return self.hits / self.predicted if self.predicted else 0.0
+
+    @property
+    def recall(self) -> float:
+        return self.hits / self.true if self.true else 0.0
+
+    def summary(self) -> str:
+        kind = f", kind agrees on {self.kind_agreement:.0%} of hits" if self.kind_agreement is not None else ""
+        return (f"{self.method}: recall {self.recall:.3f} ({self.hits}/{self.true}), precision {self.precision:.3f} "
+                f"({self.hits}/{self.predicted}){kind}")
+
+
+def measure_edges(method: str, predicted: Iterable[tuple[str, str, str | None]],
+                  truth: dict[tuple[str, str], str]) -> EdgeMetrics:
+    """``predicted``: (src, dst, kind or None); ``truth``: (src, dst) -> kind."""
+    pred: dict[tuple[str, str], str | None] = {}
+    for src, dst, kind in predicted:
+        pred.setdefault((src, dst), kind)
+    hits = [k for k in pred if k in truth]
+    kinds = [pred[k] == truth[k] for k in hits if pred[k] is not None]
+    return EdgeMetrics(method=method, predicted=len(pred), true=len(truth), hits=len(hits),
+                       kind_agreement=(sum(kinds) / len(kinds)) if kinds else None)

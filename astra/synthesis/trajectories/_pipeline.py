@@ -232,7 +232,7 @@ class TrajectoryPipeline:
         candidates, stats = _graph.generate_candidates(
             servers, cross_server=opts.cross_server, min_score=opts.min_candidate_score,
             max_sources_per_tool=opts.max_sources_per_tool,
-        )
+        ) if opts.uses_candidates else ([], {"tools": len(tools), "candidates": 0})
         stats["seconds"] = round(time.perf_counter() - t0, 4)
         batches = _graph.batch_candidates(candidates, opts.batch_size)
         stats["llm_calls"] = len(batches) if opts.llm_verify else 0
@@ -243,8 +243,8 @@ class TrajectoryPipeline:
 
         async def verify_batch(batch: list[_graph.Candidate]) -> Outcome:
             if judge is None:  # schema edges only
-                return Outcome.keep(*[GraphEdge(src=c.src, dst=c.dst, bindings=c.bindings, score=c.score,
-                                                provenance="schema") for c in batch])
+                return Outcome.keep(*[GraphEdge(src=c.src, dst=c.dst, kind=c.kind, bindings=c.bindings, score=c.score,
+                                                provenance="schema", rationale=c.rationale or None) for c in batch])
             try:
                 verdicts, audit = await ask_json(judge, _graph.edge_prompt(batch, tools), _graph.EdgeVerdicts,
                                                  system=_graph.EDGE_SYSTEM, prompt_version=_graph.EDGE_PROMPT_VERSION)
@@ -260,18 +260,20 @@ class TrajectoryPipeline:
         await stage.run_items(list(by_id.items()), verify_batch, concurrency=self.config.concurrency,
                               progress=self.progress, description="graph: verify candidate edges")
         edges: list[GraphEdge] = list(stage.outputs())
-        if opts.llm_chains:
+        if opts.uses_server_chains:
             proposer = self.model(self.config.judge)
 
             async def propose(server: ServerSpec) -> Outcome:
                 try:
-                    proposed, audit = await ask_json(proposer, _graph.chain_prompt(server), _graph.ProposedChains,
+                    detected, audit = await ask_json(proposer, _graph.chain_prompt(server), _graph.ChainDetections,
                                                      prompt_version=_graph.CHAIN_PROMPT_VERSION)
                 except LLMOutputError as exc:
                     return Outcome.drop(f"judge_failed: {exc.reason[:160]}", failed=True, audit=exc.audit)
-                found, bad = _graph.chains_to_edges(server, proposed)
+                found, outcome = _graph.chains_to_edges(server, detected)
+                audit.append({"detections": outcome.model_dump(mode="json")})
                 if not found:
-                    return Outcome.drop(f"no_valid_chain: {bad} invalid", audit=audit)
+                    return Outcome.drop(f"no_valid_chain: {outcome.yes} yes, {outcome.no} no, {outcome.not_sure} not "
+                                        f"sure, {len(outcome.unknown_tools)} unknown tools", audit=audit)
                 return Outcome.keep(*found, audit=audit)
 
             chain_stage = self.stage("graph_chains", GraphEdge)
@@ -279,6 +281,14 @@ class TrajectoryPipeline:
             await chain_stage.run_items(multi, propose, concurrency=self.config.concurrency, progress=self.progress,
                                         description="graph: LLM-proposed chains")
             edges += list(chain_stage.outputs())
+        if opts.trace:
+            from astra.synthesis.trajectories._graph_trace import trace_edges
+
+            traced, trace_stats = await trace_edges(servers, seeds=opts.trace_seeds, allow=opts.trace_allow,
+                                                    calls_per_tool=opts.trace_calls)
+            self.run.mark("graph_trace", "done", **trace_stats)
+            stats["trace"] = trace_stats
+            edges += traced
         graph = ToolGraph(name=self.graph_name(), nodes=sorted(tools), edges=_graph.merge_edges(edges),
                           meta={"run": str(self.run.path), "candidates": stats, "seed": self.config.seed})
         version = self.registry.save_graph(graph)
