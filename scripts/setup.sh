@@ -8,6 +8,21 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 # llama-cpp-python builds from source (~11 min on 2 cores the first time; pip caches the wheel).
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m pip install -q -e ".[local,test,bfcl,ray]"
+# SFT template conformance: transformers' chat-template renderer (no torch), gguf for the SmolLM2 GGUF's template
+# and tokenizer; TRL and LLaMA-Factory --no-deps (their torch-free modules check the exports).
+.venv/bin/python -m pip install -q -e ".[sft]"
+.venv/bin/python -m pip install -q --no-deps "trl==1.16.0" "llamafactory==0.9.5"
+# The real chat templates (Qwen2.5, Qwen3, Hermes-3, Llama-3.1, Mistral-Nemo, ...) that llama.cpp keeps in
+# models/templates/: from the sdist of the installed llama-cpp-python, templates directory only.
+LCP_VERSION=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))")
+if [ ! -f .ci/chat_templates/.version ] || [ "$(cat .ci/chat_templates/.version)" != "$LCP_VERSION" ]; then
+  mkdir -p .ci/cache .ci/chat_templates
+  [ -f ".ci/cache/llama_cpp_python-$LCP_VERSION.tar.gz" ] || .venv/bin/python -m pip download -q --no-deps \
+     --no-binary :all: --no-build-isolation "llama-cpp-python==$LCP_VERSION" -d .ci/cache
+  tar -xzf ".ci/cache/llama_cpp_python-$LCP_VERSION.tar.gz" -C .ci/chat_templates --strip-components=5 \
+     --wildcards "*/vendor/llama.cpp/models/templates/*.jinja"
+  echo "$LCP_VERSION" > .ci/chat_templates/.version
+fi
 # bfcl-eval's declared dependencies pull a CUDA torch: install it alone.
 .venv/bin/python -m pip install -q --no-deps "bfcl-eval==2026.3.23"
 # Trainers' own code checks the adapters (tests/trainers): TRL's chat templates and environment_factory

@@ -105,7 +105,7 @@ async def _execute(
         error_kind=result.error_kind, latency_s=result.latency_s, simulated=conns.is_simulated(binding.server),
     )
     text = result.text if result.text or result.structured_content is None else json.dumps(result.structured_content)
-    return step, (f"Error: {text}" if result.is_error else text)
+    return step, (f"Error: {text}" if result.is_error and not text.startswith("Error:") else text)
 
 
 async def run_episode(

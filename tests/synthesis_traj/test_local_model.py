@@ -36,4 +36,4 @@ def test_pipeline_completes_with_local_model(tmp_path, home):
     assert set(stages) >= {"candidates", "graph", "chains", "verify", "tasks", "quality", "rollout", "reward", "export"}
     assert_funnel_consistent(result.funnel, samples=1)
     assert result.exported == stages["export"].outputs
-    assert set(result.exports) == {"openai", "sharegpt", "parquet"}
+    assert set(result.exports) == {"openai", "hf", "sharegpt", "parquet"}

@@ -261,26 +261,43 @@ def test_export_formats_and_hf_datasets(tmp_path):
     sample = select(reward, traj, TASK, RewardOptions()).outputs[0]
     assert isinstance(sample, SFTSample) and sample.simulated
     other = sample.model_copy(update={"id": "traj-2", "reward": 0.7})
-    paths = write_exports([sample, other], tmp_path / "export", ["openai", "sharegpt", "parquet"])
+    paths = write_exports([sample, other], tmp_path / "export", ["openai", "hf", "sharegpt", "parquet"])
     rows = [json.loads(line) for line in open(paths["openai"])]
     assert len(rows) == 2 and set(rows[0]) == {"messages", "tools"}
     assert rows[0]["messages"][1]["tool_calls"][0]["function"]["name"] == "search_city"
+    assert rows[0]["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"city_name": "Lisbon"}'
+    hf = [json.loads(line) for line in open(paths["hf"])]
+    assert hf[0]["messages"][1]["tool_calls"][0]["function"]["arguments"] == {"city_name": "Lisbon"}
+    assert hf[0]["messages"][1]["content"] == ""
     share = json.load(open(paths["sharegpt"]))
     roles = [t["from"] for t in share[0]["conversations"]]
     assert roles == ["human", "function_call", "observation"] * 1 + ["function_call", "observation"] * 2 + ["gpt"]
-    assert json.loads(share[0]["conversations"][1]["value"]) == {"name": "search_city", "arguments": {"city_name": "Lisbon"}}
+    call = share[0]["conversations"][1]["value"]
+    assert json.loads(call.removeprefix("<tool_call>").removesuffix("</tool_call>")) == [
+        {"name": "search_city", "arguments": {"city_name": "Lisbon"}}]
     assert json.loads(share[0]["tools"])[0]["name"] == "search_city"
     assert json.load(open(tmp_path / "export" / "dataset_info.json"))["astra_traj"]["formatting"] == "sharegpt"
     ds = datasets.load_dataset("parquet", data_files=paths["parquet"], split="train")
     assert ds.num_rows == 2 and sorted(ds["id"]) == ["traj-1", "traj-2"]
     row = ds[0]
-    assert row["messages"][0]["role"] == "user" and row["messages"][1]["tool_calls"][0]["function"]["name"] == "search_city"
+    assert row["messages"] == hf[0]["messages"] and row["tools"] == hf[0]["tools"]
     assert row["dimensions"] == {d: 0.8 for d in DIMENSIONS} and row["reward"] in (0.8, 0.7)
 
 
-def test_sharegpt_groups_parallel_calls():
+def test_export_drops_trajectories_without_an_answer():
+    reward = Reward(id="r", trajectory_id="traj-1", task_id="t1", dimensions={d: 1.0 for d in DIMENSIONS}, overall=1.0)
+    capped = _trajectory(STEPS, answer=None).model_copy(update={"termination": "max_steps"})
+    assert select(reward, capped, TASK, RewardOptions()).dropped == "no_final_answer: ended by max_steps"
+    # an answer written just as the token budget ran out still ends by max_tokens: never exported
+    over = _trajectory(STEPS).model_copy(update={"termination": "max_tokens"})
+    assert select(reward, over, TASK, RewardOptions()).dropped == "no_final_answer: ended by max_tokens"
+    unanswered = _trajectory(STEPS, answer=None)
+    assert select(reward, unanswered, TASK, RewardOptions()).dropped.startswith("no_final_answer: the last message")
+
+
+def test_sharegpt_one_observation_per_result_and_text_beside_calls():
     msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"},
-            {"role": "assistant", "content": None, "tool_calls": [
+            {"role": "assistant", "content": "Checking both.", "tool_calls": [
                 {"id": "1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
                 {"id": "2", "type": "function", "function": {"name": "b", "arguments": "{\"x\": 1}"}}]},
             {"role": "tool", "tool_call_id": "1", "content": "A"}, {"role": "tool", "tool_call_id": "2", "content": "B"},
@@ -288,9 +305,11 @@ def test_sharegpt_groups_parallel_calls():
     s = SFTSample(id="i", task_id="t", model="m", messages=msgs, tools=[], reward=1, dimensions={})
     conv = to_sharegpt(s)
     assert conv["system"] == "sys"
-    assert [c["from"] for c in conv["conversations"]] == ["human", "function_call", "observation", "gpt"]
-    assert json.loads(conv["conversations"][1]["value"]) == [{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"x": 1}}]
-    assert json.loads(conv["conversations"][2]["value"]) == ["A", "B"]
+    assert [c["from"] for c in conv["conversations"]] == [
+        "human", "function_call", "observation", "function_call", "observation", "gpt"]
+    assert conv["conversations"][1]["value"] == 'Checking both.\n<tool_call>[{"name": "a", "arguments": {}}]</tool_call>'
+    assert conv["conversations"][3]["value"] == '<tool_call>[{"name": "b", "arguments": {"x": 1}}]</tool_call>'
+    assert [conv["conversations"][i]["value"] for i in (2, 4)] == ["A", "B"]
 
 
 # ----------------------------------------------------------------------------- simulator: memory, query, injection

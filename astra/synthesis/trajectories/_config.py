@@ -150,13 +150,16 @@ class TrajectoryConfig(_Options):
     tasks: TaskOptions = Field(default_factory=TaskOptions)
     rollout: RolloutOptions = Field(default_factory=RolloutOptions)
     reward: RewardOptions = Field(default_factory=RewardOptions)
-    export_formats: list[str] = Field(default_factory=lambda: ["openai", "sharegpt", "parquet"])
+    export_formats: list[str] = Field(default_factory=lambda: ["openai", "hf", "sharegpt", "parquet"])
+    export_template: str | None = Field(default=None, description="adapt hf / sharegpt / parquet to this chat "
+                                        "template (matrix name, .jinja or .gguf path) and export only clean renders")
 
     @model_validator(mode="after")
     def _check(self) -> TrajectoryConfig:
-        unknown = sorted(set(self.export_formats) - {"openai", "sharegpt", "parquet"})
+        known = ["openai", "hf", "sharegpt", "parquet"]
+        unknown = sorted(set(self.export_formats) - set(known))
         if unknown:
-            raise ValueError(f"export_formats: unknown {unknown} (known: openai, sharegpt, parquet)")
+            raise ValueError(f"export_formats: unknown {unknown} (known: {', '.join(known)})")
         if not (self.servers or self.inline_servers or self.environments):
             raise ValueError("no servers: give at least one of servers, inline_servers, environments")
         return self

@@ -1,10 +1,29 @@
-"""Stage 7: SFT export — OpenAI messages+tools JSONL, ShareGPT / LLaMA-Factory JSON, HF Parquet."""
+"""Stage 7: SFT export, one profile per consumer (see :class:`ExportFormat`).
+
+- ``openai``: the OpenAI wire format (arguments as JSON strings, ``null`` content beside calls): the OpenAI
+  fine-tuning API. Chat templates double-encode string arguments, so do not feed it to ``apply_chat_template``.
+- ``hf``: TRL / transformers ``apply_chat_template(messages, tools=...)``: arguments as objects, ``""`` content on
+  tool-only assistant turns, tools as a list, and no key a message does not use (no ``null`` padding).
+- ``sharegpt``: LLaMA-Factory's ShareGPT (``dataset_info.json`` beside it). Its converter requires strict
+  alternation (human/observation, then gpt/function_call), so each tool result is its own observation after its own
+  function_call turn (parallel calls become consecutive pairs); text beside a call stays in the function_call value
+  before ``<tool_call>[...]</tool_call>``, which LLaMA-Factory's FunctionFormatter renders in front of the calls.
+- ``parquet``: the ``hf`` rows in Parquet. ``messages`` and ``tools`` are lists of Arrow JSON values, so HF
+  ``datasets`` gives every message back with its own keys and the tools as a list of dicts.
+
+With a target chat template (``export_template``), the hf / parquet / sharegpt profiles are first adapted to it
+(:meth:`ChatTemplate.adapt`: Mistral call ids, ...) and only samples whose rendering reads back the same calls are
+written; ``template_report.json`` counts the rest by cause.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
+from enum import StrEnum
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +35,23 @@ from astra.records import Reward, Task, Trajectory
 from astra.synthesis._stage import Outcome
 from astra.synthesis.trajectories._config import RewardOptions
 from astra.synthesis.trajectories._reward import DIMENSIONS
+from astra.synthesis.trajectories._templates import ChatTemplate, RenderIssue, expected_calls, text_call_block
+
+
+class ExportFormat(StrEnum):
+    OPENAI = "openai"
+    HF = "hf"
+    SHAREGPT = "sharegpt"
+    PARQUET = "parquet"
+
+
+class ExportSkip(ValueError):
+    """A sample a profile cannot express (counted by cause, never silently mangled)."""
+
+    def __init__(self, issue: RenderIssue, detail: str) -> None:
+        super().__init__(f"{issue}: {detail}")
+        self.issue = issue
+        self.detail = detail
 
 
 class SFTSample(BaseModel):
@@ -33,8 +69,22 @@ class SFTSample(BaseModel):
     chain_id: str | None = None
 
 
+def answer_missing(traj: Trajectory) -> str | None:
+    """Why a trajectory does not end with an assistant answer to the user (None when it does)."""
+    termination = str(getattr(traj.termination, "value", traj.termination))
+    if termination != "final_answer":
+        return f"no_final_answer: ended by {termination}"
+    last = traj.messages[-1] if traj.messages else None
+    if last is None or last.role != "assistant" or last.tool_calls or not (last.content or "").strip():
+        return "no_final_answer: the last message is not an assistant answer"
+    return None
+
+
 def select(reward: Reward, traj: Trajectory, task: Task, opts: RewardOptions) -> Outcome:
-    """Keep a sample only when the judge succeeded and every threshold holds."""
+    """Keep a sample only when it ends with an answer, the judge succeeded and every threshold holds."""
+    missing = answer_missing(traj)
+    if missing:
+        return Outcome.drop(missing)
     if reward.status != "ok" or reward.overall is None:
         return Outcome.drop(f"judge_failed: {(reward.error or '')[:120]}", failed=True)
     if opts.require_schema_valid and reward.rules.get("schema_valid", 0.0) < 1.0:
@@ -48,95 +98,212 @@ def select(reward: Reward, traj: Trajectory, task: Task, opts: RewardOptions) ->
     ))
 
 
+# ----------------------------------------------------------------------------- profiles
+
+
+def hf_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI function tools with a string description and an object schema (templates concatenate both)."""
+    out = []
+    for tool in tools:
+        function = tool.get("function", tool)
+        out.append({"type": "function", "function": {
+            "name": function["name"], "description": function.get("description") or "",
+            "parameters": function.get("parameters") or {"type": "object", "properties": {}}}})
+    return out
+
+
+def hf_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI-format messages as chat templates expect them; raises :class:`ExportSkip` for unusable arguments."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role = m["role"]
+        item: dict[str, Any] = {"role": role, "content": m.get("content") or ""}
+        if role == "assistant" and m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                raw = c["function"].get("arguments")
+                try:
+                    arguments = json.loads(raw or "{}") if isinstance(raw, str) else raw
+                except json.JSONDecodeError as exc:
+                    raise ExportSkip(RenderIssue.ARGUMENTS_NOT_JSON, f"{c['function']['name']}: {exc.msg}") from exc
+                if not isinstance(arguments, dict):
+                    raise ExportSkip(RenderIssue.ARGUMENTS_NOT_JSON, f"{c['function']['name']}: not an object")
+                calls.append({"id": c.get("id") or "", "type": "function",
+                              "function": {"name": c["function"]["name"], "arguments": arguments}})
+            item["tool_calls"] = calls
+        if role == "assistant" and m.get("reasoning_content"):
+            item["reasoning_content"] = m["reasoning_content"]
+        if role == "tool":
+            item["tool_call_id"] = m.get("tool_call_id") or ""
+            if m.get("name"):
+                item["name"] = m["name"]
+        out.append(item)
+    return out
+
+
+def hf_conversation(sample: SFTSample, template: ChatTemplate | None = None
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The ``hf`` profile of a sample (messages, tools), adapted to ``template`` when given."""
+    messages, tools = hf_messages(sample.messages), hf_tools(sample.tools)
+    if template is not None:
+        messages, adapted_tools, _ = template.adapt(messages, tools)
+        tools = adapted_tools or []
+    return messages, tools
+
+
+def to_sharegpt(sample: SFTSample, template: ChatTemplate | None = None) -> dict[str, Any]:
+    """LLaMA-Factory's ShareGPT shape: human / function_call / observation / gpt turns, tools as a JSON string.
+
+    One function_call turn per call, each followed by its own observation; text the assistant wrote beside its
+    calls goes in front of ``<tool_call>[...]</tool_call>`` in the first function_call value."""
+    messages, tools = hf_conversation(sample, template)
+    system = ""
+    conv: list[dict[str, str]] = []
+    results = {m.get("tool_call_id"): m for m in messages if m["role"] == "tool"}
+    for m in messages:
+        role = m["role"]
+        if role == "system":
+            system = m["content"]
+        elif role == "user":
+            conv.append({"from": "human", "value": m["content"]})
+        elif role == "assistant" and m.get("tool_calls"):
+            for k, call in enumerate(m["tool_calls"]):
+                text = m["content"] if k == 0 and m["content"] else ""
+                value = (text + "\n" if text else "") + text_call_block([call])
+                conv.append({"from": "function_call", "value": value})
+                result = results.get(call.get("id"))
+                conv.append({"from": "observation", "value": result["content"] if result else ""})
+        elif role == "assistant":
+            conv.append({"from": "gpt", "value": m["content"]})
+    functions = [t.get("function", t) for t in tools]
+    return {"conversations": conv, "system": system, "tools": json.dumps(functions, ensure_ascii=False), "id": sample.id}
+
+
+SHAREGPT_DATASET_INFO = {"file_name": "sharegpt.json", "formatting": "sharegpt",
+                         "columns": {"messages": "conversations", "system": "system", "tools": "tools"}}
+
+
+# ----------------------------------------------------------------------------- writing
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
-def to_sharegpt(sample: SFTSample) -> dict[str, Any]:
-    """LLaMA-Factory's ShareGPT shape: human/function_call/observation/gpt turns, tools as a JSON string."""
-    system = ""
-    conv: list[dict[str, str]] = []
-    pending_obs: list[str] = []
-
-    def flush() -> None:
-        if pending_obs:
-            conv.append({"from": "observation", "value": pending_obs[0] if len(pending_obs) == 1 else json.dumps(pending_obs, ensure_ascii=False)})
-            pending_obs.clear()
-
-    for m in sample.messages:
-        role = m["role"]
-        if role == "system":
-            system = m.get("content") or ""
-        elif role == "tool":
-            pending_obs.append(m.get("content") or "")
-        else:
-            flush()
-            if role == "user":
-                conv.append({"from": "human", "value": m.get("content") or ""})
-            elif m.get("tool_calls"):
-                calls = []
-                for c in m["tool_calls"]:
-                    try:
-                        args = json.loads(c["function"]["arguments"] or "{}")
-                    except json.JSONDecodeError:
-                        args = c["function"]["arguments"]
-                    calls.append({"name": c["function"]["name"], "arguments": args})
-                conv.append({"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)})
-            else:
-                conv.append({"from": "gpt", "value": m.get("content") or ""})
-    flush()
-    functions = [t.get("function", t) for t in sample.tools]
-    return {"conversations": conv, "system": system, "tools": json.dumps(functions, ensure_ascii=False), "id": sample.id}
+def _jsonl(rows: Sequence[dict[str, Any]]) -> bytes:
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    return ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
 
 
-_TOOL_CALL = pa.struct([("id", pa.string()), ("type", pa.string()),
-                        ("function", pa.struct([("name", pa.string()), ("arguments", pa.string())]))])
-_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string()), ("tool_calls", pa.list_(_TOOL_CALL)),
-                      ("tool_call_id", pa.string()), ("name", pa.string())])
-PARQUET_SCHEMA = pa.schema([
-    ("id", pa.string()), ("task_id", pa.string()), ("model", pa.string()), ("chain_id", pa.string()),
-    ("messages", pa.list_(_MESSAGE)), ("tools", pa.string()), ("reward", pa.float64()),
-    # a struct, not a map: HF datasets has no map type
-    ("dimensions", pa.struct([(d, pa.float64()) for d in DIMENSIONS])), ("rules", pa.string()),
-    ("simulated", pa.bool_()),
-])
+def _json_list_column(rows: Sequence[Sequence[Any]]) -> pa.Array:
+    """A list<arrow.json> column: every item keeps its own keys (HF datasets reads it as List(Json()))."""
+    flat = pa.array([json.dumps(v, ensure_ascii=False) for r in rows for v in r], pa.string())
+    offsets = pa.array([0, *accumulate(len(r) for r in rows)], pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.ExtensionArray.from_storage(pa.json_(), flat))
 
 
-def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence[str]) -> dict[str, str]:
-    """Write every requested format (rewritten whole, atomically); returns format -> path."""
+def _parquet_table(samples: Sequence[SFTSample], conversations: Sequence[tuple[list, list]]) -> pa.Table:
+    dims = pa.struct([(d, pa.float64()) for d in DIMENSIONS])  # a struct, not a map: HF datasets has no map type
+    return pa.table({
+        "id": pa.array([s.id for s in samples], pa.string()),
+        "task_id": pa.array([s.task_id for s in samples], pa.string()),
+        "model": pa.array([s.model for s in samples], pa.string()),
+        "chain_id": pa.array([s.chain_id for s in samples], pa.string()),
+        "messages": _json_list_column([c[0] for c in conversations]),
+        "tools": _json_list_column([c[1] for c in conversations]),
+        "reward": pa.array([s.reward for s in samples], pa.float64()),
+        "dimensions": pa.array([{d: s.dimensions.get(d) for d in DIMENSIONS} for s in samples], dims),
+        "rules": pa.ExtensionArray.from_storage(pa.json_(), pa.array([json.dumps(s.rules) for s in samples])),
+        "simulated": pa.array([s.simulated for s in samples], pa.bool_()),
+    })
+
+
+REPORT_FILE = "template_report.json"
+
+
+class ExportReport(BaseModel):
+    """What a target-template export kept, changed and left out (``template_report.json``)."""
+
+    template: str | None = None
+    samples: int = 0
+    exported: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict, description="cause -> samples left out")
+    adapted: dict[str, int] = Field(default_factory=dict, description="adaptation -> samples changed")
+    examples: dict[str, str] = Field(default_factory=dict, description="cause -> one detail")
+
+
+def conversations_for(samples: Sequence[SFTSample], template: ChatTemplate | None
+                      ) -> tuple[list[SFTSample], list[tuple[list, list]], ExportReport]:
+    """The samples the hf profile (adapted to ``template``) can express and, with a template, that render cleanly."""
+    report = ExportReport(template=template.name if template else None, samples=len(samples))
+    kept: list[SFTSample] = []
+    convs: list[tuple[list, list]] = []
+    skipped: Counter[str] = Counter()
+    adapted: Counter[str] = Counter()
+    for s in samples:
+        try:
+            messages, tools = hf_messages(s.messages), hf_tools(s.tools)
+        except ExportSkip as exc:
+            skipped[exc.issue] += 1
+            report.examples.setdefault(exc.issue, exc.detail)
+            continue
+        if template is not None:
+            calls = expected_calls(messages)
+            messages, adapted_tools, changes = template.adapt(messages, tools)
+            adapted.update(str(c) for c in changes)
+            check = template.check(messages, adapted_tools, calls)
+            if not check.clean:
+                assert check.issue is not None
+                skipped[check.issue] += 1
+                report.examples.setdefault(check.issue, check.detail)
+                continue
+            tools = adapted_tools or []
+        kept.append(s)
+        convs.append((messages, tools))
+    report.exported, report.skipped, report.adapted = len(kept), dict(skipped), dict(adapted)
+    return kept, convs, report
+
+
+def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence[str],
+                  template: ChatTemplate | None = None) -> dict[str, str]:
+    """Write every requested profile (rewritten whole, atomically); returns format -> path.
+
+    ``template``: adapt hf / sharegpt / parquet to this chat template and write only what renders cleanly
+    (the ``openai`` profile is the wire format and stays as it is)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = sorted(samples, key=lambda s: s.id)
+    wanted = [ExportFormat(f) for f in formats]
     paths: dict[str, str] = {}
-    if "openai" in formats:
+    if ExportFormat.OPENAI in wanted:
         path = out_dir / "openai.jsonl"
-        lines = [json.dumps({"messages": s.messages, "tools": s.tools}, ensure_ascii=False) for s in samples]
-        _atomic_write(path, ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
-        paths["openai"] = str(path)
-    if "sharegpt" in formats:
-        path = out_dir / "sharegpt.json"
-        _atomic_write(path, json.dumps([to_sharegpt(s) for s in samples], ensure_ascii=False, indent=1).encode("utf-8"))
-        info = {"astra_traj": {"file_name": path.name, "formatting": "sharegpt",
-                               "columns": {"messages": "conversations", "system": "system", "tools": "tools"}}}
+        _atomic_write(path, _jsonl([{"messages": s.messages, "tools": s.tools} for s in samples]))
+        paths[ExportFormat.OPENAI] = str(path)
+    if not {ExportFormat.HF, ExportFormat.SHAREGPT, ExportFormat.PARQUET} & set(wanted):
+        return paths
+    kept, convs, report = conversations_for(samples, template)
+    _atomic_write(out_dir / REPORT_FILE, report.model_dump_json(indent=2).encode("utf-8"))
+    if ExportFormat.HF in wanted:
+        path = out_dir / "hf.jsonl"
+        _atomic_write(path, _jsonl([{"id": s.id, "messages": m, "tools": t} for s, (m, t) in zip(kept, convs)]))
+        paths[ExportFormat.HF] = str(path)
+    if ExportFormat.SHAREGPT in wanted:
+        path = out_dir / SHAREGPT_DATASET_INFO["file_name"]
+        rows = [_sharegpt_row(s, m, t) for s, (m, t) in zip(kept, convs)]
+        _atomic_write(path, json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8"))
+        info = {"astra_traj": SHAREGPT_DATASET_INFO}
         _atomic_write(out_dir / "dataset_info.json", json.dumps(info, indent=2).encode("utf-8"))
-        paths["sharegpt"] = str(path)
-    if "parquet" in formats:
+        paths[ExportFormat.SHAREGPT] = str(path)
+    if ExportFormat.PARQUET in wanted:
         path = out_dir / "train.parquet"
-        rows = []
-        for s in samples:
-            rows.append({
-                "id": s.id, "task_id": s.task_id, "model": s.model, "chain_id": s.chain_id,
-                "messages": [{"role": m["role"], "content": m.get("content"),
-                              "tool_calls": m.get("tool_calls"), "tool_call_id": m.get("tool_call_id"),
-                              "name": m.get("name")} for m in s.messages],
-                "tools": json.dumps(s.tools, ensure_ascii=False), "reward": s.reward,
-                "dimensions": {d: s.dimensions.get(d) for d in DIMENSIONS}, "rules": json.dumps(s.rules),
-                "simulated": s.simulated,
-            })
-        table = pa.Table.from_pylist(rows, schema=PARQUET_SCHEMA)
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(table, tmp)
+        pq.write_table(_parquet_table(kept, convs), tmp)
         os.replace(tmp, path)
-        paths["parquet"] = str(path)
+        paths[ExportFormat.PARQUET] = str(path)
     return paths
+
+
+def _sharegpt_row(sample: SFTSample, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, Any]:
+    adapted = sample.model_copy(update={"messages": messages, "tools": tools})
+    return to_sharegpt(adapted)
