@@ -98,6 +98,7 @@ def main() -> None:
     from astra.synthesis.trajectories._export import answer_missing, conversations_for, write_exports
     from astra.synthesis.trajectories._templates import MATRIX_TEMPLATES, load_template
     from astra.synthesis.trajectories._tokens import gguf_tokenizer, token_samples
+
     from ._run import run
     from .conftest import as_sample
 
@@ -119,7 +120,8 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
         kept, convs, _ = conversations_for(samples, template)
         tokenizer = gguf_tokenizer(smollm2_path(), template)
-        _, report = token_samples(template, tokenizer, [(s.id, m, t) for s, (m, t) in zip(kept, convs)])
+        conversations = [(s.id, m, t) for s, (m, t) in zip(kept, convs, strict=True)]
+        _, report = token_samples(template, tokenizer, conversations)
         causes = ", ".join(f"{k} {v}" for k, v in sorted(report.mismatches.items()))
         token_lines.append(f"| {name} | {report.exported}/{report.samples} | {report.mismatch_rate:.0%} | {causes} |")
     print("\n| template | token-faithful | mismatch rate | causes |\n|---|---|---|---|")

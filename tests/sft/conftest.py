@@ -19,8 +19,8 @@ def trajectories(tmp_path_factory: pytest.TempPathFactory) -> list[Trajectory]:
 
 
 def as_sample(traj: Trajectory) -> SFTSample:
-    return SFTSample(id=traj.id, task_id=traj.task_id, model=traj.model, messages=[m.to_openai() for m in traj.messages],
-                     tools=traj.tools, reward=1.0, dimensions={})
+    return SFTSample(id=traj.id, task_id=traj.task_id, model=traj.model, tools=traj.tools, reward=1.0, dimensions={},
+                     messages=[m.to_openai() for m in traj.messages])
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,8 @@ def test_openai_and_hf_profiles(samples, tmp_path):
         o_calls = [c for m in o["messages"] for c in m.get("tool_calls") or ()]
         h_calls = [c for m in h["messages"] for c in m.get("tool_calls") or ()]
         assert all(isinstance(c["function"]["arguments"], str) for c in o_calls)  # the wire format
-        assert [json.loads(c["function"]["arguments"]) for c in o_calls] == [c["function"]["arguments"] for c in h_calls]
+        assert [json.loads(c["function"]["arguments"]) for c in o_calls] == [
+            c["function"]["arguments"] for c in h_calls]
         assert not _nulls(h["messages"]) and not _nulls(h["tools"])
         assert all(isinstance(m["content"], str) for m in h["messages"])
         for m in h["messages"]:  # every key is one the role uses

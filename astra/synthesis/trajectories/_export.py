@@ -176,7 +176,8 @@ def to_sharegpt(sample: SFTSample, template: ChatTemplate | None = None) -> dict
         elif role == "assistant":
             conv.append({"from": "gpt", "value": m["content"]})
     functions = [t.get("function", t) for t in tools]
-    return {"conversations": conv, "system": system, "tools": json.dumps(functions, ensure_ascii=False), "id": sample.id}
+    tools_text = json.dumps(functions, ensure_ascii=False)  # LLaMA-Factory's tools column is a JSON string
+    return {"conversations": conv, "system": system, "tools": tools_text, "id": sample.id}
 
 
 SHAREGPT_DATASET_INFO = {"file_name": "sharegpt.json", "formatting": "sharegpt",
@@ -215,7 +216,8 @@ def _parquet_table(samples: Sequence[SFTSample], conversations: Sequence[tuple[l
         "tools": _json_list_column([c[1] for c in conversations]),
         "reward": pa.array([s.reward for s in samples], pa.float64()),
         "dimensions": pa.array([{d: s.dimensions.get(d) for d in DIMENSIONS} for s in samples], dims),
-        "rules": pa.ExtensionArray.from_storage(pa.json_(), pa.array([json.dumps(s.rules) for s in samples])),
+        "rules": pa.ExtensionArray.from_storage(pa.json_(), pa.array([json.dumps(s.rules) for s in samples],
+                                                                    pa.string())),
         "simulated": pa.array([s.simulated for s in samples], pa.bool_()),
     })
 
@@ -286,11 +288,12 @@ def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence
     _atomic_write(out_dir / REPORT_FILE, report.model_dump_json(indent=2).encode("utf-8"))
     if ExportFormat.HF in wanted:
         path = out_dir / "hf.jsonl"
-        _atomic_write(path, _jsonl([{"id": s.id, "messages": m, "tools": t} for s, (m, t) in zip(kept, convs)]))
+        rows = [{"id": s.id, "messages": m, "tools": t} for s, (m, t) in zip(kept, convs, strict=True)]
+        _atomic_write(path, _jsonl(rows))
         paths[ExportFormat.HF] = str(path)
     if ExportFormat.SHAREGPT in wanted:
         path = out_dir / SHAREGPT_DATASET_INFO["file_name"]
-        rows = [_sharegpt_row(s, m, t) for s, (m, t) in zip(kept, convs)]
+        rows = [_sharegpt_row(s, m, t) for s, (m, t) in zip(kept, convs, strict=True)]
         _atomic_write(path, json.dumps(rows, ensure_ascii=False, indent=1).encode("utf-8"))
         info = {"astra_traj": SHAREGPT_DATASET_INFO}
         _atomic_write(out_dir / "dataset_info.json", json.dumps(info, indent=2).encode("utf-8"))

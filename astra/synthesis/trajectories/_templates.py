@@ -374,12 +374,14 @@ def _calls_as_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]]
                    ) -> tuple[list[dict[str, Any]], None]:
     functions = [t.get("function", t) for t in tools]
     preamble = ("You have access to the following tools:\n<tools>" + json.dumps(functions, ensure_ascii=False)
-                + "</tools>\nTo call tools, answer with <tool_call>[{\"name\": ..., \"arguments\": {...}}]</tool_call>.")
+                + "</tools>\nTo call tools, answer with "
+                + '<tool_call>[{"name": ..., "arguments": {...}}]</tool_call>.')
     out = []
     for m in messages:
         if m.get("tool_calls"):
             text = m.get("content") or ""
-            out.append({"role": "assistant", "content": (text + "\n" if text else "") + text_call_block(m["tool_calls"])})
+            block = text_call_block(m["tool_calls"])
+            out.append({"role": "assistant", "content": (text + "\n" if text else "") + block})
         else:
             out.append({k: v for k, v in m.items() if k in ("role", "content")})
     if tools:
