@@ -37,12 +37,11 @@ DEFAULT_MAX_OPEN_EPISODES = 1024
 
 
 def stdio_launch(server_dir: str | Path, python: str | None = None) -> StdioLaunch:
-    """How a worker launches an emitted environment directory over stdio."""
-    import os
+    """How a worker launches an emitted environment directory over stdio (the MCP SDK's default
+    environment: HOME, PATH, ...; nothing of the exporting machine's is baked in)."""
     import sys
 
-    env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "TMPDIR") if k in os.environ}
-    return StdioLaunch(command=python or sys.executable, args=[str(Path(server_dir).resolve() / "server.py")], env=env)
+    return StdioLaunch(command=python or sys.executable, args=[str(Path(server_dir).resolve() / "server.py")])
 
 
 def launch_from_config(config: dict[str, Any]) -> StdioLaunch | HttpLaunch:

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import keyword
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,13 +59,16 @@ class ExportEnvironment:
 
 
 def _safe(name: str) -> str:
-    from astra.client._schema import provider_tool_name
-
-    return provider_tool_name(name)
+    """A tool name every consumer accepts: provider-safe (``[A-Za-z0-9_]``, at most 64 characters)
+    and a Python identifier (TRL's environment methods are the tools)."""
+    ident = re.sub(r"\W", "_", name, flags=re.ASCII)[:64]
+    if not ident or ident[0].isdigit() or keyword.iskeyword(ident):
+        ident = f"t_{ident}"[:64]
+    return ident
 
 
 def export_tool_names(envs: Sequence[ExportEnvironment]) -> dict[tuple[str, str], str]:
-    """``(environment, tool) -> exported name``, unique across the export (provider-safe)."""
+    """``(environment, tool) -> exported name``, unique across the export (see :func:`_safe`)."""
     counts: dict[str, int] = {}
     for env in envs:
         for t in env.spec.tools:

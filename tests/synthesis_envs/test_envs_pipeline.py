@@ -88,6 +88,7 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
 
     # RLVR data: parquet loadable (pyarrow, and HF datasets where installed), rewards computable
     parquet = result.exports["verl_parquet"]
+    assert {"verl_tool_config", "trl_env", "trl_dataset", "mcp_json", "vscode_mcp_json"} <= set(result.exports)
     rows = pq.read_table(parquet).to_pylist()
     assert len(rows) == 2 and {r["data_source"] for r in rows} == {"astra_env"}
     row = next(r for r in rows if r["extra_info"]["environment_id"] == alice.id)
@@ -99,7 +100,7 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
     # tool names are unique across the export: add_numbers exists in both environments
     exported = {t["id"]: t["tool"] for t in truth}
     assert {t["function"]["name"] for t in tools} == set(exported.values())
-    assert set(exported.values()) == {"miles_to_km", f"{alice.spec.name}__add_numbers"}
+    assert set(exported.values()) == {"miles_to_km", alice.spec.name.replace("-", "_") + "__add_numbers"}
     assert row["extra_info"]["tool_selection"] == [t["function"]["name"] for t in tools]
     assert row["extra_info"]["tools_kwargs"]["miles_to_km"] == {"create_kwargs": {"ground_truth": row["reward_model"]["ground_truth"]}}
     samples = list(JsonlLog(result.exports["rl_samples"]).read_dicts())

@@ -6,7 +6,8 @@ distractor tools, ground truth naming the exported tools). verl row: ``data_sour
 "ground_truth": <JSON list of {id, sub_question, sub_answer, tool}>}``, ``extra_info``
 ``{index, split, environment_id, environment_name, server_dir, answer, tools, tool_selection,
 distractors, need_tools_kwargs, tools_kwargs}`` (``tools_kwargs`` for the sample's tools only).
-``verl_tool_config.yaml`` declares :class:`astra.trainers.verl.AstraTool` for every tool; the
+``trl_env.py`` + ``trl_dataset.jsonl``: TRL ``environment_factory`` classes; ``mcp.json`` and
+``.vscode/mcp.json``: MCP host configs. ``verl_tool_config.yaml`` declares :class:`astra.trainers.verl.AstraTool` for every tool; the
 reward is :func:`astra.synthesis.environments.reward.compute_score` (the one process reward).
 """
 
@@ -21,6 +22,8 @@ from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._emit import current_environments, mcp_servers_block
 from astra.synthesis.environments._models import EmittedEnvironment
+from astra.trainers.hosts import write_host_configs
+from astra.trainers.trl import trl_module_source, trl_rows
 from astra.trainers.export import (
     SYSTEM_PROMPT,
     ExportEnvironment,
@@ -73,6 +76,11 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
         paths["verl_parquet"] = write_verl_parquet([verl_row(s, i, data_source=data_source) for i, s in enumerate(made)],
                                                    out / "train.parquet")
         paths["verl_tool_config"] = write_yaml(verl_tool_config(made), out / "verl_tool_config.yaml")
+        (out / "trl_env.py").write_text(trl_module_source(made), "utf-8")
+        paths["trl_env"] = out / "trl_env.py"
+        paths["trl_dataset"] = out / "trl_dataset.jsonl"
+        paths["trl_dataset"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in trl_rows(made)), "utf-8")
+        paths.update(write_host_configs([s.env for s in made], out))
     mcp = mcp_servers_block([env_by_id[i] for i in kept])
     (out / "mcp_servers.json").write_text(json.dumps(mcp, indent=2), "utf-8")
     paths["mcp_servers"] = out / "mcp_servers.json"
