@@ -189,7 +189,7 @@ def _gold(stage: str, key: str, first_user: str, text: str) -> str:
     if stage == "necessity":
         return json.dumps({"steps": [{"id": s["id"], "needs_tool": True, "reason": "a computation"} for s in GOLD[key]]})
     if stage == "verify":
-        return json.dumps({"dependency": 1, "atomicity": 1, "parallelism": 1, "completeness": 1, "rationale": "fine"})
+        return verify_reply(first_user)
     if stage == "synthesize":
         found = find_step(first_user)
         assert found is not None, first_user
@@ -197,6 +197,18 @@ def _gold(stage: str, key: str, first_user: str, text: str) -> str:
     if stage in ("scale", "merge"):
         return "I cannot do that."  # no valid JSON: a failed reply
     raise AssertionError(f"oracle: no gold reply for {stage}")
+
+
+def verify_reply(prompt: str, **overrides: Any) -> str:
+    """A verification judge's reply: the requested shape with every item 1 (``overrides`` patch
+    fields of every item: ``atomic=0`` ...; ``final={...}`` replaces the final verdict)."""
+    shape = json.loads(prompt[prompt.rindex("Reply as ") + len("Reply as "):])
+    final = overrides.pop("final", None)
+    for section in ("dependencies", "steps"):
+        for item in shape[section]:
+            item.update({k: v for k, v in overrides.items() if k in item}, reason="fine")
+    shape["final"] = final or {"consistent": 1, "reason": "the last hop gives it"}
+    return json.dumps(shape)
 
 
 def oracle_model(overrides: dict[tuple[str, str], Any] | None = None, n: int = 2000) -> ScriptedModel:

@@ -17,11 +17,12 @@ from astra.synthesis.environments import (
     read_qa_jsonl,
     run_stage,
 )
+from astra.synthesis.environments import _decompose, _necessity, _verify
 from astra.synthesis.environments._merge import cluster_tools, merge_cluster
 from astra.synthesis.environments._sandbox import SandboxRunner
 from astra.synthesis.environments._synthesize import synthesize_one
 
-from .envs_gold import GOLD, decomposition_reply, oracle_model, tool, tool_reply
+from .envs_gold import GOLD, decomposition_reply, oracle_model, tool, tool_reply, verify_reply
 
 
 def _ctx(config: EnvironmentPipelineConfig, model=None, **update) -> PipelineContext:
@@ -132,34 +133,137 @@ def test_decomposition_checks(tmp_path, config):
 # ------------------------------------------------------------------ stages 3 + 4: necessity, verification
 
 
-def test_necessity_flags_and_verification_threshold(tmp_path, config):
+def test_necessity_hard_rule_and_item_level_verification(tmp_path, config):
     qa = _qa_file(tmp_path, ["A recipe", "Alice ran", "A meeting", "Take the capital", "A jacket"])
     no_tool_first = json.dumps({"steps": [{"id": "s1", "needs_tool": False, "reason": "stated in the question"},
                                           {"id": "s2", "needs_tool": True, "reason": "unit conversion"}]})
     none_needed = json.dumps({"steps": [{"id": "s1", "needs_tool": False, "reason": "x"},
                                         {"id": "s2", "needs_tool": False, "reason": "y"}]})
     missing_verdict = json.dumps({"steps": [{"id": "s1", "needs_tool": True, "reason": "x"}]})
-    low_judge = json.dumps({"dependency": 0.2, "atomicity": 0.5, "parallelism": 0.3, "completeness": 0.4})
+    prompts: list[str] = []
     overrides = {
         ("necessity", "A recipe"): no_tool_first,
         ("necessity", "A meeting"): none_needed,
         ("necessity", "Take the capital"): missing_verdict,
-        ("verify", "Alice ran"): low_judge,
         ("verify", "A jacket"): '{"dependency": "high"}',  # a judge that never answers properly
     }
-    ctx = _ctx(config, oracle_model(overrides), qa_path=qa, llm_retries=1)
+    oracle = oracle_model(overrides)
+    inner = oracle.replies[0]
+
+    def reply(messages, tools):
+        first = messages[1].content or ""
+        if "Alice ran" in first and messages[0].content == _verify.SYSTEM:
+            prompts.append(first)
+            return verify_reply(first, atomic=0, no_forced_wait=0, contributes=0)  # every step judged bad
+        return inner(messages, tools)
+
+    ctx = _ctx(config, ScriptedModel([reply] * 200), qa_path=qa, llm_retries=1)
     results = run(ctx, "qa", "decompose", "necessity", "verify")
     necessity, verify = results[2][0], results[3][0]
-    assert (necessity.inputs, necessity.outputs, necessity.dropped, necessity.failed) == (5, 3, 2, 1)
-    assert necessity.drop_reasons == {"no_tool_needed": 1, "necessity_incomplete": 1}
-    flagged = [d for d in ctx.outputs_of("necessity", Decomposition) if d.flags]
-    assert [d.flags for d in flagged] == [["depends_on_no_tool_step: s2 depends on s1"]]
-    assert (verify.inputs, verify.outputs, verify.dropped, verify.failed) == (3, 1, 2, 1)
+    assert (necessity.inputs, necessity.outputs, necessity.dropped, necessity.failed) == (5, 2, 3, 1)
+    assert necessity.drop_reasons == {"no_tool_needed": 1, "necessity_incomplete": 1, "necessity_violated": 1}
+    violated = next(e["dropped"] for e in _entries(ctx, "necessity").values()
+                    if (e["dropped"] or "").startswith("necessity_violated"))
+    assert violated == "necessity_violated: s1 is used by s2 but needs no tool"
+    assert (verify.inputs, verify.outputs, verify.dropped, verify.failed) == (2, 0, 2, 1)
     assert verify.drop_reasons == {"below_verify_threshold": 1, "judge_failed": 1}
-    [kept] = ctx.outputs_of("verify", Decomposition)
-    # the flagged dependency lowers the rule-based dependency check, but it still passes
-    assert kept.scores["rule_dependency"] == 0.5 and kept.scores["dependency"] == 0.75
-    assert kept.scores["score"] >= 0.75
+    # one call per question, one item per dependency and per step
+    [prompt] = prompts
+    shape = json.loads(prompt[prompt.rindex("Reply as ") + 9:])
+    assert [d["id"] for d in shape["dependencies"]] == ["s3"] and [s["id"] for s in shape["steps"]] == ["s1", "s2", "s3"]
+    entry = next(e for e in _entries(ctx, "verify").values() if e["gate"])
+    assert entry["gate"]["scores"]["verify_threshold"] == pytest.approx((1.0 + 0.5 + 0.5 + 0.5) / 4)
+    verdicts = next(a["verdicts"] for a in entry["audit"] if "verdicts" in a)
+    assert [s["atomic"] for s in verdicts["steps"]] == [0, 0, 0]
+
+
+def test_verification_reply_must_cover_every_item(tmp_path, config):
+    qa = _qa_file(tmp_path, ["Alice ran"])
+
+    def partial(messages, tools):
+        if messages[0].content == _verify.SYSTEM:
+            r = json.loads(verify_reply(messages[1].content))
+            r["steps"] = r["steps"][:2]  # a step without a verdict
+            return json.dumps(r)
+        return oracle_model().replies[0](messages, tools)
+
+    ctx = _ctx(config, ScriptedModel([partial] * 50), qa_path=qa, llm_retries=1)
+    verify = run(ctx, "qa", "decompose", "necessity", "verify")[3][0]
+    assert verify.failed == 1 and verify.drop_reasons == {"judge_failed": 1}
+
+
+def test_percentile_threshold_from_the_runs_scores(tmp_path, config):
+    qa = _qa_file(tmp_path, ["A recipe", "Alice ran", "A meeting", "Take the capital", "A jacket"])
+    weak = {"Alice ran": dict(atomic=0), "A jacket": dict(atomic=0, no_forced_wait=0)}
+    base = oracle_model().replies[0]
+
+    def reply(messages, tools):
+        first = messages[1].content or ""
+        if messages[0].content == _verify.SYSTEM:
+            key = next((k for k in weak if k in first), None)
+            return verify_reply(first, **(weak[key] if key else {}))
+        return base(messages, tools)
+
+    model = ScriptedModel([reply] * 200)
+    ctx = _ctx(config, model, qa_path=qa, verify_percentile=40.0)
+    verify = run(ctx, "qa", "decompose", "necessity", "verify")[3][0]
+    scores = sorted(e["gate"]["scores"]["verify_threshold"] for e in _entries(ctx, "verify").values())
+    assert len(scores) == 5 and scores[0] < scores[1] < scores[2] == scores[-1]
+    threshold = ctx.run.manifest["stages"]["verify_threshold"]["threshold"]
+    assert threshold == pytest.approx(scores[1] + (scores[2] - scores[1]) * 0.6)  # 40th percentile of five
+    assert (verify.outputs, verify.dropped) == (3, 2)
+    # a fixed threshold on the same run re-decides without a model call
+    calls = model.calls
+    ctx2 = _ctx(config, model, qa_path=qa, verify_threshold=0.0)
+    again = run(ctx2, "verify")[0][0]
+    assert again.outputs == 5 and model.calls == calls
+
+
+def test_single_hop_and_free_text_final_answers(tmp_path, config):
+    qa = _write(tmp_path / "qa.jsonl", [
+        json.dumps({"question": "How many kilometres is 5 miles?", "answer": "8.04672"}),
+        json.dumps({"question": "Which day of the week was 2024-02-29?",
+                    "answer": "It fell on a Thursday, the leap day of 2024."}),
+        json.dumps({"question": "Which day of the week was 2024-03-01?", "answer": "It was a Saturday, I believe."}),
+    ])
+    one_hop = json.dumps({"steps": [{"id": "s1", "sub_question": "How many kilometres is 5 miles?", "depends_on": [],
+                                     "sub_answer": "8.04672"}]})
+    leap = json.dumps({"steps": [{"id": "s1", "sub_question": "Which weekday is 2024-02-29?", "sub_answer": "Thursday"}]})
+    march = json.dumps({"steps": [{"id": "s1", "sub_question": "Which weekday is 2024-03-01?", "sub_answer": "Friday"}]})
+
+    def reply(messages, tools):
+        system, first = messages[0].content, messages[1].content or ""
+        if system == _decompose.SYSTEM:
+            return one_hop if "5 miles" in first else leap if "02-29" in first else march
+        if system == _necessity.SYSTEM:
+            return json.dumps({"steps": [{"id": "s1", "needs_tool": True, "reason": "a conversion"}]})
+        if system == _verify.SYSTEM:
+            agrees = "2024-03-01" not in first
+            return verify_reply(first, final={"consistent": int(agrees), "reason": "Saturday is not Friday"
+                                              if not agrees else "says Thursday"})
+        raise AssertionError(system)
+
+    ctx = _ctx(config, ScriptedModel([reply] * 50), qa_path=qa)
+    results = run(ctx, "qa", "decompose", "necessity", "verify")
+    decompose, verify = results[1][0], results[3][0]
+    assert decompose.outputs == 3  # a single hop is a decomposition; free text need not equal the last hop
+    flags = {d.question[:30]: d.flags for d in ctx.outputs_of("decompose", Decomposition)}
+    assert flags["How many kilometres is 5 miles"] == [] and all(f == ["free_text_answer"] for k, f in flags.items()
+                                                                  if k.startswith("Which"))
+    assert verify.outputs == 2 and verify.drop_reasons == {"final_answer_inconsistent": 1}
+    # a bare value that differs from the last hop is still a mismatch (no judge can rescue it)
+    from astra.synthesis.environments._decompose import StepReply, structural_problems
+
+    steps = [StepReply(id="s1", sub_question="?", sub_answer="Friday")]
+    assert structural_problems(steps, "Saturday")[0].startswith("answer_mismatch")
+
+
+def test_synthesized_tool_may_return_a_record_holding_the_answer():
+    from astra.synthesis.environments._answers import answer_in_result
+
+    assert answer_in_result({"km": 8.04672, "unit": "km"}, "8.04672")
+    assert answer_in_result({"rows": [{"id": 10}, {"id": 1}]}, "1")
+    assert not answer_in_result({"id": 10}, "1")  # "1" never matches "10"
 
 
 def test_verification_rules_catch_compound_steps_and_dangling_steps():

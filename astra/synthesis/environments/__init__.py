@@ -23,7 +23,7 @@ from astra.synthesis.environments._models import (
     SynthAttempt,
     SynthesizedTool,
 )
-from astra.synthesis.environments._necessity import necessity_flags
+from astra.synthesis.environments._necessity import necessity_violations
 from astra.synthesis.environments._pipeline import (
     demo_config,
     funnel_problems,
@@ -59,7 +59,7 @@ __all__ = [
     "hop_levels",
     "intent_similarity",
     "mcp_servers_block",
-    "necessity_flags",
+    "necessity_violations",
     "normalize_text",
     "parse_tool_value",
     "read_qa_jsonl",

@@ -2,7 +2,10 @@
 
 The chain must lead to the final answer: step ids are unique, every dependency exists,
 there is no cycle, and the sub-answer of the last hop matches the final answer (normalised
-comparison). Hop levels are recomputed from the dependency graph (longest path).
+comparison). A final answer written as free text (a sentence, not a bare value) need not
+equal the last sub-answer: it is flagged ``free_text_answer`` and verification's judge checks
+that it agrees with the last hop. Hop levels are recomputed from the dependency graph
+(longest path). A single hop is a valid decomposition (``min_steps`` 1).
 """
 
 from __future__ import annotations
@@ -112,9 +115,18 @@ def structural_problems(steps: list[StepReply] | list[DecompositionStep], final_
         return [f"cycle: {' -> '.join(a for a, _ in cycle)}"]
     final = last_step_id(steps)
     last = next(s for s in steps if s.id == final)
-    if not answers_match(last.sub_answer, final_answer):
+    if not answers_match(last.sub_answer, final_answer) and not is_free_text(final_answer):
         problems.append(f"answer_mismatch: last hop answers {last.sub_answer!r}, final answer is {final_answer!r}")
     return problems
+
+
+FREE_TEXT_FLAG = "free_text_answer"
+
+
+def is_free_text(answer: str) -> bool:
+    """A final answer written as prose (at least five words), not a bare value: it may state the last
+    hop's answer in its own words, which only a judge can check."""
+    return len(answer.split()) >= 5
 
 
 def hop_levels(steps: list[StepReply] | list[DecompositionStep]) -> dict[str, int]:
@@ -137,7 +149,8 @@ def last_step_id(steps: list[StepReply] | list[DecompositionStep]) -> str:
 def decomposition_prompt(qa: QAItem, max_steps: int) -> str:
     return (
         f"Question: {qa.question}\nFinal answer: {qa.answer}\n\n"
-        f"Decompose it into 2 to {max_steps} steps. Example of the format:\n{EXAMPLE}"
+        f"Decompose it into 1 to {max_steps} steps (one when a single tool call answers it). "
+        f"Example of the format:\n{EXAMPLE}"
     )
 
 
@@ -157,6 +170,7 @@ async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
     if problems:
         return Outcome.drop("; ".join(problems), audit=audit)
     hops = hop_levels(steps)
+    last = next(s for s in steps if s.id == last_step_id(steps))
     decomposition = Decomposition(
         id=stable_id("decomposition", qa.id, prefix="dec_"),
         qa_id=qa.id,
@@ -174,6 +188,7 @@ async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
             for s in steps
         ],
         scores={"hop_mismatches": float(sum(1 for s in steps if s.hop is not None and s.hop != hops[s.id]))},
+        flags=[] if answers_match(last.sub_answer, qa.answer) else [FREE_TEXT_FLAG],
         model=ctx.model_name,
     )
     return Outcome.keep(decomposition, audit=audit)

@@ -21,7 +21,7 @@ from jsonschema import Draft202012Validator
 from astra.records import stable_id
 from astra.synthesis._llm import LLMOutputError
 from astra.synthesis._stage import Outcome, StageCounts
-from astra.synthesis.environments._answers import answers_match
+from astra.synthesis.environments._answers import answer_in_result
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._models import MergedTool, ReferenceCall, SynthesizedTool
 from astra.synthesis.environments._sandbox import SandboxRunner
@@ -90,7 +90,7 @@ async def serves_all(
         result = await sandbox.call(source, name, call.arguments)
         if not result.ok:
             return f"call {call.synth_id}: {result.error_kind or 'error'}: {result.error}", []
-        if not answers_match(result.value, call.expected):
+        if not answer_in_result(result.value, call.expected):
             return f"call {call.synth_id}: returned {json.dumps(result.value, default=str)[:120]}, expected {call.expected!r}", []
         served.append(call.model_copy(update={"result": result.value}))
     return None, served

@@ -29,9 +29,13 @@ class EnvironmentPipelineConfig(BaseModel):
     model_timeout_s: float = Field(default=120.0, gt=0, description="a reply slower than this is a failed call")
     llm_retries: int = Field(default=2, ge=0, le=5)
     concurrency: int = Field(default=4, ge=1)
-    min_steps: int = Field(default=2, ge=1, description="a decomposition needs at least this many hops")
+    min_steps: int = Field(default=1, ge=1, description="a decomposition needs at least this many hops (1: single-hop "
+                           "questions are allowed)")
     max_steps: int = Field(default=8, ge=1)
-    verify_threshold: float = Field(default=0.75, ge=0.0, le=1.0)
+    verify_threshold: float = Field(default=0.75, ge=0.0, le=1.0, description="fixed verification threshold")
+    verify_percentile: float | None = Field(
+        default=None, ge=0.0, le=100.0, description="set the threshold from the run's scores instead: keep the items "
+        "at or above this percentile of all verification scores (the original sets it from the score distribution)")
     synth_attempts: int = Field(default=3, ge=1, le=10, description="tool code attempts per step (feedback between)")
     complexity_scaling: bool = Field(default=False, description="also ask for a generalised tool; kept when it still verifies")
     merge_tools: bool = True

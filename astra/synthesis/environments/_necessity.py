@@ -1,8 +1,8 @@
 """Stage 3: tool necessity — per step, does answering it need a tool, and why.
 
-A step that depends on a step marked "no tool" is flagged (its input comes from the
-question or from reasoning, not from a verifiable call); flags lower the dependency check
-of verification. A decomposition where no step needs a tool yields no environment.
+The original's hard rule: every step another step depends on must need a tool (its answer
+must come from a verifiable call, not from the question or from reasoning); a decomposition
+that breaks it is dropped (``necessity_violated``), as is one where no step needs a tool.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ def necessity_prompt(dec: Decomposition) -> str:
     )
 
 
-def necessity_flags(dec: Decomposition) -> list[str]:
-    no_tool = {s.id for s in dec.steps if s.needs_tool is False}
-    return [
-        f"depends_on_no_tool_step: {s.id} depends on {d}"
-        for s in dec.steps
-        for d in s.depends_on
-        if d in no_tool and s.needs_tool
-    ]
+def necessity_violations(dec: Decomposition) -> list[str]:
+    """Steps that others depend on but that need no tool (the original's hard rule)."""
+    used_by: dict[str, list[str]] = {}
+    for s in dec.steps:
+        for d in s.depends_on:
+            used_by.setdefault(d, []).append(s.id)
+    return [f"{s.id} is used by {', '.join(used_by[s.id])} but needs no tool"
+            for s in dec.steps if s.id in used_by and s.needs_tool is False]
 
 
 async def necessity_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
@@ -73,8 +73,9 @@ async def necessity_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
     out = dec.model_copy(update={"steps": steps})
     if not any(s.needs_tool for s in steps):
         return Outcome.drop("no_tool_needed: no step needs a tool", audit=audit)
-    flags = necessity_flags(out)
-    out = out.model_copy(update={"flags": [*dec.flags, *flags], "scores": {**dec.scores, "flagged_steps": float(len(flags))}})
+    violations = necessity_violations(out)
+    if violations:
+        return Outcome.drop("necessity_violated: " + "; ".join(violations), audit=audit)
     return Outcome.keep(out, audit=audit)
 
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, field_validator
 from astra.records import ChatMessage, Decomposition, DecompositionStep, ToolImplementation, ToolSpec, stable_id
 from astra.synthesis._llm import LLMOutputError
 from astra.synthesis._stage import Outcome, StageCounts
-from astra.synthesis.environments._answers import answers_match
+from astra.synthesis.environments._answers import answer_in_result, answers_match
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._models import ReferenceCall, SynthAttempt, SynthesizedTool
 from astra.synthesis.environments._sandbox import SandboxRunner
@@ -152,7 +152,7 @@ async def _try(
         record.error = f"{result.error_kind or 'error'}: {result.error}"
         return record
     record.result = result.value
-    if not answers_match(result.value, expected):
+    if not answer_in_result(result.value, expected):  # records accepted: a normalised leaf value must equal it
         record.error = f"wrong_result: the call returned {json.dumps(result.value, default=str)[:200]}, expected {expected!r}"
         return record
     record.ok = True
