@@ -1,4 +1,9 @@
-"""Stage 8: RLVR export — RLSample JSONL, verl parquet + tool-config YAML, MCP host configs.
+"""Stage 8: RLVR export — RLSample JSONL, verl parquet + tool-config YAML, TRL, MCP host configs.
+
+Only environments with a solvability certificate AND a hardening certificate
+(:mod:`astra.trainers.hardening`: oracle 1.0, no-op 0, answer-without-tools 0, only tools
+reachable, no answer leak in the task or non-terminal outputs) are exported; the funnel
+names the failed check (``not_hardened_<check>``).
 
 Samples come from :mod:`astra.trainers.export` (tool names unique across the export, optional
 distractor tools, ground truth naming the exported tools). verl row: ``data_source``,
@@ -16,12 +21,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import anyio
+
 from astra.records import ChatMessage, RLSample, stable_id
 from astra.runs import JsonlLog
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._emit import current_environments, mcp_servers_block
 from astra.synthesis.environments._models import EmittedEnvironment
+from astra.trainers._pool import EpisodePool, stdio_launch
+from astra.trainers.hardening import harden
 from astra.trainers.hosts import write_host_configs
 from astra.trainers.trl import trl_module_source, trl_rows
 from astra.trainers.export import (
@@ -60,12 +69,27 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
     out = ctx.config.exports_dir
     out.mkdir(parents=True, exist_ok=True)
 
+    certified = [e for e in envs if e.certificate.ok]
+    pool = EpisodePool([(e.spec.name, stdio_launch(e.server_dir)) for e in certified],
+                       call_timeout_s=ctx.config.certify_timeout_s) if certified else None
+
     async def one(env: EmittedEnvironment) -> Outcome:
         if not env.certificate.ok:  # never export an environment without its certificate
             return Outcome.drop("not_certified")
+        assert pool is not None
+        try:
+            hardening = await harden(export_environment(env), pool)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is a failed certificate, never a pass
+            return Outcome.drop(f"not_hardened_error: {type(exc).__name__}: {exc}"[:400], failed=True)
+        if not hardening.ok:  # gameable: never exported; the funnel says which check failed
+            return Outcome.drop(hardening.reason())
         return Outcome.keep(rl_sample(samples([export_environment(env)])[0], data_source))
 
-    counts = await ctx.map_stage("export", RLSample, [(e.id, e) for e in envs], one)
+    try:
+        counts = await ctx.map_stage("export", RLSample, [(e.id, e) for e in envs], one)
+    finally:
+        if pool is not None:
+            await anyio.to_thread.run_sync(pool.close)
     env_by_id = {e.id: e for e in envs}
     kept = sorted({s.environment_id for s in ctx.outputs_of("export", RLSample, set(env_by_id))} & set(env_by_id))
     made = samples([export_environment(env_by_id[i]) for i in kept], n_distractors=ctx.config.distractors)
