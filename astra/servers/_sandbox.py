@@ -1,40 +1,62 @@
-"""Host side of the sandbox: a warm worker process that runs untrusted tool code.
+"""Host side of the sandbox: model-written tool code runs in a bubblewrap sandbox, one fresh process per call.
 
-Only the standard library, ``anyio`` and (for types) nothing else: this module is
-vendored into emitted environment directories, which need nothing but Python and ``mcp``.
+Standard library, ``anyio`` and (to build the seccomp filters) ``pyseccomp`` over the system's
+libseccomp only: this module is vendored into emitted environment directories, which also carry
+the filters prebuilt for the machine that emitted them, so they need nothing but Python and ``mcp``.
 
-Isolation, outermost first (probed once per process; each missing layer is warned about
-loudly and reported in ``Sandbox.isolation``):
-- ``unshare --user --map-root-user --net --mount --pid --fork --kill-child --mount-proc``:
-  no network (a fresh network namespace: loopback down, no route anywhere); every mount
-  remounted read-only except the scratch directory (kernel-enforced write confinement);
-  a private ``/proc`` showing only the sandbox's processes (no host environment variables);
-- a pids cgroup (cgroup v1 ``pids`` controller, when writable) with ``pids.max``;
-- a cleaned environment (no host variables), the scratch directory as cwd and HOME;
-- the wall-clock timeout here, and the worker's rlimits, CPU timer and audit hook (``_worker``).
-Where only ``unshare --net`` works, writes are confined by the audit hook alone; where no
-namespace works, the audit hook also refuses sockets.
+Isolation (see ``bwrap_command``): the worker runs under ``bwrap`` (bubblewrap) with
+- new user, pid, network, ipc, uts and cgroup namespaces (``--unshare-all --unshare-user``), and no
+  further user namespaces (``--disable-userns``); uid/gid 65534 inside, every capability dropped,
+  no new privileges, a new session, killed with its host (``--die-with-parent``);
+- no network at all (a fresh network namespace: no interface but a down loopback), no host socket
+  (nothing of the host's filesystem is there to connect to);
+- a minimal read-only filesystem: the Python runtime (interpreter, standard library), the system
+  libraries it links, the time-zone database, ``/dev/{null,zero,urandom}`` and the worker script;
+  no ``/proc``, no ``/etc``, no home directories; ``/`` itself read-only;
+- scratch: a private tmpfs on ``/tmp`` with a size limit (``--size``; bubblewrap mounts it nosuid,nodev;
+  it cannot mount it noexec, so the tool filter below denies executing or mapping-executable *any*
+  file, which is stricter), emptied after every call;
+- a seccomp deny-list for the whole sandbox (mount/umount, pivot_root, chroot, namespace creation,
+  ptrace and process_vm_*, kernel modules, kexec, keyrings, bpf, perf, userfaultfd, io_uring,
+  open_by_handle_at, new mount API, non-AF_UNIX sockets...) and a stricter one that every child
+  loads before the tool code runs (no exec, no fork, no signals to other processes, no sockets,
+  no F_SETOWN, no PROT_EXEC mappings, no prlimit on other processes);
+- limits: per-call rlimits in the child (CPU, address space, file size, processes, open files, no
+  core), a wall-clock limit enforced by the warm parent (which runs no tool code) and a backstop
+  here, a pids cgroup when one can be created (root), bounded reply, output and state sizes.
+The audit hook inside the worker is defence in depth only (``Sandbox(audit_hook=False)`` turns it
+off; the red-team suite runs both ways).
 
-A crash, timeout or limit hit kills and restarts the worker; the caller's state is never
-touched because the worker gets a copy and the new state only comes back on success.
+Where the sandbox cannot be set up (no bubblewrap, user namespaces refused, no libseccomp) a
+:class:`SandboxUnavailable` names the cause and the fix. Running model-written code unsandboxed
+needs an explicit, loud opt-in: ``ASTRA_UNSAFE_NO_SANDBOX=1`` (or ``--unsafe-no-sandbox``).
+
+Every call runs in a child forked from the warm parent: nothing a call changes (globals, builtins,
+modules, patched functions, scratch files) reaches another call, episode or reset. The reply comes
+on a pipe of its own as one frame tied to the request's nonce; anything else fails the call.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import logging
 import os
+import platform
+import secrets
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +68,50 @@ log = logging.getLogger("astra.servers.sandbox")
 _HEADER = struct.Struct(">I")
 _WORKER = Path(__file__).with_name("_worker.py")
 _CGROUP_PIDS = Path("/sys/fs/cgroup/pids")
+UNSAFE_ENV = "ASTRA_UNSAFE_NO_SANDBOX"
+SANDBOX_UID = 65534
+_START_TIMEOUT_S = 30.0
+_BACKSTOP_S = 5.0  # beyond the wall limit, for the parent to report; then the whole sandbox is replaced
+
+
+class ErrorKind(str, Enum):
+    """Why a sandboxed call failed."""
+
+    EXCEPTION = "exception"  # the tool raised
+    FORBIDDEN = "forbidden"  # the audit hook refused an operation
+    NOT_JSON = "not_json"  # arguments, result or state are not JSON
+    STATE_TOO_LARGE = "state_too_large"
+    TIMEOUT = "timeout"  # wall-clock limit
+    CPU = "cpu"  # CPU-time limit
+    MEMORY = "memory"  # address-space limit
+    FILE_SIZE = "file_size"  # file-size limit
+    OUTPUT_LIMIT = "output_limit"  # the reply was larger than every limit allows
+    BAD_REPLY = "bad_reply"  # bytes on the reply channel that are not the one frame of this call
+    CRASH = "crash"  # the call's process died
+    SANDBOX = "sandbox"  # the sandbox itself failed and was replaced
+
+
+_CHILD_KINDS = frozenset({ErrorKind.EXCEPTION, ErrorKind.FORBIDDEN, ErrorKind.NOT_JSON, ErrorKind.STATE_TOO_LARGE,
+                          ErrorKind.MEMORY})
 
 
 class SandboxError(RuntimeError):
     """The sandbox itself could not start or talk to its worker (not a tool failure)."""
 
 
+class SandboxUnavailable(SandboxError):
+    """The sandbox cannot be set up on this machine; the message names the cause and the fix."""
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     """Per-call limits for sandboxed tool code."""
 
-    cpu_s: float = 2.0
-    memory_mb: int = 256
-    max_procs: int = 16
-    file_size_mb: int = 16
+    cpu_s: float = 2.0  # CPU time (rounded up to whole seconds by the kernel's RLIMIT_CPU)
+    memory_mb: int = 256  # address space of the call's process
+    max_procs: int = 16  # tasks (threads) of the sandbox
+    file_size_mb: int = 16  # largest file the tool may write
+    scratch_mb: int = 32  # the scratch tmpfs
     wall_s: float = 5.0
     max_output_bytes: int = 64 * 1024
     max_result_bytes: int = 256 * 1024
@@ -73,7 +125,7 @@ class SandboxResult:
     ok: bool
     value: Any = None
     error: str | None = None
-    error_kind: str | None = None
+    error_kind: ErrorKind | None = None
     state: dict[str, Any] | None = None
     latency_s: float = 0.0
     stdout: str = ""
@@ -81,81 +133,195 @@ class SandboxResult:
     restarted: bool = False
 
 
-def source_hash(source: str) -> str:
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+def unsafe_opt_in() -> bool:
+    """Whether the user asked to run model-written code without a sandbox (``ASTRA_UNSAFE_NO_SANDBOX=1``)."""
+    return os.environ.get(UNSAFE_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 
-# Run inside fresh user, network, mount and pid namespaces (unshare --fork makes this shell
-# pid 1 of the new pid namespace, and /proc shows only the sandbox's processes): join the
-# pids cgroup, keep the scratch directory writable, make every other mount read-only, then
-# run the worker as a child so that its death by a signal comes back as 128 + signal.
-_CONFINE = r"""
-scratch="$1"; cgroup="$2"; shift 2
-if [ -n "$cgroup" ]; then echo 0 > "$cgroup/cgroup.procs" 2>/dev/null || true; fi
-mount --bind "$scratch" "$scratch" || exit 97
-for m in $(awk '{print $2}' /proc/self/mounts | sort -r -u); do
-  [ "$m" = "$scratch" ] && continue
-  mount -o remount,bind,ro "$m" 2>/dev/null || { [ "$m" = / ] && exit 97; }
-done
-"$@"
-exit $?
-"""
+# --------------------------------------------------------------------------- seccomp
+
+_CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080)
+_CLONE_THREAD = 0x00010000
+_SANDBOX_DENIED = (
+    "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "ptrace", "process_vm_readv",
+    "process_vm_writev", "kcmp", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup",
+    "io_uring_enter", "io_uring_register", "open_by_handle_at", "name_to_handle_at", "swapon", "swapoff",
+    "reboot", "syslog", "acct", "quotactl", "vhangup", "fanotify_init", "move_mount", "open_tree", "fsopen",
+    "fsmount", "fsconfig", "fspick", "mount_setattr", "iopl", "ioperm", "uselib", "personality", "lookup_dcookie",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname",
+)
+_TOOL_DENIED = (
+    "execve", "execveat", "fork", "vfork", "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
+    "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "socket", "socketpair", "memfd_create", "setsid",
+)
+_PROGRAMS: dict[str, tuple[bytes, bytes]] = {}
 
 
-@dataclass(frozen=True)
-class _Isolation:
-    prefix: tuple[str, ...]
-    confine: bool  # the prefix runs _CONFINE: read-only mounts, pid namespace
-    network: bool
+def _shipped_programs_path() -> Path:
+    return Path(__file__).with_name(f"seccomp-{platform.machine()}.json")
 
 
-_ISOLATION: dict[str, _Isolation] = {}
+def _build_programs() -> tuple[bytes, bytes]:
+    import pyseccomp as sc  # raises ImportError (or OSError without libseccomp) when missing
+
+    def export(flt: Any) -> bytes:
+        with tempfile.TemporaryFile() as fh:
+            flt.export_bpf(fh)
+            fh.seek(0)
+            return fh.read()
+
+    def rule(flt: Any, action: int, name: str, *args: Any) -> None:
+        try:
+            flt.add_rule(action, name, *args)
+        except (ValueError, RuntimeError, OSError) as exc:  # a syscall this architecture lacks
+            if "unknown" not in str(exc).lower() and not isinstance(exc, ValueError):
+                raise
+
+    eperm, eacces = sc.ERRNO(errno.EPERM), sc.ERRNO(errno.EACCES)
+    sandbox = sc.SyscallFilter(sc.ALLOW)
+    for name in _SANDBOX_DENIED:
+        rule(sandbox, eperm, name)
+    for flag in _CLONE_NAMESPACES:
+        rule(sandbox, eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    rule(sandbox, sc.ERRNO(errno.ENOSYS), "clone3")  # flags hidden in a struct: callers fall back to clone
+    rule(sandbox, eacces, "socket", sc.Arg(0, sc.NE, socket.AF_UNIX))
+    rule(sandbox, eperm, "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, 0x5412))  # TIOCSTI
+
+    tool = sc.SyscallFilter(sc.ALLOW)
+    for name in _TOOL_DENIED:
+        rule(tool, eacces, name)
+    rule(tool, eperm, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))  # threads yes, processes no
+    prot_exec = 0x4
+    for name in ("mmap", "mprotect", "pkey_mprotect"):
+        rule(tool, eacces, name, sc.Arg(2, sc.MASKED_EQ, prot_exec, prot_exec))
+    for command in (8, 10, 15):  # F_SETOWN, F_SETSIG, F_SETOWN_EX: SIGIO to another process
+        rule(tool, eperm, "fcntl", sc.Arg(1, sc.EQ, command))
+    rule(tool, eperm, "prlimit64", sc.Arg(0, sc.NE, 0))
+    return export(sandbox), export(tool)
 
 
-def _isolation() -> _Isolation:
-    """The strongest isolation this host allows (probed once per process); warns loudly when weak."""
-    if "probe" in _ISOLATION:
-        return _ISOLATION["probe"]
-    unshare = shutil.which("unshare")
-    chosen = _Isolation(prefix=(), confine=False, network=False)
-    if unshare and sys.platform.startswith("linux"):
-        users = [("--user", "--map-root-user")] + ([()] if os.geteuid() == 0 else [])
-        full = [
-            _Isolation((unshare, *u, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "private", "sh", "-c", _CONFINE, "astra-sandbox"), True, True)
-            for u in users
-        ]
-        net_only = [_Isolation((unshare, *u, "--net"), False, True) for u in users]
-        with tempfile.TemporaryDirectory(prefix="astra-sandbox-probe-") as scratch:
-            for candidate in full + net_only:
-                args = [*candidate.prefix, scratch, "", "true"] if candidate.confine else [*candidate.prefix, "true"]
-                try:
-                    done = subprocess.run(args, capture_output=True, timeout=20)
-                except (OSError, subprocess.SubprocessError):
-                    continue
-                if done.returncode == 0:
-                    chosen = candidate
-                    break
-    if not chosen.confine:
-        message = (
-            "SANDBOX WARNING: "
-            + ("mount/pid namespaces are not available here; writes outside the scratch directory are refused only by the worker's audit hook"
-               if chosen.network else
-               "network namespaces are not available here (unshare failed); sandboxed tool code runs WITHOUT kernel network or filesystem isolation, relying on the worker's audit hook")
-        )
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        log.warning(message)
-    _ISOLATION["probe"] = chosen
-    return chosen
+def seccomp_programs() -> tuple[bytes, bytes]:
+    """The BPF programs ``(sandbox-wide, tool code)`` for this machine: built with libseccomp
+    (``pyseccomp``), or the ones an emitted environment ships for its architecture."""
+    if "programs" in _PROGRAMS:
+        return _PROGRAMS["programs"]
+    try:
+        programs = _build_programs()
+    except (ImportError, OSError) as exc:
+        shipped = _shipped_programs_path()
+        if not shipped.is_file():
+            raise SandboxUnavailable(
+                f"cannot build the sandbox's seccomp filters: {type(exc).__name__}: {exc}. Fix: "
+                "`pip install pyseccomp` and install libseccomp (Debian/Ubuntu: `apt-get install libseccomp2`); "
+                f"to run model-written code without a sandbox anyway, set {UNSAFE_ENV}=1 (dangerous)") from exc
+        data = json.loads(shipped.read_text(encoding="utf-8"))
+        programs = (bytes.fromhex(data["sandbox"]), bytes.fromhex(data["tool"]))
+    _PROGRAMS["programs"] = programs
+    return programs
 
 
-def _namespace_prefix() -> list[str] | None:
-    """A command prefix that runs a command without network access (for tests and tools), or None."""
-    iso = _isolation()
-    if not iso.network:
-        return None
-    if iso.confine:
-        return [*iso.prefix, tempfile.gettempdir(), ""]
-    return list(iso.prefix)
+def write_seccomp_programs(directory: Path) -> Path:
+    """Ship this machine's filters beside a vendored copy of this module (``astra env emit``)."""
+    sandbox, tool = seccomp_programs()
+    path = Path(directory) / f"seccomp-{platform.machine()}.json"
+    path.write_text(json.dumps({"sandbox": sandbox.hex(), "tool": tool.hex()}) + "\n", encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- bubblewrap
+
+
+def _interpreter() -> str:
+    """The real interpreter binary (not a virtualenv's symlink: the worker needs no site-packages)."""
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return os.path.realpath(base)
+
+
+def _runtime_binds() -> list[str]:
+    """Read-only bind arguments for the Python runtime and the system libraries it links."""
+    paths: set[str] = set()
+    exe = _interpreter()
+    paths.add(exe)
+    for key in ("stdlib", "platstdlib"):
+        value = sysconfig.get_paths().get(key)
+        if value:
+            paths.add(os.path.realpath(value))
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        ldlibrary = sysconfig.get_config_var("LDLIBRARY") or ""
+        candidate = os.path.join(libdir, ldlibrary)
+        if ldlibrary and os.path.exists(candidate):
+            paths.add(os.path.realpath(candidate))
+    for system in ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/share/zoneinfo"):
+        if os.path.isdir(system):
+            paths.add(system)
+    # drop paths inside another bound path
+    ordered = sorted(paths)
+    kept: list[str] = []
+    for path in ordered:
+        if not any(path.startswith(parent.rstrip("/") + "/") for parent in kept):
+            kept.append(path)
+    args: list[str] = []
+    for path in kept:
+        args += ["--ro-bind", path, path]
+    for name in ("lib", "lib64", "lib32", "bin"):
+        host = "/" + name
+        if os.path.islink(host):
+            args += ["--symlink", os.readlink(host), host]
+        elif os.path.isdir(host) and name != "bin":
+            args += ["--ro-bind", host, host]
+    return args
+
+
+def bwrap_command(bwrap: str, *, seccomp_fd: int, scratch_bytes: int, worker_args: list[str]) -> list[str]:
+    """The bubblewrap command line that runs ``worker_args`` (the script at ``/astra/_worker.py``)."""
+    return [
+        bwrap,
+        "--unshare-all", "--unshare-user", "--disable-userns", "--assert-userns-disabled",
+        "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        "--cap-drop", "ALL", "--new-session", "--die-with-parent",
+        "--hostname", "sandbox",
+        "--clearenv", "--setenv", "PATH", "/nonexistent", "--setenv", "LANG", "C.UTF-8",
+        "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp",
+        *_runtime_binds(),
+        "--dir", "/dev",
+        "--dev-bind", "/dev/null", "/dev/null", "--dev-bind", "/dev/zero", "/dev/zero",
+        "--dev-bind", "/dev/urandom", "/dev/urandom",
+        "--ro-bind", str(_WORKER.resolve()), "/astra/_worker.py",
+        "--size", str(scratch_bytes), "--perms", "0700", "--tmpfs", "/tmp",
+        "--remount-ro", "/",
+        "--chdir", "/tmp",
+        "--seccomp", str(seccomp_fd),
+        "--", *worker_args,
+    ]
+
+
+def _unavailable(cause: str) -> SandboxUnavailable:
+    lowered = cause.lower()
+    if "namespace" in lowered or "uid map" in lowered or "permission" in lowered or "operation not permitted" in lowered:
+        fix = ("enable unprivileged user namespaces (`sysctl -w kernel.unprivileged_userns_clone=1`; "
+               "`sysctl -w user.max_user_namespaces=15000`; on Ubuntu 24.04+ `sysctl -w "
+               "kernel.apparmor_restrict_unprivileged_userns=0` or an AppArmor profile allowing bwrap), or run "
+               "in a container started with user namespaces allowed (e.g. docker --security-opt seccomp=unconfined)")
+    else:
+        fix = "check that bubblewrap (>= 0.8) works: `bwrap --unshare-all --unshare-user --ro-bind / / true`"
+    return SandboxUnavailable(
+        f"the tool sandbox cannot start: {cause.strip() or 'bwrap exited without a message'}. Fix: {fix}; "
+        f"to run model-written code without a sandbox anyway, set {UNSAFE_ENV}=1 (dangerous)")
+
+
+def _find_bwrap() -> str:
+    found = shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/bin/bwrap") if os.access(p, os.X_OK)), None)
+    if found is None:
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed, so model-written tool code cannot be sandboxed. Fix: install it "
+            "(Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`; Arch: `pacman -S "
+            f"bubblewrap`); to run model-written code without a sandbox anyway, set {UNSAFE_ENV}=1 (dangerous)")
+    return found
+
+
+# --------------------------------------------------------------------------- pids cgroup (root only)
 
 
 def _sweep_stale_cgroups() -> None:
@@ -180,14 +346,33 @@ def _sweep_stale_cgroups() -> None:
             pass
 
 
+def _make_cgroup(name: str, max_tasks: int) -> Path | None:
+    """A cgroup-v1 pids group (where this process may create one): the kernel's limit on tasks. Without
+    it RLIMIT_NPROC holds for non-root hosts; for root hosts it does not (the kernel exempts root)."""
+    if not _CGROUP_PIDS.is_dir() or not os.access(_CGROUP_PIDS, os.W_OK):
+        return None
+    _sweep_stale_cgroups()
+    path = _CGROUP_PIDS / f"astra-sandbox-{os.getpid()}-{name}"
+    try:
+        path.mkdir(exist_ok=True)
+        (path / "pids.max").write_text(str(max_tasks))
+    except OSError:
+        return None
+    return path
+
+
+# --------------------------------------------------------------------------- resources
+
+
 @dataclass
 class _Resources:
     """What a sandbox holds outside Python: released by ``aclose`` or, failing that, by a finalizer."""
 
-    scratch: Path | None
     log: Path
+    scratch: Path | None = None
     pid: int | None = None
     cgroup: Path | None = None
+    fds: list[int] = field(default_factory=list)
 
 
 def _release(res: _Resources) -> None:
@@ -197,6 +382,12 @@ def _release(res: _Resources) -> None:
         except (ProcessLookupError, PermissionError):
             pass
         res.pid = None
+    for fd in res.fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    res.fds.clear()
     if res.scratch is not None:
         shutil.rmtree(res.scratch, ignore_errors=True)
     try:
@@ -210,44 +401,13 @@ def _release(res: _Resources) -> None:
             pass
 
 
-class _WorkerProcess:
-    """The worker with non-blocking pipes driven by anyio: not bound to an event loop, so one
-    sandbox serves every loop of its process (and nothing is left to an asyncio transport)."""
-
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        assert popen.stdin is not None and popen.stdout is not None
-        self.popen = popen
-        self.pid = popen.pid
-        self._in, self._out = popen.stdin.fileno(), popen.stdout.fileno()
-        os.set_blocking(self._in, False)
-        os.set_blocking(self._out, False)
-        self._buffer = bytearray()
-
-    @property
-    def returncode(self) -> int | None:
-        return self.popen.poll()
-
-    async def send(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self._in, view):]
-            except BlockingIOError:
-                await anyio.wait_writable(self._in)
-
-    async def receive_exactly(self, n: int) -> bytes:
-        while len(self._buffer) < n:
-            try:
-                chunk = os.read(self._out, max(65536, n - len(self._buffer)))
-            except BlockingIOError:
-                await anyio.wait_readable(self._out)
-                continue
-            if not chunk:
-                raise EOFError("the worker closed its pipe")
-            self._buffer += chunk
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        return out
+@dataclass
+class _Worker:
+    popen: subprocess.Popen[bytes]
+    control: socket.socket
+    scratch: Path | None  # host directory in unsafe mode only
+    stale: set[str] = field(default_factory=set)  # calls whose parent's report is still to come
+    dirty: bool = False  # the parent could not empty the scratch directory
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -255,6 +415,7 @@ class _WorkerProcess:
                 self.popen.kill()
             except ProcessLookupError:
                 pass
+        self.control.close()
 
     async def wait(self, timeout: float = 10.0) -> int | None:
         with anyio.move_on_after(timeout):
@@ -262,37 +423,86 @@ class _WorkerProcess:
                 await anyio.sleep(0.002)
         return self.popen.poll()
 
-    def close(self) -> None:
-        for stream in (self.popen.stdin, self.popen.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+    async def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = json.dumps(message).encode()
+        while True:
+            try:
+                if fds:
+                    socket.send_fds(self.control, [data], fds)
+                else:
+                    self.control.send(data)
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(self.control)
+
+    async def receive(self) -> dict[str, Any]:
+        while True:
+            try:
+                data = self.control.recv(1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(self.control)
+                continue
+            if not data:
+                raise EOFError("the sandbox worker closed its control channel")
+            return json.loads(data)
+
+    async def report(self, nonce: str) -> dict[str, Any]:
+        """The parent's report on call ``nonce`` (earlier cancelled calls' reports are skipped)."""
+        while True:
+            message = await self.receive()
+            if message.get("op") != "done":
+                continue
+            if message.get("id") == nonce:
+                return message
+            self.stale.discard(message.get("id"))
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+
+
+async def _read_until_eof(fd: int, limit: int) -> tuple[bytes, bool]:
+    """Everything written to the pipe until its writer closes it, or the first ``limit`` bytes and True."""
+    buffer = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+            continue
+        if not chunk:
+            return bytes(buffer), False
+        buffer += chunk
+        if len(buffer) > limit:
+            return bytes(buffer[:limit]), True
 
 
 class Sandbox:
-    """A warm worker process for untrusted tool code.
+    """A warm, isolated worker for untrusted tool code (see the module docstring).
 
     ``async with Sandbox(limits=SandboxLimits(...)) as sb: await sb.call(source, entrypoint, args)``.
-    Calls are serialised (one worker, one call at a time); use several sandboxes for
-    parallelism. Compiled tool source is cached in the worker by its hash.
+    Calls are serialised (one warm parent, one call's child at a time); use several sandboxes for
+    parallelism. ``audit_hook=False`` leaves out the in-process audit hook (the sandbox must hold
+    without it); ``unsafe_no_sandbox=True`` (or ``ASTRA_UNSAFE_NO_SANDBOX=1``) runs without bubblewrap.
     """
 
-    def __init__(self, limits: SandboxLimits | None = None, scratch_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, limits: SandboxLimits | None = None, *, audit_hook: bool = True,
+                 unsafe_no_sandbox: bool | None = None) -> None:
         self.limits = limits or SandboxLimits()
-        self._own_scratch = scratch_dir is None
-        self.scratch_dir = Path(scratch_dir) if scratch_dir is not None else Path(tempfile.mkdtemp(prefix="astra-sandbox-"))
-        self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        self._process: _WorkerProcess | None = None
-        self._known: set[str] = set()
+        self.audit_hook = audit_hook
+        self.unsafe = unsafe_opt_in() if unsafe_no_sandbox is None else unsafe_no_sandbox
+        self._worker: _Worker | None = None
         self._lock = anyio.Lock()
         self._lock_token: object = None
-        self._cgroup: Path | None = None
         self._log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
         self.restarts = 0
-        self.isolation: dict[str, bool] = {}
-        self._res = _Resources(scratch=self.scratch_dir if self._own_scratch else None, log=self._log_path)
+        self.isolation: dict[str, Any] = {}
+        self._res = _Resources(log=self._log_path)
         self._finalizer = weakref.finalize(self, _release, self._res)
 
     # ------------------------------------------------------------------ lifecycle
@@ -305,92 +515,119 @@ class Sandbox:
         await self.aclose()
 
     async def start(self) -> None:
-        if self._process is None:
+        if self._worker is None:
             await self._spawn()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._kill()
-            self._res.cgroup, self._cgroup = self._cgroup, None
             self._finalizer()
 
-    def _make_cgroup(self) -> Path | None:
-        if not _CGROUP_PIDS.is_dir() or not os.access(_CGROUP_PIDS, os.W_OK):
-            return None
-        _sweep_stale_cgroups()
-        path = _CGROUP_PIDS / f"astra-sandbox-{os.getpid()}-{id(self):x}"
-        try:
-            path.mkdir(exist_ok=True)
-            (path / "pids.max").write_text(str(self.limits.max_procs))
-        except OSError:
-            return None
-        return path
+    def _config(self, control_fd: int, scratch: str, tool_filter: bytes) -> dict[str, Any]:
+        limits = self.limits
+        return {
+            "control_fd": control_fd, "scratch": scratch, "tool_filter": tool_filter.hex(),
+            "audit_hook": self.audit_hook, "cpu_s": limits.cpu_s, "wall_s": limits.wall_s,
+            "memory_mb": limits.memory_mb, "max_procs": limits.max_procs, "file_size_mb": limits.file_size_mb,
+            "max_output_bytes": limits.max_output_bytes, "max_result_bytes": limits.max_result_bytes,
+            "max_state_bytes": limits.max_state_bytes,
+        }
 
     async def _spawn(self) -> None:
         limits = self.limits
-        config = {
-            "scratch": str(self.scratch_dir),
-            "cpu_s": limits.cpu_s,
-            "memory_mb": limits.memory_mb,
-            "max_procs": limits.max_procs,
-            "file_size_mb": limits.file_size_mb,
-            "max_output_bytes": limits.max_output_bytes,
-            "max_result_bytes": limits.max_result_bytes,
-            "max_state_bytes": limits.max_state_bytes,
+        host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        seccomp_fd = None
+        scratch_dir: Path | None = None
+        cgroup: Path | None = None
+        try:
+            if self.unsafe:
+                try:
+                    _sandbox_program, tool_program = seccomp_programs()
+                except SandboxUnavailable:
+                    tool_program = b""
+                scratch_dir = Path(tempfile.mkdtemp(prefix="astra-unsafe-scratch-"))
+                config = self._config(worker_end.fileno(), str(scratch_dir), tool_program)
+                command = [_interpreter(), "-I", "-S", "-B", str(_WORKER), json.dumps(config)]
+                message = (f"SANDBOX DISABLED ({UNSAFE_ENV}=1 / --unsafe-no-sandbox): model-written tool code runs "
+                           "on this machine WITHOUT bubblewrap isolation: it can read your files and reach the network")
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
+                log.warning(message)
+                print(f"WARNING: {message}", file=sys.stderr, flush=True)
+                pass_fds: tuple[int, ...] = (worker_end.fileno(),)
+            else:
+                bwrap = _find_bwrap()
+                sandbox_program, tool_program = seccomp_programs()
+                seccomp_fd = os.memfd_create("astra-seccomp", 0)
+                os.write(seccomp_fd, sandbox_program)
+                os.lseek(seccomp_fd, 0, os.SEEK_SET)
+                config = self._config(worker_end.fileno(), "/tmp", tool_program)
+                worker_args = [_interpreter(), "-I", "-S", "-B", "/astra/_worker.py", json.dumps(config)]
+                command = bwrap_command(bwrap, seccomp_fd=seccomp_fd, scratch_bytes=limits.scratch_mb * 1024 * 1024,
+                                        worker_args=worker_args)
+                cgroup = _make_cgroup(f"{id(self):x}", limits.max_procs + 8)  # + bwrap, parent, spares
+                if cgroup is not None:
+                    # join the pids cgroup before bubblewrap forks anything
+                    command = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" || exit 97; exec "$@"', str(cgroup),
+                               *command]
+                pass_fds = (worker_end.fileno(), seccomp_fd)
+            env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+            with self._log_path.open("wb") as log_file:
+                try:
+                    popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=log_file, env=env, pass_fds=pass_fds,
+                                             cwd=str(scratch_dir) if scratch_dir else "/")
+                except OSError as exc:
+                    raise _unavailable(f"cannot run {command[0]}: {exc}") from exc
+        finally:
+            worker_end.close()
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
+        host_end.setblocking(False)
+        worker = _Worker(popen=popen, control=host_end, scratch=scratch_dir)
+        self._res.pid, self._res.cgroup, self._res.scratch = popen.pid, cgroup, scratch_dir
+        ready = None
+        with anyio.move_on_after(_START_TIMEOUT_S):
+            try:
+                ready = await worker.receive()
+            except (EOFError, OSError, ValueError):
+                ready = None
+        if not ready or ready.get("op") != "ready":
+            worker.kill()
+            await worker.wait(2)
+            cause = self._log_path.read_text(errors="replace")[-2000:]
+            if not cause.strip():
+                cause = f"the worker exited with status {popen.poll()} before it was ready"
+            raise _unavailable(cause)
+        self._worker = worker
+        self.isolation = {
+            "bubblewrap": not self.unsafe,
+            "seccomp": not self.unsafe,
+            "tool_seccomp": bool(tool_program),
+            "audit_hook": self.audit_hook,
+            "pids_limit": "cgroup" if cgroup is not None else ("rlimit" if os.geteuid() != 0 else "none"),
         }
-        iso = _isolation()
-        if self._cgroup is None:
-            self._cgroup = self._make_cgroup()
-        worker = [sys.executable, "-I", "-S", str(_WORKER), json.dumps(config)]
-        if iso.confine:
-            command = [*iso.prefix, str(self.scratch_dir.resolve()), str(self._cgroup or ""), *worker]
-        else:
-            command = [*iso.prefix, *worker]
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.scratch_dir), "TMPDIR": str(self.scratch_dir)}
-        with self._log_path.open("wb") as log_file:
+
+    async def _kill(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        worker.kill()
+        await worker.wait()
+        self._res.pid = None
+        if worker.scratch is not None:
+            shutil.rmtree(worker.scratch, ignore_errors=True)
+        if self._res.cgroup is not None:
             try:
-                popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, cwd=str(self.scratch_dir), env=env, close_fds=True)
-            except OSError as exc:
-                raise SandboxError(f"cannot start the sandbox worker: {exc}") from exc
-        self._process = _WorkerProcess(popen)
-        self._res.pid, self._res.cgroup = self._process.pid, self._cgroup
-        self._known = set()
-        if self._cgroup is not None and not iso.confine:
-            try:
-                (self._cgroup / "cgroup.procs").write_text(str(self._process.pid))
+                self._res.cgroup.rmdir()
+                self._res.cgroup = None
             except OSError:
                 pass
-        self.isolation = {
-            "network_namespace": iso.network,
-            "readonly_filesystem": iso.confine,
-            "pid_namespace": iso.confine,
-            "pids_cgroup": self._cgroup is not None,
-        }
 
     def abandon(self) -> None:
         """Kill the worker without waiting for it (outside any event loop)."""
-        process, self._process = self._process, None
-        if process is not None:
-            process.kill()
-            process.close()
-        self._res.pid = None
-        self._remove_cgroup()
-
-    def _remove_cgroup(self) -> None:
-        if self._cgroup is not None:
-            try:
-                self._cgroup.rmdir()  # fails while a killed worker is still exiting; harmless, pids.max stays
-            except OSError:
-                pass
-            self._cgroup = self._res.cgroup = None
-
-    async def _kill(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.kill()
-        await process.wait()
-        process.close()
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.kill()
         self._res.pid = None
 
     async def _restart(self) -> None:
@@ -410,36 +647,23 @@ class Sandbox:
         state: dict[str, Any] | None = None,
     ) -> SandboxResult:
         """Run ``entrypoint(**arguments)`` (or ``entrypoint(state, **arguments)`` when a state is
-        given) from ``source`` in the worker. Never raises for tool failures: see ``SandboxResult``."""
+        given) from ``source`` in a fresh child of the warm worker. Never raises for tool failures:
+        see ``SandboxResult``. Raises :class:`SandboxUnavailable` when the sandbox cannot start."""
         start = time.perf_counter()
-        stateful = state is not None
-        digest = source_hash(source)
+        nonce = secrets.token_hex(16)
+        request = {"id": nonce, "source": source, "entrypoint": entrypoint, "arguments": arguments,
+                   "stateful": state is not None, "state": state}
+        try:
+            payload = json.dumps(request, allow_nan=False, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as exc:
+            return SandboxResult(ok=False, error_kind=ErrorKind.NOT_JSON, error=f"arguments or state are not JSON: {exc}")
         async with self._current_lock():
-            if self._process is None:
+            if self._worker is None:
                 await self._spawn()
-            request: dict[str, Any] = {
-                "hash": digest,
-                "entrypoint": entrypoint,
-                "arguments": arguments,
-                "stateful": stateful,
-                "state": state,
-            }
-            for attempt in range(2):
-                if digest not in self._known:
-                    request["source"] = source
-                try:
-                    payload = json.dumps(request, allow_nan=False).encode("utf-8")
-                except (TypeError, ValueError) as exc:
-                    return SandboxResult(ok=False, error_kind="not_json", error=f"arguments or state are not JSON: {exc}", latency_s=time.perf_counter() - start)
-                result, cached = await self._exchange(payload)
-                if cached:
-                    self._known.add(digest)
-                else:
-                    self._known.discard(digest)
-                if result.error_kind != "need_source" or attempt:
-                    break
-            result.latency_s = time.perf_counter() - start
-            return result
+            await self._settle()
+            result = await self._exchange(nonce, payload, stateful=state is not None)
+        result.latency_s = time.perf_counter() - start
+        return result
 
     def _current_lock(self) -> anyio.Lock:
         """The call lock of the running event loop (a sandbox may serve several loops in turn)."""
@@ -448,65 +672,149 @@ class Sandbox:
             self._lock, self._lock_token = anyio.Lock(), token
         return self._lock
 
-    async def _exchange(self, payload: bytes) -> tuple[SandboxResult, bool]:
-        """Send one request; the reply and whether the worker now holds the tool's compiled code."""
-        process = self._process
-        assert process is not None
-        completed = False
+    async def _exchange(self, nonce: str, payload: bytes, *, stateful: bool) -> SandboxResult:
+        worker = self._worker
+        assert worker is not None
+        limits = self.limits
+        reply_limit = limits.max_result_bytes * 4 + limits.max_state_bytes * 4 + limits.max_output_bytes * 4 + 65536
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        sent = completed = False
+        report: dict[str, Any] | None = None
         try:
-            with anyio.fail_after(self.limits.wall_s):
+            with anyio.fail_after(limits.wall_s + _BACKSTOP_S):
                 try:
-                    await process.send(_HEADER.pack(len(payload)) + payload)
-                    (size,) = _HEADER.unpack(await process.receive_exactly(4))
-                    body = await process.receive_exactly(size)
-                except (EOFError, OSError):
-                    return await self._died(), False
-            try:
-                data = json.loads(body)
-            except ValueError:
-                await self._restart()
-                return SandboxResult(ok=False, error_kind="crash", error="the sandbox worker sent a corrupt reply; it was restarted", restarted=True), False
+                    await worker.send({"op": "call", "id": nonce}, [request_r, reply_w])
+                finally:
+                    os.close(request_r)
+                    os.close(reply_w)
+                    request_r = reply_w = -1
+                sent = True
+                os.set_blocking(request_w, False)
+                os.set_blocking(reply_r, False)
+                try:
+                    await _write_all(request_w, payload)
+                except BrokenPipeError:
+                    pass  # the child died before reading: its status says why
+                os.close(request_w)
+                request_w = -1
+                reply, overflow = await _read_until_eof(reply_r, reply_limit)
+                problem, data = (None, None) if overflow else _parse_reply(reply, nonce)
+                if overflow:
+                    await worker.send({"op": "cancel", "id": nonce})
+                if data is None:
+                    report = await worker.report(nonce)
+                else:
+                    worker.stale.add(nonce)  # a complete reply: the parent's report is read by the next call
             completed = True
-            return SandboxResult(
-                ok=bool(data.get("ok")),
-                value=data.get("value"),
-                error=data.get("error"),
-                error_kind=data.get("error_kind"),
-                state=data.get("state"),
-                stdout=data.get("stdout") or "",
-                truncated=bool(data.get("truncated")),
-            ), bool(data.get("cached"))
         except TimeoutError:
             await self._restart()
-            return SandboxResult(
-                ok=False,
-                error_kind="timeout",
-                error=f"the tool did not finish within {self.limits.wall_s:g} s (wall-clock limit); it was stopped",
-                restarted=True,
-            ), False
+            return SandboxResult(ok=False, error_kind=ErrorKind.TIMEOUT, restarted=True,
+                                 error=f"the tool did not finish within {limits.wall_s:g} s (wall-clock limit); it was stopped")
+        except (EOFError, OSError, ValueError) as exc:
+            await self._restart()
+            return SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
+                                 error=f"the sandbox failed during the call ({type(exc).__name__}: {exc}); it was restarted")
         finally:
-            if not completed and self._process is process:
-                # Cancelled mid-exchange: the worker's reply would desynchronise the next call.
-                with anyio.CancelScope(shield=True):
-                    await self._restart()
+            for fd in (request_r, request_w, reply_r, reply_w):
+                if fd >= 0:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            if sent and not completed and self._worker is worker:
+                # cancelled mid-call: stop the child; its report is skipped by the next call
+                worker.stale.add(nonce)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    try:
+                        await worker.send({"op": "cancel", "id": nonce})
+                    except OSError:
+                        pass
+        if report is not None and not report.get("scratch_clean", False):
+            worker.dirty = True
+        return self._judge(problem, data, overflow, report, stateful=stateful)
 
-    async def _died(self) -> SandboxResult:
-        process = self._process
-        code = None
-        if process is not None:
-            with anyio.CancelScope(shield=True):
-                code = await process.wait(timeout=2)
-        await self._restart()
-        # A signal shows as a negative code, or as 128 + signal when the confining shell reports it.
-        sig = -code if code is not None and code < 0 else (code - 128 if code is not None and 128 < code < 160 else None)
-        if sig is not None:
-            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            if sig in (signal.SIGPROF, signal.SIGXCPU):
-                return SandboxResult(ok=False, error_kind="cpu", error=f"the tool used more than {self.limits.cpu_s:g} s of CPU; it was stopped", restarted=True)
+    async def _settle(self) -> None:
+        """Read the parent's reports on earlier calls; replace a sandbox whose scratch stayed dirty
+        or whose parent does not report."""
+        worker = self._worker
+        assert worker is not None
+        try:
+            with anyio.fail_after(self.limits.wall_s + _BACKSTOP_S):
+                while worker.stale:
+                    message = await worker.receive()
+                    if message.get("op") == "done":
+                        worker.stale.discard(message.get("id"))
+                        if not message.get("scratch_clean", False):
+                            worker.dirty = True
+        except (TimeoutError, EOFError, OSError, ValueError):
+            worker.dirty = True
+        if worker.dirty:
+            await self._restart()
+
+    def _judge(self, problem: str | None, data: dict[str, Any] | None, overflow: bool, report: dict[str, Any] | None,
+               *, stateful: bool) -> SandboxResult:
+        """The call's result from its reply frame and (when the frame is missing or bad) the parent's report."""
+        limits = self.limits
+        if data is not None:
+            return self._from_frame(data, stateful=stateful)
+        assert report is not None
+        status = int(report.get("status", -1))
+        if report.get("timed_out"):
+            return SandboxResult(ok=False, error_kind=ErrorKind.TIMEOUT,
+                                 error=f"the tool did not finish within {limits.wall_s:g} s (wall-clock limit); it was stopped")
+        if overflow:
+            return SandboxResult(ok=False, error_kind=ErrorKind.OUTPUT_LIMIT,
+                                 error="the tool's reply was larger than the output, result and state limits allow; it was stopped")
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            cpu_limit = max(1, int(-(-limits.cpu_s // 1)))
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and float(report.get("cpu_s", 0)) >= cpu_limit - 0.05):
+                return SandboxResult(ok=False, error_kind=ErrorKind.CPU,
+                                     error=f"the tool used more than {limits.cpu_s:g} s of CPU; it was stopped")
             if sig == signal.SIGXFSZ:
-                return SandboxResult(ok=False, error_kind="file_size", error=f"the tool wrote a file larger than {self.limits.file_size_mb} MiB; it was stopped", restarted=True)
-            if sig == signal.SIGKILL:
-                return SandboxResult(ok=False, error_kind="memory", error="the tool's worker was killed (out of memory or a limit); it was restarted", restarted=True)
-            return SandboxResult(ok=False, error_kind="crash", error=f"the tool's worker died ({name}); it was restarted", restarted=True)
-        return SandboxResult(ok=False, error_kind="crash", error=f"the tool's worker exited unexpectedly (code {code}); it was restarted", restarted=True)
+                return SandboxResult(ok=False, error_kind=ErrorKind.FILE_SIZE,
+                                     error=f"the tool wrote a file larger than {limits.file_size_mb} MiB; it was stopped")
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            return SandboxResult(ok=False, error_kind=ErrorKind.CRASH, error=f"the tool's process died ({name})")
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+        if code != 0:
+            return SandboxResult(ok=False, error_kind=ErrorKind.CRASH, error=f"the tool's process exited (code {code})")
+        return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
+                             error=f"the tool's reply channel carried {problem}; the call was discarded")
 
+    @staticmethod
+    def _from_frame(data: dict[str, Any], *, stateful: bool) -> SandboxResult:
+        if not data["ok"]:
+            kind = ErrorKind(data["error_kind"])
+            return SandboxResult(ok=False, error_kind=kind, error=str(data.get("error") or kind.value),
+                                 stdout=data.get("stdout") or "")
+        state = data.get("state")
+        if stateful and not isinstance(state, dict):
+            return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
+                                 error="the tool's reply carried no state object; the call was discarded")
+        return SandboxResult(ok=True, value=data.get("value"), state=state if stateful else None,
+                             stdout=data.get("stdout") or "", truncated=bool(data.get("truncated")))
+
+
+def _parse_reply(reply: bytes, nonce: str) -> tuple[str | None, dict[str, Any] | None]:
+    """(problem, data): exactly one frame, valid UTF-8 JSON, this call's nonce, the expected fields."""
+    if len(reply) < _HEADER.size:
+        return "no reply", None
+    (size,) = _HEADER.unpack_from(reply)
+    if len(reply) != _HEADER.size + size:
+        return f"{len(reply)} bytes where one frame of {_HEADER.size + size} was expected (extra or forged bytes)", None
+    try:
+        data = json.loads(reply[_HEADER.size:].decode("utf-8"))
+    except UnicodeDecodeError:
+        return "bytes that are not UTF-8", None
+    except ValueError:
+        return "a frame that is not JSON", None
+    if not isinstance(data, dict) or not secrets.compare_digest(str(data.get("id")), nonce):
+        return "a frame that does not belong to this call", None
+    if not isinstance(data.get("ok"), bool) or not isinstance(data.get("stdout", ""), str):
+        return "a malformed frame", None
+    if not data["ok"] and (data.get("error_kind") not in {k.value for k in _CHILD_KINDS}
+                           or not isinstance(data.get("error", ""), str)):
+        return "a malformed error frame", None
+    return None, data

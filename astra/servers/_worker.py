@@ -1,26 +1,25 @@
-"""The sandbox worker: runs untrusted tool code, one call at a time, behind the host's limits.
+"""The sandbox worker: a warm, pre-imported parent that forks a fresh child for every tool call.
 
-Started by :class:`astra.servers.Sandbox` as ``python -I -S _worker.py CONFIG_JSON`` inside
-fresh user, network, mount and pid namespaces (no network, every mount read-only except the
-scratch directory, only the sandbox's own processes in ``/proc``), in a pids cgroup, with a
-cleaned environment and the scratch directory as its working directory. Standard library
+Started by :class:`astra.servers.Sandbox` as ``python -I -S -B _worker.py CONFIG_JSON`` inside
+bubblewrap (see ``_sandbox``: unprivileged uid, no capabilities, no new privileges, fresh user,
+pid, network, ipc, uts and cgroup namespaces, no namespace creation, a minimal read-only
+filesystem, no ``/proc``, a size-limited tmpfs as scratch, a seccomp deny-list). Standard library
 only: this file is also vendored into emitted environment directories.
 
-Protocol on the inherited stdin/stdout (then moved to private descriptors, so that tool
-code writing to fd 1 cannot corrupt it): frames of a 4-byte big-endian length plus UTF-8
-JSON. Request ``{"hash", "source"?, "entrypoint", "arguments", "state"?, "stateful"}``;
-response ``{"ok", "value"?, "error"?, "error_kind"?, "state"?, "stdout", "truncated", "cached"}``.
-
-The audit hook is installed before any tool code runs and stays on for the rest of the
-worker's life, in every thread, so there is no switch for tool code to find: it is a
-closure held only by the interpreter, and everything it uses was captured when it was
-made (tool code may monkeypatch any module). It refuses process and thread creation,
-sockets, ctypes, gc introspection, signals, rlimit changes, writes outside the scratch
-directory and reads outside the standard library and the scratch directory. The worker's
-own protocol code raises no audit event that the hook refuses. Limits: rlimits on address
-space, file size, processes and open files, no core dumps, and a CPU-time timer
-(``ITIMER_PROF``, whose signal ends the process) armed for each call. stdout/stderr of tool
-code go to a bounded buffer.
+The parent (this process's main loop) never runs tool code and never reads a request or a reply:
+it only forks. Per call the host sends, on the control socket (an inherited ``SOCK_SEQPACKET``
+descriptor), ``{"op": "call", "id": NONCE}`` with two descriptors attached: the read end of the
+request pipe and the write end of the reply pipe. The child closes everything else (the control
+socket included), loads the tool-code seccomp filter (no exec, no fork, no signals to other
+processes, no sockets, no executable mappings: nothing native can be loaded from scratch),
+sets its rlimits (CPU, address space, file size, processes, open files, no core), optionally
+installs the audit hook (defence in depth only), reads the request, runs the tool and writes one
+frame (4-byte big-endian length + UTF-8 JSON carrying the request's nonce) to the reply pipe.
+The host checks that frame: anything else on the pipe fails the call. The parent enforces the
+wall-clock limit on the child (tool code cannot reach that timer), reaps it, empties the scratch
+directory and reports ``{"id", "status", "cpu_s", "timed_out", "scratch_clean"}`` to the host.
+A child dies with everything it changed: no global, builtin, module, patched function or scratch
+file reaches the next call.
 """
 
 from __future__ import annotations
@@ -29,13 +28,25 @@ import builtins
 import io
 import json
 import os
+import select
+import signal
+import socket
 import stat
 import struct
 import sys
+import time
 
-_MAX_CACHED = 256  # compiled tool modules kept warm; the oldest is dropped beyond this
 _HEADER = struct.Struct(">I")
+_SPARES = 2  # children forked ahead of their call, so that a call does not wait for a fork
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+# Pre-imported in the parent: the child cannot map new native code (no PROT_EXEC mappings), so the
+# extension modules tool code may need must already be loaded; pure-Python modules load on demand.
+_PRELOAD = (
+    "_json", "_datetime", "_decimal", "_random", "_sha1", "_sha256", "_sha512", "_md5", "_sha3", "_blake2", "math",
+    "cmath", "_struct", "array", "binascii", "zlib", "_csv", "unicodedata", "_statistics", "_zoneinfo", "_bisect",
+    "_heapq", "_pickle", "_queue", "_uuid", "_contextvars", "_typing", "_opcode", "_bz2", "_lzma",
+    "_multibytecodec", "pyexpat", "_elementtree", "_socket", "resource", "fcntl", "grp", "select", "_posixshmem",
+)
 _DENIED_IMPORTS = frozenset(
     # Sockets may be imported (email.utils does) but not used: every socket.* audit event is refused.
     {"_posixsubprocess", "subprocess", "multiprocessing", "_multiprocessing", "ctypes", "_ctypes", "pty",
@@ -45,25 +56,28 @@ _PATH_EVENTS_WRITE = {
     "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.chmod": (0,), "os.chown": (0,),
     "os.link": (0, 1), "os.symlink": (0, 1), "os.truncate": (0,), "os.utime": (0,), "shutil.rmtree": (0,),
     "shutil.copyfile": (1,), "shutil.copytree": (1,), "shutil.move": (0, 1), "os.chdir": (0,),
-    "os.setxattr": (0,), "os.removexattr": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.mkfifo": (0,), "os.mknod": (0,),
+    "os.setxattr": (0,), "os.removexattr": (0,), "os.chflags": (0,), "os.lchflags": (0,), "os.mkfifo": (0,),
+    "os.mknod": (0,),
 }
-_PATH_EVENTS_READ = {"os.listdir": (0,), "os.scandir": (0,), "glob.glob": (0,), "os.getxattr": (0,), "os.listxattr": (0,)}
-_DENIED_PREFIXES = ("socket.", "ctypes.", "subprocess.", "_winapi.", "pty.", "signal.", "webbrowser.", "urllib.Request",
-                    "http.", "ftplib.", "smtplib.", "telnetlib.", "poplib.", "imaplib.", "nntplib.", "gc.", "_thread.", "mmap.")
+_PATH_EVENTS_READ = {"os.listdir": (0,), "os.scandir": (0,), "glob.glob": (0,), "os.getxattr": (0,),
+                     "os.listxattr": (0,)}
+_DENIED_PREFIXES = ("socket.", "ctypes.", "subprocess.", "_winapi.", "pty.", "signal.", "webbrowser.",
+                    "urllib.Request", "http.", "ftplib.", "smtplib.", "telnetlib.", "poplib.", "imaplib.",
+                    "nntplib.", "gc.", "_thread.", "mmap.")
 _DENIED_EVENTS = frozenset(
     {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.kill", "os.killpg",
      "os.startfile", "resource.setrlimit", "resource.prlimit", "sys.addaudithook", "os.putenv", "os.unsetenv",
      "os.setuid", "os.setgid", "os.chroot", "_posixsubprocess.fork_exec", "sys._current_frames", "sys.setprofile",
      "sys.settrace", "sys.setrecursionlimit", "os.add_dll_directory", "cpython.run_command", "cpython.run_file"}
 )
+# Signals the parent ignores: none of them can reach it from a child (the tool filter denies every
+# signal-sending call and F_SETOWN), but a stray one must not end the sandbox either.
+_IGNORED_SIGNALS = ("SIGPIPE", "SIGIO", "SIGURG", "SIGHUP", "SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2",
+                    "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGTTIN", "SIGTTOU", "SIGTSTP")
 
 
 class SandboxViolation(PermissionError):
-    """An operation the sandbox does not allow (raised inside tool code)."""
-
-
-class _NeedSource(Exception):
-    """The host sent a hash the worker no longer (or never) compiled: it resends the source."""
+    """An operation the audit hook does not allow (raised inside tool code)."""
 
 
 class _BoundedText(io.TextIOBase):
@@ -97,11 +111,14 @@ class _BoundedText(io.TextIOBase):
 
 
 def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped-def]
-    """The audit hook. Everything it uses is captured here, so tool code cannot patch it."""
+    """The audit hook (defence in depth; the sandbox holds without it). Everything it uses is captured
+    here, so tool code cannot patch it."""
     lstat, readlink, getcwd, fsdecode, fspath = os.lstat, os.readlink, os.getcwd, os.fsdecode, os.fspath
     is_link = stat.S_ISLNK
-    violation, str_, bytes_, int_, tuple_, isinstance_, len_, any_, frozenset_ = SandboxViolation, str, bytes, int, tuple, isinstance, len, any, frozenset
-    denied_events, denied_prefixes, denied_imports = frozenset_(_DENIED_EVENTS), tuple_(_DENIED_PREFIXES), frozenset_(_DENIED_IMPORTS)
+    violation, str_, bytes_, int_, tuple_, isinstance_, len_, any_ = (
+        SandboxViolation, str, bytes, int, tuple, isinstance, len, any)
+    denied_events, denied_prefixes = frozenset(_DENIED_EVENTS), tuple(_DENIED_PREFIXES)
+    denied_imports = frozenset(_DENIED_IMPORTS)
     write_events, read_events = dict(_PATH_EVENTS_WRITE), dict(_PATH_EVENTS_READ)
     write_flags = _WRITE_FLAGS
 
@@ -147,7 +164,6 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
     scratch = resolve(scratch) or scratch
     readable = [resolve(p) or p for p in read_roots] + [scratch]
     writable = [scratch]
-
     path_rules = ((write_events, writable, " (outside the scratch directory)"), (read_events, readable, ""))
 
     def deny(what: str) -> None:
@@ -186,145 +202,286 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
     return hook
 
 
-def main() -> None:
-    import resource
-    import signal
+class _Filter:
+    """The tool-code seccomp filter (BPF built by the host with libseccomp), loaded by each child."""
 
+    def __init__(self, program: bytes) -> None:
+        import ctypes
+
+        class SockFprog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._buffer = ctypes.create_string_buffer(program, len(program))
+        self._prog = SockFprog(len(program) // 8, ctypes.addressof(self._buffer))
+        self._ref = ctypes.byref(self._prog)
+        self._get_errno = ctypes.get_errno
+
+    def load(self) -> None:
+        pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+        if self._libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
+                self._libc.prctl(pr_set_seccomp, seccomp_mode_filter, self._ref, 0, 0) != 0:
+            raise OSError(self._get_errno(), "cannot load the tool seccomp filter")
+
+
+def _wipe(path: str, deadline: float) -> bool:
+    """Empty a directory the tool code may have booby-trapped (read-only dirs, deep trees, fifos)."""
+    stack = [path]
+    while stack:
+        if time.monotonic() > deadline:
+            return False
+        current = stack[-1]
+        try:
+            os.chmod(current, 0o700)
+            entries = list(os.scandir(current))
+        except OSError:
+            return False
+        pushed = False
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    pushed = True
+                    break
+                os.unlink(entry.path)
+            except OSError:
+                return False
+        if pushed:
+            continue
+        stack.pop()
+        if current != path:
+            try:
+                os.rmdir(current)
+            except OSError:
+                return False
+    return True
+
+
+def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, guard_roots: list[str]) -> None:
+    """A spare child: confine itself, wait for its call, run it; never returns.
+
+    It is forked before its call arrives (so a call does not wait for a fork), and takes no
+    descriptor but ``channel`` (its private socket to the parent) into confinement: the parent
+    hands it the call's request and reply pipes there, then it closes the channel too."""
+    status = 0
+    try:
+        import resource
+
+        keep = channel.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 16)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        for name in _IGNORED_SIGNALS + ("SIGXCPU", "SIGXFSZ"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        mib = 1024 * 1024
+        cpu = max(1, int(-(-float(config["cpu_s"]) // 1)))
+        for which, soft, hard in (
+            (resource.RLIMIT_CORE, 0, 0),
+            (resource.RLIMIT_CPU, cpu, cpu + 1),
+            (resource.RLIMIT_AS, int(config["memory_mb"]) * mib, int(config["memory_mb"]) * mib),
+            (resource.RLIMIT_FSIZE, int(config["file_size_mb"]) * mib, int(config["file_size_mb"]) * mib),
+            (resource.RLIMIT_NPROC, int(config["max_procs"]), int(config["max_procs"])),
+            (resource.RLIMIT_NOFILE, 64, 64),
+        ):
+            resource.setrlimit(which, (soft, hard))
+        if tool_filter is not None:
+            tool_filter.load()
+        _message, fds, _flags, _addr = socket.recv_fds(channel, 64, 2)
+        channel.close()
+        if len(fds) != 2:
+            os._exit(0)  # retired unused
+        request_fd, reply_fd = fds
+        chunks = []
+        while True:
+            chunk = os.read(request_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(request_fd)
+        reply = _run(config, json.loads(b"".join(chunks)), guard_roots)
+        view = memoryview(reply)
+        while view:
+            view = view[os.write(reply_fd, view):]
+        os.close(reply_fd)  # the host sees the end of the reply now, not after this process is torn down
+    except BaseException:  # noqa: BLE001 - the host sees the missing reply and the exit status
+        status = 70
+    os._exit(status)
+
+
+def _fork_spare(config: dict, tool_filter: _Filter | None, guard_roots: list[str]) -> tuple[int, socket.socket]:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        _child(config, theirs, tool_filter, guard_roots)
+    theirs.close()
+    return pid, ours
+
+
+def _run(config: dict, request: dict, guard_roots: list[str]) -> bytes:
+    """Run the tool code of one request; the reply frame (tool failures are replies too)."""
+    max_output, max_result = int(config["max_output_bytes"]), int(config["max_result_bytes"])
+    max_state = int(config["max_state_bytes"])
+    dumps, loads = json.dumps, json.loads
+    nonce = request["id"]
+    stateful = bool(request.get("stateful"))
+    state = request.get("state")
+    sink = _BoundedText(max_output)
+    if config.get("audit_hook", True):
+        sys.addaudithook(_make_guard(config["scratch"], guard_roots))
+        for name in _DENIED_IMPORTS:
+            sys.modules.pop(name, None)  # so that `import resource` etc. goes through the audit hook
+    reply: dict
+    try:
+        sys.stdout = sys.stderr = sink
+        ns = {"__name__": "astra_tool", "__builtins__": builtins}
+        exec(compile(request["source"], "<tool " + request["entrypoint"] + ">", "exec"), ns)
+        fn = ns.get(request["entrypoint"])
+        if not callable(fn):
+            raise NameError(f"the tool source defines no function named {request['entrypoint']!r}")
+        args = request.get("arguments") or {}
+        value = fn(state, **args) if stateful else fn(**args)
+        try:
+            encoded = dumps(value, allow_nan=False, ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            reply = {"ok": False, "error_kind": "not_json",
+                     "error": f"the tool returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"}
+        else:
+            truncated = len(encoded) > max_result
+            if truncated:
+                value = encoded[:max_result] + f"...[truncated: result was {len(encoded)} characters, limit {max_result}]"
+            else:
+                value = loads(encoded)
+            reply = {"ok": True, "value": value, "truncated": truncated}
+            if stateful:
+                try:
+                    state_json = dumps(state, allow_nan=False, ensure_ascii=False)
+                except (TypeError, ValueError) as exc:
+                    reply = {"ok": False, "error_kind": "not_json",
+                             "error": f"the tool left a state that is not JSON-serialisable: {exc}"}
+                else:
+                    if len(state_json) > max_state:
+                        reply = {"ok": False, "error_kind": "state_too_large",
+                                 "error": f"the tool grew the state to {len(state_json)} characters (limit {max_state})"}
+                    else:
+                        reply["state"] = loads(state_json)
+    except MemoryError:
+        reply = {"ok": False, "error_kind": "memory", "error": f"the tool ran out of memory (limit {config['memory_mb']} MiB)"}
+    except RecursionError:
+        reply = {"ok": False, "error_kind": "exception", "error": "RecursionError: maximum recursion depth exceeded"}
+    except BaseException as exc:  # noqa: BLE001 - tool code raised: report it to the model
+        line = ""
+        try:
+            kind = "forbidden" if isinstance(exc, SandboxViolation) or isinstance(exc.__context__, SandboxViolation) \
+                else "exception"
+            tb = exc.__traceback__
+            while tb is not None:
+                if tb.tb_frame.f_code.co_filename.startswith("<tool "):
+                    line = f" (line {tb.tb_lineno})"
+                tb = tb.tb_next
+            message = f"{type(exc).__name__}: {exc}"
+        except BaseException:  # noqa: BLE001 - a hostile __str__
+            kind, message = "exception", "the tool raised an exception whose message cannot be shown"
+        reply = {"ok": False, "error_kind": kind, "error": message[:4000] + line}
+    reply["stdout"] = sink.text()
+    reply["id"] = nonce
+    try:
+        data = dumps(reply, ensure_ascii=False).encode("utf-8")
+    except BaseException as error:  # noqa: BLE001 - lone surrogates and the like
+        data = dumps({"id": nonce, "ok": False, "error_kind": "not_json", "error": str(error)[:500], "stdout": ""}).encode()
+    return _HEADER.pack(len(data)) + data
+
+
+def main() -> None:
     config = json.loads(sys.argv[1])
+    control = socket.socket(fileno=int(config["control_fd"]))
     scratch = config["scratch"]
     os.chdir(scratch)
-
-    proto_in, proto_out = os.dup(0), os.dup(1)
+    for name in _IGNORED_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
     os.close(devnull)
-
-    mib = 1024 * 1024
-    for which, value in (
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_AS, int(config["memory_mb"]) * mib),
-        (resource.RLIMIT_FSIZE, int(config["file_size_mb"]) * mib),
-        (resource.RLIMIT_NPROC, int(config["max_procs"])),
-        (resource.RLIMIT_NOFILE, 64),
-    ):
+    for name in _PRELOAD:
         try:
-            resource.setrlimit(which, (value, value))
-        except (ValueError, OSError):
+            __import__(name)
+        except ImportError:
             pass
-
     import sysconfig
 
-    read_roots = sorted(
+    guard_roots = sorted(
         {p for key in ("stdlib", "platstdlib") if (p := sysconfig.get_paths().get(key))}
         | {os.path.dirname(os.__file__), os.path.dirname(json.__file__)}
         | {"/usr/share/zoneinfo", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero"}
     )
-    # Import what tool code commonly needs before the guard exists.
-    import collections, datetime, decimal, enum, fractions, functools, hashlib, itertools, random, re, statistics, string, typing, dataclasses, uuid, zoneinfo  # noqa: F401,E401
-
-    setitimer, cpu_timer = signal.setitimer, signal.ITIMER_PROF
-    cpu_s = float(config["cpu_s"])
-    max_output, max_result, max_state = int(config["max_output_bytes"]), int(config["max_result_bytes"]), int(config["max_state_bytes"])
-    dumps, loads = json.dumps, json.loads
-    real_stdout, real_stderr = sys.stdout, sys.stderr
-    sys.addaudithook(_make_guard(scratch, read_roots))
-    for name in _DENIED_IMPORTS:
-        sys.modules.pop(name, None)  # so that `import resource` etc. goes through the audit hook
-    del resource, signal
-
-    def read_exact(n: int) -> bytes:
-        chunks = []
-        while n:
-            chunk = os.read(proto_in, n)
-            if not chunk:
-                os._exit(0)
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
-    namespaces: dict[str, dict] = {}
+    program = bytes.fromhex(config.get("tool_filter") or "")
+    tool_filter = _Filter(program) if program else None
+    for name in ("ctypes", "_ctypes", "ctypes._endian"):
+        sys.modules.pop(name, None)
+    wall_s = float(config["wall_s"])
+    wipe_s = float(config.get("wipe_s", 2.0))
+    spares: list[tuple[int, socket.socket]] = []
+    control.sendall(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
     while True:
-        (size,) = _HEADER.unpack(read_exact(4))
-        payload = read_exact(size)
-        sink = _BoundedText(max_output)
-        reply: dict = {}
-        digest = ""
+        # refill the spares while idle (a call that arrives meanwhile goes first)
+        while len(spares) < _SPARES and not select.select([control], [], [], 0)[0]:
+            spares.append(_fork_spare(config, tool_filter, guard_roots))
         try:
-            request = loads(payload)
-            digest = request["hash"]
-            state = request.get("state")
-            setitimer(cpu_timer, cpu_s)
-            sys.stdout = sys.stderr = sink
-            try:
-                ns = namespaces.get(digest)
-                if ns is None:
-                    source = request.get("source")
-                    if source is None:
-                        raise _NeedSource
-                    ns = {"__name__": "astra_tool_" + digest[:12], "__builtins__": builtins}
-                    exec(compile(source, "<tool " + request["entrypoint"] + ">", "exec"), ns)
-                    namespaces[digest] = ns
-                    while len(namespaces) > _MAX_CACHED:
-                        namespaces.pop(next(iter(namespaces)))
-                fn = ns.get(request["entrypoint"])
-                if not callable(fn):
-                    raise NameError(f"the tool source defines no function named {request['entrypoint']!r}")
-                args = request.get("arguments") or {}
-                value = fn(state, **args) if request.get("stateful") else fn(**args)
-                try:
-                    encoded = dumps(value, allow_nan=False, ensure_ascii=False)
-                except (TypeError, ValueError) as exc:
-                    reply = {"ok": False, "error_kind": "not_json", "error": f"the tool returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"}
-                else:
-                    truncated = len(encoded) > max_result
-                    if truncated:
-                        value = encoded[:max_result] + f"...[truncated: result was {len(encoded)} characters, limit {max_result}]"
-                    else:
-                        value = loads(encoded)  # plain JSON data, whatever the tool returned
-                    reply = {"ok": True, "value": value, "truncated": truncated}
-                    if request.get("stateful"):
-                        try:
-                            state_json = dumps(state, allow_nan=False, ensure_ascii=False)
-                        except (TypeError, ValueError) as exc:
-                            reply = {"ok": False, "error_kind": "not_json", "error": f"the tool left a state that is not JSON-serialisable: {exc}"}
-                        else:
-                            if len(state_json) > max_state:
-                                reply = {"ok": False, "error_kind": "state_too_large", "error": f"the tool grew the state to {len(state_json)} characters (limit {max_state})"}
-                            else:
-                                reply["state"] = loads(state_json)
-            finally:
-                setitimer(cpu_timer, 0)
-                sys.stdout, sys.stderr = real_stdout, real_stderr
-        except _NeedSource:
-            reply = {"ok": False, "error_kind": "need_source", "error": "the worker no longer holds this tool's code"}
-        except MemoryError:
-            reply = {"ok": False, "error_kind": "memory", "error": f"the tool ran out of memory (limit {config['memory_mb']} MiB)"}
-        except RecursionError:
-            reply = {"ok": False, "error_kind": "exception", "error": "RecursionError: maximum recursion depth exceeded"}
-        except BaseException as exc:  # tool code raised: report it to the model, keep serving
-            line = ""
-            try:
-                kind = "forbidden" if isinstance(exc, SandboxViolation) or isinstance(exc.__context__, SandboxViolation) else "exception"
-                tb = exc.__traceback__
-                while tb is not None:
-                    if tb.tb_frame.f_code.co_filename.startswith("<tool "):
-                        line = f" (line {tb.tb_lineno})"
-                    tb = tb.tb_next
-                message = f"{type(exc).__name__}: {exc}"
-            except BaseException:  # a hostile __str__
-                kind, message = "exception", "the tool raised an exception whose message cannot be shown"
-            reply = {"ok": False, "error_kind": kind, "error": message[:4000] + line}
-        reply["stdout"] = sink.text()
-        reply["cached"] = digest in namespaces
-        value = state = fn = args = request = exc = None  # noqa: F841
+            message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 4)
+        except InterruptedError:
+            continue
+        if not message:
+            os._exit(0)  # the host went away
+        order = json.loads(message)
+        if order.get("op") != "call" or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid, channel = spares.pop(0) if spares else _fork_spare(config, tool_filter, guard_roots)
         try:
-            data = dumps(reply, ensure_ascii=False).encode("utf-8", "surrogatepass")
-        except BaseException as error:
-            data = dumps({"ok": False, "error_kind": "not_json", "error": str(error)[:500], "stdout": "", "cached": False}).encode()
-        view = memoryview(_HEADER.pack(len(data)) + data)
-        while view:
-            view = view[os.write(proto_out, view):]
+            socket.send_fds(channel, [b"call"], fds)
+        except OSError:
+            pass  # the spare died: its exit status tells the host
+        for fd in fds:
+            os.close(fd)
+        channel.close()
+        started = time.monotonic()
+        pidfd = os.pidfd_open(pid)
+        timed_out = cancelled = False
+        while True:
+            if len(spares) < _SPARES:  # fork the next call's child while this one runs
+                spares.append(_fork_spare(config, tool_filter, guard_roots))
+                continue
+            left = wall_s - (time.monotonic() - started)
+            ready = select.select([pidfd, control], [], [], left)[0] if left > 0 else []
+            if pidfd in ready:
+                break
+            if control in ready:
+                extra, extra_fds, _f, _a = socket.recv_fds(control, 1 << 16, 4)
+                for fd in extra_fds:
+                    os.close(fd)
+                if not extra:
+                    os.kill(pid, signal.SIGKILL)
+                    os._exit(0)
+                cancel = json.loads(extra)
+                if cancel.get("op") == "cancel" and cancel.get("id") == order.get("id"):
+                    cancelled = True
+                    os.kill(pid, signal.SIGKILL)
+                continue
+            timed_out = True
+            os.kill(pid, signal.SIGKILL)
+            break
+        _pid, status, usage = os.wait4(pid, 0)
+        os.close(pidfd)
+        clean = _wipe(scratch, time.monotonic() + wipe_s)
+        report = {"op": "done", "id": order.get("id"), "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
+                  "timed_out": timed_out, "cancelled": cancelled, "scratch_clean": clean}
+        control.sendall(json.dumps(report).encode())
 
 
 if __name__ == "__main__":
