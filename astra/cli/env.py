@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
@@ -135,10 +136,16 @@ def serve_cmd(
     port: Annotated[int, typer.Option("--port")] = 8000,
     host: Annotated[str, typer.Option("--host", help="HTTP bind address")] = "127.0.0.1",
     token: Annotated[str | None, typer.Option("--token", help="require this bearer token (HTTP)")] = None,
+    unsafe_no_sandbox: Annotated[bool, typer.Option(
+        "--unsafe-no-sandbox", help="run model-written tool code WITHOUT the bubblewrap sandbox (dangerous)")] = False,
     home: HomeOption = None,
 ) -> None:
     """Serve an environment over stdio (default) or streamable HTTP."""
     from astra.servers import build_server, serve
+    from astra.servers._sandbox import UNSAFE_ENV
+
+    if unsafe_no_sandbox:
+        os.environ[UNSAFE_ENV] = "1"
 
     spec, _ = _resolve(target, home)
     server = build_server(spec, bearer_token=token if http else None, public_url=f"http://{host}:{port}/mcp")

@@ -60,7 +60,8 @@ from ._rewards import (
     score_trajectory,
     sub_questions,
 )
-from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult
+from ._sandbox import ErrorKind as SandboxErrorKind
+from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult, SandboxUnavailable
 from ._validate import Check, ValidationReport, stdio_parameters, validate_emitted
 
 SAMPLES_DIR = Path(__file__).with_name("samples")
@@ -141,7 +142,9 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxLimits",
+    "SandboxErrorKind",
     "SandboxResult",
+    "SandboxUnavailable",
     "SchemaCheck",
     "Snapshot",
     "ToolImplementation",

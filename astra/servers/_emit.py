@@ -58,8 +58,10 @@ def _readme(spec: EnvironmentSpec, out_dir: Path) -> str:
     block = json.dumps(mcp_servers_block(spec, out_dir), indent=2)
     tools = "\n".join(f"- `{t.spec.name}`: {t.spec.description.splitlines()[0] if t.spec.description else ''}" for t in spec.tools)
     mode = (
-        "Tool code runs in a sandboxed worker process (CPU/memory/process/file-size limits, a wall-clock "
-        "timeout, no network, writes confined to a scratch directory, a clean environment)."
+        "Tool code runs in a bubblewrap sandbox (needs `bwrap`: `apt-get install bubblewrap`, and user "
+        "namespaces): no network, no host files, no /proc, a fresh process per call, CPU/memory/process/"
+        "file-size/wall-clock limits, a seccomp filter. Without bubblewrap the server refuses to start; "
+        "`--unsafe-no-sandbox` (or ASTRA_UNSAFE_NO_SANDBOX=1) runs the tool code unsandboxed."
         if spec.sandboxed
         else "Tool code runs in-process, unsandboxed: this environment is marked as trusted, hand-written code."
     )
@@ -122,6 +124,10 @@ def emit(spec: EnvironmentSpec, out_dir: str | Path) -> Path:
     here = Path(__file__).parent
     for name in _VENDORED:
         shutil.copyfile(here / name, package / name)
+    if spec.sandboxed:
+        from ._sandbox import write_seccomp_programs
+
+        write_seccomp_programs(package)  # the emitted server then needs no libseccomp binding
     (package / "__init__.py").write_text(_PACKAGE_INIT, encoding="utf-8")
     (out / "environment.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     server = out / "server.py"

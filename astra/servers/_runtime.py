@@ -53,7 +53,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, Request, RequestParams, Result, TextContent, ToolAnnotations
 from mcp_types import Tool as MCPTool
 
-from ._sandbox import Sandbox, SandboxLimits
+from ._sandbox import UNSAFE_ENV, ErrorKind, Sandbox, SandboxLimits, SandboxUnavailable
 
 try:  # optional: a compiled "is it valid" for the hot path; emitted servers run without it
     import jsonschema_rs as _rs
@@ -270,7 +270,7 @@ class EnvironmentRuntime:
         self.initial_config = copy.deepcopy(initial_config or {})
         self.state_view = state_view
         self.sandboxed = sandboxed
-        self.limits = limits or SandboxLimits()
+        self.limits = limits or SandboxLimits.from_env()
         self._episodes: OrderedDict[str, _Episode] = OrderedDict()
         self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
         self._sandbox: Sandbox | None = None
@@ -462,7 +462,10 @@ class EnvironmentRuntime:
             return _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         assert tool.source is not None
         if self.sandboxed:
-            sandbox = await self._sandbox_for_loop()
+            try:
+                sandbox = await self._sandbox_for_loop()
+            except SandboxUnavailable as exc:  # fail closed: the tool does not run
+                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ErrorKind.SANDBOX, error=str(exc))
             result = await sandbox.call(tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None)
             if not result.ok:
                 return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=result.error_kind)
@@ -810,7 +813,14 @@ def serve(server: EnvironmentServer, *, http: bool = False, host: str = "127.0.0
     Returns when the client goes away (stdio) or on interrupt; the sandbox worker is closed."""
 
     async def run() -> None:
+        runtime = server.runtime
         try:
+            if runtime.sandboxed and runtime.factory is None and runtime.tools:
+                try:
+                    await runtime._sandbox_for_loop()  # fail closed before serving anything
+                except SandboxUnavailable as exc:
+                    print(f"error: {exc}", file=sys.stderr, flush=True)
+                    raise SystemExit(2) from None
             if not http:
                 await server.run_stdio_async()
                 return
@@ -833,7 +843,13 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--token", default=None, help="require this bearer token on HTTP requests")
+    parser.add_argument("--unsafe-no-sandbox", action="store_true",
+                        help=f"run the tool code WITHOUT the bubblewrap sandbox (dangerous; same as {UNSAFE_ENV}=1)")
     args = parser.parse_args(argv)
+    if args.unsafe_no_sandbox:
+        import os
+
+        os.environ[UNSAFE_ENV] = "1"
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     url = f"http://{args.host}:{args.port}/mcp"
     server = build_server_from_dict(spec, bearer_token=args.token if args.http else None, public_url=url)

@@ -56,7 +56,7 @@ import time
 import warnings
 import weakref
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,14 @@ _HEADER = struct.Struct(">I")
 _WORKER = Path(__file__).with_name("_worker.py")
 _CGROUP_PIDS = Path("/sys/fs/cgroup/pids")
 UNSAFE_ENV = "ASTRA_UNSAFE_NO_SANDBOX"
+LIMITS_ENV = "ASTRA_SANDBOX_LIMITS"  # JSON object of SandboxLimits fields, e.g. {"wall_s": 10}
+AUDIT_HOOK_ENV = "ASTRA_SANDBOX_AUDIT_HOOK"  # "0": leave the audit hook out (the red-team suite does)
 SANDBOX_UID = 65534
 _START_TIMEOUT_S = 30.0
 _BACKSTOP_S = 5.0  # beyond the wall limit, for the parent to report; then the whole sandbox is replaced
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     """Why a sandboxed call failed."""
 
     EXCEPTION = "exception"  # the tool raised
@@ -116,6 +118,21 @@ class SandboxLimits:
     max_output_bytes: int = 64 * 1024
     max_result_bytes: int = 256 * 1024
     max_state_bytes: int = 8 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls) -> SandboxLimits:
+        """The defaults, overridden by ``ASTRA_SANDBOX_LIMITS`` (a JSON object; how an emitted
+        server or ``astra env serve`` is given other limits)."""
+        raw = os.environ.get(LIMITS_ENV, "").strip()
+        if not raw:
+            return cls()
+        try:
+            values = json.loads(raw)
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise SandboxError(f"{LIMITS_ENV}: {exc} (expected a JSON object of {', '.join(cls.__dataclass_fields__)})") from exc
 
 
 @dataclass
@@ -243,8 +260,10 @@ def _runtime_binds() -> list[str]:
     paths: set[str] = set()
     exe = _interpreter()
     paths.add(exe)
+    # the base installation's standard library, never a virtualenv's site-packages
+    base_paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
     for key in ("stdlib", "platstdlib"):
-        value = sysconfig.get_paths().get(key)
+        value = base_paths.get(key)
         if value:
             paths.add(os.path.realpath(value))
     libdir = sysconfig.get_config_var("LIBDIR")
@@ -311,13 +330,22 @@ def _unavailable(cause: str) -> SandboxUnavailable:
         f"to run model-written code without a sandbox anyway, set {UNSAFE_ENV}=1 (dangerous)")
 
 
+BWRAP_ENV = "ASTRA_BWRAP"  # path of the bwrap binary, when it is not on PATH
+_BWRAP_FALLBACKS = ("/usr/bin/bwrap", "/bin/bwrap")
+
+
 def _find_bwrap() -> str:
-    found = shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/bin/bwrap") if os.access(p, os.X_OK)), None)
+    chosen = os.environ.get(BWRAP_ENV, "").strip()
+    if chosen:
+        found = chosen if os.access(chosen, os.X_OK) else None
+    else:
+        found = shutil.which("bwrap") or next((p for p in _BWRAP_FALLBACKS if os.access(p, os.X_OK)), None)
     if found is None:
         raise SandboxUnavailable(
-            "bubblewrap (bwrap) is not installed, so model-written tool code cannot be sandboxed. Fix: install it "
-            "(Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`; Arch: `pacman -S "
-            f"bubblewrap`); to run model-written code without a sandbox anyway, set {UNSAFE_ENV}=1 (dangerous)")
+            f"bubblewrap (bwrap) is not installed{f' at {chosen}' if chosen else ''}, so model-written tool code "
+            "cannot be sandboxed. Fix: install it (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install "
+            f"bubblewrap`; Arch: `pacman -S bubblewrap`); to run model-written code without a sandbox anyway, set "
+            f"{UNSAFE_ENV}=1 (dangerous)")
     return found
 
 
@@ -491,10 +519,10 @@ class Sandbox:
     without it); ``unsafe_no_sandbox=True`` (or ``ASTRA_UNSAFE_NO_SANDBOX=1``) runs without bubblewrap.
     """
 
-    def __init__(self, limits: SandboxLimits | None = None, *, audit_hook: bool = True,
+    def __init__(self, limits: SandboxLimits | None = None, *, audit_hook: bool | None = None,
                  unsafe_no_sandbox: bool | None = None) -> None:
-        self.limits = limits or SandboxLimits()
-        self.audit_hook = audit_hook
+        self.limits = limits or SandboxLimits.from_env()
+        self.audit_hook = os.environ.get(AUDIT_HOOK_ENV, "1").strip() != "0" if audit_hook is None else audit_hook
         self.unsafe = unsafe_opt_in() if unsafe_no_sandbox is None else unsafe_no_sandbox
         self._worker: _Worker | None = None
         self._lock = anyio.Lock()
@@ -516,7 +544,9 @@ class Sandbox:
 
     async def start(self) -> None:
         if self._worker is None:
-            await self._spawn()
+            async with self._current_lock():
+                if self._worker is None:
+                    await self._spawn()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):

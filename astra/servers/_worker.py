@@ -37,6 +37,8 @@ import sys
 import time
 
 _HEADER = struct.Struct(">I")
+# what the runner needs after the tool code ran, held here (tool code may replace any builtin or module attribute)
+_len, _pack, _write, _close, _exit = len, _HEADER.pack, os.write, os.close, os._exit
 _SPARES = 2  # children forked ahead of their call, so that a call does not wait for a fork
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # Pre-imported in the parent: the child cannot map new native code (no PROT_EXEC mappings), so the
@@ -305,11 +307,11 @@ def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, gu
         reply = _run(config, json.loads(b"".join(chunks)), guard_roots)
         view = memoryview(reply)
         while view:
-            view = view[os.write(reply_fd, view):]
-        os.close(reply_fd)  # the host sees the end of the reply now, not after this process is torn down
+            view = view[_write(reply_fd, view):]
+        _close(reply_fd)  # the host sees the end of the reply now, not after this process is torn down
     except BaseException:  # noqa: BLE001 - the host sees the missing reply and the exit status
         status = 70
-    os._exit(status)
+    _exit(status)
 
 
 def _fork_spare(config: dict, tool_filter: _Filter | None, guard_roots: list[str]) -> tuple[int, socket.socket]:
@@ -393,7 +395,7 @@ def _run(config: dict, request: dict, guard_roots: list[str]) -> bytes:
         data = dumps(reply, ensure_ascii=False).encode("utf-8")
     except BaseException as error:  # noqa: BLE001 - lone surrogates and the like
         data = dumps({"id": nonce, "ok": False, "error_kind": "not_json", "error": str(error)[:500], "stdout": ""}).encode()
-    return _HEADER.pack(len(data)) + data
+    return _pack(_len(data)) + data
 
 
 def main() -> None:

@@ -1,7 +1,10 @@
-"""Sandbox attacks: each one is contained, reported as a clear error, and the server keeps serving."""
+"""The sandbox: attacks with the audit hook on, fail-closed start-up, the unsafe opt-in, fresh state
+per call, limits, cancellation. The red-team suite (hook off, API and emitted server) is
+test_sandbox_redteam.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,8 +16,8 @@ import pytest
 from mcp.client import Client
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
-from astra.servers import Sandbox, SandboxLimits, build_server
-from astra.servers._sandbox import _namespace_prefix
+from astra.servers import Sandbox, SandboxLimits, SandboxUnavailable, build_server, emit
+from astra.servers._sandbox import BWRAP_ENV, UNSAFE_ENV
 
 pytestmark = pytest.mark.anyio
 
@@ -31,6 +34,8 @@ def listener():  # type: ignore[no-untyped-def]
     server.close()
 
 
+# name -> (source, arguments, accepted error kinds). Host paths do not exist inside the sandbox, so
+# writing one fails there ("exception") unless the audit hook refuses it first ("forbidden").
 ATTACKS: dict[str, tuple[str, dict, set[str]]] = {
     "infinite_loop": ("def attack():\n    while True:\n        pass\n", {}, {"cpu", "timeout"}),
     "sleep_forever": ("import time\ndef attack():\n    time.sleep(60)\n", {}, {"timeout"}),
@@ -39,8 +44,8 @@ ATTACKS: dict[str, tuple[str, dict, set[str]]] = {
     "fork_bomb": ("import os\ndef attack():\n    while True:\n        os.fork()\n", {}, {"forbidden"}),
     "subprocess": ("def attack():\n    import subprocess\n    return subprocess.run(['id'], capture_output=True).stdout.decode()\n", {}, {"forbidden"}),
     "os_system": ("import os\ndef attack():\n    return os.system('touch /tmp/astra-sandbox-pwned')\n", {}, {"forbidden"}),
-    "write_outside": ("def attack(path):\n    with open(path, 'w') as fh:\n        fh.write('pwned')\n    return 'written'\n", {}, {"forbidden"}),
-    "os_open_outside": ("import os\ndef attack(path):\n    fd = os.open(path, os.O_WRONLY | os.O_CREAT)\n    os.write(fd, b'x')\n    return 'written'\n", {}, {"forbidden"}),
+    "write_outside": ("def attack(path):\n    with open(path, 'w') as fh:\n        fh.write('pwned')\n    return 'written'\n", {}, {"forbidden", "exception"}),
+    "os_open_outside": ("import os\ndef attack(path):\n    fd = os.open(path, os.O_WRONLY | os.O_CREAT)\n    os.write(fd, b'x')\n    return 'written'\n", {}, {"forbidden", "exception"}),
     "parent_environ": ("import os\ndef attack():\n    return open(f'/proc/{os.getppid()}/environ').read()\n", {}, {"forbidden"}),
     "read_host_file": ("def attack():\n    return open('/etc/passwd').read()\n", {}, {"forbidden"}),
     "unserialisable": ("def attack():\n    return {'handle': object()}\n", {}, {"not_json"}),
@@ -51,8 +56,8 @@ ATTACKS: dict[str, tuple[str, dict, set[str]]] = {
     "raise_limits": ("def attack():\n    import resource\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n", {}, {"forbidden"}),
     "ctypes": ("def attack():\n    import ctypes\n    return ctypes.CDLL(None).getpid()\n", {}, {"forbidden"}),
     # Tool code can walk its frames and patch modules; the guard has no switch to find.
-    "frame_walk": ("import sys\ndef attack(path):\n    frame = sys._getframe(0)\n    while frame is not None:\n        for space in (frame.f_locals, frame.f_globals):\n            for obj in list(space.values()):\n                try:\n                    obj.active = False\n                except Exception:\n                    pass\n        frame = frame.f_back\n    open(path, 'w').write('x')\n", {}, {"forbidden"}),
-    "monkeypatch": ("import os, posixpath\ndef attack(path):\n    os.path.realpath = posixpath.realpath = lambda p, **k: '/tmp'\n    os.getcwd = lambda: '/tmp'\n    open(path, 'w').write('x')\n", {}, {"forbidden"}),
+    "frame_walk": ("import sys\ndef attack(path):\n    frame = sys._getframe(0)\n    while frame is not None:\n        for space in (frame.f_locals, frame.f_globals):\n            for obj in list(space.values()):\n                try:\n                    obj.active = False\n                except Exception:\n                    pass\n        frame = frame.f_back\n    open(path, 'w').write('x')\n", {}, {"forbidden", "exception"}),
+    "monkeypatch": ("import os, posixpath\ndef attack(path):\n    os.path.realpath = posixpath.realpath = lambda p, **k: '/tmp'\n    os.getcwd = lambda: '/tmp'\n    open(path, 'w').write('x')\n", {}, {"forbidden", "exception"}),
     "gc_walk": ("import gc\ndef attack():\n    return len(gc.get_objects())\n", {}, {"forbidden"}),
     "finalizer": ("class Bomb:\n    def __del__(self):\n        open('/tmp/astra-sandbox-pwned', 'w').write('x')\ndef attack():\n    a, b = Bomb(), Bomb()\n    a.other, b.other = b, a\n    del a, b\n    import sys\n    sys.modules.get('gc') and sys.modules['gc'].collect()\n    raise RuntimeError('finalizers ran under the guard')\n", {}, {"exception", "forbidden"}),
     "recursion": ("def attack(n=0):\n    return attack(n + 1)\n", {}, {"exception"}),
@@ -85,25 +90,26 @@ async def test_socket_to_loopback_is_refused(listener: socket.socket) -> None:
     port = listener.getsockname()[1]
     direct = "def attack(port):\n    import socket\n    s = socket.create_connection(('127.0.0.1', port), timeout=1)\n    s.sendall(b'leak')\n    return 'sent'\n"
     sneaky = "def attack(port):\n    import _socket\n    s = _socket.socket()\n    s.connect(('127.0.0.1', port))\n    return 'sent'\n"
-    async with Sandbox(limits=LIMITS) as sandbox:
-        for source in (direct, sneaky):
-            result = await sandbox.call(source, "attack", {"port": port})
-            assert not result.ok and result.error_kind == "forbidden", result
-        assert (await sandbox.call(HEALTHY, "healthy", {"x": 1})).ok
+    for hook in (True, False):
+        async with Sandbox(limits=LIMITS, audit_hook=hook) as sandbox:
+            for source in (direct, sneaky):
+                result = await sandbox.call(source, "attack", {"port": port})
+                assert not result.ok and result.error_kind in {"forbidden", "exception"}, result
+                assert hook or "Permission denied" in (result.error or ""), result  # the seccomp filter's EACCES
+            assert (await sandbox.call(HEALTHY, "healthy", {"x": 1})).ok
     with pytest.raises(socket.timeout):
         listener.accept()
 
 
-def test_network_namespace_has_no_route_to_loopback(listener: socket.socket) -> None:
-    prefix = _namespace_prefix()
-    if prefix is None:
-        pytest.skip("namespaces are not available on this host (the sandbox warned about it)")
-    port = listener.getsockname()[1]
-    code = f"import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n    print('connected')\nexcept OSError as e:\n    print('refused', e.errno)\n"
-    done = subprocess.run([*prefix, sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
-    assert done.stdout.startswith("refused"), done
-    with pytest.raises(socket.timeout):
-        listener.accept()
+async def test_isolation_is_reported_and_real() -> None:
+    source = "import os\ndef look():\n    return {'uid': os.getuid(), 'gid': os.getgid(), 'root': sorted(os.listdir('/')), 'proc': os.path.exists('/proc/self')}\n"
+    async with Sandbox(limits=LIMITS, audit_hook=False) as sandbox:
+        assert sandbox.isolation["bubblewrap"] and sandbox.isolation["seccomp"] and sandbox.isolation["tool_seccomp"]
+        result = await sandbox.call(source, "look", {})
+    assert result.ok, result
+    assert result.value["uid"] == 65534 and result.value["gid"] == 65534
+    assert not result.value["proc"]
+    assert set(result.value["root"]) <= {"astra", "bin", "dev", "lib", "lib32", "lib64", "root", "tmp", "usr"}, result.value
 
 
 async def test_host_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +120,6 @@ async def test_host_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) 
         assert result.ok
         assert "ASTRA_TEST_SECRET" not in result.value and "OPENAI_API_KEY" not in result.value
         assert "hunter2" not in repr(result.value)
-        assert sandbox.isolation["network_namespace"] == (_namespace_prefix() is not None)
 
 
 async def test_printing_100_mb_is_bounded_and_the_call_succeeds() -> None:
@@ -133,14 +138,90 @@ async def test_huge_result_is_truncated_with_a_marker() -> None:
         assert len(result.value) < LIMITS.max_result_bytes + 200
 
 
-async def test_scratch_directory_is_writable_and_state_round_trips(tmp_path: Path) -> None:
-    scratch = tmp_path / "scratch"
-    source = "def note(state, text):\n    with open('notes.txt', 'a') as fh:\n        fh.write(text)\n    state.setdefault('notes', []).append(text)\n    return open('notes.txt').read()\n"
-    async with Sandbox(limits=LIMITS, scratch_dir=scratch) as sandbox:
+async def test_scratch_is_writable_within_a_call_and_empty_in_the_next() -> None:
+    source = ("import os\ndef note(state, text):\n    listed = sorted(os.listdir('.'))\n"
+              "    with open('notes.txt', 'a') as fh:\n        fh.write(text)\n"
+              "    state.setdefault('notes', []).append(text)\n    return [listed, open('notes.txt').read()]\n")
+    async with Sandbox(limits=LIMITS) as sandbox:
         first = await sandbox.call(source, "note", {"text": "a"}, state={})
         second = await sandbox.call(source, "note", {"text": "b"}, state=first.state)
-    assert second.ok and second.value == "ab" and second.state == {"notes": ["a", "b"]}
-    assert (scratch / "notes.txt").read_text() == "ab"
+    assert first.ok and first.value == [[], "a"]
+    assert second.ok and second.value == [[], "b"] and second.state == {"notes": ["a", "b"]}
+
+
+async def test_no_interpreter_state_crosses_calls() -> None:
+    plant = ("import builtins, json, os\nCOUNTER = []\ndef plant():\n    builtins.PLANTED = 1\n    COUNTER.append(1)\n"
+             "    json.dumps = lambda *a, **k: 'patched'\n    os.getcwd = lambda: '/pwned'\n    return len(COUNTER)\n")
+    look = ("import builtins, json, os\ndef look():\n"
+            "    return [hasattr(builtins, 'PLANTED'), json.dumps(1), os.getcwd()]\n")
+    async with Sandbox(limits=LIMITS, audit_hook=False) as sandbox:
+        assert (await sandbox.call(plant, "plant", {})).value == 1
+        assert (await sandbox.call(plant, "plant", {})).value == 1  # module globals start afresh too
+        assert (await sandbox.call(look, "look", {})).value == [False, "1", "/tmp"]
+
+
+async def test_cpu_limit_is_a_clean_error_and_the_next_call_succeeds() -> None:
+    limits = SandboxLimits(cpu_s=1, wall_s=20)
+    spin = "import signal\ndef spin():\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n    while True:\n        pass\n"
+    async with Sandbox(limits=limits, audit_hook=False) as sandbox:
+        result = await sandbox.call(spin, "spin", {})
+        assert not result.ok and result.error_kind == "cpu", result  # ignoring SIGXCPU only delays SIGKILL
+        assert (await sandbox.call(HEALTHY, "healthy", {"x": 3})).value == {"double": 6}
+        assert sandbox.restarts == 0
+
+
+async def test_bad_reply_fails_only_its_call() -> None:
+    forge = ("import os, struct\ndef forge():\n    frame = b'{\"id\": \"x\", \"ok\": true, \"value\": \"FORGED\"}'\n"
+             "    for fd in range(64):\n        try:\n            os.write(fd, struct.pack('>I', len(frame)) + frame)\n"
+             "        except OSError:\n            pass\n    return 'benign'\n")
+    async with Sandbox(limits=LIMITS, audit_hook=False) as sandbox:
+        result = await sandbox.call(forge, "forge", {})
+        assert not result.ok and result.error_kind == "bad_reply", result
+        for x in range(3):
+            assert (await sandbox.call(HEALTHY, "healthy", {"x": x})).value == {"double": 2 * x}
+
+
+def test_missing_bubblewrap_fails_closed_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BWRAP_ENV, "/nonexistent/bwrap")
+    monkeypatch.delenv(UNSAFE_ENV, raising=False)
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap") as info:
+        anyio.run(Sandbox(limits=LIMITS).start)
+    assert UNSAFE_ENV in str(info.value)
+
+
+def test_refused_user_namespaces_fail_closed_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace, likely because the kernel "
+                    "does not allow non-privileged user namespaces.' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(BWRAP_ENV, str(fake))
+    monkeypatch.delenv(UNSAFE_ENV, raising=False)
+    with pytest.raises(SandboxUnavailable, match="unprivileged_userns_clone") as info:
+        anyio.run(Sandbox(limits=LIMITS).start)
+    assert "No permissions to creating new namespace" in str(info.value)
+
+
+async def test_unsafe_opt_in_is_loud_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BWRAP_ENV, "/nonexistent/bwrap")
+    monkeypatch.setenv(UNSAFE_ENV, "1")
+    with pytest.warns(RuntimeWarning, match="SANDBOX DISABLED"):
+        sandbox = Sandbox(limits=LIMITS)
+        await sandbox.start()
+    try:
+        assert not sandbox.isolation["bubblewrap"]
+        assert (await sandbox.call(HEALTHY, "healthy", {"x": 2})).value == {"double": 4}
+    finally:
+        await sandbox.aclose()
+
+
+def test_emitted_server_refuses_to_start_without_bubblewrap(tmp_path: Path, inventory: EnvironmentSpec) -> None:
+    directory = emit(inventory, tmp_path / "env")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), BWRAP_ENV: "/nonexistent/bwrap"}
+    done = subprocess.run([sys.executable, str(directory / "server.py")], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    assert "bubblewrap" in done.stderr and "apt-get install bubblewrap" in done.stderr
+    assert json.loads((directory / "astra_env_runtime" / f"seccomp-{os.uname().machine}.json").read_text())["tool"]
 
 
 def _attack_environment() -> EnvironmentSpec:
@@ -174,7 +255,7 @@ async def test_failed_calls_leave_episode_state_unchanged_through_the_server() -
                 assert result.is_error, attack
                 assert result.content[0].text.startswith("Error: "), attack
                 assert (await client.call_tool("bump", {})).structured_content["result"] == 2 + ["bump_then_loop", "bump_then_bomb", "bump_then_crash", "bump_then_raise", "bump_then_object"].index(attack), attack
-        assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == 2  # the loop and the hard exit; MemoryError and exceptions need no restart
+        assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == 0  # a fresh process per call: nothing to restart
     finally:
         await server.runtime.aclose()
 
@@ -187,13 +268,8 @@ async def test_cancelled_call_does_not_desynchronise_the_worker() -> None:
         assert result.ok and result.value == {"double": 10}
 
 
-async def test_worker_cache_miss_resends_the_source_and_load_errors_stay_errors() -> None:
-    from astra.servers._sandbox import source_hash
-
+async def test_load_errors_stay_errors() -> None:
     async with Sandbox(limits=LIMITS) as sandbox:
-        # the host believes the worker holds the code (e.g. after an eviction): it resends it
-        sandbox._known.add(source_hash(HEALTHY))
-        assert (await sandbox.call(HEALTHY, "healthy", {"x": 3})).value == {"double": 6}
         broken = "def broken(:\n    pass\n"
         for _ in range(2):
             result = await sandbox.call(broken, "broken", {})
