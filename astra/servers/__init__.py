@@ -1,9 +1,9 @@
 """astra.servers: environments as real MCP servers (official ``mcp`` SDK v2).
 
 Public API
-- :class:`Sandbox`, :class:`SandboxLimits`, :class:`SandboxResult`: a warm, isolated worker
-  process for model-written tool code (rlimits, wall-clock timeout, no network, writes
-  confined to a scratch directory, clean environment).
+- :class:`Sandbox`, :class:`SandboxLimits`, :class:`SandboxResult`: model-written tool code
+  under bubblewrap + seccomp, a fresh process per call forked from a warm parent (see
+  ``_sandbox``); :class:`SandboxUnavailable` when it cannot be set up (fails closed).
 - :func:`build_server` (an ``EnvironmentSpec``) and :func:`build_class_server` (a trusted
   Python class, e.g. BFCL's backends) return an :class:`EnvironmentServer` (an
   ``MCPServer``) for ``mcp.client.Client(server)`` in-process, stdio or HTTP; its
