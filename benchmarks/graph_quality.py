@@ -110,8 +110,7 @@ def main() -> int:
             scratch = real_servers.make_scratch(Path(tmp))
             live = [s.model_copy(update={"launch": real_servers.launch(s.name, scratch)}) for s in servers
                     if s.name in names]
-            seeds = {"repo_path": str(scratch["repo"]), "path": str(scratch["files"]), "timezone": "UTC",
-                     "branch_type": "local"}
+            seeds = real_servers.seeds(scratch)
             t0 = time.perf_counter()
             traced, tstats = anyio.run(lambda: _graph_trace_edges(live, seeds))
             trace_s = time.perf_counter() - t0

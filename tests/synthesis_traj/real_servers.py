@@ -63,6 +63,12 @@ def make_scratch(root: Path) -> dict[str, Path]:
     return {"root": root, "repo": repo, "files": files, "memory": memory}
 
 
+def seeds(scratch: dict[str, Path]) -> dict[str, str]:
+    """Argument values a user would give to start tracing the scratch world (by parameter name)."""
+    return {"repo_path": str(scratch["repo"]), "path": str(scratch["files"]), "timezone": "UTC",
+            "branch_type": "local", "pattern": "**/*.md", "query": "Ada"}
+
+
 def launch(name: str, scratch: dict[str, Path]) -> StdioLaunch:
     """How to start server ``name`` on the scratch world (working directory: the scratch root)."""
     cwd = str(scratch["root"])

@@ -20,6 +20,7 @@ from astra.synthesis.trajectories._graph_trace import read_only, trace_edges
 from .conftest import Router, router_model
 from .real_servers import LABELS, NODE_SERVERS, SERVERS, available, docs_of, launch, load_fixture, load_fixtures, \
     make_scratch
+from .real_servers import seeds as seed_values
 
 
 def _truth() -> dict[tuple[str, str], str]:
@@ -143,8 +144,7 @@ def test_trace_edges_from_real_read_only_calls(tmp_path):
     bare = servers[0].model_copy(update={"tools": [t.model_copy(update={"annotations": {}}) for t in servers[0].tools]})
     servers[0] = bare
     before = _digest(scratch["root"])
-    seeds = {"repo_path": str(scratch["repo"]), "path": str(scratch["files"]), "timezone": "UTC",
-             "branch_type": "local"}
+    seeds = seed_values(scratch)
     edges, stats = anyio.run(lambda: trace_edges(servers, seeds=seeds))
     assert _digest(scratch["root"]) == before, "only read-only tools may be called"
     writers = sum(1 for s in servers for t in s.tools if not read_only(t))
@@ -159,6 +159,8 @@ def test_trace_edges_from_real_read_only_calls(tmp_path):
     # a name that is not an entity (the control call answers alike) is no evidence
     assert not any(e.dst == "memory/open_nodes" and not e.src.startswith("memory/") for e in edges)
     assert pairs[("filesystem/list_directory", "filesystem/read_text_file")].bindings == {"path": "listed"}
+    # a value a tool merely echoes from its arguments (read_multiple_files repeats its paths) is not its output
+    assert not any(e.src == "filesystem/read_multiple_files" for e in edges)
     # values that fit tools which may not be called: checked types only, lower score
     assert pairs[("memory/read_graph", "memory/delete_entities")].score == 0.75
     truth = _truth()

@@ -172,6 +172,7 @@ _VERB_PRODUCES = {"commit": SemType.REVISION}
 # words that say a tool works on a VCS staging area
 _STAGE_WORDS = frozenset({"staged", "staging", "unstage"})
 _GENERIC_OUTPUTS = frozenset({"content", "result", "text", "output", "data", "message", "success", "response"})
+_NEW_TARGET = re.compile(r"\b(?:output|new)\b", re.I)
 # undocumented parameters this generic take their type from what the tool's description is about
 _GENERIC_PARAMS = frozenset("target source dest input value item object arg argument spec other base".split())
 # last words that make a field a setting, not a reference to a thing ("branch_type", "max_count", "time_difference")
@@ -371,6 +372,8 @@ def profile_tool(tool: ToolSpec, server_tokens: frozenset[str] = frozenset()) ->
             continue
         sem, subject, ev = typed
         new = role is Role.CREATE and _names_new_thing(sem, subject, leaf, parent, nouns, noun)
+        if sem in (SemType.PATH, SemType.NAME) and (_NEW_TARGET.search(desc) or "destination" in leaf):
+            new = True  # "Name of the output file", a move's destination: where a new thing goes
         prof.params.append(TypedField(path, sem, subject, ev, required, new))
 
     # ---- effects (order edges): what a create / modify tool makes exist or changes

@@ -103,15 +103,24 @@ def extract_values(result: Any, src: str, args: dict[str, Any], roots: Sequence[
     absolute paths and ``Key: value`` lines; the whole text as content."""
     found: list[Observed] = []
     seen: set[tuple[str, str]] = set()
+    # a value the call was given and merely echoes back is not something this tool produces
+    given = {str(v) for v in args.values() if not isinstance(v, (list, dict))}
+    given |= {str(x) for v in args.values() if isinstance(v, list) for x in v}
 
     def add(value: Any, path: str, nameish: bool = False) -> None:
         if isinstance(value, bool) or value is None or (isinstance(value, str) and not value.strip()):
+            return
+        if str(value).strip() in given:
             return
         key = (repr(value), path)
         if key in seen or len(found) >= 400:
             return
         seen.add(key)
         found.append(Observed(value=value, src=src, path=path, types=_classify(value, roots), nameish=nameish))
+        if isinstance(value, str) and "T" in value and SemType.TIME in found[-1].types:
+            # the same instant as a clock time: parameters that take "HH:MM" accept this view of it
+            with contextlib.suppress(ValueError):
+                add(datetime.fromisoformat(value.strip()).strftime("%H:%M"), f"{path}|HH:MM")
 
     def walk(node: Any, path: str, leaf: str = "") -> None:
         if isinstance(node, dict):
@@ -248,8 +257,12 @@ def _plans(prof: ToolProfile, pool: list[Observed], seeds: dict[str, Any], limit
             if all(r in args for r in required):
                 plans.append(_Plan(args, [(obs, param)]))
     uniq: dict[str, _Plan] = {}
-    for plan in plans:
-        uniq.setdefault(json.dumps(plan.args, sort_keys=True, default=str), plan)
+    for plan in plans:  # the same arguments reached from a seed and from an output: one call, all evidence
+        key = json.dumps(plan.args, sort_keys=True, default=str)
+        if key in uniq:
+            uniq[key].fed.extend(plan.fed)
+        else:
+            uniq[key] = _Plan(plan.args, list(plan.fed))
     return list(uniq.values())[:limit]
 
 
@@ -297,7 +310,7 @@ async def trace_edges(
     roots += [Path(s.launch.cwd) for s in servers if isinstance(s.launch, StdioLaunch) and s.launch.cwd]
     controls: dict[tuple[str, str], str | None] = {}  # (tool, param) -> what a nonsense value gives (None: error)
     calls_made: dict[str, int] = defaultdict(int)
-    tried: set[tuple[str, str]] = set()
+    answers: dict[tuple[str, str], Any] = {}  # (tool, arguments) -> result, or None when the call failed
 
     def propose(obs: Observed, dst: ToolProfile, param: TypedField, score: float, how: str) -> None:
         assert obs.src is not None
@@ -338,22 +351,24 @@ async def trace_edges(
             for prof in callable_profiles:
                 name = prof.tool.qualified_name
                 for plan in _plans(prof, pool, seeds, calls_per_tool * 4):
-                    if calls_made[name] >= calls_per_tool * rounds:
-                        break
                     sig = (name, json.dumps(plan.args, sort_keys=True, default=str))
-                    if sig in tried:
-                        continue
-                    tried.add(sig)
-                    calls_made[name] += 1
-                    stats["calls"] += 1
-                    try:
-                        result = await clients[prof.tool.server].call_tool(prof.tool.name, plan.args,
-                                                                           read_timeout_seconds=timeout_s)
-                    except Exception:  # noqa: BLE001 - a failed call is evidence of nothing
-                        stats["failed_calls"] += 1
-                        continue
-                    if result.is_error:
-                        stats["failed_calls"] += 1
+                    fresh = sig not in answers
+                    if fresh:
+                        if calls_made[name] >= calls_per_tool * rounds:
+                            break
+                        calls_made[name] += 1
+                        stats["calls"] += 1
+                        try:
+                            result = await clients[prof.tool.server].call_tool(prof.tool.name, plan.args,
+                                                                               read_timeout_seconds=timeout_s)
+                        except Exception:  # noqa: BLE001 - a failed call is evidence of nothing
+                            result = None
+                        if result is None or result.is_error:
+                            stats["failed_calls"] += 1
+                            result = None
+                        answers[sig] = result
+                    result = answers[sig]
+                    if result is None:
                         continue
                     for obs, param in plan.fed:
                         # evidence only if the value mattered: a nonsense value fails or gives another answer
@@ -367,7 +382,8 @@ async def trace_edges(
                             continue
                         obs.accepted_by.add(param.sem)
                         propose(obs, prof, param, 0.95, "call succeeded with")
-                    new_values.extend(extract_values(result, name, plan.args, roots))
+                    if fresh:
+                        new_values.extend(extract_values(result, name, plan.args, roots))
             pool.extend(new_values)
             stats["values"] += len(new_values)
             if not new_values:
