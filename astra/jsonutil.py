@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from astra.errors import AstraError
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 _TAG = re.compile(r"<(tool_call|json|answer)>\s*(.*?)\s*</\1>", re.DOTALL)
 
 
-class JSONExtractionError(ValueError):
+class JSONExtractionError(AstraError, ValueError):
     """No JSON value could be found in the text."""
 
 

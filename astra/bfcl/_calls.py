@@ -10,9 +10,10 @@ from __future__ import annotations
 import ast
 from collections.abc import Mapping
 from typing import Any
+from astra.errors import AstraError
 
 
-class CallParseError(ValueError):
+class CallParseError(AstraError, ValueError):
     """A ground-truth call string that is not ``name(literal args...)``."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from astra.errors import UserError
 
 CATEGORIES: tuple[str, ...] = ("base", "long_context", "miss_func", "miss_param")
 """The four BFCL v3 multi-turn categories, in the seed paper's column order."""
@@ -47,7 +48,7 @@ MAX_STEPS_PER_TURN = 20
 """BFCL's MAXIMUM_STEP_LIMIT: more model steps than this in one turn force-quits the entry."""
 
 
-class BfclUnavailable(RuntimeError):
+class BfclUnavailable(UserError, RuntimeError):
     """bfcl-eval is not installed (a user mistake with a clear fix)."""
 
 

@@ -38,6 +38,7 @@ from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 from astra.registry import client_target, failure_reason
 from astra.servers import EPISODE_META_KEY, SchemaCheck
+from astra.errors import AstraError
 
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ it is a module-level function, so each worker process builds its own in-process 
 ErrorKind = Literal["tool_error", "unknown_tool", "timeout", "server_died", "server_unavailable", "protocol_error"]
 
 
-class ConnectionFailed(RuntimeError):
+class ConnectionFailed(AstraError, RuntimeError):
     """A server could not be started or reached (a user/setup mistake: the message names it)."""
 
 

@@ -18,6 +18,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from astra.records import ChatMessage, ToolCall, Usage
+from astra.errors import AstraError
 
 
 class ModelSettings(BaseModel):
@@ -43,7 +44,7 @@ class ModelResponse(BaseModel):
     raw: Any = Field(default=None, description="the provider's raw response, kept for audit")
 
 
-class ModelError(Exception):
+class ModelError(AstraError):
     """A provider failed for good (after retries): a recorded failure, never a default score."""
 
     def __init__(self, message: str, *, retryable: bool = False, status: int | None = None) -> None:

@@ -17,6 +17,7 @@ import anyio
 from pydantic import BaseModel, Field
 
 from astra.client._model import ModelError
+from astra.errors import AstraError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,7 +31,7 @@ class RetryPolicy(BaseModel):
     jitter: float = Field(default=0.1, description="fraction of the delay added at random")
 
 
-class RetryableError(Exception):
+class RetryableError(AstraError):
     """Raised by an attempt that may succeed if repeated (429, 5xx, timeout, connection)."""
 
     def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from astra.records import EnvironmentLaunch, HttpLaunch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
 from astra.registry._schema import SchemaError, validate_schema
 from astra.registry._store import Registry
+from astra.errors import AstraError, UserError
 
 __all__ = [
     "DiscoveryError",
@@ -53,7 +54,7 @@ STDERR_TAIL_CHARS = 2000
 MAX_PAGES = 1000
 
 
-class DiscoveryError(RuntimeError):
+class DiscoveryError(AstraError, RuntimeError):
     """Discovery failed; the message names the command/URL and carries the server's stderr tail."""
 
     def __init__(self, target: str, reason: str, stderr_tail: str = "") -> None:
@@ -99,7 +100,7 @@ def client_target(target: DiscoveryTarget, *, errlog: IO[str] | None = None) -> 
     return target
 
 
-class MissingSecretError(ValueError):
+class MissingSecretError(UserError, ValueError):
     """A launch refers to a secret (``${VAR}``) that is not set in the environment."""
 
 

@@ -51,6 +51,7 @@ from pydantic import BaseModel, Field
 from astra.records import HttpLaunch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
 from astra.registry._schema import SchemaError, normalize_schema
 from astra.registry._store import Registry, RegistryError
+from astra.errors import UserError
 
 __all__ = [
     "ImportReport", "RecordError", "import_file", "parse_astra_record", "parse_server_json", "iter_records",
@@ -68,7 +69,7 @@ MAX_SCHEMA_DEPTH = 64
 _OUTPUT_KEYS = ("output_schema", "outputSchema", "returns", "output_parameters")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """One record that cannot be imported; ``field`` names the culprit."""
 
     def __init__(self, field: str, reason: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
+from astra.errors import AstraError
 
 try:  # optional fast path; the result is the same without it, only slower
     import jsonschema_rs as _rs
@@ -59,7 +60,7 @@ _SUBSCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions", "de
 _META_VALIDATOR = Draft202012Validator(Draft202012Validator.META_SCHEMA)
 
 
-class SchemaError(ValueError):
+class SchemaError(AstraError, ValueError):
     """A tool schema that is not valid JSON Schema; ``field`` is the dotted path of the culprit."""
 
     def __init__(self, field: str, reason: str) -> None:

@@ -33,6 +33,7 @@ from astra.records import (
     ToolSpec,
     canonical_json,
 )
+from astra.errors import AstraError
 
 __all__ = [
     "Registry",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class RegistryError(Exception):
+class RegistryError(AstraError):
     """A registry operation that cannot be done (bad record, newer database, ...)."""
 
 

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ValidationError
 from astra.client import Model, ModelError, ModelSettings
 from astra.jsonutil import JSONExtractionError, extract_json
 from astra.records import ChatMessage
+from astra.errors import AstraError
 
 T = TypeVar("T", bound=BaseModel)
 
 
-class LLMOutputError(Exception):
+class LLMOutputError(AstraError):
     """The model's reply could not be parsed/validated after all retries, or the model failed."""
 
     def __init__(self, reason: str, audit: list[dict[str, Any]]) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from astra.records import ServerSpec
+from astra.errors import UserError
 
 
 class _Options(BaseModel):
@@ -214,5 +215,5 @@ class TrajectoryConfig(_Options):
             raise ConfigError(f"{path}: field {where}: {first['msg']} ({exc.error_count()} error(s))") from exc
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file that cannot be read or validated (the message names file and field)."""

@@ -46,6 +46,7 @@ from astra.synthesis.trajectories._templates import load_template
 from astra.synthesis.trajectories._simulate import SimulatedServer, mark_injected
 from astra.synthesis.trajectories._tasks import PERSONAS_PATH, Persona, generate_tasks, load_personas, score_task
 from astra.synthesis.trajectories._verify import verify_chain
+from astra.errors import AstraError
 
 STAGES = ("graph", "chains", "verify", "tasks", "quality", "rollout", "reward", "export")
 """Stage files in order (the ``tasks`` CLI verb runs ``tasks`` and ``quality``)."""
@@ -71,7 +72,7 @@ class _TimeoutModel(Model):
         return await self.inner.request(messages, tools, settings)
 
 
-class PipelineError(RuntimeError):
+class PipelineError(AstraError, RuntimeError):
     """A user-facing problem with a run (a missing server, a stage run before its inputs exist)."""
 
 

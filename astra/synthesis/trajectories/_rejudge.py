@@ -21,9 +21,10 @@ from astra.runs import RunDir
 from astra.synthesis._stage import Outcome, Stage, StageCounts
 from astra.synthesis.trajectories._config import JudgeMode
 from astra.synthesis.trajectories._reward import DIMENSIONS, JUDGE_VERSION, RULES_VERSION, original_keys, score_trajectory
+from astra.errors import UserError
 
 
-class RejudgeError(RuntimeError):
+class RejudgeError(UserError, RuntimeError):
     """A run directory that cannot be re-judged (no rollouts, no tasks)."""
 
 
