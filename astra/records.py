@@ -1,4 +1,4 @@
-"""Records that cross unit boundaries (the data contracts of DESIGN.md).
+"""Records that cross unit boundaries (the data contracts of docs/ARCHITECTURE.md).
 
 Every record is a pydantic v2 model, serialised as one JSON line in run directories.
 Records that are produced from inputs carry a stable ``id`` (a hash of those inputs, see

@@ -1,6 +1,6 @@
 """Run directories: a ``manifest.json`` plus one append-only JSONL file per stage.
 
-Guarantees (DESIGN.md "Runs"):
+Guarantees (docs/ARCHITECTURE.md "Runs"):
 - an append is one ``write`` of one complete line, flushed and fsynced, so a ``kill -9``
   leaves at most one torn last line, which is ignored (and truncated) on reopen;
 - every record has a stable ``id``; a restarted stage skips ids already written, so a rerun

@@ -6,7 +6,7 @@ open until the block ends. Each server is owned by one supervisor task (so each
 that finds its server dead (stdio process gone, HTTP endpoint closed) returns a tool error
 (``error_kind="server_died"``) and asks the supervisor to reconnect, so the next call works
 again. One client per server per :class:`Connections`, never one per call, and no ping
-before calls (DESIGN.md "Performance facts").
+before calls (docs/ARCHITECTURE.md "Performance facts").
 
 Targets are registry :class:`~astra.records.ServerSpec` records (stdio or HTTP launch), or
 ``(name, X)`` pairs where X is an in-process ``MCPServer`` / low-level ``Server`` (served

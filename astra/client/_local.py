@@ -1,6 +1,6 @@
 """``local:<gguf path | smollm2>``: a llama.cpp model in-process (llama-cpp-python).
 
-Small local models need help to call tools (DESIGN.md "Model providers"): when tools are
+Small local models need help to call tools (docs/ARCHITECTURE.md "Model providers"): when tools are
 offered, decoding is constrained by a grammar built from the tool schemas — a ``oneOf`` of
 ``{"tool": <name>, "arguments": <its schema>}`` per tool plus ``{"answer": string}`` — with
 every string bounded (``maxLength``) and ``max_tokens`` bounded, so a weak model still

@@ -5,7 +5,7 @@ manifest. Each rollout's id is ``trajectory_id(task id, model spec, sample)``; i
 the file are skipped, so a run killed at any point (``kill -9`` included) and rerun ends with
 the same set, no duplicate, nothing lost.
 
-Executors (DESIGN.md "Performance facts": a single process is CPU-bound long before the
+Executors (docs/ARCHITECTURE.md "Performance facts": a single process is CPU-bound long before the
 model is):
 - ``local`` (default): one process, one event loop, ``concurrency`` episodes at a time.
   With ``workers=N > 1`` the work is split across N worker processes (spawned), each with
