@@ -154,13 +154,17 @@ class TrajectoryConfig(_Options):
     export_formats: list[str] = Field(default_factory=lambda: ["openai", "hf", "sharegpt", "parquet"])
     export_template: str | None = Field(default=None, description="adapt hf / sharegpt / parquet to this chat "
                                         "template (matrix name, .jinja or .gguf path) and export only clean renders")
+    export_tokenizer: str | None = Field(default=None, description="the 'tokens' format: a GGUF file whose "
+                                         "vocabulary tokenises the export ('smollm2' = the embedded model)")
 
     @model_validator(mode="after")
     def _check(self) -> TrajectoryConfig:
-        known = ["openai", "hf", "sharegpt", "parquet"]
+        known = ["openai", "hf", "sharegpt", "parquet", "tokens"]
         unknown = sorted(set(self.export_formats) - set(known))
         if unknown:
             raise ValueError(f"export_formats: unknown {unknown} (known: {', '.join(known)})")
+        if "tokens" in self.export_formats and not (self.export_template and self.export_tokenizer):
+            raise ValueError("export_formats: 'tokens' needs export_template and export_tokenizer")
         if not (self.servers or self.inline_servers or self.environments):
             raise ValueError("no servers: give at least one of servers, inline_servers, environments")
         return self

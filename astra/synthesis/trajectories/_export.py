@@ -36,6 +36,7 @@ from astra.synthesis._stage import Outcome
 from astra.synthesis.trajectories._config import RewardOptions
 from astra.synthesis.trajectories._reward import DIMENSIONS
 from astra.synthesis.trajectories._templates import ChatTemplate, RenderIssue, expected_calls, text_call_block
+from astra.synthesis.trajectories._tokens import token_samples
 
 
 class ExportFormat(StrEnum):
@@ -43,6 +44,7 @@ class ExportFormat(StrEnum):
     HF = "hf"
     SHAREGPT = "sharegpt"
     PARQUET = "parquet"
+    TOKENS = "tokens"  # token-faithful: input_ids + assistant_masks + RL split, for one template and tokenizer
 
 
 class ExportSkip(ValueError):
@@ -223,6 +225,7 @@ def _parquet_table(samples: Sequence[SFTSample], conversations: Sequence[tuple[l
 
 
 REPORT_FILE = "template_report.json"
+TOKENS_REPORT_FILE = "tokens_report.json"
 
 
 class ExportReport(BaseModel):
@@ -269,11 +272,12 @@ def conversations_for(samples: Sequence[SFTSample], template: ChatTemplate | Non
 
 
 def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence[str],
-                  template: ChatTemplate | None = None) -> dict[str, str]:
+                  template: ChatTemplate | None = None, tokenizer: Any = None) -> dict[str, str]:
     """Write every requested profile (rewritten whole, atomically); returns format -> path.
 
     ``template``: adapt hf / sharegpt / parquet to this chat template and write only what renders cleanly
-    (the ``openai`` profile is the wire format and stays as it is)."""
+    (the ``openai`` profile is the wire format and stays as it is). ``tokens`` needs the template and a
+    tokenizer (:func:`gguf_tokenizer` or any transformers tokenizer carrying that template)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     samples = sorted(samples, key=lambda s: s.id)
     wanted = [ExportFormat(f) for f in formats]
@@ -282,7 +286,9 @@ def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence
         path = out_dir / "openai.jsonl"
         _atomic_write(path, _jsonl([{"messages": s.messages, "tools": s.tools} for s in samples]))
         paths[ExportFormat.OPENAI] = str(path)
-    if not {ExportFormat.HF, ExportFormat.SHAREGPT, ExportFormat.PARQUET} & set(wanted):
+    if ExportFormat.TOKENS in wanted and (template is None or tokenizer is None):
+        raise ValueError("the tokens export needs a chat template and a tokenizer")
+    if not {ExportFormat.HF, ExportFormat.SHAREGPT, ExportFormat.PARQUET, ExportFormat.TOKENS} & set(wanted):
         return paths
     kept, convs, report = conversations_for(samples, template)
     _atomic_write(out_dir / REPORT_FILE, report.model_dump_json(indent=2).encode("utf-8"))
@@ -304,6 +310,14 @@ def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence
         pq.write_table(_parquet_table(kept, convs), tmp)
         os.replace(tmp, path)
         paths[ExportFormat.PARQUET] = str(path)
+    if ExportFormat.TOKENS in wanted:
+        assert template is not None
+        path = out_dir / "tokens.jsonl"
+        records, token_report = token_samples(template, tokenizer, [
+            (s.id, m, t) for s, (m, t) in zip(kept, convs, strict=True)])
+        _atomic_write(path, _jsonl([r.model_dump() for r in records]))
+        _atomic_write(out_dir / TOKENS_REPORT_FILE, token_report.model_dump_json(indent=2).encode("utf-8"))
+        paths[ExportFormat.TOKENS] = str(path)
     return paths
 
 

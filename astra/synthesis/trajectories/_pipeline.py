@@ -43,6 +43,7 @@ from astra.synthesis.trajectories._config import JudgeMode, TrajectoryConfig
 from astra.synthesis.trajectories._export import SFTSample, select, write_exports
 from astra.synthesis.trajectories._reward import score_trajectory
 from astra.synthesis.trajectories._templates import load_template
+from astra.synthesis.trajectories._tokens import gguf_tokenizer
 from astra.synthesis.trajectories._simulate import SimulatedServer, mark_injected
 from astra.synthesis.trajectories._tasks import PERSONAS_PATH, Persona, generate_tasks, load_personas, score_task
 from astra.synthesis.trajectories._verify import verify_chain
@@ -480,7 +481,12 @@ class TrajectoryPipeline:
                               gates={"reward_threshold": opts.threshold, "dimension_minimum": opts.min_dimension})
         stage_outputs = [o for o in stage.outputs() if o.id in trajs and trajs[o.id].task_id in tasks]
         template = load_template(self.config.export_template) if self.config.export_template else None
-        paths = write_exports(stage_outputs, self.run.path / "export", self.config.export_formats, template)
+        tokenizer = None
+        if template is not None and self.config.export_tokenizer:
+            from astra.client._local import resolve_gguf
+
+            tokenizer = gguf_tokenizer(resolve_gguf(self.config.export_tokenizer), template)
+        paths = write_exports(stage_outputs, self.run.path / "export", self.config.export_formats, template, tokenizer)
         self.run.mark("export", "done", **self.stage("export", SFTSample).counts().model_dump(exclude={"stage"}), paths=paths)
         return paths
 

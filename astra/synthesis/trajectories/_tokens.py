@@ -86,16 +86,35 @@ def gguf_tokenizer(path: str | Path, template: ChatTemplate | None = None) -> An
     return tokenizer
 
 
+def _smollm_pre_tokenizer() -> Any:
+    from tokenizers import pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+
+
+# llama.cpp pre-tokenizer names transformers' GGUF converter does not know (it falls back to GPT-2's split, which
+# tokenises runs of spaces before digits differently): SmolLM2's own split, as in its tokenizer.json and llama.cpp.
+_PRE_TOKENIZERS = {"smollm": _smollm_pre_tokenizer}
+
+
 @lru_cache(maxsize=4)
 def _gguf_vocabulary(path: str) -> tuple[str, list[str], int, int, str]:
     from gguf import GGUFReader
-    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+        GGUF_PRE_TOKENIZER_SPLITS,
+        GGUF_TOKENIZER_MAPPING,
+        convert_gguf_tokenizer,
+    )
 
     fields = GGUFReader(path).fields
     renames = GGUF_TOKENIZER_MAPPING["tokenizer"]
     tokenizer_dict = {name: fields[f"tokenizer.{key}"].contents() for key, name in renames.items()
                       if f"tokenizer.{key}" in fields}
     backend, _ = convert_gguf_tokenizer(fields["general.architecture"].contents(), tokenizer_dict)
+    pre = tokenizer_dict.get("pre_tokenizer_type")
+    if pre in _PRE_TOKENIZERS and pre not in GGUF_PRE_TOKENIZER_SPLITS:
+        backend.pre_tokenizer = _PRE_TOKENIZERS[pre]()
     stored = fields["tokenizer.chat_template"].contents() if "tokenizer.chat_template" in fields else ""
     return (backend.to_str(), list(tokenizer_dict["tokens"]), tokenizer_dict["bos_token_id"],
             tokenizer_dict["eos_token_id"], stored)
