@@ -17,7 +17,7 @@ from astra.synthesis.trajectories import TrajectoryConfig, TrajectoryPipeline, g
 from astra.synthesis.trajectories._graph import Role, SemType, measure_edges, merge_edges, profile_servers
 from astra.synthesis.trajectories._graph_trace import read_only, trace_edges
 
-from .conftest import Router, router_model
+from .conftest import Router, router_model, time_server
 from .real_servers import LABELS, NODE_SERVERS, SERVERS, available, docs_of, launch, load_fixture, load_fixtures, \
     make_scratch
 from .real_servers import seeds as seed_values
@@ -166,3 +166,17 @@ def test_trace_edges_from_real_read_only_calls(tmp_path):
     truth = _truth()
     got = measure_edges("trace", ((e.src, e.dst, None) for e in edges), truth)
     assert got.precision >= 0.5, got.summary()
+
+
+def test_pipeline_merges_trace_edges_with_candidates(tmp_path, home):
+    """graph.trace on a live stdio server: the traced edge and the candidate become one edge, both sources kept."""
+    config = TrajectoryConfig(out_dir=tmp_path / "run", home=home, inline_servers=[time_server()], servers=[],
+                              model="scripted:r", graph={"llm_verify": False, "trace": True,
+                                                         "trace_seeds": {"timezone": "UTC"}})
+    pipe = TrajectoryPipeline(config, models={"scripted:r": router_model(Router())}, progress=False)
+    graph = anyio.run(pipe.build_graph)
+    edge = next(e for e in graph.edges if (e.src, e.dst) == ("time/get_current_time", "time/convert_time"))
+    assert edge.provenance == "trace" and edge.score >= 0.95 and edge.kind == "data"
+    assert edge.bindings["time"] == "datetime|HH:MM"  # the traced binding leads: the value that really worked
+    assert edge.rationale.startswith("trace: call succeeded with") and " | schema: " in edge.rationale
+    assert pipe.run.manifest["stages"]["graph_trace"]["calls"] > 0
