@@ -45,7 +45,8 @@ def _config(tmp_path, home, **over) -> TrajectoryConfig:
 
 def test_full_pipeline_real_and_simulated_servers(tmp_path, home):
     router = Router()
-    config = _config(tmp_path, home)
+    config = _config(tmp_path, home, export_template="Qwen2.5", export_tokenizer="smollm2",
+                     export_formats=["openai", "hf", "sharegpt", "parquet", "tokens"])
     result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
     assert_funnel_consistent(result.funnel, samples=2)
     stages = {c.stage: c for c in result.funnel.stages}
@@ -71,6 +72,14 @@ def test_full_pipeline_real_and_simulated_servers(tmp_path, home):
     again = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
     assert router.seen == calls
     assert again.exported == result.exported and again.graph == result.graph
+    # exports for the chosen template: what renders cleanly, and token records for what re-tokenises faithfully
+    report = json.loads((tmp_path / "run" / "export" / "template_report.json").read_text())
+    assert report["template"] == "Qwen2.5" and report["samples"] == result.exported
+    hf_rows = Path(result.exports["hf"]).read_text().splitlines()
+    assert len(hf_rows) == report["exported"] == report["samples"] - sum(report["skipped"].values())
+    tokens = json.loads((tmp_path / "run" / "export" / "tokens_report.json").read_text())
+    assert tokens["samples"] == report["exported"] and tokens["exported"] == len(
+        Path(result.exports["tokens"]).read_text().splitlines())
 
 
 def test_failed_judge_is_never_exported(tmp_path, home):
