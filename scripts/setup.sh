@@ -26,7 +26,7 @@ LCP_VERSION=$(.venv/bin/python -c "import importlib.metadata as m; print(m.versi
 if [ ! -f .ci/chat_templates/.version ] || [ "$(cat .ci/chat_templates/.version)" != "$LCP_VERSION" ]; then
   mkdir -p .ci/cache .ci/chat_templates
   [ -f ".ci/cache/llama_cpp_python-$LCP_VERSION.tar.gz" ] || .venv/bin/python -m pip download -q --no-deps \
-     --no-binary :all: --no-build-isolation "llama-cpp-python==$LCP_VERSION" -d .ci/cache
+     --no-binary :all: "llama-cpp-python==$LCP_VERSION" -d .ci/cache
   tar -xzf ".ci/cache/llama_cpp_python-$LCP_VERSION.tar.gz" -C .ci/chat_templates --strip-components=5 \
      --wildcards "*/vendor/llama.cpp/models/templates/*.jinja"
   echo "$LCP_VERSION" > .ci/chat_templates/.version
