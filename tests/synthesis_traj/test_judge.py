@@ -179,7 +179,7 @@ def test_rules_mode_makes_no_call_and_says_so():
 def test_unanswered_trajectory_gets_no_reward_and_no_judge_call():
     model = ScriptedModel([])
     out = run(score_trajectory, TASK, build(GOOD, None, termination="max_steps"), model, JudgeMode.LLM)
-    assert out.outputs == [] and out.dropped == "no_final_answer: episode ended by max_steps" and not out.failed
+    assert out.outputs == [] and out.dropped == "no_final_answer: ended by max_steps" and not out.failed
     assert model.calls == 0
 
 
@@ -200,6 +200,10 @@ def test_pipeline_with_rules_judge_and_llm_judge_call_counts(tmp_path, home):
     rewards = TrajectoryPipeline(config, progress=False).stage("reward", Reward).outputs()
     assert rewards and all(r.mode == "rules" and r.judge_model == "rules" for r in rewards)
     assert result.exported > 0
+    from astra.synthesis.trajectories import SFTSample
+
+    exported = TrajectoryPipeline(config, progress=False).stage("export", SFTSample).outputs()
+    assert exported and all(s.judge == "rules" for s in exported)  # labelled rule-judged, never LLM-judged
     # the same run judged by the LLM: exactly one judge call per sample
     llm = _config(tmp_path / "llm", home, chains={"num_chains": 2, "num_toolsets": 2}, rollout={"samples": 1})
     result = anyio.run(lambda: run_trajectory_pipeline(llm, progress=False,

@@ -69,6 +69,8 @@ class SFTSample(BaseModel):
     rules: dict[str, float] = Field(default_factory=dict)
     simulated: bool = False
     chain_id: str | None = None
+    judge: str | None = Field(default=None, description="who scored it: 'rules' (the rule-only judge; never "
+                              "LLM-judged) or the judge model")
 
 
 def answer_missing(traj: Trajectory) -> str | None:
@@ -97,6 +99,7 @@ def select(reward: Reward, traj: Trajectory, task: Task, opts: RewardOptions) ->
         id=traj.id, task_id=task.id, model=traj.model, messages=[m.to_openai() for m in traj.messages],
         tools=traj.tools, reward=reward.overall, dimensions=reward.dimensions, rules=reward.rules,
         simulated=any(s.simulated for s in traj.steps), chain_id=task.chain_id,
+        judge="rules" if reward.mode == "rules" else reward.judge_model,
     ))
 
 
@@ -221,6 +224,7 @@ def _parquet_table(samples: Sequence[SFTSample], conversations: Sequence[tuple[l
         "rules": pa.ExtensionArray.from_storage(pa.json_(), pa.array([json.dumps(s.rules) for s in samples],
                                                                     pa.string())),
         "simulated": pa.array([s.simulated for s in samples], pa.bool_()),
+        "judge": pa.array([s.judge for s in samples], pa.string()),
     })
 
 

@@ -653,7 +653,12 @@ __all__ = [
 async def score_trajectory(task: Task, traj: Trajectory, judge: Model | None, mode: JudgeMode) -> Outcome:
     """The reward stage's item function: a trajectory that does not end with an answer to the user
     gets no reward at all (so it can never be exported), and costs no judge call."""
-    if traj.termination != "final_answer" or not (traj.final_answer or "").strip():
-        return Outcome.drop(f"no_final_answer: episode ended by {traj.termination}")
+    from astra.synthesis.trajectories._export import answer_missing  # the export's own rule (it imports us)
+
+    missing = answer_missing(traj)
+    if missing is None and not (traj.final_answer or "").strip():
+        missing = "no_final_answer: the trajectory records no final answer"
+    if missing:
+        return Outcome.drop(missing)
     reward, audit = await reward_trajectory(task, traj, judge, mode=mode)
     return Outcome.keep(reward, audit=audit)
