@@ -11,6 +11,7 @@
 from astra.client._cache import CachedModel
 from astra.client._connections import (
     ConnectionFailed,
+    EpisodeUnavailable,
     Connections,
     ServerTarget,
     ToolBinding,
@@ -36,6 +37,7 @@ __all__ = [
     "AnthropicModel",
     "CachedModel",
     "ConnectionFailed",
+    "EpisodeUnavailable",
     "Connections",
     "EchoModel",
     "EpisodeTurn",

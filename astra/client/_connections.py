@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from typing import Any, Literal, TextIO
 
@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 from astra.registry import client_target, failure_reason
-from astra.servers import EPISODE_META_KEY, SchemaCheck
+from astra.servers import CONTROL_EXTENSION, EPISODE_META_KEY, EpisodeRefusal, SchemaCheck
+from astra.servers._runtime import CloseEpisodeRequest, ControlResult, EpisodeParams, OpenEpisodeRequest, OpenParams
 from astra.errors import AstraError
 
 
@@ -49,11 +50,27 @@ ServerTarget = ServerSpec | tuple[str, InProcessServer | StdioLaunch | HttpLaunc
 where server may also be a zero-argument factory returning an ``MCPServer`` (picklable when
 it is a module-level function, so each worker process builds its own in-process server)."""
 
-ErrorKind = Literal["tool_error", "unknown_tool", "timeout", "server_died", "server_unavailable", "protocol_error"]
+ErrorKind = Literal[
+    "tool_error", "unknown_tool", "timeout", "server_died", "server_unavailable", "protocol_error", "episode_refused"
+]
 
 
 class ConnectionFailed(AstraError, RuntimeError):
     """A server could not be started or reached (a user/setup mistake: the message names it)."""
+
+
+class EpisodeUnavailable(RuntimeError):
+    """An episode could not be opened: the server is not an ASTRA environment, is unavailable,
+    or refused (``reason``: an :class:`~astra.servers.EpisodeRefusal` value, e.g. capacity)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+EpisodeHandles = str | Mapping[str, str]
+"""What ``Connections.call(episode=...)`` takes: one handle (sent only to the server that minted
+it) or ``{server: handle}`` (what :meth:`Connections.open_episodes` returns)."""
 
 
 class ToolBinding(BaseModel):
@@ -213,6 +230,39 @@ class _Server:
         self._dead.set()
         self._closed.set()
 
+    @property
+    def has_episodes(self) -> bool:
+        """Whether the server is an ASTRA environment (it mints episode handles)."""
+        capabilities = self.client.server_capabilities if self.client is not None else None
+        return bool(capabilities is not None and CONTROL_EXTENSION in (capabilities.extensions or {}))
+
+    async def control(self, request: Any, timeout_s: float) -> ControlResult:
+        """Send an episode control request (raises EpisodeUnavailable when it cannot be done)."""
+        client = self.client
+        if client is None:
+            with anyio.move_on_after(timeout_s):
+                await self._ready.wait()
+            client = self.client
+            if client is None:
+                raise EpisodeUnavailable(f"server {self.name!r} is unavailable: {self.error or 'restarting'}")
+        if not self.has_episodes:
+            raise EpisodeUnavailable(f"server {self.name!r} is not an ASTRA environment (no {CONTROL_EXTENSION} extension)")
+        generation = self.generation
+        try:
+            with anyio.fail_after(timeout_s):
+                return await client.session.send_request(request, ControlResult)
+        except TimeoutError:
+            raise EpisodeUnavailable(f"server {self.name!r} did not answer {request.method} within {timeout_s:g} s") from None
+        except MCPError as exc:
+            if exc.error.code == CONNECTION_CLOSED:
+                self.mark_dead(generation)
+            data = exc.error.data
+            reason = data.get("reason") if isinstance(data, dict) else None
+            raise EpisodeUnavailable(f"server {self.name!r}: {exc.error.message}", reason) from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
+            self.mark_dead(generation)
+            raise EpisodeUnavailable(f"server {self.name!r} connection lost ({type(exc).__name__})") from None
+
     async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float, episode: str | None = None) -> ToolResult:
         start = time.perf_counter()
 
@@ -240,6 +290,9 @@ class _Server:
                 return result("server_died", f"server {self.name!r} died during the call; it is being restarted")
             if exc.error.code == REQUEST_TIMEOUT:
                 return result("timeout", f"tool {tool!r} timed out: {exc}")
+            data = exc.error.data
+            if isinstance(data, dict) and data.get("reason") in {r.value for r in EpisodeRefusal}:
+                return result("episode_refused", f"server {self.name!r} refused the episode: {exc.error.message}")
             return result("protocol_error", f"server {self.name!r} rejected the call: {exc}")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             self.mark_dead(generation)
@@ -346,6 +399,7 @@ class Connections:
         self._bindings: dict[str, ToolBinding] = {}
         self._openai_cache: dict[str, dict[str, Any]] = {}
         self._arg_checks: dict[str, SchemaCheck | None] = {}
+        self._episode_servers: dict[str, str] = {}  # handle -> the server that minted it
 
     async def __aenter__(self) -> Connections:
         stack = AsyncExitStack()
@@ -476,15 +530,83 @@ class Connections:
     # ------------------------------------------------------------------ calls
 
     async def call(
-        self, name: str, arguments: dict[str, Any], timeout_s: float | None = None, *, episode: str | None = None
+        self, name: str, arguments: dict[str, Any], timeout_s: float | None = None, *, episode: EpisodeHandles | None = None
     ) -> ToolResult:
         """Call an aggregated tool. Never raises for tool-side trouble: errors are results.
 
-        ``episode`` travels as ``_meta["astra/episode"]``: ASTRA environments keep one state
-        per episode id, so episodes sharing one connection never see each other's state
-        (other servers ignore the key)."""
+        ``episode``: a handle from :meth:`open_episode` or the ``{server: handle}`` map from
+        :meth:`open_episodes`; it travels as ``_meta["astra/episode"]`` to the server that
+        minted it (never to another server), so episodes sharing one connection never see each
+        other's state. Without one, an ASTRA environment uses the connection's own episode."""
         binding = self._bindings.get(name)
         if binding is None:
             return ToolResult(text=f"unknown tool {name!r}", is_error=True, error_kind="unknown_tool")
         server = self._servers[binding.server]
-        return await server.call(binding.tool.name, arguments, timeout_s or self.call_timeout_s, episode)
+        return await server.call(binding.tool.name, arguments, timeout_s or self.call_timeout_s,
+                                 self._handle_for(binding.server, episode))
+
+    def _handle_for(self, server: str, episode: EpisodeHandles | None) -> str | None:
+        if episode is None:
+            return None
+        if isinstance(episode, str):
+            minted_by = self._episode_servers.get(episode)
+            return episode if minted_by is None or minted_by == server else None
+        return episode.get(server)
+
+    # ------------------------------------------------------------------ episodes
+
+    def episode_servers(self) -> list[str]:
+        """The servers that are ASTRA environments (they open episodes)."""
+        return [s.name for s in self._servers.values() if s.has_episodes]
+
+    async def open_episode(self, server: str, *, seed: int | None = None, timeout_s: float | None = None) -> str:
+        """Open a fresh episode on ``server`` (an ASTRA environment); returns the handle it minted.
+
+        Pass it as ``call(..., episode=handle)`` for every call of one trajectory and close it
+        with :meth:`close_episode`. Raises :class:`EpisodeUnavailable` (``reason``
+        ``episode_capacity`` when the server is full)."""
+        if server not in self._servers:
+            raise KeyError(f"no server named {server!r}; servers: {self.servers}")
+        result = await self._servers[server].control(
+            OpenEpisodeRequest(params=OpenParams(seed=seed)), timeout_s or self.call_timeout_s
+        )
+        if not result.episode:
+            raise EpisodeUnavailable(f"server {server!r} answered astra/episode/open without a handle")
+        self._episode_servers[result.episode] = server
+        return result.episode
+
+    async def close_episode(self, handle: str, *, timeout_s: float | None = None) -> bool:
+        """Close an episode opened by :meth:`open_episode` (its state is dropped on the server).
+
+        False when it was already gone (expired, closed, its server restarted or unreachable):
+        never raises, so it is safe in ``finally`` blocks."""
+        server = self._episode_servers.pop(handle, None)
+        if server is None:
+            return False
+        try:
+            result = await self._servers[server].control(
+                CloseEpisodeRequest(params=EpisodeParams(episode=handle)), timeout_s or self.call_timeout_s
+            )
+        except EpisodeUnavailable as exc:
+            log.debug("closing an episode on %s: %s", server, exc)
+            return False
+        return bool(result.closed)
+
+    async def open_episodes(self, *, seed: int | None = None) -> dict[str, str]:
+        """One fresh episode on every ASTRA environment server: ``{server: handle}`` (empty when
+        there are none). All or nothing: when one cannot be opened the others are closed and
+        :class:`EpisodeUnavailable` is raised."""
+        handles: dict[str, str] = {}
+        try:
+            for server in self.episode_servers():
+                handles[server] = await self.open_episode(server, seed=seed)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.close_episodes(handles)
+            raise
+        return handles
+
+    async def close_episodes(self, handles: Mapping[str, str]) -> None:
+        """Close every episode of ``handles`` (see :meth:`close_episode`)."""
+        for handle in handles.values():
+            await self.close_episode(handle)

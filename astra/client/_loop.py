@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, Field
 
-from astra.client._connections import Connections, ToolResult
+from astra.client._connections import Connections, EpisodeHandles, EpisodeUnavailable, ToolResult
 from astra.client._model import Model, ModelError, ModelSettings
 from astra.records import ChatMessage, Step, Task, TerminationReason, Trajectory, Usage, stable_id
 
@@ -73,7 +73,7 @@ async def _execute(
     visible: set[str],
     turn: int,
     timeout_s: float | None,
-    episode: str | None = None,
+    episode: EpisodeHandles | None = None,
 ) -> tuple[Step, str]:
     """Run one tool call; returns the Step and the text the model will see."""
     start = time.perf_counter()
@@ -148,12 +148,19 @@ async def run_episode(
     step_latencies: list[float] = []
     tools_payload = conns.openai_tools(visible_list)
     traj_id = trajectory_id_ or trajectory_id(task_id, model.name, sample)
-    # a fresh environment state per run of an episode, even when one trajectory id is rerun
+    # a fresh environment state per run of an episode, even when one trajectory id is rerun: the
+    # label names it in the record; the handles the environments mint are credentials, never recorded
     episode = f"{traj_id}:{uuid.uuid4().hex[:12]}"
+    handles: dict[str, str] = {}
     started = time.perf_counter()
 
     async def body() -> None:
         nonlocal termination, error, final_answer, requests, usage, tools_payload, visible_list
+        try:
+            handles.update(await conns.open_episodes())
+        except EpisodeUnavailable as exc:
+            termination, error = "server_error", f"could not open an environment episode: {exc}"
+            return
         for turn_index, turn in enumerate(turns):
             if turn.add_tools:
                 visible_list = list(dict.fromkeys(visible_list + conns.resolve_names(turn.add_tools)))
@@ -181,7 +188,7 @@ async def run_episode(
                     results: list[tuple[Step, str] | None] = [None] * len(calls)
 
                     async def run_one(i: int) -> None:
-                        results[i] = await _execute(conns, calls[i], visible, turn_index, call_timeout_s, episode)
+                        results[i] = await _execute(conns, calls[i], visible, turn_index, call_timeout_s, handles)
 
                     if len(calls) == 1:  # no task group needed for a single call
                         await run_one(0)
@@ -218,6 +225,8 @@ async def run_episode(
             await body()
     finally:
         timings["total_s"] = time.perf_counter() - started
+        with anyio.CancelScope(shield=True):
+            await conns.close_episodes(handles)
     assert termination is not None
     return Trajectory(
         id=traj_id,

@@ -21,6 +21,7 @@ Public API
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec, Verifier
 
@@ -28,7 +29,10 @@ from ._runtime import (
     CONTROL_EXTENSION,
     DEFAULT_EPISODE,
     EPISODE_META_KEY,
+    BindRefused,
     EnvironmentControl,
+    EpisodeRefusal,
+    EpisodeRefused,
     EnvironmentRuntime,
     EnvironmentServer,
     SchemaCheck,
@@ -36,6 +40,7 @@ from ._runtime import (
     ToolOutcome,
     build_class_server,
     build_server_from_dict,
+    check_bind,
     serve,
 )
 from ._runtime import EnvironmentError_ as EnvironmentSpecError
@@ -88,6 +93,7 @@ def build_server(
     limits: SandboxLimits | None = None,
     bearer_token: str | None = None,
     public_url: str | None = None,
+    **episode_options: Any,
 ) -> EnvironmentServer:
     """An ``MCPServer`` for ``spec``: tools with the spec's input schemas and descriptions,
     ``structured_content`` results, per-episode state.
@@ -95,9 +101,11 @@ def build_server(
     ``sandboxed=None`` follows ``spec.sandboxed``; ``sandboxed=False`` runs the tool code
     in-process (only for trusted, hand-written environments). Serve it in-process with
     ``mcp.client.Client(server)``, or over stdio / HTTP with ``astra.servers.serve``.
+    ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s``.
     """
     return build_server_from_dict(
-        spec.model_dump(mode="json"), sandboxed=sandboxed, limits=limits, bearer_token=bearer_token, public_url=public_url
+        spec.model_dump(mode="json"), sandboxed=sandboxed, limits=limits, bearer_token=bearer_token,
+        public_url=public_url, **episode_options,
     )
 
 
@@ -134,7 +142,10 @@ __all__ = [
     "CONTROL_EXTENSION",
     "DEFAULT_EPISODE",
     "EPISODE_META_KEY",
+    "BindRefused",
     "EnvironmentControl",
+    "EpisodeRefusal",
+    "EpisodeRefused",
     "EnvironmentRuntime",
     "EnvironmentServer",
     "EnvironmentSpec",
@@ -154,4 +165,5 @@ __all__ = [
     "build_class_server",
     "build_server",
     "build_server_from_dict",
+    "check_bind",
 ]

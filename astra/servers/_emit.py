@@ -2,7 +2,8 @@
 
 Layout of ``DIR``::
 
-    server.py              python DIR/server.py [--http --port P --host H --token T]
+    server.py              python DIR/server.py [--http --port P --host H --token T --allow-remote
+                                                 --max-episodes N --episode-ttl S --call-timeout S]
     environment.json       the spec: tool schemas, tool code, initial state, verifiers
     astra_env_runtime/     a vendored copy of astra.servers' runtime (needs only mcp)
     README.md              launch commands and an ``mcpServers`` block for MCP hosts
@@ -26,6 +27,7 @@ _SERVER_PY = '''#!/usr/bin/env python3
 
 stdio:  python server.py
 HTTP:   python server.py --http --port 8000 [--host 127.0.0.1] [--token SECRET]
+        (a non-loopback --host needs --token and --allow-remote; see --help for episode limits)
 Needs only Python >= 3.11 and the `mcp` package (v2).
 """
 
@@ -99,14 +101,25 @@ Check it (lists the tools, replays the verifiers' reference calls): `astra env v
 {block}
 ```
 
+A non-loopback `--host` is refused unless `--token SECRET` and `--allow-remote` are given.
+
 ## Episodes and the control channel
 
-Every client connection is one episode that starts from the initial state in
-`environment.json`. A harness can reset, snapshot and restore an episode through the MCP
-extension `dev.astra/environment` (requests `astra/reset`, `astra/snapshot`,
-`astra/restore`, `astra/state`); these are not tools and never appear in `tools/list`.
-Over stateless HTTP, send `_meta: {{"astra/episode": "<id>"}}` with each request to keep
-episodes apart.
+An episode is one trajectory's copy of the state, starting from `initial_state` in
+`environment.json`. A harness opens one with the request `astra/episode/open` (MCP extension
+`dev.astra/environment`; not a tool, never in `tools/list`), gets back a handle the server
+minted (unguessable), and sends it as `_meta: {{"astra/episode": "<handle>"}}` on every tool
+call and as `episode` on `astra/reset`, `astra/snapshot`, `astra/restore`, `astra/state` and
+`astra/episode/close`. A handle works only for the auth identity and the connection (stdio
+process, 2025-11-25 HTTP session) that opened it; guessed or foreign handles are refused.
+
+Without a handle, a stdio connection or a 2025-11-25 HTTP session uses its own implicit
+episode (MCP hosts need nothing special). A stateless HTTP request (the 2026-07-28 protocol)
+without a handle is refused with `reason: "no_episode"`: it has no state of its own.
+
+At `--max-episodes` (default 1024) open episodes, new ones are refused (`episode_capacity`);
+none is evicted. Episodes idle for `--episode-ttl` seconds (default 3600) expire, logged on
+stderr.
 """
 
 

@@ -7,32 +7,58 @@ every emitted environment directory, so it works on the plain JSON form of an
 
 Episodes
     Every episode starts from the environment's initial state, and episodes never see each
-    other's state. A request is mapped to its episode by, in order:
+    other's state. Over the wire an episode is named by a *handle* the server mints
+    (``astra/episode/open``, or ``astra/reset`` without a handle): ``secrets.token_urlsafe(32)``,
+    sent back on every request as ``_meta["astra/episode"]`` (tool calls) or the ``episode``
+    param (control requests). A handle is bound to its creator: opened under an auth identity
+    (the bearer token's ``client_id``) or a connection (a stateful HTTP session, a stdio
+    process, an in-process client) it works only from that identity and connection; opened
+    on stateless HTTP without auth, the handle itself is the capability. A handle the server
+    did not mint, that expired, was closed or belongs to someone else is refused with the
+    same MCP error (``INVALID_PARAMS``, ``data.reason = "unknown_episode"``): the server never
+    creates an episode from a client-chosen id.
 
-    1. ``_meta["astra/episode"]`` on the request (works on every transport and protocol
-       era, including stateless HTTP; the harness sets it when it multiplexes episodes);
-    2. the ``Mcp-Session-Id`` header (stateful streamable HTTP: one episode per session);
-    3. the client connection: the server's lifespan is entered once per in-process
-       ``mcp.client.Client(server)`` and once per stdio process, and each entry opens a
-       fresh episode (so every in-process client is its own episode).
+    A request without a handle uses its connection's *implicit* episode: one per stdio
+    process, per in-process client and per stateful (2025-11-25) HTTP session. A request on
+    stateless HTTP (the 2026-07-28 protocol, or a stateless 2025 server) has no connection,
+    so without a handle it is refused (``data.reason = "no_episode"``) rather than given a
+    shared default or a throw-away state: an RL rollout that forgot its handle fails loudly
+    instead of silently losing state between calls.
+
+    Capacity is explicit: at ``max_episodes`` open episodes a new one is refused
+    (``data.reason = "episode_capacity"``), never made by evicting a live one. An episode
+    idle for ``episode_ttl_s`` expires (logged); implicit episodes of stdio / in-process
+    connections live as long as their connection instead.
+
+    Tool code that is not sandboxed runs in a worker thread under ``call_timeout_s``, so a
+    hanging tool delays only its own episode; a class environment's episode whose call timed
+    out is unusable until it is reset (the abandoned call may still be changing it).
+
+    In process, :class:`EnvironmentRuntime` methods take any episode key the (trusted)
+    caller chooses; those keys are never reachable over the wire.
 
 Control channel (never in ``tools/list``; the model cannot call it)
     In process: the :class:`EnvironmentRuntime` handle (``server.runtime``): ``reset``,
     ``snapshot``, ``restore``, ``state``, ``calls``. Over the wire: an MCP extension
     (SEP-2133, identifier ``dev.astra/environment``) adding the request methods
-    ``astra/reset``, ``astra/snapshot``, ``astra/restore``, ``astra/state`` and
-    ``astra/episode/close``; :class:`EnvironmentControl` sends them through any
-    connected ``mcp.client.Client``.
+    ``astra/episode/open``, ``astra/reset``, ``astra/snapshot``, ``astra/restore``,
+    ``astra/state`` and ``astra/episode/close``; :class:`EnvironmentControl` sends them
+    through any connected ``mcp.client.Client``.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import enum
+import functools
+import hashlib
 import inspect
+import ipaddress
 import itertools
 import json
 import logging
+import secrets
 import sys
 import time
 import uuid
@@ -45,11 +71,15 @@ from typing import Any, Literal
 
 import anyio
 import jsonschema
+from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mcp_types import CallToolResult, Request, RequestParams, Result, TextContent, ToolAnnotations
 from mcp_types import Tool as MCPTool
 
@@ -65,7 +95,38 @@ log = logging.getLogger("astra.servers")
 EPISODE_META_KEY = "astra/episode"
 CONTROL_EXTENSION = "dev.astra/environment"
 DEFAULT_EPISODE = "default"
-MAX_EPISODES = 4096
+MAX_EPISODES = 1024
+"""Default capacity: open episodes (handles and implicit ones) per server."""
+EPISODE_TTL_S = 3600.0
+"""Default idle time after which an episode expires."""
+CALL_TIMEOUT_S = 60.0
+"""Default per-call limit for tool code that runs in-process (the sandbox has its own ``wall_s``)."""
+MAX_SNAPSHOTS_PER_EPISODE = 64
+
+
+class EpisodeRefusal(str, enum.Enum):
+    """Why a request's episode was refused (``MCPError.data["reason"]``)."""
+
+    UNKNOWN = "unknown_episode"  # never minted, expired, closed, or someone else's: indistinguishable on purpose
+    NO_EPISODE = "no_episode"  # stateless request without a handle
+    CAPACITY = "episode_capacity"  # max_episodes open: refused, nothing evicted
+    UNUSABLE = "episode_unusable"  # a call timed out while it may still change the episode's state
+    SNAPSHOTS = "snapshot_capacity"
+
+
+class EpisodeRefused(MCPError):
+    """A request's episode cannot be used; the MCP error the client receives."""
+
+    def __init__(self, reason: EpisodeRefusal, message: str) -> None:
+        code = INVALID_REQUEST if reason in (EpisodeRefusal.CAPACITY, EpisodeRefusal.SNAPSHOTS) else INVALID_PARAMS
+        super().__init__(code=code, message=message, data={"reason": reason.value})
+        self.reason = reason
+
+
+class EpisodeKind(enum.Enum):
+    HANDLE = "handle"  # minted by the server, named by the client on the wire
+    IMPLICIT = "implicit"  # a connection's own episode (stdio, in-process client, stateful HTTP session)
+    IN_PROCESS = "in_process"  # chosen by trusted in-process code; never reachable over the wire
 
 
 class EnvironmentError_(RuntimeError):
@@ -109,6 +170,14 @@ class Snapshot:
     n_calls: int
 
 
+@dataclass(frozen=True)
+class _Caller:
+    """Who sends a request: what an episode handle is bound to when it is opened."""
+
+    auth: str | None  # the access token's client_id
+    connection: str | None  # a connection that lasts across requests; None on stateless HTTP
+
+
 @dataclass
 class _Episode:
     id: str
@@ -117,13 +186,26 @@ class _Episode:
     instance: Any = None
     calls: list[dict[str, Any]] = field(default_factory=list)
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    kind: EpisodeKind = EpisodeKind.IN_PROCESS
+    owner: _Caller | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    busy: int = 0  # calls in flight: an episode in use never expires
+    snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
+    unusable: str | None = None
 
 
 @dataclass
 class _ClientSlot:
-    """What the server lifespan yields: one per in-process client / stdio process / HTTP app."""
+    """What the server lifespan yields: one per in-process client or stdio process, but one for
+    a whole HTTP app (``per_client=False``), whose requests come from any number of clients."""
 
     episode_id: str
+    per_client: bool = True
+
+
+def _fingerprint(handle: str) -> str:
+    """A log-safe name for a handle (the handle itself is a credential)."""
+    return hashlib.sha256(handle.encode()).hexdigest()[:10]
 
 
 # --------------------------------------------------------------------------- tools
@@ -257,7 +339,14 @@ class EnvironmentRuntime:
         limits: SandboxLimits | None = None,
         bearer_token: str | None = None,
         public_url: str | None = None,
+        max_episodes: int = MAX_EPISODES,
+        episode_ttl_s: float | None = EPISODE_TTL_S,
+        call_timeout_s: float = CALL_TIMEOUT_S,
     ) -> None:
+        if max_episodes < 1:
+            raise ValueError("max_episodes must be at least 1")
+        if episode_ttl_s is not None and episode_ttl_s <= 0:
+            raise ValueError("episode_ttl_s must be positive (None: episodes never expire)")
         names = [t.name for t in tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -271,8 +360,11 @@ class EnvironmentRuntime:
         self.state_view = state_view
         self.sandboxed = sandboxed
         self.limits = limits or SandboxLimits.from_env()
-        self._episodes: OrderedDict[str, _Episode] = OrderedDict()
-        self._snapshots: OrderedDict[str, Snapshot] = OrderedDict()
+        self.max_episodes = max_episodes
+        self.episode_ttl_s = episode_ttl_s
+        self.call_timeout_s = call_timeout_s
+        self.shared_lifespan = False  # set when served over HTTP: one lifespan for every client
+        self._episodes: OrderedDict[str, _Episode] = OrderedDict()  # ordered by last use
         self._sandbox: Sandbox | None = None
         self._namespaces: dict[str, dict[str, Any]] = {}
         self._slot_counter = itertools.count()
@@ -283,40 +375,96 @@ class EnvironmentRuntime:
 
     # ----------------------------------------------------------------- episodes
 
-    def _fresh(self, episode_id: str, seed: int | None) -> _Episode:
-        episode = _Episode(id=episode_id, seed=seed)
+    def _fresh(self, episode_id: str, seed: int | None, kind: EpisodeKind = EpisodeKind.IN_PROCESS,
+               owner: _Caller | None = None) -> _Episode:
+        episode = _Episode(id=episode_id, seed=seed, kind=kind, owner=owner)
         if self.factory is not None:
             episode.instance = self.factory(copy.deepcopy(self.initial_config))
         else:
             episode.state = copy.deepcopy(self.initial_state)
         return episode
 
+    def _admit(self, key: str, seed: int | None, kind: EpisodeKind, owner: _Caller | None) -> _Episode:
+        """Add a fresh episode, or refuse when full: expired episodes go first, live ones never."""
+        self.expire_idle()
+        if len(self._episodes) >= self.max_episodes:
+            raise EpisodeRefused(
+                EpisodeRefusal.CAPACITY,
+                f"the environment already has {len(self._episodes)} open episodes (max_episodes="
+                f"{self.max_episodes}); close finished episodes (astra/episode/close) or serve with a larger "
+                "--max-episodes",
+            )
+        episode = self._fresh(key, seed, kind, owner)
+        self._episodes[key] = episode
+        return episode
+
+    def _touch(self, episode: _Episode) -> None:
+        episode.last_used = time.monotonic()
+        if self._episodes.get(episode.id) is episode:
+            self._episodes.move_to_end(episode.id)  # the registry stays ordered by last use
+
+    def _expires(self, episode: _Episode) -> bool:
+        # a stdio process's or in-process client's own episode lives as long as its connection
+        connection = episode.owner.connection if episode.owner is not None else None
+        return not (episode.kind is EpisodeKind.IMPLICIT and connection is not None and connection.startswith("slot:"))
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Drop episodes idle for longer than ``episode_ttl_s`` (none in use); returns their keys."""
+        if self.episode_ttl_s is None or not self._episodes:
+            return []
+        now = time.monotonic() if now is None else now
+        expired = []
+        for key, episode in self._episodes.items():  # oldest use first
+            if now - episode.last_used < self.episode_ttl_s:
+                break
+            if not episode.busy and self._expires(episode):
+                expired.append(key)
+        for key in expired:
+            episode = self._episodes.pop(key)
+            log.info("episode %s (%s) expired after %.0f s idle (episode_ttl_s=%g)",
+                     _fingerprint(key), episode.kind.value, now - episode.last_used, self.episode_ttl_s)
+        return expired
+
+    @property
+    def open_episodes(self) -> int:
+        return len(self._episodes)
+
     def episode(self, episode_id: str | None = None) -> _Episode:
+        """The episode under an in-process key (trusted callers; created on first use)."""
         key = episode_id or DEFAULT_EPISODE
         episode = self._episodes.get(key)
         if episode is None:
-            episode = self._fresh(key, None)
-            self._episodes[key] = episode
-            while len(self._episodes) > MAX_EPISODES:
-                self._episodes.popitem(last=False)
-        else:
-            self._episodes.move_to_end(key)
+            return self._admit(key, None, EpisodeKind.IN_PROCESS, None)
+        self._touch(episode)
         return episode
 
     def new_episode(self, episode_id: str | None = None, seed: int | None = None) -> str:
-        """Open a fresh episode (initial state) and return its id."""
-        key = episode_id or uuid.uuid4().hex
-        self._episodes[key] = self._fresh(key, seed)
-        return key
+        """In process: a fresh episode (initial state) under ``episode_id`` (default: a new handle)."""
+        if episode_id is None:
+            return self.open_episode(seed=seed)
+        if episode_id in self._episodes:
+            self.reset(episode_id, seed=seed)
+        else:
+            self._admit(episode_id, seed, EpisodeKind.IN_PROCESS, None)
+        return episode_id
+
+    def open_episode(self, seed: int | None = None, *, owner: _Caller | None = None) -> str:
+        """Mint a handle for a fresh episode (what ``astra/episode/open`` does for ``owner``)."""
+        handle = secrets.token_urlsafe(32)
+        self._admit(handle, seed, EpisodeKind.HANDLE, owner)
+        return handle
 
     def reset(self, episode_id: str | None = None, seed: int | None = None) -> Any:
-        """Put the episode back to the initial state (forgetting its calls); returns that state."""
+        """Put the episode back to the initial state (forgetting its calls and snapshots); returns that state."""
         key = episode_id or DEFAULT_EPISODE
         old = self._episodes.get(key)
-        episode = self._fresh(key, seed)
-        if old is not None:
+        if old is None:
+            self._admit(key, seed, EpisodeKind.IN_PROCESS, None)
+        else:
+            episode = self._fresh(key, seed, old.kind, old.owner)
             episode.lock = old.lock
-        self._episodes[key] = episode
+            self._episodes[key] = episode
+            self._touch(episode)
         return self.state(key)
 
     def close_episode(self, episode_id: str) -> bool:
@@ -324,7 +472,9 @@ class EnvironmentRuntime:
 
     def state(self, episode_id: str | None = None) -> Any:
         """A copy of the episode's state (for class environments: ``state_view(instance)``)."""
-        episode = self.episode(episode_id)
+        return self._state_of(self.episode(episode_id))
+
+    def _state_of(self, episode: _Episode) -> Any:
         if episode.instance is not None:
             if self.state_view is not None:
                 return self.state_view(episode.instance)
@@ -339,27 +489,33 @@ class EnvironmentRuntime:
         return list(self.episode(episode_id).calls)
 
     def snapshot(self, episode_id: str | None = None) -> Snapshot:
-        episode = self.episode(episode_id)
+        return self._snapshot_of(self.episode(episode_id))
+
+    def _snapshot_of(self, episode: _Episode) -> Snapshot:
+        if len(episode.snapshots) >= MAX_SNAPSHOTS_PER_EPISODE:
+            raise EpisodeRefused(EpisodeRefusal.SNAPSHOTS, f"an episode keeps at most {MAX_SNAPSHOTS_PER_EPISODE} "
+                                 "snapshots; reset the episode or open a new one")
         saved = copy.deepcopy(episode.instance if episode.instance is not None else episode.state)
         snap = Snapshot(id=uuid.uuid4().hex, episode=episode.id, state=saved, seed=episode.seed, n_calls=len(episode.calls))
-        self._snapshots[snap.id] = snap
-        while len(self._snapshots) > MAX_EPISODES:
-            self._snapshots.popitem(last=False)
+        episode.snapshots[snap.id] = snap
         return snap
 
     def restore(self, episode_id: str | None = None, *, snapshot_id: str | None = None, state: dict[str, Any] | None = None) -> Any:
-        """Restore an episode from a snapshot id (any environment) or a state dict (spec environments)."""
-        episode = self.episode(episode_id)
+        """Restore an episode from one of its own snapshots (any environment) or a state dict (spec environments)."""
+        return self._restore(self.episode(episode_id), snapshot_id=snapshot_id, state=state)
+
+    def _restore(self, episode: _Episode, *, snapshot_id: str | None, state: dict[str, Any] | None) -> Any:
         if snapshot_id is not None:
-            snap = self._snapshots.get(snapshot_id)
+            snap = episode.snapshots.get(snapshot_id)
             if snap is None:
-                raise KeyError(f"unknown snapshot {snapshot_id!r}")
+                raise KeyError(f"unknown snapshot {snapshot_id!r} (an episode restores only its own snapshots)")
             if episode.instance is not None or self.factory is not None:
                 episode.instance = copy.deepcopy(snap.state)
             else:
                 episode.state = copy.deepcopy(snap.state)
             episode.seed = snap.seed
             episode.calls = episode.calls[: snap.n_calls]
+            episode.unusable = None
         elif state is not None:
             if self.factory is not None:
                 raise ValueError("a class environment restores from a snapshot id, not a state dict")
@@ -368,36 +524,72 @@ class EnvironmentRuntime:
             episode.state = copy.deepcopy(state)
         else:
             raise ValueError("restore needs a snapshot_id or a state")
-        return self.state(episode.id)
+        return self._state_of(episode)
 
-    def episode_for(self, ctx: Any) -> str:
-        """The episode a request belongs to (see the module docstring for the order)."""
-        if ctx is None:
-            return DEFAULT_EPISODE
-        meta = getattr(ctx, "meta", None)
-        if isinstance(meta, Mapping):
-            explicit = meta.get(EPISODE_META_KEY)
-            if isinstance(explicit, str) and explicit:
-                return explicit
-        headers = getattr(getattr(ctx, "request", None), "headers", None)
-        if headers is not None:
-            session_id = headers.get("mcp-session-id")
-            if session_id:
-                return f"http:{session_id}"
-        slot = getattr(ctx, "lifespan_context", None)
-        if isinstance(slot, _ClientSlot):
-            return slot.episode_id
-        return DEFAULT_EPISODE
+    # ----------------------------------------------------------------- the wire
+
+    def caller(self, ctx: Any) -> _Caller:
+        """Who sent a request: its auth identity and the connection it came on (None when stateless)."""
+        token = get_access_token()
+        connection = None
+        if ctx is not None:
+            if getattr(ctx, "protocol_version", None) not in MODERN_PROTOCOL_VERSIONS:
+                # a 2025 stateful session (the session manager has checked that it exists and that
+                # this credential opened it); 2026-07-28 requests have no sessions, whatever they send
+                headers = getattr(getattr(ctx, "request", None), "headers", None)
+                session_id = headers.get("mcp-session-id") if headers is not None else None
+                if session_id:
+                    connection = f"http-session:{session_id}"
+            slot = getattr(ctx, "lifespan_context", None)
+            if connection is None and isinstance(slot, _ClientSlot) and slot.per_client:
+                connection = slot.episode_id
+        return _Caller(auth=token.client_id if token is not None else None, connection=connection)
+
+    def resolve(self, ctx: Any, handle: Any) -> _Episode:
+        """The episode a wire request may use: its handle's (if the caller owns it) or its
+        connection's implicit one. Raises :class:`EpisodeRefused` (see the module docstring)."""
+        caller = self.caller(ctx)
+        self.expire_idle()
+        if handle is not None:
+            episode = self._episodes.get(handle) if isinstance(handle, str) else None
+            if episode is None or episode.kind is not EpisodeKind.HANDLE or not _owns(episode.owner, caller):
+                ttl = f"{self.episode_ttl_s:g} s" if self.episode_ttl_s is not None else "none"
+                raise EpisodeRefused(
+                    EpisodeRefusal.UNKNOWN,
+                    "unknown episode handle: this server did not open it for you, or it was closed or expired "
+                    f"(idle TTL {ttl}). Handles are minted by the server: open one with astra/episode/open "
+                    "(or astra/reset) and send it back unchanged.",
+                )
+            self._touch(episode)
+            return episode
+        if caller.connection is None:
+            raise EpisodeRefused(
+                EpisodeRefusal.NO_EPISODE,
+                "this request names no episode and has no session (stateless HTTP), so it has no state of its "
+                "own: open an episode with the astra/episode/open request (extension dev.astra/environment) and "
+                'send its handle as _meta["astra/episode"] on every tool call',
+            )
+        key = f"implicit:{caller.connection}"
+        episode = self._episodes.get(key)
+        if episode is None:
+            return self._admit(key, None, EpisodeKind.IMPLICIT, caller)
+        self._touch(episode)
+        return episode
+
+    def _drop_connection(self, connection: str) -> None:
+        """A stdio process / in-process client went away: its episodes can never be used again."""
+        for key in [k for k, e in self._episodes.items() if e.owner is not None and e.owner.connection == connection]:
+            del self._episodes[key]
 
     @asynccontextmanager
     async def _lifespan(self, _server: Any) -> AsyncIterator[_ClientSlot]:
-        slot = _ClientSlot(episode_id=f"client:{next(self._slot_counter)}:{uuid.uuid4().hex[:8]}")
+        slot = _ClientSlot(episode_id=f"slot:{next(self._slot_counter)}:{uuid.uuid4().hex[:8]}", per_client=not self.shared_lifespan)
         if self.sandboxed and self.factory is None and self.tools:
             await self._sandbox_for_loop()  # warm the worker before the first call
         try:
             yield slot
         finally:
-            self._episodes.pop(slot.episode_id, None)
+            self._drop_connection(slot.episode_id)
 
     # ----------------------------------------------------------------- execution
 
@@ -423,30 +615,54 @@ class EnvironmentRuntime:
         return self._sandbox
 
     async def call(self, name: str, arguments: dict[str, Any] | None = None, *, episode_id: str | None = None) -> ToolOutcome:
-        """Run one tool call in an episode (no MCP framing). Tool failures come back in the outcome."""
+        """Run one tool call in an in-process episode (no MCP framing). Tool failures come back in the outcome."""
+        return await self.call_in(self.episode(episode_id), name, arguments)
+
+    async def call_in(self, episode: _Episode, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
+        """Run one tool call in ``episode``. Tool failures come back in the outcome."""
         arguments = {} if arguments is None else arguments
         start = time.perf_counter()
         tool = self.tools.get(name)
         if tool is None:
             outcome = ToolOutcome(name, arguments if isinstance(arguments, dict) else {}, ok=False, error_kind="unknown_tool",
-                                  error=f"unknown tool {name!r}; available: {', '.join(sorted(self.tools))}")
+                                  error=f"unknown tool {_clean_text(name)!r}; available: {', '.join(sorted(self.tools))}")
             return outcome
-        problem = _schema_error(tool, arguments)
-        episode = self.episode(episode_id)
+        problem = _schema_error(tool, arguments) or _unicode_problem(arguments, "the arguments")
         if problem is not None:
-            outcome = ToolOutcome(name, arguments if isinstance(arguments, dict) else {}, ok=False, error_kind="bad_arguments", error=problem)
+            outcome = ToolOutcome(name, _scrub(arguments) if isinstance(arguments, dict) else {}, ok=False,
+                                  error_kind="bad_arguments", error=problem)
+        elif episode.unusable is not None:
+            outcome = ToolOutcome(name, arguments, ok=False, error_kind="episode_unusable", error=episode.unusable)
         else:
-            async with episode.lock:
-                outcome = await self._execute(tool, arguments, episode)
+            episode.busy += 1
+            try:
+                async with episode.lock:
+                    outcome = await self._execute(tool, arguments, episode)
+            finally:
+                episode.busy -= 1
+                self._touch(episode)
             if outcome.ok and tool.output_validator is not None and not outcome.truncated:
                 structured = {"result": outcome.value} if tool.wrap_output else outcome.value
                 error = tool.output_validator.first_error(structured)
                 if error is not None:
                     outcome = ToolOutcome(name, arguments, ok=False, error_kind="bad_output",
                                           error=f"the tool's result does not match its output schema: {error.message}")
+        if outcome.error is not None:
+            outcome.error = _clean_text(outcome.error)
         outcome.latency_s = time.perf_counter() - start
         episode.calls.append(outcome.to_record())
         return outcome
+
+    async def _run_trusted(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run in-process tool code off the event loop under ``call_timeout_s`` (TimeoutError past it):
+        a hanging or CPU-bound tool delays only its own episode."""
+        with anyio.fail_after(self.call_timeout_s):
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args, **kwargs)
+            value = await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), abandon_on_cancel=True)
+            if inspect.isawaitable(value):
+                value = await value
+            return value
 
     async def _execute(self, tool: _Tool, arguments: dict[str, Any], episode: _Episode) -> ToolOutcome:
         if episode.instance is not None:
@@ -454,9 +670,12 @@ class EnvironmentRuntime:
             if method is None:
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind="unknown_tool", error=f"the backend has no method {tool.method or tool.name!r}")
             try:
-                value = method(**arguments)
-                if inspect.isawaitable(value):
-                    value = await value
+                value = await self._run_trusted(method, (), arguments)
+            except TimeoutError:
+                episode.unusable = (f"an earlier call ({tool.name}) did not finish within {self.call_timeout_s:g} s and may "
+                                    "still be changing this episode's state: reset it or open a new episode")
+                return ToolOutcome(tool.name, arguments, ok=False, error_kind="timeout",
+                                   error=f"the tool did not finish within {self.call_timeout_s:g} s")
             except Exception as exc:
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}")
             return _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
@@ -469,19 +688,26 @@ class EnvironmentRuntime:
             result = await sandbox.call(tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None)
             if not result.ok:
                 return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=result.error_kind)
+            problem = _unicode_problem(result.value, "the tool's result") or _unicode_problem(result.state, "the tool's new state")
+            if problem is not None:
+                return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
             if tool.stateful and result.state is not None:
                 episode.state = result.state
             return ToolOutcome(tool.name, arguments, ok=True, value=result.value, truncated=result.truncated)
         fn = self._compile(tool)[tool.entrypoint or tool.name]
-        working = copy.deepcopy(episode.state) if tool.stateful else None
+        working = copy.deepcopy(episode.state) if tool.stateful else None  # committed only when the call succeeds
         try:
-            value = fn(working, **arguments) if tool.stateful else fn(**arguments)
-            if inspect.isawaitable(value):
-                value = await value
+            value = await self._run_trusted(fn, (working,) if tool.stateful else (), arguments)
+        except TimeoutError:
+            return ToolOutcome(tool.name, arguments, ok=False, error_kind="timeout",
+                               error=f"the tool did not finish within {self.call_timeout_s:g} s")
         except Exception as exc:
             return ToolOutcome(tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}")
         outcome = _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         if outcome.ok and tool.stateful:
+            problem = _unicode_problem(working, "the tool's new state")
+            if problem is not None:
+                return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
             episode.state = working
         return outcome
 
@@ -523,12 +749,58 @@ def _public_attributes(instance: Any) -> dict[str, Any]:
     return out
 
 
+def _owns(owner: _Caller | None, caller: _Caller) -> bool:
+    """Whether ``caller`` may use an episode opened by ``owner``: same identity and connection,
+    wherever the opener had one."""
+    if owner is None:
+        return True
+    return (owner.auth is None or owner.auth == caller.auth) and (owner.connection is None or owner.connection == caller.connection)
+
+
+def _clean_text(text: str) -> str:
+    """``text`` that can be sent as UTF-8 (lone surrogates become ``\\udXXX`` escapes)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with every string made sendable as UTF-8 (see :func:`_clean_text`)."""
+    if isinstance(value, str):
+        return _clean_text(value)
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _unicode_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` cannot be sent as UTF-8 JSON (a lone surrogate somewhere), or None."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return None
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{what} contains text that is not valid Unicode ({exc.reason} at character {exc.start})"
+    except (TypeError, ValueError):
+        return None  # not JSON at all: reported by the JSON checks
+    return None
+
+
 def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes: int) -> ToolOutcome:
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         return ToolOutcome(tool.name, arguments, ok=False, error_kind="not_json",
                            error=f"the tool returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}")
+    try:
+        encoded.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output",
+                           error=f"the tool's result contains text that is not valid Unicode ({exc.reason} at character {exc.start})")
     if len(encoded) > max_bytes:
         preview = encoded[:max_bytes] + f"...[truncated: result was {len(encoded)} characters, limit {max_bytes}]"
         return ToolOutcome(tool.name, arguments, ok=True, value=preview, truncated=True)
@@ -552,6 +824,10 @@ class _StaticToken:
         return None
 
 
+class OpenParams(RequestParams):
+    seed: int | None = None
+
+
 class ResetParams(RequestParams):
     episode: str | None = None
     seed: int | None = None
@@ -568,11 +844,16 @@ class RestoreParams(RequestParams):
 
 
 class ControlResult(Result):
-    episode: str
+    episode: str | None = None  # the handle (None: the connection's implicit episode)
     state: Any = None
     snapshot_id: str | None = None
     calls: list[dict[str, Any]] | None = None
     closed: bool | None = None
+    episode_ttl_s: float | None = None
+
+
+class OpenEpisodeRequest(Request[OpenParams, Literal["astra/episode/open"]]):
+    method: Literal["astra/episode/open"] = "astra/episode/open"
 
 
 class ResetRequest(Request[ResetParams, Literal["astra/reset"]]):
@@ -595,6 +876,9 @@ class CloseEpisodeRequest(Request[EpisodeParams, Literal["astra/episode/close"]]
     method: Literal["astra/episode/close"] = "astra/episode/close"
 
 
+CONTROL_METHODS = ("astra/episode/open", "astra/reset", "astra/snapshot", "astra/restore", "astra/state", "astra/episode/close")
+
+
 class _ControlExtension(Extension):
     identifier = CONTROL_EXTENSION
 
@@ -602,43 +886,51 @@ class _ControlExtension(Extension):
         self.runtime = runtime
 
     def settings(self) -> dict[str, Any]:
-        return {"methods": ["astra/reset", "astra/snapshot", "astra/restore", "astra/state", "astra/episode/close"]}
+        return {"methods": list(CONTROL_METHODS), "episode_meta_key": EPISODE_META_KEY}
 
     def methods(self) -> Sequence[MethodBinding]:
         rt = self.runtime
 
-        def target(ctx: Any, params: Any) -> str:
-            return params.episode or rt.episode_for(ctx)
+        def handle(episode: _Episode) -> str | None:
+            return episode.id if episode.kind is EpisodeKind.HANDLE else None
+
+        async def open_episode(ctx: Any, params: OpenParams) -> ControlResult:
+            key = rt.open_episode(seed=params.seed, owner=rt.caller(ctx))
+            return ControlResult(episode=key, episode_ttl_s=rt.episode_ttl_s)
 
         async def reset(ctx: Any, params: ResetParams) -> ControlResult:
-            key = target(ctx, params)
-            return ControlResult(episode=key, state=_jsonable(rt.reset(key, seed=params.seed)))
+            caller = rt.caller(ctx)
+            if params.episode is None and caller.connection is None:  # stateless: a new episode, as astra/episode/open
+                episode = rt._episodes[rt.open_episode(seed=params.seed, owner=caller)]
+            else:  # the handle's episode, or the connection's implicit one
+                episode = rt.resolve(ctx, params.episode)
+            state = _jsonable(rt.reset(episode.id, seed=params.seed))
+            return ControlResult(episode=handle(episode), state=state, episode_ttl_s=rt.episode_ttl_s)
 
         async def snapshot(ctx: Any, params: EpisodeParams) -> ControlResult:
-            key = target(ctx, params)
-            snap = rt.snapshot(key)
-            return ControlResult(episode=key, snapshot_id=snap.id, state=_jsonable(rt.state(key)))
+            episode = rt.resolve(ctx, params.episode)
+            snap = rt._snapshot_of(episode)
+            return ControlResult(episode=handle(episode), snapshot_id=snap.id, state=_jsonable(rt._state_of(episode)))
 
         async def restore(ctx: Any, params: RestoreParams) -> ControlResult:
-            key = target(ctx, params)
+            episode = rt.resolve(ctx, params.episode)
             try:
-                state = rt.restore(key, snapshot_id=params.snapshot_id, state=params.state)
+                state = rt._restore(episode, snapshot_id=params.snapshot_id, state=params.state)
             except (KeyError, ValueError) as exc:
-                from mcp.shared.exceptions import MCPError
-                from mcp_types import INVALID_PARAMS
-
-                raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
-            return ControlResult(episode=key, state=_jsonable(state))
+                raise MCPError(code=INVALID_PARAMS, message=str(exc).strip("'\"")) from exc
+            return ControlResult(episode=handle(episode), state=_jsonable(state))
 
         async def state(ctx: Any, params: EpisodeParams) -> ControlResult:
-            key = target(ctx, params)
-            return ControlResult(episode=key, state=_jsonable(rt.state(key)), calls=rt.calls(key))
+            episode = rt.resolve(ctx, params.episode)
+            return ControlResult(episode=handle(episode), state=_jsonable(rt._state_of(episode)),
+                                 calls=_jsonable(list(episode.calls)))
 
         async def close(ctx: Any, params: EpisodeParams) -> ControlResult:
-            key = target(ctx, params)
-            return ControlResult(episode=key, closed=rt.close_episode(key))
+            episode = rt.resolve(ctx, params.episode)
+            return ControlResult(episode=handle(episode), closed=rt.close_episode(episode.id))
 
         return [
+            MethodBinding("astra/episode/open", OpenParams, open_episode),
             MethodBinding("astra/reset", ResetParams, reset),
             MethodBinding("astra/snapshot", EpisodeParams, snapshot),
             MethodBinding("astra/restore", RestoreParams, restore),
@@ -649,7 +941,7 @@ class _ControlExtension(Extension):
 
 def _jsonable(value: Any) -> Any:
     try:
-        return json.loads(json.dumps(value, default=repr))
+        return _scrub(json.loads(json.dumps(value, default=repr)))
     except (TypeError, ValueError):
         return repr(value)
 
@@ -674,6 +966,15 @@ class EnvironmentServer(MCPServer):
             **auth_kwargs,
         )
         self.runtime = runtime
+        self.bearer_token_set = bool(bearer_token)
+
+    def streamable_http_app(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        self.runtime.shared_lifespan = True  # the app's lifespan is entered once for every client
+        return super().streamable_http_app(**kwargs)
+
+    def sse_app(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        self.runtime.shared_lifespan = True
+        return super().sse_app(**kwargs)
 
     async def list_tools(self) -> list[MCPTool]:
         return [tool.mcp() for tool in self.runtime.tools.values()]
@@ -684,7 +985,10 @@ class EnvironmentServer(MCPServer):
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:  # type: ignore[override]
         ctx = getattr(context, "_request_context", None) if context is not None else None
-        return await self.runtime.call_tool_result(name, arguments, episode_id=self.runtime.episode_for(ctx))
+        meta = getattr(ctx, "meta", None)
+        handle = meta.get(EPISODE_META_KEY) if isinstance(meta, Mapping) else None
+        episode = self.runtime.resolve(ctx, handle)  # EpisodeRefused is the MCP error the client gets
+        return self.runtime.to_call_result(await self.runtime.call_in(episode, name, arguments))
 
 
 # --------------------------------------------------------------------------- builders
@@ -697,8 +1001,10 @@ def build_server_from_dict(
     limits: SandboxLimits | None = None,
     bearer_token: str | None = None,
     public_url: str | None = None,
+    **episode_options: Any,
 ) -> EnvironmentServer:
-    """Serve the JSON form of an ``EnvironmentSpec``. ``sandboxed=None`` follows the spec's flag."""
+    """Serve the JSON form of an ``EnvironmentSpec``. ``sandboxed=None`` follows the spec's flag.
+    ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s`` (see :class:`EnvironmentRuntime`)."""
     name = spec.get("name") or spec.get("id")
     if not name:
         raise EnvironmentError_("environment spec has no name")
@@ -717,6 +1023,7 @@ def build_server_from_dict(
         limits=limits,
         bearer_token=bearer_token,
         public_url=public_url,
+        **episode_options,
     )
     return runtime.server
 
@@ -732,6 +1039,7 @@ def build_class_server(
     state_view: Callable[[Any], Any] | None = None,
     bearer_token: str | None = None,
     public_url: str | None = None,
+    **episode_options: Any,
 ) -> EnvironmentServer:
     """Serve a trusted Python class whose methods are the tools (e.g. BFCL's backend classes).
 
@@ -761,6 +1069,7 @@ def build_class_server(
         sandboxed=False,
         bearer_token=bearer_token,
         public_url=public_url,
+        **episode_options,
     )
     return runtime.server
 
@@ -771,9 +1080,16 @@ def build_class_server(
 class EnvironmentControl:
     """The harness side of the control channel, over any connected ``mcp.client.Client``.
 
-    ``ctl = EnvironmentControl(client); await ctl.reset(seed=0); snap = await ctl.snapshot()``.
-    ``episode`` selects an explicit episode id (the one sent in ``_meta["astra/episode"]``);
-    without it the server uses the connection's own episode.
+    One control is one episode::
+
+        ctl = EnvironmentControl(client)
+        await ctl.open()                      # or: await ctl.reset(seed=0), which also opens one
+        await ctl.call_tool("add_stock", {...})
+        snap = await ctl.snapshot(); await ctl.restore(snapshot_id=snap.snapshot_id)
+        await ctl.close()
+
+    ``episode`` is a handle the server minted (``open``/``reset`` store it here). Without one,
+    requests use the connection's implicit episode (stdio, in-process, stateful HTTP sessions).
     """
 
     def __init__(self, client: Any, episode: str | None = None) -> None:
@@ -783,8 +1099,20 @@ class EnvironmentControl:
     async def _send(self, request: Any) -> ControlResult:
         return await self.client.session.send_request(request, ControlResult)
 
+    async def open(self, seed: int | None = None) -> str:
+        """Open a fresh episode on the server and use it from now on; returns its handle."""
+        result = await self._send(OpenEpisodeRequest(params=OpenParams(seed=seed)))
+        assert result.episode is not None
+        self.episode = result.episode
+        return result.episode
+
     async def reset(self, seed: int | None = None) -> Any:
-        return (await self._send(ResetRequest(params=ResetParams(episode=self.episode, seed=seed)))).state
+        """Back to the initial state; returns it. Without a handle: the connection's implicit
+        episode, or on stateless HTTP a new episode whose handle is kept (use :meth:`open` for one
+        episode per trajectory when several share a connection)."""
+        result = await self._send(ResetRequest(params=ResetParams(episode=self.episode, seed=seed)))
+        self.episode = result.episode or self.episode
+        return result.state
 
     async def snapshot(self) -> ControlResult:
         return await self._send(SnapshotRequest(params=EpisodeParams(episode=self.episode)))
@@ -796,10 +1124,13 @@ class EnvironmentControl:
         return await self._send(StateRequest(params=EpisodeParams(episode=self.episode)))
 
     async def close(self) -> bool:
-        return bool((await self._send(CloseEpisodeRequest(params=EpisodeParams(episode=self.episode)))).closed)
+        """Close the episode (its state is dropped; the handle stops working)."""
+        closed = bool((await self._send(CloseEpisodeRequest(params=EpisodeParams(episode=self.episode)))).closed)
+        self.episode = None
+        return closed
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> CallToolResult:
-        """``client.call_tool`` stamped with this control's episode id."""
+        """``client.call_tool`` in this control's episode."""
         meta = {EPISODE_META_KEY: self.episode} if self.episode else None
         return await self.client.call_tool(name, arguments or {}, meta=meta)
 
@@ -807,10 +1138,49 @@ class EnvironmentControl:
 # --------------------------------------------------------------------------- launching
 
 
-def serve(server: EnvironmentServer, *, http: bool = False, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve over stdio, or streamable HTTP on ``host:port`` (DNS-rebinding protection on; a bearer
-    token, when wanted, is given to the builder: ``build_server(..., bearer_token=...)``).
-    Returns when the client goes away (stdio) or on interrupt; the sandbox worker is closed."""
+class BindRefused(ValueError):
+    """A non-loopback HTTP bind without a token and an explicit opt-in."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(host: str, *, token: str | None, allow_remote: bool) -> None:
+    """Refuse to serve HTTP beyond this machine unless a bearer token is set and the caller
+    said so explicitly (``--allow-remote``). Raises :class:`BindRefused`."""
+    if is_loopback(host):
+        return
+    missing = [what for what, ok in (("--token", bool(token)), ("--allow-remote", allow_remote)) if not ok]
+    if missing:
+        raise BindRefused(
+            f"refusing to serve on {host!r}, which is reachable from other machines: anyone who can reach it could "
+            f"open episodes and run the tools. Bind 127.0.0.1, or pass {' and '.join(missing)} to serve remotely "
+            "behind a bearer token"
+        )
+
+
+def serve(
+    server: EnvironmentServer,
+    *,
+    http: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    allow_remote: bool = False,
+) -> None:
+    """Serve over stdio, or streamable HTTP on ``host:port``. A bearer token, when wanted, is
+    given to the builder (``build_server(..., bearer_token=...)``); a non-loopback ``host``
+    needs one and ``allow_remote=True`` (:func:`check_bind`). On loopback, DNS-rebinding
+    protection is on. Returns when the client goes away (stdio) or on interrupt; the sandbox
+    worker is closed."""
+    if http:
+        check_bind(host, token="set" if server.bearer_token_set else None, allow_remote=allow_remote)
 
     async def run() -> None:
         runtime = server.runtime
@@ -824,8 +1194,9 @@ def serve(server: EnvironmentServer, *, http: bool = False, host: str = "127.0.0
             if not http:
                 await server.run_stdio_async()
                 return
+            # remote serving requires the token, which a rebinding page cannot send
             security = TransportSecuritySettings(
-                enable_dns_rebinding_protection=True,
+                enable_dns_rebinding_protection=is_loopback(host),
                 allowed_hosts=[f"{host}:*", "127.0.0.1:*", "localhost:*", "[::1]:*"],
                 allowed_origins=[f"http://{host}:*", "http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
             )
@@ -837,22 +1208,42 @@ def serve(server: EnvironmentServer, *, http: bool = False, host: str = "127.0.0
 
 
 def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
-    """Entry point of an emitted ``server.py``: ``[--http --port P --host H --token T]``."""
+    """Entry point of an emitted ``server.py`` (see ``--help``)."""
     parser = argparse.ArgumentParser(description="Serve an ASTRA environment over MCP (stdio by default).")
     parser.add_argument("--http", action="store_true", help="serve streamable HTTP instead of stdio")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="HTTP bind address (default 127.0.0.1; others need --token and --allow-remote)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--token", default=None, help="require this bearer token on HTTP requests")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help=f"run the tool code WITHOUT the bubblewrap sandbox (dangerous; same as {UNSAFE_ENV}=1)")
+    parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (needs --token)")
+    parser.add_argument("--max-episodes", type=int, default=MAX_EPISODES,
+                        help=f"open episodes at most; more are refused (default {MAX_EPISODES})")
+    parser.add_argument("--episode-ttl", type=float, default=EPISODE_TTL_S,
+                        help=f"seconds an idle episode lives (default {EPISODE_TTL_S:g}; 0: forever)")
+    parser.add_argument("--call-timeout", type=float, default=CALL_TIMEOUT_S,
+                        help=f"seconds an unsandboxed tool call may run (default {CALL_TIMEOUT_S:g})")
     args = parser.parse_args(argv)
     if args.unsafe_no_sandbox:
         import os
 
         os.environ[UNSAFE_ENV] = "1"
+    if args.http:
+        try:
+            check_bind(args.host, token=args.token, allow_remote=args.allow_remote)
+        except BindRefused as exc:
+            parser.error(str(exc))
+    if args.max_episodes < 1 or args.episode_ttl < 0 or args.call_timeout <= 0:
+        parser.error("--max-episodes must be >= 1, --episode-ttl >= 0 and --call-timeout > 0")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)  # episode expiry is logged
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     url = f"http://{args.host}:{args.port}/mcp"
-    server = build_server_from_dict(spec, bearer_token=args.token if args.http else None, public_url=url)
+    server = build_server_from_dict(
+        spec, bearer_token=args.token if args.http else None, public_url=url, max_episodes=args.max_episodes,
+        episode_ttl_s=args.episode_ttl or None, call_timeout_s=args.call_timeout,
+    )
     if args.token and not args.http:
         print("note: --token applies to --http only; stdio is not authenticated", file=sys.stderr)
-    serve(server, http=args.http, host=args.host, port=args.port)
+    serve(server, http=args.http, host=args.host, port=args.port, allow_remote=args.allow_remote)

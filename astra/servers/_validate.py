@@ -84,13 +84,13 @@ async def validate_emitted(directory: str | Path, *, timeout_s: float = 120.0) -
                     same = tool.input_schema == expected_schema and (tool.description or "") == impl.spec.description
                     report.checks.append(Check(name=f"tools/list {name}", ok=same, detail="" if same else "schema or description differs from the spec"))
                 control = EnvironmentControl(client)
-                initial = await control.reset()
+                initial = await control.reset()  # opens the episode every reference call runs in
                 ok = initial == spec.initial_state
                 report.checks.append(Check(name="reset -> initial state", ok=ok, detail="" if ok else "reset state differs from initial_state"))
                 for verifier in spec.verifiers:
                     if verifier.tool is None:
                         continue
-                    result = await client.call_tool(verifier.tool, verifier.arguments)
+                    result = await control.call_tool(verifier.tool, verifier.arguments)
                     text = "".join(getattr(c, "text", "") for c in result.content)
                     if result.is_error:
                         report.checks.append(Check(name=f"verifier {verifier.id} ({verifier.tool})", ok=False, detail=f"tool error: {text[:300]}"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,23 +53,35 @@ async def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 
 class HttpServer:
-    def __init__(self, process: subprocess.Popen[bytes], port: int, token: str | None) -> None:
-        self.process, self.port, self.token = process, port, token
+    def __init__(self, process: subprocess.Popen[bytes], port: int, token: str | None, log: Path) -> None:
+        self.process, self.port, self.token, self.log = process, port, token, log
         self.url = f"http://127.0.0.1:{port}/mcp"
 
+    def stderr_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
 
-@pytest.fixture
-def http_server(emitted: Path) -> Iterator[HttpServer]:
+
+@contextlib.contextmanager
+def launch_http(directory: Path, *extra: str, token: str | None = "s3cret-token") -> Iterator[HttpServer]:
+    """``directory/server.py --http`` on a free 127.0.0.1 port (stderr to a file: a full pipe would block it)."""
     port = free_port()
-    token = "s3cret-token"
     env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG") if k in os.environ}
-    process = subprocess.Popen(
-        [sys.executable, str(emitted / "server.py"), "--http", "--port", str(port), "--host", "127.0.0.1", "--token", token],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    log = Path(tempfile.mkstemp(prefix="astra-http-", suffix=".log")[1])
+    args = [sys.executable, str(directory / "server.py"), "--http", "--port", str(port), "--host", "127.0.0.1"]
+    with log.open("wb") as err:
+        process = subprocess.Popen([*args, *(["--token", token] if token else []), *extra],
+                                   env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        anyio.run(wait_for_port, port)
-        yield HttpServer(process, port, token)
+        deadline = time.monotonic() + 30
+        while True:  # blocking on purpose: usable from sync fixtures and async tests alike
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server.py did not listen on {port}: {log.read_text(errors='replace')[-2000:]}") from None
+                time.sleep(0.05)
+        yield HttpServer(process, port, token, log)
     finally:
         process.terminate()
         try:
@@ -74,5 +89,10 @@ def http_server(emitted: Path) -> Iterator[HttpServer]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
+        log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def http_server(emitted: Path) -> Iterator[HttpServer]:
+    with launch_http(emitted) as server:
+        yield server

@@ -45,10 +45,12 @@ async def test_32_concurrent_client_episodes_are_isolated(inventory: Environment
         await server.runtime.aclose()
 
 
-async def test_explicit_episode_ids_share_one_connection(inventory: EnvironmentSpec) -> None:
+async def test_episode_handles_share_one_connection(inventory: EnvironmentSpec) -> None:
     server = build_server(inventory, sandboxed=False)
     async with Client(server) as client:
-        controls = [EnvironmentControl(client, episode=f"ep-{i}") for i in range(32)]
+        controls = [EnvironmentControl(client) for _ in range(32)]
+        for control in controls:
+            await control.open()
 
         async def run(i: int, control: EnvironmentControl) -> None:
             await control.call_tool("add_stock", {"sku": "HAM-2", "quantity": i + 1})

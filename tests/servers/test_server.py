@@ -139,7 +139,9 @@ async def test_http_with_token_and_dns_rebinding_protection(http_server) -> None
         async with Client(streamable_http_client(http_server.url, http_client=http_client)) as client:
             names = [t.name for t in (await client.list_tools()).tools]
             assert "create_order" in names
-            result = await client.call_tool("get_order", {"order_id": "ORD-9"})
+            control = EnvironmentControl(client)
+            await control.open()  # stateless HTTP: state lives in an episode the server opened
+            result = await control.call_tool("get_order", {"order_id": "ORD-9"})
             assert result.is_error and "no order" in result.content[0].text
     async with httpx2.AsyncClient() as raw:
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
@@ -152,13 +154,15 @@ async def test_http_with_token_and_dns_rebinding_protection(http_server) -> None
         assert rebinding.status_code in (403, 421)
 
 
-async def test_http_episodes_by_meta_are_isolated(http_server) -> None:  # type: ignore[no-untyped-def]
+async def test_http_episodes_by_handle_are_isolated(http_server) -> None:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {http_server.token}"}
     from mcp.client.streamable_http import streamable_http_client
 
     async with httpx2.AsyncClient(headers=headers) as http_client:
         async with Client(streamable_http_client(http_server.url, http_client=http_client)) as client:
-            a, b = EnvironmentControl(client, episode="a"), EnvironmentControl(client, episode="b")
+            a, b = EnvironmentControl(client), EnvironmentControl(client)
+            await a.open()
+            await b.open()
             await a.call_tool("add_stock", {"sku": "BOLT-7", "quantity": 10})
             assert (await a.call_tool("get_item", {"sku": "BOLT-7"})).structured_content["quantity"] == 510
             assert (await b.call_tool("get_item", {"sku": "BOLT-7"})).structured_content["quantity"] == 500
