@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -96,3 +96,9 @@ def launch_http(directory: Path, *extra: str, token: str | None = "s3cret-token"
 def http_server(emitted: Path) -> Iterator[HttpServer]:
     with launch_http(emitted) as server:
         yield server
+
+
+@pytest.fixture
+def launch() -> Callable[..., contextlib.AbstractContextManager[HttpServer]]:
+    """:func:`launch_http` for tests (a fixture: test modules cannot import this conftest by name)."""
+    return launch_http

@@ -17,7 +17,6 @@ from typing import Any
 import anyio
 import httpx2
 import pytest
-from conftest import HttpServer, launch_http
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.auth_context import auth_context_var
@@ -46,7 +45,7 @@ ADD = {"sku": "BOLT-7", "quantity": 10}
 
 
 @contextlib.asynccontextmanager
-async def http_client(server: HttpServer, *, legacy: bool = False) -> AsyncIterator[Client]:
+async def http_client(server: Any, *, legacy: bool = False) -> AsyncIterator[Client]:
     """A client of ``server``: 2026-07-28 (stateless, the default) or 2025-11-25 with a session."""
     async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {server.token}"}) as http:
         transport = streamable_http_client(server.url, http_client=http)
@@ -65,8 +64,8 @@ async def bolts(control: EnvironmentControl) -> int:
     return (await control.state()).state["items"]["BOLT-7"]["quantity"]
 
 
-async def test_episodes_belong_to_whoever_opened_them(emitted: Path, inventory: EnvironmentSpec) -> None:
-    with launch_http(emitted) as server:
+async def test_episodes_belong_to_whoever_opened_them(emitted: Path, inventory: EnvironmentSpec, launch: Any) -> None:
+    with launch(emitted) as server:
         # 2025-11-25 clients with sessions: a handle opened in one session is refused in any other
         async with http_client(server, legacy=True) as alice, http_client(server, legacy=True) as mallory:
             assert alice.session.protocol_version == "2025-11-25"
@@ -133,8 +132,8 @@ async def test_guessed_episode_ids_are_refused(emitted: Path, inventory: Environ
         assert built.runtime.open_episodes == 0
 
 
-async def test_capacity_is_explicit_and_never_evicts(emitted: Path) -> None:
-    with launch_http(emitted, "--max-episodes", "3") as server:
+async def test_capacity_is_explicit_and_never_evicts(emitted: Path, launch: Any) -> None:
+    with launch(emitted, "--max-episodes", "3") as server:
         async with http_client(server) as client:
             controls = [EnvironmentControl(client) for _ in range(3)]
             for i, control in enumerate(controls):
@@ -150,8 +149,8 @@ async def test_capacity_is_explicit_and_never_evicts(emitted: Path) -> None:
             assert await bolts(reopened) == 500
 
 
-async def test_idle_episodes_expire_and_say_so(emitted: Path) -> None:
-    with launch_http(emitted, "--episode-ttl", "1") as server:
+async def test_idle_episodes_expire_and_say_so(emitted: Path, launch: Any) -> None:
+    with launch(emitted, "--episode-ttl", "1") as server:
         async with http_client(server) as client:
             idle, busy = EnvironmentControl(client), EnvironmentControl(client)
             await idle.open()
@@ -179,10 +178,10 @@ def test_non_loopback_bind_is_refused(emitted: Path) -> None:
     assert cli.exit_code == 2 and "--allow-remote" in cli.output, cli.output
 
 
-async def test_16_concurrent_trajectories_on_one_pooled_connection(emitted: Path) -> None:
-    with launch_http(emitted) as server:
-        launch = HttpLaunch(url=server.url, headers={"Authorization": f"Bearer {server.token}"})
-        async with Connections([("inventory", launch)]) as conns:
+async def test_16_concurrent_trajectories_on_one_pooled_connection(emitted: Path, launch: Any) -> None:
+    with launch(emitted) as server:
+        target = HttpLaunch(url=server.url, headers={"Authorization": f"Bearer {server.token}"})
+        async with Connections([("inventory", target)]) as conns:
             assert conns.episode_servers() == ["inventory"]
             seen: dict[int, tuple[list[int], str, int]] = {}
 
