@@ -157,7 +157,8 @@ async def run_episode(
     async def body() -> None:
         nonlocal termination, error, final_answer, requests, usage, tools_payload, visible_list
         try:
-            handles.update(await conns.open_episodes())
+            handles.update(dict.fromkeys(conns.servers, episode))  # other servers see the label (a simulator's memory key)
+            handles.update(await conns.open_episodes())  # ASTRA environments: handles they minted
         except EpisodeUnavailable as exc:
             termination, error = "server_error", f"could not open an environment episode: {exc}"
             return
