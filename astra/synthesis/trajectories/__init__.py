@@ -4,7 +4,9 @@ Entry points: :func:`run_trajectory_pipeline` (all stages, resumable, returns th
 the export paths), :class:`TrajectoryPipeline` (one stage at a time, as the CLI verbs do),
 :func:`demo_config` (an offline run on bundled servers). Building blocks are public for
 benchmarks and tests: :func:`generate_candidates` (schema candidates through an inverted
-index), :func:`sample_walks` / :func:`sample_toolsets`, :class:`SimulatedServer`.
+index), :func:`sample_walks` / :func:`sample_toolsets`, :class:`SimulatedServer`. SFT exports:
+:func:`write_exports` (profiles, :class:`ExportFormat`), :func:`load_template` / :class:`ChatTemplate`
+(real chat templates), :func:`gguf_tokenizer` / :func:`token_samples` (token-faithful records).
 """
 
 from astra.synthesis.trajectories._chains import Coverage, coverage, graph_to_networkx, sample_toolsets, sample_walks
@@ -19,7 +21,7 @@ from astra.synthesis.trajectories._config import (
     TrajectoryConfig,
     VerifyOptions,
 )
-from astra.synthesis.trajectories._export import SFTSample, to_sharegpt, write_exports
+from astra.synthesis.trajectories._export import ExportFormat, SFTSample, to_sharegpt, write_exports
 from astra.synthesis.trajectories._graph import (
     Candidate,
     batch_candidates,
@@ -44,6 +46,8 @@ from astra.synthesis.trajectories._reward import (
     rule_scores,
 )
 from astra.synthesis.trajectories._simulate import SimulatedServer
+from astra.synthesis.trajectories._templates import ChatTemplate, load_template
+from astra.synthesis.trajectories._tokens import TokenSample, gguf_tokenizer, token_samples
 
 __all__ = [
     "Candidate", "ChainOptions", "ConfigError", "Coverage", "DIMENSIONS", "GraphOptions", "JudgeMode", "OVERALL_KEY", "PipelineError",
@@ -51,5 +55,5 @@ __all__ = [
     "TrajectoryConfig", "TrajectoryPipeline", "VERBS", "VerifyOptions", "batch_candidates", "coverage",
     "demo_config", "generate_candidates", "graph_to_networkx", "original_keys", "reward_trajectory", "rule_scores",
     "run_trajectory_pipeline", "sample_toolsets", "sample_walks", "server_pair_count", "to_sharegpt", "tokens",
-    "write_exports",
+    "write_exports", "ExportFormat", "ChatTemplate", "load_template", "TokenSample", "gguf_tokenizer", "token_samples",
 ]

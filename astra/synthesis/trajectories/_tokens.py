@@ -130,9 +130,12 @@ def _cause_of_break(template: ChatTemplate, tools: list[dict[str, Any]] | None, 
     reasoning = [m.get("reasoning_content") for m in messages[:k] if m["role"] == "assistant"]
     if any(r and r in cut and r not in full for r in reasoning):
         return TokenIssue.PAST_REASONING_DROPPED
+    start = k - 1  # the trailing run of same-role messages (parallel tool results) counts as the last message
+    while start > 0 and messages[start - 1]["role"] == messages[k - 1]["role"]:
+        start -= 1
     try:
         context = template.render(messages[:k], tools) if generation else cut
-        before = template.render(messages[:k - 1], tools) if k > 1 else ""
+        before = template.render(messages[:start], tools) if start > 0 else ""
     except Exception:
         return TokenIssue.CONTEXT_REWRITTEN
     if generation and full.startswith(context):
