@@ -55,6 +55,7 @@ import tempfile
 import time
 import warnings
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -73,6 +74,7 @@ LIMITS_ENV = "ASTRA_SANDBOX_LIMITS"  # JSON object of SandboxLimits fields, e.g.
 AUDIT_HOOK_ENV = "ASTRA_SANDBOX_AUDIT_HOOK"  # "0": leave the audit hook out (the red-team suite does)
 SANDBOX_UID = 65534
 _START_TIMEOUT_S = 30.0
+_SCRATCH_DIRTY = 71  # the worker's exit status for a child that could not empty the scratch directory
 _BACKSTOP_S = 5.0  # beyond the wall limit, for the parent to report; then the whole sandbox is replaced
 
 
@@ -430,12 +432,29 @@ def _release(res: _Resources) -> None:
 
 
 @dataclass
+class _Spare:
+    """A child forked ahead of its call: its private channel and a pidfd (readable once it has exited)."""
+
+    pid: int
+    channel: socket.socket
+    pidfd: int
+
+    def close(self) -> None:
+        self.channel.close()
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+
+
+@dataclass
 class _Worker:
     popen: subprocess.Popen[bytes]
     control: socket.socket
     scratch: Path | None  # host directory in unsafe mode only
-    stale: set[str] = field(default_factory=set)  # calls whose parent's report is still to come
-    dirty: bool = False  # the parent could not empty the scratch directory
+    spares: deque[_Spare] = field(default_factory=deque)
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    previous: _Spare | None = None  # the last call's process: the next call starts once it is gone
 
     def kill(self) -> None:
         if self.popen.poll() is None:
@@ -444,6 +463,12 @@ class _Worker:
             except ProcessLookupError:
                 pass
         self.control.close()
+        for spare in self.spares:
+            spare.close()
+        self.spares.clear()
+        if self.previous is not None:
+            self.previous.close()
+            self.previous = None
 
     async def wait(self, timeout: float = 10.0) -> int | None:
         with anyio.move_on_after(timeout):
@@ -451,38 +476,60 @@ class _Worker:
                 await anyio.sleep(0.002)
         return self.popen.poll()
 
-    async def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    async def send(self, message: dict[str, Any]) -> None:
         data = json.dumps(message).encode()
         while True:
             try:
-                if fds:
-                    socket.send_fds(self.control, [data], fds)
-                else:
-                    self.control.send(data)
+                self.control.send(data)
                 return
             except BlockingIOError:
                 await anyio.wait_writable(self.control)
 
+    def _file(self, data: bytes, fds: list[int]) -> dict[str, Any]:
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            raise EOFError("the sandbox worker closed its control channel")
+        message = json.loads(data)
+        if message.get("op") == "spare" and len(fds) == 2:
+            self.spares.append(_Spare(int(message["pid"]), socket.socket(fileno=fds[0]), fds[1]))
+        else:
+            for fd in fds:
+                os.close(fd)
+            if message.get("op") == "done" and message.get("id"):
+                self.reports[str(message["id"])] = message
+                while len(self.reports) > 64:  # reports on calls whose reply was complete are not read
+                    self.reports.pop(next(iter(self.reports)))
+        return message
+
+    def drain(self) -> None:
+        """File every message already waiting (spares, reports) without blocking."""
+        while True:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.control, 1 << 16, 2)
+            except BlockingIOError:
+                return
+            self._file(data, fds)
+
     async def receive(self) -> dict[str, Any]:
         while True:
             try:
-                data = self.control.recv(1 << 16)
+                data, fds, _flags, _addr = socket.recv_fds(self.control, 1 << 16, 2)
             except BlockingIOError:
                 await anyio.wait_readable(self.control)
                 continue
-            if not data:
-                raise EOFError("the sandbox worker closed its control channel")
-            return json.loads(data)
+            return self._file(data, fds)
+
+    async def spare(self) -> _Spare:
+        while not self.spares:
+            await self.receive()
+        return self.spares.popleft()
 
     async def report(self, nonce: str) -> dict[str, Any]:
-        """The parent's report on call ``nonce`` (earlier cancelled calls' reports are skipped)."""
-        while True:
-            message = await self.receive()
-            if message.get("op") != "done":
-                continue
-            if message.get("id") == nonce:
-                return message
-            self.stale.discard(message.get("id"))
+        """The parent's report on call ``nonce`` (its exit status, CPU time, whether it timed out)."""
+        while nonce not in self.reports:
+            await self.receive()
+        return self.reports.pop(nonce)
 
 
 async def _write_all(fd: int, data: bytes) -> None:
@@ -690,7 +737,6 @@ class Sandbox:
         async with self._current_lock():
             if self._worker is None:
                 await self._spawn()
-            await self._settle()
             result = await self._exchange(nonce, payload, stateful=state is not None)
         result.latency_s = time.perf_counter() - start
         return result
@@ -707,19 +753,27 @@ class Sandbox:
         assert worker is not None
         limits = self.limits
         reply_limit = limits.max_result_bytes * 4 + limits.max_state_bytes * 4 + limits.max_output_bytes * 4 + 65536
-        request_r, request_w = os.pipe()
-        reply_r, reply_w = os.pipe()
+        request_r = request_w = reply_r = reply_w = -1
+        spare: _Spare | None = None
         sent = completed = False
         report: dict[str, Any] | None = None
         try:
             with anyio.fail_after(limits.wall_s + _BACKSTOP_S):
-                try:
-                    await worker.send({"op": "call", "id": nonce}, [request_r, reply_w])
-                finally:
-                    os.close(request_r)
-                    os.close(reply_w)
-                    request_r = reply_w = -1
+                worker.drain()
+                if worker.previous is not None:  # the previous call's process must be gone (scratch, pids)
+                    await anyio.wait_readable(worker.previous.pidfd)
+                    worker.previous.close()
+                    worker.previous = None
+                spare = await worker.spare()
+                request_r, request_w = os.pipe()
+                reply_r, reply_w = os.pipe()
+                await worker.send({"op": "start", "pid": spare.pid, "id": nonce})  # the parent's wall clock
+                socket.send_fds(spare.channel, [b"call"], [request_r, reply_w])
                 sent = True
+                spare.channel.close()
+                for fd in (request_r, reply_w):
+                    os.close(fd)
+                request_r = reply_w = -1
                 os.set_blocking(request_w, False)
                 os.set_blocking(reply_r, False)
                 try:
@@ -731,11 +785,9 @@ class Sandbox:
                 reply, overflow = await _read_until_eof(reply_r, reply_limit)
                 problem, data = (None, None) if overflow else _parse_reply(reply, nonce)
                 if overflow:
-                    await worker.send({"op": "cancel", "id": nonce})
+                    await worker.send({"op": "cancel", "pid": spare.pid, "id": nonce})
                 if data is None:
                     report = await worker.report(nonce)
-                else:
-                    worker.stale.add(nonce)  # a complete reply: the parent's report is read by the next call
             completed = True
         except TimeoutError:
             await self._restart()
@@ -752,35 +804,25 @@ class Sandbox:
                         os.close(fd)
                     except OSError:
                         pass
-            if sent and not completed and self._worker is worker:
-                # cancelled mid-call: stop the child; its report is skipped by the next call
-                worker.stale.add(nonce)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    try:
-                        await worker.send({"op": "cancel", "id": nonce})
-                    except OSError:
-                        pass
-        if report is not None and not report.get("scratch_clean", False):
-            worker.dirty = True
+            if spare is not None and not sent:
+                spare.channel.close()  # an unused spare exits when its channel closes
+            if spare is not None and self._worker is worker:
+                worker.previous = spare  # the next call waits until this process is gone
+                if sent and not completed:  # cancelled mid-call: stop the child
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                        try:
+                            await worker.send({"op": "cancel", "pid": spare.pid, "id": nonce})
+                        except OSError:
+                            pass
+            elif spare is not None:
+                spare.close()
+        worker.reports.pop(nonce, None)  # a complete reply's report is not needed
+        if report is not None and os.WIFEXITED(int(report.get("status", 0))) and \
+                os.WEXITSTATUS(int(report["status"])) == _SCRATCH_DIRTY:
+            await self._restart()  # the scratch directory could not be emptied: a fresh tmpfs
+            return SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
+                                 error="the sandbox's scratch directory could not be emptied; it was restarted")
         return self._judge(problem, data, overflow, report, stateful=stateful)
-
-    async def _settle(self) -> None:
-        """Read the parent's reports on earlier calls; replace a sandbox whose scratch stayed dirty
-        or whose parent does not report."""
-        worker = self._worker
-        assert worker is not None
-        try:
-            with anyio.fail_after(self.limits.wall_s + _BACKSTOP_S):
-                while worker.stale:
-                    message = await worker.receive()
-                    if message.get("op") == "done":
-                        worker.stale.discard(message.get("id"))
-                        if not message.get("scratch_clean", False):
-                            worker.dirty = True
-        except (TimeoutError, EOFError, OSError, ValueError):
-            worker.dirty = True
-        if worker.dirty:
-            await self._restart()
 
     def _judge(self, problem: str | None, data: dict[str, Any] | None, overflow: bool, report: dict[str, Any] | None,
                *, stateful: bool) -> SandboxResult:

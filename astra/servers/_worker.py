@@ -6,20 +6,24 @@ pid, network, ipc, uts and cgroup namespaces, no namespace creation, a minimal r
 filesystem, no ``/proc``, a size-limited tmpfs as scratch, a seccomp deny-list). Standard library
 only: this file is also vendored into emitted environment directories.
 
-The parent (this process's main loop) never runs tool code and never reads a request or a reply:
-it only forks. Per call the host sends, on the control socket (an inherited ``SOCK_SEQPACKET``
-descriptor), ``{"op": "call", "id": NONCE}`` with two descriptors attached: the read end of the
-request pipe and the write end of the reply pipe. The child closes everything else (the control
-socket included), loads the tool-code seccomp filter (no exec, no fork, no signals to other
-processes, no sockets, no executable mappings: nothing native can be loaded from scratch),
-sets its rlimits (CPU, address space, file size, processes, open files, no core), optionally
-installs the audit hook (defence in depth only), reads the request, runs the tool and writes one
-frame (4-byte big-endian length + UTF-8 JSON carrying the request's nonce) to the reply pipe.
-The host checks that frame: anything else on the pipe fails the call. The parent enforces the
-wall-clock limit on the child (tool code cannot reach that timer), reaps it, empties the scratch
-directory and reports ``{"id", "status", "cpu_s", "timed_out", "scratch_clean"}`` to the host.
-A child dies with everything it changed: no global, builtin, module, patched function or scratch
-file reaches the next call.
+The parent (``main``) never runs tool code and never sees a request or a reply: it forks spare
+children ahead of their calls and hands each to the host on the control socket (an inherited
+``SOCK_SEQPACKET`` descriptor) as ``{"op": "spare", "pid"}`` with two descriptors: the spare's
+private channel and a pidfd. A spare confines itself before it waits: it closes every other
+descriptor, sets its rlimits (address space, file size, processes, open files, no core) and loads
+the tool-code seccomp filter (no exec, no fork, no signals to other processes, no sockets, no
+F_SETOWN, no executable mappings: nothing native can be loaded from scratch). Per call the host
+waits until the previous call's process has exited (its pidfd), tells the parent
+``{"op": "start", "pid", "id"}`` (the parent's wall clock starts: tool code cannot reach that
+timer), and sends the spare the read end of the request pipe and the write end of the reply pipe.
+The child closes its channel, empties the scratch directory of what an earlier call left, sets
+its CPU limit, optionally installs the audit hook (defence in depth only), reads the request,
+runs the tool and writes one frame (4-byte big-endian length + UTF-8 JSON carrying the request's
+nonce) to the reply pipe, which the host checks: anything else on the pipe fails the call. The
+parent kills a child past its wall limit (or on ``{"op": "cancel"}``), reaps it and reports
+``{"op": "done", "id", "pid", "status", "cpu_s", "timed_out", "cancelled"}``. A child dies with
+everything it changed: no global, builtin, module, patched function or scratch file reaches the
+next call.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ _HEADER = struct.Struct(">I")
 # what the runner needs after the tool code ran, held here (tool code may replace any builtin or module attribute)
 _len, _pack, _write, _close, _exit = len, _HEADER.pack, os.write, os.close, os._exit
 _SPARES = 2  # children forked ahead of their call, so that a call does not wait for a fork
+_SCRATCH_DIRTY = 71  # exit status of a child that could not empty the scratch directory
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # Pre-imported in the parent: the child cannot map new native code (no PROT_EXEC mappings), so the
 # extension modules tool code may need must already be loaded; pure-Python modules load on demand.
@@ -262,9 +267,10 @@ def _wipe(path: str, deadline: float) -> bool:
 def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, guard_roots: list[str]) -> None:
     """A spare child: confine itself, wait for its call, run it; never returns.
 
-    It is forked before its call arrives (so a call does not wait for a fork), and takes no
-    descriptor but ``channel`` (its private socket to the parent) into confinement: the parent
-    hands it the call's request and reply pipes there, then it closes the channel too."""
+    It is forked before its call arrives (so a call does not wait for a fork) and takes no
+    descriptor but ``channel`` into confinement; the host hands it the call's request and reply
+    pipes there (the host knows the previous call's process is gone), then it closes the channel,
+    empties the scratch directory of whatever an earlier call left, and runs the call."""
     status = 0
     try:
         import resource
@@ -280,10 +286,8 @@ def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, gu
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         mib = 1024 * 1024
-        cpu = max(1, int(-(-float(config["cpu_s"]) // 1)))
         for which, soft, hard in (
             (resource.RLIMIT_CORE, 0, 0),
-            (resource.RLIMIT_CPU, cpu, cpu + 1),
             (resource.RLIMIT_AS, int(config["memory_mb"]) * mib, int(config["memory_mb"]) * mib),
             (resource.RLIMIT_FSIZE, int(config["file_size_mb"]) * mib, int(config["file_size_mb"]) * mib),
             (resource.RLIMIT_NPROC, int(config["max_procs"]), int(config["max_procs"])),
@@ -295,8 +299,13 @@ def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, gu
         _message, fds, _flags, _addr = socket.recv_fds(channel, 64, 2)
         channel.close()
         if len(fds) != 2:
-            os._exit(0)  # retired unused
+            _exit(0)  # retired unused
         request_fd, reply_fd = fds
+        if not _wipe(config["scratch"], time.monotonic() + float(config.get("wipe_s", 2.0))):
+            _exit(_SCRATCH_DIRTY)
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = int(used.ru_utime + used.ru_stime + float(config["cpu_s"])) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         chunks = []
         while True:
             chunk = os.read(request_fd, 1 << 20)
@@ -426,64 +435,62 @@ def main() -> None:
     for name in ("ctypes", "_ctypes", "ctypes._endian"):
         sys.modules.pop(name, None)
     wall_s = float(config["wall_s"])
-    wipe_s = float(config.get("wipe_s", 2.0))
-    spares: list[tuple[int, socket.socket]] = []
+    import gc
+
+    gc.freeze()  # children's collections then skip the parent's objects (fewer copy-on-write faults)
+    # pid -> [our pidfd, call id or None (a spare), deadline or None, timed out, cancelled]
+    children: dict[int, list] = {}
+    spares = 0
     control.sendall(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
     while True:
-        # refill the spares while idle (a call that arrives meanwhile goes first)
-        while len(spares) < _SPARES and not select.select([control], [], [], 0)[0]:
-            spares.append(_fork_spare(config, tool_filter, guard_roots))
-        try:
+        # hand the host fresh spares: their channel (the host dispatches calls there itself) and a
+        # pidfd (the host starts a call only once the previous call's process is gone)
+        while spares < _SPARES:
+            pid, channel = _fork_spare(config, tool_filter, guard_roots)
+            host_pidfd = os.pidfd_open(pid)
+            socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [channel.fileno(), host_pidfd])
+            channel.close()
+            os.close(host_pidfd)
+            children[pid] = [os.pidfd_open(pid), None, None, False, False]
+            spares += 1
+        now = time.monotonic()
+        deadlines = [c[2] for c in children.values() if c[2] is not None]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        by_fd = {c[0]: pid for pid, c in children.items()}
+        ready = select.select([control, *by_fd], [], [], timeout)[0]
+        if control in ready:
             message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 4)
-        except InterruptedError:
-            continue
-        if not message:
-            os._exit(0)  # the host went away
-        order = json.loads(message)
-        if order.get("op") != "call" or len(fds) != 2:
             for fd in fds:
                 os.close(fd)
-            continue
-        pid, channel = spares.pop(0) if spares else _fork_spare(config, tool_filter, guard_roots)
-        try:
-            socket.send_fds(channel, [b"call"], fds)
-        except OSError:
-            pass  # the spare died: its exit status tells the host
-        for fd in fds:
-            os.close(fd)
-        channel.close()
-        started = time.monotonic()
-        pidfd = os.pidfd_open(pid)
-        timed_out = cancelled = False
-        while True:
-            if len(spares) < _SPARES:  # fork the next call's child while this one runs
-                spares.append(_fork_spare(config, tool_filter, guard_roots))
-                continue
-            left = wall_s - (time.monotonic() - started)
-            ready = select.select([pidfd, control], [], [], left)[0] if left > 0 else []
-            if pidfd in ready:
-                break
-            if control in ready:
-                extra, extra_fds, _f, _a = socket.recv_fds(control, 1 << 16, 4)
-                for fd in extra_fds:
-                    os.close(fd)
-                if not extra:
+            if not message:
+                for pid in children:
                     os.kill(pid, signal.SIGKILL)
-                    os._exit(0)
-                cancel = json.loads(extra)
-                if cancel.get("op") == "cancel" and cancel.get("id") == order.get("id"):
-                    cancelled = True
-                    os.kill(pid, signal.SIGKILL)
+                os._exit(0)  # the host went away
+            order = json.loads(message)
+            child = children.get(order.get("pid"))
+            if child is not None and order.get("op") == "start" and child[1] is None:
+                child[1], child[2] = order.get("id"), time.monotonic() + wall_s
+                spares -= 1
+            elif child is not None and order.get("op") == "cancel" and child[1] == order.get("id"):
+                child[4] = True
+                os.kill(order["pid"], signal.SIGKILL)
+        now = time.monotonic()
+        for pid, child in children.items():
+            if child[2] is not None and now >= child[2] and not child[3]:
+                child[3] = True
+                os.kill(pid, signal.SIGKILL)
+        for fd in ready:
+            pid = by_fd.get(fd)
+            if pid is None:
                 continue
-            timed_out = True
-            os.kill(pid, signal.SIGKILL)
-            break
-        _pid, status, usage = os.wait4(pid, 0)
-        os.close(pidfd)
-        clean = _wipe(scratch, time.monotonic() + wipe_s)
-        report = {"op": "done", "id": order.get("id"), "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
-                  "timed_out": timed_out, "cancelled": cancelled, "scratch_clean": clean}
-        control.sendall(json.dumps(report).encode())
+            _pid, status, usage = os.wait4(pid, 0)
+            pidfd, call, _deadline, timed_out, cancelled = children.pop(pid)
+            os.close(pidfd)
+            if call is None:
+                spares -= 1  # a spare died before its call
+            report = {"op": "done", "id": call, "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "timed_out": timed_out, "cancelled": cancelled}
+            control.sendall(json.dumps(report).encode())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -66,22 +67,34 @@ ATTACKS: dict[str, tuple[str, dict, set[str]]] = {
 HEALTHY = "def healthy(x):\n    return {'double': 2 * x}\n"
 
 
+@pytest.fixture(scope="module")
+def hooked_sandbox() -> Iterator[Sandbox]:
+    """One sandbox with the audit hook on for every attack below (a sandbox serves any event loop)."""
+    box = Sandbox(limits=LIMITS, audit_hook=True)
+    anyio.run(box.start)
+    yield box
+    anyio.run(box.aclose)
+
+
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-async def test_attack_is_contained_and_the_worker_keeps_serving(name: str, tmp_path: Path) -> None:
+def test_attack_is_contained_and_the_worker_keeps_serving(name: str, tmp_path: Path, hooked_sandbox: Sandbox) -> None:
     source, arguments, kinds = ATTACKS[name]
     target = tmp_path / "outside" / "pwned.txt"
     target.parent.mkdir()
     if "path" in source.split("\n")[0] or "def attack(path)" in source:
         arguments = {"path": str(target)}
-    async with Sandbox(limits=LIMITS) as sandbox:
-        before = await sandbox.call(HEALTHY, "healthy", {"x": 2})
+
+    async def run() -> None:
+        before = await hooked_sandbox.call(HEALTHY, "healthy", {"x": 2})
         assert before.ok and before.value == {"double": 4}
-        result = await sandbox.call(source, "attack", arguments)
+        result = await hooked_sandbox.call(source, "attack", arguments)
         assert not result.ok, result
         assert result.error_kind in kinds, result
         assert result.error  # a message the model can read
-        after = await sandbox.call(HEALTHY, "healthy", {"x": 21})
+        after = await hooked_sandbox.call(HEALTHY, "healthy", {"x": 21})
         assert after.ok and after.value == {"double": 42}
+
+    anyio.run(run)
     assert not target.exists()
     assert not Path("/tmp/astra-sandbox-pwned").exists()
 

@@ -1,0 +1,179 @@
+"""Benchmark: the tool sandbox, printed side by side with the in-process baseline of the same run.
+
+Run by hand: ``.venv/bin/python benchmarks/sandbox_bench.py [--calls 1000] [--relaunches 5] [--resets 200]``.
+
+1. Call latency (p50 / p95): ``EnvironmentRuntime.call`` on the inventory sample's stateful
+   ``get_item`` with the tool code in the sandbox (bubblewrap, a fresh process per call) vs in
+   this process (``sandboxed=False``), interleaved in blocks so that machine noise hits both; and
+   the raw ``Sandbox.call`` round trip vs calling the function directly. Targets: added p50 <= 1 ms,
+   p95 <= 3 ms.
+2. A fresh episode: ``astra/reset`` over the stdio control channel of an emitted ``server.py``
+   plus the episode's first call, vs relaunching the server (spawn, handshake, first call).
+   Targets: reset p50 <= 10 ms and >= 50x faster than a relaunch.
+3. 32 concurrent episodes on one sandboxed runtime: each bumps its own counter N times; every
+   episode must end at exactly N (no cross-talk); wall time vs the same work in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import anyio
+from mcp.client import Client
+
+from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
+from astra.servers import EnvironmentControl, Sandbox, build_server, emit, load_sample, stdio_parameters
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def timed(n: int, call) -> list[float]:  # type: ignore[no-untyped-def]
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await call()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def row(name: str, a: list[float], b: list[float]) -> None:
+    print(f"  {name:36s} p50 {pct(a, .5) * 1e3:7.3f} ms  p95 {pct(a, .95) * 1e3:7.3f} ms | baseline p50 "
+          f"{pct(b, .5) * 1e3:7.3f} ms  p95 {pct(b, .95) * 1e3:7.3f} ms | added p50 {(pct(a, .5) - pct(b, .5)) * 1e3:6.3f} ms"
+          f"  p95 {(pct(a, .95) - pct(b, .95)) * 1e3:6.3f} ms")
+
+
+async def latency(calls: int) -> None:
+    spec = load_sample("inventory")
+    sandboxed = build_server(spec, sandboxed=True).runtime
+    inproc = build_server(spec, sandboxed=False).runtime
+    args = {"sku": "WID-1"}
+    for runtime in (sandboxed, inproc):  # warm up: worker start, spares, compile caches
+        for _ in range(30):
+            assert (await runtime.call("get_item", args)).ok
+    sb_s: list[float] = []
+    ip_s: list[float] = []
+    for _ in range(10):
+        sb_s += await timed(calls // 10, lambda: sandboxed.call("get_item", args))
+        ip_s += await timed(calls // 10, lambda: inproc.call("get_item", args))
+    await sandboxed.aclose()
+
+    source = spec.tools[1].source
+    namespace: dict = {}
+    exec(source, namespace)
+    fn = namespace["get_item"]
+    state = spec.initial_state
+    async with Sandbox() as sandbox:
+        for _ in range(30):
+            await sandbox.call(source, "get_item", args, state=state)
+        raw_sb = await timed(calls, lambda: sandbox.call(source, "get_item", args, state=state))
+        paced: list[float] = []
+        for _ in range(min(calls, 300)):  # calls a model makes: a pause between them
+            await anyio.sleep(0.005)
+            start = time.perf_counter()
+            await sandbox.call(source, "get_item", args, state=state)
+            paced.append(time.perf_counter() - start)
+
+    async def direct() -> None:
+        fn(state, **args)
+
+    raw_ip = await timed(calls, direct)
+    print(f"1. call latency ({calls} calls each, get_item on the inventory sample)")
+    row("runtime.call sandboxed vs in-process", sb_s, ip_s)
+    row("Sandbox.call vs the function", raw_sb, raw_ip)
+    row("Sandbox.call, 5 ms apart", paced, raw_ip)
+    added50 = pct(sb_s, .5) - pct(ip_s, .5)
+    added95 = pct(sb_s, .95) - pct(ip_s, .95)
+    print(f"  target added p50 <= 1 ms: {'met' if added50 <= 0.001 else 'NOT met'}; "
+          f"p95 <= 3 ms: {'met' if added95 <= 0.003 else 'NOT met'} (runtime.call, back to back)")
+
+
+async def resets(relaunches: int, count: int) -> None:
+    spec = load_sample("inventory")
+    directory = emit(spec, tempfile.mkdtemp(prefix="astra-bench-") + "/inventory")
+    params = stdio_parameters(directory)
+    relaunch_s = []
+    for _ in range(relaunches):
+        start = time.perf_counter()
+        async with Client(params) as client:
+            await client.call_tool("get_item", {"sku": "WID-1"})
+        relaunch_s.append(time.perf_counter() - start)
+    reset_s = []
+    async with Client(params) as client:
+        control = EnvironmentControl(client)
+        await client.call_tool("get_item", {"sku": "WID-1"})
+        for _ in range(count):
+            await client.call_tool("add_stock", {"sku": "WID-1", "quantity": 1})
+            start = time.perf_counter()
+            state = await control.reset()
+            first = await client.call_tool("get_item", {"sku": "WID-1"})
+            reset_s.append(time.perf_counter() - start)
+            assert state == spec.initial_state and not first.is_error
+    relaunch, reset = pct(relaunch_s, .5), pct(reset_s, .5)
+    print(f"2. a fresh episode (emitted server over stdio)")
+    print(f"  relaunch + first call (p50 of {relaunches})            {relaunch * 1e3:9.1f} ms")
+    print(f"  reset + first call (p50 of {count})               {reset * 1e3:9.3f} ms  p95 {pct(reset_s, .95) * 1e3:.3f} ms"
+          f"  -> {relaunch / reset:6.0f}x faster")
+    print(f"  target reset p50 <= 10 ms: {'met' if reset <= 0.010 else 'NOT met'}; >= 50x: "
+          f"{'met' if relaunch / reset >= 50 else 'NOT met'}")
+
+
+def _counter_spec() -> EnvironmentSpec:
+    source = ("import builtins\ndef bump(state, episode):\n    assert not hasattr(builtins, 'SEEN')\n"
+              "    builtins.SEEN = episode\n    state['n'] += 1\n    state['mine'] = episode\n    return state\n")
+    tool = ToolImplementation(spec=ToolSpec(server="bench", name="bump", description="bump",
+                                            input_schema={"type": "object", "properties": {"episode": {"type": "string"}},
+                                                          "required": ["episode"]}),
+                              source=source, stateful=True)
+    return EnvironmentSpec(id="env-bench", name="bench", tools=[tool], initial_state={"n": 0, "mine": None})
+
+
+async def concurrent(episodes: int, per_episode: int) -> None:
+    results = {}
+    for sandboxed in (True, False):
+        runtime = build_server(_counter_spec(), sandboxed=sandboxed).runtime
+        ids = [runtime.new_episode() for _ in range(episodes)]
+        await runtime.call("bump", {"episode": "warm"}, episode_id=runtime.new_episode())
+        bad: list[str] = []
+
+        async def drive(episode: str) -> None:
+            for i in range(per_episode):
+                outcome = await runtime.call("bump", {"episode": episode}, episode_id=episode)
+                if not outcome.ok or outcome.value != {"n": i + 1, "mine": episode}:
+                    bad.append(f"{episode}: {outcome.value or outcome.error}")
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for episode in ids:
+                tg.start_soon(drive, episode)
+        elapsed = time.perf_counter() - start
+        wrong = [e for e in ids if runtime.state(e) != {"n": per_episode, "mine": e}]
+        await runtime.aclose()
+        results[sandboxed] = (elapsed, bad, wrong)
+    print(f"3. {episodes} concurrent episodes x {per_episode} calls on one runtime")
+    for sandboxed, (elapsed, bad, wrong) in results.items():
+        calls = episodes * per_episode
+        label = "sandboxed" if sandboxed else "in-process"
+        print(f"  {label:10s} {elapsed:7.2f} s  ({calls / elapsed:7.0f} calls/s)  cross-talk: "
+              f"{len(bad)} bad replies, {len(wrong)} wrong final states")
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    await latency(args.calls)
+    await resets(args.relaunches, args.resets)
+    await concurrent(32, args.per_episode)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--relaunches", type=int, default=5)
+    parser.add_argument("--resets", type=int, default=200)
+    parser.add_argument("--per-episode", type=int, default=20)
+    anyio.run(main, parser.parse_args())
