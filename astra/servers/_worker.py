@@ -304,7 +304,7 @@ def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, gu
         if not _wipe(config["scratch"], time.monotonic() + float(config.get("wipe_s", 2.0))):
             _exit(_SCRATCH_DIRTY)
         used = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = int(used.ru_utime + used.ru_stime + float(config["cpu_s"])) + 1
+        cpu = max(1, round(used.ru_utime + used.ru_stime + float(config["cpu_s"])))  # whole seconds only
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
         chunks = []
         while True:
