@@ -69,6 +69,7 @@ __all__ = [
     "CallCheck",
     "EpisodeScore",
     "ProcessReward",
+    "RewardTracker",
     "SubQuestion",
     "ToolCallRecord",
     "answer_found",
@@ -439,17 +440,19 @@ def parse_ground_truth(ground_truth: Any) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- scoring
 
 
-def _matching(calls: Sequence[ToolCallRecord], subs: Sequence[SubQuestion]) -> dict[int, int]:
+def _edges(call: ToolCallRecord, subs: Sequence[SubQuestion]) -> list[int]:
+    """The sub-questions one call can solve (see the module docstring)."""
+    if call.is_error or call.result is None:
+        return []
+    return [j for j, sub in enumerate(subs) if tool_name_matches(call.name, sub.tool) and answer_in_result(call.result, sub.answer)]
+
+
+def _matching(edges: Sequence[list[int]]) -> dict[int, int]:
     """Maximum matching call index -> sub-question index (each solves / is solved at most once).
 
     Augmenting paths (Kuhn) over the calls in order, each trying unsolved sub-questions first:
     deterministic, and an earlier call keeps the sub-question it solved unless a later call
     can only be matched by moving it."""
-    edges = [
-        [] if call.is_error or call.result is None else
-        [j for j, sub in enumerate(subs) if tool_name_matches(call.name, sub.tool) and answer_in_result(call.result, sub.answer)]
-        for call in calls
-    ]
     owner: dict[int, int] = {}  # sub-question -> call
 
     def augment(i: int, seen: set[int]) -> bool:
@@ -462,42 +465,63 @@ def _matching(calls: Sequence[ToolCallRecord], subs: Sequence[SubQuestion]) -> d
                 return True
         return False
 
-    for i in range(len(calls)):
+    for i in range(len(edges)):
         if edges[i]:
             augment(i, set())
     return {i: j for j, i in owner.items()}
 
 
+class RewardTracker:
+    """The process reward of an episode built call by call (what adapters use after every call):
+    each call's candidate sub-questions are computed once, the matching only when a call can
+    solve something. :func:`score_calls` is this tracker run over a whole episode."""
+
+    def __init__(self, ground_truth: Any) -> None:
+        subs = ground_truth if _is_sub_list(ground_truth) else sub_questions(ground_truth)
+        self.subs = [s for s in subs if s.tool is not None]
+        self.calls: list[ToolCallRecord] = []
+        self.edges: list[list[int]] = []
+        self.step_rewards: list[float] = []
+        self._size = 0
+        self._previous = 0.0
+
+    def add(self, call: ToolCallRecord) -> float:
+        """Record the next call; returns its step reward (F1 of the calls so far minus F1 before it)."""
+        total = len(self.subs)
+        self.calls.append(call)
+        self.edges.append(_edges(call, self.subs) if total else [])
+        if self.edges[-1]:
+            self._size = len(_matching(self.edges))
+        current = process_reward(self._size, total, len(self.calls)) if total else 0.0
+        step = current - self._previous
+        self._previous = current
+        self.step_rewards.append(step)
+        return step
+
+    def score(self) -> ProcessReward:
+        total = len(self.subs)
+        final = _matching(self.edges)
+        recall, precision, reward = f1_reward(len(final), total, len(self.calls)) if total else (0.0, 0.0, 0.0)
+        return ProcessReward(
+            solved=len(final),
+            total=total,
+            tool_calls=len(self.calls),
+            recall=recall,
+            precision=precision,
+            reward=reward,
+            solved_ids=[self.subs[j].id for j in sorted(final.values())],
+            step_rewards=list(self.step_rewards),
+            solved_by_step=[self.subs[final[i]].id if i in final else None for i in range(len(self.calls))],
+        )
+
+
 def score_calls(calls: Sequence[ToolCallRecord], ground_truth: Any) -> ProcessReward:
     """THE process reward of an episode's tool calls (in call order) against its ground truth
     (anything :func:`sub_questions` reads, or its output). Tool-free steps are left out."""
-    subs = ground_truth if _is_sub_list(ground_truth) else sub_questions(ground_truth)
-    subs = [s for s in subs if s.tool is not None]
-    total = len(subs)
-    final = _matching(calls, subs)
-    steps: list[float] = []
-    previous, size = 0.0, 0
-    for k, call in enumerate(calls):
-        # a prefix's matching grows only when the new call can solve something
-        if total and not call.is_error and call.result is not None and any(
-            tool_name_matches(call.name, s.tool) and answer_in_result(call.result, s.answer) for s in subs
-        ):
-            size = len(_matching(calls[: k + 1], subs))
-        current = process_reward(size, total, k + 1) if total else 0.0
-        steps.append(current - previous)
-        previous = current
-    recall, precision, reward = f1_reward(len(final), total, len(calls)) if total else (0.0, 0.0, 0.0)
-    return ProcessReward(
-        solved=len(final),
-        total=total,
-        tool_calls=len(calls),
-        recall=recall,
-        precision=precision,
-        reward=reward,
-        solved_ids=[subs[j].id for j in sorted(final.values())],
-        step_rewards=steps,
-        solved_by_step=[subs[final[i]].id if i in final else None for i in range(len(calls))],
-    )
+    tracker = RewardTracker(ground_truth)
+    for call in calls:
+        tracker.add(call)
+    return tracker.score()
 
 
 def _is_sub_list(value: Any) -> bool:

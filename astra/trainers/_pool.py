@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from astra.records import HttpLaunch, StdioLaunch
-from astra.servers import ProcessReward, SubQuestion, ToolCallRecord, score_calls, sub_questions
+from astra.servers import ProcessReward, SubQuestion, ToolCallRecord, sub_questions
+from astra.servers._rewards import RewardTracker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -81,6 +82,7 @@ class Rollout:
     def __init__(self, pool: EpisodePool, truth: Any = None) -> None:
         self.pool = pool
         self.truth: list[SubQuestion] | None = None if truth is None else sub_questions(truth)
+        self.tracker: RewardTracker | None = None if self.truth is None else RewardTracker(self.truth)
         self.calls: list[ToolCallRecord] = []
         self.episodes: dict[str, Episode] = {}
         self.closed = False
@@ -93,9 +95,10 @@ class Rollout:
             episode = self.episodes[server] = await self.pool._aopen(server)
         result = await self.pool._acall(episode, tool, arguments)
         value = result.structured_content if result.structured_content is not None else result.text
-        self.calls.append(ToolCallRecord(name=name or tool, arguments=arguments, result=None if result.is_error else value,
-                                         is_error=result.is_error))
-        step = score_calls(self.calls, self.truth).step_rewards[-1] if self.truth is not None else 0.0
+        call = ToolCallRecord.model_construct(name=name or tool, arguments=arguments, result=None if result.is_error else value,
+                                              is_error=result.is_error)
+        self.calls.append(call)
+        step = self.tracker.add(call) if self.tracker is not None else 0.0
         return StepOutcome(text=result.text, is_error=result.is_error, result=value, step_reward=step,
                            latency_s=result.latency_s)
 
@@ -104,9 +107,16 @@ class Rollout:
         for episode in list(self.episodes.values()):
             await self.pool._aclose(episode)
 
+    def set_truth(self, truth: Any) -> None:
+        """Attach the ground truth late (the calls so far are scored again)."""
+        self.truth = sub_questions(truth)
+        self.tracker = RewardTracker(self.truth)
+        for call in self.calls:
+            self.tracker.add(call)
+
     def reward(self) -> ProcessReward | None:
         """The process reward of the calls so far (None without a ground truth)."""
-        return None if self.truth is None else score_calls(self.calls, self.truth)
+        return None if self.tracker is None else self.tracker.score()
 
     def recorded_calls(self) -> list[dict[str, Any]]:
         """The calls as JSON (what verl hands the reward function as ``extra_info["astra_calls"]``)."""

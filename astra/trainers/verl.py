@@ -82,7 +82,7 @@ class AstraTool(BaseTool):
             rollout = _ROLLOUTS[agent_data] = self.pool.rollout(instance.truth)
             weakref.finalize(agent_data, rollout.close_soon)
         elif rollout.truth is None and instance.truth is not None:
-            rollout.truth = self.pool.rollout(instance.truth).truth
+            rollout.set_truth(instance.truth)
         return rollout
 
     async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs: Any) -> tuple[ToolResponse, float, dict]:

@@ -53,6 +53,8 @@ def inventory_env(environments: list[ExportEnvironment]) -> ExportEnvironment:
 def _shell_packages() -> None:
     """verl's package __init__ files import torch; its tool modules do not. Register the packages
     as plain namespaces so ``verl.tools.*`` and the tool parser import as they are."""
+    if getattr(sys.modules.get("verl"), "__astra_shell__", False):
+        return
     spec = importlib.util.find_spec("verl")
     assert spec is not None and spec.submodule_search_locations, "verl is not installed (scripts/setup.sh installs it)"
     root = Path(next(iter(spec.submodule_search_locations)))
@@ -61,6 +63,7 @@ def _shell_packages() -> None:
             continue  # the real package (with torch) is importable here: use it
         module = types.ModuleType(name)
         module.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+        module.__astra_shell__ = True
         sys.modules[name] = module
 
 

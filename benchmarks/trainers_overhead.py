@@ -1,0 +1,136 @@
+"""Per-call overhead of each trainer adapter vs a direct MCP call on an open session.
+
+One emitted environment (the bundled inventory sample, sandboxed, over stdio); every path calls
+``get_item`` in trajectories of 10 calls with the ground truth attached (so the per-step reward
+is part of the cost), measured side by side in interleaved blocks, medians over blocks, once
+with the tool code sandboxed (the default) and once trusted (so the adapters' own cost shows):
+
+- direct:  ``mcp.client.Client.call_tool`` on an open stdio session (its own episode);
+- pool:    ``Rollout.call`` (the pooled connection on its own loop; what every adapter uses);
+- verl:    ``AstraTool.create / execute / release`` per call, as verl's tool agent loop does
+           (verl 0.9.x BaseTool, loaded without torch);
+- trl:     the generated environment's async tool method (``reset`` every 10 calls).
+
+Target: adapter / direct <= 1.5.   Run: python benchmarks/trainers_overhead.py [blocks] [calls-per-block]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mcp.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from astra.servers import emit, load_sample, stdio_parameters  # noqa: E402
+from astra.trainers import EpisodePool, ExportEnvironment, samples, stdio_launch, verl_row, verl_tool_config  # noqa: E402
+from astra.trainers.trl import trl_module_source, trl_rows  # noqa: E402
+
+ARGS = {"sku": "WID-1"}
+
+
+class Trajectory:
+    """What verl's AgentData gives a tool: an object per trajectory with ``extra_fields``."""
+
+    def __init__(self) -> None:
+        self.extra_fields: dict[str, Any] = {}
+TRAJECTORY = 10
+
+
+def _verl_tool_class() -> Any:
+    sys.path.insert(0, str(ROOT / "tests" / "trainers"))
+    from conftest import _shell_packages  # verl's tool modules without its torch-importing package inits
+
+    _shell_packages()
+    from astra.trainers.verl import AstraTool
+    from verl.tools.schemas import OpenAIFunctionToolSchema
+
+    return AstraTool, OpenAIFunctionToolSchema
+
+
+async def main(blocks: int, per_block: int) -> None:
+    for sandboxed in (True, False):
+        await run(blocks, per_block, sandboxed)
+
+
+async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="astra-bench-"))
+    spec = load_sample("inventory").model_copy(update={"sandboxed": sandboxed})
+    server_dir = emit(spec, tmp / "inventory")
+    env = ExportEnvironment(spec=spec, question="q", answer="354.0", server_dir=str(server_dir))
+    sample = samples([env])[0]
+    truth = json.dumps(sample.truth)
+    row = verl_row(sample, 0)
+
+    # verl
+    AstraTool, Schema = _verl_tool_class()
+    entry = next(t for t in verl_tool_config([sample])["tools"] if t["tool_schema"]["function"]["name"] == "get_item")
+    verl_tool = AstraTool(entry["config"], Schema.model_validate(entry["tool_schema"]))
+    # TRL
+    (tmp / "trl_env.py").write_text(trl_module_source([sample]))
+    module_spec = importlib.util.spec_from_file_location(f"bench_trl_env_{sandboxed}", tmp / "trl_env.py")
+    trl_env = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(trl_env)
+    trl_row = {k: v for k, v in trl_rows([sample])[0].items() if k != "environment"}
+    environment = trl_env.ENVIRONMENTS[env.name]()
+
+    pool = EpisodePool([(env.name, stdio_launch(server_dir))])
+    timings: dict[str, list[float]] = {k: [] for k in ("direct", "pool", "verl", "trl")}
+    async with Client(stdio_parameters(server_dir)) as client:
+        async def direct(n: int) -> None:  # the session's own episode: no handle, no reward bookkeeping
+            for _ in range(n):
+                await client.call_tool("get_item", ARGS)
+
+        async def pooled(n: int) -> None:
+            rollout = pool.rollout(truth)
+            for _ in range(n):
+                await rollout.call(env.name, "get_item", ARGS)
+            await rollout.close()
+
+        async def verl(n: int) -> None:
+            agent_data = Trajectory()
+            for _ in range(n):
+                instance, _ = await verl_tool.create(create_kwargs=row["extra_info"]["tools_kwargs"]["get_item"]["create_kwargs"])
+                await verl_tool.execute(instance, ARGS, agent_data=agent_data)
+                await verl_tool.release(instance)
+
+        async def trl(n: int) -> None:
+            environment.reset(**trl_row)
+            for _ in range(n):
+                await environment.get_item(**ARGS)
+
+        paths = {"direct": direct, "pool": pooled, "verl": verl, "trl": trl}
+        for fn in paths.values():  # warm-up: servers started, sandboxes warm, imports done
+            await fn(TRAJECTORY)
+        for _ in range(blocks):
+            for name, fn in paths.items():
+                start = time.perf_counter()
+                for _ in range(per_block // TRAJECTORY):
+                    await fn(TRAJECTORY)
+                timings[name].append((time.perf_counter() - start) / per_block)
+    pool.close()
+    for p in list(EpisodePool._shared.values()):
+        p.close()
+    EpisodePool._shared.clear()
+    base = statistics.median(timings["direct"])
+    mode = "sandboxed tool code (bubblewrap)" if sandboxed else "trusted in-process tool code"
+    print(f"\nper-call latency, median of {blocks} blocks x {per_block} calls (trajectories of {TRAJECTORY}), stdio, {mode}")
+    print(f"{'path':<8} {'ms/call':>9} {'vs direct':>10}")
+    for name, values in timings.items():
+        m = statistics.median(values)
+        print(f"{name:<8} {m * 1000:>9.3f} {m / base:>9.2f}x")
+
+
+if __name__ == "__main__":
+    blocks = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    per_block = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    asyncio.run(main(blocks, per_block))
