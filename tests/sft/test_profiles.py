@@ -116,3 +116,14 @@ def test_mistral_target_ids(samples, templates, tmp_path):
         answered = [m["tool_call_id"] for m in row["messages"] if m["role"] == "tool"]
         assert answered == ids  # every result still points at its call
     assert mistral_call_id("call_0_get_weather") == mistral_call_id("call_0_get_weather") != mistral_call_id("call_1")
+
+
+@pytest.mark.parametrize("name", ["SmolLM2", "Llama-3.1", "Mistral-Nemo"])
+def test_sharegpt_for_a_target_template(name, templates, samples, tmp_path):
+    paths = write_exports(samples, tmp_path, ["sharegpt"], template=templates[name])
+    rows = json.load(open(paths["sharegpt"], encoding="utf-8"))
+    assert len(rows) == 90 and all(sharegpt_alternation_ok(r) for r in rows)
+    by_id = {s.id: s for s in samples}
+    for row in rows:
+        results = [m["content"] for m in by_id[row["id"]].messages if m["role"] == "tool"]
+        assert [t["value"] for t in row["conversations"] if t["from"] == "observation"] == results

@@ -164,13 +164,15 @@ def to_sharegpt(sample: SFTSample, template: ChatTemplate | None = None) -> dict
     messages, tools = hf_conversation(sample, template)
     system = ""
     conv: list[dict[str, str]] = []
-    results = {m.get("tool_call_id"): m for m in messages if m["role"] == "tool"}
+    results = {m.get("tool_call_id"): m for m in messages if m["role"] == "tool" and m.get("tool_call_id")}
     for m in messages:
         role = m["role"]
         if role == "system":
             system = m["content"]
         elif role == "user":
             conv.append({"from": "human", "value": m["content"]})
+        elif role == "tool" and not m.get("tool_call_id"):  # a result of a call written as text (no tool support)
+            conv.append({"from": "observation", "value": m["content"]})
         elif role == "assistant" and m.get("tool_calls"):
             for k, call in enumerate(m["tool_calls"]):
                 text = m["content"] if k == 0 and m["content"] else ""

@@ -286,8 +286,10 @@ class ChatTemplate:
         """An ``hf``-profile conversation shaped for this template; returns (messages, tools, what changed)."""
         messages = copy.deepcopy(messages)
         changed: set[Adaptation] = set()
-        if self.format is ToolCallFormat.TEXT:
-            return (*_calls_as_text(messages, tools), {Adaptation.CALLS_AS_TEXT})
+        if self.format is ToolCallFormat.TEXT:  # one call per turn, so every result follows its own call
+            messages, split = _split_parallel(messages)
+            changed = {Adaptation.CALLS_AS_TEXT} | ({Adaptation.PARALLEL_CALLS_SPLIT} if split else set())
+            return (*_calls_as_text(messages, tools), changed)
         if not self.renders_parallel_calls:
             messages, split = _split_parallel(messages)
             if split:
