@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from astra.records import ChatMessage, Step, Task, ToolCall, Trajectory
-from astra.synthesis.trajectories._calibration import CalibrationCase, Defect, ItemLabel, OUT_PATH
+from astra.synthesis.trajectories._calibration import (
+    OUT_PATH,
+    CalibrationCase,
+    Defect,
+    ItemLabel,
+)
 from astra.synthesis.trajectories._reward import itemise, rule_items
 
 
@@ -181,7 +186,7 @@ def cases_for(name: str, d: dict[str, Any]) -> list[CalibrationCase]:
         L("T1", 1, "the tool returned a result without error"),
         L("T2", 1, "the tool returned a result without error"),
         L("P1", 1, f"after reading T1 it calls {second_tool} with the returned value"),
-        L("U1", 1, f"the value in T1 is used unchanged in the next call"),
+        L("U1", 1, "the value in T1 is used unchanged in the next call"),
         L("F.understand", 1, "the first response states the user's goal correctly"),
         L("F.plan", 1, "the written plan covers both steps and the calls follow it"),
     ]

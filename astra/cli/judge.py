@@ -25,10 +25,11 @@ def calibrate(
     """Per-dimension agreement (accuracy, Cohen's kappa) of a judge with labelled trajectories whose
     defects are known (hallucinated parameters, redundant calls, ignored errors, wrong or ungrounded
     answers, fabricated URLs, language mismatch, missing plan), and the spread over repeated runs."""
-    from astra.client import ModelError
     from astra.cli.traj import _closing, _judge_model
+    from astra.client import ModelError
     from astra.synthesis.trajectories import JudgeMode
-    from astra.synthesis.trajectories._calibration import OUT_PATH, calibrate as run_calibration, load_calibration_set
+    from astra.synthesis.trajectories._calibration import OUT_PATH, load_calibration_set
+    from astra.synthesis.trajectories._calibration import calibrate as run_calibration
 
     path = set_path or OUT_PATH
     try:

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
+from astra.cli._common import (
+    HomeOption,
+    JsonOption,
+    console,
+    emit_json,
+    fail,
+    resumable_run,
+)
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -13,7 +13,13 @@ from typing import Any
 
 from astra.client import ScriptedModel
 from astra.records import ChatMessage
-from astra.synthesis.environments import _decompose, _necessity, _qa, _synthesize, _verify
+from astra.synthesis.environments import (
+    _decompose,
+    _necessity,
+    _qa,
+    _synthesize,
+    _verify,
+)
 
 
 def tool(name: str, description: str, params: dict[str, str], code: str) -> dict[str, Any]:

@@ -14,15 +14,24 @@ from astra.synthesis.environments import (
     EnvironmentPipelineConfig,
     PipelineContext,
     SynthesizedTool,
+    _decompose,
+    _necessity,
+    _verify,
     read_qa_jsonl,
     run_stage,
 )
-from astra.synthesis.environments import _decompose, _necessity, _verify
 from astra.synthesis.environments._merge import cluster_tools, merge_cluster
 from astra.synthesis.environments._sandbox import SandboxRunner
 from astra.synthesis.environments._synthesize import synthesize_one
 
-from .envs_gold import GOLD, decomposition_reply, oracle_model, tool, tool_reply, verify_reply
+from .envs_gold import (
+    GOLD,
+    decomposition_reply,
+    oracle_model,
+    tool,
+    tool_reply,
+    verify_reply,
+)
 
 
 def _ctx(config: EnvironmentPipelineConfig, model=None, **update) -> PipelineContext:

@@ -86,13 +86,12 @@ def _expected_lenient_accuracy() -> dict[str, float]:
 
 
 def test_lenient_judge_is_measured_as_lenient():
-    lenient = ScriptedModel([lambda m, t: judge_reply(m[-1].content)] * len(CASES) * 2, name="lenient")
-    report = anyio.run(lambda: calibrate(CASES, lenient, repeats=2, concurrency=1))
+    lenient = ScriptedModel([lambda m, t: judge_reply(m[-1].content)] * len(CASES), name="lenient")
+    report = anyio.run(lambda: calibrate(CASES, lenient, concurrency=1))
     got = {d.dimension: d.accuracy for d in report.runs[0].dimensions}
     assert got == _expected_lenient_accuracy()
     assert got["tool_understand"] < 1.0 and got["final_answer"] < 1.0
     assert report.runs[0].by_defect["clean"] == 1.0 and report.runs[0].by_defect["wrong_answer"] < 1.0
-    assert all(s.accuracy_stdev == 0.0 and s.changed_items == 0.0 for s in report.spread)
 
 
 def test_failing_judge_never_agrees():

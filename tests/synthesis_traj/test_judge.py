@@ -10,7 +10,12 @@ import pytest
 
 from astra.client import ScriptedModel
 from astra.records import ChatMessage, Step, Task, ToolCall, Trajectory
-from astra.synthesis.trajectories import DIMENSIONS, JudgeMode, original_keys, reward_trajectory
+from astra.synthesis.trajectories import (
+    DIMENSIONS,
+    JudgeMode,
+    original_keys,
+    reward_trajectory,
+)
 from astra.synthesis.trajectories._reward import itemise, score_trajectory
 
 from .conftest import judge_reply
@@ -110,7 +115,10 @@ def test_rules_override_the_judge():
 
 
 def test_language_detection():
-    from astra.synthesis.trajectories._reward import detect_language, language_consistent
+    from astra.synthesis.trajectories._reward import (
+        detect_language,
+        language_consistent,
+    )
 
     assert detect_language("What is the weather?") == "en" and detect_language("里斯本今天天气怎么样？") == "zh"
     assert detect_language("Какая погода?") == "ru" and detect_language("今日の天気はどうですか") == "ja"

@@ -32,7 +32,11 @@ from astra.synthesis._llm import LLMOutputError
 from astra.synthesis._stage import Outcome, Stage, StageCounts
 from astra.synthesis.environments._answers import answers_match
 from astra.synthesis.environments._context import PipelineContext
-from astra.synthesis.environments._decompose import FREE_TEXT_FLAG, dependency_graph, last_step_id
+from astra.synthesis.environments._decompose import (
+    FREE_TEXT_FLAG,
+    dependency_graph,
+    last_step_id,
+)
 
 PROMPT_VERSION = "verify-v2"
 CHECKS = ("dependency", "atomicity", "serialisation", "completeness")

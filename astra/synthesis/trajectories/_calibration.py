@@ -260,9 +260,9 @@ async def calibrate(
     for run in range(repeats):
         results: dict[str, tuple[dict[str, float], bool, int]] = {}
 
-        async def one(case: CalibrationCase) -> None:
+        async def one(case: CalibrationCase, into: dict[str, tuple[dict[str, float], bool, int]] = results) -> None:
             async with limiter:
-                results[case.id] = await _score_case(case, judge, mode)
+                into[case.id] = await _score_case(case, judge, mode)
 
         async with anyio.create_task_group() as tg:
             for case in cases:

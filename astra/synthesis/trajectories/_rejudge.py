@@ -16,12 +16,18 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from astra.client import Model
+from astra.errors import UserError
 from astra.records import Reward, Task, Trajectory
 from astra.runs import RunDir
 from astra.synthesis._stage import Outcome, Stage, StageCounts
 from astra.synthesis.trajectories._config import JudgeMode
-from astra.synthesis.trajectories._reward import DIMENSIONS, JUDGE_VERSION, RULES_VERSION, original_keys, score_trajectory
-from astra.errors import UserError
+from astra.synthesis.trajectories._reward import (
+    DIMENSIONS,
+    JUDGE_VERSION,
+    RULES_VERSION,
+    original_keys,
+    score_trajectory,
+)
 
 
 class RejudgeError(UserError, RuntimeError):

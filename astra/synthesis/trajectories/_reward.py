@@ -653,7 +653,9 @@ __all__ = [
 async def score_trajectory(task: Task, traj: Trajectory, judge: Model | None, mode: JudgeMode) -> Outcome:
     """The reward stage's item function: a trajectory that does not end with an answer to the user
     gets no reward at all (so it can never be exported), and costs no judge call."""
-    from astra.synthesis.trajectories._export import answer_missing  # the export's own rule (it imports us)
+    from astra.synthesis.trajectories._export import (
+        answer_missing,  # the export's own rule (it imports us)
+    )
 
     missing = answer_missing(traj)
     if missing is None and not (traj.final_answer or "").strip():
