@@ -40,6 +40,8 @@ fi
 # --no-deps keeps its CUDA torch / vllm dependency set out; omegaconf reads its tool-config YAML.
 .venv/bin/python -m pip install -q --no-deps "verl==0.9.1"
 .venv/bin/python -m pip install -q "omegaconf>=2.3,<3"
+# OpenEnv's Environment base class and types (its full set pulls fastmcp, which pins another mcp).
+.venv/bin/python -m pip install -q --no-deps "openenv-core==0.3.0"
 if command -v npm >/dev/null 2>&1; then
   mkdir -p .ci/node
   [ -f .ci/node/package.json ] || echo '{"name":"astra-test-node","private":true}' > .ci/node/package.json

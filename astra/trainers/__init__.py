@@ -6,6 +6,10 @@
 - :mod:`astra.trainers.export`: RL samples (unique tool names, distractors, user background),
   verl parquet rows and tool-config YAML.
 - :mod:`astra.trainers.verl`: verl ``BaseTool`` (imports verl; load it through the YAML).
+- :mod:`astra.trainers.trl`: TRL ``environment_factory`` module per export + reward function.
+- :mod:`astra.trainers.openenv`: OpenEnv ``Environment``, one episode per session (imports openenv-core).
+- :mod:`astra.trainers.hosts`: ``mcp.json`` / ``.vscode/mcp.json``; :mod:`astra.trainers.hardening`:
+  the hardening certificate; :mod:`astra.trainers.astra_rl`: ASTRA-RL-1k row importer.
 """
 
 from astra.trainers._pool import Episode, EpisodePool, Rollout, StepOutcome, launch_from_config, stdio_launch

@@ -107,3 +107,21 @@ def verl() -> types.SimpleNamespace:
     })
     return types.SimpleNamespace(BaseTool=BaseTool, ToolParser=ToolParser, AgentData=ns["AgentData"],
                                  ToolAgentLoopTools=ns["ToolAgentLoopTools"], initialize_tools_from_config=initialize_tools_from_config)
+
+
+@pytest.fixture(scope="session")
+def openenv() -> types.ModuleType:
+    """openenv-core's Environment base class and types (its package __init__ imports fastmcp, which
+    pins another mcp: only interfaces.py and types.py are loaded, as they are)."""
+    spec = importlib.util.find_spec("openenv")
+    assert spec is not None and spec.submodule_search_locations, "openenv-core is not installed (scripts/setup.sh installs it)"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    for name in ("openenv", "openenv.core", "openenv.core.env_server"):
+        if not getattr(sys.modules.get(name), "__astra_shell__", False):
+            module = types.ModuleType(name)
+            module.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+            module.__astra_shell__ = True
+            sys.modules[name] = module
+    import astra.trainers.openenv as adapter
+
+    return adapter
