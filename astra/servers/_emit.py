@@ -28,7 +28,8 @@ _SERVER_PY = '''#!/usr/bin/env python3
 stdio:  python server.py
 HTTP:   python server.py --http --port 8000 [--host 127.0.0.1] [--token SECRET]
         (a non-loopback --host needs --token and --allow-remote; see --help for episode limits)
-Needs only Python >= 3.11 and the `mcp` package (v2).
+Needs only Python >= 3.11 and the `mcp` package (v2); with `jsonschema-rs` installed, schema
+`pattern`s are checked in linear time in-process (without it, in a bounded worker process).
 """
 
 import sys

@@ -70,6 +70,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.to_process
+import anyio.to_thread
 import jsonschema
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
@@ -244,21 +246,127 @@ class _Tool:
         )
 
 
+REGEX_BACKTRACK_LIMIT = 100_000
+"""Steps a backtracking match may take, for the few patterns (lookaround, backreferences) the
+linear-time engine cannot run; past it the value does not match (fail closed)."""
+PATTERN_CHECK_S = 5.0
+"""Without jsonschema-rs, a schema with patterns is checked in a worker process killed after this
+(started with the server, so the bound is not spent on starting it)."""
+
+
+def _rs_pattern_options(linear: bool) -> Any:
+    return _rs.RegexOptions() if linear else _rs.FancyRegexOptions(backtrack_limit=REGEX_BACKTRACK_LIMIT)
+
+
+def _rs_compile(schema: Mapping[str, Any]) -> Any:
+    """jsonschema-rs for ``schema`` with linear-time patterns (its ``regex`` engine), or, where a
+    pattern needs lookaround/backreferences, the backtracking engine under a step bound."""
+    try:
+        return _rs.validator_for(dict(schema), pattern_options=_rs_pattern_options(linear=True))
+    except Exception:  # noqa: BLE001 - a pattern the linear engine cannot run
+        return _rs.validator_for(dict(schema), pattern_options=_rs_pattern_options(linear=False))
+
+
+@functools.lru_cache(maxsize=4096)
+def _pattern_matcher(pattern: str) -> Any:
+    try:
+        return _rs_compile({"type": "string", "pattern": pattern})
+    except Exception:  # noqa: BLE001 - neither engine takes it: nothing matches (fail closed)
+        return None
+
+
+def _search(pattern: str, text: str) -> bool:
+    """``re.search(pattern, text)`` in linear time (jsonschema-rs's regex engine; Python's ``re``
+    backtracks exponentially on patterns such as ``^(a+)+$``). Without jsonschema-rs, ``re``
+    itself: callers on an event loop go through :meth:`SchemaCheck.errors_bounded`."""
+    if _rs is None:
+        import re
+
+        return re.search(pattern, text) is not None
+    matcher = _pattern_matcher(pattern)
+    return matcher is not None and matcher.is_valid(text)
+
+
+def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Any:
+    if validator.is_type(instance, "string") and not _search(patrn, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(validator: Any, pattern_properties: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in pattern_properties.items():
+        for k, v in instance.items():
+            if _search(pattern, k):
+                yield from validator.descend(v, subschema, path=k, schema_path=pattern)
+
+
+def _additional_properties(validator: Any, ap: Any, instance: Any, schema: Any) -> Any:
+    if not validator.is_type(instance, "object"):
+        return
+    properties = schema.get("properties", {})
+    patterns = list(schema.get("patternProperties", {}))
+    extras = {k for k in instance if k not in properties and not any(_search(p, k) for p in patterns)}
+    if validator.is_type(ap, "object"):
+        for extra in extras:
+            yield from validator.descend(instance[extra], ap, path=extra)
+    elif not ap and extras:
+        if patterns:
+            verb = "does" if len(extras) == 1 else "do"
+            joined = ", ".join(repr(each) for each in sorted(extras))
+            regexes = ", ".join(repr(each) for each in sorted(patterns))
+            yield jsonschema.ValidationError(f"{joined} {verb} not match any of the regexes: {regexes}")
+        else:
+            listed = sorted(extras, key=str)
+            verb = "was" if len(listed) == 1 else "were"
+            yield jsonschema.ValidationError(
+                f"Additional properties are not allowed ({', '.join(repr(e) for e in listed)} {verb} unexpected)"
+            )
+
+
+_LINEAR_KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties}
+
+
+def _has_patterns(schema: Any) -> bool:
+    if isinstance(schema, dict):
+        return "pattern" in schema or "patternProperties" in schema or any(_has_patterns(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_patterns(v) for v in schema)
+    return False
+
+
+def _python_errors(schema: dict[str, Any], instance: Any) -> list[tuple[str, list[Any]]]:
+    """The best violation by the plain Python validator, as (message, path): run in a worker process."""
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    return [] if error is None else [(error.message, list(error.absolute_path))]
+
+
 class SchemaCheck:
     """A compiled JSON Schema check for every call of a tool: jsonschema-rs (when
     installed) answers "valid" in microseconds; the Python validator, which is the
     authority, explains a failure with the path of each offending field.
+
+    ``pattern`` / ``patternProperties`` run in linear time on both (jsonschema-rs's ``regex``
+    engine; a pattern it cannot run, with lookaround or backreferences, backtracks at most
+    ``REGEX_BACKTRACK_LIMIT`` steps), so no argument can stall the event loop. Without
+    jsonschema-rs, :meth:`errors_bounded` checks a schema with patterns in a worker process
+    killed after ``PATTERN_CHECK_S``.
 
     Raises ``jsonschema.SchemaError`` for a schema that is not valid JSON Schema."""
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
         validator_cls = jsonschema.validators.validator_for(schema)
         validator_cls.check_schema(schema)
+        self.schema = dict(schema)
+        self.has_patterns = _has_patterns(self.schema)
+        if self.has_patterns and _rs is not None:
+            validator_cls = jsonschema.validators.extend(validator_cls, _LINEAR_KEYWORDS)
         self.validator = validator_cls(schema)
         self.fast = None
         if _rs is not None:
             try:
-                self.fast = _rs.validator_for(dict(schema))
+                self.fast = _rs_compile(schema)
             except Exception:  # noqa: BLE001 - a schema jsonschema-rs cannot compile keeps the Python check
                 self.fast = None
 
@@ -272,6 +380,25 @@ class SchemaCheck:
         """The most relevant violation (``jsonschema``'s ``best_match``), or None."""
         errors = self.errors(instance)
         return jsonschema.exceptions.best_match(errors) if errors else None
+
+    async def first_error_bounded(self, instance: Any) -> jsonschema.ValidationError | None:
+        """:meth:`first_error` that never stalls the event loop: where patterns would run on
+        Python's backtracking ``re`` (no jsonschema-rs), the check runs in a worker process that
+        is killed after ``PATTERN_CHECK_S`` (then the instance is refused: fail closed)."""
+        if _rs is not None or not self.has_patterns:
+            return self.first_error(instance)
+        found: list[tuple[str, list[Any]]] | None = None
+        with anyio.move_on_after(PATTERN_CHECK_S):
+            found = await anyio.to_process.run_sync(_python_errors, self.schema, instance, cancellable=True)
+        if found is None:
+            return jsonschema.ValidationError(
+                f"could not be checked against the schema within {PATTERN_CHECK_S:g} s (a slow 'pattern'; "
+                "install jsonschema-rs for linear-time patterns)"
+            )
+        if not found:
+            return None
+        message, path = found[0]
+        return jsonschema.ValidationError(message, path=path)
 
 
 def _make_tool(spec: Mapping[str, Any], **extra: Any) -> _Tool:
@@ -304,10 +431,10 @@ def _make_tool(spec: Mapping[str, Any], **extra: Any) -> _Tool:
     )
 
 
-def _schema_error(tool: _Tool, arguments: Any) -> str | None:
+async def _schema_error(tool: _Tool, arguments: Any) -> str | None:
     if not isinstance(arguments, dict):
         return f"arguments for tool {tool.name!r} must be a JSON object"
-    error = tool.validator.first_error(arguments)
+    error = await tool.validator.first_error_bounded(arguments)
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
@@ -586,6 +713,9 @@ class EnvironmentRuntime:
         slot = _ClientSlot(episode_id=f"slot:{next(self._slot_counter)}:{uuid.uuid4().hex[:8]}", per_client=not self.shared_lifespan)
         if self.sandboxed and self.factory is None and self.tools:
             await self._sandbox_for_loop()  # warm the worker before the first call
+        if _rs is None and any(c is not None and c.has_patterns for t in self.tools.values()
+                               for c in (t.validator, t.output_validator)):
+            await anyio.to_process.run_sync(_python_errors, {}, None)  # start the pattern-checking process
         try:
             yield slot
         finally:
@@ -627,7 +757,7 @@ class EnvironmentRuntime:
             outcome = ToolOutcome(name, arguments if isinstance(arguments, dict) else {}, ok=False, error_kind="unknown_tool",
                                   error=f"unknown tool {_clean_text(name)!r}; available: {', '.join(sorted(self.tools))}")
             return outcome
-        problem = _schema_error(tool, arguments) or _unicode_problem(arguments, "the arguments")
+        problem = _unicode_problem(arguments, "the arguments") or await _schema_error(tool, arguments)
         if problem is not None:
             outcome = ToolOutcome(name, _scrub(arguments) if isinstance(arguments, dict) else {}, ok=False,
                                   error_kind="bad_arguments", error=problem)
@@ -643,7 +773,7 @@ class EnvironmentRuntime:
                 self._touch(episode)
             if outcome.ok and tool.output_validator is not None and not outcome.truncated:
                 structured = {"result": outcome.value} if tool.wrap_output else outcome.value
-                error = tool.output_validator.first_error(structured)
+                error = await tool.output_validator.first_error_bounded(structured)
                 if error is not None:
                     outcome = ToolOutcome(name, arguments, ok=False, error_kind="bad_output",
                                           error=f"the tool's result does not match its output schema: {error.message}")

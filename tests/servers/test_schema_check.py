@@ -58,3 +58,28 @@ def test_invalid_schema_is_refused():
 def test_fast_path_is_used_when_installed():
     pytest.importorskip("jsonschema_rs")
     assert SchemaCheck(SCHEMA).fast is not None
+
+
+PATTERNS = {
+    "type": "object",
+    "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}, "tag": {"type": "string", "pattern": "^(?=t)t[0-9]+$"}},
+    "patternProperties": {"^x-[a-z]+$": {"type": "integer"}},
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("instance", [
+    {"code": "aaa"}, {"code": "ab"}, {"code": "a" * 27 + "!"}, {"tag": "t12"}, {"tag": "u12"},
+    {"x-ok": 1}, {"x-ok": "one"}, {"x-9": 1}, {"zz": 1, "yy": 2}, {"code": "aaa", "x-abc": 2, "tag": "t1"},
+])
+def test_patterns_run_in_linear_time_with_the_python_messages(instance):
+    pytest.importorskip("jsonschema_rs")
+    check = SchemaCheck(PATTERNS)
+    python = jsonschema.Draft202012Validator(PATTERNS)
+    expected = sorted(e.message for e in python.iter_errors(instance)) if instance.get("code") != "a" * 27 + "!" else None
+    got = sorted(e.message for e in check.errors(instance))
+    assert (check.first_error(instance) is None) is (got == [])
+    if expected is not None:  # Python's re would take ~10 s on the 27-character one
+        assert got == expected
+    else:
+        assert got == ["'aaaaaaaaaaaaaaaaaaaaaaaaaaa!' does not match '^(a+)+$'"]
