@@ -19,7 +19,6 @@ import atexit
 import concurrent.futures
 import json
 import logging
-import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,7 +33,7 @@ from astra.servers._rewards import RewardTracker
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_MAX_OPEN_EPISODES = 1024
+DEFAULT_MAX_OPEN_EPISODES = 1000  # under a server's default capacity (1024, implicit episodes included)
 
 
 def stdio_launch(server_dir: str | Path, python: str | None = None) -> StdioLaunch:
@@ -258,9 +257,9 @@ class EpisodePool:
         return self._conns
 
     async def _aopen(self, server: str) -> Episode:
-        opener = getattr(self._conns, "open_episode", None)
-        # until Connections mints handles through astra/episode/open (episodes helper), a private id
-        handle = await opener(server) if opener is not None else "ep-" + secrets.token_urlsafe(24)
+        # the server mints the handle (astra/episode/open), bound to this pooled connection;
+        # EpisodeUnavailable (e.g. the server's episode capacity) reaches the trainer as is
+        handle = await self._conns.open_episode(server)
         episode = Episode(server=server, handle=handle)
         self._open[handle] = episode
         while len(self._open) > self.max_open_episodes:
@@ -283,15 +282,7 @@ class EpisodePool:
             return
         episode.closed = True
         self._open.pop(episode.handle, None)
-        closer = getattr(self._conns, "close_episode", None)
-        if closer is not None:
-            await closer(episode.handle)
-            return
-        from astra.servers import EnvironmentControl
-
-        client = self._conns._servers[episode.server].client
-        if client is not None:
-            await EnvironmentControl(client, episode.handle).close()
+        await self._conns.close_episode(episode.handle)
 
     # ----------------------------------------------------------------- the adapters' API
 

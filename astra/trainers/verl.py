@@ -27,7 +27,7 @@ from uuid import uuid4
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-from astra.trainers._pool import EpisodePool, Rollout, launch_from_config
+from astra.trainers._pool import DEFAULT_MAX_OPEN_EPISODES, EpisodePool, Rollout, launch_from_config
 
 __all__ = ["AstraTool"]
 
@@ -46,7 +46,7 @@ def _pool_for(config: dict[str, Any]) -> EpisodePool:
     def make() -> EpisodePool:
         targets = [(name, launch_from_config(launch)) for name, launch in sorted(servers.items())]
         return EpisodePool(targets, call_timeout_s=float(config.get("call_timeout_s", 60.0)),
-                           max_open_episodes=int(config.get("max_open_episodes", 1024)))
+                           max_open_episodes=int(config.get("max_open_episodes", DEFAULT_MAX_OPEN_EPISODES)))
 
     return EpisodePool.shared(EpisodePool.key_of({"servers": servers, "timeout": config.get("call_timeout_s")}), make)
 

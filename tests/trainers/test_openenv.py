@@ -57,3 +57,10 @@ async def test_16_concurrent_sessions(openenv: Any, sample: dict[str, Any], inve
     results = await asyncio.gather(*[session(openenv, sample, inventory_env) for _ in range(16)])
     assert [last.metadata["process_reward"] for last, _ in results] == [1.0] * 16
     assert all(json.loads(seen[2].text)["order_id"] == "ORD-1" for _, seen in results)
+    # every session's episode was closed on the server when it ended (nothing left open)
+    pool = next(iter(EpisodePool._shared.values()))
+    for _ in range(100):
+        if pool.open_episodes == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.open_episodes == 0
