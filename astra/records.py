@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -206,15 +207,39 @@ class Step(Record):
     simulated: bool = False
 
 
-TerminationReason = Literal[
-    "final_answer",
-    "max_steps",
-    "max_tokens",
-    "model_error",
-    "server_error",
-    "timeout",
-    "cancelled",
-]
+class TerminationReason(StrEnum):
+    """Why an episode ended. Members equal (and hash like) their string values, so records
+    written before this was an enum read back unchanged."""
+
+    final_answer = "final_answer"  # a non-empty assistant answer without tool calls on the last turn
+    max_steps = "max_steps"
+    max_tokens = "max_tokens"  # the token budget, or a reply cut at the provider's token limit
+    no_answer = "no_answer"  # the model stopped without tool calls and without any text
+    model_error = "model_error"  # the provider failed for good (after retries), or its reply was unusable
+    server_error = "server_error"  # a tool server is gone for good
+    timeout = "timeout"  # the episode deadline
+    cancelled = "cancelled"
+
+
+class FailureClass(StrEnum):
+    """Whose doing an episode's outcome is: rewards and reruns treat the classes apart."""
+
+    none = "none"  # ended with an assistant answer, no infrastructure fault on the way
+    policy = "policy"  # the model's own doing: max_steps, max_tokens, no_answer
+    infrastructure = "infrastructure"  # not the model's doing (see InfraFault): never a reward of 0; rerun it
+
+
+class InfraFault(StrEnum):
+    """The infrastructure fault that hit an episode (the first one)."""
+
+    provider_error = "provider_error"  # the model endpoint refused or failed for good (HTTP error after retries)
+    bad_response = "bad_response"  # the endpoint answered 200 with garbage or a wrongly shaped body
+    transport_error = "transport_error"  # no answer from the model endpoint: connection refused/reset, timeout
+    server_died = "server_died"  # a tool server died or stayed unavailable
+    tool_timeout = "tool_timeout"  # a tool call got no answer in time
+    timeout = "timeout"  # the episode deadline passed
+    judge_error = "judge_error"  # the judge failed (a reward that could not be computed)
+    cancelled = "cancelled"
 
 
 class Trajectory(Record):
@@ -231,6 +256,14 @@ class Trajectory(Record):
     error: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
+    failure_class: FailureClass | None = Field(
+        default=None, description="none | policy | infrastructure (None: written before the classes existed)")
+    infra_fault: InfraFault | None = Field(default=None, description="which infrastructure fault, when there was one")
+
+    @property
+    def ends_with_answer(self) -> bool:
+        """True when the episode ended with an assistant answer (the only kind SFT exports)."""
+        return self.termination == TerminationReason.final_answer and bool((self.final_answer or "").strip())
 
 
 # --------------------------------------------------------------------------- synthesis

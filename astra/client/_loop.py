@@ -11,11 +11,17 @@ tool (``error_kind="unknown_tool"``), arguments that are not a JSON object
 (``bad_json``), arguments that fail the tool's input schema (``bad_arguments``, checked
 with jsonschema before the call), and tool-side failures (``tool_error``, ``timeout``,
 ``server_died``). Termination reasons (records.TerminationReason):
-``final_answer`` (a reply without tool calls on the last turn), ``max_steps``,
-``max_tokens`` (``max_tokens_total`` reached), ``model_error`` (the provider failed for
-good, or a script ran out), ``server_error`` (a server is gone for good: restarts
-exhausted), ``timeout`` (``episode_timeout_s`` reached). ``cancelled`` is for runners that
-record an episode cancelled from outside; ``run_episode`` itself lets cancellation propagate.
+``final_answer`` (a non-empty reply without tool calls on the last turn), ``no_answer``
+(a reply with neither tool calls nor text), ``max_steps``, ``max_tokens``
+(``max_tokens_total`` reached, or a reply cut at the provider's token limit: never
+``final_answer``), ``model_error`` (the provider failed for good, answered garbage, or a
+script ran out), ``server_error`` (a server is gone for good: restarts exhausted),
+``timeout`` (``episode_timeout_s`` reached). ``cancelled`` is for runners that record an
+episode cancelled from outside; ``run_episode`` itself lets cancellation propagate.
+
+Every trajectory also says whose doing its outcome is (:func:`classify`): ``failure_class``
+none / policy / infrastructure, and ``infra_fault`` (records.InfraFault) for the last:
+infrastructure faults are rerun, never scored as a policy's failure.
 """
 
 from __future__ import annotations
@@ -31,7 +37,41 @@ from pydantic import BaseModel, Field
 
 from astra.client._connections import Connections, EpisodeHandles, EpisodeUnavailable, ToolResult
 from astra.client._model import Model, ModelError, ModelSettings
-from astra.records import ChatMessage, Step, Task, TerminationReason, Trajectory, Usage, stable_id
+from astra.records import (
+    ChatMessage,
+    FailureClass,
+    InfraFault,
+    Step,
+    Task,
+    TerminationReason,
+    Trajectory,
+    Usage,
+    stable_id,
+)
+
+_END_FAULTS = {
+    TerminationReason.server_error: InfraFault.server_died,
+    TerminationReason.timeout: InfraFault.timeout,
+    TerminationReason.cancelled: InfraFault.cancelled,
+}
+_STEP_FAULTS = {"server_died": InfraFault.server_died, "server_unavailable": InfraFault.server_died,
+                "timeout": InfraFault.tool_timeout}
+
+
+def classify(termination: TerminationReason | str, steps: Sequence[Step] = (),
+             model_fault: InfraFault | None = None) -> tuple[FailureClass, InfraFault | None]:
+    """Whose doing an episode's outcome is: an infrastructure fault at its end or on any tool
+    call (server died, tool timed out) makes it ``infrastructure``; else a final answer is
+    ``none`` and any other ending (max_steps, max_tokens, no_answer) is ``policy``."""
+    termination = TerminationReason(termination)
+    fault = model_fault if termination == TerminationReason.model_error else _END_FAULTS.get(termination)
+    if termination == TerminationReason.model_error and fault is None:
+        fault = InfraFault.provider_error
+    if fault is None:
+        fault = next((_STEP_FAULTS[s.error_kind] for s in steps if s.error_kind in _STEP_FAULTS), None)
+    if fault is not None:
+        return FailureClass.infrastructure, fault
+    return (FailureClass.none if termination == TerminationReason.final_answer else FailureClass.policy), None
 
 
 class EpisodeTurn(BaseModel):
@@ -141,6 +181,7 @@ async def run_episode(
     steps: list[Step] = []
     usage = Usage()
     termination: TerminationReason | None = None
+    model_fault: InfraFault | None = None
     error: str | None = None
     final_answer: str | None = None
     requests = 0
@@ -155,12 +196,12 @@ async def run_episode(
     started = time.perf_counter()
 
     async def body() -> None:
-        nonlocal termination, error, final_answer, requests, usage, tools_payload, visible_list
+        nonlocal termination, model_fault, error, final_answer, requests, usage, tools_payload, visible_list
         try:
             handles.update(dict.fromkeys(conns.servers, episode))  # other servers see the label (a simulator's memory key)
             handles.update(await conns.open_episodes())  # ASTRA environments: handles they minted
         except EpisodeUnavailable as exc:
-            termination, error = "server_error", f"could not open an environment episode: {exc}"
+            termination, error = TerminationReason.server_error, f"could not open an environment episode: {exc}"
             return
         for turn_index, turn in enumerate(turns):
             if turn.add_tools:
@@ -169,19 +210,22 @@ async def run_episode(
             messages.append(ChatMessage(role="user", content=turn.content))
             while True:
                 if requests >= max_steps:
-                    termination = "max_steps"
+                    termination = TerminationReason.max_steps
                     return
                 t0 = time.perf_counter()
                 try:
                     response = await model.request(messages, tools_payload, settings)
                 except ModelError as exc:
-                    termination, error = "model_error", f"{type(exc).__name__}: {exc}"
+                    termination, error = TerminationReason.model_error, f"{type(exc).__name__}: {exc}"
+                    model_fault = exc.fault
                     return
                 t1 = time.perf_counter()
                 timings["model_s"] += t1 - t0
                 requests += 1
                 usage = usage + response.usage
-                message = response.message.model_copy(update={"role": "assistant"})
+                message = response.message
+                if message.role != "assistant":
+                    message = message.model_copy(update={"role": "assistant"})
                 messages.append(message)
                 calls = message.tool_calls or []
                 if calls:
@@ -205,23 +249,26 @@ async def run_episode(
                     timings["tools_s"] += time.perf_counter() - t1
                 step_latencies.append(time.perf_counter() - t0)
                 if calls and any(s.error_kind == "server_unavailable" for s in steps[-len(calls):]):
-                    termination = "server_error"
+                    termination = TerminationReason.server_error
                     error = next(s.result for s in steps[-len(calls):] if s.error_kind == "server_unavailable")
                     return
+                if not calls and response.finish_reason == "length":
+                    termination, error = TerminationReason.max_tokens, "the reply was cut at the token limit"
+                    return
                 if max_tokens_total is not None and usage.input_tokens + usage.output_tokens >= max_tokens_total:
-                    termination = "max_tokens"
+                    termination = TerminationReason.max_tokens
                     return
                 if not calls:
                     final_answer = message.content
                     break  # next user turn
-        termination = "final_answer"
+        termination = TerminationReason.final_answer if (final_answer or "").strip() else TerminationReason.no_answer
 
     try:
         if episode_timeout_s is not None:
             with anyio.move_on_after(episode_timeout_s) as scope:
                 await body()
             if scope.cancelled_caught:
-                termination, error = "timeout", f"episode exceeded {episode_timeout_s:g} s"
+                termination, error = TerminationReason.timeout, f"episode exceeded {episode_timeout_s:g} s"
         else:
             await body()
     finally:
@@ -229,6 +276,7 @@ async def run_episode(
         with anyio.CancelScope(shield=True):
             await conns.close_episodes(handles)
     assert termination is not None
+    failure_class, infra_fault = classify(termination, steps, model_fault)
     return Trajectory(
         id=traj_id,
         task_id=task_id,
@@ -237,7 +285,7 @@ async def run_episode(
         tools=tools_payload,
         messages=messages,
         steps=steps,
-        final_answer=final_answer if termination == "final_answer" else None,
+        final_answer=final_answer if termination == TerminationReason.final_answer else None,
         usage=usage,
         termination=termination,
         error=error,
@@ -249,4 +297,6 @@ async def run_episode(
             "step_latencies_s": [round(x, 6) for x in step_latencies],
             **(meta or {}),
         },
+        failure_class=failure_class,
+        infra_fault=infra_fault,
     )

@@ -17,8 +17,8 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from astra.records import ChatMessage, ToolCall, Usage
 from astra.errors import AstraError
+from astra.records import ChatMessage, InfraFault, ToolCall, Usage
 
 
 class ModelSettings(BaseModel):
@@ -41,16 +41,22 @@ class ModelResponse(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     model: str = ""
     latency_s: float = 0.0
+    finish_reason: str | None = Field(
+        default=None, description="the provider's stop reason in OpenAI terms: stop | tool_calls | length | ...")
     raw: Any = Field(default=None, description="the provider's raw response, kept for audit")
 
 
 class ModelError(AstraError):
-    """A provider failed for good (after retries): a recorded failure, never a default score."""
+    """A provider failed for good (after retries): a recorded failure, never a default score.
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None) -> None:
+    ``fault`` says which infrastructure fault it was (an HTTP error, a garbage 200, no answer)."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
+                 fault: InfraFault = InfraFault.provider_error) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.fault = fault
 
 
 class ScriptExhausted(ModelError):

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from astra.client._model import ModelError
 from astra.errors import AstraError
+from astra.records import InfraFault
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,10 +35,12 @@ class RetryPolicy(BaseModel):
 class RetryableError(AstraError):
     """Raised by an attempt that may succeed if repeated (429, 5xx, timeout, connection)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, status: int | None = None, retry_after_s: float | None = None,
+                 fault: InfraFault = InfraFault.provider_error) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
+        self.fault = fault
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -77,5 +80,6 @@ async def with_retries(attempt: Callable[[], Awaitable[T]], policy: RetryPolicy,
             await anyio.sleep(delay)
     assert last is not None
     raise ModelError(
-        f"{what}: failed after {policy.max_attempts} attempts: {last}", retryable=True, status=last.status
+        f"{what}: failed after {policy.max_attempts} attempts: {last}", retryable=True, status=last.status,
+        fault=last.fault,
     )

@@ -1,0 +1,270 @@
+"""Rollout throughput and CPU per episode: ASTRA vs a hand-written raw loop, same run (issue 19).
+
+Setup (all on 127.0.0.1, started by this script): a fake OpenAI-compatible endpoint
+(``tests/client/fake_openai.py``, its own process) answering every request after a fixed
+latency L; a one-tool (``add``) stdio MCP server built on the official SDK; episodes of 5
+tool steps + a final answer (6 model requests each). Per point (L, C): N episodes with C at
+a time, ``--reps`` repetitions, interleaved, medians reported.
+
+- ``raw``: the openai SDK (``AsyncOpenAI.chat.completions.create``) + ``mcp.client.Client``
+  over stdio, one client each, shared by all episodes: a careful hand-written loop;
+- ``astra``: ``run_episode`` with ``openai:`` + ``Connections`` (stdio server), one process;
+- ``astra xW``: the rollout runner's warm worker processes (``RolloutWorkers``, W of them,
+  C/W episodes each, trajectories appended + fsynced to JSONL), started and warmed before
+  the clock starts (their start-up is printed separately).
+
+Printed: episodes/s, ratio to the raw loop, ratio to the ideal rate (every wait
+overlapped: N / (waves x 6 L)), CPU ms per episode (the harness processes only: this one,
+or the workers + this one; not the MCP servers nor the endpoint), and the per-call wall
+time vs raw at C=1.
+
+Run:  python benchmarks/client_rollouts.py                      # the issue's table
+      python benchmarks/client_rollouts.py --points 100:64 --reps 1 --profile /tmp/astra.prof
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+HERE = Path(__file__).resolve().parent
+FAKE = HERE.parent / "tests" / "client" / "fake_openai.py"
+STEPS = 5  # tool steps; + 1 final answer = 6 model requests
+
+
+def serve_mcp() -> None:
+    """The one-tool stdio MCP server (``--serve-mcp``)."""
+    from mcp.server.mcpserver import MCPServer
+
+    app = MCPServer("bench")
+
+    @app.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    app.run()
+
+
+def mcp_launch() -> Any:
+    from astra.records import StdioLaunch
+
+    return StdioLaunch(command=sys.executable, args=[str(Path(__file__).resolve()), "--serve-mcp"],
+                       env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+
+
+class Endpoint:
+    """The fake endpoint in its own process (its CPU is not the harness's)."""
+
+    def __init__(self, latency_s: float) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(FAKE), "0", str(latency_s), str(STEPS)],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("ready"):
+            raise RuntimeError(f"fake endpoint did not start: {line!r}")
+        self.base_url = f"http://127.0.0.1:{int(line.split()[1])}/v1"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+Result = tuple[float, float]  # wall s, CPU s
+
+
+async def _concurrently(n: int, c: int, one: Any) -> None:
+    limiter = anyio.CapacityLimiter(c)
+
+    async def run(i: int) -> None:
+        async with limiter:
+            await one(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(run, i)
+
+
+async def raw_loop(base_url: str, n: int, c: int, reps: int) -> list[Result]:
+    import httpx2
+    import openai
+    from mcp.client import Client
+    from mcp.client.stdio import StdioServerParameters
+
+    launch = mcp_launch()
+    sdk = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0,
+                             http_client=openai.DefaultAsyncHttpxClient(  # a pool as large as C, like astra's
+                                 limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None)))
+    params = StdioServerParameters(command=launch.command, args=launch.args, env=launch.env)
+    out: list[Result] = []
+    async with Client(params) as mcp:
+        listed = await mcp.list_tools()
+        tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
+                                                   "parameters": t.input_schema}} for t in listed.tools]
+
+        async def episode(i: int) -> None:
+            messages: list[dict[str, Any]] = [{"role": "user", "content": f"episode {i}"}]
+            while True:
+                resp = await sdk.chat.completions.create(model="fake", messages=messages, tools=tools)
+                msg = resp.choices[0].message
+                calls = msg.tool_calls or []
+                messages.append({"role": "assistant", "content": msg.content, "tool_calls": [
+                    {"id": t.id, "type": "function", "function": {"name": t.function.name,
+                                                                  "arguments": t.function.arguments}}
+                    for t in calls] or None})
+                if not calls:
+                    assert msg.content
+                    return
+                for t in calls:
+                    result = await mcp.call_tool(t.function.name, json.loads(t.function.arguments))
+                    text = "\n".join(b.text for b in result.content if getattr(b, "type", "") == "text")
+                    messages.append({"role": "tool", "tool_call_id": t.id, "content": text})
+
+        await _concurrently(min(n, 4), c, episode)  # warm-up
+        for _ in range(reps):
+            out.append(await _timed(lambda: _concurrently(n, c, episode)))
+    await sdk.close()
+    return out
+
+
+async def _timed(body: Any) -> Result:
+    start, cpu = time.perf_counter(), time.process_time()
+    await body()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+async def astra_loop(base_url: str, n: int, c: int, reps: int) -> list[Result]:
+    from astra.client import Connections, OpenAIModel, run_episode
+
+    model = OpenAIModel("fake", base_url=base_url)
+    out: list[Result] = []
+    async with Connections([("bench", mcp_launch())]) as conns:
+        async def episode(i: int) -> None:
+            traj = await run_episode(model, conns, [f"episode {i}"], sample=i)
+            assert traj.termination == "final_answer" and len(traj.steps) == STEPS, (traj.termination, traj.error)
+
+        await _concurrently(min(n, 4), c, episode)
+        for _ in range(reps):
+            out.append(await _timed(lambda: _concurrently(n, c, episode)))
+    await model.aclose()
+    return out
+
+
+async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: int, reps: int,
+                        tmp: str) -> dict[tuple[int, int], list[Result]]:
+    from astra.client._runner import EpisodeConfig, RolloutWorkers, trajectory_id
+    from astra.records import Task
+
+    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_steps=STEPS + 1,
+                           concurrency=max(1, max(c for _, c in points) // workers))
+    out: dict[tuple[int, int], list[Result]] = {}
+    t0 = time.perf_counter()
+    async with RolloutWorkers(workers, config, [("bench", mcp_launch())]) as pool:
+        print(f"    {workers} warm workers started (servers launched, imports done) in {time.perf_counter() - t0:.2f} s",
+              flush=True)
+        runs = 0
+        for n, c in points:
+            out[(n, c)] = []
+            for rep in range(reps + 1):  # the first is a warm-up
+                runs += 1
+                tasks = [Task(id=f"w{runs}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
+                items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
+                cpu0 = time.process_time()
+                start = time.perf_counter()
+                result = await pool.run(items, f"{tmp}/w{runs}.jsonl", concurrency=max(1, c // workers))
+                wall = time.perf_counter() - start
+                assert result.written == n and not result.errors, result.errors[:3]
+                assert result.by_termination == {"final_answer": n}, result.by_termination
+                if rep:
+                    out[(n, c)].append((wall, time.process_time() - cpu0 + result.worker_cpu_s))
+    return out
+
+
+def _line(name: str, runs: list[Result], n: int, ideal_rate: float, raw_rate: float | None) -> tuple[float, float]:
+    wall = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    rate = n / wall
+    vs_raw = f"{rate / raw_rate:5.2f}" if raw_rate else " 1.00"
+    print(f"    {name:<12} {rate:7.2f} eps/s   vs raw {vs_raw}   of ideal {rate / ideal_rate:5.3f}   "
+          f"CPU {cpu / n * 1000:6.1f} ms/episode   [walls {', '.join(f'{r[0]:.2f}' for r in runs)}]", flush=True)
+    return rate, cpu / n
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", default="100:1,100:64,1000:64,1000:256",
+                        help="comma-separated L_ms:C (model latency in ms : concurrent episodes)")
+    parser.add_argument("--episodes", type=int, default=128, help="episodes per run (at least C; C=1 uses --c1-episodes)")
+    parser.add_argument("--c1-episodes", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for the runner rows (0: skip)")
+    parser.add_argument("--only", choices=["raw", "astra", "workers"], action="append",
+                        help="run only these harnesses (repeatable)")
+    parser.add_argument("--profile", help="cProfile the astra one-process runs into this file")
+    parser.add_argument("--uvloop", action="store_true", help="run this process's loop on uvloop")
+    a = parser.parse_args()
+    only = set(a.only or ["raw", "astra", "workers"])
+    points = [(int(p.split(":")[0]), int(p.split(":")[1])) for p in a.points.split(",")]
+    print(f"episodes of {STEPS} tool steps + a final answer; fake endpoint and a one-tool stdio MCP server on "
+          f"127.0.0.1; {a.reps} reps, medians; CPU = harness processes only; {os.cpu_count()} cores")
+    summary: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for latency_ms in sorted({p[0] for p in points}):
+            endpoint = Endpoint(latency_ms / 1000)
+            try:
+                at_l = [(max(a.episodes, c) if c > 1 else a.c1_episodes, c) for lm, c in points if lm == latency_ms]
+                pooled = {}
+                if "workers" in only and a.workers > 1:
+                    pooled = await astra_workers(endpoint.base_url, at_l, a.workers, a.reps, tmp)
+                for n, c in at_l:
+                    waves = -(-n // c)
+                    ideal = n / (waves * (STEPS + 1) * latency_ms / 1000)
+                    print(f"L={latency_ms} ms, C={c}, {n} episodes (ideal {ideal:.2f} eps/s)", flush=True)
+                    raw_rate = raw_cpu = None
+                    if "raw" in only:
+                        raw_rate, raw_cpu = _line("raw loop", await raw_loop(endpoint.base_url, n, c, a.reps), n, ideal, None)
+                    if "astra" in only:
+                        if a.profile:
+                            import cProfile
+
+                            prof = cProfile.Profile()
+                            prof.enable()
+                        runs = await astra_loop(endpoint.base_url, n, c, a.reps)
+                        if a.profile:
+                            prof.disable()
+                            prof.dump_stats(a.profile)
+                        rate, cpu = _line("astra", runs, n, ideal, raw_rate)
+                        row = f"L={latency_ms:<5} C={c:<4} astra x1: {rate / raw_rate if raw_rate else float('nan'):.2f} x raw, " \
+                              f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep" + \
+                              (f" (raw {raw_cpu * 1000:.1f}: {cpu / raw_cpu:.2f}x)" if raw_cpu else "")
+                        if c == 1 and raw_rate:
+                            row += f"; per-call wall vs raw {raw_rate / rate:.3f}"
+                        summary.append(row)
+                    if (n, c) in pooled:
+                        rate, cpu = _line(f"astra x{a.workers}", pooled[(n, c)], n, ideal, raw_rate)
+                        summary.append(f"L={latency_ms:<5} C={c:<4} astra x{a.workers}: "
+                                       f"{rate / raw_rate if raw_rate else float('nan'):.2f} x raw, "
+                                       f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep")
+            finally:
+                endpoint.close()
+    print("\nsummary")
+    for row in summary:
+        print("  " + row)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve-mcp"]:
+        serve_mcp()
+    elif "--uvloop" in sys.argv:
+        anyio.run(main, backend_options={"use_uvloop": True})
+    else:
+        anyio.run(main)
