@@ -142,7 +142,7 @@ async def _timed(body: Any) -> Result:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-async def astra_loop(base_url: str, n: int, c: int, reps: int) -> list[Result]:
+async def astra_loop(base_url: str, n: int, c: int, reps: int, profile: Any = None) -> list[Result]:
     from astra.client import Connections, OpenAIModel, run_episode
 
     model = OpenAIModel("fake", base_url=base_url)
@@ -153,8 +153,12 @@ async def astra_loop(base_url: str, n: int, c: int, reps: int) -> list[Result]:
             assert traj.termination == "final_answer" and len(traj.steps) == STEPS, (traj.termination, traj.error)
 
         await _concurrently(min(n, 4), c, episode)
+        if profile is not None:
+            profile.enable()
         for _ in range(reps):
             out.append(await _timed(lambda: _concurrently(n, c, episode)))
+        if profile is not None:
+            profile.disable()
     await model.aclose()
     return out
 
@@ -233,14 +237,13 @@ async def main() -> None:
                     if "raw" in only:
                         raw_rate, raw_cpu = _line("raw loop", await raw_loop(endpoint.base_url, n, c, a.reps), n, ideal, None)
                     if "astra" in only:
-                        if a.profile:
+                        prof = None
+                        if a.profile:  # CPU time, not wall time: a busy machine preempts syscalls
                             import cProfile
 
-                            prof = cProfile.Profile()
-                            prof.enable()
-                        runs = await astra_loop(endpoint.base_url, n, c, a.reps)
-                        if a.profile:
-                            prof.disable()
+                            prof = cProfile.Profile(time.process_time)
+                        runs = await astra_loop(endpoint.base_url, n, c, a.reps, prof)
+                        if prof is not None:
                             prof.dump_stats(a.profile)
                         rate, cpu = _line("astra", runs, n, ideal, raw_rate)
                         row = f"L={latency_ms:<5} C={c:<4} astra x1: {rate / raw_rate if raw_rate else float('nan'):.2f} x raw, " \

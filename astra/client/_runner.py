@@ -8,10 +8,10 @@ the same set, no duplicate, nothing lost.
 Executors (docs/ARCHITECTURE.md "Performance facts": a single process is CPU-bound long before the
 model is):
 - ``local`` (default): one process, one event loop, ``concurrency`` episodes at a time.
-  With ``workers=N > 1`` the work is split across N worker processes (spawned), each with
-  its own event loop, its own model client / connection pool and its own server
-  connections (each MCP server launched once per worker, not per episode); they append to
-  the same JSONL file (line-atomic ``O_APPEND`` writes, disjoint ids). A live in-process
+  With ``workers=N > 1``: :class:`RolloutWorkers`, N warm worker processes (spawned once;
+  each does its imports, opens its model client and launches each MCP server once), fed
+  in batches as their episodes finish and streaming results back; they append to the
+  same JSONL file (line-atomic ``O_APPEND`` writes, disjoint ids). A live in-process
   ``MCPServer`` cannot cross processes: pass ``(name, factory)`` with a module-level
   factory and each worker builds its own in-process server.
 - ``ray``: the same shards as Ray tasks (``ray_address`` to join a cluster; otherwise a
@@ -27,7 +27,9 @@ import importlib
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ from astra.client._loop import run_episode, trajectory_id
 from astra.client._model import Model, ModelResponse, ModelSettings
 from astra.client._resolve import model_endpoint, resolve_model
 from astra.records import ChatMessage, ServerSpec, Task, Trajectory
+from astra.registry import failure_reason
 from astra.runs import JsonlLog, RunDir
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,40 @@ def _work_items(tasks: Sequence[Task], model_spec: str, samples: int) -> list[tu
     return [(trajectory_id(t.id, model_spec, s), t, s) for t in tasks for s in range(samples)]
 
 
+def _prepare_model(config: EpisodeConfig, model: Model | None = None) -> Model:
+    for module in config.imports:
+        importlib.import_module(module)
+    model = model or resolve_model(config.model_spec, **config.model_options)
+    if config.per_endpoint_concurrency:
+        model = _LimitedModel(model, _endpoint_limiter(model_endpoint(model), config.per_endpoint_concurrency))
+    return model
+
+
+async def _rollout(model: Model, conns: Connections, config: EpisodeConfig, tid: str, task: Task,
+                   sample: int) -> tuple[Trajectory | None, str | None]:
+    """One rollout: its trajectory, or (None, why) when the harness itself broke."""
+    try:
+        return await run_episode(
+            model, conns, task,
+            system_prompt=config.system_prompt, settings=config.settings,
+            max_steps=config.max_steps, max_tokens_total=config.max_tokens_total,
+            sample=sample, call_timeout_s=config.call_timeout_s,
+            episode_timeout_s=config.episode_timeout_s, trajectory_id_=tid,
+            meta={"model_spec": config.model_spec},
+        ), None
+    except Exception as exc:  # noqa: BLE001 - one broken episode must not stop the run
+        message = f"task {task.id} sample {sample}: {type(exc).__name__}: {exc}"
+        log.exception("rollout failed: %s", message)
+        return None, message
+
+
+async def _write(log_file: JsonlLog, traj: Trajectory) -> bool:
+    """Append a trajectory: encoded here by pydantic's serializer in one pass, written and
+    fsynced in a thread (other episodes run during the disk wait)."""
+    line = (traj.model_dump_json() + "\n").encode()
+    return await anyio.to_thread.run_sync(log_file.write_line, traj.id, line)
+
+
 async def run_shard(
     items: Sequence[tuple[str, Task, int]],
     config: EpisodeConfig,
@@ -124,11 +161,7 @@ async def run_shard(
     todo = [item for item in items if item[0] not in log_file]
     if not todo:
         return 0, []
-    for module in config.imports:
-        importlib.import_module(module)
-    model = model or resolve_model(config.model_spec, **config.model_options)
-    if config.per_endpoint_concurrency:
-        model = _LimitedModel(model, _endpoint_limiter(model_endpoint(model), config.per_endpoint_concurrency))
+    model = _prepare_model(config, model)
     limiter = anyio.CapacityLimiter(max(1, config.concurrency))
     written = 0
     errors: list[str] = []
@@ -136,26 +169,13 @@ async def run_shard(
     async def one(tid: str, task: Task, sample: int, conns: Connections) -> None:
         nonlocal written
         async with limiter:
-            try:
-                traj = await run_episode(
-                    model, conns, task,
-                    system_prompt=config.system_prompt, settings=config.settings,
-                    max_steps=config.max_steps, max_tokens_total=config.max_tokens_total,
-                    sample=sample, call_timeout_s=config.call_timeout_s,
-                    episode_timeout_s=config.episode_timeout_s, trajectory_id_=tid,
-                    meta={"model_spec": config.model_spec},
-                )
-            except Exception as exc:  # noqa: BLE001 - one broken episode must not stop the run
-                message = f"task {task.id} sample {sample}: {type(exc).__name__}: {exc}"
-                log.exception("rollout failed: %s", message)
-                errors.append(message)
-                if on_done:
-                    on_done(None, message)
-                return
-        if await log_file.aappend(traj):  # the fsync waits off the event loop
+            traj, error = await _rollout(model, conns, config, tid, task, sample)
+        if traj is None:
+            errors.append(error or "")
+        elif await _write(log_file, traj):
             written += 1
         if on_done:
-            on_done(traj, None)
+            on_done(traj, error)
 
     try:
         async with Connections(targets, call_timeout_s=config.call_timeout_s) as conns:
@@ -183,6 +203,297 @@ def _shard_main(items: list[tuple[str, Task, int]], config: EpisodeConfig, targe
     """Entry point of a worker process or a Ray task: its own event loop and connections."""
     _ENDPOINT_LIMITERS.clear()  # limiters are bound to an event loop
     return anyio.run(run_shard, items, config, targets, out_path)
+
+
+# --------------------------------------------------------------------------- warm worker processes
+
+
+class WorkerRunResult(BaseModel):
+    """What one :meth:`RolloutWorkers.run` did."""
+
+    written: int = 0
+    errors: list[str] = Field(default_factory=list)
+    by_termination: dict[str, int] = Field(default_factory=dict)
+    worker_cpu_s: float = Field(default=0.0, description="CPU the workers spent on this run (all of them)")
+
+
+def _worker_main(inbox: Any, outbox: Any, config: EpisodeConfig, targets: list[ServerTarget]) -> None:
+    """A warm worker: imports, model client and server connections made once; then runs
+    the batches it is handed until told to stop, streaming one message per finished episode."""
+    started = time.perf_counter()
+    try:
+        anyio.run(_worker_loop, inbox, outbox, config, targets, started)
+    except BaseException as exc:  # noqa: BLE001 - tell the parent why, then die
+        try:
+            outbox.send(("fatal", f"{type(exc).__name__}: {failure_reason(exc)}"))
+        except OSError:
+            pass
+        raise SystemExit(1) from None
+
+
+async def _worker_loop(inbox: Any, outbox: Any, config: EpisodeConfig, targets: list[ServerTarget],
+                       started: float) -> None:
+    _ENDPOINT_LIMITERS.clear()  # limiters are bound to an event loop
+    model = _prepare_model(config)
+    logs: dict[str, JsonlLog] = {}
+    limiters: dict[int, anyio.CapacityLimiter] = {}
+    messages, incoming = anyio.create_memory_object_stream[Any](math.inf)
+    token = anyio.lowlevel.current_token()
+
+    def receive() -> None:  # a thread: blocking reads of the parent's pipe, handed to the loop
+        while True:
+            try:
+                message = inbox.recv()
+            except (EOFError, OSError):
+                message = ("stop",)
+            try:
+                anyio.from_thread.run_sync(messages.send_nowait, message, token=token)
+            except RuntimeError:  # the loop is gone
+                return
+            if message[0] == "stop":
+                return
+
+    async def one(run_id: int, out_path: str, tid: str, task: Task, sample: int) -> None:
+        async with limiters[run_id]:
+            traj, error = await _rollout(model, conns, config, tid, task, sample)
+        written = False
+        if traj is not None:
+            log_file = logs.get(out_path)
+            if log_file is None:
+                log_file = logs[out_path] = JsonlLog(out_path)
+            written = await _write(log_file, traj)
+        outbox.send(("done", run_id, tid, traj.termination.value if traj else None, error, written,
+                     time.process_time()))
+
+    try:
+        async with Connections(targets, call_timeout_s=config.call_timeout_s) as conns:
+            outbox.send(("ready", os.getpid(), time.perf_counter() - started, time.process_time()))
+            threading.Thread(target=receive, daemon=True, name="rollout-inbox").start()
+            async with anyio.create_task_group() as tg:
+                async for message in incoming:
+                    if message[0] == "stop":
+                        break
+                    _, run_id, out_path, concurrency, batch = message
+                    if run_id not in limiters:
+                        limiters.clear()  # one run at a time: the previous one is over
+                        limiters[run_id] = anyio.CapacityLimiter(max(1, concurrency))
+                    for tid, task, sample in batch:
+                        tg.start_soon(one, run_id, out_path, tid, task, sample)
+                tg.cancel_scope.cancel()
+    finally:
+        await model.aclose()
+
+
+class RolloutWorkers:
+    """Warm worker processes for rollouts, started once and reused run after run.
+
+    Each worker (a spawned process) does its imports, builds its model client and opens its
+    server connections once (every MCP server launched once per worker), then waits for
+    work. :meth:`run` hands tasks out in batches, keeping each worker at its concurrency
+    plus one batch queued, refilled as its episodes finish (so fast and slow workers even
+    out), and streams one result per episode back; workers append the trajectories to the
+    run's JSONL themselves (line-atomic appends, disjoint ids). ``concurrency`` (from the
+    config, or per run) is per worker.
+
+    ``async with RolloutWorkers(2, config, targets) as pool: await pool.run(items, path)``.
+    A worker that dies fails only its own in-flight episodes (reported as errors, retried
+    by a rerun); the others go on.
+    """
+
+    def __init__(self, workers: int, config: EpisodeConfig, targets: Sequence[ServerTarget], *,
+                 batch_size: int | None = None, start_timeout_s: float = 300.0) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.workers = workers
+        self.config = config
+        self.targets = list(targets)
+        self.batch_size = batch_size
+        self.start_timeout_s = start_timeout_s
+        self._procs: list[Any] = []
+        self._inboxes: list[Any] = []
+        self._outboxes: list[Any] = []
+        self._alive: list[bool] = []
+        self._cpu: list[float] = []
+        self._runs = 0
+        self._handler: Callable[[int, tuple[Any, ...]], None] | None = None
+        self._listener: threading.Thread | None = None
+        self.startup_s: list[float] = []
+
+    async def __aenter__(self) -> RolloutWorkers:
+        ctx = multiprocessing.get_context("spawn")
+        for _ in range(self.workers):
+            to_worker, inbox = ctx.Pipe(duplex=False)
+            from_worker, outbox = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, args=(to_worker, outbox, self.config, self.targets), daemon=True)
+            proc.start()
+            to_worker.close()
+            outbox.close()
+            self._procs.append(proc)
+            self._inboxes.append(inbox)
+            self._outboxes.append(from_worker)
+            self._alive.append(True)
+            self._cpu.append(0.0)
+        try:
+            await anyio.to_thread.run_sync(self._wait_ready)
+        except BaseException:
+            await self.aclose()
+            raise
+        token = anyio.lowlevel.current_token()
+        self._listener = threading.Thread(target=self._listen, args=(token,), daemon=True, name="rollout-workers")
+        self._listener.start()
+        return self
+
+    def _listen(self, token: Any) -> None:
+        """A thread: waits on every worker's pipe at once and hands each message to the loop."""
+        boxes = {box: i for i, box in enumerate(self._outboxes)}
+        while boxes:
+            try:
+                ready = multiprocessing.connection.wait(list(boxes))
+            except OSError:  # closed under us: the pool is shutting down
+                return
+            for box in ready:
+                i = boxes[box]
+                try:
+                    message = box.recv()
+                except (EOFError, OSError):
+                    del boxes[box]
+                    message = ("dead", f"exit code {self._procs[i].exitcode if i < len(self._procs) else '?'}")
+                try:
+                    anyio.from_thread.run_sync(self._dispatch, i, message, token=token)
+                except RuntimeError:  # the event loop is gone
+                    return
+
+    def _dispatch(self, i: int, message: tuple[Any, ...]) -> None:
+        if message[0] == "done":
+            self._cpu[i] = message[6]
+        elif message[0] in ("fatal", "dead") and i < len(self._alive):
+            self._alive[i] = False
+        if self._handler is not None:
+            self._handler(i, message)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        for i, box in enumerate(self._outboxes):
+            if not box.poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"rollout worker {i} did not start within {self.start_timeout_s:g} s")
+            try:
+                message = box.recv()
+            except EOFError:
+                message = ("fatal", f"exited with code {self._procs[i].exitcode}")
+            if message[0] != "ready":
+                raise RuntimeError(f"rollout worker {i} failed to start: {message[1]}")
+            self.startup_s.append(message[2])
+            self._cpu[i] = message[3]
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for i, inbox in enumerate(self._inboxes):
+            if self._alive[i]:
+                try:
+                    inbox.send(("stop",))
+                except OSError:
+                    pass
+
+        def join() -> None:
+            for proc in self._procs:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(join)
+            if self._listener is not None:  # it ends when every worker's pipe is closed
+                await anyio.to_thread.run_sync(self._listener.join, 10)
+        for conn in self._inboxes + self._outboxes:
+            conn.close()
+        self._procs, self._inboxes, self._outboxes, self._alive = [], [], [], []
+
+    async def run(self, items: Sequence[tuple[str, Task, int]], out_path: str, *, concurrency: int | None = None,
+                  on_result: Callable[[str | None, str | None], None] | None = None) -> WorkerRunResult:
+        """Run ``items`` (trajectory id, task, sample) on the workers; trajectories go to
+        ``out_path``. ``on_result(termination, error)`` is called as each episode ends."""
+        if not self._procs:
+            raise RuntimeError("RolloutWorkers is not started (use it as an async context manager)")
+        self._runs += 1
+        run_id = self._runs
+        per_worker = max(1, concurrency or self.config.concurrency)
+        batch = self.batch_size or max(1, per_worker // 4)
+        pending = list(reversed(items))  # popped from the end: handed out in order
+        outstanding: list[set[str]] = [set() for _ in self._procs]
+        cpu_start = list(self._cpu)
+        result = WorkerRunResult()
+        counts: Counter[str] = Counter()
+        done = anyio.Event()
+        total = len(items)
+        finished = 0
+
+        def hand_out(i: int, n: int) -> None:
+            chunk = [pending.pop() for _ in range(min(n, len(pending)))]
+            if not chunk:
+                return
+            try:
+                self._inboxes[i].send(("run", run_id, out_path, per_worker, chunk))
+            except OSError:
+                pending.extend(reversed(chunk))
+                return
+            outstanding[i].update(c[0] for c in chunk)
+
+        def settle(termination: str | None, error: str | None) -> None:
+            nonlocal finished
+            finished += 1
+            counts[termination or "harness_error"] += 1
+            if error:
+                result.errors.append(error)
+            if on_result:
+                on_result(termination, error)
+            if finished >= total:
+                done.set()
+
+        def handle(i: int, message: tuple[Any, ...]) -> None:
+            kind = message[0]
+            if kind == "done" and message[1] == run_id:
+                _, _, tid, termination, error, written, _ = message
+                outstanding[i].discard(tid)
+                result.written += bool(written)
+                settle(termination, error)
+                if len(outstanding[i]) <= per_worker:
+                    hand_out(i, batch)
+            elif kind in ("fatal", "dead"):
+                lost = outstanding[i]
+                outstanding[i] = set()
+                for tid in sorted(lost):
+                    settle(None, f"{tid}: rollout worker {i} died ({message[1]}); a rerun retries it")
+                if not any(self._alive) and pending:
+                    for tid, _, _ in pending:
+                        settle(None, f"{tid}: no rollout worker left")
+                    pending.clear()
+                for j in range(len(self._procs)):  # the others take over what it had not started
+                    if self._alive[j] and len(outstanding[j]) <= per_worker:
+                        hand_out(j, per_worker + batch - len(outstanding[j]))
+
+        if total == 0:
+            return result
+        if self._handler is not None:
+            raise RuntimeError("RolloutWorkers runs one run at a time")
+        for i in range(len(self._procs)):
+            if self._alive[i]:
+                hand_out(i, per_worker + batch)
+        if not any(outstanding):
+            raise RuntimeError("no rollout worker is alive")
+        self._handler = handle
+        try:
+            await done.wait()
+        finally:
+            self._handler = None
+        result.by_termination = dict(sorted(counts.items()))
+        result.worker_cpu_s = sum(now - before for now, before in zip(self._cpu, cpu_start, strict=True))
+        return result
 
 
 def resolve_servers(servers: Sequence[str | ServerTarget], home: str | os.PathLike[str] | None = None) -> list[ServerTarget]:
@@ -362,12 +673,18 @@ async def _run_with_progress(bar: Any, todo: list[Any], already: int, planned: i
     with bar:
         ptask = bar.add_task("rollouts", total=planned, completed=already, status="")
 
-        def on_done(traj: Trajectory | None, err: str | None) -> None:
-            counts[traj.termination if traj else "harness_error"] += 1
+        def on_result(termination: str | None, err: str | None) -> None:
+            counts[termination or "harness_error"] += 1
             bar.update(ptask, advance=1, status=" ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
         if todo and executor == "local" and workers <= 1:
-            written, errors = await run_shard(todo, config, targets, out_path, on_done, model=model)
+            written, errors = await run_shard(
+                todo, config, targets, out_path, lambda traj, err: on_result(traj.termination if traj else None, err),
+                model=model)
+        elif todo and executor == "local":
+            async with RolloutWorkers(workers, config, targets) as pool:
+                result = await pool.run(todo, out_path, on_result=on_result)
+            written, errors = result.written, result.errors
         elif todo:
             written, errors = await _run_distributed(todo, config, targets, out_path, executor, workers, ray_address,
                                                      lambda n: bar.update(ptask, completed=already + n))
@@ -381,28 +698,16 @@ def _target_name(t: ServerTarget) -> str:
 async def _run_distributed(todo: list[Any], config: EpisodeConfig, targets: list[ServerTarget], out_path: str,
                            executor: str, workers: int, ray_address: str | None,
                            report: Callable[[int], None]) -> tuple[int, list[str]]:
-    """Run shards in worker processes or Ray tasks; poll the output file for progress."""
+    """Run shards as Ray tasks; poll the output file for progress."""
     results: list[tuple[int, list[str]]] = []
     baseline = len(JsonlLog(out_path))
-    if executor == "ray":
-        ray = _ray_init(ray_address, None)
-        n = max(1, int(ray.cluster_resources().get("CPU", 1))) if workers <= 1 else workers
-        remote = ray.remote(num_cpus=1)(_shard_main)
-        refs = [remote.remote(shard, config, targets, out_path) for shard in _shards(todo, n)]
+    ray = _ray_init(ray_address, None)
+    n = max(1, int(ray.cluster_resources().get("CPU", 1))) if workers <= 1 else workers
+    remote = ray.remote(num_cpus=1)(_shard_main)
+    refs = [remote.remote(shard, config, targets, out_path) for shard in _shards(todo, n)]
 
-        def wait() -> None:
-            results.extend(ray.get(refs))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(processes=workers)
-        pending = [pool.apply_async(_shard_main, (shard, config, targets, out_path)) for shard in _shards(todo, workers)]
-
-        def wait() -> None:
-            try:
-                results.extend(p.get() for p in pending)
-            finally:
-                pool.close()
-                pool.join()
+    def wait() -> None:
+        results.extend(ray.get(refs))
 
     async with anyio.create_task_group() as tg:
         async def poll() -> None:
