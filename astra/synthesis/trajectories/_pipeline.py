@@ -22,6 +22,7 @@ from astra.records import (
     ChatMessage,
     EnvironmentLaunch,
     EnvironmentSpec,
+    FailureClass,
     GraphEdge,
     HttpLaunch,
     Reward,
@@ -440,8 +441,10 @@ class TrajectoryPipeline:
                     traj = traj.model_copy(update={"steps": [
                         s.model_copy(update={"simulated": s.server in simulated}) for s in traj.steps]})
                     traj = mark_injected(traj, sim_servers)
-                if traj.termination in _FAILED_TERMINATIONS:
-                    return Outcome.drop(f"{traj.termination}: {(traj.error or '')[:160]}", failed=True)
+                if traj.termination in _FAILED_TERMINATIONS or traj.failure_class == FailureClass.infrastructure:
+                    # not the policy's doing (records.FailureClass): retried on resume, never scored
+                    why = traj.infra_fault or traj.termination
+                    return Outcome.drop(f"{why}: {(traj.error or '')[:160]}", failed=True)
                 return Outcome.keep(traj)
 
             counts = await stage.run_items(items, roll, concurrency=self.config.concurrency, progress=self.progress,
