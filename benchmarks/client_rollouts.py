@@ -79,7 +79,25 @@ class Endpoint:
         self.proc.wait()
 
 
-Result = tuple[float, float]  # wall s, CPU s
+Result = tuple[float, float, float]  # wall s, harness CPU s, MCP server CPU s
+
+
+def server_cpu_s() -> float:
+    """CPU seconds used so far by the live one-tool MCP servers (``--serve-mcp``), from /proc."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                if b"--serve-mcp" not in fh.read():
+                    continue
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def _concurrently(n: int, c: int, one: Any) -> None:
@@ -137,9 +155,9 @@ async def raw_loop(base_url: str, n: int, c: int, reps: int) -> list[Result]:
 
 
 async def _timed(body: Any) -> Result:
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu, server = time.perf_counter(), time.process_time(), server_cpu_s()
     await body()
-    return time.perf_counter() - start, time.process_time() - cpu
+    return time.perf_counter() - start, time.process_time() - cpu, server_cpu_s() - server
 
 
 async def astra_loop(base_url: str, n: int, c: int, reps: int, profile: Any = None) -> list[Result]:
@@ -173,8 +191,8 @@ async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: i
     out: dict[tuple[int, int], list[Result]] = {}
     t0 = time.perf_counter()
     async with RolloutWorkers(workers, config, [("bench", mcp_launch())]) as pool:
-        print(f"    {workers} warm workers started (servers launched, imports done) in {time.perf_counter() - t0:.2f} s",
-              flush=True)
+        print(f"    {workers} warm workers started (servers launched, imports done) in "
+              f"{time.perf_counter() - t0:.2f} s", flush=True)
         runs = 0
         for n, c in points:
             out[(n, c)] = []
@@ -182,24 +200,27 @@ async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: i
                 runs += 1
                 tasks = [Task(id=f"w{runs}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
                 items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
-                cpu0 = time.process_time()
+                cpu0, server0 = time.process_time(), server_cpu_s()
                 start = time.perf_counter()
                 result = await pool.run(items, f"{tmp}/w{runs}.jsonl", concurrency=max(1, c // workers))
                 wall = time.perf_counter() - start
+                server = server_cpu_s() - server0
                 assert result.written == n and not result.errors, result.errors[:3]
                 assert result.by_termination == {"final_answer": n}, result.by_termination
                 if rep:
-                    out[(n, c)].append((wall, time.process_time() - cpu0 + result.worker_cpu_s))
+                    out[(n, c)].append((wall, time.process_time() - cpu0 + result.worker_cpu_s, server))
     return out
 
 
 def _line(name: str, runs: list[Result], n: int, ideal_rate: float, raw_rate: float | None) -> tuple[float, float]:
     wall = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
+    server = statistics.median(r[2] for r in runs)
     rate = n / wall
     vs_raw = f"{rate / raw_rate:5.2f}" if raw_rate else " 1.00"
-    print(f"    {name:<12} {rate:7.2f} eps/s   vs raw {vs_raw}   of ideal {rate / ideal_rate:5.3f}   "
-          f"CPU {cpu / n * 1000:6.1f} ms/episode   [walls {', '.join(f'{r[0]:.2f}' for r in runs)}]", flush=True)
+    print(f"    {name:<10} {rate:7.2f} eps/s  vs raw {vs_raw}  of ideal {rate / ideal_rate:5.3f}  "
+          f"CPU {cpu / n * 1000:5.1f} ms/ep (MCP server {server / n * 1000:4.1f})  "
+          f"[walls {', '.join(f'{r[0]:.2f}' for r in runs)}]", flush=True)
     return rate, cpu / n
 
 
@@ -207,7 +228,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--points", default="100:1,100:64,1000:64,1000:256",
                         help="comma-separated L_ms:C (model latency in ms : concurrent episodes)")
-    parser.add_argument("--episodes", type=int, default=128, help="episodes per run (at least C; C=1 uses --c1-episodes)")
+    parser.add_argument("--episodes", type=int, default=128,
+                        help="episodes per run (at least C; C=1 uses --c1-episodes)")
     parser.add_argument("--c1-episodes", type=int, default=16)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the runner rows (0: skip)")
@@ -219,7 +241,8 @@ async def main() -> None:
     only = set(a.only or ["raw", "astra", "workers"])
     points = [(int(p.split(":")[0]), int(p.split(":")[1])) for p in a.points.split(",")]
     print(f"episodes of {STEPS} tool steps + a final answer; fake endpoint and a one-tool stdio MCP server on "
-          f"127.0.0.1; {a.reps} reps, medians; CPU = harness processes only; {os.cpu_count()} cores")
+          f"127.0.0.1; {a.reps} reps, medians; CPU = harness processes only; {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.1f}")
     summary: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for latency_ms in sorted({p[0] for p in points}):
@@ -235,7 +258,8 @@ async def main() -> None:
                     print(f"L={latency_ms} ms, C={c}, {n} episodes (ideal {ideal:.2f} eps/s)", flush=True)
                     raw_rate = raw_cpu = None
                     if "raw" in only:
-                        raw_rate, raw_cpu = _line("raw loop", await raw_loop(endpoint.base_url, n, c, a.reps), n, ideal, None)
+                        raw_runs = await raw_loop(endpoint.base_url, n, c, a.reps)
+                        raw_rate, raw_cpu = _line("raw loop", raw_runs, n, ideal, None)
                     if "astra" in only:
                         prof = None
                         if a.profile:  # CPU time, not wall time: a busy machine preempts syscalls
@@ -246,9 +270,11 @@ async def main() -> None:
                         if prof is not None:
                             prof.dump_stats(a.profile)
                         rate, cpu = _line("astra", runs, n, ideal, raw_rate)
-                        row = f"L={latency_ms:<5} C={c:<4} astra x1: {rate / raw_rate if raw_rate else float('nan'):.2f} x raw, " \
-                              f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep" + \
-                              (f" (raw {raw_cpu * 1000:.1f}: {cpu / raw_cpu:.2f}x)" if raw_cpu else "")
+                        vs = rate / raw_rate if raw_rate else float("nan")
+                        row = (f"L={latency_ms:<5} C={c:<4} astra x1: {vs:.2f} x raw, {rate / ideal:.3f} of ideal, "
+                               f"CPU {cpu * 1000:.1f} ms/ep")
+                        if raw_cpu:
+                            row += f" (raw {raw_cpu * 1000:.1f}: {cpu / raw_cpu:.2f}x)"
                         if c == 1 and raw_rate:
                             row += f"; per-call wall vs raw {raw_rate / rate:.3f}"
                         summary.append(row)
@@ -259,7 +285,7 @@ async def main() -> None:
                                        f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep")
             finally:
                 endpoint.close()
-    print("\nsummary")
+    print(f"\nsummary (load average now {os.getloadavg()[0]:.1f})")
     for row in summary:
         print("  " + row)
 

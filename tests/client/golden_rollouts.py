@@ -35,7 +35,8 @@ def _calls(*calls: tuple[str, dict[str, Any]], prefix: str = "c") -> list[tuple[
 
 # first user message -> the endpoint's replies, by the number of assistant turns so far
 SCRIPTS: dict[str, list[Any]] = {
-    "plan": [completion(tool_calls=_calls(("add", {"a": i, "b": 1}), prefix=f"p{i}_"), reasoning="r" if i == 0 else None)
+    "plan": [completion(tool_calls=_calls(("add", {"a": i, "b": 1}), prefix=f"p{i}_"),
+                        reasoning="r" if i == 0 else None)
              for i in range(5)] + [completion("done after 5", usage=(30, 4))],
     "parallel": [completion(tool_calls=_calls(("add", {"a": 2, "b": 2}), ("echo", {"text": "über"}))),
                  completion("4 and über")],
@@ -98,7 +99,8 @@ async def run_all() -> list[dict[str, Any]]:
             scripted = ScriptedModel.from_plan(
                 [("add", {"a": 40, "b": 2}), [("echo", {"text": "x"}), ("pid", {})]], "42")
             out.append(normalise(await run_episode(scripted, io, ["scripted"], tool_names=["add", "echo", "io/pid"])))
-            wrong = ScriptedModel([ChatMessage(role="assistant", tool_calls=[ToolCall(id="w", name="add", arguments="{}")])])
+            wrong = ScriptedModel([ChatMessage(role="assistant",
+                                               tool_calls=[ToolCall(id="w", name="add", arguments="{}")])])
             out.append(normalise(await run_episode(wrong, conns, ["exhausted"])))
     for record in out:  # the stdio server's pid changes from run to run
         for step in record["steps"]:
