@@ -15,7 +15,7 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
 
 JSONSchema = dict[str, Any]
 
@@ -221,6 +221,14 @@ class TerminationReason(StrEnum):
     cancelled = "cancelled"
 
 
+def _enum_value(value: Any) -> str:
+    return value.value if isinstance(value, StrEnum) else str(value)
+
+
+# serialised as its string, also when a caller's model_copy(update=...) put a plain string there
+Termination = Annotated[TerminationReason, PlainSerializer(_enum_value, return_type=str)]
+
+
 class FailureClass(StrEnum):
     """Whose doing an episode's outcome is: rewards and reruns treat the classes apart."""
 
@@ -252,7 +260,7 @@ class Trajectory(Record):
     steps: list[Step] = Field(default_factory=list)
     final_answer: str | None = None
     usage: Usage = Field(default_factory=Usage)
-    termination: TerminationReason
+    termination: Termination
     error: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
