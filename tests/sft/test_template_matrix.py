@@ -55,6 +55,19 @@ def test_targeted_export_renders_every_sample_cleanly(name, templates, samples, 
         assert template.parse_calls(rendered) == originals[row["id"]]  # same calls, same arguments, same order
 
 
+def test_what_a_profile_cannot_express_is_left_out_and_counted(templates, samples, tmp_path):
+    from astra.synthesis.trajectories._export import report_lines
+
+    broken = samples[0].model_copy(deep=True, update={"id": "broken"})
+    call = next(c for m in broken.messages for c in m.get("tool_calls") or ())
+    call["function"]["arguments"] = '{"city": "Lisbon"'  # the model's arguments never parsed
+    paths = write_exports([*samples[:9], broken], tmp_path, ["openai", "hf"], template=templates["Llama-3.1"])
+    assert len(open(paths["openai"]).readlines()) == 10  # the wire format keeps what the model sent
+    assert "broken" not in open(paths["hf"]).read() and len(open(paths["hf"]).readlines()) == 9
+    assert report_lines(tmp_path) == [
+        "template_report.json: 9 of 10 for Llama-3.1 (left out: {'arguments_not_json': 1})"]
+
+
 def test_openai_profile_is_not_for_templates(templates, samples):
     # string arguments are double-encoded by Qwen2.5 / Llama-3.1; null content breaks Qwen3 and SmolLM2
     assert dict(render_counts(templates["Qwen2.5"], "openai", samples)) == {"arguments_double_encoded": 90}

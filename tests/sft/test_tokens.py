@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from astra.synthesis.trajectories import write_exports
-from astra.synthesis.trajectories._export import TOKENS_REPORT_FILE, conversations_for
+from astra.synthesis.trajectories._export import TOKENS_REPORT_FILE, conversations_for, report_lines
 from astra.synthesis.trajectories._tokens import TokenIssue, gguf_tokenizer, token_sample, token_samples
 
 
@@ -26,6 +26,8 @@ def test_smollm2_tokens_are_what_trl_and_llama_cpp_produce(smol, samples, smollm
     paths = write_exports(samples, tmp_path, ["hf", "tokens"], template=template, tokenizer=tokenizer)
     report = json.loads((tmp_path / TOKENS_REPORT_FILE).read_text())
     assert report["exported"] == report["samples"] == 90 and report["mismatches"] == {}
+    assert report_lines(tmp_path) == ["template_report.json: 90 of 90 for SmolLM2",
+                                      "tokens_report.json: 90 of 90 for SmolLM2"]
     records = [json.loads(line) for line in open(paths["tokens"], encoding="utf-8")]
     hf_rows = {r["id"]: r for r in map(json.loads, open(paths["hf"], encoding="utf-8"))}
     import llama_cpp

@@ -327,6 +327,20 @@ def write_exports(samples: Sequence[SFTSample], out_dir: Path, formats: Sequence
     return paths
 
 
+def report_lines(out_dir: Path) -> list[str]:
+    """One line per target-template report in an export directory: kept of total, and the causes left out."""
+    lines = []
+    for name in (REPORT_FILE, TOKENS_REPORT_FILE):
+        path = out_dir / name
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            causes = {**data.get("skipped", {}), **data.get("mismatches", {})}
+            if data.get("template"):
+                lines.append(f"{name}: {data['exported']} of {data['samples']} for {data['template']}"
+                             + (f" (left out: {causes})" if causes else ""))
+    return lines
+
+
 def _sharegpt_row(sample: SFTSample, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> dict[str, Any]:
     adapted = sample.model_copy(update={"messages": messages, "tools": tools})
     return to_sharegpt(adapted)

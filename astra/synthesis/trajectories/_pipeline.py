@@ -41,12 +41,12 @@ from astra.synthesis._llm import LLMOutputError, ask_json
 from astra.synthesis._stage import Funnel, Outcome, Stage, StageCounts
 from astra.synthesis.trajectories import _chains, _graph
 from astra.synthesis.trajectories._config import JudgeMode, TrajectoryConfig
-from astra.synthesis.trajectories._export import SFTSample, select, write_exports
+from astra.synthesis.trajectories._export import SFTSample, report_lines, select, write_exports
 from astra.synthesis.trajectories._reward import score_trajectory
-from astra.synthesis.trajectories._templates import load_template
-from astra.synthesis.trajectories._tokens import gguf_tokenizer
 from astra.synthesis.trajectories._simulate import SimulatedServer, mark_injected
 from astra.synthesis.trajectories._tasks import PERSONAS_PATH, Persona, generate_tasks, load_personas, score_task
+from astra.synthesis.trajectories._templates import load_template
+from astra.synthesis.trajectories._tokens import gguf_tokenizer
 from astra.synthesis.trajectories._verify import verify_chain
 from astra.errors import AstraError
 
@@ -556,6 +556,9 @@ async def run_trajectory_pipeline(
         console.print(result.funnel.render())
         if result.exports:
             console.print(f"exported {result.exported} sample(s): " + ", ".join(result.exports.values()), highlight=False)
+            if config.export_template:
+                for line in report_lines(Path(result.run_dir) / "export"):
+                    console.print(line, highlight=False)
     return result
 
 
