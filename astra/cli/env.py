@@ -134,13 +134,17 @@ def serve_cmd(
     target: Annotated[str, typer.Argument(help="emitted DIR, spec JSON, registry name/id, or sample:NAME")],
     http: Annotated[bool, typer.Option("--http", help="serve streamable HTTP instead of stdio")] = False,
     port: Annotated[int, typer.Option("--port")] = 8000,
-    host: Annotated[str, typer.Option("--host", help="HTTP bind address (others than loopback need --token and --allow-remote)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        "--host", help="HTTP bind address (others than loopback need --token and --allow-remote)")] = "127.0.0.1",
     token: Annotated[str | None, typer.Option("--token", help="require this bearer token (HTTP)")] = None,
     unsafe_no_sandbox: Annotated[bool, typer.Option(
         "--unsafe-no-sandbox", help="run model-written tool code WITHOUT the bubblewrap sandbox (dangerous)")] = False,
-    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="allow a non-loopback --host (needs --token)")] = False,
-    max_episodes: Annotated[int, typer.Option("--max-episodes", min=1, help="open episodes at most; more are refused")] = 1024,
-    episode_ttl: Annotated[float, typer.Option("--episode-ttl", min=0, help="seconds an idle episode lives (0: forever)")] = 3600.0,
+    allow_remote: Annotated[bool, typer.Option(
+        "--allow-remote", help="allow a non-loopback --host (needs --token)")] = False,
+    max_episodes: Annotated[int, typer.Option(
+        "--max-episodes", min=1, help="open episodes at most; more are refused")] = 1024,
+    episode_ttl: Annotated[float, typer.Option(
+        "--episode-ttl", min=0, help="seconds an idle episode lives (0: forever)")] = 3600.0,
     home: HomeOption = None,
 ) -> None:
     """Serve an environment over stdio (default) or streamable HTTP."""
@@ -161,7 +165,8 @@ def serve_cmd(
     server = build_server(spec, bearer_token=token if http else None, public_url=f"http://{host}:{port}/mcp",
                           max_episodes=max_episodes, episode_ttl_s=episode_ttl or None)
     if http:
-        console.print(f"serving {escape(spec.name)} on http://{escape(host)}:{port}/mcp" + (" (bearer token required)" if token else ""))
+        console.print(f"serving {escape(spec.name)} on http://{escape(host)}:{port}/mcp"
+                      + (" (bearer token required)" if token else ""))
     serve(server, http=http, host=host, port=port, allow_remote=allow_remote)
 
 

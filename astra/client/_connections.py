@@ -246,13 +246,17 @@ class _Server:
             if client is None:
                 raise EpisodeUnavailable(f"server {self.name!r} is unavailable: {self.error or 'restarting'}")
         if not self.has_episodes:
-            raise EpisodeUnavailable(f"server {self.name!r} is not an ASTRA environment (no {CONTROL_EXTENSION} extension)")
+            raise EpisodeUnavailable(
+                f"server {self.name!r} is not an ASTRA environment (no {CONTROL_EXTENSION} extension)"
+            )
         generation = self.generation
         try:
             with anyio.fail_after(timeout_s):
                 return await client.session.send_request(request, ControlResult)
         except TimeoutError:
-            raise EpisodeUnavailable(f"server {self.name!r} did not answer {request.method} within {timeout_s:g} s") from None
+            raise EpisodeUnavailable(
+                f"server {self.name!r} did not answer {request.method} within {timeout_s:g} s"
+            ) from None
         except MCPError as exc:
             if exc.error.code == CONNECTION_CLOSED:
                 self.mark_dead(generation)
@@ -530,7 +534,8 @@ class Connections:
     # ------------------------------------------------------------------ calls
 
     async def call(
-        self, name: str, arguments: dict[str, Any], timeout_s: float | None = None, *, episode: EpisodeHandles | None = None
+        self, name: str, arguments: dict[str, Any], timeout_s: float | None = None, *,
+        episode: EpisodeHandles | None = None,
     ) -> ToolResult:
         """Call an aggregated tool. Never raises for tool-side trouble: errors are results.
 

@@ -198,7 +198,8 @@ async def run_episode(
     async def body() -> None:
         nonlocal termination, model_fault, error, final_answer, requests, usage, tools_payload, visible_list
         try:
-            handles.update(dict.fromkeys(conns.servers, episode))  # other servers see the label (a simulator's memory key)
+            # other servers see the label (a simulator keys its memory on it)
+            handles.update(dict.fromkeys(conns.servers, episode))
             handles.update(await conns.open_episodes())  # ASTRA environments: handles they minted
         except EpisodeUnavailable as exc:
             termination, error = TerminationReason.server_error, f"could not open an environment episode: {exc}"

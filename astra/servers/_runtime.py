@@ -324,7 +324,9 @@ def _additional_properties(validator: Any, ap: Any, instance: Any, schema: Any) 
             )
 
 
-_LINEAR_KEYWORDS = {"pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties}
+_LINEAR_KEYWORDS = {
+    "pattern": _pattern, "patternProperties": _pattern_properties, "additionalProperties": _additional_properties,
+}
 
 
 def _has_patterns(schema: Any) -> bool:
@@ -710,7 +712,8 @@ class EnvironmentRuntime:
 
     @asynccontextmanager
     async def _lifespan(self, _server: Any) -> AsyncIterator[_ClientSlot]:
-        slot = _ClientSlot(episode_id=f"slot:{next(self._slot_counter)}:{uuid.uuid4().hex[:8]}", per_client=not self.shared_lifespan)
+        slot = _ClientSlot(episode_id=f"slot:{next(self._slot_counter)}:{uuid.uuid4().hex[:8]}",
+                           per_client=not self.shared_lifespan)
         if self.sandboxed and self.factory is None and self.tools:
             await self._sandbox_for_loop()  # warm the worker before the first call
         if _rs is None and any(c is not None and c.has_patterns for t in self.tools.values()
@@ -754,7 +757,8 @@ class EnvironmentRuntime:
         start = time.perf_counter()
         tool = self.tools.get(name)
         if tool is None:
-            outcome = ToolOutcome(name, arguments if isinstance(arguments, dict) else {}, ok=False, error_kind="unknown_tool",
+            outcome = ToolOutcome(name, arguments if isinstance(arguments, dict) else {}, ok=False,
+                                  error_kind="unknown_tool",
                                   error=f"unknown tool {_clean_text(name)!r}; available: {', '.join(sorted(self.tools))}")
             return outcome
         problem = _unicode_problem(arguments, "the arguments") or await _schema_error(tool, arguments)
@@ -802,8 +806,8 @@ class EnvironmentRuntime:
             try:
                 value = await self._run_trusted(method, (), arguments)
             except TimeoutError:
-                episode.unusable = (f"an earlier call ({tool.name}) did not finish within {self.call_timeout_s:g} s and may "
-                                    "still be changing this episode's state: reset it or open a new episode")
+                episode.unusable = (f"an earlier call ({tool.name}) did not finish within {self.call_timeout_s:g} s "
+                                    "and may still be changing this episode's state: reset it or open a new episode")
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind="timeout",
                                    error=f"the tool did not finish within {self.call_timeout_s:g} s")
             except Exception as exc:
@@ -818,7 +822,8 @@ class EnvironmentRuntime:
             result = await sandbox.call(tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None)
             if not result.ok:
                 return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=result.error_kind)
-            problem = _unicode_problem(result.value, "the tool's result") or _unicode_problem(result.state, "the tool's new state")
+            problem = (_unicode_problem(result.value, "the tool's result")
+                       or _unicode_problem(result.state, "the tool's new state"))
             if problem is not None:
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
             if tool.stateful and result.state is not None:
@@ -884,7 +889,8 @@ def _owns(owner: _Caller | None, caller: _Caller) -> bool:
     wherever the opener had one."""
     if owner is None:
         return True
-    return (owner.auth is None or owner.auth == caller.auth) and (owner.connection is None or owner.connection == caller.connection)
+    same_identity = owner.auth is None or owner.auth == caller.auth
+    return same_identity and (owner.connection is None or owner.connection == caller.connection)
 
 
 def _clean_text(text: str) -> str:
@@ -930,7 +936,8 @@ def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes:
         encoded.encode("utf-8")
     except UnicodeEncodeError as exc:
         return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output",
-                           error=f"the tool's result contains text that is not valid Unicode ({exc.reason} at character {exc.start})")
+                           error=f"the tool's result contains text that is not valid Unicode ({exc.reason} at character "
+                                 f"{exc.start})")
     if len(encoded) > max_bytes:
         preview = encoded[:max_bytes] + f"...[truncated: result was {len(encoded)} characters, limit {max_bytes}]"
         return ToolOutcome(tool.name, arguments, ok=True, value=preview, truncated=True)
@@ -1006,7 +1013,9 @@ class CloseEpisodeRequest(Request[EpisodeParams, Literal["astra/episode/close"]]
     method: Literal["astra/episode/close"] = "astra/episode/close"
 
 
-CONTROL_METHODS = ("astra/episode/open", "astra/reset", "astra/snapshot", "astra/restore", "astra/state", "astra/episode/close")
+CONTROL_METHODS = (
+    "astra/episode/open", "astra/reset", "astra/snapshot", "astra/restore", "astra/state", "astra/episode/close"
+)
 
 
 class _ControlExtension(Extension):
@@ -1366,7 +1375,8 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
             parser.error(str(exc))
     if args.max_episodes < 1 or args.episode_ttl < 0 or args.call_timeout <= 0:
         parser.error("--max-episodes must be >= 1, --episode-ttl >= 0 and --call-timeout > 0")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
     log.setLevel(logging.INFO)  # episode expiry is logged
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
     url = f"http://{args.host}:{args.port}/mcp"

@@ -79,7 +79,8 @@ def launch_http(directory: Path, *extra: str, token: str | None = "s3cret-token"
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server.py did not listen on {port}: {log.read_text(errors='replace')[-2000:]}") from None
+                    stderr = log.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"server.py did not listen on {port}: {stderr}") from None
                 time.sleep(0.05)
         yield HttpServer(process, port, token, log)
     finally:

@@ -104,7 +104,8 @@ async def test_episodes_belong_to_whoever_opened_them(emitted: Path, inventory: 
     assert built.runtime.open_episodes == 0  # the clients' episodes went with them
     # under an auth identity (a token's client_id), a handle works only for that identity
     runtime = build_server(inventory, sandboxed=False).runtime
-    tokens = [auth_context_var.set(AuthenticatedUser(AccessToken(token=who, client_id=who, scopes=[]))) for who in ("alice", "bob")]
+    tokens = [auth_context_var.set(AuthenticatedUser(AccessToken(token=who, client_id=who, scopes=[])))
+              for who in ("alice", "bob")]
     try:
         auth_context_var.reset(tokens[1])  # alice
         handle = runtime.open_episode(owner=runtime.caller(None))
@@ -120,7 +121,8 @@ async def test_guessed_episode_ids_are_refused(emitted: Path, inventory: Environ
     guesses = ["ep-1", "default", "0", "a" * 43, secrets.token_urlsafe(32), "", "../default"]
     async with Client(stdio_parameters(emitted)) as client:
         for guess in guesses:
-            await refused(EpisodeRefusal.UNKNOWN, lambda g=guess: client.call_tool("get_item", {"sku": "WID-1"}, meta={"astra/episode": g}))
+            meta = {"astra/episode": guess}
+            await refused(EpisodeRefusal.UNKNOWN, lambda m=meta: client.call_tool("get_item", {"sku": "WID-1"}, meta=m))
             await refused(EpisodeRefusal.UNKNOWN, EnvironmentControl(client, episode=guess).reset)
         # nothing was created from a guess, and the server serves on
         added = await client.call_tool("add_stock", {"sku": "WID-1", "quantity": 1})
@@ -128,7 +130,8 @@ async def test_guessed_episode_ids_are_refused(emitted: Path, inventory: Environ
     built = build_server(inventory, sandboxed=False)
     async with Client(built) as client:
         for guess in guesses:
-            await refused(EpisodeRefusal.UNKNOWN, lambda g=guess: client.call_tool("stock_value", {}, meta={"astra/episode": g}))
+            meta = {"astra/episode": guess}
+            await refused(EpisodeRefusal.UNKNOWN, lambda m=meta: client.call_tool("stock_value", {}, meta=m))
         assert built.runtime.open_episodes == 0
 
 
@@ -166,12 +169,14 @@ async def test_idle_episodes_expire_and_say_so(emitted: Path, launch: Any) -> No
 def test_non_loopback_bind_is_refused(emitted: Path) -> None:
     for host in ("127.0.0.1", "127.3.4.5", "::1", "[::1]", "localhost"):
         check_bind(host, token=None, allow_remote=False)
-    for host, token, allow in (("0.0.0.0", None, False), ("0.0.0.0", "t", False), ("::", None, True), ("example.com", "t", False)):
+    refused_binds = (("0.0.0.0", None, False), ("0.0.0.0", "t", False), ("::", None, True), ("example.com", "t", False))
+    for host, token, allow in refused_binds:
         with pytest.raises(BindRefused, match="refusing to serve"):
             check_bind(host, token=token, allow_remote=allow)
     check_bind("0.0.0.0", token="t", allow_remote=True)
     for extra in ([], ["--token", "t"], ["--allow-remote"]):
-        run = subprocess.run([sys.executable, str(emitted / "server.py"), "--http", "--host", "0.0.0.0", "--port", "1", *extra],
+        run = subprocess.run([sys.executable, str(emitted / "server.py"), "--http", "--host", "0.0.0.0", "--port", "1",
+                              *extra],
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 2 and "refusing to serve on '0.0.0.0'" in run.stderr, run.stderr
     cli = CliRunner().invoke(app, ["env", "serve", str(sample_path()), "--http", "--host", "0.0.0.0", "--token", "t"])
@@ -193,7 +198,8 @@ async def test_16_concurrent_trajectories_on_one_pooled_connection(emitted: Path
                     assert not added.is_error, added
                     quantities.append(added.structured_content["quantity"])
                     await anyio.sleep(0)
-                order = await conns.call("create_order", {"sku": "WID-1", "quantity": 1, "customer": f"c{i}"}, episode=handle)
+                order = await conns.call("create_order", {"sku": "WID-1", "quantity": 1, "customer": f"c{i}"},
+                                         episode=handle)
                 stock = await conns.call("get_item", {"sku": "WID-1"}, episode={"inventory": handle})
                 seen[i] = (quantities, order.structured_content["order_id"], stock.structured_content["quantity"])
                 assert await conns.close_episode(handle)

@@ -26,7 +26,8 @@ EVIL = "^(a+)+$"
 EVIL_ARGUMENT = "a" * 27 + "!"  # ~10 s of backtracking for Python's re (2**27 ways to split the a's)
 
 
-def _tool(name: str, source: str, schema: dict[str, Any] | None = None, *, stateful: bool = False) -> ToolImplementation:
+def _tool(name: str, source: str, schema: dict[str, Any] | None = None, *,
+          stateful: bool = False) -> ToolImplementation:
     spec = ToolSpec(server="hostile", name=name, description=f"{name} (hostile-input test tool)",
                     input_schema=schema or {"type": "object", "properties": {}})
     return ToolImplementation(spec=spec, source=source, stateful=stateful)
@@ -40,13 +41,16 @@ def hostile_spec(*, sandboxed: bool) -> EnvironmentSpec:
         sandboxed=sandboxed,
         initial_state={"count": 0, "notes": []},
         tools=[
-            _tool("bump", "def bump(state):\n    state['count'] += 1\n    return {'count': state['count']}\n", stateful=True),
+            _tool("bump", "def bump(state):\n    state['count'] += 1\n    return {'count': state['count']}\n",
+                  stateful=True),
             _tool("lookup", "def lookup(code):\n    return {'code': code}\n",
-                  {"type": "object", "properties": {"code": {"type": "string", "pattern": EVIL}}, "required": ["code"]}),
+                  {"type": "object", "properties": {"code": {"type": "string", "pattern": EVIL}},
+                   "required": ["code"]}),
             _tool("hang", "import time\n\ndef hang():\n    time.sleep(30)\n    return 'late'\n"),
             _tool("surrogate", "def surrogate():\n    return {'text': 'ok \\ud800 then'}\n"),
             _tool("bad_bytes", "def bad_bytes():\n    return b'caf\\xe9 \\xff'.decode('utf-8', 'surrogateescape')\n"),
-            _tool("poison_state", "def poison_state(state):\n    state['notes'].append('\\udcff')\n    return 'noted'\n",
+            _tool("poison_state",
+                  "def poison_state(state):\n    state['notes'].append('\\udcff')\n    return 'noted'\n",
                   stateful=True),
         ],
     )
@@ -69,7 +73,8 @@ async def _count(control: EnvironmentControl) -> int:
 async def test_catastrophic_pattern_stalls_neither_server_nor_harness(unsandboxed_dir: Path, launch: Any) -> None:
     with launch(unsandboxed_dir) as server:
         headers = {"Authorization": f"Bearer {server.token}"}
-        async with httpx2.AsyncClient(headers=headers) as http, Client(streamable_http_client(server.url, http_client=http)) as client:
+        async with httpx2.AsyncClient(headers=headers) as http, \
+                Client(streamable_http_client(server.url, http_client=http)) as client:
             evil, other = EnvironmentControl(client), EnvironmentControl(client)
             await evil.open()
             await other.open()
@@ -133,7 +138,8 @@ async def test_a_hanging_tool_delays_only_its_own_episode(sandboxed: bool, unsan
     directory = sandboxed_dir if sandboxed else unsandboxed_dir
     with launch(directory, "--call-timeout", "2") as server:
         headers = {"Authorization": f"Bearer {server.token}"}
-        async with httpx2.AsyncClient(headers=headers) as http, Client(streamable_http_client(server.url, http_client=http)) as client:
+        async with httpx2.AsyncClient(headers=headers) as http, \
+                Client(streamable_http_client(server.url, http_client=http)) as client:
             stuck, other = EnvironmentControl(client), EnvironmentControl(client)
             await stuck.open()
             await other.open()
@@ -165,7 +171,8 @@ async def test_lone_surrogate_results_are_clean_tool_errors(sandboxed_dir: Path,
             for tool in ("surrogate", "bad_bytes", "poison_state"):
                 result = await bad.call_tool(tool, {})
                 text = result.content[0].text
-                assert result.is_error and ("not valid Unicode" in text or "surrogates not allowed" in text), (tool, text)
+                unicode_error = "not valid Unicode" in text or "surrogates not allowed" in text
+                assert result.is_error and unicode_error, (tool, text)
             # the server survived, the poisoned state change was not kept, the other episode is intact
             assert (await bad.state()).state == {"count": 1, "notes": []}
             assert (await other.state()).state == {"count": 1, "notes": []}

@@ -62,7 +62,10 @@ def test_fast_path_is_used_when_installed():
 
 PATTERNS = {
     "type": "object",
-    "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}, "tag": {"type": "string", "pattern": "^(?=t)t[0-9]+$"}},
+    "properties": {
+        "code": {"type": "string", "pattern": "^(a+)+$"},
+        "tag": {"type": "string", "pattern": "^(?=t)t[0-9]+$"},  # lookahead: the bounded backtracking engine
+    },
     "patternProperties": {"^x-[a-z]+$": {"type": "integer"}},
     "additionalProperties": False,
 }
@@ -76,7 +79,8 @@ def test_patterns_run_in_linear_time_with_the_python_messages(instance):
     pytest.importorskip("jsonschema_rs")
     check = SchemaCheck(PATTERNS)
     python = jsonschema.Draft202012Validator(PATTERNS)
-    expected = sorted(e.message for e in python.iter_errors(instance)) if instance.get("code") != "a" * 27 + "!" else None
+    pathological = instance.get("code") == "a" * 27 + "!"
+    expected = None if pathological else sorted(e.message for e in python.iter_errors(instance))
     got = sorted(e.message for e in check.errors(instance))
     assert (check.first_error(instance) is None) is (got == [])
     if expected is not None:  # Python's re would take ~10 s on the 27-character one
