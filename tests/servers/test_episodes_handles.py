@@ -79,6 +79,10 @@ async def test_episodes_belong_to_whoever_opened_them(emitted: Path, inventory: 
                 message = await refused(EpisodeRefusal.UNKNOWN, attempt)
                 assert "astra/episode/open" in message
             assert await bolts(mine) == 510  # read, overwritten, reset, closed: none of it happened
+            # a snapshot belongs to its episode: its id restores nothing elsewhere
+            snap = await mine.snapshot()
+            with pytest.raises(MCPError, match="unknown snapshot"):
+                await EnvironmentControl(mallory).restore(snapshot_id=snap.snapshot_id)
             # each session's own (implicit) episode is separate and cannot be named by anyone
             await alice.call_tool("add_stock", ADD)
             assert (await mallory.call_tool("get_item", {"sku": "BOLT-7"})).structured_content["quantity"] == 500
