@@ -1,6 +1,7 @@
 """Tool-graph quality on real MCP servers: recall and precision of each method against the
 hand-labelled true dependencies of mcp-server-time, mcp-server-git and the npm servers
-everything, memory and filesystem (50 tools; docs captured in tests/synthesis_traj/real_servers/).
+everything, memory and filesystem (50 tools; docs captured in tests/synthesis_traj/real_servers/),
+and, for candidates, of a second set: npm server-github + server-google-maps (33 tools, docs only).
 
 Methods:
 - random: the precision of choosing pairs at random (the floor);
@@ -101,6 +102,11 @@ def main() -> int:
     cross = [c for c in cands if c.src.split("/")[0] != c.dst.split("/")[0]]
     rows.append(measure_edges("candidates, across servers only", ((c.src, c.dst, c.kind) for c in cross),
                               {k: v for k, v in truth.items() if k[0].split("/")[0] != k[1].split("/")[0]}))
+    second = {(e["src"], e["dst"]): e["kind"] for e in
+              json.loads(real_servers.HELDOUT_LABELS.read_text("utf-8"))["edges"]}
+    more, _ = generate_candidates(real_servers.load_heldout(), min_score=args.threshold)
+    rows.append(measure_edges(f"second set (github + google-maps, {len(second)} true), min_score {args.threshold}",
+                              ((c.src, c.dst, c.kind) for c in more), second))
     union: list[GraphEdge] = [GraphEdge(src=c.src, dst=c.dst, kind=c.kind, bindings=c.bindings, score=c.score,
                                         provenance="schema", rationale=c.rationale or None) for c in cands]
     extra = []

@@ -98,6 +98,22 @@ def load_fixtures(names: tuple[str, ...] = SERVERS) -> list[ServerSpec]:
     return [load_fixture(n) for n in names]
 
 
+HELDOUT = FIXTURES / "heldout"
+HELDOUT_LABELS = HELDOUT / "dependencies.json"
+HELDOUT_SERVERS = ("github", "google-maps")
+
+
+def load_heldout() -> list[ServerSpec]:
+    """Docs of two servers (npm server-github 2025.4.8, server-google-maps 0.6.2; no annotations, no output
+    schemas) kept apart from the servers the typing rules were written on: docs only, never launched."""
+    out = []
+    for name in HELDOUT_SERVERS:
+        doc = json.loads((HELDOUT / f"{name}.json").read_text("utf-8"))
+        tools = [ToolSpec.model_validate({**t, "server": name}) for t in doc["tools"]]
+        out.append(ServerSpec(id=stable_id("real-server", name), name=name, tools=tools, source=doc.get("package")))
+    return out
+
+
 def docs_of(tools: list[ToolSpec]) -> list[dict]:
     """The part of tools/list the fixtures keep (what the graph reads)."""
     return [t.model_dump(mode="json", exclude={"server"}) for t in tools]

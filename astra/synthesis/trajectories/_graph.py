@@ -80,6 +80,8 @@ class SemType(StrEnum):
     RELATION = "relation"
     OBSERVATION = "observation"
     URL = "url"
+    COORDINATE = "coordinate"  # latitude / longitude
+    LOCATION = "location"  # an address, a place, or coordinates
     QUERY = "query"  # free search text
     CONTENT = "content"  # a document's or file's text
     TEXT = "text"  # a short message
@@ -110,8 +112,8 @@ class Evidence(StrEnum):
     LIFECYCLE = "lifecycle"
 
 
-_EVIDENCE_WEIGHT = {Evidence.SCHEMA: 0.95, Evidence.NAME: 0.9, Evidence.DESCRIPTION: 0.75, Evidence.TOOL: 0.6,
-                    Evidence.LIFECYCLE: 0.8}
+_EVIDENCE_WEIGHT: dict[Evidence, float] = {Evidence.SCHEMA: 0.95, Evidence.NAME: 0.9, Evidence.DESCRIPTION: 0.75,
+                                           Evidence.TOOL: 0.6, Evidence.LIFECYCLE: 0.8}
 
 # Cue words -> semantic type. Most specific first: the first cue found in a field's own name wins.
 _CUE_ORDER: tuple[tuple[SemType, tuple[str, ...]], ...] = (
@@ -123,7 +125,9 @@ _CUE_ORDER: tuple[tuple[SemType, tuple[str, ...]], ...] = (
     (SemType.OBSERVATION, ("observation",)),
     (SemType.URL, ("url", "uri", "link", "href")),
     (SemType.TIME, ("time", "datetime", "timestamp", "date")),
-    (SemType.PATH, ("path", "file", "filename", "filepath", "dir", "directory", "folder", "destination")),
+    (SemType.COORDINATE, ("latitude", "longitude", "coordinate", "lat", "lng", "lon")),
+    (SemType.LOCATION, ("location", "address")),
+    (SemType.PATH, ("path", "file", "filename", "filepath", "dir", "directory", "folder")),
     (SemType.QUERY, ("query", "keyword", "topic", "search")),
     (SemType.CONTENT, ("content", "text", "body")),
     (SemType.TEXT, ("message",)),
@@ -139,14 +143,17 @@ _CUE_WORDS = tuple(_CUE)
 _ID_WORDS = frozenset({"id", "uuid", "key", "number", "code"})
 _NAME_WORDS = frozenset({"name", "title", "handle", "slug", "label"})
 # Types whose values mean the same on any server: only these link tools across servers.
-_PORTABLE = frozenset({SemType.PATH, SemType.URL, SemType.TIME, SemType.TIMEZONE, SemType.CONTENT,
+_PORTABLE = frozenset({SemType.PATH, SemType.URL, SemType.TIME, SemType.TIMEZONE, SemType.CONTENT, SemType.LOCATION,
+                       SemType.COORDINATE,
                        SemType.ID, SemType.NAME, SemType.FIELD})
 # Types that point at an existing thing (as opposed to free content).
 _REFERENCE = frozenset({SemType.PATH, SemType.REPO, SemType.REVISION, SemType.BRANCH, SemType.ENTITY,
-                        SemType.RELATION, SemType.URL, SemType.ID, SemType.NAME})
+                        SemType.RELATION, SemType.URL, SemType.LOCATION, SemType.COORDINATE, SemType.ID,
+                        SemType.NAME})
 # output type -> parameter types it can fill, with how well
 _FEEDS: dict[SemType, tuple[tuple[SemType, float], ...]] = {
     SemType.BRANCH: ((SemType.BRANCH, 1.0), (SemType.REVISION, 0.9)),
+    SemType.COORDINATE: ((SemType.COORDINATE, 1.0), (SemType.LOCATION, 0.9)),
     SemType.CONTENT: ((SemType.CONTENT, 1.0), (SemType.TEXT, 0.6)),
     SemType.ENTITY: ((SemType.ENTITY, 1.0), (SemType.QUERY, 0.5)),
     SemType.NAME: ((SemType.NAME, 1.0), (SemType.QUERY, 0.5)),
@@ -174,7 +181,12 @@ _STAGE_WORDS = frozenset({"staged", "staging", "unstage"})
 _GENERIC_OUTPUTS = frozenset({"content", "result", "text", "output", "data", "message", "success", "response"})
 _NEW_TARGET = re.compile(r"\b(?:output|new)\b", re.I)
 # undocumented parameters this generic take their type from what the tool's description is about
-_GENERIC_PARAMS = frozenset("target source dest input value item object arg argument spec other base".split())
+_GENERIC_PARAMS = frozenset("target source dest destination input value item object arg argument spec other base"
+                            .split())
+# own-name cues too vague to beat a description
+_AMBIGUOUS_NAMES = frozenset({"destination", "source", "origin", "target"})
+# read verbs that list or find things: a plain noun in their name is what they return
+_LIST_VERBS = frozenset("list search find query lookup browse".split())
 # last words that make a field a setting, not a reference to a thing ("branch_type", "max_count", "time_difference")
 _SETTING_WORDS = frozenset("type kind mode format count limit max min line option sort order difference offset "
                            "duration page size depth level flag".split())
@@ -302,6 +314,8 @@ def _type_field(leaf: tuple[str, ...], parent: tuple[str, ...], desc: str, schem
     if ("repo" in leaf or "repository" in leaf) and "path" in leaf:
         return SemType.REPO, None, Evidence.NAME
     own = _cue_of(leaf)
+    if own is not None and desc and set(leaf) <= _AMBIGUOUS_NAMES:
+        own = None  # "destination": a path for move_file, an address for directions; the description decides
     generic = not leaf or set(leaf) <= (_NAME_WORDS | _ID_WORDS | {"content", "text", "value", "item"})
     if own is not None and not (generic and parent):
         return own, None, Evidence.NAME
@@ -322,6 +336,18 @@ def _type_field(leaf: tuple[str, ...], parent: tuple[str, ...], desc: str, schem
             return up, None, Evidence.NAME
     if own is not None:
         return own, None, Evidence.NAME
+    if dtoks and jtype not in ("array", "object"):
+        # "Repository name", "name of the repository", "Pull request number": what it names, from the description
+        # when the name says less ("repo", "name", "pull_number" -> pull_request; not "city_name" -> canonical_city)
+        leaf_subject = leaf[:-1] if leaf and leaf[-1] in _ID_WORDS | _NAME_WORDS else leaf
+        for i, w in enumerate(dtoks[:6]):
+            if w in _ID_WORDS or w in _NAME_WORDS:
+                before = [t for t in dtoks[:i] if t not in _VERBS][-2:]
+                after = [t for t in dtoks[i + 1:i + 3] if t not in _VERBS][:1]
+                words = before or after
+                if words and (not leaf_subject or words[-1] != leaf_subject[-1]):
+                    return (SemType.ID if w in _ID_WORDS else SemType.NAME), "_".join(words), Evidence.DESCRIPTION
+                break
     if not fallback:
         return None
     if leaf and leaf[-1] in _ID_WORDS and jtype not in ("array", "object"):
@@ -330,6 +356,8 @@ def _type_field(leaf: tuple[str, ...], parent: tuple[str, ...], desc: str, schem
     if leaf and leaf[-1] in _NAME_WORDS and jtype not in ("array", "object"):
         subject = "_".join(leaf[:-1]) or (parent[-1] if parent else None)
         return SemType.NAME, subject, Evidence.NAME
+    if len(leaf) == 1 and jtype == "string" and leaf[0] not in _VERBS and len(leaf[0]) > 3:
+        return SemType.NAME, leaf[0], Evidence.NAME  # a bare noun ("repo", "owner"): a name of that thing
     if leaf and jtype not in ("array", "object", None) and len("_".join(leaf)) > 3:
         return SemType.FIELD, "_".join(leaf), Evidence.NAME
     return None
@@ -387,6 +415,8 @@ def profile_tool(tool: ToolSpec, server_tokens: frozenset[str] = frozenset()) ->
                 prof.effects.append(TypedField(p.path, p.sem, p.subject, Evidence.NAME))
         if verb in _VERB_PRODUCES:
             prof.effects.append(TypedField("result", _VERB_PRODUCES[verb], None, Evidence.TOOL))
+        if role is Role.CREATE and noun is None and noun_subject:
+            prof.effects.append(TypedField("result", SemType.ID, noun_subject, Evidence.TOOL))  # the new thing's id
         if verb in ("add", "stage") and prof.uses_stage:
             prof.effects.append(TypedField("(staging area)", SemType.STAGED, None, Evidence.LIFECYCLE))
 
@@ -421,7 +451,9 @@ def _names_new_thing(sem: SemType, subject: str | None, leaf: tuple[str, ...], p
     if parent and (set(parent) & set(nouns)):
         # inside the created record (entities[].name, observations[].contents): new unless it points elsewhere
         return not (sem in _REFERENCE and sem is not noun)
-    return subject is not None and subject in nouns
+    # the head noun is what gets made: add_issue_comment makes a comment, its issue_number points elsewhere
+    return subject is not None and bool(nouns) and _same_subject(subject, "_".join(nouns)) \
+        and subject.split("_")[-1] == nouns[-1]
 
 
 def _outputs_from_docs(verb: str | None, nouns: list[str], noun: SemType | None, desc_tokens: tuple[str, ...]
@@ -443,18 +475,25 @@ def _outputs_from_docs(verb: str | None, nouns: list[str], noun: SemType | None,
         return out
     if {"info", "metadata", "stat", "detail"} & set(nouns):
         return out  # metadata about a thing, not the thing
+    plain = [w for w in nouns if cue_type(w) is None]
+    if plain:
+        # plain nouns ("search_repositories", "list_pull_requests"): ids and names of that subject
+        ev = Evidence.NAME if verb in _LIST_VERBS else Evidence.TOOL
+        for subject in dict.fromkeys(["_".join(plain), plain[-1]]):
+            add(SemType.ID, subject, ev)
+            add(SemType.NAME, subject, ev)
     for w in nouns:
         t = cue_type(w)
         if t is None:
-            # a plain noun ("search_hotels", "get-resource-links"): its ids and names
-            add(SemType.ID, w, Evidence.TOOL)
-            add(SemType.NAME, w, Evidence.TOOL)
+            continue
         elif t not in (SemType.QUERY, SemType.TEXT):
             add(t, None, Evidence.NAME)
-    for w in desc_tokens[:20]:
-        t = cue_type(w)
-        if t is not None and t in _REFERENCE | {SemType.TIME, SemType.TIMEZONE}:
-            add(t, None, Evidence.DESCRIPTION)
+    if verb is None or not nouns:
+        # the name says too little ("git_log", "maps_geocode"): what the description names is returned
+        for w in desc_tokens[:20]:
+            t = cue_type(w)
+            if t is not None and t in _REFERENCE | {SemType.TIME, SemType.TIMEZONE}:
+                add(t, None, Evidence.DESCRIPTION)
     return out
 
 
@@ -476,12 +515,13 @@ class Candidate(BaseModel):
 _CROSS_SERVER = 0.85  # a link between servers needs more evidence than one inside a server
 
 
-@dataclass(slots=True)
-class _Hit:
-    score: float
-    kind: str
-    bindings: dict[str, str]
-    why: list[str]
+def _leaf_similarity(out: TypedField, param: TypedField) -> float:
+    return _name_similarity(out.path, param.path)
+
+
+@lru_cache(maxsize=65536)
+def _name_similarity(a: str, b: str) -> float:
+    return fuzz.ratio(a.rsplit(".", 1)[-1].lower(), b.rsplit(".", 1)[-1].lower())
 
 
 def _server_tokens(server: ServerSpec) -> frozenset[str]:
@@ -532,12 +572,12 @@ def generate_candidates(
     stats: dict[str, Any] = {"tools": len(profiles), "typed_params": 0, "typed_outputs": 0, "pairs_scored": 0}
     stats["typed_params"] = sum(len(p.params) for p in profiles)
     stats["typed_outputs"] = sum(len(p.outputs) + len(p.effects) for p in profiles)
-    scan_limit = 4 * max_sources_per_tool
+    scan_limit = 2 * max_sources_per_tool + 4
     similar: dict[tuple[SemType, str], list[str]] = {}
     candidates: list[Candidate] = []
     for di, dst in enumerate(profiles):
         server = dst.tool.server
-        hits: dict[int, _Hit] = {}
+        hits: dict[int, dict[str, tuple[float, TypedField, TypedField]]] = {}
         consumes = [p for p in dst.params if not p.new]
         if dst.uses_stage and dst.verb not in ("add", "stage"):
             consumes.append(TypedField("(staging area)", SemType.STAGED, None, Evidence.LIFECYCLE))
@@ -564,7 +604,7 @@ def generate_candidates(
                             if kind == "order" and src.role is Role.MODIFY and not dst.records_changes:
                                 continue  # an edit is needed first only by what records changes (git_add)
                             if kind == "order" and not same and (out.sem is not SemType.PATH
-                                                                 or out.evidence is not Evidence.NAME):
+                                                                 or out.evidence not in (Evidence.NAME, Evidence.TOOL)):
                                 continue  # across servers only a path named as such is the same thing
                             if out.subject is None and param.subject is not None and not same:
                                 continue
@@ -574,27 +614,30 @@ def generate_candidates(
                             if src.role is Role.READ and dst.role is Role.READ and src.noun is not None \
                                     and src.noun is dst.noun and out.evidence is not Evidence.SCHEMA:
                                 score *= 0.9  # two listings of the same thing rarely feed each other
-                            if score < min_score:
+                            if score < min_score - 1e-9:  # products of evidence weights land on the threshold
                                 continue
-                            hit = hits.get(si)
-                            why = f"{src.tool.name}.{out.describe()} -> {param.describe()}"
-                            if hit is None:
-                                hits[si] = _Hit(score, kind, {param.path: out.path}, [why])
-                            else:
-                                if param.path not in hit.bindings:
-                                    hit.bindings[param.path] = out.path
-                                    hit.why.append(why)
-                                    hit.score = min(1.0, max(hit.score, score) + 0.05)  # more than one fit
-                                if score > hit.score:
-                                    hit.score = score
-        ranked = sorted(hits.items(), key=lambda kv: (-kv[1].score, kv[0]))[:max_sources_per_tool]
-        for si, hit in ranked:
+                            fits = hits.get(si)
+                            if fits is None:
+                                fits = hits[si] = {}
+                            prev = fits.get(param.path)
+                            # per parameter the best fit; on a tie the output whose name is closest (latitude)
+                            if prev is None or score > prev[0] + 1e-9 or (
+                                    score > prev[0] - 1e-9 and _leaf_similarity(out, param)
+                                    > _leaf_similarity(prev[1], param)):
+                                fits[param.path] = (score, out, param)
+        # a source's score: its best fit, +0.05 for each further parameter it fills
+        scored = [(min(1.0, max(f[0] for f in fits.values()) + 0.05 * (len(fits) - 1)), si, fits)
+                  for si, fits in hits.items()]
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        for score, si, fits in scored[:max_sources_per_tool]:
             src = profiles[si]
-            bindings = {p: f for p, f in hit.bindings.items() if not p.startswith("(")}
+            bindings = {p: f[1].path for p, f in fits.items() if not p.startswith("(")}
+            why = "; ".join(f"{src.tool.name}.{out.describe()} -> {param.describe()}"
+                            for _s, out, param in fits.values())
             kind = "order" if src.role in (Role.CREATE, Role.MODIFY) else "data"
             candidates.append(Candidate.model_construct(
-                src=src.tool.qualified_name, dst=dst.tool.qualified_name, score=round(hit.score, 4), kind=kind,
-                bindings=bindings, rationale="; ".join(hit.why)[:500], domain=domain_of.get(src.tool.server)))
+                src=src.tool.qualified_name, dst=dst.tool.qualified_name, score=round(score, 4), kind=kind,
+                bindings=bindings, rationale=why[:500], domain=domain_of.get(src.tool.server)))
     candidates.sort(key=lambda c: (c.src, c.dst))
     stats["candidates"] = len(candidates)
     stats["order_candidates"] = sum(1 for c in candidates if c.kind == "order")
@@ -625,8 +668,19 @@ def _similar_subjects(subject: str, produced: dict[tuple[SemType, str | None], l
     if hit is None:
         vocab = [s for (t, s) in produced if t is sem and s is not None and s != subject]
         hit = [m for m, _score, _i in process.extract(subject, vocab, scorer=fuzz.ratio, score_cutoff=90, limit=3)]
+        # "repo" names the same thing as "repository"
+        hit += [v for v in vocab if v not in hit and _same_subject(subject, v)]
         cache[(sem, subject)] = hit
     return hit
+
+
+def _same_subject(a: str, b: str) -> bool:
+    """Word by word the same, a word may be shortened ("repo" ~ "repository"); "issue" is not "issue_comment"."""
+    wa, wb = a.split("_"), b.split("_")
+    if len(wa) != len(wb):
+        return False
+    return all(x == y or (min(len(x), len(y)) >= 4 and (x.startswith(y) or y.startswith(x)))
+               for x, y in zip(wa, wb, strict=True))
 
 
 def batch_candidates(candidates: Iterable[Candidate], batch_size: int) -> list[tuple[str, list[Candidate]]]:
