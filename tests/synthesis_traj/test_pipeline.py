@@ -160,11 +160,11 @@ def test_demo_config_runs_on_bundled_servers(tmp_path):
     from astra.synthesis.trajectories import demo_config
 
     config = demo_config(tmp_path / "run", model_spec="scripted:router", home=tmp_path / "home")
-    assert config.environments and config.inline_servers[0].name == "time"
+    assert [s.name for s in config.inline_servers] == ["time", "inventory"]  # the emitted sample, over stdio
     router = Router()
     result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
     assert_funnel_consistent(result.funnel, samples=1)
     assert result.exported > 0 and Path(result.exports["parquet"]).exists()
     servers = json.loads((tmp_path / "run" / "servers.json").read_text())
     assert {s["name"]: s["launch"]["kind"] for s in servers} == {
-        "geo-locator": "simulated", "weather-forecast": "simulated", "time": "stdio", "inventory": "environment"}
+        "geo-locator": "simulated", "weather-forecast": "simulated", "time": "stdio", "inventory": "stdio"}

@@ -362,3 +362,36 @@ def test_simulator_memory_user_query_and_injected_errors():
     marked = mark_injected(traj, {"geo": a})
     assert [s.error_kind == INJECTED_KIND for s in marked.steps] == failed
     assert marked.meta["injected_errors"] == sum(failed)
+
+
+def test_rule_quality_judges_by_rules_and_says_so():
+    from astra.records import ToolSpec
+    from astra.synthesis.trajectories._tasks import rule_quality
+
+    tools = {"time/convert_time": ToolSpec(server="time", name="convert_time", input_schema={
+        "type": "object", "properties": {"source_timezone": {"type": "string"}, "time": {"type": "string"}}})}
+    good = Task(id="g", user_turns=["What time is it in Tokyo when it is 16:30 in New York?"],
+                target_tools=["time/convert_time"])
+    kept = rule_quality(good, tools, 0.5)
+    assert kept.outputs and kept.outputs[0].provenance["quality_judge"] == "rules"
+    assert kept.outputs[0].quality["realism"] == 1.0 and kept.outputs[0].quality["question_quality"] == 1.0
+    named = Task(id="n", user_turns=["call convert_time with source_timezone <tz>"], target_tools=["time/convert_time"])
+    dropped = rule_quality(named, tools, 0.5)
+    assert not dropped.outputs and dropped.dropped.startswith("below_quality_threshold")
+    assert dropped.gate is not None and dropped.gate.held  # a relaxed threshold re-decides it without a judge
+
+
+def test_demo_config_uses_real_servers_and_rules_for_the_embedded_model(tmp_path):
+    from astra.records import StdioLaunch
+    from astra.synthesis.trajectories import demo_config
+    from astra.synthesis.trajectories._config import JudgeMode
+
+    cfg = demo_config(tmp_path / "run", "local:smollm2", tmp_path / "home")
+    assert cfg.servers == [] and [s.name for s in cfg.inline_servers] == ["time", "inventory"]
+    inventory = cfg.inline_servers[1].launch
+    assert isinstance(inventory, StdioLaunch) and inventory.args[0].endswith("server.py")
+    assert (tmp_path / "run" / "servers" / "inventory" / "environment.json").is_file()
+    assert not cfg.graph.llm_verify and not cfg.verify.enabled
+    assert cfg.tasks.quality_judge == JudgeMode.RULES and cfg.reward.judge == JudgeMode.RULES
+    real = demo_config(tmp_path / "run2", "openai:gpt-x", tmp_path / "home")
+    assert real.graph.llm_verify and real.tasks.quality_judge == JudgeMode.LLM and real.reward.judge == JudgeMode.LLM

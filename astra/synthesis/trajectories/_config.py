@@ -82,6 +82,13 @@ constraints ("complicate"), and the request as a given user would ask it ("by_ug
 _LEGACY_AUGMENTATIONS = {"wording": "context_shift", "complex": "complicate"}
 
 
+class JudgeMode(StrEnum):
+    """Who scores the seven reward dimensions."""
+
+    LLM = "llm"      # one structured judge call per trajectory (rules override where they decide)
+    RULES = "rules"  # rules alone: no model call; rewards say so and are never presented as LLM-judged
+
+
 class TaskOptions(_Options):
     per_chain: int = Field(default=1, ge=1, description="base questions per chain / toolset")
     augmentations: list[str] = Field(default_factory=lambda: list(AUGMENTATIONS),
@@ -91,6 +98,8 @@ class TaskOptions(_Options):
                                   "line); default: the bundled sample")
     multi_turn: bool = True
     quality_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="mean of the four quality scores, in [0, 1]")
+    quality_judge: JudgeMode = Field(default=JudgeMode.LLM, description="llm (judge_model) or rules (no judge model; "
+                                     "tasks say quality_judge: rules)")
 
     @field_validator("augmentations", mode="before")
     @classmethod
@@ -114,13 +123,6 @@ class RolloutOptions(_Options):
     temperature: float | None = 0.7
     sim_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of simulated tool calls that fail "
                                   "with a transient error (marked error_kind=injected_error in the trajectory)")
-
-
-class JudgeMode(StrEnum):
-    """Who scores the seven reward dimensions."""
-
-    LLM = "llm"      # one structured judge call per trajectory (rules override where they decide)
-    RULES = "rules"  # rules alone: no model call; rewards say so and are never presented as LLM-judged
 
 
 class RewardOptions(_Options):

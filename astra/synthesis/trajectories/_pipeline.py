@@ -44,7 +44,14 @@ from astra.synthesis.trajectories._config import JudgeMode, TrajectoryConfig
 from astra.synthesis.trajectories._export import SFTSample, report_lines, select, write_exports
 from astra.synthesis.trajectories._reward import score_trajectory
 from astra.synthesis.trajectories._simulate import SimulatedServer, mark_injected
-from astra.synthesis.trajectories._tasks import PERSONAS_PATH, Persona, generate_tasks, load_personas, score_task
+from astra.synthesis.trajectories._tasks import (
+    PERSONAS_PATH,
+    Persona,
+    generate_tasks,
+    load_personas,
+    rule_quality,
+    score_task,
+)
 from astra.synthesis.trajectories._templates import load_template
 from astra.synthesis.trajectories._tokens import gguf_tokenizer
 from astra.synthesis.trajectories._verify import verify_chain
@@ -351,10 +358,18 @@ class TrajectoryPipeline:
             [(c.id, c) for c in chains], lambda c: generate_tasks(c, tools, gen, self.config.tasks, personas),
             concurrency=self.config.concurrency, progress=self.progress, description="tasks: generate",
         )
-        judge = self.model(self.config.judge)
         tasks = self.stage("tasks", Task).outputs()
+        threshold = self.config.tasks.quality_threshold
+        if self.config.tasks.quality_judge == JudgeMode.RULES:
+            async def judged(t: Task) -> Outcome:
+                return rule_quality(t, tools, threshold)
+        else:
+            judge = self.model(self.config.judge)
+
+            async def judged(t: Task) -> Outcome:
+                return await score_task(t, tools, judge, threshold)
         return await self.stage("quality", Task).run_items(
-            [(t.id, t) for t in tasks], lambda t: score_task(t, tools, judge, self.config.tasks.quality_threshold),
+            [(t.id, t) for t in tasks], judged,
             concurrency=self.config.concurrency, progress=self.progress, description="tasks: quality",
             gates={"quality_threshold": self.config.tasks.quality_threshold},
         )
@@ -569,40 +584,54 @@ def demo_config(
     *,
     judge_model: str | None = None,
 ) -> TrajectoryConfig:
-    """A small offline run on bundled servers: ``mcp-server-time`` (a real stdio server), the
-    sample environment(s) of ``astra.servers`` (served in-process), and two of the registry's
-    sample servers (simulated by the model). Imports the sample servers into the registry."""
+    """A small offline run on real MCP servers: ``mcp-server-time`` (PyPI, stdio) and the bundled
+    sample environment, emitted as a standalone server and launched over stdio like any MCP
+    server. A real endpoint also gets two registry sample servers simulated by the model.
+
+    The embedded 135M model writes the tasks and drives the rollouts, but cannot judge: with it,
+    graph edges come from the rule-based candidates (provenance ``schema``), chain verification is
+    off, and task quality and trajectory rewards are scored by rules, which the data says
+    (``quality_judge: rules``, ``judge: rules``); nothing it keeps is presented as LLM-judged."""
     from astra.registry import SAMPLE_SERVERS, Registry, import_file
+    from astra.servers import emit, load_emitted
 
     with Registry.open(home) as registry:
         report = import_file(registry, SAMPLE_SERVERS)
         if not report.ok:
             raise PipelineError("bundled sample servers failed to import: " + "; ".join(report.errors[:3]))
     samples_dir = Path(__file__).resolve().parents[2] / "servers" / "samples"
-    environments = sorted(samples_dir.glob("*.json")) if samples_dir.is_dir() else []
+    sample = EnvironmentSpec.model_validate_json((samples_dir / "inventory.json").read_text("utf-8"))
+    emitted = Path(out_dir) / "servers" / sample.name
+    if not (emitted / "environment.json").is_file() or load_emitted(emitted) != sample:
+        emit(sample, emitted)
     time_server = ServerSpec(
         id=stable_id("demo", "time", prefix="srv-"), name="time", title="Time",
         description="Current time and time zone conversion (PyPI mcp-server-time).", domain="time",
         launch=StdioLaunch(command=sys.executable, args=["-m", "mcp_server_time", "--local-timezone", "UTC"]),
         source="pypi:mcp-server-time",
     )
+    inventory_server = ServerSpec(
+        id=stable_id("demo", "emitted", sample.id, prefix="srv-"), name=sample.name, title=sample.name,
+        description=sample.description, domain="inventory",
+        launch=StdioLaunch(command=sys.executable, args=[str(emitted.resolve() / "server.py")]),
+        source=f"emitted:{emitted}",
+    )
     local = model_spec.startswith("local:")  # one in-process model: no point in concurrent requests
     return TrajectoryConfig.model_validate({
         "out_dir": str(out_dir),
         "home": str(home) if home is not None else None,
-        "servers": ["geo-locator", "weather-forecast"],
-        "inline_servers": [time_server.model_dump(mode="json")],
-        "environments": [str(p) for p in environments[:1]],
+        "servers": [] if local else ["geo-locator", "weather-forecast"],
+        "inline_servers": [time_server.model_dump(mode="json"), inventory_server.model_dump(mode="json")],
         "model": model_spec,
         "judge_model": judge_model,
         "seed": 0,
         "concurrency": 1 if local else 4,
-        "graph": {"batch_size": 4 if local else 8, "max_sources_per_tool": 3},
+        "llm_timeout_s": 90.0 if local else 300.0,
+        "graph": {"batch_size": 8, "max_sources_per_tool": 3, "llm_verify": not local},
         "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
-        "verify": {"votes": 1, "distractors": 2},
+        "verify": {"enabled": not local, "votes": 1, "distractors": 2},
         "tasks": {"per_chain": 1, "augmentations": [] if local else ["context_shift", "persona"], "multi_turn": not local,
-                  "quality_threshold": 0.25},
+                  "quality_threshold": 0.25, "quality_judge": "rules" if local else "llm"},
         "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
-        # the 135M embedded model cannot judge a trajectory: rules score it, and the rewards say so
         "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
     })

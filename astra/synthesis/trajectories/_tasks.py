@@ -299,7 +299,43 @@ async def score_task(task: Task, tools: dict[str, ToolSpec], model: Model, thres
     except LLMOutputError as exc:
         return Outcome.drop(f"judge_failed: {exc.reason[:160]}", failed=True, audit=exc.audit)
     quality = {d: round((getattr(scores, d) - 1) / 4, 4) for d in QUALITY_DIMENSIONS}
-    quality["overall"] = round(sum(quality[d] for d in QUALITY_DIMENSIONS) / len(QUALITY_DIMENSIONS), 4)
-    if quality["overall"] < threshold:
-        return Outcome.drop(f"below_quality_threshold: {quality['overall']:.2f} < {threshold}", audit=audit)
-    return Outcome.keep(task.model_copy(update={"quality": quality}), audit=audit)
+    return _gated_quality(task, quality, threshold, judge=model.name, audit=audit)
+
+
+def _gated_quality(task: Task, quality: dict[str, float], threshold: float, *, judge: str,
+                   audit: list[dict[str, Any]] | None = None) -> Outcome:
+    """The task with its quality (and who judged it) when the mean reaches ``threshold``; the
+    decision is a gate, so a changed threshold re-decides it without judging again."""
+    quality = {**quality, "overall": round(sum(quality[d] for d in QUALITY_DIMENSIONS) / len(QUALITY_DIMENSIONS), 4)}
+    scored = task.model_copy(update={"quality": quality, "provenance": {**task.provenance, "quality_judge": judge}})
+    return Outcome.gated({"quality_threshold": (quality["overall"], threshold)}, scored, audit=audit)
+
+
+_TOOLISH = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")  # snake_case identifiers: tool or parameter names
+_PLACEHOLDER = re.compile(r"<[^<>]{1,40}>|\{[^{}]{0,40}\}|\[(?:insert|your|placeholder)[^\]]*\]|\b(?:TODO|TBD|XXX)\b",
+                          re.IGNORECASE)
+_CONCRETE = re.compile(r"\d|\b[A-Z][a-z]+|\"[^\"]+\"|'[^']+'")
+
+
+def rule_quality(task: Task, tools: dict[str, ToolSpec], threshold: float) -> Outcome:
+    """Task quality by rules alone, for models that cannot judge (``tasks.judge: rules``); the task
+    says ``quality_judge: rules`` and is never presented as LLM-judged.
+
+    - question_quality: a real request (4-200 words, no placeholders, no JSON or code in it);
+    - realism: it does not name tools or parameters by their identifiers;
+    - uniqueness: it carries concrete details (numbers, names, quoted values) that pin the calls;
+    - tool_selection_difficulty: grows with the number of distinct target tools (1: 0.25 .. 4+: 1.0).
+    """
+    text = " ".join(task.user_turns).strip()
+    words = text.split()
+    identifiers = {t.rsplit("/", 1)[-1] for t in tools} | {
+        p for t in tools.values() for p in (t.input_schema.get("properties") or {})}
+    named = [w for w in _TOOLISH.findall(text) if w in identifiers]
+    quality = {
+        "question_quality": float(4 <= len(words) <= 200 and not _PLACEHOLDER.search(text)
+                                  and not re.search(r"[{}]|```|\bdef \w+\(", text)),
+        "realism": 0.0 if named else 1.0,
+        "uniqueness": min(1.0, len(_CONCRETE.findall(text)) / 2),
+        "tool_selection_difficulty": min(1.0, 0.25 * max(1, len(set(task.target_tools)))),
+    }
+    return _gated_quality(task, {k: round(v, 4) for k, v in quality.items()}, threshold, judge="rules")
