@@ -20,7 +20,7 @@ import anyio
 import typer
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, user
 
 app = typer.Typer()
 
@@ -80,6 +80,60 @@ async def _environment_step(out: Path, model: str, home: Path | None) -> dict[st
     return json.loads(result.model_dump_json())
 
 
+def _stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds per stage of a run, from the manifest's stage timestamps (stages run in order)."""
+    manifest = json.loads((run_dir / "manifest.json").read_text("utf-8"))
+    last = float(manifest.get("created", 0.0))
+    times: dict[str, float] = {}
+    for name, entry in sorted(manifest.get("stages", {}).items(), key=lambda kv: kv[1].get("updated", 0.0)):
+        updated = float(entry.get("updated", last))
+        times[name] = round(max(0.0, updated - last), 1)
+        last = updated
+    return times
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def _reached_a_server(step: dict[str, Any]) -> bool:
+    """A call that a real (not simulated) MCP server received."""
+    return bool(step.get("server")) and not step.get("simulated", False) and step.get("error_kind") not in (
+        "unknown_tool", "bad_arguments")
+
+
+def _made(out: Path, summary: dict[str, Any]) -> list[dict[str, str]]:
+    """What the demo made, each with one command to look at it."""
+    made: list[dict[str, str]] = []
+    traj = summary.get("trajectories")
+    if traj:
+        run = Path(traj["run_dir"])
+        rollouts = [o for e in _jsonl(run / "rollout.jsonl") for o in e.get("outputs", [])]
+        real = [t for t in rollouts if any(_reached_a_server(s) for s in t.get("steps", []))]
+        made.append({"what": "rollouts", "detail": f"{len(rollouts)} trajectories, {len(real)} of them called a real MCP "
+                     f"server over stdio (mcp-server-time, the emitted inventory server)",
+                     "look": f"jq -c '.outputs[0].steps[] | [.tool, .arguments, .is_error]' {run / 'rollout.jsonl'}"})
+        exports = traj.get("exports", {})
+        first = exports.get("openai") or next(iter(exports.values()), "")
+        judges = sorted({str(e.get("judge", "?")) for e in _jsonl(Path(first))}) if first.endswith(".jsonl") else []
+        made.append({"what": "SFT samples", "detail": f"{traj['exported']} exported"
+                     + (f" (judged by: {', '.join(judges)})" if judges else "") + f"; files: {', '.join(exports.values())}",
+                     "look": f"head -1 {first} | jq ." if first else ""})
+    env = summary.get("environments")
+    if env:
+        for directory in env.get("server_dirs", []):
+            made.append({"what": "MCP server (certified)", "detail": str(directory),
+                         "look": f"astra env serve {directory}   |   npx @modelcontextprotocol/inspector --cli "
+                                 f"{sys.executable} {Path(directory) / 'server.py'} --method tools/list"})
+        for name, path in env.get("exports", {}).items():
+            look = (f"{sys.executable} -c \"import pyarrow.parquet as pq; print(pq.read_table('{path}').slice(0, 1)"
+                    f".to_pylist())\"") if str(path).endswith(".parquet") else f"head -c 2000 {path}"
+            made.append({"what": f"RL export ({name})", "detail": str(path), "look": look})
+    return made
+
+
 @app.command()
 def demo(
     model: Annotated[str, typer.Option(help="model spec: local:smollm2, openai:MODEL, anthropic:MODEL")] = DEFAULT_MODEL,
@@ -111,16 +165,19 @@ def demo(
             failures.append(f"environments: {type(exc).__name__}: {exc}")
     summary["seconds"] = round(time.perf_counter() - started, 1)
     summary["failures"] = failures
+    summary["stage_seconds"] = {name: _stage_seconds(out / name) for name in ("trajectories", "environments/envs-run")
+                                if (out / name / "manifest.json").is_file()}
+    summary["made"] = _made(out, summary)
 
     console.rule("[bold]summary")
     reg = summary["registry"]
-    console.print(f"registry: {reg['servers']} servers, {reg['tools']} tools in {reg['db']}")
-    if "trajectories" in summary:
-        t = summary["trajectories"]
-        console.print(f"trajectories: {t['exported']} SFT samples exported; files: {t['exports']}")
-    if "environments" in summary:
-        e = summary["environments"]
-        console.print(f"environments: {len(e['server_dirs'])} MCP servers emitted; exports: {e['exports']}")
+    console.print(f"registry: {reg['servers']} servers, {reg['tools']} tools in {user(reg['db'])}", highlight=False)
+    for run, stages in summary["stage_seconds"].items():
+        console.print(f"{run} stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()), highlight=False)
+    for item in summary["made"]:
+        console.print(f"[bold]{user(item['what'])}[/]: {user(item['detail'])}", highlight=False)
+        if item.get("look"):
+            console.print(f"  look: {user(item['look'])}", highlight=False)
     console.print(f"done in {summary['seconds']} s")
     if json_out:
         emit_json(summary)
