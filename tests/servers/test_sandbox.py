@@ -302,3 +302,23 @@ def test_one_runtime_serves_several_event_loops(inventory: EnvironmentSpec) -> N
     assert anyio.run(call) == 41
     assert anyio.run(call) == 42  # same warm worker, another loop, state kept
     anyio.run(runtime.aclose)
+
+
+def test_without_libseccomp_bindings_the_sandbox_fails_closed_or_uses_shipped_filters(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inventory: EnvironmentSpec) -> None:
+    import importlib.util
+
+    from astra.servers import _sandbox
+
+    built = _sandbox.seccomp_programs()
+    directory = emit(inventory, tmp_path / "env")  # ships the filters built here
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # `import pyseccomp` now raises ImportError
+    monkeypatch.setattr(_sandbox, "_PROGRAMS", {})
+    monkeypatch.delenv(UNSAFE_ENV, raising=False)
+    with pytest.raises(SandboxUnavailable, match="pip install pyseccomp"):
+        _sandbox.seccomp_programs()
+    # an emitted environment falls back on the filters it ships
+    spec = importlib.util.spec_from_file_location("vendored_sandbox", directory / "astra_env_runtime" / "_sandbox.py")
+    vendored = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vendored)
+    assert vendored.seccomp_programs() == built
