@@ -320,5 +320,6 @@ def test_without_libseccomp_bindings_the_sandbox_fails_closed_or_uses_shipped_fi
     # an emitted environment falls back on the filters it ships
     spec = importlib.util.spec_from_file_location("vendored_sandbox", directory / "astra_env_runtime" / "_sandbox.py")
     vendored = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "vendored_sandbox", vendored)
     spec.loader.exec_module(vendored)
     assert vendored.seccomp_programs() == built
