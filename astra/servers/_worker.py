@@ -39,6 +39,7 @@ import stat
 import struct
 import sys
 import time
+from typing import Any
 
 _HEADER = struct.Struct(">I")
 # what the runner needs after the tool code ran, held here (tool code may replace any builtin or module attribute)
@@ -264,7 +265,7 @@ def _wipe(path: str, deadline: float) -> bool:
     return True
 
 
-def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, guard_roots: list[str]) -> None:
+def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, guard: Any) -> None:
     """A spare child: confine itself, wait for its call, run it; never returns.
 
     It is forked before its call arrives (so a call does not wait for a fork) and takes no
@@ -313,7 +314,7 @@ def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, gu
                 break
             chunks.append(chunk)
         os.close(request_fd)
-        reply = _run(config, json.loads(b"".join(chunks)), guard_roots)
+        reply = _run(config, json.loads(b"".join(chunks)), guard)
         view = memoryview(reply)
         while view:
             view = view[_write(reply_fd, view):]
@@ -323,17 +324,30 @@ def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, gu
     _exit(status)
 
 
-def _fork_spare(config: dict, tool_filter: _Filter | None, guard_roots: list[str]) -> tuple[int, socket.socket]:
+def _warm_up(config: dict) -> None:
+    """Run one harmless call here, so that the lazily built parts of the interpreter (compiler, json
+    encoder, code caches) exist before forking instead of being built again by every child."""
+    saved = sys.stdout, sys.stderr
+    _wipe(config["scratch"], time.monotonic() + 1.0)
+    try:
+        _run(config,
+             {"id": "warm-up", "source": "def warm(state, n):\n    state['n'] = [n, str(n)]\n    return {'n': n}\n",
+              "entrypoint": "warm", "arguments": {"n": 1}, "stateful": True, "state": {}}, None)
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _fork_spare(config: dict, tool_filter: _Filter | None, guard: Any) -> tuple[int, socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _child(config, theirs, tool_filter, guard_roots)
+        _child(config, theirs, tool_filter, guard)
     theirs.close()
     return pid, ours
 
 
-def _run(config: dict, request: dict, guard_roots: list[str]) -> bytes:
+def _run(config: dict, request: dict, guard: Any) -> bytes:
     """Run the tool code of one request; the reply frame (tool failures are replies too)."""
     max_output, max_result = int(config["max_output_bytes"]), int(config["max_result_bytes"])
     max_state = int(config["max_state_bytes"])
@@ -342,8 +356,8 @@ def _run(config: dict, request: dict, guard_roots: list[str]) -> bytes:
     stateful = bool(request.get("stateful"))
     state = request.get("state")
     sink = _BoundedText(max_output)
-    if config.get("audit_hook", True):
-        sys.addaudithook(_make_guard(config["scratch"], guard_roots))
+    if guard is not None:
+        sys.addaudithook(guard)
         for name in _DENIED_IMPORTS:
             sys.modules.pop(name, None)  # so that `import resource` etc. goes through the audit hook
     reply: dict
@@ -435,6 +449,8 @@ def main() -> None:
     for name in ("ctypes", "_ctypes", "ctypes._endian"):
         sys.modules.pop(name, None)
     wall_s = float(config["wall_s"])
+    _warm_up(config)
+    guard = _make_guard(scratch, guard_roots) if config.get("audit_hook", True) else None
     import gc
 
     gc.freeze()  # children's collections then skip the parent's objects (fewer copy-on-write faults)
@@ -445,8 +461,9 @@ def main() -> None:
     while True:
         # hand the host fresh spares: their channel (the host dispatches calls there itself) and a
         # pidfd (the host starts a call only once the previous call's process is gone)
-        while spares < _SPARES:
-            pid, channel = _fork_spare(config, tool_filter, guard_roots)
+        running = any(c[1] is not None for c in children.values())
+        while spares < (_SPARES if not running else 1):  # while a call runs, fork only if no spare is left
+            pid, channel = _fork_spare(config, tool_filter, guard)
             host_pidfd = os.pidfd_open(pid)
             socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [channel.fileno(), host_pidfd])
             channel.close()
