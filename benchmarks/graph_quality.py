@@ -42,7 +42,8 @@ def _truth() -> dict[tuple[str, str], str]:
     return {(e["src"], e["dst"]): e["kind"] for e in doc["edges"]}
 
 
-async def _llm_edges(spec: str, servers: list, candidates: list, batch_size: int) -> tuple[list, list, int, int]:
+async def _llm_edges(spec: str, servers: list, candidates: list, batch_size: int, verify: bool
+                     ) -> tuple[list, list, int, int]:
     from astra.client import resolve_model
 
     model = resolve_model(spec)
@@ -60,7 +61,8 @@ async def _llm_edges(spec: str, servers: list, candidates: list, batch_size: int
                 failed += 1
                 continue
             chains += _graph.chains_to_edges(server, detected)[0]
-        for _id, batch in batch_candidates(candidates, batch_size):
+            print(f"  server_chains: {server.name} done", flush=True)
+        for _id, batch in batch_candidates(candidates, batch_size) if verify else ():
             calls += 1
             try:
                 verdicts, _audit = await ask_json(model, _graph.edge_prompt(batch, tools), _graph.EdgeVerdicts,
@@ -80,6 +82,7 @@ def main() -> int:
     ap.add_argument("--live", action="store_true", help="also trace the live servers (read-only calls)")
     ap.add_argument("--model", help="model spec for the LLM methods (e.g. local, openai:gpt-4o-mini)")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--no-verify", action="store_true", help="with --model: server chains only (slow local models)")
     args = ap.parse_args()
 
     servers = real_servers.load_fixtures()
@@ -125,10 +128,12 @@ def main() -> int:
                      f"{tstats['refused_tools']} tools refused (not read-only), {trace_s:.1f} s")
         union += traced
     if args.model:
-        chains, verified, calls, failed = anyio.run(lambda: _llm_edges(args.model, servers, cands, args.batch))
+        chains, verified, calls, failed = anyio.run(
+            lambda: _llm_edges(args.model, servers, cands, args.batch, not args.no_verify))
         rows.append(measure_edges(f"server_chains ({args.model})", ((e.src, e.dst, e.kind) for e in chains), truth))
-        rows.append(measure_edges(f"candidates verified by {args.model}", ((e.src, e.dst, e.kind) for e in verified),
-                                  truth))
+        if not args.no_verify:
+            rows.append(measure_edges(f"candidates verified by {args.model}",
+                                      ((e.src, e.dst, e.kind) for e in verified), truth))
         extra.append(f"LLM: {calls} calls, {failed} failed replies")
         union += chains
     if len(union) > len(cands):
