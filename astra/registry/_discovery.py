@@ -20,13 +20,15 @@ from contextlib import asynccontextmanager
 from typing import IO, Any
 
 import anyio
+import httpx2
+from mcp import MCPError
 from mcp.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
-from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.types import CONNECTION_CLOSED
 from pydantic import BaseModel, Field
 
 from astra.records import EnvironmentLaunch, HttpLaunch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
@@ -52,6 +54,9 @@ __all__ = [
 DiscoveryTarget = StdioLaunch | HttpLaunch | MCPServer | Server
 STDERR_TAIL_CHARS = 2000
 MAX_PAGES = 1000
+MCP_HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
+"""The SDK's own default for its HTTP transports: 30 s to connect/write, 300 s to read (a server
+may hold a response stream open). Passed explicitly: the SDK's factory for it is private."""
 
 
 class DiscoveryError(AstraError, RuntimeError):
@@ -141,7 +146,8 @@ def resolve_http_launch(launch: HttpLaunch, environ: Mapping[str, str] | None = 
 @asynccontextmanager
 async def _streamable_http_with_headers(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
     # the transport does not close an http client it was given: this owns it
-    async with create_mcp_http_client(headers=headers) as http, streamable_http_client(url, http_client=http) as streams:
+    http = httpx2.AsyncClient(headers=headers, timeout=MCP_HTTP_TIMEOUT)
+    async with http, streamable_http_client(url, http_client=http) as streams:
         yield streams
 
 
@@ -167,7 +173,7 @@ def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"command not found ({exc.filename or exc})"
     text = str(exc) or type(exc).__name__
-    if type(exc).__name__ == "MCPError" and "Connection closed" in text:
+    if isinstance(exc, MCPError) and exc.error.code == CONNECTION_CLOSED:
         return "the server closed the connection (did it exit or crash?)"
     return f"{type(exc).__name__}: {text}"
 

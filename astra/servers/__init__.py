@@ -41,6 +41,7 @@ from ._runtime import (
     build_class_server,
     build_server_from_dict,
     check_bind,
+    request_context,
     serve,
 )
 from ._runtime import EnvironmentError_ as EnvironmentSpecError
@@ -166,4 +167,5 @@ __all__ = [
     "build_server",
     "build_server_from_dict",
     "check_bind",
+    "request_context",
 ]

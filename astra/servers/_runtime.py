@@ -1085,6 +1085,15 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
+def request_context(context: Any) -> Any:
+    """The SDK request context of a tool call's ``Context`` (its public ``request_context``), or
+    None when there is none (a direct ``call_tool`` without a request)."""
+    try:
+        return context.request_context if context is not None else None
+    except ValueError:  # the SDK's "Context is not available outside of a request"
+        return None
+
+
 class EnvironmentServer(MCPServer):
     """An ``MCPServer`` whose tools come from an environment (explicit JSON schemas, not signatures)."""
 
@@ -1118,12 +1127,16 @@ class EnvironmentServer(MCPServer):
     async def list_tools(self) -> list[MCPTool]:
         return [tool.mcp() for tool in self.runtime.tools.values()]
 
+    # Shim (no public way in mcp 2.3): MCPServer hands this method to its low-level Server as
+    # ``get_tool_input_schema`` (Mcp-Param header validation), and its own version looks only at
+    # tools registered from Python functions; ours come from JSON schemas. Guarded by
+    # tests/servers/test_sdk_shims.py, which fails if the SDK stops calling it.
     def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
         tool = self.runtime.tools.get(name)
         return None if tool is None else tool.input_schema
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> CallToolResult:  # type: ignore[override]
-        ctx = getattr(context, "_request_context", None) if context is not None else None
+        ctx = request_context(context)
         meta = getattr(ctx, "meta", None)
         handle = meta.get(EPISODE_META_KEY) if isinstance(meta, Mapping) else None
         episode = self.runtime.resolve(ctx, handle)  # EpisodeRefused is the MCP error the client gets

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from astra.client import Model
 from astra.records import ServerSpec, ToolSpec, Trajectory, canonical_json, stable_id
-from astra.servers import EPISODE_META_KEY
+from astra.servers import EPISODE_META_KEY, request_context
 from astra.synthesis._llm import LLMOutputError, ask_json
 
 SIMULATOR_VERSION = "tool-sim-v2"
@@ -101,6 +101,7 @@ class SimulatedServer(MCPServer):
             for t in self.spec.tools
         ]
 
+    # Shim (no public way in mcp 2.3): see EnvironmentServer._tool_input_schema in astra/servers/_runtime.py.
     def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
         tool = self.tools_by_name.get(name)
         return None if tool is None else tool.input_schema
@@ -152,7 +153,7 @@ class SimulatedServer(MCPServer):
 
 def _episode_of(context: Any) -> str:
     """The episode id the harness sent in ``_meta`` (one shared memory when none was sent)."""
-    meta = getattr(getattr(context, "_request_context", None), "meta", None)
+    meta = getattr(request_context(context), "meta", None)
     if isinstance(meta, Mapping):
         value = meta.get(EPISODE_META_KEY)
         if isinstance(value, str) and value:
