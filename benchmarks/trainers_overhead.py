@@ -43,6 +43,8 @@ class Trajectory:
 
     def __init__(self) -> None:
         self.extra_fields: dict[str, Any] = {}
+
+
 TRAJECTORY = 10
 
 
@@ -86,6 +88,7 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
     pool = EpisodePool([(env.name, stdio_launch(server_dir))])
     timings: dict[str, list[float]] = {k: [] for k in ("direct", "pool", "verl", "trl")}
     async with Client(stdio_parameters(server_dir)) as client:
+
         async def direct(n: int) -> None:  # the session's own episode: no handle, no reward bookkeeping
             for _ in range(n):
                 await client.call_tool("get_item", ARGS)
@@ -99,7 +102,9 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
         async def verl(n: int) -> None:
             agent_data = Trajectory()
             for _ in range(n):
-                instance, _ = await verl_tool.create(create_kwargs=row["extra_info"]["tools_kwargs"]["get_item"]["create_kwargs"])
+                instance, _ = await verl_tool.create(
+                    create_kwargs=row["extra_info"]["tools_kwargs"]["get_item"]["create_kwargs"]
+                )
                 await verl_tool.execute(instance, ARGS, agent_data=agent_data)
                 await verl_tool.release(instance)
 
@@ -123,7 +128,10 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
     EpisodePool._shared.clear()
     base = statistics.median(timings["direct"])
     mode = "sandboxed tool code (bubblewrap)" if sandboxed else "trusted in-process tool code"
-    print(f"\nper-call latency, median of {blocks} blocks x {per_block} calls (trajectories of {TRAJECTORY}), stdio, {mode}")
+    print(
+        f"\nper-call latency, median of {blocks} blocks x {per_block} calls "
+        f"(trajectories of {TRAJECTORY}), stdio, {mode}"
+    )
     print(f"{'path':<8} {'ms/call':>9} {'vs direct':>10}")
     for name, values in timings.items():
         m = statistics.median(values)

@@ -63,7 +63,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from astra.records import EnvironmentSpec, Step, Trajectory, Verifier
+from astra.records import EnvironmentSpec, Trajectory, Verifier
 
 __all__ = [
     "CallCheck",
@@ -245,7 +245,15 @@ def parse_tool_value(value: Any) -> Any:
             return text
     if isinstance(value, dict):
         for key in ("structured_content", "structuredContent"):
-            if value.get(key) is not None and set(value) <= {key, "content", "is_error", "isError", "text", "meta", "_meta"}:
+            if value.get(key) is not None and set(value) <= {
+                key,
+                "content",
+                "is_error",
+                "isError",
+                "text",
+                "meta",
+                "_meta",
+            }:
                 value = value[key]
                 break
         if isinstance(value, dict) and set(value) == {"result"}:
@@ -304,7 +312,8 @@ def answer_in_result(result: Any, expected: Any) -> bool:
         return True
     if isinstance(expected, dict) and expected:
         return any(
-            isinstance(node, dict) and all(
+            isinstance(node, dict)
+            and all(
                 any(normalize_text(k) == normalize_text(key) and answers_match(v, want) for k, v in node.items())
                 for key, want in expected.items()
             )
@@ -398,9 +407,13 @@ def sub_questions(ground_truth: Any) -> list[SubQuestion]:
             if isinstance(item, Mapping):  # {id: {sub_question, sub_answer, tool?}}
                 items.append({"id": str(key), **dict(item)})
             elif isinstance(item, list):  # ASTRA-RL sub_qa_dict: {tool: [sub-answer, ...]}
-                items.extend({"id": f"{key}#{k}", "sub_answer": answer, "tool": str(key)} for k, answer in enumerate(item))
+                items.extend(
+                    {"id": f"{key}#{k}", "sub_answer": answer, "tool": str(key)} for k, answer in enumerate(item)
+                )
             else:
-                raise ValueError(f"ground truth entry {key!r} is neither a sub-question object nor a list of sub-answers")
+                raise ValueError(
+                    f"ground truth entry {key!r} is neither a sub-question object nor a list of sub-answers"
+                )
         value = items
     if not isinstance(value, list):
         raise ValueError("ground truth must be a list of {sub_question, sub_answer} objects")
@@ -423,18 +436,23 @@ def sub_questions(ground_truth: Any) -> list[SubQuestion]:
             tool = str(tool) if tool else None  # null: a tool-free step
         else:
             tool = ANY_TOOL  # no tool named: any tool's call may solve it
-        out.append(SubQuestion(
-            id=str(item.get("id", index)),
-            question=str(item.get("sub_question") or item.get("question") or ""),
-            answer=item[answer_key],
-            tool=tool,
-        ))
+        out.append(
+            SubQuestion(
+                id=str(item.get("id", index)),
+                question=str(item.get("sub_question") or item.get("question") or ""),
+                answer=item[answer_key],
+                tool=tool,
+            )
+        )
     return out
 
 
 def parse_ground_truth(ground_truth: Any) -> list[dict[str, Any]]:
     """Ground truth as ``[{id, sub_question, sub_answer, tool}]`` (see :func:`sub_questions`)."""
-    return [{"id": s.id, "sub_question": s.question, "sub_answer": s.answer, "tool": s.tool} for s in sub_questions(ground_truth)]
+    return [
+        {"id": s.id, "sub_question": s.question, "sub_answer": s.answer, "tool": s.tool}
+        for s in sub_questions(ground_truth)
+    ]
 
 
 # --------------------------------------------------------------------------- scoring
@@ -444,7 +462,11 @@ def _edges(call: ToolCallRecord, subs: Sequence[SubQuestion]) -> list[int]:
     """The sub-questions one call can solve (see the module docstring)."""
     if call.is_error or call.result is None:
         return []
-    return [j for j, sub in enumerate(subs) if tool_name_matches(call.name, sub.tool) and answer_in_result(call.result, sub.answer)]
+    return [
+        j
+        for j, sub in enumerate(subs)
+        if tool_name_matches(call.name, sub.tool) and answer_in_result(call.result, sub.answer)
+    ]
 
 
 def _matching(edges: Sequence[list[int]]) -> dict[int, int]:
@@ -543,8 +565,12 @@ def _arguments(value: Any) -> Any:
 def calls_from_trajectory(trajectory: Trajectory) -> list[ToolCallRecord]:
     """The calls of an ASTRA trajectory (the tool's own name when the harness recorded it)."""
     return [
-        ToolCallRecord(name=step.server_tool or step.tool, arguments=_arguments(step.arguments),
-                       result=None if step.is_error else step.result, is_error=step.is_error)
+        ToolCallRecord(
+            name=step.server_tool or step.tool,
+            arguments=_arguments(step.arguments),
+            result=None if step.is_error else step.result,
+            is_error=step.is_error,
+        )
         for step in trajectory.steps
     ]
 
@@ -600,8 +626,12 @@ _HERMES_RESULT = re.compile(r"<tool_response>(.*?)</tool_response>", re.DOTALL)
 _QWEN_XML_FUNCTION = re.compile(r"<function=([^>\n]+)>(.*?)(?:</function>|$)", re.DOTALL)
 _QWEN_XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>(.*?)</parameter>", re.DOTALL)
 _LLAMA_TAG_CALL = re.compile(r"<\|python_tag\|>(.*?)(?=<\|eom_id\|>|<\|eot_id\|>|<\|start_header_id\|>|$)", re.DOTALL)
-_LLAMA_RESULT = re.compile(r"<\|start_header_id\|>ipython<\|end_header_id\|>\s*(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>|$)", re.DOTALL)
-_LLAMA_BARE_RESULT = re.compile(r"(?:^|(?<=[\s}\]\"]))ipython\n\n(.*?)(?=(?:assistant|user|system|ipython)\n\n|$)", re.DOTALL)
+_LLAMA_RESULT = re.compile(
+    r"<\|start_header_id\|>ipython<\|end_header_id\|>\s*(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>|$)", re.DOTALL
+)
+_LLAMA_BARE_RESULT = re.compile(
+    r"(?:^|(?<=[\s}\]\"]))ipython\n\n(.*?)(?=(?:assistant|user|system|ipython)\n\n|$)", re.DOTALL
+)
 _MISTRAL_CALLS = re.compile(r"\[TOOL_CALLS\](.*?)(?=</s>|\[TOOL_RESULTS\]|\[INST\]|\[TOOL_CALLS\]|$)", re.DOTALL)
 _MISTRAL_RESULT = re.compile(r"\[TOOL_RESULTS\](.*?)\[/TOOL_RESULTS\]", re.DOTALL)
 _MISTRAL_NAMED = re.compile(r"\s*([A-Za-z0-9_.:/-]+?)(?:\[CALL_ID\][A-Za-z0-9]+)?\[ARGS\]")
@@ -690,7 +720,11 @@ def _result_text(payload: str) -> tuple[Any, bool]:
         value = json.loads(text)
     except ValueError:
         value = None
-    if isinstance(value, Mapping) and "content" in value and set(value) <= {"content", "call_id", "tool_call_id", "name"}:
+    if (
+        isinstance(value, Mapping)
+        and "content" in value
+        and set(value) <= {"content", "call_id", "tool_call_id", "name"}
+    ):
         text = value["content"] if isinstance(value["content"], str) else json.dumps(value["content"])
     elif isinstance(value, str):  # a reply the template wrote as a JSON string (Llama-3.1's tojson)
         text = value
@@ -806,7 +840,9 @@ def calls_from_extra_info(extra_info: Mapping[str, Any] | None) -> list[ToolCall
     return [ToolCallRecord.model_validate(c) for c in recorded]
 
 
-def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None = None) -> float:
+def compute_score(
+    data_source: str, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None = None
+) -> float:
     """verl custom reward: the process reward of one rollout.
 
     Scores the calls the ASTRA tool adapter recorded for this trajectory (verl hands the agent
@@ -867,24 +903,57 @@ def score_episode(spec: EnvironmentSpec, trajectory: Trajectory) -> EpisodeScore
         arguments = _arguments(step.arguments)
         name = step.server_tool or step.tool
         verifier: Verifier | None = next(
-            (v for v in reference if (tool_name_matches(name, v.tool) or tool_name_matches(step.tool, v.tool))
-             and _close(arguments, v.arguments)), None)
+            (
+                v
+                for v in reference
+                if (tool_name_matches(name, v.tool) or tool_name_matches(step.tool, v.tool))
+                and _close(arguments, v.arguments)
+            ),
+            None,
+        )
         if step.is_error:
-            checks.append(CallCheck(index=index, tool=step.tool, verifier_id=verifier.id if verifier else None, passed=False,
-                                    reason=f"tool error: {str(step.result)[:200]}"))
+            checks.append(
+                CallCheck(
+                    index=index,
+                    tool=step.tool,
+                    verifier_id=verifier.id if verifier else None,
+                    passed=False,
+                    reason=f"tool error: {str(step.result)[:200]}",
+                )
+            )
         elif verifier is None:
-            checks.append(CallCheck(index=index, tool=step.tool, passed=None, reason="no reference call with these arguments"))
+            checks.append(
+                CallCheck(index=index, tool=step.tool, passed=None, reason="no reference call with these arguments")
+            )
         elif result_matches(step.result, verifier.expected_result):
-            checks.append(CallCheck(index=index, tool=step.tool, verifier_id=verifier.id, passed=True, reason="matches the expected result"))
+            checks.append(
+                CallCheck(
+                    index=index,
+                    tool=step.tool,
+                    verifier_id=verifier.id,
+                    passed=True,
+                    reason="matches the expected result",
+                )
+            )
         else:
-            checks.append(CallCheck(
-                index=index, tool=step.tool, verifier_id=verifier.id, passed=False,
-                reason=f"expected {json.dumps(verifier.expected_result, default=str)[:200]}, "
-                       f"got {json.dumps(parse_tool_value(step.result), default=str)[:200]}"))
+            checks.append(
+                CallCheck(
+                    index=index,
+                    tool=step.tool,
+                    verifier_id=verifier.id,
+                    passed=False,
+                    reason=f"expected {json.dumps(verifier.expected_result, default=str)[:200]}, "
+                    f"got {json.dumps(parse_tool_value(step.result), default=str)[:200]}",
+                )
+            )
     subs = sub_questions(spec.verifiers)
     score = score_trajectory(trajectory, subs)
     verified = [c.passed for c in checks if c.passed is not None]
-    error = None if score.total else f"environment {spec.name!r} has no sub-question verifiers with a tool: no process reward can be computed"
+    error = (
+        None
+        if score.total
+        else f"environment {spec.name!r} has no sub-question verifiers with a tool: no process reward can be computed"
+    )
     return EpisodeScore(
         environment_id=spec.id,
         trajectory_id=trajectory.id,

@@ -22,7 +22,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,12 +94,14 @@ class Rollout:
             episode = self.episodes[server] = await self.pool._aopen(server)
         result = await self.pool._acall(episode, tool, arguments)
         value = result.structured_content if result.structured_content is not None else result.text
-        call = ToolCallRecord.model_construct(name=name or tool, arguments=arguments, result=None if result.is_error else value,
-                                              is_error=result.is_error)
+        call = ToolCallRecord.model_construct(
+            name=name or tool, arguments=arguments, result=None if result.is_error else value, is_error=result.is_error
+        )
         self.calls.append(call)
         step = self.tracker.add(call) if self.tracker is not None else 0.0
-        return StepOutcome(text=result.text, is_error=result.is_error, result=value, step_reward=step,
-                           latency_s=result.latency_s)
+        return StepOutcome(
+            text=result.text, is_error=result.is_error, result=value, step_reward=step, latency_s=result.latency_s
+        )
 
     async def _aclose(self) -> None:
         self.closed = True
@@ -153,8 +155,13 @@ class EpisodePool:
     _shared: dict[str, EpisodePool] = {}
     _shared_lock = threading.Lock()
 
-    def __init__(self, targets: Sequence[Any], *, call_timeout_s: float = 60.0,
-                 max_open_episodes: int = DEFAULT_MAX_OPEN_EPISODES) -> None:
+    def __init__(
+        self,
+        targets: Sequence[Any],
+        *,
+        call_timeout_s: float = 60.0,
+        max_open_episodes: int = DEFAULT_MAX_OPEN_EPISODES,
+    ) -> None:
         self.targets = list(targets)
         self.call_timeout_s = call_timeout_s
         self.max_open_episodes = max_open_episodes

@@ -64,21 +64,26 @@ def split_prompt(prompt: Any) -> tuple[str, str | None]:
     match = _PREAMBLE.match(text)
     if not match:
         return text.strip(), None
-    rest = text[match.end():]
+    rest = text[match.end() :]
     try:
         value, end = json.JSONDecoder().raw_decode(rest.lstrip())
     except json.JSONDecodeError:
         return rest.strip(), None
     offset = len(rest) - len(rest.lstrip())
-    question = rest[offset + end:].strip()
+    question = rest[offset + end :].strip()
     background = value.get("background") if isinstance(value, Mapping) else None
     if not question and isinstance(value, Mapping):  # the released rows put the request in the background
         question = str(background or "")
     return question, (str(background) if background else None)
 
 
-def import_row(row: Mapping[str, Any], *, index: int = 0, name: str | None = None,
-               reference_calls: Mapping[str, list[dict[str, Any]]] | None = None) -> ImportedRow:
+def import_row(
+    row: Mapping[str, Any],
+    *,
+    index: int = 0,
+    name: str | None = None,
+    reference_calls: Mapping[str, list[dict[str, Any]]] | None = None,
+) -> ImportedRow:
     """One row as an :class:`EnvironmentSpec` (see the module docstring). Raises ValueError for a
     malformed row, naming the field."""
     for key in ("prompt", "tool_schema", "tool_dict", "sub_qa_dict"):
@@ -100,10 +105,19 @@ def import_row(row: Mapping[str, Any], *, index: int = 0, name: str | None = Non
         if tool not in sources:
             problems.append(f"tool {tool!r} has a schema but no code in tool_dict")
             continue
-        tools.append(ToolImplementation(
-            spec=ToolSpec(server=env_name, name=tool, description=fn.get("description") or "",
-                          input_schema=fn.get("parameters") or {"type": "object", "properties": {}}),
-            source=str(sources[tool]), entrypoint=tool, stateful=False))
+        tools.append(
+            ToolImplementation(
+                spec=ToolSpec(
+                    server=env_name,
+                    name=tool,
+                    description=fn.get("description") or "",
+                    input_schema=fn.get("parameters") or {"type": "object", "properties": {}},
+                ),
+                source=str(sources[tool]),
+                entrypoint=tool,
+                stateful=False,
+            )
+        )
     names = {t.spec.name for t in tools}
     verifiers = []
     used: dict[str, int] = {}
@@ -117,10 +131,22 @@ def import_row(row: Mapping[str, Any], *, index: int = 0, name: str | None = Non
         arguments = calls[k] if k < len(calls) else None
         if arguments is None:
             problems.append(f"sub-answer {sub.id}: no reference call (the row has no call arguments)")
-        verifiers.append(Verifier(id=sub.id, sub_question=sub.question or f"{sub.tool} step {k + 1}", expected_answer=sub.answer,
-                                  tool=sub.tool, arguments=arguments or {}))
+        verifiers.append(
+            Verifier(
+                id=sub.id,
+                sub_question=sub.question or f"{sub.tool} step {k + 1}",
+                expected_answer=sub.answer,
+                tool=sub.tool,
+                arguments=arguments or {},
+            )
+        )
     spec = EnvironmentSpec(
         id=stable_id("astra_rl", env_name, json.dumps(schemas, sort_keys=True)[:2000], prefix="env_"),
-        name=env_name, description=f"Tools to answer: {question[:200]}", tools=tools, verifiers=verifiers, sandboxed=True,
-        provenance={"source": "ASTRA-RL row", "index": index, "question": question, "background": background})
+        name=env_name,
+        description=f"Tools to answer: {question[:200]}",
+        tools=tools,
+        verifiers=verifiers,
+        sandboxed=True,
+        provenance={"source": "ASTRA-RL row", "index": index, "question": question, "background": background},
+    )
     return ImportedRow(spec=spec, question=question, background=background, problems=problems)

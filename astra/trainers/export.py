@@ -93,12 +93,18 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower().replace("_", " ")))
 
 
-def distractors(env: ExportEnvironment, others: Sequence[ExportEnvironment], count: int) -> list[tuple[ExportEnvironment, str]]:
+def distractors(
+    env: ExportEnvironment, others: Sequence[ExportEnvironment], count: int
+) -> list[tuple[ExportEnvironment, str]]:
     """Up to ``count`` tools of other environments that look most like ``env``'s tools
     (Jaccard similarity of the words in name + description), as ``(environment, tool)``."""
     if count <= 0:
         return []
-    own = set().union(*(_words(t.spec.name + " " + t.spec.description) for t in env.spec.tools)) if env.spec.tools else set()
+    own = (
+        set().union(*(_words(t.spec.name + " " + t.spec.description) for t in env.spec.tools))
+        if env.spec.tools
+        else set()
+    )
     scored = []
     for other in others:
         if other.name == env.name:
@@ -123,7 +129,8 @@ def prompt_messages(env: ExportEnvironment, background: str | None = None) -> li
     background = background if background is not None else env.background
     user = env.question
     if background:
-        user = f"{PREAMBLE_HEADER}\n{json.dumps({'background': background}, ensure_ascii=False, indent=1)}\n\n{env.question}"
+        preamble = json.dumps({"background": background}, ensure_ascii=False, indent=1)
+        user = f"{PREAMBLE_HEADER}\n{preamble}\n\n{env.question}"
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -155,8 +162,16 @@ def samples(envs: Sequence[ExportEnvironment], *, n_distractors: int = 0) -> lis
         picked = [(env, t.spec.name) for t in env.spec.tools] + distractors(env, envs, n_distractors)
         tools = [_openai_tool(e, tool, names[(e.name, tool)]) for e, tool in picked]
         routes = {names[(e.name, tool)]: (e.name, tool) for e, tool in picked}
-        out.append(Sample(env=env, prompt=prompt_messages(env), tools=tools, truth=ground_truth(env, names), routes=routes,
-                          distractor_names=[names[(e.name, t)] for e, t in picked[len(env.spec.tools):]]))
+        out.append(
+            Sample(
+                env=env,
+                prompt=prompt_messages(env),
+                tools=tools,
+                truth=ground_truth(env, names),
+                routes=routes,
+                distractor_names=[names[(e.name, t)] for e, t in picked[len(env.spec.tools) :]],
+            )
+        )
     return out
 
 
@@ -222,9 +237,14 @@ def _verl_schema(tool: dict[str, Any]) -> dict[str, Any]:
         if "enum" in prop:
             entry["enum"] = prop["enum"]
         props[name] = entry
-    return {"type": "function", "function": {"name": fn["name"], "description": fn.get("description") or fn["name"],
-                                             "parameters": {"type": "object", "properties": props,
-                                                            "required": list(params.get("required") or [])}}}
+    return {
+        "type": "function",
+        "function": {
+            "name": fn["name"],
+            "description": fn.get("description") or fn["name"],
+            "parameters": {"type": "object", "properties": props, "required": list(params.get("required") or [])},
+        },
+    }
 
 
 def verl_tool_config(all_samples: Sequence[Sample], *, call_timeout_s: float = 60.0) -> dict[str, Any]:
@@ -241,13 +261,22 @@ def verl_tool_config(all_samples: Sequence[Sample], *, call_timeout_s: float = 6
                 source = env or next(s.env for s in all_samples if s.env.name == server)
                 servers[server] = source.launch_config()
             tools.setdefault(name, {"schema": _verl_schema(tool), "server": server, "tool": server_tool})
-    return {"tools": [
-        {"class_name": VERL_TOOL_CLASS,
-         "config": {"type": "native", "server": t["server"], "tool": t["tool"], "servers": servers,
-                    "call_timeout_s": call_timeout_s},
-         "tool_schema": t["schema"]}
-        for _, t in sorted(tools.items())
-    ]}
+    return {
+        "tools": [
+            {
+                "class_name": VERL_TOOL_CLASS,
+                "config": {
+                    "type": "native",
+                    "server": t["server"],
+                    "tool": t["tool"],
+                    "servers": servers,
+                    "call_timeout_s": call_timeout_s,
+                },
+                "tool_schema": t["schema"],
+            }
+            for _, t in sorted(tools.items())
+        ]
+    }
 
 
 def write_yaml(data: Any, path: Path) -> Path:

@@ -76,7 +76,10 @@ def states_answer(text: str, answer: Any) -> bool:
         return True
     # a number written another way (354 vs 354.0): compare every number token
     if answers_match(wanted, wanted) and re.fullmatch(r"[-+]?\d[\d,]*(?:\.\d+)?", wanted):
-        return any(answers_match(tok, wanted) for tok in re.findall(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?![\w]|\.\d)", haystack))
+        return any(
+            answers_match(tok, wanted)
+            for tok in re.findall(r"(?<![\w.])[-+]?\d[\d,]*(?:\.\d+)?(?![\w]|\.\d)", haystack)
+        )
     return False
 
 
@@ -106,8 +109,13 @@ async def harden(env: ExportEnvironment, pool: EpisodePool) -> HardeningCertific
     finally:
         await rollout.close()
     cert.oracle_reward = score.reward if score else None
-    verdict(HardeningCheck.ORACLE, None if score and score.reward == 1.0 else
-            f"the reference calls score {score.reward if score else None} (solved {score.solved_ids if score else []})")
+    verdict(
+        HardeningCheck.ORACLE,
+        None
+        if score and score.reward == 1.0
+        else f"the reference calls score {score.reward if score else None} "
+        f"(solved {score.solved_ids if score else []})",
+    )
 
     noop = score_calls([], truth).reward if truth else None
     verdict(HardeningCheck.NOOP, None if noop == 0.0 else f"an episode without calls scores {noop}")
@@ -119,18 +127,32 @@ async def harden(env: ExportEnvironment, pool: EpisodePool) -> HardeningCertific
         without = None
         verdict(HardeningCheck.ANSWER_WITHOUT_TOOLS, f"no reward can be computed: {exc}")
     else:
-        verdict(HardeningCheck.ANSWER_WITHOUT_TOOLS, None if without == 0.0 else f"answering without tools scores {without}")
+        verdict(
+            HardeningCheck.ANSWER_WITHOUT_TOOLS, None if without == 0.0 else f"answering without tools scores {without}"
+        )
 
     verdict(HardeningCheck.SURFACE, await _surface_problem(env, pool, final))
-    verdict(HardeningCheck.TASK_LEAK, f"the task text states the final answer {final!r}"
-            if final is not None and states_answer(env.question, final) else None)
+    verdict(
+        HardeningCheck.TASK_LEAK,
+        f"the task text states the final answer {final!r}"
+        if final is not None and states_answer(env.question, final)
+        else None,
+    )
 
-    terminal = {v.id for v in env.spec.verifiers if v.tool and final is not None and answers_match(v.expected_answer, final)}
+    terminal = {
+        v.id for v in env.spec.verifiers if v.tool and final is not None and answers_match(v.expected_answer, final)
+    }
     if not terminal and outputs:
         terminal = {outputs[-1][0]}
-    leaks = [vid for vid, value in outputs if vid not in terminal and value is not None and final is not None
-             and answer_in_result(value, final)]
-    verdict(HardeningCheck.OUTPUT_LEAK, f"non-terminal outputs of {', '.join(leaks)} hold the final answer" if leaks else None)
+    leaks = [
+        vid
+        for vid, value in outputs
+        if vid not in terminal and value is not None and final is not None and answer_in_result(value, final)
+    ]
+    verdict(
+        HardeningCheck.OUTPUT_LEAK,
+        f"non-terminal outputs of {', '.join(leaks)} hold the final answer" if leaks else None,
+    )
     return cert
 
 

@@ -54,7 +54,8 @@ class AstraOpenEnv(Environment[AstraAction, AstraObservation, State]):
         servers = sample["servers"]
         self.pool = EpisodePool.shared(
             EpisodePool.key_of({"servers": servers}),
-            lambda: EpisodePool([(n, launch_from_config(launch)) for n, launch in sorted(servers.items())]))
+            lambda: EpisodePool([(n, launch_from_config(launch)) for n, launch in sorted(servers.items())]),
+        )
         self.routes = {name: tuple(route) for name, route in sample["routes"].items()}
         self._rollout: Rollout | None = None
         self._episode_id: str | None = None
@@ -75,10 +76,16 @@ class AstraOpenEnv(Environment[AstraAction, AstraObservation, State]):
         score = rollout.reward()
         rollout.close_soon()
         self._rollout = None
-        return AstraObservation(text="", done=True, reward=0.0,
-                                metadata={"process_reward": score.reward if score else None,
-                                          "final_answer": action.final_answer,
-                                          "step_rewards": score.step_rewards if score else []})
+        return AstraObservation(
+            text="",
+            done=True,
+            reward=0.0,
+            metadata={
+                "process_reward": score.reward if score else None,
+                "final_answer": action.final_answer,
+                "step_rewards": score.step_rewards if score else [],
+            },
+        )
 
     def _observe(self, outcome: Any) -> AstraObservation:
         return AstraObservation(text=outcome.text, is_error=outcome.is_error, reward=outcome.step_reward, done=False)
@@ -86,8 +93,9 @@ class AstraOpenEnv(Environment[AstraAction, AstraObservation, State]):
     def _route(self, action: AstraAction) -> tuple[str, str] | AstraObservation:
         route = self.routes.get(action.tool or "")
         if route is None:
-            return AstraObservation(text=f"unknown tool {action.tool!r}; available: {sorted(self.routes)}", is_error=True,
-                                    reward=0.0)
+            return AstraObservation(
+                text=f"unknown tool {action.tool!r}; available: {sorted(self.routes)}", is_error=True, reward=0.0
+            )
         return route
 
     def step(self, action: AstraAction, timeout_s: float | None = None, **kwargs: Any) -> AstraObservation:
@@ -128,9 +136,13 @@ def openenv_sample(sample: Any) -> dict[str, Any]:
         if env is None:
             raise ValueError(f"sample {sample.env.name!r} routes to {server!r}: pass its launch in servers")
         servers[server] = env.launch_config()
-    return {"question": sample.prompt[-1]["content"], "tools": sample.tools,
-            "routes": {k: list(v) for k, v in sample.routes.items()}, "servers": servers,
-            "ground_truth": json.dumps(sample.truth)}
+    return {
+        "question": sample.prompt[-1]["content"],
+        "tools": sample.tools,
+        "routes": {k: list(v) for k, v in sample.routes.items()},
+        "servers": servers,
+        "ground_truth": json.dumps(sample.truth),
+    }
 
 
 def openenv_factory(sample: dict[str, Any]) -> Any:

@@ -45,8 +45,11 @@ def _pool_for(config: dict[str, Any]) -> EpisodePool:
 
     def make() -> EpisodePool:
         targets = [(name, launch_from_config(launch)) for name, launch in sorted(servers.items())]
-        return EpisodePool(targets, call_timeout_s=float(config.get("call_timeout_s", 60.0)),
-                           max_open_episodes=int(config.get("max_open_episodes", DEFAULT_MAX_OPEN_EPISODES)))
+        return EpisodePool(
+            targets,
+            call_timeout_s=float(config.get("call_timeout_s", 60.0)),
+            max_open_episodes=int(config.get("max_open_episodes", DEFAULT_MAX_OPEN_EPISODES)),
+        )
 
     return EpisodePool.shared(EpisodePool.key_of({"servers": servers, "timeout": config.get("call_timeout_s")}), make)
 
@@ -85,17 +88,24 @@ class AstraTool(BaseTool):
             rollout.set_truth(instance.truth)
         return rollout
 
-    async def execute(self, instance_id: str, parameters: dict[str, Any], **kwargs: Any) -> tuple[ToolResponse, float, dict]:
+    async def execute(
+        self, instance_id: str, parameters: dict[str, Any], **kwargs: Any
+    ) -> tuple[ToolResponse, float, dict]:
         instance = self._instances.get(instance_id)
         if instance is None:
             raise ValueError(f"unknown tool instance {instance_id!r}: call create() first")
         agent_data = kwargs.get("agent_data")
         rollout = self._rollout(instance, agent_data)
-        outcome = await rollout.call(self.server, self.server_tool, parameters if isinstance(parameters, dict) else {}, self.name)
+        outcome = await rollout.call(
+            self.server, self.server_tool, parameters if isinstance(parameters, dict) else {}, self.name
+        )
         if agent_data is not None:
             agent_data.extra_fields["astra_calls"] = rollout.recorded_calls()
-        return ToolResponse(text=outcome.text), outcome.step_reward, {"is_error": outcome.is_error,
-                                                                      "latency_s": outcome.latency_s}
+        return (
+            ToolResponse(text=outcome.text),
+            outcome.step_reward,
+            {"is_error": outcome.is_error, "latency_s": outcome.latency_s},
+        )
 
     async def calc_reward(self, instance_id: str, **kwargs: Any) -> float:
         """The process reward of the trajectory so far (0.0 without a ground truth)."""

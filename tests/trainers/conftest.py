@@ -17,8 +17,10 @@ from astra.records import EnvironmentSpec
 from astra.servers import emit, load_sample
 from astra.trainers import ExportEnvironment
 
-QUESTION = ("Check the widget stock, list the tools category, order 2 claw hammers for ACME, receive 10 more "
-            "hammers and value the stock: what is the stock value?")
+QUESTION = (
+    "Check the widget stock, list the tools category, order 2 claw hammers for ACME, receive 10 more "
+    "hammers and value the stock: what is the stock value?"
+)
 
 
 @pytest.fixture
@@ -70,14 +72,22 @@ def _shell_packages() -> None:
 def _from_tool_agent_loop(names: set[str], namespace: dict[str, Any]) -> dict[str, Any]:
     """Execute the named definitions of verl's tool_agent_loop.py (its source, unmodified) in
     ``namespace``: the module itself imports torch, these definitions do not use it."""
-    path = Path(importlib.util.find_spec("verl.tools.base_tool").origin).parents[1] / "experimental/agent_loop/tool_agent_loop.py"
+    path = (
+        Path(importlib.util.find_spec("verl.tools.base_tool").origin).parents[1]
+        / "experimental/agent_loop/tool_agent_loop.py"
+    )
     tree = ast.parse(path.read_text())
     picked: list[ast.stmt] = []
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "ToolAgentLoop":
-            methods = [n for n in node.body if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef) and n.name in names]
-            picked.append(ast.ClassDef(name="ToolAgentLoopTools", bases=[], keywords=[], body=methods, decorator_list=[],
-                                       type_params=[]))
+            methods = [
+                n for n in node.body if isinstance(n, ast.AsyncFunctionDef | ast.FunctionDef) and n.name in names
+            ]
+            picked.append(
+                ast.ClassDef(
+                    name="ToolAgentLoopTools", bases=[], keywords=[], body=methods, decorator_list=[], type_params=[]
+                )
+            )
         elif isinstance(node, ast.ClassDef) and node.name in names:
             picked.append(node)
     module = ast.Module(body=picked, type_ignores=[])
@@ -99,14 +109,29 @@ def verl() -> types.SimpleNamespace:
     from verl.tools.tool_registry import initialize_tools_from_config
 
     annotations_only = types.SimpleNamespace(Tensor=object, Image=object)  # AgentData's type hints name torch / PIL
-    ns = _from_tool_agent_loop({"AgentData", "_call_tool"}, {
-        "json": json, "logger": logging.getLogger("verl.tool_agent_loop"), "Any": Any, "Optional": Optional,
-        "FunctionTool": FunctionTool, "FunctionCall": FunctionCall, "ToolResponse": ToolResponse,
-        "normalize_function_tool_return": normalize_function_tool_return, "torch": annotations_only,
-        "Image": annotations_only, "AgentData": None,
-    })
-    return types.SimpleNamespace(BaseTool=BaseTool, ToolParser=ToolParser, AgentData=ns["AgentData"],
-                                 ToolAgentLoopTools=ns["ToolAgentLoopTools"], initialize_tools_from_config=initialize_tools_from_config)
+    ns = _from_tool_agent_loop(
+        {"AgentData", "_call_tool"},
+        {
+            "json": json,
+            "logger": logging.getLogger("verl.tool_agent_loop"),
+            "Any": Any,
+            "Optional": Optional,
+            "FunctionTool": FunctionTool,
+            "FunctionCall": FunctionCall,
+            "ToolResponse": ToolResponse,
+            "normalize_function_tool_return": normalize_function_tool_return,
+            "torch": annotations_only,
+            "Image": annotations_only,
+            "AgentData": None,
+        },
+    )
+    return types.SimpleNamespace(
+        BaseTool=BaseTool,
+        ToolParser=ToolParser,
+        AgentData=ns["AgentData"],
+        ToolAgentLoopTools=ns["ToolAgentLoopTools"],
+        initialize_tools_from_config=initialize_tools_from_config,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +139,9 @@ def openenv() -> types.ModuleType:
     """openenv-core's Environment base class and types (its package __init__ imports fastmcp, which
     pins another mcp: only interfaces.py and types.py are loaded, as they are)."""
     spec = importlib.util.find_spec("openenv")
-    assert spec is not None and spec.submodule_search_locations, "openenv-core is not installed (scripts/setup.sh installs it)"
+    assert spec is not None and spec.submodule_search_locations, (
+        "openenv-core is not installed (scripts/setup.sh installs it)"
+    )
     root = Path(next(iter(spec.submodule_search_locations)))
     for name in ("openenv", "openenv.core", "openenv.core.env_server"):
         if not getattr(sys.modules.get(name), "__astra_shell__", False):

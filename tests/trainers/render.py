@@ -31,8 +31,15 @@ def messages(question: str, calls: list[tuple[str, dict[str, Any], Any, bool]], 
     """OpenAI messages: one assistant turn per call (Llama-3.1 takes one call per turn)."""
     out: list[dict[str, Any]] = [{"role": "user", "content": question}]
     for i, (name, args, result, error) in enumerate(calls):
-        out.append({"role": "assistant", "content": "", "tool_calls": [
-            {"id": f"call{i:06d}x", "type": "function", "function": {"name": name, "arguments": args}}]})
+        out.append(
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": f"call{i:06d}x", "type": "function", "function": {"name": name, "arguments": args}}
+                ],
+            }
+        )
         out.append({"role": "tool", "tool_call_id": f"call{i:06d}x", "content": _content(result, error)})
     out.append({"role": "assistant", "content": answer})
     return out
@@ -40,7 +47,7 @@ def messages(question: str, calls: list[tuple[str, dict[str, Any], Any, bool]], 
 
 def _response(full: str, prompt: str) -> str:
     assert full.startswith(prompt)
-    return full[len(prompt):]
+    return full[len(prompt) :]
 
 
 def render(kind: str, msgs: list[dict[str, Any]], tools: list[dict[str, Any]], *, strip: bool = False) -> str:
@@ -50,7 +57,9 @@ def render(kind: str, msgs: list[dict[str, Any]], tools: list[dict[str, Any]], *
     else:
         template = (TEMPLATES / f"{kind}.jinja").read_text()
         full = render_jinja_template([msgs], tools=tools, chat_template=template)[0][0]
-        prompt = render_jinja_template([msgs[:1]], tools=tools, chat_template=template, add_generation_prompt=True)[0][0]
+        prompt = render_jinja_template([msgs[:1]], tools=tools, chat_template=template, add_generation_prompt=True)[0][
+            0
+        ]
         text = _response(full, prompt)
     return _SPECIAL[kind].sub("", text) if strip else text
 
@@ -60,11 +69,17 @@ def _mistral(msgs: list[dict[str, Any]]) -> str:
     parts = []
     for m in msgs:
         if m["role"] == "assistant" and m.get("tool_calls"):
-            calls = [{"name": tc["function"]["name"], "arguments": tc["function"]["arguments"], "id": tc["id"][-9:]}
-                     for tc in m["tool_calls"]]
+            calls = [
+                {"name": tc["function"]["name"], "arguments": tc["function"]["arguments"], "id": tc["id"][-9:]}
+                for tc in m["tool_calls"]
+            ]
             parts.append("[TOOL_CALLS]" + json.dumps(calls) + "</s>")
         elif m["role"] == "tool":
-            parts.append("[TOOL_RESULTS]" + json.dumps({"content": m["content"], "call_id": m["tool_call_id"][-9:]}) + "[/TOOL_RESULTS]")
+            parts.append(
+                "[TOOL_RESULTS]"
+                + json.dumps({"content": m["content"], "call_id": m["tool_call_id"][-9:]})
+                + "[/TOOL_RESULTS]"
+            )
         elif m["role"] == "assistant":
             parts.append(m["content"] + "</s>")
     return "".join(parts)

@@ -43,5 +43,7 @@ async def test_each_way_to_game_it_is_caught(inventory_env: ExportEnvironment, p
     wrong = inventory_env.spec.model_copy(deep=True)
     wrong.verifiers[3].expected_answer = 12  # the reference calls no longer solve every sub-question
     assert HardeningCheck.ORACLE in (await harden(replace(inventory_env, spec=wrong), pool)).failures
-    hidden = inventory_env.spec.model_copy(update={"tools": inventory_env.spec.tools[:-1]})  # the server has one more tool
+    hidden = inventory_env.spec.model_copy(
+        update={"tools": inventory_env.spec.tools[:-1]}
+    )  # the server has one more tool
     assert HardeningCheck.SURFACE in (await harden(replace(inventory_env, spec=hidden), pool)).failures

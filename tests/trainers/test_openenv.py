@@ -20,7 +20,9 @@ def sample(inventory_env: ExportEnvironment, openenv: Any):
     EpisodePool._shared.clear()
 
 
-async def session(openenv: Any, sample: dict[str, Any], env: ExportEnvironment, calls: bool = True) -> tuple[Any, list[Any]]:
+async def session(
+    openenv: Any, sample: dict[str, Any], env: ExportEnvironment, calls: bool = True
+) -> tuple[Any, list[Any]]:
     environment = openenv.openenv_factory(sample)()
     first = await environment.reset_async(episode_id="s")
     assert first.question and len(first.tools) == 7 and not first.done

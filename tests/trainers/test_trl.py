@@ -37,8 +37,11 @@ def trl_export(environments: list[ExportEnvironment], tmp_path_factory: pytest.T
 
 def trl_tools(environment: Any) -> list[Any]:
     """GRPOTrainer (trl 1.16.0) `_generate_and_score_completions`: the rollout's tool methods."""
-    return [getattr(environment, name) for name, _ in inspect.getmembers(type(environment), predicate=inspect.isfunction)
-            if name not in ("reset", "get_reward") and not name.startswith("_")]
+    return [
+        getattr(environment, name)
+        for name, _ in inspect.getmembers(type(environment), predicate=inspect.isfunction)
+        if name not in ("reset", "get_reward") and not name.startswith("_")
+    ]
 
 
 def start(module: Any, row: dict[str, Any]) -> Any:
@@ -65,13 +68,19 @@ def test_methods_are_the_sample_tools_with_their_schemas(trl_export: Any) -> Non
             got = schemas[fn["name"]]["parameters"]
             assert set(got["properties"]) == set(fn["parameters"]["properties"])
             assert set(got.get("required", [])) == set(fn["parameters"].get("required", []))
-        text = render_jinja_template([row["prompt"]], tools=methods, chat_template=(TEMPLATES / "qwen2_5.jinja").read_text(),
-                                     add_generation_prompt=True)[0][0]
+        text = render_jinja_template(
+            [row["prompt"]],
+            tools=methods,
+            chat_template=(TEMPLATES / "qwen2_5.jinja").read_text(),
+            add_generation_prompt=True,
+        )[0][0]
         assert all(f'"name": "{name}"' in text for name in schemas)
 
 
 @pytest.mark.anyio
-async def test_oracle_scores_one_noop_zero_and_reset_starts_fresh(trl_export: Any, environments: list[ExportEnvironment]) -> None:
+async def test_oracle_scores_one_noop_zero_and_reset_starts_fresh(
+    trl_export: Any, environments: list[ExportEnvironment]
+) -> None:
     module, row = trl_export.module, trl_export.rows[0]
     environment = start(module, row)
     replies = await oracle(environment, row, environments[0])
@@ -80,13 +89,15 @@ async def test_oracle_scores_one_noop_zero_and_reset_starts_fresh(trl_export: An
     assert sum(environment.rollout.reward().step_rewards) == pytest.approx(1.0)
     environment.reset(**{k: v for k, v in row.items() if k != "environment"})
     assert module.process_reward(environments=[environment]) == [0.0]  # a no-op trajectory
-    replies = await oracle(environment, row, environments[0])            # a fresh episode: ORD-1 again, stock as new
+    replies = await oracle(environment, row, environments[0])  # a fresh episode: ORD-1 again, stock as new
     assert json.loads(replies[2])["order_id"] == "ORD-1" and json.loads(replies[3])["quantity"] == 11
     assert module.process_reward(environments=[environment]) == [1.0]
 
 
 @pytest.mark.anyio
-async def test_16_concurrent_rollouts_keep_their_own_state(trl_export: Any, environments: list[ExportEnvironment]) -> None:
+async def test_16_concurrent_rollouts_keep_their_own_state(
+    trl_export: Any, environments: list[ExportEnvironment]
+) -> None:
     module = trl_export.module
     rows = [trl_export.rows[i % 2] for i in range(16)]
     envs = [start(module, row) for row in rows]

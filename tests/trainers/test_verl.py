@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import types
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -15,7 +14,15 @@ import datasets
 import pytest
 
 from astra.servers import compute_score
-from astra.trainers import EpisodePool, ExportEnvironment, samples, verl_row, verl_tool_config, write_verl_parquet, write_yaml
+from astra.trainers import (
+    EpisodePool,
+    ExportEnvironment,
+    samples,
+    verl_row,
+    verl_tool_config,
+    write_verl_parquet,
+    write_yaml,
+)
 
 
 class ByteTokenizer:
@@ -26,7 +33,7 @@ class ByteTokenizer:
 
 
 def _call_text(name: str, arguments: dict[str, Any]) -> str:
-    return f'<tool_call>\n{json.dumps({"name": name, "arguments": arguments})}\n</tool_call>'
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
 def oracle(row: dict[str, Any], env: ExportEnvironment) -> list[str]:
@@ -36,13 +43,23 @@ def oracle(row: dict[str, Any], env: ExportEnvironment) -> list[str]:
     return [_call_text(t["tool"], by_id[t["id"]].arguments) for t in truth]
 
 
-async def run_like_verl(verl: types.SimpleNamespace, tools: list[Any], row: dict[str, Any], responses: list[str]) -> dict[str, Any]:
+async def run_like_verl(
+    verl: types.SimpleNamespace, tools: list[Any], row: dict[str, Any], responses: list[str]
+) -> dict[str, Any]:
     loop = verl.ToolAgentLoopTools()
     loop.tools = {t.name: t for t in tools}
     loop.max_tool_response_length, loop.tool_response_truncate_side = 100_000, "middle"
     extra_info = row["extra_info"]
-    agent_data = verl.AgentData(messages=[], image_data=None, video_data=None, audio_data=None, mm_processor_kwargs=None,
-                                metrics={}, request_id=uuid4().hex, tools_kwargs=extra_info["tools_kwargs"])
+    agent_data = verl.AgentData(
+        messages=[],
+        image_data=None,
+        video_data=None,
+        audio_data=None,
+        mm_processor_kwargs=None,
+        metrics={},
+        request_id=uuid4().hex,
+        tools_kwargs=extra_info["tools_kwargs"],
+    )
     # ToolAgentLoop.run: per-sample tool selection
     selected = {name: loop.tools[name] for name in extra_info["tool_selection"] if name in loop.tools}
     agent_data._active_tools = selected
@@ -65,7 +82,9 @@ async def run_like_verl(verl: types.SimpleNamespace, tools: list[Any], row: dict
 
 
 @pytest.fixture(scope="module")
-def export(environments: list[ExportEnvironment], verl: types.SimpleNamespace, tmp_path_factory: pytest.TempPathFactory):
+def export(
+    environments: list[ExportEnvironment], verl: types.SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
+):
     out = tmp_path_factory.mktemp("verl")
     made = samples(environments, n_distractors=2)
     write_verl_parquet([verl_row(s, i) for i, s in enumerate(made)], out / "train.parquet")
@@ -97,7 +116,9 @@ def test_export_shape(export: Any, verl: types.SimpleNamespace) -> None:
 
 
 @pytest.mark.anyio
-async def test_oracle_scores_one_and_noop_zero(export: Any, verl: types.SimpleNamespace, environments: list[ExportEnvironment]) -> None:
+async def test_oracle_scores_one_and_noop_zero(
+    export: Any, verl: types.SimpleNamespace, environments: list[ExportEnvironment]
+) -> None:
     row = export.rows[0]
     result = await run_like_verl(verl, export.tools, row, oracle(row, environments[0]))
     assert result["score"] == 1.0, result["text"]
@@ -109,22 +130,28 @@ async def test_oracle_scores_one_and_noop_zero(export: Any, verl: types.SimpleNa
 
 
 @pytest.mark.anyio
-async def test_a_tool_outside_the_selection_is_refused_and_distractors_never_solve(export: Any, verl: types.SimpleNamespace,
-                                                                                   environments: list[ExportEnvironment]) -> None:
+async def test_a_tool_outside_the_selection_is_refused_and_distractors_never_solve(
+    export: Any, verl: types.SimpleNamespace, environments: list[ExportEnvironment]
+) -> None:
     row = export.rows[0]
     calls = oracle(row, environments[0])
     other = [n for n in (t.name for t in export.tools) if n not in row["extra_info"]["tool_selection"]][0]
     distractor = row["extra_info"]["distractors"][0]
-    result = await run_like_verl(verl, export.tools, row, [_call_text(other, {}), _call_text(distractor, {"sku": "WID-1"})] + calls)
+    result = await run_like_verl(
+        verl, export.tools, row, [_call_text(other, {}), _call_text(distractor, {"sku": "WID-1"})] + calls
+    )
     assert "Unknown function" in result["text"]
     assert result["score"] == pytest.approx(2 * 1 * (5 / 7) / (1 + 5 / 7))  # two wasted calls, nothing extra solved
 
 
 @pytest.mark.anyio
 async def test_state_persists_within_and_never_crosses_16_concurrent_trajectories(
-        export: Any, verl: types.SimpleNamespace, environments: list[ExportEnvironment]) -> None:
+    export: Any, verl: types.SimpleNamespace, environments: list[ExportEnvironment]
+) -> None:
     row = export.rows[1]
-    results = await asyncio.gather(*[run_like_verl(verl, export.tools, row, oracle(row, environments[1])) for _ in range(16)])
+    results = await asyncio.gather(
+        *[run_like_verl(verl, export.tools, row, oracle(row, environments[1])) for _ in range(16)]
+    )
     assert [r["score"] for r in results] == [1.0] * 16
     # every trajectory got its own order counter and stock (ORD-1, 11 hammers): nothing leaked between them
     for r in results:

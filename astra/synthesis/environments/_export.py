@@ -12,7 +12,8 @@ distractor tools, ground truth naming the exported tools). verl row: ``data_sour
 ``{index, split, environment_id, environment_name, server_dir, answer, tools, tool_selection,
 distractors, need_tools_kwargs, tools_kwargs}`` (``tools_kwargs`` for the sample's tools only).
 ``trl_env.py`` + ``trl_dataset.jsonl``: TRL ``environment_factory`` classes; ``mcp.json`` and
-``.vscode/mcp.json``: MCP host configs. ``verl_tool_config.yaml`` declares :class:`astra.trainers.verl.AstraTool` for every tool; the
+``.vscode/mcp.json``: MCP host configs. ``verl_tool_config.yaml`` declares
+:class:`astra.trainers.verl.AstraTool` for every tool; the
 reward is :func:`astra.synthesis.environments.reward.compute_score` (the one process reward).
 """
 
@@ -70,8 +71,13 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
 
     certified = [e for e in envs if e.certificate.ok]
-    pool = EpisodePool([(e.spec.name, stdio_launch(e.server_dir)) for e in certified],
-                       call_timeout_s=ctx.config.certify_timeout_s) if certified else None
+    pool = (
+        EpisodePool(
+            [(e.spec.name, stdio_launch(e.server_dir)) for e in certified], call_timeout_s=ctx.config.certify_timeout_s
+        )
+        if certified
+        else None
+    )
 
     async def one(env: EmittedEnvironment) -> Outcome:
         if not env.certificate.ok:  # never export an environment without its certificate
@@ -97,13 +103,16 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
     jsonl.extend(sorted((rl_sample(s, data_source) for s in made), key=lambda r: r.id))
     paths = {"rl_samples": jsonl.path}
     if made:
-        paths["verl_parquet"] = write_verl_parquet([verl_row(s, i, data_source=data_source) for i, s in enumerate(made)],
-                                                   out / "train.parquet")
+        paths["verl_parquet"] = write_verl_parquet(
+            [verl_row(s, i, data_source=data_source) for i, s in enumerate(made)], out / "train.parquet"
+        )
         paths["verl_tool_config"] = write_yaml(verl_tool_config(made), out / "verl_tool_config.yaml")
         (out / "trl_env.py").write_text(trl_module_source(made), "utf-8")
         paths["trl_env"] = out / "trl_env.py"
         paths["trl_dataset"] = out / "trl_dataset.jsonl"
-        paths["trl_dataset"].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in trl_rows(made)), "utf-8")
+        paths["trl_dataset"].write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in trl_rows(made)), "utf-8"
+        )
         paths.update(write_host_configs([s.env for s in made], out))
     mcp = mcp_servers_block([env_by_id[i] for i in kept])
     (out / "mcp_servers.json").write_text(json.dumps(mcp, indent=2), "utf-8")
