@@ -375,6 +375,7 @@ def _verb_and_nouns(tool: ToolSpec, server_tokens: frozenset[str]) -> tuple[str 
 
 def profile_tool(tool: ToolSpec, server_tokens: frozenset[str] = frozenset()) -> ToolProfile:
     """Type a tool's parameters, outputs and effects from its docs (see the module docstring)."""
+    server_tokens = server_tokens or frozenset(_tokens(tool.server)) | {"mcp", "server"}
     verb, nouns = _verb_and_nouns(tool, server_tokens)
     role = _VERBS.get(verb, Role.READ) if verb else _role_from_annotations(tool)
     noun = _cue_of(nouns)
