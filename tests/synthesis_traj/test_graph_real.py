@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from astra.records import GraphEdge
+from astra.records import GraphEdge, StdioLaunch
 from astra.registry import discover_tools_sync
 from astra.synthesis.trajectories import TrajectoryConfig, TrajectoryPipeline, generate_candidates
 from astra.synthesis.trajectories._graph import Role, SemType, measure_edges, merge_edges, profile_servers
@@ -198,3 +198,14 @@ def test_pipeline_merges_trace_edges_with_candidates(tmp_path, home):
     assert edge.bindings["time"] == "datetime|HH:MM"  # the traced binding leads: the value that really worked
     assert edge.rationale.startswith("trace: call succeeded with") and " | schema: " in edge.rationale
     assert pipe.run.manifest["stages"]["graph_trace"]["calls"] > 0
+
+
+def test_trace_goes_on_past_an_unreachable_server(tmp_path):
+    if not available("git"):
+        pytest.skip("mcp-server-git is not installed")
+    scratch = make_scratch(tmp_path / "world")
+    git = load_fixture("git").model_copy(update={"launch": launch("git", scratch)})
+    dead = load_fixture("time").model_copy(update={"launch": StdioLaunch(command=str(tmp_path / "no-such-server"))})
+    edges, stats = anyio.run(lambda: trace_edges([dead, git], seeds=seed_values(scratch), timeout_s=20))
+    assert "not found" in stats["unreachable"]["time"] and stats["servers"] == 1
+    assert ("git/git_log", "git/git_show") in {(e.src, e.dst) for e in edges}
