@@ -631,7 +631,7 @@ def demo_config(
         "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
         "verify": {"enabled": not local, "votes": 1, "distractors": 2},
         "tasks": {"per_chain": 1, "augmentations": [] if local else ["context_shift", "persona"], "multi_turn": not local,
-                  "quality_threshold": 0.25, "quality_judge": "rules" if local else "llm"},
+                  "quality_threshold": 0.6 if local else 0.25, "quality_judge": "rules" if local else "llm"},
         "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
         "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
     })

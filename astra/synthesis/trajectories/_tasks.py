@@ -314,7 +314,8 @@ def _gated_quality(task: Task, quality: dict[str, float], threshold: float, *, j
 _TOOLISH = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")  # snake_case identifiers: tool or parameter names
 _PLACEHOLDER = re.compile(r"<[^<>]{1,40}>|\{[^{}]{0,40}\}|\[(?:insert|your|placeholder)[^\]]*\]|\b(?:TODO|TBD|XXX)\b",
                           re.IGNORECASE)
-_CONCRETE = re.compile(r"\d|\b[A-Z][a-z]+|\"[^\"]+\"|'[^']+'")
+_CONCRETE = re.compile(r"\d+(?:[.:/-]\d+)*|(?<![.?!]\s)(?<!^)\b[A-Z][\w-]+|\"[^\"]+\"|'[^']+'")
+_ABOUT_TOOLS = re.compile(r"\b(?:tools?|functions?|APIs?|assistant)\b", re.IGNORECASE)  # asks about the agent, not a need
 
 
 def rule_quality(task: Task, tools: dict[str, ToolSpec], threshold: float) -> Outcome:
@@ -322,7 +323,7 @@ def rule_quality(task: Task, tools: dict[str, ToolSpec], threshold: float) -> Ou
     says ``quality_judge: rules`` and is never presented as LLM-judged.
 
     - question_quality: a real request (4-200 words, no placeholders, no JSON or code in it);
-    - realism: it does not name tools or parameters by their identifiers;
+    - realism: it does not name tools or parameters by their identifiers, nor ask about the tools;
     - uniqueness: it carries concrete details (numbers, names, quoted values) that pin the calls;
     - tool_selection_difficulty: grows with the number of distinct target tools (1: 0.25 .. 4+: 1.0).
     """
@@ -334,7 +335,7 @@ def rule_quality(task: Task, tools: dict[str, ToolSpec], threshold: float) -> Ou
     quality = {
         "question_quality": float(4 <= len(words) <= 200 and not _PLACEHOLDER.search(text)
                                   and not re.search(r"[{}]|```|\bdef \w+\(", text)),
-        "realism": 0.0 if named else 1.0,
+        "realism": 0.0 if named or _ABOUT_TOOLS.search(text) else 1.0,
         "uniqueness": min(1.0, len(_CONCRETE.findall(text)) / 2),
         "tool_selection_difficulty": min(1.0, 0.25 * max(1, len(set(task.target_tools)))),
     }
