@@ -396,39 +396,35 @@ def _make_cgroup(name: str, max_tasks: int) -> Path | None:
 
 @dataclass
 class _Resources:
-    """What a sandbox holds outside Python: released by ``aclose`` or, failing that, by a finalizer."""
+    """What a sandbox's workers hold outside Python: released by ``aclose`` or, failing that, by a finalizer."""
 
-    log: Path
-    scratch: Path | None = None
-    pid: int | None = None
-    cgroup: Path | None = None
-    fds: list[int] = field(default_factory=list)
+    pids: set[int] = field(default_factory=set)
+    cgroups: set[Path] = field(default_factory=set)
+    paths: set[Path] = field(default_factory=set)  # logs, unsafe-mode scratch directories
 
 
 def _release(res: _Resources) -> None:
-    if res.pid is not None:
+    for pid in res.pids:
         try:
-            os.kill(res.pid, signal.SIGKILL)
+            os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        res.pid = None
-    for fd in res.fds:
+    res.pids.clear()
+    for path in res.paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+    res.paths.clear()
+    for cgroup in res.cgroups:
         try:
-            os.close(fd)
+            cgroup.rmdir()  # refused while a killed worker is still exiting; swept later
         except OSError:
             pass
-    res.fds.clear()
-    if res.scratch is not None:
-        shutil.rmtree(res.scratch, ignore_errors=True)
-    try:
-        res.log.unlink()
-    except OSError:
-        pass
-    if res.cgroup is not None:
-        try:
-            res.cgroup.rmdir()  # refused while a killed worker is still exiting; swept later
-        except OSError:
-            pass
+    res.cgroups.clear()
 
 
 @dataclass
@@ -447,16 +443,20 @@ class _Spare:
             pass
 
 
-@dataclass
+@dataclass(eq=False)
 class _Worker:
     popen: subprocess.Popen[bytes]
     control: socket.socket
+    log: Path
     scratch: Path | None  # host directory in unsafe mode only
+    cgroup: Path | None
+    alive: bool = True
     spares: deque[_Spare] = field(default_factory=deque)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     previous: _Spare | None = None  # the last call's process: the next call starts once it is gone
 
     def kill(self) -> None:
+        self.alive = False
         if self.popen.poll() is None:
             try:
                 self.popen.kill()
@@ -558,26 +558,28 @@ async def _read_until_eof(fd: int, limit: int) -> tuple[bytes, bool]:
 
 
 class Sandbox:
-    """A warm, isolated worker for untrusted tool code (see the module docstring).
+    """Warm, isolated workers for untrusted tool code (see the module docstring).
 
     ``async with Sandbox(limits=SandboxLimits(...)) as sb: await sb.call(source, entrypoint, args)``.
-    Calls are serialised (one warm parent, one call's child at a time); use several sandboxes for
-    parallelism. ``audit_hook=False`` leaves out the in-process audit hook (the sandbox must hold
+    Each worker runs one call at a time (a fresh child of its warm parent, in its own bubblewrap
+    sandbox and scratch); up to ``max_workers`` calls run at once, workers being started when all
+    are busy. ``audit_hook=False`` leaves out the in-process audit hook (the sandbox must hold
     without it); ``unsafe_no_sandbox=True`` (or ``ASTRA_UNSAFE_NO_SANDBOX=1``) runs without bubblewrap.
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, audit_hook: bool | None = None,
-                 unsafe_no_sandbox: bool | None = None) -> None:
+                 unsafe_no_sandbox: bool | None = None, max_workers: int | None = None) -> None:
         self.limits = limits or SandboxLimits.from_env()
         self.audit_hook = os.environ.get(AUDIT_HOOK_ENV, "1").strip() != "0" if audit_hook is None else audit_hook
         self.unsafe = unsafe_opt_in() if unsafe_no_sandbox is None else unsafe_no_sandbox
-        self._worker: _Worker | None = None
-        self._lock = anyio.Lock()
-        self._lock_token: object = None
-        self._log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
+        self.max_workers = max_workers or max(2, min(4, os.cpu_count() or 1))
+        self._workers: list[_Worker] = []
+        self._idle: list[_Worker] = []
+        self._slots = anyio.Semaphore(self.max_workers)
+        self._slots_token: object = None
         self.restarts = 0
         self.isolation: dict[str, Any] = {}
-        self._res = _Resources(log=self._log_path)
+        self._res = _Resources()
         self._finalizer = weakref.finalize(self, _release, self._res)
 
     # ------------------------------------------------------------------ lifecycle
@@ -590,14 +592,17 @@ class Sandbox:
         await self.aclose()
 
     async def start(self) -> None:
-        if self._worker is None:
-            async with self._current_lock():
-                if self._worker is None:
-                    await self._spawn()
+        """Start one worker now (so that a sandbox that cannot be set up fails here, closed)."""
+        if not self._workers:
+            async with self._current_slots():
+                if not self._workers:
+                    self._idle.append(await self._spawn())
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            await self._kill()
+            for worker in list(self._workers):
+                await self._retire(worker)
+            self._idle.clear()
             self._finalizer()
 
     def _config(self, control_fd: int, scratch: str, tool_filter: bytes) -> dict[str, Any]:
@@ -610,8 +615,10 @@ class Sandbox:
             "max_state_bytes": limits.max_state_bytes,
         }
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> _Worker:
         limits = self.limits
+        log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
+        self._res.paths.add(log_path)
         host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         seccomp_fd = None
         scratch_dir: Path | None = None
@@ -641,14 +648,14 @@ class Sandbox:
                 worker_args = [_interpreter(), "-I", "-S", "-B", "/astra/_worker.py", json.dumps(config)]
                 command = bwrap_command(bwrap, seccomp_fd=seccomp_fd, scratch_bytes=limits.scratch_mb * 1024 * 1024,
                                         worker_args=worker_args)
-                cgroup = _make_cgroup(f"{id(self):x}", limits.max_procs + 8)  # + bwrap, parent, spares
+                cgroup = _make_cgroup(f"{id(self):x}-{secrets.token_hex(3)}", limits.max_procs + 8)  # + bwrap, parent, spares
                 if cgroup is not None:
                     # join the pids cgroup before bubblewrap forks anything
                     command = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" || exit 97; exec "$@"', str(cgroup),
                                *command]
                 pass_fds = (worker_end.fileno(), seccomp_fd)
             env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-            with self._log_path.open("wb") as log_file:
+            with log_path.open("wb") as log_file:
                 try:
                     popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                              stderr=log_file, env=env, pass_fds=pass_fds,
@@ -660,8 +667,12 @@ class Sandbox:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
         host_end.setblocking(False)
-        worker = _Worker(popen=popen, control=host_end, scratch=scratch_dir)
-        self._res.pid, self._res.cgroup, self._res.scratch = popen.pid, cgroup, scratch_dir
+        worker = _Worker(popen=popen, control=host_end, log=log_path, scratch=scratch_dir, cgroup=cgroup)
+        self._res.pids.add(popen.pid)
+        if cgroup is not None:
+            self._res.cgroups.add(cgroup)
+        if scratch_dir is not None:
+            self._res.paths.add(scratch_dir)
         ready = None
         with anyio.move_on_after(_START_TIMEOUT_S):
             try:
@@ -671,11 +682,12 @@ class Sandbox:
         if not ready or ready.get("op") != "ready":
             worker.kill()
             await worker.wait(2)
-            cause = self._log_path.read_text(errors="replace")[-2000:]
+            cause = log_path.read_text(errors="replace")[-2000:]
             if not cause.strip():
                 cause = f"the worker exited with status {popen.poll()} before it was ready"
+            await self._retire(worker)
             raise _unavailable(cause)
-        self._worker = worker
+        self._workers.append(worker)
         self.isolation = {
             "bubblewrap": not self.unsafe,
             "seccomp": not self.unsafe,
@@ -683,35 +695,42 @@ class Sandbox:
             "audit_hook": self.audit_hook,
             "pids_limit": "cgroup" if cgroup is not None else ("rlimit" if os.geteuid() != 0 else "none"),
         }
+        return worker
 
-    async def _kill(self) -> None:
-        worker, self._worker = self._worker, None
-        if worker is None:
-            return
+    async def _retire(self, worker: _Worker) -> None:
+        """Kill a worker and release what it held."""
         worker.kill()
-        await worker.wait()
-        self._res.pid = None
-        if worker.scratch is not None:
-            shutil.rmtree(worker.scratch, ignore_errors=True)
-        if self._res.cgroup is not None:
+        with anyio.CancelScope(shield=True):
+            await worker.wait()
+        if worker in self._workers:
+            self._workers.remove(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
+        self._res.pids.discard(worker.popen.pid)
+        for path in (worker.scratch, worker.log):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                self._res.paths.discard(path)
+        if worker.cgroup is not None:
             try:
-                self._res.cgroup.rmdir()
-                self._res.cgroup = None
+                worker.cgroup.rmdir()
+                self._res.cgroups.discard(worker.cgroup)
             except OSError:
-                pass
+                pass  # a killed worker still exiting: released later
 
     def abandon(self) -> None:
-        """Kill the worker without waiting for it (outside any event loop)."""
-        worker, self._worker = self._worker, None
-        if worker is not None:
+        """Kill the workers without waiting for them (outside any event loop)."""
+        for worker in self._workers:
             worker.kill()
-        self._res.pid = None
+        self._workers.clear()
+        self._idle.clear()
 
-    async def _restart(self) -> None:
+    async def _restart(self, slot: list[_Worker]) -> None:
+        """Replace the worker in ``slot`` with a fresh one."""
         with anyio.CancelScope(shield=True):
-            await self._kill()
+            await self._retire(slot[0])
             self.restarts += 1
-            await self._spawn()
+            slot[0] = await self._spawn()
 
     # ------------------------------------------------------------------ calls
 
@@ -734,23 +753,25 @@ class Sandbox:
             payload = json.dumps(request, allow_nan=False, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
             return SandboxResult(ok=False, error_kind=ErrorKind.NOT_JSON, error=f"arguments or state are not JSON: {exc}")
-        async with self._current_lock():
-            if self._worker is None:
-                await self._spawn()
-            result = await self._exchange(nonce, payload, stateful=state is not None)
+        async with self._current_slots():
+            slot = [self._idle.pop() if self._idle else await self._spawn()]
+            try:
+                result = await self._exchange(slot, nonce, payload, stateful=state is not None)
+            finally:
+                if slot[0].alive and slot[0] in self._workers:
+                    self._idle.append(slot[0])
         result.latency_s = time.perf_counter() - start
         return result
 
-    def _current_lock(self) -> anyio.Lock:
-        """The call lock of the running event loop (a sandbox may serve several loops in turn)."""
+    def _current_slots(self) -> anyio.Semaphore:
+        """The worker slots of the running event loop (a sandbox may serve several loops in turn)."""
         token = anyio.lowlevel.current_token()
-        if self._lock_token != token:
-            self._lock, self._lock_token = anyio.Lock(), token
-        return self._lock
+        if self._slots_token != token:
+            self._slots, self._slots_token = anyio.Semaphore(self.max_workers), token
+        return self._slots
 
-    async def _exchange(self, nonce: str, payload: bytes, *, stateful: bool) -> SandboxResult:
-        worker = self._worker
-        assert worker is not None
+    async def _exchange(self, slot: list[_Worker], nonce: str, payload: bytes, *, stateful: bool) -> SandboxResult:
+        worker = slot[0]
         limits = self.limits
         reply_limit = limits.max_result_bytes * 4 + limits.max_state_bytes * 4 + limits.max_output_bytes * 4 + 65536
         request_r = request_w = reply_r = reply_w = -1
@@ -790,11 +811,11 @@ class Sandbox:
                     report = await worker.report(nonce)
             completed = True
         except TimeoutError:
-            await self._restart()
+            await self._restart(slot)
             return SandboxResult(ok=False, error_kind=ErrorKind.TIMEOUT, restarted=True,
                                  error=f"the tool did not finish within {limits.wall_s:g} s (wall-clock limit); it was stopped")
         except (EOFError, OSError, ValueError) as exc:
-            await self._restart()
+            await self._restart(slot)
             return SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
                                  error=f"the sandbox failed during the call ({type(exc).__name__}: {exc}); it was restarted")
         finally:
@@ -806,7 +827,7 @@ class Sandbox:
                         pass
             if spare is not None and not sent:
                 spare.channel.close()  # an unused spare exits when its channel closes
-            if spare is not None and self._worker is worker:
+            if spare is not None and slot[0] is worker:
                 worker.previous = spare  # the next call waits until this process is gone
                 if sent and not completed:  # cancelled mid-call: stop the child
                     with anyio.CancelScope(shield=True), anyio.move_on_after(1):
@@ -819,7 +840,7 @@ class Sandbox:
         worker.reports.pop(nonce, None)  # a complete reply's report is not needed
         if report is not None and os.WIFEXITED(int(report.get("status", 0))) and \
                 os.WEXITSTATUS(int(report["status"])) == _SCRATCH_DIRTY:
-            await self._restart()  # the scratch directory could not be emptied: a fresh tmpfs
+            await self._restart(slot)  # the scratch directory could not be emptied: a fresh tmpfs
             return SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
                                  error="the sandbox's scratch directory could not be emptied; it was restarted")
         return self._judge(problem, data, overflow, report, stateful=stateful)

@@ -127,12 +127,7 @@ async def test_without_jsonschema_rs_patterns_are_checked_off_the_loop(monkeypat
         assert await _count(other) == 5
 
 
-@pytest.mark.parametrize("sandboxed", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "the sandbox runs one call at a time (Sandbox.call holds one lock, astra/servers/_sandbox.py): a hanging "
-        "sandboxed tool delays other episodes' sandboxed calls by up to wall_s"))),
-])
+@pytest.mark.parametrize("sandboxed", [False, True])  # the sandbox runs calls on up to max_workers workers
 async def test_a_hanging_tool_delays_only_its_own_episode(sandboxed: bool, unsandboxed_dir: Path, sandboxed_dir: Path,
                                                           launch: Any) -> None:
     directory = sandboxed_dir if sandboxed else unsandboxed_dir
