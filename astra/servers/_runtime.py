@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import enum
 import functools
 import hashlib
@@ -102,7 +103,7 @@ MAX_EPISODES = 1024
 EPISODE_TTL_S = 3600.0
 """Default idle time after which an episode expires."""
 CALL_TIMEOUT_S = 60.0
-"""Default per-call limit for tool code that runs in-process (the sandbox has its own ``wall_s``)."""
+"""Default per-call limit for tool code that runs in-process (sandboxed calls: the smaller of it and ``wall_s``)."""
 MAX_SNAPSHOTS_PER_EPISODE = 64
 
 
@@ -743,7 +744,9 @@ class EnvironmentRuntime:
     async def _sandbox_for_loop(self) -> Sandbox:
         """The runtime's warm sandbox (one per runtime; it serves any event loop of this process)."""
         if self._sandbox is None:
-            self._sandbox = Sandbox(limits=self.limits)
+            # --call-timeout bounds sandboxed calls too
+            wall_s = min(self.limits.wall_s, self.call_timeout_s)
+            self._sandbox = Sandbox(limits=dataclasses.replace(self.limits, wall_s=wall_s))
         await self._sandbox.start()
         return self._sandbox
 

@@ -592,10 +592,11 @@ class Sandbox:
         await self.aclose()
 
     async def start(self) -> None:
-        """Start one worker now (so that a sandbox that cannot be set up fails here, closed)."""
+        """Start two workers now (a sandbox that cannot be set up fails here, closed; a call that hangs
+        does not make the next one wait for a worker to start); more start when all are busy."""
         if not self._workers:
             async with self._current_slots():
-                if not self._workers:
+                while len(self._workers) < min(2, self.max_workers):
                     self._idle.append(await self._spawn())
 
     async def aclose(self) -> None:
