@@ -1,4 +1,4 @@
-"""The exception root of ASTRA.
+"""The exception root of ASTRA, and the one format of a validation error.
 
 Every error ASTRA raises on purpose derives from :class:`AstraError`; the CLI formats them
 once, at its top level, as one line (``error: ...``) with the error's ``exit_code``.
@@ -6,6 +6,8 @@ once, at its top level, as one line (``error: ...``) with the error's ``exit_cod
 """
 
 from __future__ import annotations
+
+from pydantic import ValidationError
 
 
 class AstraError(Exception):
@@ -27,3 +29,14 @@ class RunWriteError(AstraError):
     resume with no duplicate and no loss."""
 
     exit_code = 1
+
+
+def validation_problem(where: str, exc: ValidationError) -> str:
+    """``WHERE: field: reason`` for a pydantic validation error: its first problem (the field as
+    a dotted path, ``record`` for the whole value) and how many more there are. ``where`` is
+    ``FILE:LINE`` for a line of a file, ``FILE`` for a whole file. The one format for every command."""
+    problems = exc.errors()
+    first = problems[0]
+    field = ".".join(str(part) for part in first["loc"]) or "record"
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: {field}: {first['msg']}{more}"

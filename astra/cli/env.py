@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, user
+from astra.errors import validation_problem
 from astra.records import EnvironmentSpec
 
 app = typer.Typer(no_args_is_help=True)
@@ -31,8 +32,7 @@ def _spec_from_file(path: Path) -> EnvironmentSpec:
     try:
         return EnvironmentSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
-        raise fail(f"{path}: not an EnvironmentSpec: {problems}", code=2) from exc
+        raise fail(validation_problem(f"{path}: not an EnvironmentSpec", exc), code=2) from exc
 
 
 def _resolve(target: str, home: Path | None) -> tuple[EnvironmentSpec, str | None]:
@@ -227,8 +227,7 @@ def score_cmd(
         try:
             trajectory = Trajectory.model_validate_json(line)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            errors.append(f"{trajectory_file}:{lineno}: {'.'.join(str(p) for p in first['loc']) or 'record'}: {first['msg']}")
+            errors.append(validation_problem(f"{trajectory_file}:{lineno}", exc))
             continue
         scores.append(score_episode(spec, trajectory))
     for error in errors:

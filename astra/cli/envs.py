@@ -15,6 +15,7 @@ import typer
 from pydantic import ValidationError
 
 from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
+from astra.errors import validation_problem
 from astra.synthesis.environments import (
     EnvironmentPipelineConfig,
     PipelineContext,
@@ -40,8 +41,7 @@ def _load(config_path: Path, model: str | None, home: Path | None) -> Environmen
     except json.JSONDecodeError as exc:
         raise fail(f"{config_path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise fail(f"{config_path}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from exc
+        raise fail(validation_problem(str(config_path), exc)) from exc
     except ValueError as exc:
         raise fail(str(exc)) from exc
     update: dict[str, Any] = {}

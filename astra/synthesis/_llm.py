@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from astra.client import Model, ModelError, ModelSettings
 from astra.jsonutil import JSONExtractionError, extract_json
 from astra.records import ChatMessage
-from astra.errors import AstraError
+from astra.errors import AstraError, validation_problem
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -78,7 +78,7 @@ async def ask_json(
         except JSONExtractionError as exc:
             reason = f"bad_json: {exc}"
         except ValidationError as exc:
-            reason = f"invalid_reply: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+            reason = validation_problem("invalid_reply", exc)
         messages = [
             *messages,
             ChatMessage(role="assistant", content=raw),

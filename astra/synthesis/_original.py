@@ -50,6 +50,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from astra.errors import validation_problem
 from astra.records import (
     ChainCall,
     Decomposition,
@@ -157,8 +158,7 @@ def _fail(out: OriginalFile, where: str, exc: Exception) -> None:
     if isinstance(exc, RecordError):
         out.errors.append(f"{where}: {exc.field}: {exc.reason}")
     elif isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        out.errors.append(f"{where}: {'.'.join(str(p) for p in err['loc']) or 'record'}: {err['msg']}")
+        out.errors.append(validation_problem(where, exc))
     else:
         out.errors.append(f"{where}: record: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 

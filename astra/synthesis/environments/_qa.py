@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from astra.errors import validation_problem
 from astra.records import QAItem, stable_id
 from astra.synthesis._llm import LLMOutputError
 from astra.synthesis._stage import Outcome, StageCounts
@@ -79,9 +80,7 @@ def read_qa_jsonl(path: str | Path) -> tuple[list[QAItem], list[str]]:
             try:
                 parsed = QALine.model_validate(data)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(str(p) for p in err["loc"]) or "(line)"
-                errors.append(f"{where}: {field}: {err['msg']}")
+                errors.append(validation_problem(where, exc))
                 continue
             item_id = qa_id(parsed.question, parsed.answer, parsed.domain)
             if item_id in seen:

@@ -27,6 +27,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from astra.client import Model, ModelResponse, ModelSettings, register_script
+from astra.errors import validation_problem
 from astra.records import ChatMessage, Task, Trajectory
 from astra.synthesis.trajectories._config import JudgeMode
 from astra.synthesis.trajectories._reward import DIMENSIONS, reward_trajectory
@@ -99,8 +100,7 @@ def load_calibration_set(path: str | Path | None = None) -> tuple[list[Calibrati
             try:
                 case = CalibrationCase.model_validate_json(line)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                errors.append(f"{where}: {'.'.join(str(p) for p in err['loc']) or '(line)'}: {err['msg']}")
+                errors.append(validation_problem(where, exc))
                 continue
             if case.id in seen:
                 errors.append(f"{where}: id: duplicate case {case.id!r}")

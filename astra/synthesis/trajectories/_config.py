@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from astra.records import ServerSpec
-from astra.errors import UserError
+from astra.errors import UserError, validation_problem
 
 
 class _Options(BaseModel):
@@ -216,9 +216,7 @@ class TrajectoryConfig(_Options):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise ConfigError(f"{path}: field {where}: {first['msg']} ({exc.error_count()} error(s))") from exc
+            raise ConfigError(validation_problem(str(path), exc)) from exc
 
 
 class ConfigError(UserError, ValueError):

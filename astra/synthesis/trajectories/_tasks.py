@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from astra.client import Model
+from astra.errors import validation_problem
 from astra.records import Task, ToolChain, ToolSpec, stable_id
 from astra.synthesis._llm import LLMOutputError, ask_json
 from astra.synthesis._stage import Outcome
@@ -91,8 +92,7 @@ def load_personas(path: str | Path | None = None) -> tuple[list[Persona], list[s
             try:
                 persona = Persona.model_validate_json(line)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                errors.append(f"{path}:{lineno}: {'.'.join(str(p) for p in err['loc']) or '(line)'}: {err['msg']}")
+                errors.append(validation_problem(f"{path}:{lineno}", exc))
                 continue
             if len(persona.describe()) < 8:
                 errors.append(f"{path}:{lineno}: persona: empty (give \"persona\" or profile fields)")
