@@ -140,6 +140,17 @@ def test_parquet_loads_with_hf_datasets(tmp_path, config):
     assert ds[0]["reward_model"]["style"] == "rule" and ds[0]["extra_info"]["need_tools_kwargs"] is True
 
 
+def test_a_gameable_environment_is_not_exported_and_the_funnel_says_why(tmp_path, config):
+    # the car question states its own answer (4.5 hours): certified (solvable), but not hardened
+    path = _qa_subset(tmp_path, ["A car drives"])
+    path.write_text(path.read_text().replace("How many hours", "It takes 4.5 hours. How many hours"))
+    cfg = config.model_copy(update={"qa_path": path, "save_to_registry": False})
+    result = anyio.run(lambda: run_environment_pipeline(cfg, model=oracle_model(), progress=False))
+    export = {s.stage: s for s in result.funnel.stages}["export"]
+    assert (export.inputs, export.outputs, export.drop_reasons) == (1, 0, {"not_hardened_task_leak": 1})
+    assert "verl_parquet" not in result.exports
+
+
 def test_kill_9_mid_run_resumes_without_duplicates(tmp_path):
     qa = _qa_subset(tmp_path, KEYS)
     run_dir, home = tmp_path / "run", tmp_path / "home"
