@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from astra.errors import AstraError
+
 console = Console(stderr=True)
 """Human-facing output (progress, tables, errors) goes to stderr; ``--json`` owns stdout."""
 
@@ -38,6 +40,17 @@ def user(value: object) -> str:
     hostile server name can neither crash a listing nor drive the terminal."""
     text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
     return escape(text)
+
+
+USAGE = 2
+"""The exit code of every usage error (bad options, missing or invalid input files, unknown
+names), as for a :class:`astra.errors.UserError`; 1 is a failure of the work itself."""
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code for an error a command caught: an ASTRA error's own (``USAGE`` for a
+    ``UserError``), else 1."""
+    return exc.exit_code if isinstance(exc, AstraError) else 1
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
+from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, fail, resumable_run
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,7 +29,7 @@ def _categories(values: list[str] | None) -> list[str]:
         return list(CATEGORIES)
     unknown = [c for c in chosen if c not in CATEGORIES]
     if unknown:
-        raise fail(f"--category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)} or all", code=2)
+        raise fail(f"--category {', '.join(unknown)}: choose from {', '.join(CATEGORIES)} or all", code=USAGE)
     return [c for c in CATEGORIES if c in chosen]
 
 
@@ -97,16 +97,16 @@ def run(
     from astra.bfcl import SERVER_IMPLEMENTATIONS
 
     if servers not in SERVER_IMPLEMENTATIONS:
-        raise fail(f"--servers {servers}: choose from {', '.join(SERVER_IMPLEMENTATIONS)}", code=2)
+        raise fail(f"--servers {servers}: choose from {', '.join(SERVER_IMPLEMENTATIONS)}", code=USAGE)
     categories = _categories(category)
     try:
         entries = load_entries(categories, ids=_split(ids) or None, limit=limit)
     except BfclUnavailable as exc:
-        raise fail(str(exc)) from exc
+        raise fail(str(exc), code=exc.exit_code) from exc
     except ValueError as exc:
-        raise fail(str(exc), code=2) from exc
+        raise fail(str(exc), code=USAGE) from exc
     if not entries:
-        raise fail("no entries selected", code=2)
+        raise fail("no entries selected", code=USAGE)
 
     options: dict[str, Any] = {}
     if base_url:
@@ -116,7 +116,7 @@ def run(
     try:
         factory = model_factory(model, **options)
     except (ModelError, ValueError) as exc:
-        raise fail(f"--model {model}: {exc}", code=2) from exc
+        raise fail(f"--model {model}: {exc}", code=USAGE) from exc
     settings = ModelSettings(temperature=temperature, max_tokens=max_tokens)
     run_dir = out or astra_home(home) / "runs" / "bfcl" / (_slug(model) + ("" if servers == "astra" else f"-{servers}"))
 

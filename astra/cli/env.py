@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, user
+from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, fail, user
 from astra.errors import validation_problem
 from astra.records import EnvironmentSpec
 
@@ -24,15 +24,15 @@ def _spec_from_file(path: Path) -> EnvironmentSpec:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise fail(f"{path}: cannot read: {exc.strerror or exc}", code=2) from exc
+        raise fail(f"{path}: cannot read: {exc.strerror or exc}", code=USAGE) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise fail(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}", code=2) from exc
+        raise fail(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}", code=USAGE) from exc
     try:
         return EnvironmentSpec.model_validate(data)
     except ValidationError as exc:
-        raise fail(validation_problem(f"{path}: not an EnvironmentSpec", exc), code=2) from exc
+        raise fail(validation_problem(f"{path}: not an EnvironmentSpec", exc), code=USAGE) from exc
 
 
 def _resolve(target: str, home: Path | None) -> tuple[EnvironmentSpec, str | None]:
@@ -42,7 +42,7 @@ def _resolve(target: str, home: Path | None) -> tuple[EnvironmentSpec, str | Non
     path = Path(target).expanduser()
     if path.is_dir():
         if not (path / "environment.json").is_file():
-            raise fail(f"{path}: not an emitted environment directory (no environment.json)", code=2)
+            raise fail(f"{path}: not an emitted environment directory (no environment.json)", code=USAGE)
         return _spec_from_file(path / "environment.json"), str(path.resolve())
     if path.is_file():
         return _spec_from_file(path), None
@@ -50,13 +50,13 @@ def _resolve(target: str, home: Path | None) -> tuple[EnvironmentSpec, str | Non
         try:
             return load_sample(target.split(":", 1)[1]), None
         except FileNotFoundError as exc:
-            raise fail(str(exc), code=2) from exc
+            raise fail(str(exc), code=USAGE) from exc
     from astra.registry import Registry
 
     with Registry.open(home) as registry:
         found = registry.get_environment(target)
     if found is None:
-        raise fail(f"no environment {target!r}: not a directory, not a file, not in the registry (see `astra env list`)", code=2)
+        raise fail(f"no environment {target!r}: not a directory, not a file, not in the registry (see `astra env list`)", code=USAGE)
     return found
 
 
@@ -160,7 +160,7 @@ def serve_cmd(
         try:
             check_bind(host, token=token, allow_remote=allow_remote)
         except BindRefused as exc:
-            raise fail(escape(str(exc)), code=2) from None
+            raise fail(escape(str(exc)), code=USAGE) from None
     spec, _ = _resolve(target, home)
     server = build_server(spec, bearer_token=token if http else None, public_url=f"http://{host}:{port}/mcp",
                           max_episodes=max_episodes, episode_ttl_s=episode_ttl or None)
@@ -215,7 +215,7 @@ def score_cmd(
     try:
         text = trajectory_file.read_text(encoding="utf-8")
     except OSError as exc:
-        raise fail(f"{trajectory_file}: cannot read: {exc.strerror or exc}", code=2) from exc
+        raise fail(f"{trajectory_file}: cannot read: {exc.strerror or exc}", code=USAGE) from exc
     stripped = text.strip()
     lines: list[tuple[int, str]]
     if stripped.startswith("{") and "\n{" not in stripped:

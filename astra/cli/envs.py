@@ -14,7 +14,7 @@ import anyio
 import typer
 from pydantic import ValidationError
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
+from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, fail, resumable_run
 from astra.errors import validation_problem
 from astra.synthesis.environments import (
     EnvironmentPipelineConfig,
@@ -35,15 +35,15 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress ba
 
 def _load(config_path: Path, model: str | None, home: Path | None) -> EnvironmentPipelineConfig:
     if not config_path.exists():
-        raise fail(f"{config_path}: no such config file")
+        raise fail(f"{config_path}: no such config file", code=USAGE)
     try:
         config = EnvironmentPipelineConfig.load(config_path)
     except json.JSONDecodeError as exc:
-        raise fail(f"{config_path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+        raise fail(f"{config_path}:{exc.lineno}: invalid JSON: {exc.msg}", code=USAGE) from exc
     except ValidationError as exc:
-        raise fail(validation_problem(str(config_path), exc)) from exc
+        raise fail(validation_problem(str(config_path), exc), code=USAGE) from exc
     except ValueError as exc:
-        raise fail(str(exc)) from exc
+        raise fail(str(exc), code=USAGE) from exc
     update: dict[str, Any] = {}
     if model:
         update["model"] = model
@@ -79,7 +79,7 @@ def _stage_command(name: str, help_text: str) -> None:
             with resumable_run(cfg.run_dir):
                 counts, extra = anyio.run(go)
         except ValueError as exc:  # a user mistake in the config (missing input file, no input)
-            raise fail(str(exc)) from exc
+            raise fail(str(exc), code=USAGE) from exc
         funnel = funnel_of(ctx)
         summary = {"stage": name, "run_dir": str(cfg.run_dir), "counts": counts.model_dump(),
                    "funnel": funnel.model_dump()["stages"], **{k: v for k, v in extra.items()}}
@@ -111,7 +111,7 @@ def run(config: ConfigArg, model: ModelOption = None, home: HomeOption = None, a
         with resumable_run(cfg.run_dir):
             result = anyio.run(lambda: run_environment_pipeline(cfg, progress=not quiet))
     except ValueError as exc:  # a user mistake in the config (missing input file, no input)
-        raise fail(str(exc)) from exc
+        raise fail(str(exc), code=USAGE) from exc
     summary = {
         "run_dir": str(result.run_dir),
         "funnel": result.funnel.model_dump()["stages"],
@@ -139,7 +139,7 @@ def init(
 ) -> None:
     """Write a starter config (the bundled QA set, the embedded model)."""
     if path.exists():
-        raise fail(f"{path} exists; not overwriting")
+        raise fail(f"{path} exists; not overwriting", code=USAGE)
     data = {"run_dir": str(run_dir), "qa_path": str(qa or sample_qa_path()), "model": model}
     EnvironmentPipelineConfig.model_validate(data)
     path.parent.mkdir(parents=True, exist_ok=True)

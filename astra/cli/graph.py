@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail
+from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, fail
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -23,7 +23,7 @@ def _load(home: Path | None, name: str, version: int | None):  # noqa: ANN202 - 
         except NotFoundError as exc:
             known = [g.name for g in registry.list_graphs()]
             hint = f" (graphs: {', '.join(known)})" if known and name not in known else ""
-            raise fail(f"{exc}{hint}") from None
+            raise fail(f"{exc}{hint}", code=USAGE) from None
 
 
 @app.command("list")
@@ -100,9 +100,9 @@ def export(
     from astra.registry import GRAPH_FORMATS, export_graph
 
     if fmt not in GRAPH_FORMATS:
-        raise fail(f"--format {fmt!r}: use one of {', '.join(GRAPH_FORMATS)}", code=2)
+        raise fail(f"--format {fmt!r}: use one of {', '.join(GRAPH_FORMATS)}", code=USAGE)
     if json_out and out is None:
-        raise fail("--json owns stdout: give --out FILE for the exported graph", code=2)
+        raise fail("--json owns stdout: give --out FILE for the exported graph", code=USAGE)
     graph = _load(home, name, version)
     text = export_graph(graph, fmt)  # type: ignore[arg-type]
     if out is not None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import anyio
 import typer
 
-from astra.cli._common import JsonOption, console, emit_json, fail
+from astra.cli._common import USAGE, JsonOption, console, emit_json, exit_code, fail
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -35,11 +35,11 @@ def calibrate(
     try:
         cases, errors = load_calibration_set(path)
     except OSError as exc:
-        raise fail(f"{path}: cannot read: {exc.strerror}") from None
+        raise fail(f"{path}: cannot read: {exc.strerror}", code=USAGE) from None
     for e in errors:
         console.print(f"[yellow]skipped[/] {e}", highlight=False)
     if not cases:
-        raise fail(f"{path}: no usable calibration case")
+        raise fail(f"{path}: no usable calibration case", code=USAGE)
     mode = JudgeMode.RULES if judge == "rules" else JudgeMode.LLM
     model = _judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
     try:
@@ -47,7 +47,7 @@ def calibrate(
             cases, model, mode=mode, repeats=repeats, concurrency=concurrency,
             set_name=str(path) if set_path else "bundled")))
     except (ModelError, ValueError) as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise fail(f"{type(exc).__name__}: {exc}", code=exit_code(exc)) from None
     if as_json:
         emit_json(report.model_dump(mode="json", exclude={"runs": {"__all__": {"verdicts"}}}))
         return

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from astra.config import default_db_path
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, user
+from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, exit_code, fail, user
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch
 
 app = typer.Typer(no_args_is_help=True)
@@ -23,7 +23,7 @@ def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
     for value in values or []:
         key, sep, val = value.partition("=")
         if not sep or not key:
-            raise fail(f"{option} {value!r}: expected KEY=VALUE", code=2)
+            raise fail(f"{option} {value!r}: expected KEY=VALUE", code=USAGE)
         out[key] = val
     return out
 
@@ -131,21 +131,21 @@ def add(
 
     target: StdioLaunch | HttpLaunch
     if url and command:
-        raise fail("give either --url URL or -- COMMAND [ARGS...], not both", code=2)
+        raise fail("give either --url URL or -- COMMAND [ARGS...], not both", code=USAGE)
     if url:
         if env:
-            raise fail("--env applies to stdio servers (-- COMMAND ...), not --url", code=2)
+            raise fail("--env applies to stdio servers (-- COMMAND ...), not --url", code=USAGE)
         target = HttpLaunch(url=url, headers=_pairs(header, "--header"), transport="sse" if sse else "streamable-http")
     elif command:
         if header or sse:
-            raise fail("--header and --sse apply to --url servers", code=2)
+            raise fail("--header and --sse apply to --url servers", code=USAGE)
         _warn_own_options(command[1:])
         program = command[0]
         if os.sep in program and not os.path.isabs(program):
             program = os.path.abspath(program)  # stored launches must work from any directory
         target = StdioLaunch(command=program, args=command[1:], env=_pairs(env, "--env"), cwd=cwd)
     else:
-        raise fail("nothing to reach: give -- COMMAND [ARGS...] or --url URL", code=2)
+        raise fail("nothing to reach: give -- COMMAND [ARGS...] or --url URL", code=USAGE)
 
     with console.status(f"discovering tools of {name}...", spinner="dots") if not json_out else nullcontext():
         try:
@@ -156,7 +156,7 @@ def add(
         except DiscoveryError as exc:
             if json_out:
                 emit_json({"name": name, "ok": False, "error": str(exc)})
-            raise fail(str(exc)) from None
+            raise fail(str(exc), code=exit_code(exc)) from None
     if json_out:
         emit_json({"name": name, "ok": True, "changed": changed, "tools": [t.name for t in spec.tools],
                    "launch": spec.launch.model_dump()})
@@ -205,7 +205,7 @@ def show(
         known = registry.server_names() if spec is None else []
     if spec is None:
         hint = f" (known: {', '.join(known[:20])}{', ...' if len(known) > 20 else ''})" if known else ""
-        raise fail(f"no server named {name!r} in the registry{hint}")
+        raise fail(f"no server named {name!r} in the registry{hint}", code=USAGE)
     if json_out:
         emit_json(spec.model_dump(mode="json"))
     console.print(f"[bold]{user(spec.name)}[/]  {user(spec.title or '')}", highlight=False)
@@ -238,5 +238,5 @@ def remove(
     if json_out:
         emit_json({"name": name, "removed": removed})
     if not removed:
-        raise fail(f"no server named {name!r} in the registry")
+        raise fail(f"no server named {name!r} in the registry", code=USAGE)
     console.print(f"removed {user(name)}")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from astra.cli._common import HomeOption, JsonOption, console, emit_json, fail, resumable_run
+from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, fail, resumable_run
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -58,10 +58,10 @@ def rollout(
     from astra.client import ModelSettings, run_rollouts
 
     if executor not in ("local", "ray"):
-        raise fail(f"--executor must be 'local' or 'ray', not {executor!r}")
+        raise fail(f"--executor must be 'local' or 'ray', not {executor!r}", code=USAGE)
     task_list, file_servers = load_tasks(tasks)
     if not task_list:
-        raise fail(f"{tasks}: no valid tasks")
+        raise fail(f"{tasks}: no valid tasks", code=USAGE)
     model_options = {"base_url": base_url} if base_url and model.startswith("openai:") else {}
     targets: list = list(servers or [])
     if file_servers:
@@ -78,7 +78,8 @@ def rollout(
                 call_timeout_s=call_timeout, system_prompt=system_prompt,
             )
         except (KeyError, ValueError, RuntimeError, OSError) as exc:
-            raise fail(str(exc).strip("'\"")) from None
+            # an unknown server, a bad model spec, duplicate task ids: the user's to fix
+            raise fail(str(exc).strip("'\""), code=USAGE if isinstance(exc, (KeyError, ValueError)) else 1) from None
     if json_out:
         emit_json(summary.model_dump(mode="json"))
     table = Table(title=f"rollouts -> {summary.out_dir}", show_header=False)
@@ -111,7 +112,7 @@ def _plan_file_servers(specs: list, named: set[str], out: Path, live_remote: boo
     try:
         targets, plans = anyio.run(lambda: plan_servers(specs, live_remote=live_remote, simulator=simulator))
     except ValueError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), code=USAGE) from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "servers_plan.json").write_text(json.dumps({n: p.model_dump(mode="json") for n, p in plans.items()},
                                                       indent=1) + "\n", "utf-8")

@@ -8,14 +8,7 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from astra.cli._common import (
-    HomeOption,
-    JsonOption,
-    console,
-    emit_json,
-    fail,
-    resumable_run,
-)
+from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, exit_code, fail, resumable_run
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -29,7 +22,7 @@ def _load(config: Path, home: Path | None) -> Any:
     try:
         cfg = TrajectoryConfig.load(config)
     except ConfigError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), code=exc.exit_code) from None
     if home is not None:
         cfg = cfg.model_copy(update={"home": home})
     return cfg
@@ -45,7 +38,7 @@ def _run(config: Path, home: Path | None, as_json: bool, quiet: bool, stages: tu
         with resumable_run(cfg.out_dir):
             result = anyio.run(lambda: run_trajectory_pipeline(cfg, progress=not quiet and not as_json, stages=stages))
     except (PipelineError, ModelError, RegistryError, DiscoveryError, ValueError, KeyError) as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise fail(f"{type(exc).__name__}: {exc}", code=exit_code(exc)) from None
     if as_json:
         emit_json(result.summary())
     elif quiet:
@@ -86,7 +79,7 @@ def funnel(config: ConfigArg, home: HomeOption = None, as_json: JsonOption = Fal
 
     cfg = _load(config, home)
     if not Path(cfg.out_dir).exists():
-        raise fail(f"{cfg.out_dir}: no run directory yet")
+        raise fail(f"{cfg.out_dir}: no run directory yet", code=USAGE)
     result = TrajectoryPipeline(cfg, progress=False).result(time.perf_counter())
     if as_json:
         emit_json(result.summary())
@@ -116,7 +109,7 @@ def rejudge(
             result = anyio.run(lambda: _closing(model, rejudge_run(run_dir, model, mode=mode, concurrency=concurrency,
                                                                    progress=not quiet and not as_json)))
     except (RejudgeError, ModelError, ValueError) as exc:
-        raise fail(f"{type(exc).__name__}: {exc}") from None
+        raise fail(f"{type(exc).__name__}: {exc}", code=exit_code(exc)) from None
     if as_json:
         emit_json(result.summary())
         return
@@ -142,7 +135,7 @@ def _judge_model(spec: str, timeout_s: float) -> Any:
     try:
         return _TimeoutModel(resolve_model(spec), timeout_s)
     except (ModelError, ValueError, KeyError) as exc:
-        raise fail(f"--judge {spec}: {exc}") from None
+        raise fail(f"--judge {spec}: {exc}", code=USAGE) from None
 
 
 async def _closing(model: Any, coro: Any) -> Any:

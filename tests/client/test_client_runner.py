@@ -217,4 +217,4 @@ def test_cli_rollout_with_registry_servers(tmp_path, time_launch):
     record = json.loads((tmp_path / "out" / "trajectories.jsonl").read_text())
     assert record["steps"][0]["server"] == "time" and record["steps"][0]["result"]["timezone"] == "UTC"
     bad = CliRunner().invoke(app, [*args[:-5], "--servers", "nosuch", "--home", str(home), "--json"])
-    assert bad.exit_code == 1 and "nosuch" in bad.stderr
+    assert bad.exit_code == 2 and "nosuch" in bad.stderr

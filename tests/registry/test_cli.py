@@ -72,7 +72,7 @@ def test_add_list_show_remove(tmp_path: Path, time_launch: StdioLaunch) -> None:
     assert human.exit_code == 0 and "book_hotel" in human.stderr
 
     missing = run("registry", "show", "nope", "--home", home)
-    assert missing.exit_code == 1 and "no server named 'nope'" in missing.stderr
+    assert missing.exit_code == 2 and "no server named 'nope'" in missing.stderr
     assert json.loads(run("registry", "remove", "time", "--home", home, "--json").stdout) == {
         "name": "time", "removed": True}
 
@@ -141,7 +141,7 @@ def test_graph_list_show_export(tmp_path: Path) -> None:
     bad = run("graph", "export", "travel", "--format", "gexf", "--home", home)
     assert bad.exit_code == 2 and "graphml, json, dot" in bad.stderr
     missing = run("graph", "show", "nope", "--home", home)
-    assert missing.exit_code == 1 and "graphs: travel" in missing.stderr
+    assert missing.exit_code == 2 and "graphs: travel" in missing.stderr
 
 
 def test_the_astra_entry_point(tmp_path: Path) -> None:

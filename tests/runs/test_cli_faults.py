@@ -32,7 +32,7 @@ def test_markup_and_control_characters_in_user_data_print_verbatim(tmp_path: Pat
     assert shown.exit_code == 0, shown.output
     assert "t[/]" in shown.stderr and "\\x07bell [/]" in shown.stderr and "\x07" not in shown.stderr
     missing = runner.invoke(app, ["registry", "show", "nope[/]\x1b", "--home", str(home)])
-    assert missing.exit_code == 1 and "nope[/]\\x1b" in missing.stderr
+    assert missing.exit_code == 2 and "nope[/]\\x1b" in missing.stderr
 
 
 def test_astra_options_after_double_dash_are_passed_on_with_a_warning(tmp_path: Path) -> None:

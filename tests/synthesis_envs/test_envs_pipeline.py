@@ -206,11 +206,11 @@ def test_cli_run_and_stage_verbs(tmp_path, config):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"run_dir": "run", "verify_threshold": 3}))
     res = runner.invoke(app, ["envs", "run", str(bad), "--json"])
-    assert res.exit_code == 1 and "verify_threshold: Input should be less than or equal to 1" in res.output
+    assert res.exit_code == 2 and "verify_threshold: Input should be less than or equal to 1" in res.output
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps({"run_dir": "run2", "qa_path": "nope.jsonl"}))
     res = runner.invoke(app, ["envs", "qa", str(missing)])
-    assert res.exit_code == 1 and f"qa_path: {tmp_path / 'nope.jsonl'}: no such file" in " ".join(res.output.split())
+    assert res.exit_code == 2 and f"qa_path: {tmp_path / 'nope.jsonl'}: no such file" in " ".join(res.output.split())
 
 
 def test_config_files_resolve_paths_against_their_folder(tmp_path):
@@ -243,4 +243,4 @@ def test_cli_init_writes_a_runnable_config(tmp_path):
     cfg = EnvironmentPipelineConfig.load(path)
     assert cfg.qa_path == sample_qa_path() and cfg.run_dir == tmp_path / "envs-run" and cfg.model == "local:smollm2"
     again = CliRunner().invoke(app, ["envs", "init", str(path)])
-    assert again.exit_code == 1 and "exists" in again.output
+    assert again.exit_code == 2 and "exists" in again.output

@@ -199,11 +199,11 @@ def test_rejudge_rules_and_errors(tmp_path):
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["stage"] == "reward.rules.traj-rules-v1" and Tripwire.built == 0
     missing = CliRunner().invoke(app, ["traj", "rejudge", str(tmp_path / "nowhere"), "--judge", "rules"])
-    assert missing.exit_code == 1 and "not a run directory" in missing.output
+    assert missing.exit_code == 2 and "not a run directory" in missing.output
 
 
 @pytest.mark.parametrize("spec", ["nonsense", "scripted:no-such-script"])
 def test_rejudge_bad_judge_spec(tmp_path, spec):
     path, _ = _stored_run(tmp_path)
     out = CliRunner().invoke(app, ["traj", "rejudge", str(path), "--judge", spec])
-    assert out.exit_code == 1 and "--judge" in out.output
+    assert out.exit_code == 2 and "--judge" in out.output

@@ -153,7 +153,7 @@ def test_cli_verbs_and_run(tmp_path, home):
     bad = tmp_path / "bad.yaml"
     bad.write_text("out_dir: x\nservers: [a]\nchains: {max_length: 1}\n")
     res = runner.invoke(app, ["traj", "run", str(bad)])
-    assert res.exit_code == 1 and "bad.yaml: chains.max_length: " in " ".join(res.output.split())
+    assert res.exit_code == 2 and "bad.yaml: chains.max_length: " in " ".join(res.output.split())
 
 
 def test_demo_config_runs_on_bundled_servers(tmp_path):
