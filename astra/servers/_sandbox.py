@@ -33,7 +33,9 @@ needs an explicit, loud opt-in: ``ASTRA_UNSAFE_NO_SANDBOX=1`` (or ``--unsafe-no-
 
 Every call runs in a child forked from the warm parent: nothing a call changes (globals, builtins,
 modules, patched functions, scratch files) reaches another call, episode or reset. The reply comes
-on a pipe of its own as one frame tied to the request's nonce; anything else fails the call.
+on a pipe of its own as one frame tied to the request's nonce; anything else fails the call. A
+``Sandbox`` keeps up to ``max_workers`` such bubblewrap workers (one call at a time each), so a
+call that hangs delays only its own episode.
 """
 
 from __future__ import annotations
