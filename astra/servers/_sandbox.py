@@ -378,12 +378,27 @@ def _sweep_stale_cgroups() -> None:
             pass
 
 
+_UNREMOVED_CGROUPS: set[Path] = set()  # this process's groups whose workers were still exiting
+
+
+def _remove_cgroup(path: Path) -> None:
+    try:
+        path.rmdir()
+        _UNREMOVED_CGROUPS.discard(path)
+    except FileNotFoundError:
+        _UNREMOVED_CGROUPS.discard(path)
+    except OSError:
+        _UNREMOVED_CGROUPS.add(path)  # retried when the next group is made
+
+
 def _make_cgroup(name: str, max_tasks: int) -> Path | None:
     """A cgroup-v1 pids group (where this process may create one): the kernel's limit on tasks. Without
     it RLIMIT_NPROC holds for non-root hosts; for root hosts it does not (the kernel exempts root)."""
     if not _CGROUP_PIDS.is_dir() or not os.access(_CGROUP_PIDS, os.W_OK):
         return None
     _sweep_stale_cgroups()
+    for leftover in list(_UNREMOVED_CGROUPS):
+        _remove_cgroup(leftover)
     path = _CGROUP_PIDS / f"astra-sandbox-{os.getpid()}-{name}"
     try:
         path.mkdir(exist_ok=True)
@@ -422,10 +437,7 @@ def _release(res: _Resources) -> None:
                 pass
     res.paths.clear()
     for cgroup in res.cgroups:
-        try:
-            cgroup.rmdir()  # refused while a killed worker is still exiting; swept later
-        except OSError:
-            pass
+        _remove_cgroup(cgroup)  # refused while a killed worker is still exiting: retried later
     res.cgroups.clear()
 
 
@@ -715,11 +727,8 @@ class Sandbox:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                 self._res.paths.discard(path)
         if worker.cgroup is not None:
-            try:
-                worker.cgroup.rmdir()
-                self._res.cgroups.discard(worker.cgroup)
-            except OSError:
-                pass  # a killed worker still exiting: released later
+            _remove_cgroup(worker.cgroup)  # a killed worker still exiting: retried later
+            self._res.cgroups.discard(worker.cgroup)
 
     def abandon(self) -> None:
         """Kill the workers without waiting for them (outside any event loop)."""
