@@ -57,11 +57,14 @@ async def _llm_edges(spec: str, servers: list, candidates: list, batch_size: int
             try:
                 detected, _audit = await ask_json(model, _graph.chain_prompt(server), _graph.ChainDetections,
                                                   prompt_version=_graph.CHAIN_PROMPT_VERSION)
-            except LLMOutputError:
+            except LLMOutputError as exc:
                 failed += 1
+                print(f"  server_chains: {server.name} failed: {exc.reason[:160]}", flush=True)
                 continue
-            chains += _graph.chains_to_edges(server, detected)[0]
-            print(f"  server_chains: {server.name} done", flush=True)
+            found, outcome = _graph.chains_to_edges(server, detected)
+            chains += found
+            print(f"  server_chains: {server.name}: {outcome.yes} yes, {outcome.no} no, {outcome.not_sure} not sure, "
+                  f"{len(found)} edges, unknown names {outcome.unknown_tools[:5]}", flush=True)
         for _id, batch in batch_candidates(candidates, batch_size) if verify else ():
             calls += 1
             try:
