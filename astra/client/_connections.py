@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
-from astra.registry import client_target, failure_reason
+from astra.registry import client_target, failure_reason, tool_spec_of
 from astra.servers import CONTROL_EXTENSION, EPISODE_META_KEY, EpisodeRefusal, SchemaCheck
 from astra.servers._runtime import CloseEpisodeRequest, ControlResult, EpisodeParams, OpenEpisodeRequest, OpenParams
 from astra.errors import AstraError
@@ -144,18 +144,7 @@ class _Server:
         cursor: str | None = None
         for _ in range(1000):
             page = await client.list_tools(cursor=cursor)
-            for t in page.tools:
-                tools.append(
-                    ToolSpec(
-                        server=self.name,
-                        name=t.name,
-                        title=t.title,
-                        description=t.description or "",
-                        input_schema=dict(t.input_schema or {"type": "object", "properties": {}}),
-                        output_schema=dict(t.output_schema) if t.output_schema else None,
-                        annotations=t.annotations.model_dump(exclude_none=True) if t.annotations else {},
-                    )
-                )
+            tools.extend(tool_spec_of(t, self.name) for t in page.tools)
             cursor = page.next_cursor
             if not cursor:
                 break

@@ -35,6 +35,7 @@ from astra.registry._discovery import (
     discover_tools,
     discover_tools_sync,
     failure_reason,
+    tool_spec_of,
     MissingSecretError,
     resolve_http_launch,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "client_target",
     "describe_target",
     "failure_reason",
+    "tool_spec_of",
     "resolve_http_launch",
     "MissingSecretError",
     "read_input_file",

@@ -29,6 +29,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.lowlevel import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CONNECTION_CLOSED
+from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field
 
 from astra.records import EnvironmentLaunch, HttpLaunch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
@@ -48,6 +49,7 @@ __all__ = [
     "client_target",
     "failure_reason",
     "resolve_http_launch",
+    "tool_spec_of",
     "MissingSecretError",
 ]
 
@@ -190,14 +192,16 @@ def _tail(log: IO[str] | None) -> str:
     return text[-STDERR_TAIL_CHARS:]
 
 
-def _tool_spec(tool: Any, server: str) -> ToolSpec:
+def tool_spec_of(tool: MCPTool, server: str) -> ToolSpec:
+    """The ``ToolSpec`` of one ``tools/list`` entry of ``server`` (the one converter: discovery and
+    the client harness). An empty input schema becomes the empty object schema."""
     annotations = tool.annotations.model_dump(mode="json", exclude_none=True) if tool.annotations else {}
     return ToolSpec(
         server=server,
         name=tool.name,
         title=tool.title,
         description=tool.description or "",
-        input_schema=dict(tool.input_schema),
+        input_schema=dict(tool.input_schema or {"type": "object", "properties": {}}),
         output_schema=dict(tool.output_schema) if tool.output_schema is not None else None,
         annotations=annotations,
     )
@@ -220,7 +224,7 @@ async def _list_all(client: Client, name: str | None, max_pages: int) -> Discove
             if tool.name in seen:
                 raise ValueError(f"tools/list returned tool {tool.name!r} twice")
             seen.add(tool.name)
-            spec = _tool_spec(tool, server)
+            spec = tool_spec_of(tool, server)
             try:
                 validate_schema(spec.input_schema, field=f"{tool.name}.inputSchema")
                 if spec.output_schema is not None:
