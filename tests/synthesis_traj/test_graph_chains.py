@@ -6,14 +6,13 @@ import anyio
 import networkx as nx
 
 from astra.records import GraphEdge, ServerSpec, ToolGraph, ToolSpec
-from astra.registry import Registry
+from astra.registry import Registry, to_networkx
 from astra.synthesis.trajectories import (
     TrajectoryConfig,
     TrajectoryPipeline,
     batch_candidates,
     coverage,
     generate_candidates,
-    graph_to_networkx,
     sample_toolsets,
     sample_walks,
     server_pair_count,
@@ -141,7 +140,7 @@ def test_walks_are_acyclic_bounded_deduplicated_and_seeded():
     attempts, covered, _ = sample_walks(graph, num_chains=10, min_length=2, max_length=4, seed=1)
     chains = [c for _, c, _ in attempts if c is not None]
     assert chains
-    g = graph_to_networkx(graph)
+    g = to_networkx(graph)
     for c in chains:
         names = [x.tool for x in c.calls]
         assert 2 <= len(names) <= 4 and len(set(names)) == len(names)

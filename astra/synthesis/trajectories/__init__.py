@@ -9,7 +9,7 @@ index), :func:`sample_walks` / :func:`sample_toolsets`, :class:`SimulatedServer`
 (real chat templates), :func:`gguf_tokenizer` / :func:`token_samples` (token-faithful records).
 """
 
-from astra.synthesis.trajectories._chains import Coverage, coverage, graph_to_networkx, sample_toolsets, sample_walks
+from astra.synthesis.trajectories._chains import Coverage, coverage, sample_toolsets, sample_walks
 from astra.synthesis.trajectories._config import (
     ChainOptions,
     ConfigError,
@@ -53,7 +53,7 @@ __all__ = [
     "Candidate", "ChainOptions", "ConfigError", "Coverage", "DIMENSIONS", "GraphOptions", "JudgeMode", "OVERALL_KEY", "PipelineError",
     "PipelineResult", "RewardOptions", "RolloutOptions", "SFTSample", "STAGES", "SimulatedServer", "TaskOptions",
     "TrajectoryConfig", "TrajectoryPipeline", "VERBS", "VerifyOptions", "batch_candidates", "coverage",
-    "demo_config", "generate_candidates", "graph_to_networkx", "original_keys", "reward_trajectory", "rule_scores",
+    "demo_config", "generate_candidates", "original_keys", "reward_trajectory", "rule_scores",
     "run_trajectory_pipeline", "sample_toolsets", "sample_walks", "server_pair_count", "to_sharegpt", "tokens",
     "write_exports", "ExportFormat", "ChatTemplate", "load_template", "TokenSample", "gguf_tokenizer", "token_samples",
 ]

@@ -9,6 +9,7 @@ import networkx as nx
 from pydantic import BaseModel
 
 from astra.records import ChainCall, ToolChain, ToolGraph, stable_id
+from astra.registry import to_networkx
 
 
 class Coverage(BaseModel):
@@ -27,14 +28,6 @@ class Coverage(BaseModel):
 
     def summary(self) -> dict[str, float | int]:
         return {**self.model_dump(), "tool_share": round(self.tool_share, 4), "edge_share": round(self.edge_share, 4)}
-
-
-def graph_to_networkx(graph: ToolGraph) -> nx.DiGraph:
-    g = nx.DiGraph(name=graph.name, version=graph.version)
-    g.add_nodes_from(graph.nodes)
-    for e in graph.edges:
-        g.add_edge(e.src, e.dst, kind=e.kind, bindings=dict(e.bindings), score=e.score, provenance=e.provenance)
-    return g
 
 
 def _chain_from_path(path: Sequence[str], g: nx.DiGraph, graph: ToolGraph) -> ToolChain:
@@ -62,7 +55,7 @@ def sample_walks(
     tools and edges. Deterministic for a given graph and seed.
     """
     rng = random.Random(seed)
-    g = graph_to_networkx(graph)
+    g = to_networkx(graph)
     starts = sorted(n for n in g.nodes if g.out_degree(n) > 0)
     attempts: list[tuple[str, ToolChain | None, str | None]] = []
     covered: set[str] = set()
