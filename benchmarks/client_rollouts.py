@@ -202,7 +202,9 @@ async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: i
                 items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
                 cpu0, server0 = time.process_time(), server_cpu_s()
                 start = time.perf_counter()
-                result = await pool.run(items, f"{tmp}/w{runs}.jsonl", concurrency=max(1, c // workers))
+                # C below the worker count: C workers, one episode each (C=1 measures the per-call overhead)
+                result = await pool.run(items, f"{tmp}/w{runs}.jsonl", concurrency=max(1, c // workers),
+                                        workers=min(workers, c))
                 wall = time.perf_counter() - start
                 server = server_cpu_s() - server0
                 assert result.written == n and not result.errors, result.errors[:3]
@@ -229,7 +231,7 @@ async def main() -> None:
     parser.add_argument("--points", default="100:1,100:64,1000:64,1000:256",
                         help="comma-separated L_ms:C (model latency in ms : concurrent episodes)")
     parser.add_argument("--episodes", type=int, default=128,
-                        help="episodes per run (at least C; C=1 uses --c1-episodes)")
+                        help="episodes per run (at least 2 C: two waves; C=1 uses --c1-episodes)")
     parser.add_argument("--c1-episodes", type=int, default=16)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the runner rows (0: skip)")
@@ -248,7 +250,7 @@ async def main() -> None:
         for latency_ms in sorted({p[0] for p in points}):
             endpoint = Endpoint(latency_ms / 1000)
             try:
-                at_l = [(max(a.episodes, c) if c > 1 else a.c1_episodes, c) for lm, c in points if lm == latency_ms]
+                at_l = [(max(a.episodes, 2 * c) if c > 1 else a.c1_episodes, c) for lm, c in points if lm == latency_ms]
                 pooled = {}
                 if "workers" in only and a.workers > 1:
                     pooled = await astra_workers(endpoint.base_url, at_l, a.workers, a.reps, tmp)

@@ -415,9 +415,11 @@ class RolloutWorkers:
         self._procs, self._inboxes, self._outboxes, self._alive = [], [], [], []
 
     async def run(self, items: Sequence[tuple[str, Task, int]], out_path: str, *, concurrency: int | None = None,
+                  workers: int | None = None,
                   on_result: Callable[[str | None, str | None], None] | None = None) -> WorkerRunResult:
-        """Run ``items`` (trajectory id, task, sample) on the workers; trajectories go to
-        ``out_path``. ``on_result(termination, error)`` is called as each episode ends."""
+        """Run ``items`` (trajectory id, task, sample) on the workers (the first ``workers`` of
+        them: all by default); trajectories go to ``out_path``. ``concurrency`` is per worker.
+        ``on_result(termination, error)`` is called as each episode ends."""
         if not self._procs:
             raise RuntimeError("RolloutWorkers is not started (use it as an async context manager)")
         self._runs += 1
@@ -473,7 +475,7 @@ class RolloutWorkers:
                     for tid, _, _ in pending:
                         settle(None, f"{tid}: no rollout worker left")
                     pending.clear()
-                for j in range(len(self._procs)):  # the others take over what it had not started
+                for j in used:  # the others take over what it had not started
                     if self._alive[j] and len(outstanding[j]) <= per_worker:
                         hand_out(j, per_worker + batch - len(outstanding[j]))
 
@@ -481,7 +483,8 @@ class RolloutWorkers:
             return result
         if self._handler is not None:
             raise RuntimeError("RolloutWorkers runs one run at a time")
-        for i in range(len(self._procs)):
+        used = range(min(len(self._procs), workers or len(self._procs)))
+        for i in used:
             if self._alive[i]:
                 hand_out(i, per_worker + batch)
         if not any(outstanding):

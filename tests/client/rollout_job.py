@@ -19,6 +19,7 @@ def slow_plan() -> ScriptedModel:
 
 
 register_script("slow-plan", slow_plan)
+register_script("pid-plan", lambda: ScriptedModel.from_plan([("pid", {})], "done", name="pid-plan", delay_s=0.2))
 
 if __name__ == "__main__":
     out, n = sys.argv[1], int(sys.argv[2])

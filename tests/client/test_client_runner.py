@@ -218,3 +218,47 @@ def test_cli_rollout_with_registry_servers(tmp_path, time_launch):
     assert record["steps"][0]["server"] == "time" and record["steps"][0]["result"]["timezone"] == "UTC"
     bad = CliRunner().invoke(app, [*args[:-5], "--servers", "nosuch", "--home", str(home), "--json"])
     assert bad.exit_code == 2 and "nosuch" in bad.stderr
+
+
+def test_warm_workers_are_reused_and_a_dead_worker_fails_only_its_episodes(tmp_path, monkeypatch, test_stdio_launch):
+    import anyio
+
+    from astra.client._runner import EpisodeConfig, RolloutWorkers
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+    spec = "scripted:pid-plan"
+    config = EpisodeConfig(model_spec=spec, concurrency=2, imports=["rollout_job"])
+
+    def items(lo: int, hi: int) -> list:
+        return [(trajectory_id(t.id, spec, 0), t, 0) for t in tasks(hi)[lo:]]
+
+    def server_pids(path: Path) -> set[int]:
+        return {json.loads(x)["steps"][0]["result"]["result"] for x in path.read_text().splitlines()}
+
+    async def main() -> None:
+        async with RolloutWorkers(2, config, [("io", test_stdio_launch)], batch_size=1) as pool:
+            first = await pool.run(items(0, 6), str(tmp_path / "a.jsonl"))
+            second = await pool.run(items(6, 12), str(tmp_path / "b.jsonl"))
+            assert (first.written, second.written, first.errors) == (6, 6, [])
+            assert first.by_termination == {"final_answer": 6} and first.worker_cpu_s > 0
+            # one server per worker, launched once: the same two processes served both runs
+            assert server_pids(tmp_path / "a.jsonl") == server_pids(tmp_path / "b.jsonl")
+            assert len(server_pids(tmp_path / "a.jsonl")) == 2
+            async with anyio.create_task_group() as tg:
+                async def kill_worker_0() -> None:
+                    await anyio.sleep(0.3)
+                    os.kill(pool._procs[0].pid, signal.SIGKILL)
+
+                tg.start_soon(kill_worker_0)
+                third = await pool.run(items(12, 24), str(tmp_path / "c.jsonl"))
+            assert third.errors and all("rollout worker 0 died" in e for e in third.errors)
+            assert third.written + len(third.errors) == 12
+            rest = [i for i in items(12, 24) if i[0] not in set(read_ids_file(tmp_path / "c.jsonl"))]
+            again = await pool.run(rest, str(tmp_path / "c.jsonl"))  # the surviving worker takes them
+            assert (again.written, again.errors) == (len(rest), [])
+
+    anyio.run(main)
+
+
+def read_ids_file(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
