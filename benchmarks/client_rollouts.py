@@ -198,12 +198,13 @@ async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: i
             out[(n, c)] = []
             for rep in range(reps + 1):  # the first is a warm-up
                 runs += 1
-                tasks = [Task(id=f"w{runs}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
+                tasks = [Task(id=f"{base_url}-w{runs}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
                 items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
+                out_path = f"{tmp}/{base_url.rsplit(':', 1)[1].split('/')[0]}-w{runs}.jsonl"  # one per endpoint and run
                 cpu0, server0 = time.process_time(), server_cpu_s()
                 start = time.perf_counter()
                 # C below the worker count: C workers, one episode each (C=1 measures the per-call overhead)
-                result = await pool.run(items, f"{tmp}/w{runs}.jsonl", concurrency=max(1, c // workers),
+                result = await pool.run(items, out_path, concurrency=max(1, c // workers),
                                         workers=min(workers, c))
                 wall = time.perf_counter() - start
                 server = server_cpu_s() - server0
