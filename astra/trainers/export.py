@@ -203,15 +203,27 @@ def verl_row(sample: Sample, index: int, *, data_source: str = "astra_env", spli
 
 
 def write_verl_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write verl rows. Arrow stores ``tools_kwargs`` as one struct for the whole file, so a
-    reader sees other samples' tool names as null keys: ``tool_selection`` keeps verl from ever
-    looking them up (its loop rejects a tool outside the selection before reading its kwargs)."""
+    """Write verl rows. ``extra_info.tools_kwargs`` is an ``arrow.json`` field: a plain struct
+    would be one schema for the whole file (every sample padded with null entries for the other
+    samples' tools), while HF datasets (what verl's RLHFDataset reads with) decodes a JSON field
+    per row, so each row keeps exactly its own tools' kwargs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    plain = [{**r, "extra_info": {k: v for k, v in r["extra_info"].items() if k != "tools_kwargs"}} for r in rows]
+    table = pa.Table.from_pylist(plain)
+    if rows and all("tools_kwargs" in r["extra_info"] for r in rows):
+        extra = table.column("extra_info").combine_chunks()
+        kwargs = pa.ExtensionArray.from_storage(
+            pa.json_(), pa.array([json.dumps(r["extra_info"]["tools_kwargs"], ensure_ascii=False) for r in rows], pa.string())
+        )
+        names = [extra.type.field(i).name for i in range(extra.type.num_fields)]
+        fields = [extra.field(i) for i in range(extra.type.num_fields)]
+        extra = pa.StructArray.from_arrays([*fields, kwargs], names=[*names, "tools_kwargs"])
+        table = table.set_column(table.schema.get_field_index("extra_info"), "extra_info", extra)
+    pq.write_table(table, tmp)
     tmp.replace(path)
     return path
 

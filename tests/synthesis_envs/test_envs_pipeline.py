@@ -102,7 +102,9 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
     assert {t["function"]["name"] for t in tools} == set(exported.values())
     assert set(exported.values()) == {"miles_to_km", alice.spec.name.replace("-", "_") + "__add_numbers"}
     assert row["extra_info"]["tool_selection"] == [t["function"]["name"] for t in tools]
-    assert row["extra_info"]["tools_kwargs"]["miles_to_km"] == {"create_kwargs": {"ground_truth": row["reward_model"]["ground_truth"]}}
+    tools_kwargs = json.loads(row["extra_info"]["tools_kwargs"])  # an arrow.json field: its own tools only
+    assert set(tools_kwargs) == set(row["extra_info"]["tool_selection"])
+    assert tools_kwargs["miles_to_km"] == {"create_kwargs": {"ground_truth": row["reward_model"]["ground_truth"]}}
     samples = list(JsonlLog(result.exports["rl_samples"]).read_dicts())
     assert len(samples) == 2 and all(s["sub_qa"] for s in samples)
     mcp_json = json.loads(Path(result.exports["mcp_servers"]).read_text())

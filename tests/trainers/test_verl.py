@@ -106,6 +106,7 @@ def test_export_shape(export: Any, verl: types.SimpleNamespace) -> None:
     assert all(d.startswith("warehouse__") for d in first["extra_info"]["distractors"])
     # every selected tool has its kwargs (never null); names are unique across the export
     for row in export.rows:
+        assert set(row["extra_info"]["tools_kwargs"]) == set(row["extra_info"]["tool_selection"])  # no null padding
         for name in row["extra_info"]["tool_selection"]:
             assert row["extra_info"]["tools_kwargs"][name]["create_kwargs"]["ground_truth"]
     names = [t.name for t in export.tools]
