@@ -74,7 +74,8 @@ async def timed(n: int, call) -> list[float]:  # type: ignore[no-untyped-def]
 
 def row(name: str, a: list[float], b: list[float]) -> None:
     print(f"  {name:36s} p50 {pct(a, .5) * 1e3:7.3f} ms  p95 {pct(a, .95) * 1e3:7.3f} ms | baseline p50 "
-          f"{pct(b, .5) * 1e3:7.3f} ms  p95 {pct(b, .95) * 1e3:7.3f} ms | added p50 {(pct(a, .5) - pct(b, .5)) * 1e3:6.3f} ms"
+          f"{pct(b, .5) * 1e3:7.3f} ms  p95 {pct(b, .95) * 1e3:7.3f} ms | "
+          f"added p50 {(pct(a, .5) - pct(b, .5)) * 1e3:6.3f} ms"
           f"  p95 {(pct(a, .95) - pct(b, .5)) * 1e3:6.3f} ms")  # added = a call's latency minus the baseline's median
 
 
@@ -148,9 +149,10 @@ async def resets(relaunches: int, count: int) -> None:
             reset_s.append(time.perf_counter() - start)
             assert state == spec.initial_state and not first.is_error
     relaunch, reset = pct(relaunch_s, .5), pct(reset_s, .5)
-    print(f"2. a fresh episode (emitted server over stdio)")
+    print("2. a fresh episode (emitted server over stdio)")
     print(f"  relaunch + first call (p50 of {relaunches})            {relaunch * 1e3:9.1f} ms")
-    print(f"  reset + first call (p50 of {count})               {reset * 1e3:9.3f} ms  p95 {pct(reset_s, .95) * 1e3:.3f} ms"
+    print(f"  reset + first call (p50 of {count})               {reset * 1e3:9.3f} ms  "
+          f"p95 {pct(reset_s, .95) * 1e3:.3f} ms"
           f"  -> {relaunch / reset:6.0f}x faster")
     print(f"  target reset p50 <= 10 ms: {'met' if reset <= 0.010 else 'NOT met'}; >= 50x: "
           f"{'met' if relaunch / reset >= 50 else 'NOT met'}")
@@ -160,8 +162,8 @@ def _counter_spec() -> EnvironmentSpec:
     source = ("import builtins\ndef bump(state, episode):\n    assert not hasattr(builtins, 'SEEN')\n"
               "    builtins.SEEN = episode\n    state['n'] += 1\n    state['mine'] = episode\n    return state\n")
     tool = ToolImplementation(spec=ToolSpec(server="bench", name="bump", description="bump",
-                                            input_schema={"type": "object", "properties": {"episode": {"type": "string"}},
-                                                          "required": ["episode"]}),
+                                            input_schema={"type": "object", "required": ["episode"],
+                                                          "properties": {"episode": {"type": "string"}}}),
                               source=source, stateful=True)
     return EnvironmentSpec(id="env-bench", name="bench", tools=[tool], initial_state={"n": 0, "mine": None})
 

@@ -136,7 +136,8 @@ class SandboxLimits:
                 raise ValueError("not a JSON object")
             return cls(**values)
         except (TypeError, ValueError) as exc:
-            raise SandboxError(f"{LIMITS_ENV}: {exc} (expected a JSON object of {', '.join(cls.__dataclass_fields__)})") from exc
+            fields = ", ".join(cls.__dataclass_fields__)
+            raise SandboxError(f"{LIMITS_ENV}: {exc} (expected a JSON object of {fields})") from exc
 
 
 @dataclass
@@ -322,7 +323,7 @@ def bwrap_command(bwrap: str, *, seccomp_fd: int, scratch_bytes: int, worker_arg
 
 def _unavailable(cause: str) -> SandboxUnavailable:
     lowered = cause.lower()
-    if "namespace" in lowered or "uid map" in lowered or "permission" in lowered or "operation not permitted" in lowered:
+    if any(word in lowered for word in ("namespace", "uid map", "permission", "operation not permitted")):
         fix = ("enable unprivileged user namespaces (`sysctl -w kernel.unprivileged_userns_clone=1`; "
                "`sysctl -w user.max_user_namespaces=15000`; on Ubuntu 24.04+ `sysctl -w "
                "kernel.apparmor_restrict_unprivileged_userns=0` or an AppArmor profile allowing bwrap), or run "
@@ -663,7 +664,8 @@ class Sandbox:
                 worker_args = [_interpreter(), "-I", "-S", "-B", "/astra/_worker.py", json.dumps(config)]
                 command = bwrap_command(bwrap, seccomp_fd=seccomp_fd, scratch_bytes=limits.scratch_mb * 1024 * 1024,
                                         worker_args=worker_args)
-                cgroup = _make_cgroup(f"{id(self):x}-{secrets.token_hex(3)}", limits.max_procs + 8)  # + bwrap, parent, spares
+                # max_procs for the call, 8 for bwrap, the parent and the spares
+                cgroup = _make_cgroup(f"{id(self):x}-{secrets.token_hex(3)}", limits.max_procs + 8)
                 if cgroup is not None:
                     # join the pids cgroup before bubblewrap forks anything
                     command = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" || exit 97; exec "$@"', str(cgroup),
@@ -764,7 +766,8 @@ class Sandbox:
         try:
             payload = json.dumps(request, allow_nan=False, ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
-            return SandboxResult(ok=False, error_kind=ErrorKind.NOT_JSON, error=f"arguments or state are not JSON: {exc}")
+            return SandboxResult(ok=False, error_kind=ErrorKind.NOT_JSON,
+                                 error=f"arguments or state are not JSON: {exc}")
         async with self._current_slots():
             slot = [self._idle.pop() if self._idle else await self._spawn()]
             try:
@@ -825,11 +828,12 @@ class Sandbox:
         except TimeoutError:
             await self._restart(slot)
             return SandboxResult(ok=False, error_kind=ErrorKind.TIMEOUT, restarted=True,
-                                 error=f"the tool did not finish within {limits.wall_s:g} s (wall-clock limit); it was stopped")
+                                 error=_timeout_message(limits))
         except (EOFError, OSError, ValueError) as exc:
             await self._restart(slot)
             return SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
-                                 error=f"the sandbox failed during the call ({type(exc).__name__}: {exc}); it was restarted")
+                                 error=f"the sandbox failed during the call ({type(exc).__name__}: {exc}); "
+                                       "it was restarted")
         finally:
             for fd in (request_r, request_w, reply_r, reply_w):
                 if fd >= 0:
@@ -867,10 +871,11 @@ class Sandbox:
         status = int(report.get("status", -1))
         if report.get("timed_out"):
             return SandboxResult(ok=False, error_kind=ErrorKind.TIMEOUT,
-                                 error=f"the tool did not finish within {limits.wall_s:g} s (wall-clock limit); it was stopped")
+                                 error=_timeout_message(limits))
         if overflow:
             return SandboxResult(ok=False, error_kind=ErrorKind.OUTPUT_LIMIT,
-                                 error="the tool's reply was larger than the output, result and state limits allow; it was stopped")
+                                 error="the tool's reply was larger than the output, result and state limits "
+                                       "allow; it was stopped")
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             cpu_limit = max(1, int(-(-limits.cpu_s // 1)))
@@ -879,7 +884,8 @@ class Sandbox:
                                      error=f"the tool used more than {limits.cpu_s:g} s of CPU; it was stopped")
             if sig == signal.SIGXFSZ:
                 return SandboxResult(ok=False, error_kind=ErrorKind.FILE_SIZE,
-                                     error=f"the tool wrote a file larger than {limits.file_size_mb} MiB; it was stopped")
+                                     error=f"the tool wrote a file larger than {limits.file_size_mb} MiB; "
+                                           "it was stopped")
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
             return SandboxResult(ok=False, error_kind=ErrorKind.CRASH, error=f"the tool's process died ({name})")
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
@@ -900,6 +906,10 @@ class Sandbox:
                                  error="the tool's reply carried no state object; the call was discarded")
         return SandboxResult(ok=True, value=data.get("value"), state=state if stateful else None,
                              stdout=data.get("stdout") or "", truncated=bool(data.get("truncated")))
+
+
+def _timeout_message(limits: SandboxLimits) -> str:
+    return f"the tool did not finish within {limits.wall_s:g} s (wall-clock limit); it was stopped"
 
 
 def _parse_reply(reply: bytes, nonce: str) -> tuple[str | None, dict[str, Any] | None]:

@@ -374,11 +374,13 @@ def _run(config: dict, request: dict, guard: Any) -> bytes:
             encoded = dumps(value, allow_nan=False, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             reply = {"ok": False, "error_kind": "not_json",
-                     "error": f"the tool returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}"}
+                     "error": f"the tool returned a value that is not JSON-serialisable "
+                              f"({type(value).__name__}): {exc}"}
         else:
             truncated = len(encoded) > max_result
             if truncated:
-                value = encoded[:max_result] + f"...[truncated: result was {len(encoded)} characters, limit {max_result}]"
+                marker = f"...[truncated: result was {len(encoded)} characters, limit {max_result}]"
+                value = encoded[:max_result] + marker
             else:
                 value = loads(encoded)
             reply = {"ok": True, "value": value, "truncated": truncated}
@@ -391,11 +393,13 @@ def _run(config: dict, request: dict, guard: Any) -> bytes:
                 else:
                     if len(state_json) > max_state:
                         reply = {"ok": False, "error_kind": "state_too_large",
-                                 "error": f"the tool grew the state to {len(state_json)} characters (limit {max_state})"}
+                                 "error": f"the tool grew the state to {len(state_json)} characters "
+                                          f"(limit {max_state})"}
                     else:
                         reply["state"] = loads(state_json)
     except MemoryError:
-        reply = {"ok": False, "error_kind": "memory", "error": f"the tool ran out of memory (limit {config['memory_mb']} MiB)"}
+        reply = {"ok": False, "error_kind": "memory",
+                 "error": f"the tool ran out of memory (limit {config['memory_mb']} MiB)"}
     except RecursionError:
         reply = {"ok": False, "error_kind": "exception", "error": "RecursionError: maximum recursion depth exceeded"}
     except BaseException as exc:  # noqa: BLE001 - tool code raised: report it to the model
@@ -417,7 +421,8 @@ def _run(config: dict, request: dict, guard: Any) -> bytes:
     try:
         data = dumps(reply, ensure_ascii=False).encode("utf-8")
     except BaseException as error:  # noqa: BLE001 - lone surrogates and the like
-        data = dumps({"id": nonce, "ok": False, "error_kind": "not_json", "error": str(error)[:500], "stdout": ""}).encode()
+        failure = {"id": nonce, "ok": False, "error_kind": "not_json", "error": str(error)[:500], "stdout": ""}
+        data = dumps(failure).encode()
     return _pack(_len(data)) + data
 
 

@@ -39,7 +39,8 @@ def raw(name, *args):
 
 def _attack(body: str) -> str:
     lines = body.strip("\n").splitlines()
-    return PRELUDE + "\ndef attack(state, ctx):\n    state['n'] += 100\n" + "\n".join("    " + line for line in lines) + "\n"
+    body = "\n".join("    " + line for line in lines)
+    return PRELUDE + "\ndef attack(state, ctx):\n    state['n'] += 100\n" + body + "\n"
 
 
 # name -> body of attack(state, ctx); ``ESCAPED`` in the value means the sandbox failed

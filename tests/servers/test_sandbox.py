@@ -115,14 +115,16 @@ async def test_socket_to_loopback_is_refused(listener: socket.socket) -> None:
 
 
 async def test_isolation_is_reported_and_real() -> None:
-    source = "import os\ndef look():\n    return {'uid': os.getuid(), 'gid': os.getgid(), 'root': sorted(os.listdir('/')), 'proc': os.path.exists('/proc/self')}\n"
+    source = ("import os\ndef look():\n    return {'uid': os.getuid(), 'gid': os.getgid(), "
+              "'root': sorted(os.listdir('/')), 'proc': os.path.exists('/proc/self')}\n")
     async with Sandbox(limits=LIMITS, audit_hook=False) as sandbox:
         assert sandbox.isolation["bubblewrap"] and sandbox.isolation["seccomp"] and sandbox.isolation["tool_seccomp"]
         result = await sandbox.call(source, "look", {})
     assert result.ok, result
     assert result.value["uid"] == 65534 and result.value["gid"] == 65534
     assert not result.value["proc"]
-    assert set(result.value["root"]) <= {"astra", "bin", "dev", "lib", "lib32", "lib64", "root", "tmp", "usr"}, result.value
+    expected_root = {"astra", "bin", "dev", "lib", "lib32", "lib64", "root", "tmp", "usr"}
+    assert set(result.value["root"]) <= expected_root, result.value
 
 
 async def test_host_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,7 +177,8 @@ async def test_no_interpreter_state_crosses_calls() -> None:
 
 async def test_cpu_limit_is_a_clean_error_and_the_next_call_succeeds() -> None:
     limits = SandboxLimits(cpu_s=1, wall_s=20)
-    spin = "import signal\ndef spin():\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n    while True:\n        pass\n"
+    spin = ("import signal\ndef spin():\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+            "    while True:\n        pass\n")
     async with Sandbox(limits=limits, audit_hook=False) as sandbox:
         result = await sandbox.call(spin, "spin", {})
         assert not result.ok and result.error_kind == "cpu", result  # ignoring SIGXCPU only delays SIGKILL
@@ -268,7 +271,8 @@ async def test_failed_calls_leave_episode_state_unchanged_through_the_server() -
                 assert result.is_error, attack
                 assert result.content[0].text.startswith("Error: "), attack
                 assert (await client.call_tool("bump", {})).structured_content["result"] == 2 + ["bump_then_loop", "bump_then_bomb", "bump_then_crash", "bump_then_raise", "bump_then_object"].index(attack), attack
-        assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == 0  # a fresh process per call: nothing to restart
+        # a fresh process per call: nothing to restart
+        assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == 0
     finally:
         await server.runtime.aclose()
 
