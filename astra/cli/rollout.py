@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -109,8 +109,14 @@ def _plan_file_servers(specs: list, named: set[str], out: Path, live_remote: boo
     specs = [s for s in specs if s.name not in named]
     needs_simulator = any(isinstance(s.launch, SimulatedLaunch) for s in specs)
     simulator = resolve_model(simulator_spec, **simulator_options) if needs_simulator else None
+    from astra.synthesis.trajectories._simulate import SimulatedServer
+
+    def simulate(spec: Any) -> Any:
+        return SimulatedServer(spec, simulator)
+
     try:
-        targets, plans = anyio.run(lambda: plan_servers(specs, live_remote=live_remote, simulator=simulator))
+        targets, plans = anyio.run(lambda: plan_servers(specs, live_remote=live_remote,
+                                                        simulate=simulate if simulator is not None else None))
     except ValueError as exc:
         raise fail(str(exc), code=USAGE) from None
     out.mkdir(parents=True, exist_ok=True)

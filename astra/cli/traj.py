@@ -144,3 +144,27 @@ async def _closing(model: Any, coro: Any) -> Any:
     finally:
         if model is not None:
             await model.inner.aclose()
+
+
+@app.command("export-original")
+def export_original(
+    config: ConfigArg,
+    out: Annotated[Path | None, typer.Option("--out", help="folder (default: RUN/export/astra-original)")] = None,
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a run's trajectories and rewards in the original ASTRA's shapes (its interaction
+    output with query_info / mcp_info / trajectory, and reward_all's keys); failed judges are left out."""
+    from astra.synthesis.trajectories import TrajectoryPipeline
+
+    cfg = _load(config, home)
+    if not Path(cfg.out_dir).exists():
+        raise fail(f"{cfg.out_dir}: no run directory yet")
+    pipeline = TrajectoryPipeline(cfg, progress=False)
+    if pipeline.run.status("rollout") is None:
+        raise fail(f"{cfg.out_dir}: no rollouts yet; run `astra traj rollout` first")
+    paths = pipeline.export_original(out or Path(cfg.out_dir) / "export" / "astra-original")
+    if as_json:
+        emit_json(paths)
+    for key, path in paths.items():
+        console.print(f"{key}: {path}", markup=False, highlight=False)

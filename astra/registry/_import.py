@@ -39,24 +39,42 @@ import re
 import stat
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import BaseModel, Field
 
-from astra.records import HttpLaunch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
+from astra.records import (
+    HttpLaunch,
+    ServerSpec,
+    SimulatedLaunch,
+    StdioLaunch,
+    ToolSpec,
+    stable_id,
+)
 from astra.registry._schema import SchemaError, normalize_schema
 from astra.registry._store import Registry, RegistryError
 from astra.errors import UserError
 
 __all__ = [
-    "ImportReport", "RecordError", "import_file", "parse_astra_record", "parse_server_json", "iter_records",
-    "read_input_file", "iter_json_lines", "json_too_deep", "MAX_INPUT_BYTES", "MAX_JSON_DEPTH", "MAX_SCHEMA_DEPTH",
-    "unwrap_mcp_info", "secret_env_name",
+    "MAX_INPUT_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_SCHEMA_DEPTH",
+    "ImportReport",
+    "RecordError",
+    "import_file",
+    "iter_json_lines",
+    "iter_records",
+    "json_too_deep",
+    "parse_astra_record",
+    "parse_server_json",
+    "read_input_file",
+    "secret_env_name",
+    "unwrap_mcp_info",
 ]
 
 MAX_INPUT_BYTES = 1 << 30
@@ -264,7 +282,8 @@ def iter_json_lines(path: str | os.PathLike[str], data: bytes, *,
         try:
             text = raw_line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield lineno, RecordError("encoding", f"invalid UTF-8 byte 0x{raw_line[exc.start]:02x} at column {exc.start + 1}")
+            yield lineno, RecordError("encoding",
+                                      f"invalid UTF-8 byte 0x{raw_line[exc.start]:02x} at column {exc.start + 1}")
             continue
         try:
             yield lineno, _loads(text, max_depth)
@@ -304,7 +323,8 @@ def _server_name(group: dict[str, Any]) -> str:
         if isinstance(value, bool) or not isinstance(value, str if key != "group_id" else (str, int)):
             raise RecordError(f"base_info.group_info.{key}", f"expected str, got {type(value).__name__}")
         return str(value).strip()
-    raise RecordError("base_info.group_info.server_name", "missing (and no server_title or group_id to name the server by)")
+    raise RecordError("base_info.group_info.server_name",
+                      "missing (and no server_title or group_id to name the server by)")
 
 
 def _parse_tool(raw: Any, field: str, server: str) -> ToolSpec:
@@ -324,7 +344,8 @@ def _parse_tool(raw: Any, field: str, server: str) -> ToolSpec:
     annotations = tool.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise RecordError(f"{field}.annotations", f"expected an object, got {type(annotations).__name__}")
-    return ToolSpec(server=server, name=tool_name, title=_optional_str(tool, "title", field), description=tool_description,
+    return ToolSpec(server=server, name=tool_name, title=_optional_str(tool, "title", field),
+                    description=tool_description,
                     input_schema=input_schema, output_schema=output_schema, annotations=annotations)
 
 
@@ -372,7 +393,9 @@ def _scrub_config(config: Any, server: str, field: str, notices: list[str], path
     return config
 
 
-def remote_of_call_info(call_info: dict[str, Any], server: str, notices: list[str]) -> tuple[dict[str, Any], HttpLaunch | None]:
+def remote_of_call_info(
+    call_info: dict[str, Any], server: str, notices: list[str],
+) -> tuple[dict[str, Any], HttpLaunch | None]:
     """(call_info with its secrets replaced by ``${VAR}`` references, the remote endpoint or None).
 
     The original ASTRA calls ``{"url", "headers"}`` (ModelScope / AIStudio style) and
@@ -387,7 +410,8 @@ def remote_of_call_info(call_info: dict[str, Any], server: str, notices: list[st
     if call_info.get("url") is not None or call_info.get("headers") is not None:
         url = call_info.get("url")
         if not isinstance(url, str) or not url.strip():
-            raise RecordError("call_info.url", "missing" if url is None else f"expected a URL, got {type(url).__name__}")
+            raise RecordError("call_info.url",
+                              "missing" if url is None else f"expected a URL, got {type(url).__name__}")
         headers = call_info.get("headers") or {}
         if not isinstance(headers, dict):
             raise RecordError("call_info.headers", f"expected an object, got {type(headers).__name__}")
@@ -449,7 +473,8 @@ def parse_astra_record(
         try:
             tool = _parse_tool(raw, field, name)
             if tool.name in first_seen:
-                raise RecordError(f"{field}.name", f"duplicate tool name {tool.name!r} (also tool_list[{first_seen[tool.name]}])")
+                raise RecordError(f"{field}.name",
+                                  f"duplicate tool name {tool.name!r} (also tool_list[{first_seen[tool.name]}])")
         except RecordError as exc:
             if rejected_tools is None:
                 raise
@@ -631,7 +656,8 @@ def _parse_record(doc: Any, source: str, strict: bool = False) -> _Parsed:
         elif isinstance(raw.get("base_info"), dict) and "call_info" in raw["base_info"]:
             raw["base_info"] = {**raw["base_info"], "call_info": spec.launch.call_info}
         return _Parsed(spec=spec, raw=raw, rejected_tools=rejected, notices=notices)
-    if "name" in doc and ("packages" in doc or "remotes" in doc or "$schema" in doc) or isinstance(doc.get("server"), dict):
+    server_json = "name" in doc and ("packages" in doc or "remotes" in doc or "$schema" in doc)
+    if server_json or isinstance(doc.get("server"), dict):
         too_deep = deep_field(doc, MAX_JSON_DEPTH)
         if too_deep is not None:
             raise RecordError(too_deep, f"nested deeper than {MAX_JSON_DEPTH} levels")
@@ -650,7 +676,9 @@ def _safe_parse(doc: Any, source: str, strict: bool = False) -> _Parsed | Record
         return RecordError("record", str(exc).splitlines()[0])
 
 
-def iter_records(path: Path, data: bytes | None = None, *, strict: bool = False) -> Iterator[tuple[int, _Parsed | RecordError | None, Any]]:
+def iter_records(
+    path: Path, data: bytes | None = None, *, strict: bool = False,
+) -> Iterator[tuple[int, _Parsed | RecordError | None, Any]]:
     """(line, parsed record | error | None for a blank line, raw document) for each record of a file.
 
     ``.json`` files hold one document (a record, a list of records, or a registry API
@@ -668,7 +696,9 @@ def iter_records(path: Path, data: bytes | None = None, *, strict: bool = False)
             yield lineno, _safe_parse(doc, f"{path}:{lineno}", strict), doc
 
 
-def _iter_json_document(path: Path, data: bytes, strict: bool) -> Iterator[tuple[int, _Parsed | RecordError | None, Any]]:
+def _iter_json_document(
+    path: Path, data: bytes, strict: bool,
+) -> Iterator[tuple[int, _Parsed | RecordError | None, Any]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -42,8 +42,9 @@ import ast
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -69,30 +70,36 @@ from astra.records import (
     Trajectory,
     stable_id,
 )
-from astra.registry import RecordError, iter_json_lines, parse_astra_record, read_input_file, unwrap_mcp_info
+from astra.registry import (
+    RecordError,
+    iter_json_lines,
+    parse_astra_record,
+    read_input_file,
+    unwrap_mcp_info,
+)
 
 __all__ = [
-    "FORMAT", "OriginalKind", "OriginalFile", "ServerPlan", "Execution", "detect_kind", "read_tasks",
-    "read_graph_detect", "read_sub_chains", "read_verified_chains", "read_env_results", "read_knowledge_corpus",
-    "task_from_original", "original_question", "plan_servers", "to_original_trajectory", "to_original_reward",
-    "REWARD_KEYS", "QUALITY_KEYS",
+    "FORMAT",
+    "QUALITY_KEYS",
+    "Execution",
+    "OriginalFile",
+    "OriginalKind",
+    "ServerPlan",
+    "detect_kind",
+    "original_question",
+    "plan_servers",
+    "read_env_results",
+    "read_graph_detect",
+    "read_knowledge_corpus",
+    "read_sub_chains",
+    "read_tasks",
+    "read_verified_chains",
+    "task_from_original",
+    "to_original_reward",
+    "to_original_trajectory",
 ]
 
 FORMAT = "astra-original"
-
-REWARD_KEYS: dict[str, str] = {
-    "tool_concision": "tool_concise",
-    "final_answer": "final_answer",
-    "tool_call_success": "tool_call",
-    "tool_planning": "tool_plan",
-    "tool_understanding": "tool_understand",
-    "query_understanding": "query_understand",
-    "query_planning": "query_plan",
-    # the v2 judge (astra.synthesis.trajectories._reward) already uses the original's names
-    **{name: name for name in ("tool_concise", "tool_call", "tool_plan", "tool_understand", "query_understand",
-                               "query_plan")},
-}
-"""Our reward dimension -> the original's ``reward_all`` key (``overall`` -> ``overall_score``)."""
 
 QUALITY_KEYS: dict[str, str] = {
     "tool_selection_difficulty": "tool_selection_difficulty",
@@ -294,7 +301,8 @@ def task_from_original(doc: dict[str, Any], where: str, server: ServerSpec | Non
         known = {t.name for t in server.tools}
         unknown = [t for t in tools + sub_chain if t not in known]
         if unknown:
-            raise RecordError("query_info.target_tools", f"{sorted(set(unknown))} not among the tools of {server_name!r}")
+            raise RecordError("query_info.target_tools",
+                              f"{sorted(set(unknown))} not among the tools of {server_name!r}")
     qualify = (lambda t: f"{server_name}/{t}") if server_name else (lambda t: t)
     mode = augmented.get("mode") if augmented else None
     base_id = stable_id(FORMAT, server_name, base_question, None, prefix="t-")
@@ -394,8 +402,9 @@ def read_graph_detect(path: str | os.PathLike[str], *, name: str | None = None) 
                 out.errors.append(f"{where}: {field_}.tool_graph_detect_chain: {missing} not among the tools of "
                                   f"{server.name!r} (chain left out)")
                 continue
-            rationale = item.get("tool_graph_detect_task") if isinstance(item.get("tool_graph_detect_task"), str) else None
-            for a, b in zip(chain, chain[1:]):
+            task = item.get("tool_graph_detect_task")
+            rationale = task if isinstance(task, str) else None
+            for a, b in pairwise(chain):
                 if a == b:
                     continue
                 key = (f"{server.name}/{a}", f"{server.name}/{b}")
@@ -423,13 +432,15 @@ def read_sub_chains(path: str | os.PathLike[str]) -> OriginalFile:
                 raise RecordError("mcp_info", "missing")
             subs = _obj(doc.get("graph"), "graph").get("sub_chains")
             if not isinstance(subs, list):
-                raise RecordError("graph.sub_chains", "missing" if subs is None else f"expected a list, got {type(subs).__name__}")
+                raise RecordError("graph.sub_chains",
+                                  "missing" if subs is None else f"expected a list, got {type(subs).__name__}")
             known = {t.name for t in server.tools}
             for i, sub in enumerate(subs):
                 names = _names(sub, f"graph.sub_chains[{i}]")
                 missing = [t for t in names if t not in known]
                 if missing:
-                    out.errors.append(f"{where}: graph.sub_chains[{i}]: {missing} not among the tools of {server.name!r}")
+                    out.errors.append(f"{where}: graph.sub_chains[{i}]: {missing} not among the tools of "
+                                      f"{server.name!r}")
                     continue
                 chain = _chain(server, names)
                 if chain.id not in seen and names:
@@ -577,7 +588,8 @@ def read_env_results(path: str | os.PathLike[str]) -> OriginalFile:
                 ))
             ids = [s.id for s in steps]
             if len(set(ids)) != len(ids):
-                raise RecordError("decomposition_trace", f"duplicate _uuid {sorted({i for i in ids if ids.count(i) > 1})}")
+                dup = sorted({i for i in ids if ids.count(i) > 1})
+                raise RecordError("decomposition_trace", f"duplicate _uuid {dup}")
             unknown = sorted({d for s in steps for d in s.depends_on if d not in set(ids)})
             if unknown:
                 raise RecordError("decomposition_trace", f"dependency on unknown _uuid {unknown}")
@@ -593,7 +605,8 @@ def read_env_results(path: str | os.PathLike[str]) -> OriginalFile:
             scores = {"original_verify_score": float(score)} if score is not None else {}
             decomposition = Decomposition(
                 id=stable_id("decomposition", qa_id, prefix="dec_"), qa_id=qa_id, question=question, answer=final,
-                steps=steps, scores=scores, model=meta.get("model_name") if isinstance(meta.get("model_name"), str) else None,
+                steps=steps, scores=scores,
+                model=meta.get("model_name") if isinstance(meta.get("model_name"), str) else None,
                 answer_unverified=unverified,
             )
             env = _obj(doc.get("env_result"), "env_result")
@@ -627,7 +640,8 @@ def parse_call_statement(statement: str, parameters: Sequence[str] = ()) -> tupl
         raise RecordError("tool_call_statement", "not a call of a named function")
     name = node.func.id if isinstance(node.func, ast.Name) else node.func.attr
     if len(node.args) > len(parameters):
-        raise RecordError("tool_call_statement", f"{len(node.args)} positional arguments, the tool names {len(parameters)}")
+        raise RecordError("tool_call_statement",
+                          f"{len(node.args)} positional arguments, the tool names {len(parameters)}")
     try:
         arguments = {parameters[i]: ast.literal_eval(a) for i, a in enumerate(node.args)}
         for kw in node.keywords:
@@ -651,17 +665,18 @@ class ServerPlan(BaseModel):
 
 
 async def plan_servers(
-    specs: Sequence[ServerSpec], *, live_remote: bool, simulator: Any = None, probe_timeout_s: float = 15.0,
+    specs: Sequence[ServerSpec], *, live_remote: bool, simulate: Callable[[ServerSpec], Any] | None = None,
+    probe_timeout_s: float = 15.0,
 ) -> tuple[list[Any], dict[str, ServerPlan]]:
     """Connection targets for ``specs`` and the plan per server.
 
     Stdio / HTTP servers are live. A documented server (:class:`SimulatedLaunch`) is called live
     through its ``remote`` endpoint when ``live_remote`` is set and the endpoint answers
     ``tools/list`` within ``probe_timeout_s`` (its ``${VAR}`` secrets resolved from the
-    environment); otherwise it is simulated by ``simulator`` (a Model) and the plan says why.
+    environment); otherwise ``simulate(spec)`` builds the server that simulates it (an LLM
+    simulator) and the plan says why.
     """
     from astra.registry import discover_tools, failure_reason
-    from astra.synthesis.trajectories._simulate import SimulatedServer
 
     targets: list[Any] = []
     plans: dict[str, ServerPlan] = {}
@@ -686,9 +701,9 @@ async def plan_servers(
                     plans[spec.name] = ServerPlan(name=spec.name, execution=Execution.LIVE,
                                                   why=f"remote endpoint reachable ({len(found.tools)} tools)")
                     continue
-        if simulator is None:
-            raise ValueError(f"server {spec.name!r} must be simulated ({why}) but no simulator model was given")
-        targets.append((spec.name, SimulatedServer(spec, simulator)))
+        if simulate is None:
+            raise ValueError(f"server {spec.name!r} must be simulated ({why}) but no simulator was given")
+        targets.append((spec.name, simulate(spec)))
         plans[spec.name] = ServerPlan(name=spec.name, execution=Execution.SIMULATED, why=why)
     return targets, plans
 
@@ -701,7 +716,8 @@ def to_original_trajectory(traj: Trajectory, task: Task | None, server: ServerSp
     ``mcp_info`` and ``chain_info``, ``trajectory`` (OpenAI messages), plus ``tools`` and
     ``messages`` (the reward pipeline's input shape) and ``astra`` (our ids and step record)."""
     prov = task.provenance if task is not None else {}
-    question = task.user_turns[0] if task is not None else next((m.content for m in traj.messages if m.role == "user"), "")
+    first_user = next((m.content for m in traj.messages if m.role == "user"), "")
+    question = task.user_turns[0] if task is not None else first_user
     strip = (lambda n: n.split("/", 1)[1] if "/" in n else n)
     query_info: dict[str, Any] = {
         "generated_question": prov.get("base_question", question) if prov.get("format") == FORMAT else question,
@@ -713,7 +729,8 @@ def to_original_trajectory(traj: Trajectory, task: Task | None, server: ServerSp
         query_info["query_score_info"] = prov["query_score_info"]
     elif task is not None and task.quality:
         query_info["query_score_info"] = {"quality_scores": {
-            theirs: round(1 + 4 * task.quality[ours], 4) for theirs, ours in QUALITY_KEYS.items() if ours in task.quality}}
+            theirs: round(1 + 4 * task.quality[ours], 4)
+            for theirs, ours in QUALITY_KEYS.items() if ours in task.quality}}
     messages = [m.to_openai() for m in traj.messages]
     out: dict[str, Any] = {"query_info": query_info}
     if server is not None:
@@ -735,23 +752,30 @@ def to_original_trajectory(traj: Trajectory, task: Task | None, server: ServerSp
     return out
 
 
-_DIMENSION_ITEMS = {"call": ("tool_concise",), "tool_message": ("tool_call",), "plan_segment": ("tool_plan",),
-                    "understand_batch": ("tool_understand",), "first_understand": ("query_understand",),
-                    "first_plan": ("query_plan",), "answer_relevance": ("final_answer",),
-                    "answer_summary": ("final_answer",)}
-
-
 def to_original_reward(reward: Reward) -> dict[str, Any] | None:
-    """Our reward in the original ``reward_all`` shape; None for a failed judge (never a safe score)."""
+    """Our reward in the original ``reward_all`` shape (``{"score", "extra_info": {"items"}}`` per
+    key, ``overall_score``); None for a failed judge (the original would write a "safe score")."""
+    from astra.synthesis.trajectories._reward import (
+        DIMENSION_OF,
+        OVERALL_KEY,
+        ItemKind,
+        original_keys,
+    )
+
     if reward.status != "ok" or reward.overall is None:
         return None
+    items: dict[str, list[dict[str, Any]]] = {}
+    for item in getattr(reward, "items", None) or []:
+        try:
+            items.setdefault(DIMENSION_OF[ItemKind(item.get("kind"))], []).append(item)
+        except (ValueError, KeyError):
+            continue
     out: dict[str, Any] = {}
-    for ours, theirs in REWARD_KEYS.items():
-        if ours in reward.dimensions:
-            items = [i for i in reward.items if i.get("kind") and theirs in _DIMENSION_ITEMS.get(i["kind"], ())]
-            out[theirs] = {"score": reward.dimensions[ours],
-                           "extra_info": {"dimension": ours, "is_safe_score": 0, "items": items}}
-    out["overall_score"] = reward.overall
+    for key, score in original_keys(reward).items():
+        if key == OVERALL_KEY or score is None:
+            continue
+        out[key] = {"score": score, "extra_info": {"items": items.get(key, []), "is_safe_score": 0}}
+    out[OVERALL_KEY] = reward.overall
     out["astra"] = {"reward_id": reward.id, "trajectory_id": reward.trajectory_id, "task_id": reward.task_id,
                     "judge_model": reward.judge_model, "rules": reward.rules, "process": reward.process,
                     "rationale": reward.rationale}
@@ -763,8 +787,7 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        fh.writelines(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -787,3 +810,79 @@ def tool_spec_of_document(document: Any, server: str) -> ToolSpec:
     schema = normalize_schema(doc.get("parameters"), field="tool_document.parameters")
     return ToolSpec(server=server, name=name, description=_str(doc, "description", "tool_document.description",
                                                                required=False) or "", input_schema=schema)
+
+
+# --------------------------------------------------------------------------- a trajectory run from original files
+
+_ORDER = (OriginalKind.GRAPH_DETECT, OriginalKind.SUB_CHAINS, OriginalKind.VERIFIED_CHAINS, OriginalKind.TASKS)
+STAGE_OF_KIND = {OriginalKind.GRAPH_DETECT: "graph", OriginalKind.SUB_CHAINS: "chains",
+                 OriginalKind.VERIFIED_CHAINS: "verify", OriginalKind.TASKS: "tasks"}
+
+
+def file_kind(path: str | os.PathLike[str]) -> OriginalKind | None:
+    """The kind of an original file, from its first readable record (None: none recognised)."""
+    probe = OriginalFile(path=str(path))
+    for _, _, doc in _lines(path, probe):
+        kind = detect_kind(doc)
+        if kind is not None:
+            return kind
+    return None
+
+
+class OriginalInputs:
+    """The original files a trajectory run resumes from (``resume_from``, ``tasks_path``), read once.
+
+    ``start``: the pipeline stage of the latest artifact given; stages before it are skipped
+    (or seeded from their own file), stages after it run as usual.
+    """
+
+    def __init__(self, resume_from: Sequence[str | os.PathLike[str]], tasks_path: str | os.PathLike[str] | None,
+                 graph_name: str) -> None:
+        self.files: dict[OriginalKind, OriginalFile] = {}
+        self.graph: ToolGraph | None = None
+        for path in resume_from:
+            kind = file_kind(path)
+            if kind not in _ORDER[:3]:
+                raise ValueError(f"{path}: not a graph detect, sub-chain or verified-chain file of the original ASTRA "
+                                 f"({'unreadable or empty' if kind is None else kind.value})")
+            if kind in self.files:
+                raise ValueError(f"{path}: a second {kind.value} file ({self.files[kind].path} is the first)")
+            if kind is OriginalKind.GRAPH_DETECT:
+                self.graph, self.files[kind] = read_graph_detect(path, name=graph_name)
+            elif kind is OriginalKind.SUB_CHAINS:
+                self.files[kind] = read_sub_chains(path)
+            else:
+                self.files[kind] = read_verified_chains(path)
+        if tasks_path is not None:
+            self.files[OriginalKind.TASKS] = read_tasks(tasks_path)
+        given = [k for k in _ORDER if k in self.files]
+        self.start: str | None = STAGE_OF_KIND[given[-1]] if given else None
+
+    def servers(self) -> list[ServerSpec]:
+        out: dict[str, ServerSpec] = {}
+        for f in self.files.values():
+            for name, spec in f.servers.items():
+                out.setdefault(name, spec)
+        return list(out.values())
+
+    def get(self, stage: str) -> OriginalFile | None:
+        """The file that seeds ``stage`` (None: the stage runs, or is skipped, see :meth:`skips`)."""
+        kind = next((k for k, s in STAGE_OF_KIND.items() if s == stage), None)
+        return self.files.get(kind) if kind is not None else None
+
+    def skips(self, stage: str) -> bool:
+        """True for a stage before :attr:`start` with no file of its own."""
+        order = [STAGE_OF_KIND[k] for k in _ORDER]
+        return (self.start is not None and stage in order and order.index(stage) < order.index(self.start)
+                and self.get(stage) is None)
+
+    def outcomes(self, stage: str) -> list[tuple[str, Any]]:
+        """(item id, Outcome) to seed ``stage``: kept records, filtered ones, and one failed drop per bad line."""
+        from astra.synthesis._stage import Outcome
+
+        f = self.get(stage)
+        assert f is not None
+        out: list[tuple[str, Any]] = [(r.id, Outcome.keep(r)) for r in f.items]
+        out += [(i, Outcome.drop(why)) for i, why in f.dropped]
+        out += [(stable_id("bad_input", e, prefix="bad_"), Outcome.drop(f"bad_input: {e}")) for e in f.errors]
+        return out

@@ -18,7 +18,8 @@ SECRET = "s3cret-token-41"
 
 TOOLS = [
     {"name": "add", "description": "Add two integers.",
-     "parameters": {"type": "object", "properties": {"a": {"type": "int"}, "b": {"type": "int"}}, "required": ["a", "b"]}},
+     "parameters": {"type": "object", "properties": {"a": {"type": "int"}, "b": {"type": "int"}},
+                    "required": ["a", "b"]}},
     {"name": "scale", "description": "Multiply a number by a factor.",
      "parameters": {"type": "object", "properties": {"x": {"type": "float"}, "factor": {"type": "float"}},
                     "required": ["x"]}},
@@ -26,9 +27,11 @@ TOOLS = [
 
 
 def base_info(name: str = "calc", tools: list[dict[str, Any]] | None = None, **group: Any) -> dict[str, Any]:
-    info = {"server_title": name.title(), "server_name": name, "server_description": f"{name} tools", "domain": "math"}
+    info = {"server_title": name and name.title(), "server_name": name, "server_description": f"{name} tools",
+            "domain": "math"}
     info.update(group)
-    return {"group_info": {k: v for k, v in info.items() if v is not None}, "tool_list": TOOLS if tools is None else tools}
+    return {"group_info": {k: v for k, v in info.items() if v is not None},
+            "tool_list": TOOLS if tools is None else tools}
 
 
 def mcp_info(name: str = "calc", call_info: dict[str, Any] | None = None, **group: Any) -> dict[str, Any]:
@@ -55,13 +58,12 @@ def task_line(question: str, tools: list[str], *, server: str = "calc", call_inf
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
     with open(path, "wb") as fh:
-        for row in rows:
-            fh.write((row if isinstance(row, bytes) else json.dumps(row).encode() if not isinstance(row, str)
-                      else row.encode()) + b"\n")
+        fh.writelines((row if isinstance(row, bytes) else json.dumps(row).encode() if not isinstance(row, str)
+                      else row.encode()) + b"\n" for row in rows)
     return path
 
 
-def calc_server():  # noqa: ANN201 - MCPServer
+def calc_server():
     from mcp.server.mcpserver import MCPServer
 
     server = MCPServer("calc-remote")
@@ -92,7 +94,8 @@ class BearerGate:
             auth = dict(scope.get("headers") or []).get(b"authorization")
             self.seen.append(auth.decode() if auth else None)
             if auth != f"Bearer {self.secret}".encode():
-                await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"text/plain")]})
                 await send({"type": "http.response.body", "body": b"unauthorized"})
                 return
         await self.app(scope, receive, send)

@@ -32,8 +32,35 @@ class PipelineContext:
     progress: bool = True
     run: RunDir = field(init=False)
 
+    seeded: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)
+    seed_errors: list[str] = field(init=False, default_factory=list)
+
     def __post_init__(self) -> None:
         self.run = RunDir(self.config.run_dir, config=self.config.model_dump(mode="json"))
+        if self.config.resume_from is not None and self.config.resume_from.is_file():
+            self._seed_from_original(self.config.resume_from)
+
+    def _seed_from_original(self, path: Any) -> None:
+        """The original ASTRA's environment results: QA items, their decompositions and (when every
+        step has its tool_necessity) the necessity verdicts take the place of those stages' model calls."""
+        from astra.synthesis._original import read_env_results
+
+        found = read_env_results(path)
+        self.seed_errors = found.errors
+        qa: dict[str, Any] = {}
+        decompose: dict[str, Any] = {}
+        necessity: dict[str, Any] = {}
+        for item in found.items:
+            qa[item.qa.id] = item.qa
+            decompose[item.qa.id] = item.decomposition
+            steps = item.decomposition.steps
+            if all(s.needs_tool is not None for s in steps):
+                if item.necessity_ok is False or not any(s.needs_tool for s in steps):
+                    necessity[item.decomposition.id] = "necessity_illegitimate: the original marked it so" if (
+                        item.necessity_ok is False) else "no_step_needs_a_tool"
+                else:
+                    necessity[item.decomposition.id] = item.decomposition
+        self.seeded = {"qa": qa, "decompose": decompose, "necessity": necessity} if found.items or found.errors else {}
 
     def get_model(self) -> Model:
         if self.model is None:
@@ -88,7 +115,19 @@ class PipelineContext:
         gates: Mapping[str, float] | None = None,
     ) -> StageCounts:
         """Run stage ``name`` over (id, item) pairs with the run's concurrency and progress settings
-        (``gates``: the current thresholds, see :meth:`Stage.run_items`)."""
+        (``gates``: the current thresholds, see :meth:`Stage.run_items`). Inputs seeded from the
+        original's files (``resume_from``) take their record instead of ``fn``."""
+        seeded = self.seeded.get(name) if name != "qa" else None
+        if seeded:
+            inner = fn
+            items = [(i, (i, it)) for i, it in items]
+
+            async def fn(pair: tuple[str, Any]) -> Outcome:
+                found = seeded.get(pair[0])
+                if found is None:
+                    return await inner(pair[1])
+                return Outcome.drop(found) if isinstance(found, str) else Outcome.keep(found)
+
         return await self.stage(name, output_model).run_items(
             items, fn, concurrency=concurrency or self.config.concurrency, progress=self.progress, description=name,
             gates=gates,

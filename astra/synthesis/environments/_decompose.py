@@ -146,12 +146,24 @@ def last_step_id(steps: list[StepReply] | list[DecompositionStep]) -> str:
     return max(sinks, key=lambda n: (hops[n], order[n]))
 
 
+UNVERIFIED_ANSWER = "(not given: work it out; the last step's sub_answer is your proposed final answer)"
+
+
 def decomposition_prompt(qa: QAItem, max_steps: int) -> str:
     return (
-        f"Question: {qa.question}\nFinal answer: {qa.answer}\n\n"
+        f"Question: {qa.question}\nFinal answer: {UNVERIFIED_ANSWER if qa.answer_unverified else qa.answer}\n\n"
         f"Decompose it into 1 to {max_steps} steps (one when a single tool call answers it). "
         f"Example of the format:\n{EXAMPLE}"
     )
+
+
+def _proposed_answer(steps: list[StepReply]) -> str:
+    """The final hop's sub-answer (the last listed step's when the graph is broken: the checks name why)."""
+    try:
+        final = last_step_id(steps)
+    except (nx.NetworkXException, KeyError, ValueError):
+        return steps[-1].sub_answer
+    return next(s for s in steps if s.id == final).sub_answer
 
 
 async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
@@ -166,7 +178,9 @@ async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
         return Outcome.drop(f"too_few_steps: {len(steps)} < {ctx.config.min_steps}", audit=audit)
     if len(steps) > ctx.config.max_steps:
         return Outcome.drop(f"too_many_steps: {len(steps)} > {ctx.config.max_steps}", audit=audit)
-    problems = structural_problems(steps, qa.answer)
+    # question-only input: the last hop's answer is the proposed final answer (unverified until tools reproduce it)
+    final_answer = _proposed_answer(steps) if qa.answer_unverified else qa.answer
+    problems = structural_problems(steps, final_answer)
     if problems:
         return Outcome.drop("; ".join(problems), audit=audit)
     hops = hop_levels(steps)
@@ -175,7 +189,8 @@ async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
         id=stable_id("decomposition", qa.id, prefix="dec_"),
         qa_id=qa.id,
         question=qa.question,
-        answer=qa.answer,
+        answer=final_answer,
+        answer_unverified=qa.answer_unverified,
         steps=[
             DecompositionStep(
                 id=s.id,

@@ -77,6 +77,9 @@ def build_environment(dec: Decomposition, tool_of_step: dict[str, tuple[MergedTo
             "decomposition_id": dec.id,
             "question": dec.question,
             "answer": dec.answer,
+            # a proposed answer (question-only input) is verified once the final hop's tool reproduces it;
+            # emission certifies every tool call, so only a final hop without a tool leaves it unverified
+            "answer_unverified": dec.answer_unverified and last_step_id(dec.steps) not in tool_of_step,
             "model": dec.model,
             "scores": dec.scores,
             "flags": dec.flags,

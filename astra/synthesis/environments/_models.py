@@ -20,9 +20,14 @@ class EnvironmentPipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_dir: Path = Field(description="run directory: manifest + one JSONL per stage")
-    qa_path: Path | None = Field(default=None, description='input {"question", "answer", "domain"?} JSONL')
+    qa_path: Path | None = Field(default=None, description='input {"question", "answer"?, "domain"?} JSONL (no answer: '
+                                 "the original ASTRA's questions.jsonl; the decomposition proposes it, unverified)")
     domains: list[str] = Field(default_factory=list, description="generate QA for these domains (with the model)")
-    corpus_path: Path | None = Field(default=None, description="generate QA grounded in this text file (paragraphs)")
+    corpus_path: Path | None = Field(default=None, description="generate QA grounded in this text file (paragraphs), "
+                                     'or in the original ASTRA\'s knowledge corpus JSONL ({"domain", "knowledge_corpus"})')
+    resume_from: Path | None = Field(default=None, description="the original ASTRA's environment pipeline output "
+                                     "(main_question, decomposition_trace, ...): its QA, decompositions and necessity "
+                                     "verdicts are taken; the run goes on from verification")
     questions_per_source: int = Field(default=2, ge=1, le=20)
     model: str = Field(default="local:smollm2", description="model spec for every LLM stage")
     max_tokens: int = Field(default=1024, ge=16, description="bound on each model reply")
@@ -71,7 +76,7 @@ class EnvironmentPipelineConfig(BaseModel):
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the config must be an object")
         base = path.resolve().parent
-        for key in ("run_dir", "qa_path", "corpus_path", "out_dir", "export_dir", "home"):
+        for key in ("run_dir", "qa_path", "corpus_path", "resume_from", "out_dir", "export_dir", "home"):
             if data.get(key) is not None and not Path(data[key]).expanduser().is_absolute():
                 data[key] = str(base / Path(data[key]))
         return cls.model_validate(data)

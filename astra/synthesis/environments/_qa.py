@@ -30,7 +30,8 @@ class QALine(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     question: str = Field(min_length=1)
-    answer: str
+    answer: str | None = Field(default=None, description="missing: a question-only line (the original ASTRA's "
+                               "questions.jsonl); decomposition proposes the answer, unverified until tools reproduce it")
     domain: str | None = None
 
     @field_validator("answer", mode="before")
@@ -44,14 +45,20 @@ class QALine(BaseModel):
 
     @field_validator("question", "answer")
     @classmethod
-    def _not_blank(cls, v: str) -> str:
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not v.strip():
             raise ValueError("must not be blank")
         return v.strip()
 
 
+class GeneratedQALine(QALine):
+    answer: str  # a generated question comes with its answer
+
+
 class GeneratedQA(BaseModel):
-    items: list[QALine] = Field(min_length=1)
+    items: list[GeneratedQALine] = Field(min_length=1)
 
 
 def qa_id(question: str, answer: str, domain: str | None) -> str:
@@ -59,37 +66,43 @@ def qa_id(question: str, answer: str, domain: str | None) -> str:
 
 
 def read_qa_jsonl(path: str | Path) -> tuple[list[QAItem], list[str]]:
-    """Valid items, and one ``FILE:LINE: field: reason`` message per bad or duplicate line."""
+    """Valid items, and one ``FILE:LINE: field: reason`` message per bad or duplicate line.
+
+    A line without ``answer`` (the original ASTRA's ``questions.jsonl``: ``{"question", "domain"}``)
+    is an item whose answer the decomposition proposes (``answer_unverified``). A FIFO, a device
+    or a non-UTF-8 line is reported, never read forever or raised."""
+    from astra.registry import RecordError, iter_json_lines, read_input_file
+
     path = Path(path)
     items: list[QAItem] = []
     errors: list[str] = []
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{where}: (line): invalid JSON: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(data, dict):
-                errors.append(f"{where}: (line): expected a JSON object, got {type(data).__name__}")
-                continue
-            try:
-                parsed = QALine.model_validate(data)
-            except ValidationError as exc:
-                errors.append(validation_problem(where, exc))
-                continue
-            item_id = qa_id(parsed.question, parsed.answer, parsed.domain)
-            if item_id in seen:
-                errors.append(f"{where}: question: duplicate of line {seen[item_id]}")
-                continue
-            seen[item_id] = lineno
-            items.append(
-                QAItem(id=item_id, question=parsed.question, answer=parsed.answer, domain=parsed.domain, source=where)
-            )
+    try:
+        data = read_input_file(path)
+    except RecordError as exc:
+        return [], [f"{path}:0: {exc.field}: {exc.reason}"]
+    for lineno, doc in iter_json_lines(path, data):
+        if doc is None:
+            continue
+        where = f"{path}:{lineno}"
+        if isinstance(doc, RecordError):
+            errors.append(f"{where}: (line): " + (f"invalid JSON: {doc.reason}" if doc.field == "json" else doc.reason))
+            continue
+        if not isinstance(doc, dict):
+            errors.append(f"{where}: (line): expected a JSON object, got {type(doc).__name__}")
+            continue
+        try:
+            parsed = QALine.model_validate(doc)
+        except ValidationError as exc:
+            errors.append(validation_problem(where, exc))
+            continue
+        item_id = qa_id(parsed.question, parsed.answer or "", parsed.domain)
+        if item_id in seen:
+            errors.append(f"{where}: question: duplicate of line {seen[item_id]}")
+            continue
+        seen[item_id] = lineno
+        items.append(QAItem(id=item_id, question=parsed.question, answer=parsed.answer or "", domain=parsed.domain,
+                            source=where, answer_unverified=parsed.answer is None))
     return items, errors
 
 
@@ -109,9 +122,9 @@ async def run_qa(ctx: PipelineContext) -> tuple[StageCounts, list[str]]:
     config = ctx.config
     items: list[tuple[str, Any]] = []
     errors: list[str] = []
-    if config.qa_path is None and not config.domains and config.corpus_path is None:
-        raise ValueError("no QA input: set qa_path, domains or corpus_path in the config")
-    for key in ("qa_path", "corpus_path"):
+    if config.qa_path is None and not config.domains and config.corpus_path is None and config.resume_from is None:
+        raise ValueError("no QA input: set qa_path, domains, corpus_path or resume_from in the config")
+    for key in ("qa_path", "corpus_path", "resume_from"):
         path = getattr(config, key)
         if path is not None and not path.is_file():
             raise ValueError(f"{key}: {path}: no such file")
@@ -120,8 +133,21 @@ async def run_qa(ctx: PipelineContext) -> tuple[StageCounts, list[str]]:
         items += [(q.id, q) for q in good]
         items += [(stable_id("bad_input", e, prefix="bad_"), e) for e in errors]
     sources: list[_Source] = [_Source(kind="domain", text=d, domain=d) for d in config.domains]
-    if config.corpus_path is not None:
+    if config.corpus_path is not None and config.corpus_path.suffix.lower() == ".jsonl":
+        # the original ASTRA's knowledge corpus: {"domain", "knowledge_corpus"} (empty corpus: a bare domain)
+        from astra.synthesis._original import read_knowledge_corpus
+
+        found = read_knowledge_corpus(config.corpus_path)
+        errors += found.errors
+        items += [(stable_id("bad_input", e, prefix="bad_"), e) for e in found.errors]
+        sources += [_Source(kind="corpus", text=text[:1500], domain=domain) if text else
+                    _Source(kind="domain", text=domain or "", domain=domain) for domain, text in found.items]
+    elif config.corpus_path is not None:
         sources += [_Source(kind="corpus", text=c) for c in _corpus_chunks(config.corpus_path)]
+    if ctx.seeded:  # the original's environment results: their QA items (the later stages take theirs)
+        items += [(q.id, q) for q in ctx.seeded["qa"].values()]
+        errors += ctx.seed_errors
+        items += [(stable_id("bad_input", e, prefix="bad_"), e) for e in ctx.seed_errors]
     items += [(stable_id("gen", s.kind, s.text, config.questions_per_source, prefix="gen_"), s) for s in sources]
 
     async def one(item: QAItem | str | _Source) -> Outcome:

@@ -140,6 +140,13 @@ class TrajectoryConfig(_Options):
     servers: list[str] = Field(default_factory=list, description="registry server names")
     inline_servers: list[ServerSpec] = Field(default_factory=list, description="servers given in full here, not in the registry")
     environments: list[Path] = Field(default_factory=list, description="EnvironmentSpec JSON files, served in-process")
+    tasks_path: Path | None = Field(default=None, description="tasks JSONL (Task records or the original ASTRA's "
+                                    "tasks.jsonl): the tasks stage reads them instead of generating; servers of their "
+                                    "mcp_info join the run; graph, chains and verify are skipped")
+    resume_from: list[Path] = Field(default_factory=list, description="the original ASTRA's intermediate files (graph "
+                                    "detect output, sub-chains, verified chains): the run starts after the latest of them")
+    live_remote: bool = Field(default=False, description="call documented servers' call_info endpoints live when "
+                              "reachable (their ${VAR} secrets from the environment); otherwise they are simulated")
     model: str = "local:smollm2"
     judge_model: str | None = Field(default=None, description="default: model")
     simulator_model: str | None = Field(default=None, description="simulates tools of servers that cannot run; default: model")
@@ -161,14 +168,15 @@ class TrajectoryConfig(_Options):
 
     @model_validator(mode="after")
     def _check(self) -> TrajectoryConfig:
-        known = ["openai", "hf", "sharegpt", "parquet", "tokens"]
+        known = ["openai", "hf", "sharegpt", "parquet", "tokens", "astra-original"]
         unknown = sorted(set(self.export_formats) - set(known))
         if unknown:
             raise ValueError(f"export_formats: unknown {unknown} (known: {', '.join(known)})")
         if "tokens" in self.export_formats and not (self.export_template and self.export_tokenizer):
             raise ValueError("export_formats: 'tokens' needs export_template and export_tokenizer")
-        if not (self.servers or self.inline_servers or self.environments):
-            raise ValueError("no servers: give at least one of servers, inline_servers, environments")
+        if not (self.servers or self.inline_servers or self.environments or self.tasks_path or self.resume_from):
+            raise ValueError("no servers: give at least one of servers, inline_servers, environments "
+                             "(or tasks_path / resume_from files that bring theirs)")
         return self
 
     @property
@@ -209,10 +217,11 @@ class TrajectoryConfig(_Options):
         tasks = data.get("tasks")
         if isinstance(tasks, dict) and isinstance(tasks.get("personas"), str) and not Path(tasks["personas"]).is_absolute():
             tasks["personas"] = str(base / tasks["personas"])
-        if isinstance(data.get("environments"), list):
-            data["environments"] = [
-                str(base / e) if isinstance(e, str) and not Path(e).is_absolute() else e for e in data["environments"]
-            ]
+        for key in ("environments", "resume_from"):
+            if isinstance(data.get(key), list):
+                data[key] = [str(base / e) if isinstance(e, str) and not Path(e).is_absolute() else e for e in data[key]]
+        if isinstance(data.get("tasks_path"), str) and not Path(data["tasks_path"]).expanduser().is_absolute():
+            data["tasks_path"] = str(base / data["tasks_path"])
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -123,6 +123,8 @@ class TrajectoryPipeline:
         self._registry: Any = None
         self._servers: list[ServerSpec] | None = None
         self._environments: dict[str, EnvironmentSpec] = {}
+        self._originals: Any = None
+        self.server_plans: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -187,6 +189,11 @@ class TrajectoryPipeline:
                 spec = spec.model_copy(update={"tools": found.tools})
             self.registry.upsert_server(spec)
             specs.append(spec)
+        named = {s.name for s in specs}
+        for spec in self.originals().servers():  # servers of the original files' mcp_info (documented, maybe remote)
+            if spec.name not in named and spec.name not in self._environments:
+                self.registry.upsert_server(spec)
+                specs.append(spec)
         for env in self._environments.values():
             spec = ServerSpec(
                 id=stable_id("environment", env.id, prefix="srv-"), name=env.name, description=env.description,
@@ -218,6 +225,38 @@ class TrajectoryPipeline:
                 raise PipelineError(f"{path}: not an EnvironmentSpec: {str(exc).splitlines()[0]}") from exc
             self._environments[env.name] = env
 
+    def originals(self) -> Any:
+        """The original ASTRA files this run starts from (``tasks_path``, ``resume_from``), read once."""
+        if self._originals is None:
+            from astra.synthesis._original import OriginalInputs
+
+            try:
+                self._originals = OriginalInputs(self.config.resume_from, self.config.tasks_path, self.graph_name())
+            except ValueError as exc:
+                raise PipelineError(str(exc)) from None
+        return self._originals
+
+    async def _seeded(self, stage_name: str, model: type[BaseModel]) -> StageCounts | None:
+        """Seed ``stage_name`` from an original file (None: no file for it); a skipped stage is marked so."""
+        originals = self.originals()
+        if originals.skips(stage_name):
+            self.run.mark(stage_name, "done", skipped=f"the run starts at {originals.start!r} (original files given)")
+            return StageCounts(stage=stage_name)
+        found = originals.get(stage_name)
+        if found is None:
+            return None
+        await self.servers()
+        outcomes = dict(originals.outcomes(stage_name))
+
+        async def seed(item_id: str) -> Outcome:
+            return outcomes[item_id]
+
+        counts = await self.stage(stage_name, model).run_items(
+            [(i, i) for i in outcomes], seed, concurrency=1, progress=self.progress,
+            description=f"{stage_name}: from {Path(found.path).name}")
+        self.run.mark(stage_name, "done", **counts.model_dump(exclude={"stage"}), imported_from=found.path)
+        return counts
+
     async def tools(self) -> dict[str, ToolSpec]:
         return {t.qualified_name: t for s in await self.servers() for t in s.tools}
 
@@ -236,6 +275,20 @@ class TrajectoryPipeline:
         path = self.run.path / "graph.json"
         if path.exists() and self.run.status("graph") == "done":
             return self.load_graph()
+        originals = self.originals()
+        if originals.skips("graph"):
+            self.run.mark("graph", "done", skipped=f"the run starts at {originals.start!r} (original files given)")
+            return ToolGraph(name=self.graph_name())
+        if originals.graph is not None:  # the original's graph detect output: its chains as order edges
+            await self.servers()
+            graph = originals.graph
+            version = self.registry.save_graph(graph)
+            graph = graph.model_copy(update={"version": version})
+            _write_json(path, graph.model_dump(mode="json"))
+            found = originals.get("graph")
+            self.run.mark("graph", "done", graph=graph.name, version=version, edges=len(graph.edges),
+                          nodes=len(graph.nodes), imported_from=found.path, input_errors=found.errors[:50])
+            return graph
         opts = self.config.graph
         servers = await self.servers()
         tools = await self.tools()
@@ -311,6 +364,8 @@ class TrajectoryPipeline:
     # ------------------------------------------------------------------ 2. chains
 
     async def sample_chains(self) -> dict[str, Any]:
+        if await self._seeded("chains", ToolChain) is not None:
+            return {}
         graph = self.load_graph()
         opts = self.config.chains
         attempts, covered, _edges = _chains.sample_walks(
@@ -338,6 +393,9 @@ class TrajectoryPipeline:
     # ------------------------------------------------------------------ 3-4. verify, tasks, quality
 
     async def verify_chains(self) -> StageCounts:
+        seeded = await self._seeded("verify", ToolChain)
+        if seeded is not None:
+            return seeded
         self._require("chains")
         tools = await self.tools()
         judge = self.model(self.config.judge)
@@ -349,6 +407,20 @@ class TrajectoryPipeline:
         )
 
     async def generate_tasks(self) -> StageCounts:
+        if self.originals().get("tasks") is not None:  # given tasks: both task stages from the file
+            await self._seeded("tasks", Task)
+            threshold = self.config.tasks.quality_threshold
+
+            async def gate(task: Task) -> Outcome:  # the original's own scores, when it has them, meet ours
+                overall = task.quality.get("overall")
+                if overall is not None and overall < threshold:
+                    return Outcome.drop(f"below_quality_threshold: {overall:.2f} < {threshold}")
+                return Outcome.keep(task)
+
+            return await self.stage("quality", Task).run_items(
+                [(t.id, t) for t in self.stage("tasks", Task).outputs()], gate, concurrency=1,
+                progress=self.progress, description="tasks: quality (given scores)",
+                gates={"quality_threshold": threshold})
         self._require("verify")
         tools = await self.tools()
         gen = self.model(self.config.model)
@@ -421,10 +493,20 @@ class TrajectoryPipeline:
                 targets.append((spec.name, build_server(found[0], sandboxed=found[0].sandboxed)))
             else:
                 assert isinstance(spec.launch, SimulatedLaunch)
-                targets.append((spec.name, SimulatedServer(
-                    spec, self.model(self.config.simulator), error_rate=self.config.rollout.sim_error_rate,
-                    seed=self.config.seed, user_query=user_query)))
-                simulated.add(spec.name)
+                from astra.synthesis._original import Execution, plan_servers
+
+                def simulate(doc_spec: ServerSpec) -> SimulatedServer:
+                    return SimulatedServer(doc_spec, self.model(self.config.simulator),
+                                           error_rate=self.config.rollout.sim_error_rate, seed=self.config.seed,
+                                           user_query=user_query)
+
+                found, plans = await plan_servers([spec], live_remote=self.config.live_remote, simulate=simulate)
+                targets += found
+                self.server_plans.update({n: p.model_dump(mode="json") for n, p in plans.items()})
+                if plans[spec.name].execution is Execution.SIMULATED:
+                    simulated.add(spec.name)
+        if self.server_plans:
+            _write_json(self.run.path / "servers_plan.json", self.server_plans)
         return targets, simulated
 
     async def rollouts(self) -> StageCounts:
@@ -504,9 +586,43 @@ class TrajectoryPipeline:
             from astra.client._local import resolve_gguf
 
             tokenizer = gguf_tokenizer(resolve_gguf(self.config.export_tokenizer), template)
-        paths = write_exports(stage_outputs, self.run.path / "export", self.config.export_formats, template, tokenizer)
+        ours = [f for f in self.config.export_formats if f != "astra-original"]  # (written below, in its shapes)
+        paths = write_exports(stage_outputs, self.run.path / "export", ours, template, tokenizer)
+        if "astra-original" in self.config.export_formats:
+            paths.update(self.export_original(self.run.path / "export" / "astra-original",
+                                              [o.id for o in stage_outputs]))
         self.run.mark("export", "done", **self.stage("export", SFTSample).counts().model_dump(exclude={"stage"}), paths=paths)
         return paths
+
+    def export_original(self, out_dir: Path, trajectory_ids: Sequence[str] | None = None) -> dict[str, str]:
+        """The original ASTRA's shapes: ``trajectories.jsonl`` (its interaction output, with the
+        reward pipeline's ``tools``/``messages``) and ``rewards.jsonl`` (its ``reward_all`` keys).
+        ``trajectory_ids``: only these (default: every rolled-out trajectory with an ok reward)."""
+        from astra.synthesis._original import to_original_reward, to_original_trajectory, write_jsonl
+
+        snapshot = self.run.path / "servers.json"
+        servers = ({s["name"]: ServerSpec.model_validate(s) for s in json.loads(snapshot.read_text("utf-8"))}
+                   if snapshot.exists() else {})
+        tasks = {t.id: t for t in self.stage("quality", Task).outputs()}
+        trajs = {t.id: t for t in self.stage("rollout", Trajectory).outputs()}
+        rewards = {r.trajectory_id: r for r in self.stage("reward", Reward).outputs()}
+        wanted = list(trajectory_ids) if trajectory_ids is not None else sorted(trajs)
+        traj_rows, reward_rows = [], []
+        for tid in wanted:
+            traj = trajs.get(tid)
+            if traj is None:
+                continue
+            task = tasks.get(traj.task_id)
+            server = servers.get(task.servers[0]) if task is not None and len(task.servers) == 1 else None
+            row = to_original_trajectory(traj, task, server)
+            reward = to_original_reward(rewards[tid]) if tid in rewards else None
+            if reward is not None:
+                row["reward"] = reward
+                reward_rows.append(reward)
+            traj_rows.append(row)
+        write_jsonl(out_dir / "trajectories.jsonl", traj_rows)
+        write_jsonl(out_dir / "rewards.jsonl", reward_rows)
+        return {"astra-original": str(out_dir / "trajectories.jsonl"), "astra-original-rewards": str(out_dir / "rewards.jsonl")}
 
     # ------------------------------------------------------------------ funnel
 
