@@ -110,7 +110,7 @@ def test_other_readers_refuse_fifos_devices_and_bad_bytes(tmp_path: Path, hostil
         assert items == [] and errors[0].startswith(f"{path}:0: file: not a regular file")
     result = runner.invoke(app, ["rollout", "--tasks", str(hostile["fifo"]), "--model", "scripted:echo",
                                  "--out", str(tmp_path / "out")])
-    assert result.exit_code == 1 and (result.exception is None or isinstance(result.exception, SystemExit))
+    assert result.exit_code == 2 and (result.exception is None or isinstance(result.exception, SystemExit))  # usage
     assert "not a regular file (a FIFO)" in result.output and "no valid tasks" in result.output
     questions = write_jsonl(tmp_path / "questions.jsonl", [b'{"question": "caf\xe9?"}', {"question": ["x"]},
                                                            {"question": "ok?", "domain": "d"}])
