@@ -225,6 +225,7 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.path / "manifest.json"
+        self.manifest: dict[str, Any]
         if self.manifest_path.exists():
             self.manifest = json.loads(self.manifest_path.read_text("utf-8"))
         else:

@@ -7,6 +7,9 @@ with ``--no-deps``). The multi-turn files of BFCL v4 are the v3 multi-turn suite
 
 from __future__ import annotations
 
+# pyright: reportMissingTypeStubs=false
+# (bfcl_eval ships no type information)
+
 import functools
 import importlib
 import inspect
@@ -60,14 +63,14 @@ def _prepare_environment() -> None:
 
 def bfcl_available() -> bool:
     try:
-        _package_root()
+        package_root()
     except BfclUnavailable:
         return False
     return True
 
 
 @functools.cache
-def _package_root() -> Path:
+def package_root() -> Path:
     _prepare_environment()
     try:
         import bfcl_eval
@@ -80,7 +83,7 @@ def _package_root() -> Path:
 
 
 def _data_dir() -> Path:
-    return _package_root() / "data"
+    return package_root() / "data"
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -196,7 +199,7 @@ def function_docs(class_name: str) -> tuple[dict[str, Any], ...]:
 
 @functools.cache
 def backend_class(class_name: str) -> type:
-    _package_root()
+    package_root()
     from bfcl_eval.constants.executable_backend_config import CLASS_FILE_PATH_MAPPING
 
     if class_name not in CLASS_FILE_PATH_MAPPING:

@@ -7,13 +7,16 @@ fresh model name and removes its objects afterwards, so runs neither collide nor
 
 from __future__ import annotations
 
+# pyright: reportMissingTypeStubs=false
+# (bfcl_eval ships no type information)
+
 import re
 import uuid
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from astra.bfcl._data import BfclEntry, _package_root
+from astra.bfcl._data import BfclEntry, package_root
 
 
 class BfclVerdict(BaseModel):
@@ -30,14 +33,13 @@ def _forget(model_name: str) -> None:
     from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
 
     prefix = re.sub(r"[-./:]", "_", model_name)
-    store = vars(multi_turn_utils)
-    for key in [k for k in store if k.startswith(prefix)]:
-        del store[key]
+    for key in [k for k in vars(multi_turn_utils) if k.startswith(prefix)]:
+        delattr(multi_turn_utils, key)
 
 
 def score_decoded(entry: BfclEntry, decoded: list[list[list[str]]]) -> BfclVerdict:
     """BFCL's verdict on per-turn decoded calls, as ``bfcl_eval``'s eval runner computes it."""
-    _package_root()
+    package_root()
     from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import multi_turn_checker
 
     if len(decoded) != len(entry.ground_truth):
@@ -75,8 +77,11 @@ def compare_with_direct_execution(entry: BfclEntry, decoded: list[list[list[str]
     ``instances`` are the backend objects our MCP servers ran the same calls on; equal public
     state (the checker's own comparison) means the MCP wrapping changed nothing.
     """
-    _package_root()
-    from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import _compare_instances
+    package_root()
+    # BFCL's own state comparison, which has no public name
+    from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import (
+        _compare_instances,  # pyright: ignore[reportPrivateUsage]
+    )
     from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_utils import execute_multi_turn_func_call
 
     model_name = _fresh_name()

@@ -20,7 +20,7 @@ import copy
 import functools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools.base import Tool
@@ -29,6 +29,9 @@ from pydantic import Field
 
 from astra.bfcl._data import backend_class, function_docs, is_stateless, new_backend_instance
 from astra.bfcl._schema import function_input_schema
+
+if TYPE_CHECKING:
+    from astra.servers import EnvironmentServer
 
 SERVER_PREFIX = "bfcl_"
 
@@ -128,7 +131,7 @@ class _EpisodeSlot:
         self.on_instance: Callable[[Any], None] | None = None
 
 
-def astra_backend_server(class_name: str) -> tuple[MCPServer, _EpisodeSlot]:
+def astra_backend_server(class_name: str) -> tuple[EnvironmentServer, _EpisodeSlot]:
     """``class_name`` served through ``astra.servers.build_class_server`` (trusted, unsandboxed).
 
     Every client connection is an episode with a fresh backend object built from the
@@ -165,13 +168,13 @@ class AstraServerPool:
     """
 
     def __init__(self) -> None:
-        self._free: dict[str, list[tuple[MCPServer, _EpisodeSlot]]] = {}
+        self._free: dict[str, list[tuple[EnvironmentServer, _EpisodeSlot]]] = {}
 
-    def acquire(self, class_name: str) -> tuple[MCPServer, _EpisodeSlot]:
+    def acquire(self, class_name: str) -> tuple[EnvironmentServer, _EpisodeSlot]:
         free = self._free.setdefault(class_name, [])
         return free.pop() if free else astra_backend_server(class_name)
 
-    def release(self, class_name: str, server: MCPServer, slot: _EpisodeSlot) -> None:
+    def release(self, class_name: str, server: EnvironmentServer, slot: _EpisodeSlot) -> None:
         slot.on_instance = None
         self._free.setdefault(class_name, []).append((server, slot))
 
@@ -210,7 +213,7 @@ class BfclEpisodeServers:
         self._initial_config = initial_config
         self._long_context = long_context
         self._instances: dict[str, Any] = {}
-        self._leases: list[tuple[str, MCPServer, _EpisodeSlot]] = []
+        self._leases: list[tuple[str, EnvironmentServer, _EpisodeSlot]] = []
         if implementation == "bfcl":
             self._instances = {
                 name: new_backend_instance(name, initial_config, long_context=long_context) for name in involved_classes

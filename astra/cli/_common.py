@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -61,7 +61,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextmanager
-def resumable_run(run_dir: Path | str) -> Iterator[None]:
+def resumable_run(run_dir: Path | str) -> Generator[None, None, None]:
     """Ctrl-C during a long, resumable command: say what is kept and how to go on (exit 130).
 
     Every finished record is already on disk (append-only, fsynced); the same command

@@ -25,7 +25,7 @@ def calibrate(
     """Per-dimension agreement (accuracy, Cohen's kappa) of a judge with labelled trajectories whose
     defects are known (hallucinated parameters, redundant calls, ignored errors, wrong or ungrounded
     answers, fabricated URLs, language mismatch, missing plan), and the spread over repeated runs."""
-    from astra.cli.traj import _closing, _judge_model
+    from astra.cli.traj import closing, judge_model
     from astra.client import ModelError
     from astra.synthesis.trajectories import JudgeMode
     from astra.synthesis.trajectories._calibration import OUT_PATH, load_calibration_set
@@ -41,9 +41,9 @@ def calibrate(
     if not cases:
         raise fail(f"{path}: no usable calibration case", code=USAGE)
     mode = JudgeMode.RULES if judge == "rules" else JudgeMode.LLM
-    model = _judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
+    model = judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
     try:
-        report = anyio.run(lambda: _closing(model, run_calibration(
+        report = anyio.run(lambda: closing(model, run_calibration(
             cases, model, mode=mode, repeats=repeats, concurrency=concurrency,
             set_name=str(path) if set_path else "bundled")))
     except (ModelError, ValueError) as exc:

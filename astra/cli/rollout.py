@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, fail, resumable_run
 
+if TYPE_CHECKING:
+    from astra.records import ServerSpec
+
 app = typer.Typer(no_args_is_help=True)
 
 
-def load_tasks(path: Path) -> tuple[list, list]:
+def load_tasks(path: Path) -> tuple[list[Any], list[ServerSpec]]:
     """(tasks, servers) from a JSONL file of records.Task and/or the original ASTRA's tasks.jsonl lines
     (their ``mcp_info`` servers come along); a bad line is reported FILE:LINE: field: reason and skipped."""
     from astra.synthesis._original import read_tasks
@@ -63,7 +66,7 @@ def rollout(
     if not task_list:
         raise fail(f"{tasks}: no valid tasks", code=USAGE)
     model_options = {"base_url": base_url} if base_url and model.startswith("openai:") else {}
-    targets: list = list(servers or [])
+    targets: list[Any] = list(servers or [])
     if file_servers:
         targets += _plan_file_servers(file_servers, set(targets), out, live_remote, simulator_model or model,
                                       model_options if not simulator_model else {})
@@ -96,8 +99,8 @@ def rollout(
         raise typer.Exit(1)
 
 
-def _plan_file_servers(specs: list, named: set[str], out: Path, live_remote: bool, simulator_spec: str,
-                       simulator_options: dict) -> list:
+def _plan_file_servers(specs: list[ServerSpec], named: set[str], out: Path, live_remote: bool, simulator_spec: str,
+                       simulator_options: dict[str, Any]) -> list[Any]:
     """Targets for the servers a tasks file brings (those not named by --servers), live or
     simulated; the plan is printed and kept in OUT/servers_plan.json."""
     import anyio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -103,10 +104,10 @@ def rejudge(
     from astra.synthesis.trajectories._rejudge import RejudgeError, rejudge_run
 
     mode = JudgeMode.RULES if judge == "rules" else JudgeMode.LLM
-    model = _judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
+    model = judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
     try:
         with resumable_run(run_dir):
-            result = anyio.run(lambda: _closing(model, rejudge_run(run_dir, model, mode=mode, concurrency=concurrency,
+            result = anyio.run(lambda: closing(model, rejudge_run(run_dir, model, mode=mode, concurrency=concurrency,
                                                                    progress=not quiet and not as_json)))
     except (RejudgeError, ModelError, ValueError) as exc:
         raise fail(f"{type(exc).__name__}: {exc}", code=exit_code(exc)) from None
@@ -127,18 +128,19 @@ def rejudge(
                   f"judge calls per sample: {result.judge_calls_per_sample:g}", highlight=False)
 
 
-def _judge_model(spec: str, timeout_s: float) -> Any:
+def judge_model(spec: str, timeout_s: float) -> Any:
     from astra.client import ModelError, resolve_model
-    from astra.synthesis.trajectories import _calibration  # noqa: F401  (registers scripted:calibration-oracle)
-    from astra.synthesis.trajectories._pipeline import _TimeoutModel
+    from astra.synthesis.trajectories._pipeline import TimeoutModel
+
+    importlib.import_module("astra.synthesis.trajectories._calibration")  # registers scripted:calibration-oracle
 
     try:
-        return _TimeoutModel(resolve_model(spec), timeout_s)
+        return TimeoutModel(resolve_model(spec), timeout_s)
     except (ModelError, ValueError, KeyError) as exc:
         raise fail(f"--judge {spec}: {exc}", code=USAGE) from None
 
 
-async def _closing(model: Any, coro: Any) -> Any:
+async def closing(model: Any, coro: Any) -> Any:
     try:
         return await coro
     finally:

@@ -15,9 +15,9 @@ import os
 import re
 import shlex
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
-from typing import IO, Any
+from typing import Any, TextIO
 
 import anyio
 import httpx2
@@ -88,7 +88,7 @@ class DiscoveryResult(BaseModel):
     tools: list[ToolSpec] = Field(default_factory=list)
 
 
-def client_target(target: DiscoveryTarget, *, errlog: IO[str] | None = None) -> Any:
+def client_target(target: DiscoveryTarget, *, errlog: TextIO | None = None) -> Any:
     """What ``mcp.client.Client(...)`` takes to reach ``target``: a stdio transport (the
     launch's ``env`` passed explicitly), the URL of a streamable HTTP endpoint, a
     streamable HTTP transport with the launch's headers, an SSE transport, or the
@@ -146,7 +146,7 @@ def resolve_http_launch(launch: HttpLaunch, environ: Mapping[str, str] | None = 
 
 
 @asynccontextmanager
-async def _streamable_http_with_headers(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
+async def _streamable_http_with_headers(url: str, headers: dict[str, str]) -> AsyncGenerator[Any, None]:
     # the transport does not close an http client it was given: this owns it
     http = httpx2.AsyncClient(headers=headers, timeout=MCP_HTTP_TIMEOUT)
     async with http, streamable_http_client(url, http_client=http) as streams:
@@ -180,7 +180,7 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _tail(log: IO[str] | None) -> str:
+def _tail(log: TextIO | None) -> str:
     if log is None:
         return ""
     try:
@@ -265,12 +265,13 @@ async def discover_tools(
     HTTP, with its headers), or an in-process ``MCPServer``/``Server``. ``name`` becomes the
     tools' ``server`` (default: the name the server reports).
     """
-    if not isinstance(target, (StdioLaunch, HttpLaunch, MCPServer, Server)):
+    # checked at run time too: callers need not be type-checked
+    if not isinstance(target, (StdioLaunch, HttpLaunch, MCPServer, Server)):  # pyright: ignore[reportUnnecessaryIsInstance]
         raise TypeError(f"cannot discover tools of {type(target).__name__}; give a StdioLaunch, HttpLaunch or MCPServer")
     label = describe_target(target)
     # a real file (not a pipe): the child writes to it directly and it never fills up;
     # opened outside the exit stack so that it is still readable when the error is built
-    errlog: IO[str] | None = (
+    errlog: TextIO | None = (
         tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") if isinstance(target, StdioLaunch) else None
     )
     try:

@@ -25,7 +25,7 @@ GRAPH_FORMATS: tuple[str, ...] = ("graphml", "json", "dot")
 _EDGE_FIELDS = ("kind", "bindings", "score", "provenance", "rationale")
 
 
-def to_networkx(graph: ToolGraph) -> nx.DiGraph:
+def to_networkx(graph: ToolGraph) -> nx.DiGraph[str]:
     """A ``DiGraph`` with one node per qualified tool name and the edge fields as attributes.
 
     Graph attributes: ``name``, ``version`` and ``meta`` (a dict).
@@ -53,7 +53,7 @@ def _maybe_json(value: Any, default: Any) -> Any:
 
 
 def from_networkx(
-    g: nx.DiGraph,
+    g: nx.DiGraph[str],
     name: str | None = None,
     *,
     version: int | None = None,

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,7 @@ class Registry:
                     db.execute(f"PRAGMA user_version = {version}")
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Generator[sqlite3.Connection, None, None]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -492,7 +492,7 @@ class Registry:
             ]
         return ToolGraph(name=name, version=row[0], nodes=json.loads(row[1]), edges=edges, meta=json.loads(row[2]))
 
-    def load_networkx(self, name: str, version: int | None = None) -> nx.DiGraph:
+    def load_networkx(self, name: str, version: int | None = None) -> nx.DiGraph[str]:
         """A stored graph straight into a ``networkx.DiGraph`` (same layout as :func:`to_networkx`).
 
         Skips building a GraphEdge per edge: for algorithm work on big graphs (100k edges

@@ -40,6 +40,9 @@ call that hangs delays only its own episode.
 
 from __future__ import annotations
 
+# pyright: reportMissingTypeStubs=false
+# (pyseccomp ships no type information)
+
 import errno
 import json
 import logging

@@ -16,6 +16,9 @@
 
 from __future__ import annotations
 
+# pyright: reportMissingTypeStubs=false
+# (pyarrow ships no type information)
+
 import json
 import keyword
 import re

@@ -13,6 +13,9 @@ across the steps of a session.
 
 from __future__ import annotations
 
+# pyright: reportMissingTypeStubs=false
+# (openenv-core ships no type information)
+
 import json
 from typing import Any
 

@@ -83,7 +83,7 @@ class DecompositionReply(StepsReply):
     steps: list[StepReply] = Field(min_length=1, max_length=8)  # maxItems bounds constrained decoders
 
 
-def dependency_graph(steps: list[DecompositionStep] | list[StepReply]) -> nx.DiGraph:
+def dependency_graph(steps: list[DecompositionStep] | list[StepReply]) -> nx.DiGraph[str]:
     graph = nx.DiGraph()
     for s in steps:
         graph.add_node(s.id)

@@ -30,7 +30,7 @@ class Coverage(BaseModel):
         return {**self.model_dump(), "tool_share": round(self.tool_share, 4), "edge_share": round(self.edge_share, 4)}
 
 
-def _chain_from_path(path: Sequence[str], g: nx.DiGraph, graph: ToolGraph) -> ToolChain:
+def _chain_from_path(path: Sequence[str], g: nx.DiGraph[str], graph: ToolGraph) -> ToolChain:
     calls = [ChainCall(tool=path[0])]
     for i in range(1, len(path)):
         bindings = g.edges[path[i - 1], path[i]].get("bindings") or {}

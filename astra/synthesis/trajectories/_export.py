@@ -18,6 +18,9 @@ written; ``template_report.json`` counts the rest by cause.
 
 from __future__ import annotations
 
+# pyright: reportMissingTypeStubs=false
+# (pyarrow ships no type information)
+
 import json
 import os
 from collections import Counter

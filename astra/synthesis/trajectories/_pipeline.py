@@ -67,7 +67,7 @@ ROLLOUT_SYSTEM = (
 _FAILED_TERMINATIONS = {"model_error", "server_error", "timeout", "cancelled"}
 
 
-class _TimeoutModel(Model):
+class TimeoutModel(Model):
     """The run's per-request timeout on every call (stages pass settings without one)."""
 
     def __init__(self, inner: Model, timeout_s: float) -> None:
@@ -143,7 +143,7 @@ class TrajectoryPipeline:
             self._models[spec] = resolve_model(spec)
             self._owned.append(self._models[spec])
         if spec not in self._timed:
-            self._timed[spec] = _TimeoutModel(self._models[spec], self.config.llm_timeout_s)
+            self._timed[spec] = TimeoutModel(self._models[spec], self.config.llm_timeout_s)
         return self._timed[spec]
 
     async def aclose(self) -> None:
