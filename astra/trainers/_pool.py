@@ -193,10 +193,8 @@ class EpisodePool:
     # ----------------------------------------------------------------- the private loop
 
     def _start(self) -> None:
-        with self._lock:
-            if self._thread is not None:
-                pass
-            else:
+        with self._lock:  # the first caller starts the loop thread; every caller waits until it is connected
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run_loop, name="astra-episode-pool", daemon=True)
                 self._thread.start()
                 atexit.register(self.close)
