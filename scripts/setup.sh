@@ -33,9 +33,8 @@ if [ ! -f .ci/chat_templates/.version ] || [ "$(cat .ci/chat_templates/.version)
 fi
 # bfcl-eval's declared dependencies pull a CUDA torch: install it alone.
 .venv/bin/python -m pip install -q --no-deps "bfcl-eval==2026.3.23"
-# Trainers' own code checks the adapters (tests/trainers): TRL's chat templates and environment_factory
-# introspection (TRL without its torch-pulling dependencies; transformers comes with the test extra).
-.venv/bin/python -m pip install -q --no-deps "trl==1.16.0"
+# Trainers' own code checks the adapters (tests/trainers): TRL (installed above) for its chat templates and
+# environment_factory introspection; transformers comes with the test extra.
 # verl 0.9.x (its tool base class, tool registry and tool parsers run in tests/trainers without torch):
 # --no-deps keeps its CUDA torch / vllm dependency set out; omegaconf reads its tool-config YAML.
 .venv/bin/python -m pip install -q --no-deps "verl==0.9.1"
