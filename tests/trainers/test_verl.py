@@ -162,3 +162,20 @@ async def test_state_persists_within_and_never_crosses_16_concurrent_trajectorie
     pool = export.tools[0].pool
     assert all(t.pool is pool for t in export.tools)  # one pooled connection per worker
     assert len(pool.connections.servers) == 2
+
+
+@pytest.mark.anyio
+async def test_lifecycle_without_a_trajectory_object(export: Any) -> None:
+    """A loop that drives create/execute/calc_reward/release itself (no AgentData): one episode per
+    instance, its process reward from calc_reward, closed on release."""
+    row = export.rows[0]
+    tool = next(t for t in export.tools if t.name == "inventory__get_item")
+    pool = tool.pool
+    before = pool.open_episodes
+    instance, _ = await tool.create(create_kwargs=row["extra_info"]["tools_kwargs"][tool.name]["create_kwargs"])
+    reply, step, _ = await tool.execute(instance, {"sku": "WID-1"})
+    assert json.loads(reply.text)["quantity"] == 40
+    assert await tool.calc_reward(instance) == pytest.approx(step) == pytest.approx(2 * 0.2 / 1.2)  # 1 of 5, 1 call
+    assert pool.open_episodes == before + 1
+    await tool.release(instance)
+    assert pool.open_episodes == before
