@@ -232,8 +232,8 @@ def detect_kind(doc: dict[str, Any]) -> OriginalKind | None:
         return OriginalKind.KNOWLEDGE
     if "question" in doc and "answer" not in doc and set(doc) <= {"question", "domain", "id", "uuid"}:
         return OriginalKind.QUESTIONS
-    graph = doc.get("graph") if isinstance(doc.get("graph"), dict) else {}
-    chain_info = doc.get("chain_info") if isinstance(doc.get("chain_info"), dict) else {}
+    graph: dict[str, Any] = found if isinstance(found := doc.get("graph"), dict) else {}
+    chain_info: dict[str, Any] = found if isinstance(found := doc.get("chain_info"), dict) else {}
     if "operator_results" in chain_info or "sub_chain" in chain_info:
         return OriginalKind.VERIFIED_CHAINS
     if "sub_chains" in graph:
@@ -551,7 +551,7 @@ def read_env_results(path: str | os.PathLike[str]) -> OriginalFile:
     out = OriginalFile(path=str(path))
     for _, where, doc in _lines(path, out):
         try:
-            question = _str(doc, "main_question", "main_question")
+            question = _str(doc, "main_question", "main_question") or ""  # required: None raised
             answer = doc.get("final_answer")
             if isinstance(answer, (int, float)) and not isinstance(answer, bool):
                 answer = str(answer)
@@ -842,7 +842,7 @@ class OriginalInputs:
         self.graph: ToolGraph | None = None
         for path in resume_from:
             kind = file_kind(path)
-            if kind not in _ORDER[:3]:
+            if kind is None or kind not in _ORDER[:3]:
                 raise ValueError(f"{path}: not a graph detect, sub-chain or verified-chain file of the original ASTRA "
                                  f"({'unreadable or empty' if kind is None else kind.value})")
             if kind in self.files:

@@ -143,7 +143,7 @@ class Funnel(BaseModel):
 _PROGRESS_CONSOLE = Console(stderr=True)
 
 
-def model_calls(audit: list[dict[str, Any]]) -> int:
+def model_calls(audit: Sequence[Any]) -> int:
     """Model requests in an audit trail (``ask_json`` records one entry per attempt)."""
     return sum(1 for a in audit if isinstance(a, dict) and "model" in a and ("raw" in a or "error" in a))
 

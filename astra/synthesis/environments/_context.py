@@ -118,18 +118,20 @@ class PipelineContext:
         (``gates``: the current thresholds, see :meth:`Stage.run_items`). Inputs seeded from the
         original's files (``resume_from``) take their record instead of ``fn``."""
         seeded = self.seeded.get(name) if name != "qa" else None
+        run = fn
         if seeded:
-            inner = fn
             items = [(i, (i, it)) for i, it in items]
 
-            async def fn(pair: tuple[str, Any]) -> Outcome:
+            async def seeded_or_run(pair: tuple[str, Any]) -> Outcome:
                 found = seeded.get(pair[0])
                 if found is None:
-                    return await inner(pair[1])
+                    return await fn(pair[1])
                 return Outcome.drop(found) if isinstance(found, str) else Outcome.keep(found)
 
+            run = seeded_or_run
+
         return await self.stage(name, output_model).run_items(
-            items, fn, concurrency=concurrency or self.config.concurrency, progress=self.progress, description=name,
+            items, run, concurrency=concurrency or self.config.concurrency, progress=self.progress, description=name,
             gates=gates,
         )
 

@@ -22,6 +22,7 @@ from astra.records import Decomposition, EnvironmentSpec, ToolImplementation, Ve
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.servers._rewards import answer_in_result, parse_tool_value
 from astra.synthesis.environments._context import PipelineContext
+from astra.synthesis.environments._decompose import last_step_id
 from astra.synthesis.environments._merge import current_merged_tools
 from astra.synthesis.environments._models import Certificate, EmittedEnvironment, MergedTool
 
@@ -115,7 +116,7 @@ async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60
                 if missing:
                     failures.append(f"tools/list lacks {', '.join(missing)}")
                 for v in calls:
-                    result = await client.call_tool(v.tool, v.arguments)
+                    result = await client.call_tool(v.tool or "", v.arguments)  # calls have a tool
                     value = _result_value(result)
                     if result.is_error:
                         failures.append(f"{v.id}: {v.tool} returned an error: {json.dumps(value, default=str)[:200]}")

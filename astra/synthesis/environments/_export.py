@@ -100,7 +100,8 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
     kept = sorted({s.environment_id for s in ctx.outputs_of("export", RLSample, set(env_by_id))} & set(env_by_id))
     made = samples([export_environment(env_by_id[i]) for i in kept], n_distractors=ctx.config.distractors)
     jsonl = JsonlLog(out / "rl_samples.jsonl")
-    jsonl.extend(sorted((rl_sample(s, data_source) for s in made), key=lambda r: r.id))
+    rows = sorted((rl_sample(s, data_source) for s in made), key=lambda r: r.id)
+    jsonl.extend(rows)
     paths = {"rl_samples": jsonl.path}
     if made:
         paths["verl_parquet"] = write_verl_parquet(

@@ -145,10 +145,12 @@ async def merge_cluster(ctx: PipelineContext, sandbox: SandboxRunner, cluster: l
             why, served = await serves_all(sandbox, reply.name, reply.code, reply.parameters, calls)
     except LLMOutputError as exc:
         audit, why = exc.audit, f"bad_reply: {exc.reason}"
-    if why is None:
-        merged = MergedTool(id=cluster_id, implementation=implementation_of(reply), members=[t.id for t in cluster],
-                            calls=served, merged=True, merge_note=f"LLM-merged implementation serves all {len(calls)} calls")
-        return Outcome.keep(merged, audit=audit)
+    else:
+        if why is None:
+            merged = MergedTool(id=cluster_id, implementation=implementation_of(reply), members=[t.id for t in cluster],
+                                calls=served, merged=True,
+                                merge_note=f"LLM-merged implementation serves all {len(calls)} calls")
+            return Outcome.keep(merged, audit=audit)
     failures.append(f"llm merge: {why}")
     return Outcome.keep(*_singletons(cluster, "merge_rejected: " + " | ".join(failures)[:1000]), audit=audit)
 

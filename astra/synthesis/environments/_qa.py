@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +53,7 @@ class QALine(BaseModel):
 
 
 class GeneratedQALine(QALine):
-    answer: str  # a generated question comes with its answer
+    answer: str  # pyright: ignore[reportIncompatibleVariableOverride, reportGeneralTypeIssues]  (required here)
 
 
 class GeneratedQA(BaseModel):

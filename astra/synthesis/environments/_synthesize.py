@@ -208,11 +208,12 @@ async def synthesize_one(ctx: PipelineContext, sandbox: SandboxRunner, dec: Deco
             record = await _try(sandbox, scaled, step.sub_answer, len(attempts), "scaled")
         except LLMOutputError as exc:
             audit += exc.audit
-            record = SynthAttempt(attempt=len(attempts), variant="scaled", error=f"bad_reply: {exc.reason}")
-        attempts.append(record)
-        if record.ok:
-            implementation, variant = implementation_of(scaled), "scaled"
-            call = call.model_copy(update={"result": record.result})
+            attempts.append(SynthAttempt(attempt=len(attempts), variant="scaled", error=f"bad_reply: {exc.reason}"))
+        else:
+            attempts.append(record)
+            if record.ok:
+                implementation, variant = implementation_of(scaled), "scaled"
+                call = call.model_copy(update={"result": record.result})
     tool = SynthesizedTool(
         id=synth_id, decomposition_id=dec.id, qa_id=dec.qa_id, step_id=step.id, sub_question=step.sub_question,
         implementation=implementation, call=call, variant=variant, attempts=attempts,
