@@ -9,7 +9,9 @@ with the tool code sandboxed (the default) and once trusted (so the adapters' ow
 - pool:    ``Rollout.call`` (the pooled connection on its own loop; what every adapter uses);
 - verl:    ``AstraTool.create / execute / release`` per call, as verl's tool agent loop does
            (verl 0.9.x BaseTool, loaded without torch);
-- trl:     the generated environment's async tool method (``reset`` every 10 calls).
+- trl:     the generated environment's async tool method (``reset`` every 10 calls);
+- openenv: ``AstraOpenEnv.step_async`` in a session (``reset`` every 10 calls; openenv-core's
+           Environment, loaded without its fastmcp-importing package init).
 
 Target: adapter / direct <= 1.5.   Run: python benchmarks/trainers_overhead.py [blocks] [calls-per-block]
 """
@@ -84,9 +86,15 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
     module_spec.loader.exec_module(trl_env)
     trl_row = {k: v for k, v in trl_rows([sample])[0].items() if k != "environment"}
     environment = trl_env.ENVIRONMENTS[env.name]()
+    # OpenEnv
+    from conftest import _openenv_shells
+
+    _openenv_shells()
+    import astra.trainers.openenv as openenv
+    session = openenv.openenv_factory(openenv.openenv_sample(sample))()
 
     pool = EpisodePool([(env.name, stdio_launch(server_dir))])
-    timings: dict[str, list[float]] = {k: [] for k in ("direct", "pool", "verl", "trl")}
+    timings: dict[str, list[float]] = {k: [] for k in ("direct", "pool", "verl", "trl", "openenv")}
     async with Client(stdio_parameters(server_dir)) as client:
 
         async def direct(n: int) -> None:  # the session's own episode: no handle, no reward bookkeeping
@@ -113,7 +121,12 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
             for _ in range(n):
                 await environment.get_item(**ARGS)
 
-        paths = {"direct": direct, "pool": pooled, "verl": verl, "trl": trl}
+        async def openenv_session(n: int) -> None:
+            await session.reset_async()
+            for _ in range(n):
+                await session.step_async(openenv.AstraAction(tool="get_item", arguments=ARGS))
+
+        paths = {"direct": direct, "pool": pooled, "verl": verl, "trl": trl, "openenv": openenv_session}
         for fn in paths.values():  # warm-up: servers started, sandboxes warm, imports done
             await fn(TRAJECTORY)
         for _ in range(blocks):

@@ -134,21 +134,24 @@ def verl() -> types.SimpleNamespace:
     )
 
 
-@pytest.fixture(scope="session")
-def openenv() -> types.ModuleType:
+def _openenv_shells() -> None:
     """openenv-core's Environment base class and types (its package __init__ imports fastmcp, which
     pins another mcp: only interfaces.py and types.py are loaded, as they are)."""
+    if getattr(sys.modules.get("openenv"), "__astra_shell__", False):
+        return
     spec = importlib.util.find_spec("openenv")
-    assert spec is not None and spec.submodule_search_locations, (
-        "openenv-core is not installed (scripts/setup.sh installs it)"
-    )
+    assert spec is not None and spec.submodule_search_locations, "openenv-core is missing (scripts/setup.sh installs it)"
     root = Path(next(iter(spec.submodule_search_locations)))
     for name in ("openenv", "openenv.core", "openenv.core.env_server"):
-        if not getattr(sys.modules.get(name), "__astra_shell__", False):
-            module = types.ModuleType(name)
-            module.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
-            module.__astra_shell__ = True
-            sys.modules[name] = module
+        module = types.ModuleType(name)
+        module.__path__ = [str(root.joinpath(*name.split(".")[1:]))]
+        module.__astra_shell__ = True
+        sys.modules[name] = module
+
+
+@pytest.fixture(scope="session")
+def openenv() -> types.ModuleType:
+    _openenv_shells()
     import astra.trainers.openenv as adapter
 
     return adapter
