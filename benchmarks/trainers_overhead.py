@@ -91,6 +91,7 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
 
     _openenv_shells()
     import astra.trainers.openenv as openenv
+
     session = openenv.openenv_factory(openenv.openenv_sample(sample))()
 
     pool = EpisodePool([(env.name, stdio_launch(server_dir))])

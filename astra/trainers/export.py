@@ -220,7 +220,8 @@ def write_verl_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
     if rows and all("tools_kwargs" in r["extra_info"] for r in rows):
         extra = table.column("extra_info").combine_chunks()
         kwargs = pa.ExtensionArray.from_storage(
-            pa.json_(), pa.array([json.dumps(r["extra_info"]["tools_kwargs"], ensure_ascii=False) for r in rows], pa.string())
+            pa.json_(),
+            pa.array([json.dumps(r["extra_info"]["tools_kwargs"], ensure_ascii=False) for r in rows], pa.string()),
         )
         names = [extra.type.field(i).name for i in range(extra.type.num_fields)]
         fields = [extra.field(i) for i in range(extra.type.num_fields)]

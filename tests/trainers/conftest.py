@@ -140,7 +140,7 @@ def _openenv_shells() -> None:
     if getattr(sys.modules.get("openenv"), "__astra_shell__", False):
         return
     spec = importlib.util.find_spec("openenv")
-    assert spec is not None and spec.submodule_search_locations, "openenv-core is missing (scripts/setup.sh installs it)"
+    assert spec is not None and spec.submodule_search_locations, "openenv-core missing (scripts/setup.sh installs it)"
     root = Path(next(iter(spec.submodule_search_locations)))
     for name in ("openenv", "openenv.core", "openenv.core.env_server"):
         module = types.ModuleType(name)

@@ -5,7 +5,6 @@ agent-loop path, recorded calls and the rendered text), TRL's environment, OpenE
 from __future__ import annotations
 
 import asyncio
-import json
 import types
 from typing import Any
 
@@ -19,11 +18,21 @@ from astra.trainers.trl import trl_module_source, trl_rows
 
 from .test_verl import _call_text, run_like_verl
 
-CALLS = st.lists(st.sampled_from([
-    ("get_item", {"sku": "WID-1"}), ("get_item", {"sku": "NOPE-0"}), ("list_items", {"category": "tools"}),
-    ("list_items", {"category": "food"}), ("create_order", {"sku": "HAM-2", "quantity": 2, "customer": "ACME"}),
-    ("add_stock", {"sku": "HAM-2", "quantity": 10}), ("stock_value", {}), ("get_order", {"order_id": "ORD-1"}),
-]), max_size=6)
+CALLS = st.lists(
+    st.sampled_from(
+        [
+            ("get_item", {"sku": "WID-1"}),
+            ("get_item", {"sku": "NOPE-0"}),
+            ("list_items", {"category": "tools"}),
+            ("list_items", {"category": "food"}),
+            ("create_order", {"sku": "HAM-2", "quantity": 2, "customer": "ACME"}),
+            ("add_stock", {"sku": "HAM-2", "quantity": 10}),
+            ("stock_value", {}),
+            ("get_order", {"order_id": "ORD-1"}),
+        ]
+    ),
+    max_size=6,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +48,22 @@ def adapters(inventory_env: ExportEnvironment, verl: types.SimpleNamespace, open
     spec.loader.exec_module(trl)
     row = verl_row(sample, 0)
     yield types.SimpleNamespace(
-        sample=sample, row=row, verl_tools=verl.initialize_tools_from_config(str(out / "tools.yaml")), trl=trl,
+        sample=sample,
+        row=row,
+        verl_tools=verl.initialize_tools_from_config(str(out / "tools.yaml")),
+        trl=trl,
         trl_row={k: v for k, v in trl_rows([sample])[0].items() if k != "environment"},
-        openenv=openenv, openenv_sample=openenv.openenv_sample(sample))
+        openenv=openenv,
+        openenv_sample=openenv.openenv_sample(sample),
+    )
     for pool in list(EpisodePool._shared.values()):
         pool.close()
     EpisodePool._shared.clear()
 
 
-async def _all_paths(adapters: Any, verl: types.SimpleNamespace, calls: list[tuple[str, dict[str, Any]]]) -> dict[str, float]:
+async def _all_paths(
+    adapters: Any, verl: types.SimpleNamespace, calls: list[tuple[str, dict[str, Any]]]
+) -> dict[str, float]:
     truth = adapters.row["reward_model"]["ground_truth"]
     verl_run = await run_like_verl(verl, adapters.verl_tools, adapters.row, [_call_text(n, a) for n, a in calls])
     recorded = [ToolCallRecord.model_validate(c) for c in verl_run["agent_data"].extra_fields.get("astra_calls", [])]
@@ -70,7 +86,9 @@ async def _all_paths(adapters: Any, verl: types.SimpleNamespace, calls: list[tup
     }
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(CALLS)
 def test_every_adapter_gives_the_same_reward(adapters: Any, verl: types.SimpleNamespace, calls: list[Any]) -> None:
     got = asyncio.run(_all_paths(adapters, verl, calls))
