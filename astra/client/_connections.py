@@ -31,7 +31,7 @@ from mcp.client import Client
 from mcp.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, TextContent
 from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
@@ -294,7 +294,7 @@ class _Server:
             return result("protocol_error", f"server {self.name!r}: {type(exc).__name__}: {exc}")
         self.restarts_in_a_row = 0  # the server answered: it is healthy again
         blocks = [
-            {"type": "text", "text": b.text} if getattr(b, "type", None) == "text" else b.model_dump(mode="json", exclude_none=True)
+            {"type": "text", "text": b.text} if isinstance(b, TextContent) else b.model_dump(mode="json", exclude_none=True)
             for b in res.content
         ]
         return ToolResult.model_construct(  # fields are known-good here: skip validation on the hot path
@@ -340,15 +340,16 @@ def _target_parts(target: ServerTarget) -> tuple[str, Any, str]:
             f"server {target.name!r} has a {launch.kind!r} launch, which Connections cannot open by itself; "
             "serve it in-process and pass (name, MCPServer) instead"
         )
-    if isinstance(target, tuple) and len(target) == 2:
+    # checked at run time too: callers need not be type-checked
+    if isinstance(target, tuple) and len(target) == 2:  # pyright: ignore[reportUnnecessaryIsInstance]
         name, server = target
         if isinstance(server, (StdioLaunch, HttpLaunch)):
             return str(name), server, server.kind
-        if isinstance(server, (MCPServer, Server)):
+        if isinstance(server, (MCPServer, Server)):  # pyright: ignore[reportUnnecessaryIsInstance]
             return str(name), server, "in-process"
         if callable(server):  # a server factory: built in whichever process opens the connections
             built = server()
-            if isinstance(built, (MCPServer, Server)):
+            if isinstance(built, (MCPServer, Server)):  # pyright: ignore[reportUnnecessaryIsInstance]
                 return str(name), built, "in-process"
             raise TypeError(f"server factory for {name!r} returned {type(built).__name__}, not an MCPServer")
     raise TypeError(f"not a server target: {target!r} (want ServerSpec or (name, MCPServer | StdioLaunch | HttpLaunch))")

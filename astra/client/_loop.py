@@ -30,7 +30,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from pydantic import BaseModel, Field
@@ -277,6 +277,7 @@ async def run_episode(
         with anyio.CancelScope(shield=True):
             await conns.close_episodes(handles)
     assert termination is not None
+    ended = cast(TerminationReason, termination)  # set through nonlocal, which pyright's narrowing does not follow
     failure_class, infra_fault = classify(termination, steps, model_fault)
     return Trajectory(
         id=traj_id,
@@ -286,7 +287,7 @@ async def run_episode(
         tools=tools_payload,
         messages=messages,
         steps=steps,
-        final_answer=final_answer if termination == TerminationReason.final_answer else None,
+        final_answer=final_answer if ended == TerminationReason.final_answer else None,
         usage=usage,
         termination=termination,
         error=error,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -121,7 +121,7 @@ class ScriptedModel(Model):
         (parallel calls in one assistant turn); then ``final_answer``. Per conversation."""
         replies: list[Reply] = []
         for index, item in enumerate(plan):
-            calls = [item] if isinstance(item, tuple) else list(item)
+            calls = cast("list[tuple[str, dict[str, Any]]]", [item] if isinstance(item, tuple) else list(item))
             replies.append(
                 ChatMessage(
                     role="assistant",

@@ -159,8 +159,9 @@ def _text_content(content: Any) -> str | None:
         return content
     if isinstance(content, list):  # content parts: keep the text ones
         texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-        if all(isinstance(t, str) for t in texts):
-            return "".join(texts)
+        strings = [t for t in texts if isinstance(t, str)]
+        if len(strings) == len(texts):
+            return "".join(strings)
     raise BadResponse(f"message content is {type(content).__name__}, not text")
 
 

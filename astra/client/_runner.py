@@ -348,7 +348,7 @@ class RolloutWorkers:
         boxes = {box: i for i, box in enumerate(self._outboxes)}
         while boxes:
             try:
-                ready = multiprocessing.connection.wait(list(boxes))
+                ready: list[Any] = multiprocessing.connection.wait(list(boxes))
             except OSError:  # closed under us: the pool is shutting down
                 return
             for box in ready:
@@ -376,6 +376,7 @@ class RolloutWorkers:
         for i, box in enumerate(self._outboxes):
             if not box.poll(max(0.0, deadline - time.monotonic())):
                 raise RuntimeError(f"rollout worker {i} did not start within {self.start_timeout_s:g} s")
+            message: Any
             try:
                 message = box.recv()
             except EOFError:

@@ -84,7 +84,9 @@ def provider_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     if isinstance(out.get("allOf"), list):  # fold object-shaped allOf parts into the top level
         for part in out.pop("allOf"):
             if isinstance(part, dict):
-                out["properties"] = {**out.get("properties", {}), **part.get("properties", {})}
+                properties: dict[str, Any] = out.get("properties", {})
+                part_properties: dict[str, Any] = part.get("properties", {})
+                out["properties"] = {**properties, **part_properties}
                 out["required"] = sorted(set(out.get("required", [])) | set(part.get("required", [])))
     dropped = [k for k in _TOP_LEVEL_REJECTED if k in out]
     for key in dropped:

@@ -641,7 +641,7 @@ _ERROR_TEXT = re.compile(r"^\s*(?:Error\b|Error executing tool|Unknown function)
 def _call_from_json(obj: Any) -> ToolCallRecord | None:
     if not isinstance(obj, Mapping):
         return None
-    fn = obj.get("function") if isinstance(obj.get("function"), Mapping) else obj
+    fn: Mapping[str, Any] = found if isinstance(found := obj.get("function"), Mapping) else obj
     name = fn.get("name")
     if not isinstance(name, str):
         return None

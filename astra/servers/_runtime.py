@@ -48,6 +48,9 @@ Control channel (never in ``tools/list``; the model cannot call it)
 
 from __future__ import annotations
 
+# pyright: reportPrivateUsage=false
+# (the runtime, its MCP server and its control extension are one unit, in one module)
+
 import argparse
 import copy
 import dataclasses
@@ -64,7 +67,7 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +77,8 @@ import anyio
 import anyio.to_process
 import anyio.to_thread
 import jsonschema
+import jsonschema.exceptions
+import jsonschema.validators
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
@@ -85,13 +90,14 @@ from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from mcp_types import CallToolResult, Request, RequestParams, Result, TextContent, ToolAnnotations
 from mcp_types import Tool as MCPTool
+from pydantic import AnyHttpUrl
 
 from ._sandbox import UNSAFE_ENV, ErrorKind, Sandbox, SandboxLimits, SandboxUnavailable
 
 try:  # optional: a compiled "is it valid" for the hot path; emitted servers run without it
     import jsonschema_rs as _rs
 except ImportError:  # pragma: no cover - exercised only where the wheel is missing
-    _rs = None
+    _rs: Any = None
 
 log = logging.getLogger("astra.servers")
 
@@ -359,9 +365,9 @@ class SchemaCheck:
     Raises ``jsonschema.SchemaError`` for a schema that is not valid JSON Schema."""
 
     def __init__(self, schema: Mapping[str, Any]) -> None:
-        validator_cls = jsonschema.validators.validator_for(schema)
-        validator_cls.check_schema(schema)
         self.schema = dict(schema)
+        validator_cls = jsonschema.validators.validator_for(self.schema)
+        validator_cls.check_schema(self.schema)
         self.has_patterns = _has_patterns(self.schema)
         if self.has_patterns and _rs is not None:
             validator_cls = jsonschema.validators.extend(validator_cls, _LINEAR_KEYWORDS)
@@ -437,6 +443,7 @@ def _make_tool(spec: Mapping[str, Any], **extra: Any) -> _Tool:
 async def _schema_error(tool: _Tool, arguments: Any) -> str | None:
     if not isinstance(arguments, dict):
         return f"arguments for tool {tool.name!r} must be a JSON object"
+    assert tool.validator is not None  # every served tool has one
     error = await tool.validator.first_error_bounded(arguments)
     if error is None:
         return None
@@ -630,11 +637,11 @@ class EnvironmentRuntime:
         episode.snapshots[snap.id] = snap
         return snap
 
-    def restore(self, episode_id: str | None = None, *, snapshot_id: str | None = None, state: dict[str, Any] | None = None) -> Any:
+    def restore(self, episode_id: str | None = None, *, snapshot_id: str | None = None, state: Any = None) -> Any:
         """Restore an episode from one of its own snapshots (any environment) or a state dict (spec environments)."""
         return self._restore(self.episode(episode_id), snapshot_id=snapshot_id, state=state)
 
-    def _restore(self, episode: _Episode, *, snapshot_id: str | None, state: dict[str, Any] | None) -> Any:
+    def _restore(self, episode: _Episode, *, snapshot_id: str | None, state: Any) -> Any:
         if snapshot_id is not None:
             snap = episode.snapshots.get(snapshot_id)
             if snap is None:
@@ -712,7 +719,7 @@ class EnvironmentRuntime:
             del self._episodes[key]
 
     @asynccontextmanager
-    async def _lifespan(self, _server: Any) -> AsyncIterator[_ClientSlot]:
+    async def _lifespan(self, _server: Any) -> AsyncGenerator[_ClientSlot, None]:
         slot = _ClientSlot(episode_id=f"slot:{next(self._slot_counter)}:{uuid.uuid4().hex[:8]}",
                            per_client=not self.shared_lifespan)
         if self.sandboxed and self.factory is None and self.tools:
@@ -754,7 +761,7 @@ class EnvironmentRuntime:
         """Run one tool call in an in-process episode (no MCP framing). Tool failures come back in the outcome."""
         return await self.call_in(self.episode(episode_id), name, arguments)
 
-    async def call_in(self, episode: _Episode, name: str, arguments: dict[str, Any] | None) -> ToolOutcome:
+    async def call_in(self, episode: _Episode, name: str, arguments: Any) -> ToolOutcome:
         """Run one tool call in ``episode``. Tool failures come back in the outcome."""
         arguments = {} if arguments is None else arguments
         start = time.perf_counter()
@@ -1106,7 +1113,8 @@ class EnvironmentServer(MCPServer):
             url = public_url or "http://127.0.0.1/mcp"
             auth_kwargs = {
                 "token_verifier": _StaticToken(bearer_token),
-                "auth": AuthSettings(issuer_url=url, resource_server_url=url, validate_token_resource=False),
+                "auth": AuthSettings(issuer_url=AnyHttpUrl(url), resource_server_url=AnyHttpUrl(url),
+                                     validate_token_resource=False),
             }
         super().__init__(
             name=runtime.name,

@@ -14,6 +14,9 @@ every call. Episodes never share state; a trajectory's calls all carry its handl
 
 from __future__ import annotations
 
+# pyright: reportPrivateUsage=false
+# (Rollout and EpisodePool are one unit: a rollout drives its pool's loop-side methods)
+
 import asyncio
 import atexit
 import concurrent.futures
@@ -299,6 +302,7 @@ class EpisodePool:
         """The server's tools (ToolSpec records) as listed over the pooled connection."""
         if self._conns is None:
             self._start()
+        assert self._conns is not None  # _start opened them
         return [b.tool for b in self._conns.tools if b.server == server]
 
     @property

@@ -122,7 +122,7 @@ def import_row(
     verifiers = []
     used: dict[str, int] = {}
     for sub in truth:
-        if sub.tool not in names:
+        if sub.tool is None or sub.tool not in names:
             problems.append(f"sub-answer {sub.id}: its tool {sub.tool!r} is not in the environment")
             continue
         k = used.get(sub.tool, 0)

@@ -236,7 +236,7 @@ def _verl_schema(tool: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI tool in the shape verl's ``OpenAIFunctionToolSchema`` accepts: each property
     needs a ``type`` (a list for unions; nested schemas are kept in the description)."""
     fn = tool["function"]
-    params = fn.get("parameters") or {"type": "object", "properties": {}}
+    params: dict[str, Any] = fn.get("parameters") or {"type": "object", "properties": {}}
     props = {}
     for name, prop in (params.get("properties") or {}).items():
         kind = prop.get("type")

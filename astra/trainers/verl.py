@@ -90,15 +90,15 @@ class AstraTool(BaseTool):
 
     async def execute(
         self, instance_id: str, parameters: dict[str, Any], **kwargs: Any
-    ) -> tuple[ToolResponse, float, dict]:
+    ) -> tuple[ToolResponse, float, dict[str, Any]]:
         instance = self._instances.get(instance_id)
         if instance is None:
             raise ValueError(f"unknown tool instance {instance_id!r}: call create() first")
         agent_data = kwargs.get("agent_data")
         rollout = self._rollout(instance, agent_data)
-        outcome = await rollout.call(
-            self.server, self.server_tool, parameters if isinstance(parameters, dict) else {}, self.name
-        )
+        # checked at run time: verl passes whatever the model produced
+        arguments = parameters if isinstance(parameters, dict) else {}  # pyright: ignore[reportUnnecessaryIsInstance]
+        outcome = await rollout.call(self.server, self.server_tool, arguments, self.name)
         if agent_data is not None:
             agent_data.extra_fields["astra_calls"] = rollout.recorded_calls()
         return (
