@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,6 +138,22 @@ class JsonlLog:
             self._superseded |= record_id in self._ids
             self._ids.add(record_id)
         return True
+
+    def write_lines(self, entries: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Append several encoded lines with one write and one fsync (group commit), skipping ids
+        already present; returns which were written. All or nothing, like :meth:`write_line`."""
+        with self._lock:
+            fresh: dict[str, bytes] = {}
+            written = []
+            for record_id, line in entries:
+                new = record_id not in self._ids and record_id not in fresh
+                written.append(new)
+                if new:
+                    fresh[record_id] = line
+            if fresh:
+                _append_bytes(self.path, b"".join(fresh.values()))
+                self._ids.update(fresh)
+        return written
 
     def append(self, record: BaseModel | dict[str, Any], *, replace: bool = False) -> bool:
         """Append one record unless its id is already present (``replace``: supersede it)."""

@@ -23,6 +23,7 @@ bounds concurrent requests to the model endpoint per process.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import math
@@ -141,11 +142,42 @@ async def _rollout(model: Model, conns: Connections, config: EpisodeConfig, tid:
         return None, message
 
 
-async def _write(log_file: JsonlLog, traj: Trajectory) -> bool:
-    """Append a trajectory: encoded here by pydantic's serializer in one pass, written and
-    fsynced in a thread (other episodes run during the disk wait)."""
-    line = (traj.model_dump_json() + "\n").encode()
-    return await anyio.to_thread.run_sync(log_file.write_line, traj.id, line)
+class _GroupWriter:
+    """Appends trajectories to one JSONL log with group commit: lines that arrive while a
+    write + fsync is in flight go out together in the next one (one fsync for many episodes
+    ending at once, instead of one each behind a lock). ``write`` returns once its line is
+    on disk (or raises the write's error)."""
+
+    def __init__(self, log_file: JsonlLog) -> None:
+        self.log_file = log_file
+        self._pending: list[tuple[str, bytes, anyio.Event, list[Any]]] = []
+        self._flushing = False
+
+    async def write(self, traj: Trajectory) -> bool:
+        # pydantic's serializer in one pass (no dict round trip)
+        entry = (traj.id, (traj.model_dump_json() + "\n").encode(), anyio.Event(), [None])
+        self._pending.append(entry)
+        if not self._flushing:  # this caller flushes until nothing is left, for everyone
+            self._flushing = True
+            try:
+                with anyio.CancelScope(shield=True):
+                    while self._pending:
+                        batch, self._pending = self._pending, []
+                        try:
+                            results: list[Any] = await anyio.to_thread.run_sync(
+                                self.log_file.write_lines, [(i, line) for i, line, _, _ in batch])
+                        except Exception as exc:  # noqa: BLE001 - each waiter raises it below
+                            results = [exc] * len(batch)
+                        for (_, _, done, slot), result in zip(batch, results, strict=True):
+                            slot[0] = result
+                            done.set()
+            finally:
+                self._flushing = False
+        await entry[2].wait()
+        result = entry[3][0]
+        if isinstance(result, BaseException):
+            raise result
+        return bool(result)
 
 
 async def run_shard(
@@ -163,6 +195,7 @@ async def run_shard(
         return 0, []
     model = _prepare_model(config, model)
     limiter = anyio.CapacityLimiter(max(1, config.concurrency))
+    writer = _GroupWriter(log_file)
     written = 0
     errors: list[str] = []
 
@@ -172,7 +205,7 @@ async def run_shard(
             traj, error = await _rollout(model, conns, config, tid, task, sample)
         if traj is None:
             errors.append(error or "")
-        elif await _write(log_file, traj):
+        elif await writer.write(traj):
             written += 1
         if on_done:
             on_done(traj, error)
@@ -235,7 +268,7 @@ async def _worker_loop(inbox: Any, outbox: Any, config: EpisodeConfig, targets: 
                        started: float) -> None:
     _ENDPOINT_LIMITERS.clear()  # limiters are bound to an event loop
     model = _prepare_model(config)
-    logs: dict[str, JsonlLog] = {}
+    logs: dict[str, _GroupWriter] = {}
     limiters: dict[int, anyio.CapacityLimiter] = {}
     messages, incoming = anyio.create_memory_object_stream[Any](math.inf)
     token = anyio.lowlevel.current_token()
@@ -258,15 +291,20 @@ async def _worker_loop(inbox: Any, outbox: Any, config: EpisodeConfig, targets: 
             traj, error = await _rollout(model, conns, config, tid, task, sample)
         written = False
         if traj is not None:
-            log_file = logs.get(out_path)
-            if log_file is None:
-                log_file = logs[out_path] = JsonlLog(out_path)
-            written = await _write(log_file, traj)
+            writer = logs.get(out_path)
+            if writer is None:
+                writer = logs[out_path] = _GroupWriter(JsonlLog(out_path))
+            written = await writer.write(traj)
         outbox.send(("done", run_id, tid, traj.termination.value if traj else None, error, written,
                      time.process_time()))
 
     try:
         async with Connections(targets, call_timeout_s=config.call_timeout_s) as conns:
+            # this process only runs episodes: what exists now (imports, clients, servers) stays,
+            # so it leaves the collector's generations (every GC pass stops every episode of the
+            # worker; full collections measured 0.26 s -> 0.03 s per 512 episodes with this)
+            gc.collect()
+            gc.freeze()
             outbox.send(("ready", os.getpid(), time.perf_counter() - started, time.process_time()))
             threading.Thread(target=receive, daemon=True, name="rollout-inbox").start()
             async with anyio.create_task_group() as tg:

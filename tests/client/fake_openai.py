@@ -140,7 +140,9 @@ class FakeOpenAI:
         return f"http://127.0.0.1:{self.port}/v1"
 
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
-        server = await asyncio.get_running_loop().create_server(lambda: _Http(self), "127.0.0.1", self.port)
+        # a backlog like real servers (uvicorn: 2048): hundreds of episodes connect at once
+        server = await asyncio.get_running_loop().create_server(lambda: _Http(self), "127.0.0.1", self.port,
+                                                                backlog=2048)
         self.port = server.sockets[0].getsockname()[1]
         if ready:
             ready()

@@ -262,3 +262,12 @@ def test_warm_workers_are_reused_and_a_dead_worker_fails_only_its_episodes(tmp_p
 
 def read_ids_file(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_group_commit_writes_each_id_once(tmp_path):
+    from astra.runs import JsonlLog
+
+    log = JsonlLog(tmp_path / "t.jsonl")
+    assert log.write_lines([("a", b'{"id":"a"}\n'), ("b", b'{"id":"b"}\n'), ("a", b'{"id":"a"}\n')]) == [True, True, False]
+    assert log.write_lines([("b", b'{"id":"b"}\n'), ("c", b'{"id":"c"}\n')]) == [False, True]
+    assert read_ids_file(tmp_path / "t.jsonl") == ["a", "b", "c"] and len(JsonlLog(tmp_path / "t.jsonl")) == 3
