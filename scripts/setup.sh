@@ -42,9 +42,12 @@ fi
 # OpenEnv's Environment base class and types (its full set pulls fastmcp, which pins another mcp).
 .venv/bin/python -m pip install -q --no-deps "openenv-core==0.3.0"
 if command -v npm >/dev/null 2>&1; then
+  # The npm MCP servers and the Inspector, from a committed lock file: the same release of
+  # server-everything lists other schemas depending on how npm hoists its zod copies, and the
+  # tool-graph fixtures were captured from this exact tree.
   mkdir -p .ci/node
-  [ -f .ci/node/package.json ] || echo '{"name":"astra-test-node","private":true}' > .ci/node/package.json
-  (cd .ci/node && npm install --no-audit --no-fund --silent \
-     @modelcontextprotocol/server-everything @modelcontextprotocol/server-memory \
-     @modelcontextprotocol/server-filesystem @modelcontextprotocol/inspector >/dev/null)
+  if ! cmp -s .ci/node-lock/package-lock.json .ci/node/package-lock.json || [ ! -d .ci/node/node_modules ]; then
+    cp .ci/node-lock/package.json .ci/node-lock/package-lock.json .ci/node/
+    (cd .ci/node && npm ci --no-audit --no-fund --silent >/dev/null)
+  fi
 fi
