@@ -327,9 +327,9 @@ class RolloutWorkers:
 
     Each worker (a spawned process) does its imports, builds its model client and opens its
     server connections once (every MCP server launched once per worker), then waits for
-    work. :meth:`run` hands tasks out in batches, keeping each worker at its concurrency
-    plus one batch queued, refilled as its episodes finish (so fast and slow workers even
-    out), and streams one result per episode back; workers append the trajectories to the
+    work. :meth:`run` hands tasks out in batches, filling each worker's free slots (its
+    concurrency) as its episodes finish, never queueing beyond them (so fast and slow workers
+    even out), and streams one result per episode back; workers append the trajectories to the
     run's JSONL themselves (line-atomic appends, disjoint ids). ``concurrency`` (from the
     config, or per run) is per worker.
 
@@ -464,7 +464,10 @@ class RolloutWorkers:
         self._runs += 1
         run_id = self._runs
         per_worker = max(1, concurrency or self.config.concurrency)
-        batch = self.batch_size or max(1, per_worker // 4)
+        # refill a worker once this many of its slots are free (a batch), never beyond its
+        # concurrency: an item queued on a busy worker while another has a free slot would wait
+        # a whole episode (measured: 288 / 224 items on two workers, a third wave at C=256)
+        batch = self.batch_size or max(1, per_worker // 16)
         pending = list(reversed(items))  # popped from the end: handed out in order
         outstanding: list[set[str]] = [set() for _ in self._procs]
         cpu_start = list(self._cpu)
@@ -503,8 +506,9 @@ class RolloutWorkers:
                 outstanding[i].discard(tid)
                 result.written += bool(written)
                 settle(termination, error)
-                if len(outstanding[i]) <= per_worker:
-                    hand_out(i, batch)
+                free = per_worker - len(outstanding[i])
+                if free >= batch or (free > 0 and len(pending) < batch):
+                    hand_out(i, free)
             elif kind in ("fatal", "dead"):
                 lost = outstanding[i]
                 outstanding[i] = set()
@@ -515,8 +519,8 @@ class RolloutWorkers:
                         settle(None, f"{tid}: no rollout worker left")
                     pending.clear()
                 for j in used:  # the others take over what it had not started
-                    if self._alive[j] and len(outstanding[j]) <= per_worker:
-                        hand_out(j, per_worker + batch - len(outstanding[j]))
+                    if self._alive[j] and len(outstanding[j]) < per_worker:
+                        hand_out(j, per_worker - len(outstanding[j]))
 
         if total == 0:
             return result
@@ -525,7 +529,7 @@ class RolloutWorkers:
         used = range(min(len(self._procs), workers or len(self._procs)))
         for i in used:
             if self._alive[i]:
-                hand_out(i, per_worker + batch)
+                hand_out(i, per_worker)
         if not any(outstanding):
             raise RuntimeError("no rollout worker is alive")
         self._handler = handle
