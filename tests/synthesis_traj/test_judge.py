@@ -217,3 +217,11 @@ def test_pipeline_with_rules_judge_and_llm_judge_call_counts(tmp_path, home):
     result = anyio.run(lambda: run_trajectory_pipeline(llm, progress=False,
                                                        models={"scripted:router": router_model(Router())}))
     assert result.summary()["judge_calls_per_sample"] == 1.0
+
+
+def test_reply_schema_requires_every_section_with_items():
+    from astra.synthesis.trajectories._reward import reply_model
+
+    schema = reply_model(itemise(TASK, build(GOOD, "Sunny, 21 C."))).model_json_schema()
+    assert {"calls", "tool_messages", "plan_segments", "understand_batches"} <= set(schema["required"])
+    assert "calls" not in reply_model(itemise(TASK, build([], "Hi there."))).model_json_schema().get("required", [])

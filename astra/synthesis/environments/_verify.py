@@ -103,8 +103,9 @@ def reply_model(dec: Decomposition) -> type[VerifyReplyBase]:
     steps = [s.id for s in dec.steps]
     model = create_model(
         "VerifyReply", __base__=VerifyReplyBase,
+        # required when there are dependencies: a constrained decoder may otherwise leave the section out
         dependencies=(Annotated[list[DependencyItem], Field(min_length=len(deps), max_length=len(deps))],
-                      Field(default_factory=list)),
+                      ... if deps else Field(default_factory=list)),
         steps=(Annotated[list[StepItem], Field(min_length=len(steps), max_length=len(steps))], ...),
         final=(FinalItem, ...),
     )

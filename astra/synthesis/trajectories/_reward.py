@@ -456,7 +456,9 @@ def reply_model(found: Itemised) -> type[JudgeReplyBase]:
     fields: dict[str, Any] = {}
     for name, item in _SECTIONS:
         n = len(ids[name])
-        fields[name] = (Annotated[list[item], Field(min_length=n, max_length=n)], Field(default_factory=list))  # type: ignore[valid-type]
+        # required when there are items: a constrained decoder may otherwise leave the section out
+        fields[name] = (Annotated[list[item], Field(min_length=n, max_length=n)],  # type: ignore[valid-type]
+                        ... if n else Field(default_factory=list))
     fields["first_response_understanding"] = (JudgedItem, ...)
     fields["first_response_plan"] = (JudgedItem, ...)
     fields["answer_relevance"] = (JudgedItem, ...)
