@@ -100,7 +100,7 @@ class _BoundedText(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, s: str) -> int:
+    def write(self, s: Any) -> int:  # tool code may pass anything
         if not isinstance(s, str):
             raise TypeError(f"write() argument must be str, not {type(s).__name__}")
         room = self.limit - self.kept
@@ -130,7 +130,7 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
     write_events, read_events = dict(_PATH_EVENTS_WRITE), dict(_PATH_EVENTS_READ)
     write_flags = _WRITE_FLAGS
 
-    def resolve(path: object) -> str | None:
+    def resolve(path: Any) -> str | None:
         """realpath() from captured primitives (posixpath's own globals are patchable)."""
         if isinstance_(path, int_):
             return None
@@ -177,7 +177,7 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
     def deny(what: str) -> None:
         raise violation(f"sandbox: {what} is not allowed")
 
-    def hook(event: str, args: tuple) -> None:
+    def hook(event: str, args: tuple[Any, ...]) -> None:
         if event == "open":
             path, mode, flags = (tuple_(args) + (None, None, 0))[:3]
             resolved = resolve(path)
@@ -265,7 +265,7 @@ def _wipe(path: str, deadline: float) -> bool:
     return True
 
 
-def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, guard: Any) -> None:
+def _child(config: dict[str, Any], channel: socket.socket, tool_filter: _Filter | None, guard: Any) -> None:
     """A spare child: confine itself, wait for its call, run it; never returns.
 
     It is forked before its call arrives (so a call does not wait for a fork) and takes no
@@ -324,7 +324,7 @@ def _child(config: dict, channel: socket.socket, tool_filter: _Filter | None, gu
     _exit(status)
 
 
-def _warm_up(config: dict) -> None:
+def _warm_up(config: dict[str, Any]) -> None:
     """Run one harmless call here, so that the lazily built parts of the interpreter (compiler, json
     encoder, code caches) exist before forking instead of being built again by every child."""
     saved = sys.stdout, sys.stderr
@@ -337,7 +337,7 @@ def _warm_up(config: dict) -> None:
         sys.stdout, sys.stderr = saved
 
 
-def _fork_spare(config: dict, tool_filter: _Filter | None, guard: Any) -> tuple[int, socket.socket]:
+def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any) -> tuple[int, socket.socket]:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
@@ -347,7 +347,7 @@ def _fork_spare(config: dict, tool_filter: _Filter | None, guard: Any) -> tuple[
     return pid, ours
 
 
-def _run(config: dict, request: dict, guard: Any) -> bytes:
+def _run(config: dict[str, Any], request: dict[str, Any], guard: Any) -> bytes:
     """Run the tool code of one request; the reply frame (tool failures are replies too)."""
     max_output, max_result = int(config["max_output_bytes"]), int(config["max_result_bytes"])
     max_state = int(config["max_state_bytes"])
@@ -360,7 +360,7 @@ def _run(config: dict, request: dict, guard: Any) -> bytes:
         sys.addaudithook(guard)
         for name in _DENIED_IMPORTS:
             sys.modules.pop(name, None)  # so that `import resource` etc. goes through the audit hook
-    reply: dict
+    reply: dict[str, Any]
     try:
         sys.stdout = sys.stderr = sink
         ns = {"__name__": "astra_tool", "__builtins__": builtins}
@@ -460,7 +460,7 @@ def main() -> None:
 
     gc.freeze()  # children's collections then skip the parent's objects (fewer copy-on-write faults)
     # pid -> [our pidfd, call id or None (a spare), deadline or None, timed out, cancelled]
-    children: dict[int, list] = {}
+    children: dict[int, list[Any]] = {}
     spares = 0
     control.sendall(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
     while True:

@@ -152,8 +152,9 @@ class OracleJudge(Model):
                 items = value if isinstance(value, list) else [value]
                 out = []
                 for item in items:
-                    ref = {"first_response_understanding": "F.understand", "first_response_plan": "F.plan",
-                           "answer_relevance": "A.relevance", "answer_summary": "A.summary"}.get(section, item["id"])
+                    named = {"first_response_understanding": "F.understand", "first_response_plan": "F.plan",
+                             "answer_relevance": "A.relevance", "answer_summary": "A.summary"}
+                    ref = named[section] if section in named else item["id"]
                     label = labels[ref]
                     if "success" in item:
                         out.append({"id": item["id"], "success": label.score == 1.0, "reason": label.why})

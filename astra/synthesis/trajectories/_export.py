@@ -190,7 +190,7 @@ def to_sharegpt(sample: SFTSample, template: ChatTemplate | None = None) -> dict
     return {"conversations": conv, "system": system, "tools": tools_text, "id": sample.id}
 
 
-SHAREGPT_DATASET_INFO = {"file_name": "sharegpt.json", "formatting": "sharegpt",
+SHAREGPT_DATASET_INFO: dict[str, Any] = {"file_name": "sharegpt.json", "formatting": "sharegpt",
                          "columns": {"messages": "conversations", "system": "system", "tools": "tools"}}
 
 
@@ -215,7 +215,7 @@ def _json_list_column(rows: Sequence[Sequence[Any]]) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.ExtensionArray.from_storage(pa.json_(), flat))
 
 
-def _parquet_table(samples: Sequence[SFTSample], conversations: Sequence[tuple[list, list]]) -> pa.Table:
+def _parquet_table(samples: Sequence[SFTSample], conversations: Sequence[tuple[list[Any], list[Any]]]) -> pa.Table:
     dims = pa.struct([(d, pa.float64()) for d in DIMENSIONS])  # a struct, not a map: HF datasets has no map type
     return pa.table({
         "id": pa.array([s.id for s in samples], pa.string()),
@@ -249,11 +249,11 @@ class ExportReport(BaseModel):
 
 
 def conversations_for(samples: Sequence[SFTSample], template: ChatTemplate | None
-                      ) -> tuple[list[SFTSample], list[tuple[list, list]], ExportReport]:
+                      ) -> tuple[list[SFTSample], list[tuple[list[Any], list[Any]]], ExportReport]:
     """The samples the hf profile (adapted to ``template``) can express and, with a template, that render cleanly."""
     report = ExportReport(template=template.name if template else None, samples=len(samples))
     kept: list[SFTSample] = []
-    convs: list[tuple[list, list]] = []
+    convs: list[tuple[list[Any], list[Any]]] = []
     skipped: Counter[str] = Counter()
     adapted: Counter[str] = Counter()
     for s in samples:

@@ -273,7 +273,7 @@ def _schema_type(schema: Any) -> str | None:
     return t if isinstance(t, str) else None
 
 
-def _walk(schema: Any, prefix: str = "", parent: tuple[str, ...] = (), depth: int = 0
+def walk_schema(schema: Any, prefix: str = "", parent: tuple[str, ...] = (), depth: int = 0
           ) -> Iterable[tuple[str, tuple[str, ...], tuple[str, ...], str, Any, bool]]:
     """(path, leaf tokens, parent tokens, description, subschema, required) of each property, two levels deep."""
     if not isinstance(schema, dict) or depth > 2:
@@ -287,11 +287,11 @@ def _walk(schema: Any, prefix: str = "", parent: tuple[str, ...] = (), depth: in
             continue
         path = f"{prefix}{name}"
         leaf = _tokens(name)
-        desc = sub.get("description") if isinstance(sub.get("description"), str) else ""
+        desc = found if isinstance(found := sub.get("description"), str) else ""
         yield path, leaf, parent, desc, sub, name in required or sub.get("required") is True
         inner = sub.get("items") if _schema_type(sub) == "array" else sub
         if isinstance(inner, dict) and isinstance(inner.get("properties"), dict):
-            yield from _walk(inner, f"{path}[]." if inner is not sub else f"{path}.", leaf, depth + 1)
+            yield from walk_schema(inner, f"{path}[]." if inner is not sub else f"{path}.", leaf, depth + 1)
 
 
 def _type_field(leaf: tuple[str, ...], parent: tuple[str, ...], desc: str, schema: Any, *, fallback: bool = True
@@ -386,8 +386,8 @@ def profile_tool(tool: ToolSpec, server_tokens: frozenset[str] = frozenset()) ->
                            or verb == "commit")
 
     # ---- parameters
-    tool_desc_types = {t for t in (cue_type(w) for w in desc_tokens) if t in _REFERENCE}
-    for path, leaf, parent, desc, sub, required in _walk(tool.input_schema):
+    tool_desc_types = {t for w in desc_tokens if (t := cue_type(w)) is not None and t in _REFERENCE}
+    for path, leaf, parent, desc, sub, required in walk_schema(tool.input_schema):
         typed = _type_field(leaf, parent, desc, sub, fallback=bool(desc))
         if (typed is None and not desc and set(leaf) <= _GENERIC_PARAMS and _schema_type(sub) in ("string", None)
                 and 0 < len(tool_desc_types) <= 2):
@@ -423,7 +423,7 @@ def profile_tool(tool: ToolSpec, server_tokens: frozenset[str] = frozenset()) ->
 
     # ---- outputs (data edges): what a read tool returns
     if role is Role.READ:
-        schema_fields = list(_walk(tool.output_schema)) if isinstance(tool.output_schema, dict) else []
+        schema_fields = list(walk_schema(tool.output_schema)) if isinstance(tool.output_schema, dict) else []
         informative = False
         for path, leaf, parent, desc, sub, _req in schema_fields:
             if not parent and set(leaf) <= _GENERIC_OUTPUTS:
@@ -727,7 +727,7 @@ EDGE_SYSTEM = (
 
 def _tool_brief(tool: ToolSpec, *, outputs: bool) -> dict[str, Any]:
     brief: dict[str, Any] = {"name": tool.qualified_name, "description": (tool.description or "")[:300]}
-    props = tool.input_schema.get("properties", {}) if isinstance(tool.input_schema, dict) else {}
+    props = tool.input_schema.get("properties", {})
     brief["parameters"] = {k: (v.get("type") if isinstance(v, dict) else None) for k, v in list(props.items())[:12]}
     if outputs:
         prof = profile_tool(tool)
@@ -777,7 +777,7 @@ def verdicts_to_edges(
         if v.score < min_score:
             why["low_score"] += 1
             continue
-        params = {path for path, *_ in _walk(tools[cand.dst].input_schema)}
+        params = {path for path, *_ in walk_schema(tools[cand.dst].input_schema)}
         bindings = {p: str(f) for p, f in v.bindings.items() if p in params} or cand.bindings
         rationale = "; ".join(x for x in (v.reason[:300], f"candidate: {cand.rationale[:180]}") if x) or None
         edges.append(GraphEdge(src=cand.src, dst=cand.dst, kind=cand.kind, bindings=bindings,
@@ -811,7 +811,7 @@ def chain_prompt(server: ServerSpec, max_tools: int = 60) -> str:
              "server_description": (server.description or "")[:600]}
     tool_lines = []
     for t in server.tools[:max_tools]:
-        props = t.input_schema.get("properties", {}) if isinstance(t.input_schema, dict) else {}
+        props = t.input_schema.get("properties", {})
         params = {k: {"type": v.get("type"), "description": (v.get("description") or "")[:160]}
                   for k, v in list(props.items())[:12] if isinstance(v, dict)}
         tool_lines.append(json.dumps({"name": t.name, "description": (t.description or "")[:400], "parameters": params},

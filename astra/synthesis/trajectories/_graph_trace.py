@@ -35,7 +35,7 @@ from mcp.client import Client
 
 from astra.records import GraphEdge, HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 from astra.registry import client_target, failure_reason
-from astra.synthesis.trajectories._graph import SemType, ToolProfile, TypedField, _walk, profile_servers
+from astra.synthesis.trajectories._graph import SemType, ToolProfile, TypedField, walk_schema, profile_servers
 
 __all__ = ["trace_edges", "read_only", "extract_values", "Observed"]
 
@@ -136,7 +136,7 @@ def extract_values(result: Any, src: str, args: dict[str, Any], roots: Sequence[
     structured = getattr(result, "structured_content", None)
     if isinstance(structured, dict):
         walk(structured, "")
-    base = next((v for k, v in args.items() if isinstance(v, str) and v.startswith("/") and Path(v).is_dir()), None)
+    base = next((v for v in args.values() if isinstance(v, str) and v.startswith("/") and Path(v).is_dir()), None)
     for block in getattr(result, "content", None) or []:
         text = getattr(block, "text", None)
         if not isinstance(text, str) or not text.strip():
@@ -172,7 +172,7 @@ def extract_values(result: Any, src: str, args: dict[str, Any], roots: Sequence[
 
 
 def _param_schema(tool: ToolSpec, path: str) -> Any:
-    for p, _leaf, _parent, _desc, sub, _req in _walk(tool.input_schema):
+    for p, _leaf, _parent, _desc, sub, _req in walk_schema(tool.input_schema):
         if p == path:
             return sub
     return None

@@ -293,6 +293,7 @@ class TrajectoryPipeline:
         servers = await self.servers()
         tools = await self.tools()
         t0 = time.perf_counter()
+        stats: dict[str, Any]
         candidates, stats = _graph.generate_candidates(
             servers, cross_server=opts.cross_server, min_score=opts.min_candidate_score,
             max_sources_per_tool=opts.max_sources_per_tool,

@@ -47,7 +47,7 @@ class Questions(BaseModel):
     @field_validator("questions")
     @classmethod
     def _nonempty(cls, v: list[str]) -> list[str]:
-        out = [q.strip() for q in v if isinstance(q, str) and len(q.strip()) >= MIN_QUESTION]
+        out = [q.strip() for q in v if len(q.strip()) >= MIN_QUESTION]
         if not out:
             raise ValueError(f"no usable question (each needs at least {MIN_QUESTION} characters)")
         return out

@@ -184,7 +184,7 @@ class ChatTemplate:
         from transformers.utils.chat_template_utils import render_jinja_template
 
         rendered, _ = render_jinja_template(
-            conversations=[messages], tools=tools or None, chat_template=self.source,
+            conversations=[messages], tools=[*tools] if tools else None, chat_template=self.source,
             add_generation_prompt=add_generation_prompt, bos_token=self.bos_token, eos_token=self.eos_token)
         return rendered[0]
 
@@ -198,7 +198,7 @@ class ChatTemplate:
 
     def parse_calls(self, text: str) -> list[tuple[str, Any]]:
         """The tool calls in a rendered conversation, read in this template family's format."""
-        calls: list[tuple[str, Any]] = []
+        calls: list[tuple[Any, Any]] = []  # the rendered names, whatever their type
         if self.format is ToolCallFormat.MISTRAL:
             decoder = json.JSONDecoder()
             for match in re.finditer(re.escape("[TOOL_CALLS]"), text):
