@@ -111,6 +111,9 @@ EPISODE_TTL_S = 3600.0
 CALL_TIMEOUT_S = 60.0
 """Default per-call limit for tool code that runs in-process (sandboxed calls: the smaller of it and ``wall_s``)."""
 MAX_SNAPSHOTS_PER_EPISODE = 64
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arguments, results and states: the MCP client's JSON parser stops at 200 levels
+(a deeper reply is never answered, so the caller hangs), and replies wrap a value in a few levels more."""
 
 
 class EpisodeRefusal(str, enum.Enum):
@@ -771,10 +774,11 @@ class EnvironmentRuntime:
                                   error_kind="unknown_tool",
                                   error=f"unknown tool {_clean_text(name)!r}; available: {', '.join(sorted(self.tools))}")
             return outcome
-        problem = _unicode_problem(arguments, "the arguments") or await _schema_error(tool, arguments)
+        too_deep = _depth_problem(arguments, "the arguments")
+        problem = _unicode_problem(arguments, "the arguments") or too_deep or await _schema_error(tool, arguments)
         if problem is not None:
-            outcome = ToolOutcome(name, _scrub(arguments) if isinstance(arguments, dict) else {}, ok=False,
-                                  error_kind="bad_arguments", error=problem)
+            recorded = _scrub(arguments) if isinstance(arguments, dict) and too_deep is None else {}
+            outcome = ToolOutcome(name, recorded, ok=False, error_kind="bad_arguments", error=problem)
         elif episode.unusable is not None:
             outcome = ToolOutcome(name, arguments, ok=False, error_kind="episode_unusable", error=episode.unusable)
         else:
@@ -833,7 +837,9 @@ class EnvironmentRuntime:
             if not result.ok:
                 return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=result.error_kind)
             problem = (_unicode_problem(result.value, "the tool's result")
-                       or _unicode_problem(result.state, "the tool's new state"))
+                       or _unicode_problem(result.state, "the tool's new state")
+                       or _depth_problem(result.value, "the tool's result")
+                       or _depth_problem(result.state, "the tool's new state"))
             if problem is not None:
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
             if tool.stateful and result.state is not None:
@@ -850,7 +856,8 @@ class EnvironmentRuntime:
             return ToolOutcome(tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}")
         outcome = _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         if outcome.ok and tool.stateful:
-            problem = _unicode_problem(working, "the tool's new state")
+            what = "the tool's new state"
+            problem = _unicode_problem(working, what) or _depth_problem(working, what)
             if problem is not None:
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
             episode.state = working
@@ -936,7 +943,22 @@ def _unicode_problem(value: Any, what: str) -> str | None:
     return None
 
 
+def _depth_problem(value: Any, what: str) -> str | None:
+    """Why ``value`` is nested too deeply to be sent (see ``MAX_JSON_DEPTH``), or None."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                return f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
+            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return None
+
+
 def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes: int) -> ToolOutcome:
+    problem = _depth_problem(value, "the tool's result")
+    if problem is not None:
+        return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:

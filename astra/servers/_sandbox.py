@@ -80,6 +80,7 @@ AUDIT_HOOK_ENV = "ASTRA_SANDBOX_AUDIT_HOOK"  # "0": leave the audit hook out (th
 SANDBOX_UID = 65534
 _START_TIMEOUT_S = 30.0
 _SCRATCH_DIRTY = 71  # the worker's exit status for a child that could not empty the scratch directory
+_MAX_ERROR = 4200  # characters of a tool's error message (the worker sends at most 4000 and a line number)
 _BACKSTOP_S = 5.0  # beyond the wall limit, for the parent to report; then the whole sandbox is replaced
 
 
@@ -220,9 +221,19 @@ def _build_programs() -> tuple[bytes, bytes]:
     prot_exec = 0x4
     for name in ("mmap", "mprotect", "pkey_mprotect"):
         rule(tool, eacces, name, sc.Arg(2, sc.MASKED_EQ, prot_exec, prot_exec))
-    for command in (8, 10, 15):  # F_SETOWN, F_SETSIG, F_SETOWN_EX: SIGIO to another process
+    # F_SETOWN, F_SETSIG, F_SETOWN_EX: SIGIO to another process; F_SETLEASE: a lease on a host file
+    # (the runtime is bound from the host) would stall the host's writers of that file
+    for command in (8, 10, 15, 1024):
         rule(tool, eperm, "fcntl", sc.Arg(1, sc.EQ, command))
     rule(tool, eperm, "prlimit64", sc.Arg(0, sc.NE, 0))
+    # scheduling of other processes (the warm parent, the spares that run later calls): one call
+    # must not slow every later call of every episode (same uid, so the kernel allows it)
+    for name in ("sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr"):
+        rule(tool, eperm, name, sc.Arg(0, sc.NE, 0))
+    rule(tool, eperm, "setpriority", sc.Arg(0, sc.NE, 0))  # PRIO_PGRP / PRIO_USER reach the parent too
+    rule(tool, eperm, "setpriority", sc.Arg(1, sc.NE, 0))
+    rule(tool, eperm, "ioprio_set", sc.Arg(0, sc.NE, 1))  # IOPRIO_WHO_PROCESS of the caller only
+    rule(tool, eperm, "ioprio_set", sc.Arg(1, sc.NE, 0))
     return export(sandbox), export(tool)
 
 
@@ -897,22 +908,47 @@ class Sandbox:
         return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
                              error=f"the tool's reply channel carried {problem}; the call was discarded")
 
-    @staticmethod
-    def _from_frame(data: dict[str, Any], *, stateful: bool) -> SandboxResult:
+    def _from_frame(self, data: dict[str, Any], *, stateful: bool) -> SandboxResult:
+        # the worker keeps to the limits, but tool code can write a frame of its own (with its call's
+        # nonce, found on the stack): the limits are checked again here, where tool code cannot reach
+        limits = self.limits
+        stdout = (data.get("stdout") or "")[:limits.max_output_bytes + 100]  # room for the worker's truncation note
         if not data["ok"]:
             kind = ErrorKind(data["error_kind"])
-            return SandboxResult(ok=False, error_kind=kind, error=str(data.get("error") or kind.value),
-                                 stdout=data.get("stdout") or "")
+            return SandboxResult(ok=False, error_kind=kind, error=str(data.get("error") or kind.value)[:_MAX_ERROR],
+                                 stdout=stdout)
         state = data.get("state")
         if stateful and not isinstance(state, dict):
             return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
                                  error="the tool's reply carried no state object; the call was discarded")
-        return SandboxResult(ok=True, value=data.get("value"), state=state if stateful else None,
-                             stdout=data.get("stdout") or "", truncated=bool(data.get("truncated")))
+        value, truncated = data.get("value"), bool(data.get("truncated"))
+        try:
+            state_size, size = (_json_length(state) if stateful else 0), _json_length(value)
+        except RecursionError:
+            return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
+                                 error="the tool's reply was nested too deeply; the call was discarded")
+        if state_size > limits.max_state_bytes:
+            return SandboxResult(ok=False, error_kind=ErrorKind.STATE_TOO_LARGE,
+                                 error=f"the tool grew the state beyond {limits.max_state_bytes} characters")
+        if size > limits.max_result_bytes and not (truncated and isinstance(value, str)
+                                                   and len(value) <= limits.max_result_bytes + 200):
+            value = json.dumps(value, ensure_ascii=False)[:limits.max_result_bytes] + \
+                f"...[truncated: result was {size} characters, limit {limits.max_result_bytes}]"
+            truncated = True
+        return SandboxResult(ok=True, value=value, state=state if stateful else None, stdout=stdout,
+                             truncated=truncated)
 
 
 def _timeout_message(limits: SandboxLimits) -> str:
     return f"the tool did not finish within {limits.wall_s:g} s (wall-clock limit); it was stopped"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN / Infinity: the worker never sends them (allow_nan=False)
+
+
+def _json_length(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False))
 
 
 def _parse_reply(reply: bytes, nonce: str) -> tuple[str | None, dict[str, Any] | None]:
@@ -923,11 +959,13 @@ def _parse_reply(reply: bytes, nonce: str) -> tuple[str | None, dict[str, Any] |
     if len(reply) != _HEADER.size + size:
         return f"{len(reply)} bytes where one frame of {_HEADER.size + size} was expected (extra or forged bytes)", None
     try:
-        data = json.loads(reply[_HEADER.size:].decode("utf-8"))
+        data = json.loads(reply[_HEADER.size:].decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         return "bytes that are not UTF-8", None
     except ValueError:
         return "a frame that is not JSON", None
+    except RecursionError:  # a forged frame nested deeper than the host's parser goes
+        return "a frame nested too deeply", None
     if not isinstance(data, dict) or not secrets.compare_digest(str(data.get("id")), nonce):
         return "a frame that does not belong to this call", None
     if not isinstance(data.get("ok"), bool) or not isinstance(data.get("stdout", ""), str):

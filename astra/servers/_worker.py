@@ -233,7 +233,13 @@ class _Filter:
 
 
 def _wipe(path: str, deadline: float) -> bool:
-    """Empty a directory the tool code may have booby-trapped (read-only dirs, deep trees, fifos)."""
+    """Empty a directory the tool code may have booby-trapped (read-only dirs, deep trees, fifos), and
+    clear what the directory itself can carry to the next call: extended attributes and times."""
+    try:
+        for name in os.listxattr(path):
+            os.removexattr(path, name)
+    except OSError:
+        return False
     stack = [path]
     while stack:
         if time.monotonic() > deadline:
@@ -262,6 +268,10 @@ def _wipe(path: str, deadline: float) -> bool:
                 os.rmdir(current)
             except OSError:
                 return False
+    try:
+        os.utime(path)  # now: times set by the last call (or changed by its last write) tell nothing
+    except OSError:
+        return False
     return True
 
 
