@@ -115,6 +115,7 @@ def _plan_file_servers(specs: list[ServerSpec], named: set[str], out: Path, live
     from astra.synthesis.trajectories._simulate import SimulatedServer
 
     def simulate(spec: Any) -> Any:
+        assert simulator is not None  # plan_servers simulates only SimulatedLaunch servers, which made one
         return SimulatedServer(spec, simulator)
 
     try:

@@ -155,7 +155,8 @@ class _GroupWriter:
 
     async def write(self, traj: Trajectory) -> bool:
         # pydantic's serializer in one pass (no dict round trip)
-        entry = (traj.id, (traj.model_dump_json() + "\n").encode(), anyio.Event(), [None])
+        slot: list[Any] = [None]  # the flush's result: True, False or the exception it raised
+        entry = (traj.id, (traj.model_dump_json() + "\n").encode(), anyio.Event(), slot)
         self._pending.append(entry)
         if not self._flushing:  # this caller flushes until nothing is left, for everyone
             self._flushing = True

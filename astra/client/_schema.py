@@ -73,7 +73,7 @@ def provider_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(schema, dict):
         return {"type": "object", "properties": {}}
     root = copy.deepcopy(schema)
-    out = _fix_node(_resolve_refs(root, root))
+    out: dict[str, Any] = _fix_node(_resolve_refs(root, root))
     out.pop("title", None)
     if out.get("type") != "object":
         if "properties" in out:
