@@ -661,6 +661,9 @@ class EnvironmentRuntime:
                 raise ValueError("a class environment restores from a snapshot id, not a state dict")
             if not isinstance(state, dict):
                 raise ValueError("state must be a JSON object")
+            too_deep = _depth_problem(state, "state")
+            if too_deep is not None:  # it could not be sent back (astra/state would never be answered)
+                raise ValueError(too_deep)
             episode.state = copy.deepcopy(state)
         else:
             raise ValueError("restore needs a snapshot_id or a state")

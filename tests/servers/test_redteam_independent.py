@@ -469,6 +469,9 @@ def test_nesting_the_client_cannot_parse_is_refused_in_arguments_too(served: Ser
     result = served.call("healthy", {"ctx": deep})
     assert result.is_error and f"deeper than {MAX_JSON_DEPTH}" in _text(result), _text(result)
     assert served.state()["x"] == 21  # the call's record (returned by astra/state) is readable
+    with pytest.raises(MCPError, match=f"deeper than {MAX_JSON_DEPTH}"):  # nor can a restore plant it
+        served.portal.call(lambda: served.control.restore(state={"n": 0, "x": 21, "deep": deep}))
+    assert served.state()["x"] == 21
     assert served.call("healthy").structured_content == {"double": 42}
 
 
