@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+
 from astra.errors import AstraError
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)

@@ -202,7 +202,9 @@ class Step(Record):
     arguments: dict[str, Any] | str = Field(default_factory=dict)
     result: Any = None
     is_error: bool = False
-    error_kind: str | None = Field(default=None, description="unknown_tool | bad_arguments | tool_error | timeout | server_died | ...")
+    error_kind: str | None = Field(
+        default=None, description="unknown_tool | bad_arguments | tool_error | timeout | server_died | ..."
+    )
     latency_s: float = 0.0
     simulated: bool = False
 

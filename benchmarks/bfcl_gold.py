@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
-
 from pathlib import Path
 
 import anyio
@@ -61,7 +59,9 @@ def main() -> int:
 def replay(entries: list, servers: str, concurrency: int, direct_clock: Clock) -> bool:
     with tempfile.TemporaryDirectory() as run_dir, Clock() as replay_clock:
         summary = anyio.run(
-            lambda: run_bfcl(GOLD_MODEL, entries, run_dir, concurrency=concurrency, keep_messages=False, servers=servers)
+            lambda: run_bfcl(
+                GOLD_MODEL, entries, run_dir, concurrency=concurrency, keep_messages=False, servers=servers
+            )
         )
     replay_pass = sum(int(c["passed"]) for c in summary.categories.values())
     print(f"measured  scripted:gold over MCP ({servers} servers) -> same checker (+ state check): "

@@ -192,8 +192,10 @@ def multi_process(workers: int, episodes: int, steps: int, delay: float, kind: s
     ctx = multiprocessing.get_context("spawn")
     barrier, out = ctx.Barrier(workers + 1), ctx.Queue()
     t0 = time.perf_counter()
-    procs = [ctx.Process(target=_worker, args=(i, episodes // workers, steps, delay, kind, batches, repeats, barrier, out))
-             for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(i, episodes // workers, steps, delay, kind, batches, repeats, barrier, out))
+        for i in range(workers)
+    ]
     for p in procs:
         p.start()
     runs: list[Result] = []

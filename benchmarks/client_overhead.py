@@ -65,7 +65,9 @@ async def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
     await measure("in-process", make_server(), ("s", make_server()), n, blocks=15)
     params = StdioServerParameters(command=sys.executable, args=[SERVER, "stdio"])
-    await measure("stdio", params, ("s", StdioLaunch(command=sys.executable, args=[SERVER, "stdio"])), n // 2, blocks=15)
+    await measure(
+        "stdio", params, ("s", StdioLaunch(command=sys.executable, args=[SERVER, "stdio"])), n // 2, blocks=15
+    )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from mcp.client import Client
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
 from astra.servers import EnvironmentControl, Sandbox, build_server, emit, load_sample, stdio_parameters
 
-
 BOOST = {"on": False}
 
 
@@ -177,7 +176,7 @@ async def concurrent(episodes: int, per_episode: int) -> None:
         boost()
         bad: list[str] = []
 
-        async def drive(episode: str) -> None:
+        async def drive(episode: str, runtime=runtime, bad: list[str] = bad) -> None:  # bound now (B023)
             for i in range(per_episode):
                 outcome = await runtime.call("bump", {"episode": episode}, episode_id=episode)
                 if not outcome.ok or outcome.value != {"n": i + 1, "mine": episode}:

@@ -57,8 +57,14 @@ async def main(relaunches: int, resets: int) -> None:
     wire = statistics.median(wire_s)
     local = statistics.median(local_s)
     print(f"relaunch server process (stdio, median of {relaunches}): {relaunch * 1000:9.1f} ms")
-    print(f"reset over stdio control channel (median of {resets}):   {wire * 1000:9.3f} ms   -> {relaunch / wire:8.0f}x faster")
-    print(f"reset in-process runtime (median of {resets}):           {local * 1000:9.3f} ms   -> {relaunch / local:8.0f}x faster")
+    print(
+        f"reset over stdio control channel (median of {resets}):   {wire * 1000:9.3f} ms   -> {relaunch / wire:8.0f}x "
+        f"faster"
+    )
+    print(
+        f"reset in-process runtime (median of {resets}):           {local * 1000:9.3f} ms   -> "
+        f"{relaunch / local:8.0f}x faster"
+    )
     print(f"target >= 50x: {'met' if relaunch / wire >= 50 else 'NOT met'}")
 
 

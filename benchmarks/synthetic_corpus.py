@@ -91,12 +91,19 @@ def _tool(name: str, rng: random.Random) -> dict[str, Any]:
     elif required:
         parameters["required"] = required
     outputs = rng.sample(SHARED_FIELDS, rng.randint(1, 6))
-    output_schema = {"type": "object", "properties": {n: {"type": _field_type(n, rng), "description": _sentence(rng, 3, 8)}
-                                                      for n in outputs}}
+    output_schema = {
+        "type": "object",
+        "properties": {n: {"type": _field_type(n, rng), "description": _sentence(rng, 3, 8)} for n in outputs},
+    }
     for prop in output_schema["properties"].values():
         if prop["type"] == "array":
             prop["items"] = {"type": "string"}
-    return {"name": name, "description": _sentence(rng, 8, 30), "parameters": parameters, "output_schema": output_schema}
+    return {
+        "name": name,
+        "description": _sentence(rng, 8, 30),
+        "parameters": parameters,
+        "output_schema": output_schema,
+    }
 
 
 def _tool_counts(servers: int, tools: int, rng: random.Random) -> list[int]:
@@ -135,11 +142,18 @@ def generate(path: str | Path, servers: int = 1585, tools: int = 19036, seed: in
                 tool_list.append(_tool(name, rng))
             record = {
                 "base_info": {
-                    "group_info": {"server_title": server_name.replace("-", " ").title(), "server_name": server_name,
-                                   "server_description": _sentence(rng, 10, 40), "domain": domain},
+                    "group_info": {
+                        "server_title": server_name.replace("-", " ").title(),
+                        "server_name": server_name,
+                        "server_description": _sentence(rng, 10, 40),
+                        "domain": domain,
+                    },
                     "tool_list": tool_list,
                 },
-                "call_info": {"base_url": f"https://{server_name}.example.test/api", "auth": rng.choice(["none", "api_key"])},
+                "call_info": {
+                    "base_url": f"https://{server_name}.example.test/api",
+                    "auth": rng.choice(["none", "api_key"]),
+                },
             }
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path

@@ -55,8 +55,9 @@ def _verl_tool_class() -> Any:
     from conftest import _shell_packages  # verl's tool modules without its torch-importing package inits
 
     _shell_packages()
-    from astra.trainers.verl import AstraTool
     from verl.tools.schemas import OpenAIFunctionToolSchema
+
+    from astra.trainers.verl import AstraTool
 
     return AstraTool, OpenAIFunctionToolSchema
 

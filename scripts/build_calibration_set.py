@@ -36,13 +36,17 @@ S, N = {"type": "string"}, {"type": "number"}
 DOMAINS: dict[str, dict[str, Any]] = {
     "weather": {
         "server": "wx",
-        "tools": [fn("search_city", "Find a city; returns its coordinates.", {"city_name": S}),
-                  fn("get_weather", "Current weather at coordinates.", {"latitude": N, "longitude": N})],
+        "tools": [
+            fn("search_city", "Find a city; returns its coordinates.", {"city_name": S}),
+            fn("get_weather", "Current weather at coordinates.", {"latitude": N, "longitude": N}),
+        ],
         "query": "What is the weather in Lisbon right now?",
         "query_zh": "里斯本现在的天气怎么样？",
         "plan": "I will look up Lisbon's coordinates, then get the current weather there.",
-        "calls": [("search_city", {"city_name": "Lisbon"}, {"latitude": 38.72, "longitude": -9.14}),
-                  ("get_weather", {"latitude": 38.72, "longitude": -9.14}, {"temperature_c": 21, "sky": "sunny"})],
+        "calls": [
+            ("search_city", {"city_name": "Lisbon"}, {"latitude": 38.72, "longitude": -9.14}),
+            ("get_weather", {"latitude": 38.72, "longitude": -9.14}, {"temperature_c": 21, "sky": "sunny"}),
+        ],
         "invented": ("get_weather", {"latitude": 40.0, "longitude": -8.0}, {"temperature_c": 17, "sky": "cloudy"}),
         "error": "city service unavailable: upstream returned 503",
         "answer": "It is sunny in Lisbon right now, at 21 °C.",
@@ -56,13 +60,17 @@ DOMAINS: dict[str, dict[str, Any]] = {
     },
     "currency": {
         "server": "fx",
-        "tools": [fn("get_rate", "Exchange rate from base to quote currency.", {"base": S, "quote": S}),
-                  fn("convert", "Multiply an amount by a rate.", {"amount": N, "rate": N})],
+        "tools": [
+            fn("get_rate", "Exchange rate from base to quote currency.", {"base": S, "quote": S}),
+            fn("convert", "Multiply an amount by a rate.", {"amount": N, "rate": N}),
+        ],
         "query": "How much is 500 EUR in US dollars today?",
         "query_zh": "今天500欧元能换多少美元？",
         "plan": "First I get today's EUR to USD rate, then convert 500 EUR with it.",
-        "calls": [("get_rate", {"base": "EUR", "quote": "USD"}, {"rate": 1.0842}),
-                  ("convert", {"amount": 500, "rate": 1.0842}, {"result": 542.1})],
+        "calls": [
+            ("get_rate", {"base": "EUR", "quote": "USD"}, {"rate": 1.0842}),
+            ("convert", {"amount": 500, "rate": 1.0842}, {"result": 542.1}),
+        ],
         "invented": ("convert", {"amount": 500, "rate": 1.1}, {"result": 550.0}),
         "error": "rate service error: quota exceeded",
         "answer": "500 EUR is 542.10 USD at today's rate of 1.0842.",
@@ -76,13 +84,17 @@ DOMAINS: dict[str, dict[str, Any]] = {
     },
     "orders": {
         "server": "shop",
-        "tools": [fn("get_user", "Find a customer by email; returns the user id.", {"email": S}),
-                  fn("list_orders", "A customer's orders with their status.", {"user_id": S})],
+        "tools": [
+            fn("get_user", "Find a customer by email; returns the user id.", {"email": S}),
+            fn("list_orders", "A customer's orders with their status.", {"user_id": S}),
+        ],
         "query": "Has my order shipped? My account email is ana.silva@example.com.",
         "query_zh": "我的订单发货了吗？我的账户邮箱是 ana.silva@example.com。",
         "plan": "I'll find your account by email, then check the status of your orders.",
-        "calls": [("get_user", {"email": "ana.silva@example.com"}, {"user_id": "u-829"}),
-                  ("list_orders", {"user_id": "u-829"}, {"orders": [{"id": "o-5531", "status": "shipped"}]})],
+        "calls": [
+            ("get_user", {"email": "ana.silva@example.com"}, {"user_id": "u-829"}),
+            ("list_orders", {"user_id": "u-829"}, {"orders": [{"id": "o-5531", "status": "shipped"}]}),
+        ],
         "invented": ("list_orders", {"user_id": "u-1001"}, {"orders": [{"id": "o-17", "status": "processing"}]}),
         "error": "account lookup failed: database timeout",
         "answer": "Yes: your order o-5531 has shipped.",
@@ -96,39 +108,57 @@ DOMAINS: dict[str, dict[str, Any]] = {
     },
     "docs": {
         "server": "docs",
-        "tools": [fn("search_docs", "Search the documentation; returns titles and URLs.", {"query": S}),
-                  fn("fetch_page", "The text of a documentation page.", {"url": S})],
+        "tools": [
+            fn("search_docs", "Search the documentation; returns titles and URLs.", {"query": S}),
+            fn("fetch_page", "The text of a documentation page.", {"url": S}),
+        ],
         "query": "How do I rotate an API key? Give me the steps from the docs.",
         "query_zh": "如何轮换API密钥？请根据文档给出步骤。",
         "plan": "I'll search the docs for key rotation, then read the page I find.",
-        "calls": [("search_docs", {"query": "rotate API key"},
-                   {"results": [{"title": "Rotating keys", "url": "https://docs.example.com/keys/rotate"}]}),
-                  ("fetch_page", {"url": "https://docs.example.com/keys/rotate"},
-                   {"text": "1. Create a new key. 2. Update your clients. 3. Revoke the old key."})],
+        "calls": [
+            (
+                "search_docs",
+                {"query": "rotate API key"},
+                {"results": [{"title": "Rotating keys", "url": "https://docs.example.com/keys/rotate"}]},
+            ),
+            (
+                "fetch_page",
+                {"url": "https://docs.example.com/keys/rotate"},
+                {"text": "1. Create a new key. 2. Update your clients. 3. Revoke the old key."},
+            ),
+        ],
         "invented": ("fetch_page", {"url": "https://docs.example.com/security"}, {"text": "Security overview."}),
         "error": "search index is rebuilding, try later (503)",
         "answer": "From https://docs.example.com/keys/rotate: 1. create a new key, 2. update your clients, "
-                  "3. revoke the old key.",
-        "answer_zh": "根据 https://docs.example.com/keys/rotate ：第一步创建新密钥，第二步更新客户端，第三步撤销旧密钥。",
+        "3. revoke the old key.",
+        "answer_zh": "根据 https://docs.example.com/keys/rotate ："
+                     "第一步创建新密钥，第二步更新客户端，第三步撤销旧密钥。",
         "answer_en_for_zh": "From https://docs.example.com/keys/rotate: 1. create a new key, 2. update your clients, "
-                            "3. revoke the old key.",
+        "3. revoke the old key.",
         "wrong": "From https://docs.example.com/keys/rotate: revoke the old key first, then create a new one.",
         "ungrounded": "Usually you open the dashboard, click Regenerate, and the old key stops working at once.",
         "invented_answer": "The security overview page does not describe key rotation.",
         "partial": "The page https://docs.example.com/keys/rotate describes key rotation.",
-        "url": "See https://docs.example.com/keys/rotate-v2: create a new key, update your clients, revoke the old key.",
+        "url": "See https://docs.example.com/keys/rotate-v2: create a new key, update your clients, "
+               "revoke the old key.",
     },
     "flights": {
         "server": "air",
-        "tools": [fn("search_flights", "Flights between two airports on a date.",
-                     {"origin": S, "destination": S, "date": S}),
-                  fn("get_baggage", "Baggage allowance of a flight.", {"flight_id": S})],
+        "tools": [
+            fn("search_flights", "Flights between two airports on a date.", {"origin": S, "destination": S, "date": S}),
+            fn("get_baggage", "Baggage allowance of a flight.", {"flight_id": S}),
+        ],
         "query": "Find me the cheapest flight from LIS to OPO on 2026-12-14 and tell me its baggage allowance.",
         "query_zh": "帮我找2026-12-14从LIS到OPO最便宜的航班，并告诉我它的行李额度。",
         "plan": "I'll search flights LIS to OPO on 2026-12-14, then check the cheapest one's baggage allowance.",
-        "calls": [("search_flights", {"origin": "LIS", "destination": "OPO", "date": "2026-12-14"},
-                   {"flights": [{"flight_id": "TP1944", "price_eur": 49}, {"flight_id": "FR8321", "price_eur": 61}]}),
-                  ("get_baggage", {"flight_id": "TP1944"}, {"cabin_kg": 8, "checked_kg": 0})],
+        "calls": [
+            (
+                "search_flights",
+                {"origin": "LIS", "destination": "OPO", "date": "2026-12-14"},
+                {"flights": [{"flight_id": "TP1944", "price_eur": 49}, {"flight_id": "FR8321", "price_eur": 61}]},
+            ),
+            ("get_baggage", {"flight_id": "TP1944"}, {"cabin_kg": 8, "checked_kg": 0}),
+        ],
         "invented": ("get_baggage", {"flight_id": "TP0001"}, {"cabin_kg": 10, "checked_kg": 23}),
         "error": "flight search timed out",
         "answer": "The cheapest is TP1944 at 49 EUR; it includes 8 kg cabin baggage and no checked bag.",
@@ -199,13 +229,25 @@ def cases_for(name: str, d: dict[str, Any]) -> list[CalibrationCase]:
                  L("A.summary", 1, "every fact in the answer comes from the tool results")]
     out.append((Defect.CLEAN, d["query"], "", clean_turns, d["answer"], base + answer_ok))
     # redundant: the second call is repeated with the same arguments after its result arrived
-    out.append((Defect.REDUNDANT_CALL, d["query"], "the last call is repeated with identical arguments",
-                [*clean_turns, (None, [ok(c2)])], d["answer"], [
-                    *with_(base, F_plan=(0.5, "the plan is right but the trajectory repeats a call (meaningless repetition)")),
-                    L("C3", 0, f"repeats {second_tool} with identical arguments after its result was known"),
-                    L("T3", 1, "the tool returned a result without error"),
-                    L("P2", 0, "plans a call whose result the agent already had"),
-                    L("U2", 0, "the agent did not use T2: it asked for the same result again"), *answer_ok]))
+    out.append(
+        (
+            Defect.REDUNDANT_CALL,
+            d["query"],
+            "the last call is repeated with identical arguments",
+            [*clean_turns, (None, [ok(c2)])],
+            d["answer"],
+            [
+                *with_(
+                    base, F_plan=(0.5, "the plan is right but the trajectory repeats a call (meaningless repetition)")
+                ),
+                L("C3", 0, f"repeats {second_tool} with identical arguments after its result was known"),
+                L("T3", 1, "the tool returned a result without error"),
+                L("P2", 0, "plans a call whose result the agent already had"),
+                L("U2", 0, "the agent did not use T2: it asked for the same result again"),
+                *answer_ok,
+            ],
+        )
+    )
     # ignored error: the first call fails and the agent invents the value it needed
     inv = d["invented"]
     out.append((Defect.IGNORED_ERROR, d["query"], "the first call fails; the agent carries on with an invented value",

@@ -20,6 +20,9 @@ CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} .venv/bin/python -m 
 # and tokenizer; TRL and LLaMA-Factory --no-deps (their torch-free modules check the exports).
 .venv/bin/python -m pip install -q -e ".[sft]"
 .venv/bin/python -m pip install -q --no-deps "trl==1.16.0" "llamafactory==0.9.5"
+# The lint and type check scripts/test.sh runs first (pinned: a new release's rules must not break CI);
+# pyright's [nodejs] extra brings Node.js as a wheel, so no system node is needed.
+.venv/bin/python -m pip install -q "ruff==0.17.6" "pyright[nodejs]==1.1.414"
 # The real chat templates (Qwen2.5, Qwen3, Hermes-3, Llama-3.1, Mistral-Nemo, ...) that llama.cpp keeps in
 # models/templates/: from the sdist of the installed llama-cpp-python, templates directory only.
 LCP_VERSION=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('llama_cpp_python'))")

@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Lint (ruff, whole repository, < 1 s) and strict type check (pyright on astra/, ~35 s of CPU) before the tests.
+.venv/bin/ruff check .
+.venv/bin/pyright --level error
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

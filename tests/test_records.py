@@ -41,7 +41,7 @@ def test_jsonl_log_skips_duplicates_and_repairs_torn_tail(tmp_path):
     assert again.ids == {"a"}
     assert again.append({"id": "b", "v": 3})
     lines = (tmp_path / "x.jsonl").read_text().splitlines()
-    assert [json.loads(l)["id"] for l in lines] == ["a", "b"]
+    assert [json.loads(line)["id"] for line in lines] == ["a", "b"]
 
 
 def test_run_dir_manifest_persists_stage_status(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Mapping
 from typing import Any
+
 from astra.errors import AstraError
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 # pyright: reportMissingTypeStubs=false
 # (bfcl_eval ships no type information)
-
 import functools
 import importlib
 import inspect
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from astra.errors import UserError
 
 CATEGORIES: tuple[str, ...] = ("base", "long_context", "miss_func", "miss_param")
@@ -106,10 +106,14 @@ class BfclEntry(BaseModel):
 
     id: str
     category: str
-    turns: list[list[dict[str, Any]]] = Field(description="the user messages of each turn; [] where functions are added back")
+    turns: list[list[dict[str, Any]]] = Field(
+        description="the user messages of each turn; [] where functions are added back"
+    )
     initial_config: dict[str, Any]
     involved_classes: list[str]
-    missed_function: dict[str, list[str]] = Field(default_factory=dict, description="turn index -> held-out function names")
+    missed_function: dict[str, list[str]] = Field(
+        default_factory=dict, description="turn index -> held-out function names"
+    )
     ground_truth: list[list[str]] = Field(description="per turn: python-call strings")
 
     @property

@@ -96,7 +96,9 @@ async def _play(
             if revealed:
                 visible.extend(name for name in revealed if name in names and name not in visible)
                 turn_messages = [{"role": "user", "content": ADDED_FUNCTIONS_PROMPT}]
-            messages.extend(ChatMessage.model_validate({"role": m["role"], "content": m["content"]}) for m in turn_messages)
+            messages.extend(
+                ChatMessage.model_validate({"role": m["role"], "content": m["content"]}) for m in turn_messages
+            )
             turn_decoded: list[list[str]] = []
             tools = conns.openai_tools(visible)
             step = 0

@@ -44,9 +44,13 @@ class BfclResult(BaseModel):
     tool_errors: int = 0
     force_quit: bool = False
     model_error: str | None = None
-    mcp_faithful: bool | None = Field(default=None, description="our MCP servers' final state equals BFCL executing the same calls")
+    mcp_faithful: bool | None = Field(
+        default=None, description="our MCP servers' final state equals BFCL executing the same calls"
+    )
     mcp_differences: dict[str, Any] = Field(default_factory=dict)
-    ground_truth_valid: bool | None = Field(default=None, description="gold runs: the checker's verdict on the ground truth fed directly")
+    ground_truth_valid: bool | None = Field(
+        default=None, description="gold runs: the checker's verdict on the ground truth fed directly"
+    )
     usage: Usage = Field(default_factory=Usage)
     latency_s: float = 0.0
     messages: list[ChatMessage] = Field(default_factory=list)
@@ -65,13 +69,19 @@ class BfclSummary(BaseModel):
     model: str
     run_dir: str
     categories: dict[str, dict[str, Any]] = Field(description="category -> {total, passed, accuracy}")
-    overall: float | None = Field(description="unweighted mean of the categories' accuracies (the seed paper's Overall)")
+    overall: float | None = Field(
+        description="unweighted mean of the categories' accuracies (the seed paper's Overall)"
+    )
     failures: list[dict[str, Any]] = Field(default_factory=list, description="[{id, category, error_type}]")
     scored_now: int = 0
     resumed: int = 0
     elapsed_s: float = 0.0
-    mcp_unfaithful: list[str] = Field(default_factory=list, description="entries where MCP execution and direct execution diverged")
-    gold_disagreements: list[dict[str, Any]] = Field(default_factory=list, description="gold runs: entries where replay and direct ground truth differ")
+    mcp_unfaithful: list[str] = Field(
+        default_factory=list, description="entries where MCP execution and direct execution diverged"
+    )
+    gold_disagreements: list[dict[str, Any]] = Field(
+        default_factory=list, description="gold runs: entries where replay and direct ground truth differ"
+    )
 
 
 def _result_order(result: BfclResult) -> tuple[int, tuple[str, int]]:
@@ -87,7 +97,9 @@ def summarize(results: list[BfclResult], model: str, run_dir: str) -> BfclSummar
         score.total += 1
         score.passed += r.valid
     ordered = [c for c in CATEGORIES if c in scores] + sorted(c for c in scores if c not in CATEGORIES)
-    categories = {c: {"total": scores[c].total, "passed": scores[c].passed, "accuracy": scores[c].accuracy} for c in ordered}
+    categories = {
+        c: {"total": scores[c].total, "passed": scores[c].passed, "accuracy": scores[c].accuracy} for c in ordered
+    }
     gold_disagreements = [
         {"id": r.id, "replay_valid": r.valid, "ground_truth_valid": r.ground_truth_valid,
          "reason": r.error_type if not r.valid else "the checker rejects the ground truth itself",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 # pyright: reportMissingTypeStubs=false
 # (bfcl_eval ships no type information)
-
 import re
 import uuid
 from typing import Any
@@ -56,7 +55,9 @@ def score_decoded(entry: BfclEntry, decoded: list[list[list[str]]]) -> BfclVerdi
     try:
         result = multi_turn_checker(decoded, entry.ground_truth, entry.raw(), entry.category, model_name)
     except Exception as exc:  # noqa: BLE001 - a crashed checker is a failure, never a pass
-        return BfclVerdict(valid=False, error_type="astra:checker_crashed", error_message=f"{type(exc).__name__}: {exc}")
+        return BfclVerdict(
+            valid=False, error_type="astra:checker_crashed", error_message=f"{type(exc).__name__}: {exc}"
+        )
     finally:
         _forget(model_name)
     if result.get("valid"):
@@ -71,7 +72,9 @@ class StateDiff(BaseModel):
     differences: dict[str, Any] = Field(default_factory=dict)
 
 
-def compare_with_direct_execution(entry: BfclEntry, decoded: list[list[list[str]]], instances: dict[str, Any]) -> StateDiff:
+def compare_with_direct_execution(
+    entry: BfclEntry, decoded: list[list[list[str]]], instances: dict[str, Any]
+) -> StateDiff:
     """Execute ``decoded`` with BFCL's executor and compare the final objects with ``instances``.
 
     ``instances`` are the backend objects our MCP servers ran the same calls on; equal public
@@ -90,7 +93,12 @@ def compare_with_direct_execution(entry: BfclEntry, decoded: list[list[list[str]
         steps = [step for turn in decoded for step in turn] or [[]]
         for step in steps:
             _, direct = execute_multi_turn_func_call(
-                step, entry.initial_config, entry.involved_classes, model_name, entry.id, long_context=entry.long_context
+                step,
+                entry.initial_config,
+                entry.involved_classes,
+                model_name,
+                entry.id,
+                long_context=entry.long_context,
             )
         differences: dict[str, Any] = {}
         for class_name, reference in direct.items():
@@ -100,7 +108,9 @@ def compare_with_direct_execution(entry: BfclEntry, decoded: list[list[list[str]
                 continue
             same, diff = _compare_instances(ours, reference)
             if not same:
-                differences[class_name] = {k: {"mcp": repr(v["model"])[:500], "direct": repr(v["ground_truth"])[:500]} for k, v in diff.items()}
+                differences[class_name] = {
+                    k: {"mcp": repr(v["model"])[:500], "direct": repr(v["ground_truth"])[:500]} for k, v in diff.items()
+                }
         return StateDiff(faithful=not differences, differences=differences)
     finally:
         _forget(model_name)

@@ -66,7 +66,9 @@ class BackendMethodTool(Tool):
         try:
             value = self.method(**arguments)
         except Exception as exc:  # noqa: BLE001 - BFCL turns every exception into a result string
-            return CallToolResult(content=[TextContent(type="text", text=f"Error during execution: {exc}")], is_error=True)
+            return CallToolResult(
+                content=[TextContent(type="text", text=f"Error during execution: {exc}")], is_error=True
+            )
         structured = value if type(value) is dict and _json_safe(value) else None
         return CallToolResult(
             content=[TextContent(type="text", text=bfcl_result_text(value))],
@@ -88,7 +90,9 @@ def _tool_templates(class_name: str) -> tuple[tuple[str, dict[str, Any]], ...]:
     # per class and bind each episode's methods into copies.
     out = []
     for doc in function_docs(class_name):
-        base = Tool.from_function(_placeholder, name=doc["name"], description=doc.get("description", ""), structured_output=False)
+        base = Tool.from_function(
+            _placeholder, name=doc["name"], description=doc.get("description", ""), structured_output=False
+        )
         fields = {k: getattr(base, k) for k in type(base).model_fields}
         fields["parameters"] = function_input_schema(doc)
         out.append((doc["name"], fields))
@@ -242,7 +246,9 @@ class BfclEpisodeServers:
         """The backend objects the episode ran on (a class never called: its initial object)."""
         for name in self._classes:
             if name not in self._instances:
-                self._instances[name] = new_backend_instance(name, self._initial_config, long_context=self._long_context)
+                self._instances[name] = new_backend_instance(
+                    name, self._initial_config, long_context=self._long_context
+                )
         return self._instances
 
     def targets(self) -> list[tuple[str, MCPServer]]:

@@ -61,28 +61,47 @@ def _score_table(summary: Any) -> Table:
 
 @app.command("run")
 def run(
-    model: Annotated[str, typer.Option("--model", "-m", help="model spec: scripted:gold | openai:<m> | anthropic:<m> | local:<gguf|smollm2>")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="model spec: scripted:gold | openai:<m> | anthropic:<m> | local:<gguf|smollm2>"
+        ),
+    ],
     category: Annotated[
         list[str] | None,
-        typer.Option("--category", "-c", help="base | long_context | miss_func | miss_param | all (repeat or comma-separate)"),
+        typer.Option(
+            "--category", "-c", help="base | long_context | miss_func | miss_param | all (repeat or comma-separate)"
+        ),
     ] = None,
     limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="at most N entries per category")] = None,
     ids: Annotated[
-        list[str] | None, typer.Option("--ids", help="only these entries: multi_turn_base_3 or base_3 (repeat or comma-separate)")
+        list[str] | None,
+        typer.Option("--ids", help="only these entries: multi_turn_base_3 or base_3 (repeat or comma-separate)"),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="run directory (default: <home>/runs/bfcl/<model>[-<servers>]); rerun to resume")
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="run directory (default: <home>/runs/bfcl/<model>[-<servers>]); rerun to resume"
+        ),
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-j", min=1, help="entries played at once")] = 8,
     temperature: Annotated[float | None, typer.Option("--temperature", help="sampling temperature")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="max tokens per model reply")] = None,
-    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (openai: specs)")] = None,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (openai: specs)")
+    ] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="context window for local: models")] = None,
     max_steps_per_turn: Annotated[
-        int, typer.Option("--max-steps-per-turn", min=1, help="BFCL's limit is 20; lower only for smoke runs (not comparable)")
+        int,
+        typer.Option(
+            "--max-steps-per-turn", min=1, help="BFCL's limit is 20; lower only for smoke runs (not comparable)"
+        ),
     ] = 20,
     servers: Annotated[
-        str, typer.Option("--servers", help="MCP server implementation: astra (astra.servers) | bfcl (BFCL's exact result text)")
+        str,
+        typer.Option(
+            "--servers", help="MCP server implementation: astra (astra.servers) | bfcl (BFCL's exact result text)"
+        ),
     ] = "astra",
     home: HomeOption = None,
     json_out: JsonOption = False,
@@ -90,11 +109,9 @@ def run(
     """Play BFCL multi-turn entries through our MCP servers and score them with BFCL's checker."""
     import anyio
 
-    from astra.bfcl import BfclUnavailable, load_entries, model_factory, run_bfcl
+    from astra.bfcl import SERVER_IMPLEMENTATIONS, BfclUnavailable, load_entries, model_factory, run_bfcl
     from astra.client import ModelError, ModelSettings
     from astra.config import astra_home
-
-    from astra.bfcl import SERVER_IMPLEMENTATIONS
 
     if servers not in SERVER_IMPLEMENTATIONS:
         raise fail(f"--servers {servers}: choose from {', '.join(SERVER_IMPLEMENTATIONS)}", code=USAGE)
@@ -158,7 +175,9 @@ def run(
             table.add_row(f"... {len(summary.failures) - _SHOWN_FAILURES} more", "(see --json or results.jsonl)")
         console.print(table)
     for disagreement in summary.gold_disagreements:
-        console.print(f"[red]gold replay differs from the ground truth fed directly: {disagreement}[/]", highlight=False)
+        console.print(
+            f"[red]gold replay differs from the ground truth fed directly: {disagreement}[/]", highlight=False
+        )
     if summary.mcp_unfaithful:
         note = (" (astra.servers refuses arguments that do not match the schema; BFCL's executor runs them: "
                 "--servers bfcl reproduces BFCL exactly)" if servers == "astra" else "")

@@ -112,15 +112,26 @@ def _made(out: Path, summary: dict[str, Any]) -> list[dict[str, str]]:
         run = Path(traj["run_dir"])
         rollouts = [o for e in _jsonl(run / "rollout.jsonl") for o in e.get("outputs", [])]
         real = [t for t in rollouts if any(_reached_a_server(s) for s in t.get("steps", []))]
-        made.append({"what": "rollouts", "detail": f"{len(rollouts)} trajectories, {len(real)} of them called a real MCP "
-                     f"server over stdio (mcp-server-time, the emitted inventory server)",
-                     "look": f"jq -c '.outputs[0].steps[] | [.tool, .arguments, .is_error]' {run / 'rollout.jsonl'}"})
+        made.append(
+            {
+                "what": "rollouts",
+                "detail": f"{len(rollouts)} trajectories, {len(real)} of them called a real MCP "
+                f"server over stdio (mcp-server-time, the emitted inventory server)",
+                "look": f"jq -c '.outputs[0].steps[] | [.tool, .arguments, .is_error]' {run / 'rollout.jsonl'}",
+            }
+        )
         exports = traj.get("exports", {})
         first = exports.get("openai") or next(iter(exports.values()), "")
         judges = sorted({str(e.get("judge", "?")) for e in _jsonl(Path(first))}) if first.endswith(".jsonl") else []
-        made.append({"what": "SFT samples", "detail": f"{traj['exported']} exported"
-                     + (f" (judged by: {', '.join(judges)})" if judges else "") + f"; files: {', '.join(exports.values())}",
-                     "look": f"head -1 {first} | jq ." if first else ""})
+        made.append(
+            {
+                "what": "SFT samples",
+                "detail": f"{traj['exported']} exported"
+                + (f" (judged by: {', '.join(judges)})" if judges else "")
+                + f"; files: {', '.join(exports.values())}",
+                "look": f"head -1 {first} | jq ." if first else "",
+            }
+        )
     env = summary.get("environments")
     if env:
         for directory in env.get("server_dirs", []):
@@ -136,7 +147,9 @@ def _made(out: Path, summary: dict[str, Any]) -> list[dict[str, str]]:
 
 @app.command()
 def demo(
-    model: Annotated[str, typer.Option(help="model spec: local:smollm2, openai:MODEL, anthropic:MODEL")] = DEFAULT_MODEL,
+    model: Annotated[
+        str, typer.Option(help="model spec: local:smollm2, openai:MODEL, anthropic:MODEL")
+    ] = DEFAULT_MODEL,
     judge_model: Annotated[str | None, typer.Option(help="judge model spec (default: --model)")] = None,
     out: Annotated[Path, typer.Option(help="where the run directories go")] = Path("runs/demo"),
     skip_trajectories: Annotated[bool, typer.Option(help="skip the trajectory pipeline")] = False,

@@ -56,7 +56,10 @@ def _resolve(target: str, home: Path | None) -> tuple[EnvironmentSpec, str | Non
     with Registry.open(home) as registry:
         found = registry.get_environment(target)
     if found is None:
-        raise fail(f"no environment {target!r}: not a directory, not a file, not in the registry (see `astra env list`)", code=USAGE)
+        raise fail(
+            f"no environment {target!r}: not a directory, not a file, not in the registry (see `astra env list`)",
+            code=USAGE,
+        )
     return found
 
 
@@ -86,14 +89,18 @@ def _check_starts(spec: EnvironmentSpec) -> None:
         why = report.error or "; ".join(f"{c.name}: {c.detail}" for c in listing)
         raise fail(f"{spec.name}: the emitted server does not start cleanly, nothing written: {why}")
     for check in report.failed:
-        console.print(f"[yellow]warning:[/] {user(spec.name)}: {user(check.name)}: {user(check.detail)}", highlight=False)
+        console.print(
+            f"[yellow]warning:[/] {user(spec.name)}: {user(check.name)}: {user(check.detail)}", highlight=False
+        )
 
 
 @app.command("emit")
 def emit_cmd(
     spec_json: Annotated[str, typer.Argument(help="EnvironmentSpec JSON file, registry name/id, or sample:NAME")],
     out: Annotated[Path, typer.Option("--out", "-o", help="directory to write the server into")],
-    register: Annotated[bool, typer.Option("--register/--no-register", help="record the environment and its location in the registry")] = True,
+    register: Annotated[
+        bool, typer.Option("--register/--no-register", help="record the environment and its location in the registry")
+    ] = True,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -193,7 +200,9 @@ def validate_cmd(
     if report.error:
         console.print(f"[red]error:[/] {report.error}", highlight=False)
     passed = sum(c.ok for c in report.checks)
-    console.print(f"{passed}/{len(report.checks)} checks passed" + ("" if report.ok else " [red](validation failed)[/]"))
+    console.print(
+        f"{passed}/{len(report.checks)} checks passed" + ("" if report.ok else " [red](validation failed)[/]")
+    )
     if not report.ok:
         raise typer.Exit(1)
 
@@ -201,7 +210,9 @@ def validate_cmd(
 @app.command("score")
 def score_cmd(
     env: Annotated[str, typer.Argument(help="emitted DIR, spec JSON, registry name/id, or sample:NAME")],
-    trajectory_file: Annotated[Path, typer.Argument(help="Trajectory records: JSONL (one per line) or one JSON object")],
+    trajectory_file: Annotated[
+        Path, typer.Argument(help="Trajectory records: JSONL (one per line) or one JSON object")
+    ],
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -234,7 +245,14 @@ def score_cmd(
         console.print(error, style="red", markup=False, highlight=False)
     mean = sum(s.process_reward for s in scores) / len(scores) if scores else None
     if json_out:
-        emit_json({"environment_id": spec.id, "scores": [s.model_dump() for s in scores], "errors": errors, "mean_process_reward": mean})
+        emit_json(
+            {
+                "environment_id": spec.id,
+                "scores": [s.model_dump() for s in scores],
+                "errors": errors,
+                "mean_process_reward": mean,
+            }
+        )
     else:
         table = Table("trajectory", "calls", "solved", "recall", "precision", "process reward", "verified calls passed")
         for s in scores:
@@ -245,7 +263,10 @@ def score_cmd(
                 f"{sum(bool(c.passed) for c in verified)}/{len(verified)}",
             )
         console.print(table)
-        console.print(f"{len(scores)} scored, {len(errors)} rejected" + (f", mean process reward {mean:.3f}" if mean is not None else ""))
+        console.print(
+            f"{len(scores)} scored, {len(errors)} rejected"
+            + (f", mean process reward {mean:.3f}" if mean is not None else "")
+        )
     failed = [s for s in scores if s.status != "ok"]
     for s in failed:
         console.print(f"[red]{s.trajectory_id}: {s.error}[/]", highlight=False)
@@ -263,16 +284,27 @@ def list_cmd(home: HomeOption = None, json_out: JsonOption = False) -> None:
         rows = registry.list_environments()
     samples = sorted(p.stem for p in SAMPLES_DIR.glob("*.json"))
     if json_out:
-        emit_json({
-            "environments": [
-                {"id": s.id, "name": s.name, "tools": len(s.tools), "verifiers": len(s.verifiers), "sandboxed": s.sandboxed, "location": loc}
-                for s, loc in rows
-            ],
-            "samples": samples,
-        })
+        emit_json(
+            {
+                "environments": [
+                    {
+                        "id": s.id,
+                        "name": s.name,
+                        "tools": len(s.tools),
+                        "verifiers": len(s.verifiers),
+                        "sandboxed": s.sandboxed,
+                        "location": loc,
+                    }
+                    for s, loc in rows
+                ],
+                "samples": samples,
+            }
+        )
         return
     table = Table("name", "id", "tools", "verifiers", "sandboxed", "location")
     for s, loc in rows:
-        table.add_row(s.name, s.id, str(len(s.tools)), str(len(s.verifiers)), "yes" if s.sandboxed else "no", loc or "-")
+        table.add_row(
+            s.name, s.id, str(len(s.tools)), str(len(s.verifiers)), "yes" if s.sandboxed else "no", loc or "-"
+        )
     console.print(table)
     console.print(f"{len(rows)} environment(s); samples: {', '.join('sample:' + n for n in samples)}")

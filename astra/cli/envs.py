@@ -132,7 +132,9 @@ def run(config: ConfigArg, model: ModelOption = None, home: HomeOption = None, a
 @app.command("init")
 def init(
     path: Annotated[Path, typer.Argument(help="where to write the config")],
-    run_dir: Annotated[Path, typer.Option("--run-dir", help="run directory (default: next to the config)")] = Path("envs-run"),
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="run directory (default: next to the config)")] = Path(
+        "envs-run"
+    ),
     qa: Annotated[Path | None, typer.Option("--qa", help="QA JSONL (default: the bundled sample set)")] = None,
     model: Annotated[str, typer.Option("--model")] = "local:smollm2",
     as_json: JsonOption = False,

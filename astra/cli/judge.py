@@ -16,7 +16,9 @@ app = typer.Typer(no_args_is_help=True)
 @app.command("calibrate")
 def calibrate(
     judge: Annotated[str, typer.Option("--judge", help="judge model spec, or 'rules' for the rule-only judge")],
-    set_path: Annotated[Path | None, typer.Option("--set", help="a calibration JSONL (default: the bundled set)")] = None,
+    set_path: Annotated[
+        Path | None, typer.Option("--set", help="a calibration JSONL (default: the bundled set)")
+    ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="runs over the set, for the spread between runs")] = 1,
     concurrency: Annotated[int, typer.Option(min=1, help="cases judged at once")] = 4,
     timeout_s: Annotated[float, typer.Option("--timeout", help="per judge request, seconds")] = 300.0,

@@ -11,8 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from astra.config import default_db_path
 from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, exit_code, fail, user
+from astra.config import default_db_path
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch
 
 app = typer.Typer(no_args_is_help=True)
@@ -108,11 +108,15 @@ def _warn_own_options(server_args: list[str]) -> None:
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="registry name for the server")],
-    command: Annotated[list[str] | None, typer.Argument(help="after --: the command that starts a stdio server")] = None,
+    command: Annotated[
+        list[str] | None, typer.Argument(help="after --: the command that starts a stdio server")
+    ] = None,
     url: Annotated[str | None, typer.Option("--url", help="streamable HTTP endpoint instead of a command")] = None,
     header: Annotated[list[str] | None, typer.Option("--header", help="HTTP header K=V (repeatable)")] = None,
     sse: Annotated[bool, typer.Option("--sse", help="with --url: the legacy HTTP+SSE transport")] = False,
-    env: Annotated[list[str] | None, typer.Option("--env", help="environment variable K=V for the server (repeatable)")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="environment variable K=V for the server (repeatable)")
+    ] = None,
     cwd: Annotated[str | None, typer.Option("--cwd", help="working directory of the stdio server")] = None,
     title: Annotated[str | None, typer.Option("--title")] = None,
     description: Annotated[str | None, typer.Option("--description")] = None,
@@ -187,7 +191,9 @@ def list_(
     for col in ("name", "domain", "tools", "launch", "title"):
         table.add_column(col, justify="right" if col == "tools" else "left")
     for s in servers:
-        table.add_row(user(s.name), user(s.domain or "-"), str(len(s.tools)), user(_launch_text(s)), user(s.title or ""))
+        table.add_row(
+            user(s.name), user(s.domain or "-"), str(len(s.tools)), user(_launch_text(s)), user(s.title or "")
+        )
     console.print(table)
 
 

@@ -33,7 +33,9 @@ def load_tasks(path: Path) -> tuple[list[Any], list[ServerSpec]]:
 @app.command("rollout")
 def rollout(
     tasks: Annotated[Path, typer.Option("--tasks", help="JSONL file of Task records", exists=True, dir_okay=False)],
-    model: Annotated[str, typer.Option("--model", help="openai:<m> | anthropic:<m> | local:<gguf|smollm2> | scripted:<name>")],
+    model: Annotated[
+        str, typer.Option("--model", help="openai:<m> | anthropic:<m> | local:<gguf|smollm2> | scripted:<name>")
+    ],
     out: Annotated[Path, typer.Option("--out", help="run directory (resumed if it exists)")],
     servers: Annotated[list[str] | None, typer.Option("--servers", help="registry server names (repeatable)")] = None,
     samples: Annotated[int, typer.Option("--samples", min=1)] = 1,
@@ -47,10 +49,17 @@ def rollout(
     temperature: Annotated[float | None, typer.Option("--temperature")] = None,
     call_timeout: Annotated[float, typer.Option("--call-timeout", help="seconds per tool call")] = 30.0,
     system_prompt: Annotated[str | None, typer.Option("--system-prompt")] = None,
-    live_remote: Annotated[bool, typer.Option("--live-remote", help="call the remote endpoints of documented "
-                                              "servers (call_info) live when reachable; otherwise they are simulated")] = False,
-    simulator_model: Annotated[str | None, typer.Option("--simulator-model", help="simulates documented servers' "
-                                                        "tools (default: --model)")] = None,
+    live_remote: Annotated[
+        bool,
+        typer.Option(
+            "--live-remote",
+            help="call the remote endpoints of documented "
+            "servers (call_info) live when reachable; otherwise they are simulated",
+        ),
+    ] = False,
+    simulator_model: Annotated[
+        str | None, typer.Option("--simulator-model", help="simulates documented servers' tools (default: --model)")
+    ] = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:

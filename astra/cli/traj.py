@@ -13,7 +13,9 @@ from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json,
 
 app = typer.Typer(no_args_is_help=True)
 
-ConfigArg = Annotated[Path, typer.Argument(help="run config (YAML or JSON): servers, model, judge, thresholds, counts, seed, out_dir")]
+ConfigArg = Annotated[
+    Path, typer.Argument(help="run config (YAML or JSON): servers, model, judge, thresholds, counts, seed, out_dir")
+]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
 
 
@@ -47,14 +49,19 @@ def _run(config: Path, home: Path | None, as_json: bool, quiet: bool, stages: tu
 
 
 def _verb(name: str, help_text: str) -> None:
-    def command(config: ConfigArg, home: HomeOption = None, as_json: JsonOption = False, quiet: QuietOption = False) -> None:
+    def command(
+        config: ConfigArg, home: HomeOption = None, as_json: JsonOption = False, quiet: QuietOption = False
+    ) -> None:
         _run(config, home, as_json, quiet, (name,))
 
     command.__doc__ = help_text
     app.command(name)(command)
 
 
-_verb("graph", "Stage 1: candidate edges from schemas, LLM verification in batches; store the graph (versioned) in the registry.")
+_verb(
+    "graph",
+    "Stage 1: candidate edges from schemas, LLM verification in batches; store the graph (versioned) in the registry.",
+)
 _verb("chains", "Stage 2: seeded acyclic random walks (towards uncovered tools) and tool sets; reports coverage.")
 _verb("verify", "Stage 3: LLM vote and back-translation; failing chains are dropped with the reason.")
 _verb("tasks", "Stage 4: chain- and toolset-conditioned tasks, augmentations, multi-turn; quality scoring and filter.")
@@ -116,7 +123,9 @@ def rejudge(
         return
     from rich.table import Table
 
-    table = Table(title=f"rejudge {result.run_dir} with {result.judge} ({result.judge_version}) -> {result.stage}.jsonl")
+    table = Table(
+        title=f"rejudge {result.run_dir} with {result.judge} ({result.judge_version}) -> {result.stage}.jsonl"
+    )
     for col in ("key", "before (reward.jsonl)", "after"):
         table.add_column(col)
     for key, after in result.after.items():

@@ -11,8 +11,8 @@
 from astra.client._cache import CachedModel
 from astra.client._connections import (
     ConnectionFailed,
-    EpisodeUnavailable,
     Connections,
+    EpisodeUnavailable,
     ServerTarget,
     ToolBinding,
     ToolResult,

@@ -28,7 +28,9 @@ class CachedModel(Model):
         self.hits = 0
         self.misses = 0
 
-    def key(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]], settings: ModelSettings | None) -> str:
+    def key(
+        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]], settings: ModelSettings | None
+    ) -> str:
         s = (settings or ModelSettings()).model_dump(exclude={"timeout_s"})
         payload = {
             "model": self.model.name,

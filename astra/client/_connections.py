@@ -35,12 +35,11 @@ from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, TextContent
 from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
+from astra.errors import AstraError
 from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 from astra.registry import client_target, failure_reason, tool_spec_of
 from astra.servers import CONTROL_EXTENSION, EPISODE_META_KEY, EpisodeRefusal, SchemaCheck
 from astra.servers._runtime import CloseEpisodeRequest, ControlResult, EpisodeParams, OpenEpisodeRequest, OpenParams
-from astra.errors import AstraError
-
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +188,14 @@ class _Server:
                 self.client = None
                 self.error = failure_reason(exc)
                 if not started:
-                    raise ConnectionFailed(f"MCP server {self.name!r} ({self.kind}) failed to start: {self.error}") from exc
+                    raise ConnectionFailed(
+                        f"MCP server {self.name!r} ({self.kind}) failed to start: {self.error}"
+                    ) from exc
                 if not connected:
                     failed_attempts += 1
-                log.warning("server %s: %s failed: %s", self.name, "reconnect" if not connected else "connection", self.error)
+                log.warning(
+                    "server %s: %s failed: %s", self.name, "reconnect" if not connected else "connection", self.error
+                )
             if self._closing:
                 return
             if self.restarts_in_a_row >= self.max_restarts:
@@ -256,7 +259,9 @@ class _Server:
             self.mark_dead(generation)
             raise EpisodeUnavailable(f"server {self.name!r} connection lost ({type(exc).__name__})") from None
 
-    async def call(self, tool: str, arguments: dict[str, Any], timeout_s: float, episode: str | None = None) -> ToolResult:
+    async def call(
+        self, tool: str, arguments: dict[str, Any], timeout_s: float, episode: str | None = None
+    ) -> ToolResult:
         start = time.perf_counter()
 
         def result(kind: ErrorKind, text: str) -> ToolResult:
@@ -268,7 +273,9 @@ class _Server:
                 await self._ready.wait()
             client = self.client
             if client is None:
-                return result("server_unavailable", f"server {self.name!r} is unavailable: {self.error or 'restarting'}")
+                return result(
+                    "server_unavailable", f"server {self.name!r} is unavailable: {self.error or 'restarting'}"
+                )
         generation = self.generation
         try:
             with anyio.fail_after(timeout_s):
@@ -294,7 +301,9 @@ class _Server:
             return result("protocol_error", f"server {self.name!r}: {type(exc).__name__}: {exc}")
         self.restarts_in_a_row = 0  # the server answered: it is healthy again
         blocks = [
-            {"type": "text", "text": b.text} if isinstance(b, TextContent) else b.model_dump(mode="json", exclude_none=True)
+            {"type": "text", "text": b.text}
+            if isinstance(b, TextContent)
+            else b.model_dump(mode="json", exclude_none=True)
             for b in res.content
         ]
         return ToolResult.model_construct(  # fields are known-good here: skip validation on the hot path
@@ -352,7 +361,9 @@ def _target_parts(target: ServerTarget) -> tuple[str, Any, str]:
             if isinstance(built, (MCPServer, Server)):  # pyright: ignore[reportUnnecessaryIsInstance]
                 return str(name), built, "in-process"
             raise TypeError(f"server factory for {name!r} returned {type(built).__name__}, not an MCPServer")
-    raise TypeError(f"not a server target: {target!r} (want ServerSpec or (name, MCPServer | StdioLaunch | HttpLaunch))")
+    raise TypeError(
+        f"not a server target: {target!r} (want ServerSpec or (name, MCPServer | StdioLaunch | HttpLaunch))"
+    )
 
 
 class Connections:
@@ -476,7 +487,9 @@ class Connections:
                 out.append(n)
                 continue
             server, _, tool = n.rpartition("/")
-            hits = [b.name for b in self._bindings.values() if b.tool.name == tool and (not server or b.server == server)]
+            hits = [
+                b.name for b in self._bindings.values() if b.tool.name == tool and (not server or b.server == server)
+            ]
             if not hits:
                 raise KeyError(f"no tool named {n!r} on servers {self.servers}")
             out.extend(hits)

@@ -108,7 +108,9 @@ def _bound_strings(node: Any, limit: int) -> Any:
     return out
 
 
-def tool_call_schema(tools: Sequence[dict[str, Any]], string_max: int = STRING_MAX, answer_max: int = ANSWER_MAX) -> dict[str, Any]:
+def tool_call_schema(
+    tools: Sequence[dict[str, Any]], string_max: int = STRING_MAX, answer_max: int = ANSWER_MAX
+) -> dict[str, Any]:
     """The grammar's JSON Schema: one tool call per tool, or a final answer."""
     options: list[dict[str, Any]] = []
     for tool in tools:
@@ -169,7 +171,12 @@ def _to_local_messages(messages: Sequence[ChatMessage], tools: Sequence[dict[str
                 parts.append(json.dumps({"tool": c.name, "arguments": args}))
             out.append({"role": "assistant", "content": "\n".join(parts)})
         elif m.role == "tool":
-            out.append({"role": "user", "content": f"Result of tool {m.name or ''} (call {m.tool_call_id}):\n{m.content or ''}"})
+            out.append(
+                {
+                    "role": "user",
+                    "content": f"Result of tool {m.name or ''} (call {m.tool_call_id}):\n{m.content or ''}",
+                }
+            )
     return out
 
 

@@ -128,7 +128,11 @@ async def _execute(
         return step, f"Error: {text}"
 
     if binding is None:
-        return error("unknown_tool", f"unknown tool {call.name!r}; available: {', '.join(sorted(visible)) or 'none'}", call.arguments)
+        return error(
+            "unknown_tool",
+            f"unknown tool {call.name!r}; available: {', '.join(sorted(visible)) or 'none'}",
+            call.arguments,
+        )
     try:
         arguments = json.loads(call.arguments or "{}")
     except json.JSONDecodeError as exc:
@@ -233,8 +237,10 @@ async def run_episode(
                     visible = set(visible_list)
                     results: list[tuple[Step, str] | None] = [None] * len(calls)
 
+                    # awaited within this iteration, so the loop variables are the current ones
                     async def run_one(i: int) -> None:
-                        results[i] = await _execute(conns, calls[i], visible, turn_index, call_timeout_s, handles)
+                        results[i] = await _execute(  # noqa: B023
+                            conns, calls[i], visible, turn_index, call_timeout_s, handles)  # noqa: B023
 
                     if len(calls) == 1:  # no task group needed for a single call
                         await run_one(0)

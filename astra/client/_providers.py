@@ -377,7 +377,11 @@ def to_anthropic_messages(messages: Sequence[ChatMessage]) -> tuple[str | None, 
                 blocks.append({"type": "tool_use", "id": c.id, "name": c.name, "input": args})
             add("assistant", blocks or [{"type": "text", "text": ""}])
         elif m.role == "tool":
-            block: dict[str, Any] = {"type": "tool_result", "tool_use_id": m.tool_call_id or "", "content": m.content or ""}
+            block: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id or "",
+                "content": m.content or "",
+            }
             if getattr(m, "is_error", None) or (m.model_extra or {}).get("is_error"):
                 block["is_error"] = True
             add("user", [block])

@@ -34,7 +34,10 @@ class EchoModel(Model):
         self.delay_s = delay_s
 
     async def request(
-        self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = (), settings: ModelSettings | None = None
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        settings: ModelSettings | None = None,
     ) -> ModelResponse:
         if self.delay_s:
             await anyio.sleep(self.delay_s)

@@ -83,7 +83,9 @@ class EpisodeConfig(BaseModel):
     episode_timeout_s: float | None = None
     concurrency: int = 8
     per_endpoint_concurrency: int | None = None
-    imports: list[str] = Field(default_factory=list, description="modules each worker imports first (to register scripts)")
+    imports: list[str] = Field(
+        default_factory=list, description="modules each worker imports first (to register scripts)"
+    )
 
 
 class _LimitedModel(Model):
@@ -543,7 +545,9 @@ class RolloutWorkers:
         return result
 
 
-def resolve_servers(servers: Sequence[str | ServerTarget], home: str | os.PathLike[str] | None = None) -> list[ServerTarget]:
+def resolve_servers(
+    servers: Sequence[str | ServerTarget], home: str | os.PathLike[str] | None = None
+) -> list[ServerTarget]:
     """Registry names -> ServerSpec (via astra.registry); targets pass through."""
     out: list[ServerTarget] = []
     registry = None
@@ -588,7 +592,14 @@ def _summarise(out_dir: Path, ids: set[str], base: dict[str, Any]) -> RolloutSum
 
 def _progress(enabled: bool, total: int, description: str) -> Any:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -638,7 +649,9 @@ def _ray_init(ray_address: str | None, num_cpus: int | None) -> Any:
             addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
             if addresses != {"127.0.0.1"}:
                 ray.shutdown()
-                raise RuntimeError(f"local Ray did not stay on 127.0.0.1 (nodes at {sorted(addresses)}); refusing to run")
+                raise RuntimeError(
+                    f"local Ray did not stay on 127.0.0.1 (nodes at {sorted(addresses)}); refusing to run"
+                )
     return ray
 
 
@@ -702,9 +715,17 @@ async def arun_rollouts(
         in_file = sum(1 for i in ids if i in JsonlLog(out_path))
         run.mark(STAGE, "interrupted", planned=len(items), in_file=in_file)
         raise
-    base = dict(out_dir=str(out), model=model_spec, executor=executor if executor == "ray" else f"local x{max(1, workers)}",
-                planned=len(items), already_done=already, written=written, failed=len(errors),
-                wall_s=time.perf_counter() - started, errors=errors[:50])
+    base = dict(
+        out_dir=str(out),
+        model=model_spec,
+        executor=executor if executor == "ray" else f"local x{max(1, workers)}",
+        planned=len(items),
+        already_done=already,
+        written=written,
+        failed=len(errors),
+        wall_s=time.perf_counter() - started,
+        errors=errors[:50],
+    )
     summary = _summarise(out, ids, base)
     run.mark(STAGE, "done" if not errors and summary.total_in_file >= len(ids) else "partial",
              planned=len(items), written=written, failed=len(errors))

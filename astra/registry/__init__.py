@@ -28,6 +28,7 @@ from astra.registry._discovery import (
     DiscoveryError,
     DiscoveryResult,
     DiscoveryTarget,
+    MissingSecretError,
     add_server,
     add_server_async,
     client_target,
@@ -35,9 +36,8 @@ from astra.registry._discovery import (
     discover_tools,
     discover_tools_sync,
     failure_reason,
-    tool_spec_of,
-    MissingSecretError,
     resolve_http_launch,
+    tool_spec_of,
 )
 from astra.registry._graph import GRAPH_FORMATS, GraphFormat, export_graph, from_networkx, parse_graph, to_networkx
 from astra.registry._import import (

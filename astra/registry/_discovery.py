@@ -32,10 +32,10 @@ from mcp.types import CONNECTION_CLOSED
 from mcp.types import Tool as MCPTool
 from pydantic import BaseModel, Field
 
+from astra.errors import AstraError, UserError
 from astra.records import EnvironmentLaunch, HttpLaunch, ServerSpec, SimulatedLaunch, StdioLaunch, ToolSpec, stable_id
 from astra.registry._schema import SchemaError, validate_schema
 from astra.registry._store import Registry
-from astra.errors import AstraError, UserError
 
 __all__ = [
     "DiscoveryError",
@@ -267,7 +267,9 @@ async def discover_tools(
     """
     # checked at run time too: callers need not be type-checked
     if not isinstance(target, (StdioLaunch, HttpLaunch, MCPServer, Server)):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise TypeError(f"cannot discover tools of {type(target).__name__}; give a StdioLaunch, HttpLaunch or MCPServer")
+        raise TypeError(
+            f"cannot discover tools of {type(target).__name__}; give a StdioLaunch, HttpLaunch or MCPServer"
+        )
     label = describe_target(target)
     # a real file (not a pipe): the child writes to it directly and it never fills up;
     # opened outside the exit stack so that it is still readable when the error is built
@@ -327,7 +329,9 @@ async def add_server_async(
         id=stable_id("live", name, prefix="srv-"),
         name=name,
         title=title if title is not None else result.server_title,
-        description=description if description is not None else (result.server_description or result.instructions or ""),
+        description=description
+        if description is not None
+        else (result.server_description or result.instructions or ""),
         domain=domain,
         launch=stored_launch,
         tools=result.tools,

@@ -48,6 +48,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import BaseModel, Field
 
+from astra.errors import UserError
 from astra.records import (
     HttpLaunch,
     ServerSpec,
@@ -58,7 +59,6 @@ from astra.records import (
 )
 from astra.registry._schema import SchemaError, normalize_schema
 from astra.registry._store import Registry, RegistryError
-from astra.errors import UserError
 
 __all__ = [
     "MAX_INPUT_BYTES",
@@ -506,7 +506,10 @@ _RUNNERS: dict[str, tuple[str, Callable[[str, str | None], list[str]]]] = {
     # registryType -> (default runtime, how to name the package for it)
     "npm": ("npx", lambda ident, ver: ["-y", f"{ident}@{ver}" if ver else ident]),
     "pypi": ("uvx", lambda ident, ver: [f"{ident}=={ver}" if ver else ident]),
-    "oci": ("docker", lambda ident, ver: ["run", "-i", "--rm", f"{ident}:{ver}" if ver and ":" not in ident else ident]),
+    "oci": (
+        "docker",
+        lambda ident, ver: ["run", "-i", "--rm", f"{ident}:{ver}" if ver and ":" not in ident else ident],
+    ),
     "nuget": ("dnx", lambda ident, ver: [f"{ident}@{ver}" if ver else ident, "--yes"]),
 }
 
@@ -607,7 +610,9 @@ def parse_server_json(doc: dict[str, Any], *, source: str | None = None) -> Serv
     if launch is None:
         if first_error is not None:
             raise first_error
-        raise RecordError("packages", "no launchable transport: need a stdio package, or a streamable-http or sse remote")
+        raise RecordError(
+            "packages", "no launchable transport: need a stdio package, or a streamable-http or sse remote"
+        )
     return ServerSpec(
         id=stable_id("server.json", name, prefix="srv-"),
         name=name,
@@ -783,7 +788,7 @@ def import_file(
                 report.rejected += len(staged)
                 report.errors.append(f"{path}:0: file: nothing imported: {exc}")
             else:
-                for (_, p), did in zip(staged, changed):
+                for (_, p), did in zip(staged, changed, strict=False):
                     if did:
                         report.imported += 1
                         report.servers.append(p.spec.name)

@@ -13,6 +13,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
+
 from astra.errors import AstraError
 
 try:  # optional fast path; the result is the same without it, only slower

@@ -24,6 +24,7 @@ import pydantic_core
 from pydantic import BaseModel, TypeAdapter
 
 from astra.config import default_db_path
+from astra.errors import AstraError
 from astra.records import (
     EnvironmentSpec,
     GraphEdge,
@@ -33,7 +34,6 @@ from astra.records import (
     ToolSpec,
     canonical_json,
 )
-from astra.errors import AstraError
 
 __all__ = [
     "Registry",
@@ -517,13 +517,16 @@ class Registry:
 
     def graph_versions(self, name: str) -> list[int]:
         with self._lock:
-            return [r[0] for r in self._db.execute("SELECT version FROM graphs WHERE name = ? ORDER BY version", (name,))]
+            return [
+                r[0] for r in self._db.execute("SELECT version FROM graphs WHERE name = ? ORDER BY version", (name,))
+            ]
 
     def list_graphs(self) -> list[GraphInfo]:
         """One entry per graph name: its latest version's size and all versions."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT name, version, json_array_length(nodes), edge_count, created_at FROM graphs ORDER BY name, version"
+                "SELECT name, version, json_array_length(nodes), edge_count, created_at FROM graphs ORDER BY name, "
+                "version"
             ).fetchall()
         out: dict[str, GraphInfo] = {}
         for name, version, n_nodes, n_edges, created in rows:

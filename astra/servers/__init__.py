@@ -25,26 +25,6 @@ from typing import Any
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec, Verifier
 
-from ._runtime import (
-    CONTROL_EXTENSION,
-    DEFAULT_EPISODE,
-    EPISODE_META_KEY,
-    BindRefused,
-    EnvironmentControl,
-    EpisodeRefusal,
-    EpisodeRefused,
-    EnvironmentRuntime,
-    EnvironmentServer,
-    SchemaCheck,
-    Snapshot,
-    ToolOutcome,
-    build_class_server,
-    build_server_from_dict,
-    check_bind,
-    request_context,
-    serve,
-)
-from ._runtime import EnvironmentError_ as EnvironmentSpecError
 from ._emit import emit, load_emitted, mcp_servers_block
 from ._rewards import (
     CallCheck,
@@ -66,6 +46,26 @@ from ._rewards import (
     score_trajectory,
     sub_questions,
 )
+from ._runtime import (
+    CONTROL_EXTENSION,
+    DEFAULT_EPISODE,
+    EPISODE_META_KEY,
+    BindRefused,
+    EnvironmentControl,
+    EnvironmentRuntime,
+    EnvironmentServer,
+    EpisodeRefusal,
+    EpisodeRefused,
+    SchemaCheck,
+    Snapshot,
+    ToolOutcome,
+    build_class_server,
+    build_server_from_dict,
+    check_bind,
+    request_context,
+    serve,
+)
+from ._runtime import EnvironmentError_ as EnvironmentSpecError
 from ._sandbox import ErrorKind as SandboxErrorKind
 from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult, SandboxUnavailable
 from ._validate import Check, ValidationReport, stdio_parameters, validate_emitted

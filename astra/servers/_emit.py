@@ -59,7 +59,9 @@ def mcp_servers_block(spec: EnvironmentSpec, out_dir: Path, *, python: str | Non
 
 def _readme(spec: EnvironmentSpec, out_dir: Path) -> str:
     block = json.dumps(mcp_servers_block(spec, out_dir), indent=2)
-    tools = "\n".join(f"- `{t.spec.name}`: {t.spec.description.splitlines()[0] if t.spec.description else ''}" for t in spec.tools)
+    tools = "\n".join(
+        f"- `{t.spec.name}`: {t.spec.description.splitlines()[0] if t.spec.description else ''}" for t in spec.tools
+    )
     mode = (
         "Tool code runs in a bubblewrap sandbox (needs `bwrap`: `apt-get install bubblewrap`, and user "
         "namespaces): no network, no host files, no /proc, a fresh process per call, CPU/memory/process/"
@@ -143,7 +145,9 @@ def emit(spec: EnvironmentSpec, out_dir: str | Path) -> Path:
 
         write_seccomp_programs(package)  # the emitted server then needs no libseccomp binding
     (package / "__init__.py").write_text(_PACKAGE_INIT, encoding="utf-8")
-    (out / "environment.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "environment.json").write_text(
+        json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     server = out / "server.py"
     server.write_text(_SERVER_PY.format(name=spec.name, package=RUNTIME_PACKAGE), encoding="utf-8")
     server.chmod(0o755)

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 # pyright: reportPrivateUsage=false
 # (the runtime, its MCP server and its control extension are one unit, in one module)
-
 import argparse
 import copy
 import dataclasses
@@ -86,10 +85,18 @@ from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from mcp_types import CallToolResult, Request, RequestParams, Result, TextContent, ToolAnnotations
+from mcp_types import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    CallToolResult,
+    Request,
+    RequestParams,
+    Result,
+    TextContent,
+    ToolAnnotations,
+)
 from mcp_types import Tool as MCPTool
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import AnyHttpUrl
 
 from ._sandbox import UNSAFE_ENV, ErrorKind, Sandbox, SandboxLimits, SandboxUnavailable
@@ -636,7 +643,9 @@ class EnvironmentRuntime:
             raise EpisodeRefused(EpisodeRefusal.SNAPSHOTS, f"an episode keeps at most {MAX_SNAPSHOTS_PER_EPISODE} "
                                  "snapshots; reset the episode or open a new one")
         saved = copy.deepcopy(episode.instance if episode.instance is not None else episode.state)
-        snap = Snapshot(id=uuid.uuid4().hex, episode=episode.id, state=saved, seed=episode.seed, n_calls=len(episode.calls))
+        snap = Snapshot(
+            id=uuid.uuid4().hex, episode=episode.id, state=saved, seed=episode.seed, n_calls=len(episode.calls)
+        )
         episode.snapshots[snap.id] = snap
         return snap
 
@@ -748,9 +757,13 @@ class EnvironmentRuntime:
             try:
                 exec(compile(tool.source, f"<tool {tool.name}>", "exec"), ns)
             except Exception as exc:
-                raise EnvironmentError_(f"tool {tool.name!r}: its source does not load: {type(exc).__name__}: {exc}") from exc
+                raise EnvironmentError_(
+                    f"tool {tool.name!r}: its source does not load: {type(exc).__name__}: {exc}"
+                ) from exc
             if not callable(ns.get(tool.entrypoint or tool.name)):
-                raise EnvironmentError_(f"tool {tool.name!r}: its source defines no function {tool.entrypoint or tool.name!r}")
+                raise EnvironmentError_(
+                    f"tool {tool.name!r}: its source defines no function {tool.entrypoint or tool.name!r}"
+                )
             self._namespaces[tool.name] = ns
         return ns
 
@@ -763,7 +776,9 @@ class EnvironmentRuntime:
         await self._sandbox.start()
         return self._sandbox
 
-    async def call(self, name: str, arguments: dict[str, Any] | None = None, *, episode_id: str | None = None) -> ToolOutcome:
+    async def call(
+        self, name: str, arguments: dict[str, Any] | None = None, *, episode_id: str | None = None
+    ) -> ToolOutcome:
         """Run one tool call in an in-process episode (no MCP framing). Tool failures come back in the outcome."""
         return await self.call_in(self.episode(episode_id), name, arguments)
 
@@ -773,9 +788,13 @@ class EnvironmentRuntime:
         start = time.perf_counter()
         tool = self.tools.get(name)
         if tool is None:
-            outcome = ToolOutcome(name, arguments if isinstance(arguments, dict) else {}, ok=False,
-                                  error_kind="unknown_tool",
-                                  error=f"unknown tool {_clean_text(name)!r}; available: {', '.join(sorted(self.tools))}")
+            outcome = ToolOutcome(
+                name,
+                arguments if isinstance(arguments, dict) else {},
+                ok=False,
+                error_kind="unknown_tool",
+                error=f"unknown tool {_clean_text(name)!r}; available: {', '.join(sorted(self.tools))}",
+            )
             return outcome
         too_deep = _depth_problem(arguments, "the arguments")
         problem = _unicode_problem(arguments, "the arguments") or too_deep or await _schema_error(tool, arguments)
@@ -819,16 +838,31 @@ class EnvironmentRuntime:
         if episode.instance is not None:
             method = getattr(episode.instance, tool.method or tool.name, None)
             if method is None:
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind="unknown_tool", error=f"the backend has no method {tool.method or tool.name!r}")
+                return ToolOutcome(
+                    tool.name,
+                    arguments,
+                    ok=False,
+                    error_kind="unknown_tool",
+                    error=f"the backend has no method {tool.method or tool.name!r}",
+                )
             try:
                 value = await self._run_trusted(method, (), arguments)
             except TimeoutError:
-                episode.unusable = (f"an earlier call ({tool.name}) did not finish within {self.call_timeout_s:g} s "
-                                    "and may still be changing this episode's state: reset it or open a new episode")
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind="timeout",
-                                   error=f"the tool did not finish within {self.call_timeout_s:g} s")
+                episode.unusable = (
+                    f"an earlier call ({tool.name}) did not finish within {self.call_timeout_s:g} s "
+                    "and may still be changing this episode's state: reset it or open a new episode"
+                )
+                return ToolOutcome(
+                    tool.name,
+                    arguments,
+                    ok=False,
+                    error_kind="timeout",
+                    error=f"the tool did not finish within {self.call_timeout_s:g} s",
+                )
             except Exception as exc:
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}")
+                return ToolOutcome(
+                    tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}"
+                )
             return _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         assert tool.source is not None
         if self.sandboxed:
@@ -836,7 +870,9 @@ class EnvironmentRuntime:
                 sandbox = await self._sandbox_for_loop()
             except SandboxUnavailable as exc:  # fail closed: the tool does not run
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind=ErrorKind.SANDBOX, error=str(exc))
-            result = await sandbox.call(tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None)
+            result = await sandbox.call(
+                tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None
+            )
             if not result.ok:
                 return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=result.error_kind)
             problem = (_unicode_problem(result.value, "the tool's result")
@@ -853,10 +889,17 @@ class EnvironmentRuntime:
         try:
             value = await self._run_trusted(fn, (working,) if tool.stateful else (), arguments)
         except TimeoutError:
-            return ToolOutcome(tool.name, arguments, ok=False, error_kind="timeout",
-                               error=f"the tool did not finish within {self.call_timeout_s:g} s")
+            return ToolOutcome(
+                tool.name,
+                arguments,
+                ok=False,
+                error_kind="timeout",
+                error=f"the tool did not finish within {self.call_timeout_s:g} s",
+            )
         except Exception as exc:
-            return ToolOutcome(tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}")
+            return ToolOutcome(
+                tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}"
+            )
         outcome = _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         if outcome.ok and tool.stateful:
             what = "the tool's new state"
@@ -873,16 +916,25 @@ class EnvironmentRuntime:
         value = outcome.value
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if outcome.truncated and tool is not None and tool.output_schema is not None:
-            return CallToolResult(content=[TextContent(type="text", text=f"Error: the result was too large and was truncated: {text[:2000]}")], is_error=True)
+            return CallToolResult(
+                content=[
+                    TextContent(type="text", text=f"Error: the result was too large and was truncated: {text[:2000]}")
+                ],
+                is_error=True,
+            )
         if isinstance(value, dict) and not (tool is not None and tool.wrap_output):
             structured = value
         else:
             structured = {"result": value}
         if outcome.truncated:
             structured = {"result": value, "truncated": True}
-        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured, is_error=False)
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)], structured_content=structured, is_error=False
+        )
 
-    async def call_tool_result(self, name: str, arguments: dict[str, Any] | None, *, episode_id: str | None = None) -> CallToolResult:
+    async def call_tool_result(
+        self, name: str, arguments: dict[str, Any] | None, *, episode_id: str | None = None
+    ) -> CallToolResult:
         return self.to_call_result(await self.call(name, arguments, episode_id=episode_id))
 
     async def aclose(self) -> None:
@@ -965,14 +1017,23 @@ def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes:
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
-        return ToolOutcome(tool.name, arguments, ok=False, error_kind="not_json",
-                           error=f"the tool returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}")
+        return ToolOutcome(
+            tool.name,
+            arguments,
+            ok=False,
+            error_kind="not_json",
+            error=f"the tool returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}",
+        )
     try:
         encoded.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output",
-                           error=f"the tool's result contains text that is not valid Unicode ({exc.reason} at character "
-                                 f"{exc.start})")
+        return ToolOutcome(
+            tool.name,
+            arguments,
+            ok=False,
+            error_kind="bad_output",
+            error=f"the tool's result contains text that is not valid Unicode ({exc.reason} at character {exc.start})",
+        )
     if len(encoded) > max_bytes:
         preview = encoded[:max_bytes] + f"...[truncated: result was {len(encoded)} characters, limit {max_bytes}]"
         return ToolOutcome(tool.name, arguments, ok=True, value=preview, truncated=True)
@@ -1132,7 +1193,9 @@ def request_context(context: Any) -> Any:
 class EnvironmentServer(MCPServer):
     """An ``MCPServer`` whose tools come from an environment (explicit JSON schemas, not signatures)."""
 
-    def __init__(self, runtime: EnvironmentRuntime, *, bearer_token: str | None = None, public_url: str | None = None) -> None:
+    def __init__(
+        self, runtime: EnvironmentRuntime, *, bearer_token: str | None = None, public_url: str | None = None
+    ) -> None:
         auth_kwargs: dict[str, Any] = {}
         if bearer_token:
             url = public_url or "http://127.0.0.1/mcp"
@@ -1198,10 +1261,23 @@ def build_server_from_dict(
         raise EnvironmentError_("environment spec has no name")
     tools = []
     for i, impl in enumerate(spec.get("tools") or []):
-        if not isinstance(impl, Mapping) or not isinstance(impl.get("spec"), Mapping) or not isinstance(impl.get("source"), str):
-            raise EnvironmentError_(f"environment {name!r}: tools[{i}] needs 'spec' (a ToolSpec) and 'source' (Python code)")
+        if (
+            not isinstance(impl, Mapping)
+            or not isinstance(impl.get("spec"), Mapping)
+            or not isinstance(impl.get("source"), str)
+        ):
+            raise EnvironmentError_(
+                f"environment {name!r}: tools[{i}] needs 'spec' (a ToolSpec) and 'source' (Python code)"
+            )
         tool_spec = impl["spec"]
-        tools.append(_make_tool(tool_spec, source=impl["source"], entrypoint=impl.get("entrypoint") or tool_spec.get("name"), stateful=bool(impl.get("stateful"))))
+        tools.append(
+            _make_tool(
+                tool_spec,
+                source=impl["source"],
+                entrypoint=impl.get("entrypoint") or tool_spec.get("name"),
+                stateful=bool(impl.get("stateful")),
+            )
+        )
     runtime = EnvironmentRuntime(
         name=str(name),
         description=spec.get("description") or "",
@@ -1306,7 +1382,11 @@ class EnvironmentControl:
         return await self._send(SnapshotRequest(params=EpisodeParams(episode=self.episode)))
 
     async def restore(self, *, snapshot_id: str | None = None, state: dict[str, Any] | None = None) -> Any:
-        return (await self._send(RestoreRequest(params=RestoreParams(episode=self.episode, snapshot_id=snapshot_id, state=state)))).state
+        return (
+            await self._send(
+                RestoreRequest(params=RestoreParams(episode=self.episode, snapshot_id=snapshot_id, state=state))
+            )
+        ).state
 
     async def state(self) -> ControlResult:
         return await self._send(StateRequest(params=EpisodeParams(episode=self.episode)))

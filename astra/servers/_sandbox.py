@@ -42,7 +42,6 @@ from __future__ import annotations
 
 # pyright: reportMissingTypeStubs=false
 # (pyseccomp ships no type information)
-
 import errno
 import json
 import logging

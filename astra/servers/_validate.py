@@ -54,7 +54,9 @@ def _get_path(state: Any, dotted: str) -> Any:
 def stdio_parameters(directory: str | Path, python: str | None = None) -> StdioServerParameters:
     """How to launch an emitted server over stdio (the stdio client passes only a few env vars)."""
     env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG", "TMPDIR") if k in os.environ}
-    return StdioServerParameters(command=python or sys.executable, args=[str(Path(directory).resolve() / "server.py")], env=env)
+    return StdioServerParameters(
+        command=python or sys.executable, args=[str(Path(directory).resolve() / "server.py")], env=env
+    )
 
 
 async def validate_emitted(directory: str | Path, *, timeout_s: float = 120.0) -> ValidationReport:
@@ -77,29 +79,57 @@ async def validate_emitted(directory: str | Path, *, timeout_s: float = 120.0) -
                     name = impl.spec.name
                     tool = by_name.get(name)
                     if tool is None:
-                        report.checks.append(Check(name=f"tools/list {name}", ok=False, detail="missing from tools/list"))
+                        report.checks.append(
+                            Check(name=f"tools/list {name}", ok=False, detail="missing from tools/list")
+                        )
                         continue
                     expected_schema = dict(impl.spec.input_schema)
                     expected_schema.setdefault("type", "object")
                     same = tool.input_schema == expected_schema and (tool.description or "") == impl.spec.description
-                    report.checks.append(Check(name=f"tools/list {name}", ok=same, detail="" if same else "schema or description differs from the spec"))
+                    report.checks.append(
+                        Check(
+                            name=f"tools/list {name}",
+                            ok=same,
+                            detail="" if same else "schema or description differs from the spec",
+                        )
+                    )
                 control = EnvironmentControl(client)
                 initial = await control.reset()  # opens the episode every reference call runs in
                 ok = initial == spec.initial_state
-                report.checks.append(Check(name="reset -> initial state", ok=ok, detail="" if ok else "reset state differs from initial_state"))
+                report.checks.append(
+                    Check(
+                        name="reset -> initial state",
+                        ok=ok,
+                        detail="" if ok else "reset state differs from initial_state",
+                    )
+                )
                 for verifier in spec.verifiers:
                     if verifier.tool is None:
                         continue
                     result = await control.call_tool(verifier.tool, verifier.arguments)
                     text = "".join(getattr(c, "text", "") for c in result.content)
                     if result.is_error:
-                        report.checks.append(Check(name=f"verifier {verifier.id} ({verifier.tool})", ok=False, detail=f"tool error: {text[:300]}"))
+                        report.checks.append(
+                            Check(
+                                name=f"verifier {verifier.id} ({verifier.tool})",
+                                ok=False,
+                                detail=f"tool error: {text[:300]}",
+                            )
+                        )
                         continue
                     actual = result.structured_content if result.structured_content is not None else text
                     if verifier.expected_result is not None:
                         ok = result_matches(actual, verifier.expected_result)
-                        detail = "" if ok else f"expected {json.dumps(verifier.expected_result)[:300]}, got {json.dumps(actual, default=str)[:300]}"
-                        report.checks.append(Check(name=f"verifier {verifier.id} ({verifier.tool})", ok=ok, detail=detail))
+                        detail = (
+                            ""
+                            if ok
+                            else
+                                f"expected {json.dumps(verifier.expected_result)[:300]}, got "
+                                f"{json.dumps(actual, default=str)[:300]}"
+                        )
+                        report.checks.append(
+                            Check(name=f"verifier {verifier.id} ({verifier.tool})", ok=ok, detail=detail)
+                        )
                     if verifier.state_check:
                         state = (await control.state()).state
                         for path, expected in verifier.state_check.items():
@@ -109,7 +139,9 @@ async def validate_emitted(directory: str | Path, *, timeout_s: float = 120.0) -
                                 detail = "" if ok else f"expected {expected!r}, got {got!r}"
                             except KeyError:
                                 ok, detail = False, "no such path in the state"
-                            report.checks.append(Check(name=f"verifier {verifier.id} state {path}", ok=ok, detail=detail))
+                            report.checks.append(
+                                Check(name=f"verifier {verifier.id} state {path}", ok=ok, detail=detail)
+                            )
     except TimeoutError:
         report.error = f"the server did not answer within {timeout_s:g} s"
     except Exception as exc:  # top level of a validation run: report, never crash the CLI

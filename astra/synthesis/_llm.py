@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from astra.client import Model, ModelError, ModelSettings
+from astra.errors import AstraError, validation_problem
 from astra.jsonutil import JSONExtractionError, extract_json
 from astra.records import ChatMessage
-from astra.errors import AstraError, validation_problem
 
 T = TypeVar("T", bound=BaseModel)
 

@@ -44,8 +44,8 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from enum import Enum
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -718,7 +718,10 @@ def to_original_trajectory(traj: Trajectory, task: Task | None, server: ServerSp
     prov = task.provenance if task is not None else {}
     first_user = next((m.content for m in traj.messages if m.role == "user"), "")
     question = task.user_turns[0] if task is not None else first_user
-    strip = (lambda n: n.split("/", 1)[1] if "/" in n else n)
+
+    def strip(n: str) -> str:
+        return n.split("/", 1)[1] if "/" in n else n
+
     query_info: dict[str, Any] = {
         "generated_question": prov.get("base_question", question) if prov.get("format") == FORMAT else question,
         "target_tools": [strip(t) for t in task.target_tools] if task is not None else [],

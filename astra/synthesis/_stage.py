@@ -69,8 +69,12 @@ class StageEntry(BaseModel):
     stage: str
     outputs: list[dict[str, Any]] = Field(default_factory=list)
     dropped: str | None = Field(default=None, description="drop reason when the input yields nothing")
-    failed: bool = Field(default=False, description="dropped because something failed (a model, a server), not filtered")
-    audit: list[dict[str, Any]] = Field(default_factory=list, description="model calls: model, prompt version, raw reply")
+    failed: bool = Field(
+        default=False, description="dropped because something failed (a model, a server), not filtered"
+    )
+    audit: list[dict[str, Any]] = Field(
+        default_factory=list, description="model calls: model, prompt version, raw reply"
+    )
     seconds: float = 0.0
     gate: Gate | None = Field(default=None, description="the threshold decision, re-made when a threshold changes")
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 # pyright: reportPrivateUsage=false
 # (Rollout and EpisodePool are one unit: a rollout drives its pool's loop-side methods)
-
 import asyncio
 import atexit
 import concurrent.futures

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 # pyright: reportMissingTypeStubs=false
 # (pyarrow ships no type information)
-
 import json
 import keyword
 import re

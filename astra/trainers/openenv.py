@@ -15,7 +15,6 @@ from __future__ import annotations
 
 # pyright: reportMissingTypeStubs=false
 # (openenv-core ships no type information)
-
 import json
 from typing import Any
 

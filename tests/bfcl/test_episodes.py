@@ -27,7 +27,9 @@ from astra.records import ChatMessage, ToolCall
 
 
 def call(name: str, **arguments: Any) -> ChatMessage:
-    return ChatMessage(role="assistant", tool_calls=[ToolCall(id=f"c_{name}", name=name, arguments=json.dumps(arguments))])
+    return ChatMessage(
+        role="assistant", tool_calls=[ToolCall(id=f"c_{name}", name=name, arguments=json.dumps(arguments))]
+    )
 
 
 def test_gold_replay_on_a_sample_of_each_category_matches_the_direct_checker(tmp_path) -> None:
@@ -39,7 +41,9 @@ def test_gold_replay_on_a_sample_of_each_category_matches_the_direct_checker(tmp
     }
     assert summary.overall == 1.0
     assert summary.failures == [] and summary.gold_disagreements == [] and summary.mcp_unfaithful == []
-    results = [BfclResult.model_validate(r) for r in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())]
+    results = [
+        BfclResult.model_validate(r) for r in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())
+    ]
     assert {r.id for r in results} == {e.id for e in entries}
     for r in results:
         assert r.ground_truth_valid is True and r.mcp_faithful is True

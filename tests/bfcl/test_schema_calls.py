@@ -55,7 +55,9 @@ def test_bfcl_types_map_to_json_schema() -> None:
 
 def test_unknown_type_names_the_field() -> None:
     with pytest.raises(SchemaError, match=r"f\.parameters\.properties\.when\.type"):
-        function_input_schema({"name": "f", "parameters": {"type": "dict", "properties": {"when": {"type": "datetime"}}}})
+        function_input_schema(
+            {"name": "f", "parameters": {"type": "dict", "properties": {"when": {"type": "datetime"}}}}
+        )
 
 
 def test_parse_call_names_positional_arguments_from_the_signature() -> None:

@@ -112,7 +112,9 @@ def test_stateless_math(implementation: str) -> None:
     entry = next(e for e in load_entries(["base"]) if "MathAPI" in e.involved_classes)
 
     async def main() -> None:
-        servers = BfclEpisodeServers(["MathAPI"], entry.initial_config, long_context=False, implementation=implementation)
+        servers = BfclEpisodeServers(
+            ["MathAPI"], entry.initial_config, long_context=False, implementation=implementation
+        )
         async with Client(servers.servers["bfcl_MathAPI"]) as client:
             result = await client.call_tool("add", {"a": 2, "b": 3.5})
             assert json.loads(result.content[0].text) == {"result": 5.5}
@@ -123,7 +125,9 @@ def test_stateless_math(implementation: str) -> None:
 
 @pytest.mark.parametrize("class_name", ["TradingBot", "TravelAPI", "MessageAPI", "TicketAPI", "VehicleControlAPI"])
 def test_each_stateful_backend_loads_its_scenario(class_name: str) -> None:
-    entry = next(e for e in load_entries(["base"]) if class_name in e.involved_classes and class_name in e.initial_config)
+    entry = next(
+        e for e in load_entries(["base"]) if class_name in e.involved_classes and class_name in e.initial_config
+    )
     servers = BfclEpisodeServers([class_name], entry.initial_config, long_context=False, implementation="bfcl")
     instance = servers.instances[class_name]
     public = {k: v for k, v in vars(instance).items() if not k.startswith("_")}

@@ -7,10 +7,10 @@ import signal
 
 import anyio
 import pytest
+from mcp_test_server import make_server
 
 from astra.client import ConnectionFailed, Connections, provider_schema
 from astra.records import StdioLaunch
-from mcp_test_server import make_server
 
 pytestmark = pytest.mark.anyio
 

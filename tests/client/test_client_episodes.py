@@ -12,7 +12,12 @@ from astra.servers import build_server, load_sample
 
 def _add_then_read(quantity: int) -> list:
     return [
-        ChatMessage(role="assistant", tool_calls=[ToolCall(id="c1", name="add_stock", arguments=json.dumps({"sku": "HAM-2", "quantity": quantity}))]),
+        ChatMessage(
+            role="assistant",
+            tool_calls=[
+                ToolCall(id="c1", name="add_stock", arguments=json.dumps({"sku": "HAM-2", "quantity": quantity}))
+            ],
+        ),
         ChatMessage(role="assistant", tool_calls=[ToolCall(id="c2", name="get_item", arguments='{"sku": "HAM-2"}')]),
         "done",
     ]

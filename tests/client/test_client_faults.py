@@ -14,13 +14,13 @@ import signal
 
 import anyio
 import pytest
+from conftest import free_port
 from fake_openai import CLOSE, TRUNCATE, FakeOpenAI, completion
 from mcp_test_server import make_server
 
 from astra.client import Connections, ModelSettings, OpenAIModel, RetryPolicy, ScriptedModel, run_episode
 from astra.client._loop import classify
 from astra.records import ChatMessage, FailureClass, InfraFault, Task, TerminationReason, ToolCall, Trajectory
-from conftest import free_port
 
 pytestmark = pytest.mark.anyio
 FAST = RetryPolicy(max_attempts=2, base_delay_s=0.01, max_delay_s=0.02, jitter=0.0)

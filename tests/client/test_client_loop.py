@@ -9,11 +9,11 @@ import subprocess
 
 import anyio
 import pytest
+from conftest import free_port, start_test_server
 from mcp_test_server import make_server
 
 from astra.client import Connections, EpisodeTurn, ScriptedModel, run_episode, trajectory_id
 from astra.records import ChatMessage, HttpLaunch, Task, ToolCall, Trajectory
-from conftest import free_port, start_test_server
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +50,9 @@ async def test_plan_against_mcp_server_time_stdio(time_launch):
 
 
 async def test_parallel_calls_run_concurrently_in_process():
-    model = ScriptedModel.from_plan([[("sleep", {"seconds": 0.4}), ("sleep", {"seconds": 0.4}), ("add", {"a": 1, "b": 2})]], "done")
+    model = ScriptedModel.from_plan(
+        [[("sleep", {"seconds": 0.4}), ("sleep", {"seconds": 0.4}), ("add", {"a": 1, "b": 2})]], "done"
+    )
     with anyio.fail_after(30):
         async with Connections([("s", make_server())]) as conns:
             traj = await run_episode(model, conns, ["go"])
@@ -177,7 +179,9 @@ async def test_server_gone_for_good_is_server_error(test_stdio_launch):
         return ChatMessage(role="assistant", tool_calls=[ToolCall(id="a1", name="add", arguments='{"a": 1, "b": 2}')])
 
     again = ChatMessage(role="assistant", tool_calls=[ToolCall(id="a2", name="add", arguments='{"a": 1, "b": 2}')])
-    model = ScriptedModel([ChatMessage(role="assistant", tool_calls=[ToolCall(id="p", name="pid", arguments="{}")]), kill, again, "never"])
+    model = ScriptedModel(
+        [ChatMessage(role="assistant", tool_calls=[ToolCall(id="p", name="pid", arguments="{}")]), kill, again, "never"]
+    )
     with anyio.fail_after(60):
         async with Connections([("s", test_stdio_launch)], max_restarts=0) as conns:
             traj = await run_episode(model, conns, ["add"])
@@ -292,7 +296,10 @@ async def test_max_tokens_total():
 
         async def request(self, messages, tools=(), settings=None):
             return ModelResponse(
-                message=ChatMessage(role="assistant", tool_calls=[ToolCall(id=f"c{len(messages)}", name="add", arguments='{"a":1,"b":1}')]),
+                message=ChatMessage(
+                    role="assistant",
+                    tool_calls=[ToolCall(id=f"c{len(messages)}", name="add", arguments='{"a":1,"b":1}')],
+                ),
                 usage=Usage(input_tokens=60, output_tokens=10),
             )
 

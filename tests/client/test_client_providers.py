@@ -74,7 +74,9 @@ async def test_openai_429_then_200_honours_retry_after():
     ])
     model = OpenAIModel("m", base_url="http://127.0.0.1:9/v1", retry=FAST, http_client=replay.client())
     with anyio.fail_after(30):
-        resp = await model.request([ChatMessage(role="user", content="hello")], settings=ModelSettings(temperature=0, seed=3))
+        resp = await model.request(
+            [ChatMessage(role="user", content="hello")], settings=ModelSettings(temperature=0, seed=3)
+        )
     assert resp.message.content == "hi" and resp.message.reasoning_content == "thinking..."
     assert resp.raw["attempts"] == 2 and resp.usage.input_tokens == 11
     assert replay.times[1] - replay.times[0] >= 0.29  # Retry-After beat the 10 ms backoff
@@ -217,11 +219,16 @@ async def test_openai_client_is_shared_per_endpoint():
 
 def test_parse_tool_reply_is_lenient():
     names = ["add", "echo"]
-    assert parse_tool_reply('{"tool": "add", "arguments": {"a": 1, "b": 2}}', names)[1][0].arguments == '{"a": 1, "b": 2}'
+    assert (
+        parse_tool_reply('{"tool": "add", "arguments": {"a": 1, "b": 2}}', names)[1][0].arguments == '{"a": 1, "b": 2}'
+    )
     answer, calls = parse_tool_reply('Sure!\n```json\n{"name": "echo", "arguments": {"text": "x"}}\n```', names)
     assert calls[0].name == "echo" and json.loads(calls[0].arguments) == {"text": "x"}
     _, calls = parse_tool_reply(
-        '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>\n<tool_call>{"name": "echo", "arguments": {}}</tool_call>', names)
+        '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>\n'
+        '<tool_call>{"name": "echo", "arguments": {}}</tool_call>',
+        names,
+    )
     assert [c.name for c in calls] == ["add", "echo"]
     assert parse_tool_reply('{"answer": "42"}', names) == ("42", [])
     assert parse_tool_reply("just text {not json", names) == ("just text {not json", [])

@@ -44,7 +44,9 @@ def test_run_rollouts_resume_and_summary(tmp_path):
     assert sorted(ids) == sorted(trajectory_id(t.id, "scripted:runner-plan", s) for t in ts for s in range(2))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["stages"]["trajectories"]["status"] == "done"
-    again = run_rollouts(ts, "scripted:runner-plan", tmp_path, servers=[("s", make_server())], samples=3, progress=False)
+    again = run_rollouts(
+        ts, "scripted:runner-plan", tmp_path, servers=[("s", make_server())], samples=3, progress=False
+    )
     assert (again.already_done, again.written, again.total_in_file) == (12, 6, 18)
     assert len(read_ids(tmp_path)) == len(set(read_ids(tmp_path))) == 18
 
@@ -130,7 +132,9 @@ def test_cli_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["rollout", "--tasks", str(task_file), "--model", "scripted:echo",
                                       "--out", str(out)])
     assert result.exit_code == 130
-    assert "interrupted" in result.stderr and str(out) in result.stderr and "run the same command again" in result.stderr
+    assert (
+        "interrupted" in result.stderr and str(out) in result.stderr and "run the same command again" in result.stderr
+    )
 
 
 def test_cli_rollout_json(tmp_path):
@@ -186,7 +190,9 @@ def test_ray_executor_on_loopback(tmp_path, test_stdio_launch, monkeypatch):
 def test_local_worker_processes(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     with pytest.raises(ValueError, match="in-process servers"):
-        run_rollouts(tasks(8), "scripted:slow-plan", tmp_path / "x", servers=[("s", make_server())], workers=2, progress=False)
+        run_rollouts(
+            tasks(8), "scripted:slow-plan", tmp_path / "x", servers=[("s", make_server())], workers=2, progress=False
+        )
     # a module-level factory crosses processes: each worker builds its own in-process server
     summary = run_rollouts(tasks(8), "scripted:slow-plan", tmp_path / "y", servers=[("s", make_server)],
                            workers=2, concurrency=4, progress=False, imports=["rollout_job"])
@@ -197,8 +203,8 @@ def test_local_worker_processes(tmp_path, monkeypatch):
 
 def test_cli_rollout_with_registry_servers(tmp_path, time_launch):
     from astra.cli import app
-    from astra.registry import Registry
     from astra.records import ServerSpec
+    from astra.registry import Registry
 
     home = tmp_path / "home"
     reg = Registry.open(home)
@@ -268,6 +274,10 @@ def test_group_commit_writes_each_id_once(tmp_path):
     from astra.runs import JsonlLog
 
     log = JsonlLog(tmp_path / "t.jsonl")
-    assert log.write_lines([("a", b'{"id":"a"}\n'), ("b", b'{"id":"b"}\n'), ("a", b'{"id":"a"}\n')]) == [True, True, False]
+    assert log.write_lines([("a", b'{"id":"a"}\n'), ("b", b'{"id":"b"}\n'), ("a", b'{"id":"a"}\n')]) == [
+        True,
+        True,
+        False,
+    ]
     assert log.write_lines([("b", b'{"id":"b"}\n'), ("c", b'{"id":"c"}\n')]) == [False, True]
     assert read_ids_file(tmp_path / "t.jsonl") == ["a", "b", "c"] and len(JsonlLog(tmp_path / "t.jsonl")) == 3

@@ -28,8 +28,8 @@ def nested_schema_text(levels: int) -> str:
 
 
 def record_text(name: str, parameters_text: str) -> str:
-    return ('{"base_info":{"group_info":{"server_name":"%s"},"tool_list":[{"name":"deep","parameters":%s},'
-            '{"name":"fine","parameters":{"type":"object"}}]}}' % (name, parameters_text))
+    return ('{"base_info":{"group_info":{"server_name":"' + name + '"},"tool_list":[{"name":"deep","parameters":'
+            + parameters_text + '},{"name":"fine","parameters":{"type":"object"}}]}}')
 
 
 @pytest.fixture

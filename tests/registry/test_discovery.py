@@ -167,7 +167,9 @@ def test_crash_on_start_names_command_and_stderr(registry: Registry) -> None:
 
 
 def test_hang_times_out_with_stderr(registry: Registry) -> None:
-    launch = _python_server("import sys, time; print('waiting for a database', file=sys.stderr, flush=True); time.sleep(600)")
+    launch = _python_server(
+        "import sys, time; print('waiting for a database', file=sys.stderr, flush=True); time.sleep(600)"
+    )
     started = time.monotonic()
     with pytest.raises(DiscoveryError) as info:
         add_server(registry, "hung", launch, timeout_s=2)

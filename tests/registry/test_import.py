@@ -16,7 +16,12 @@ def astra_record(name: str, tools: list[dict] | None = None, domain: str = "trav
     if tools is None:
         tools = [{"name": "search", "description": f"search {name}",
                   "parameters": {"type": "object", "properties": {"q": {"type": "str"}}, "required": ["q"]}}]
-    group = {"server_title": name.title(), "server_name": name, "server_description": f"{name} server", "domain": domain}
+    group = {
+        "server_title": name.title(),
+        "server_name": name,
+        "server_description": f"{name} server",
+        "domain": domain,
+    }
     return {"base_info": {"group_info": group, "tool_list": tools}, **extra}
 
 
@@ -109,7 +114,15 @@ def test_bad_and_mixed_file_reports_file_line_field_reason(registry: Registry, t
     assert (report.records, report.imported, report.rejected, report.tools_rejected) == (11, 7, 4, 4)
     assert not report.ok
     # a record without server_name is named by its title, as the original ASTRA names it
-    assert registry.server_names() == ["No name", "bad-output", "bad-schema", "bad-tool-name", "dups", "ok-one", "ok-two"]
+    assert registry.server_names() == [
+        "No name",
+        "bad-output",
+        "bad-schema",
+        "bad-tool-name",
+        "dups",
+        "ok-one",
+        "ok-two",
+    ]
     assert [t.name for t in registry.get_server("dups").tools] == ["a", "b"]
     assert registry.get_server("bad-schema").tools == []
     raw = registry.get_server_raw("dups")  # the stored copy holds only what was kept

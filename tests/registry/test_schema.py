@@ -42,7 +42,9 @@ def test_missing_schema_and_missing_type_are_objects() -> None:
     assert normalize_schema(None) == {"type": "object", "properties": {}}
     assert normalize_schema({}) == {"type": "object", "properties": {}}
     assert normalize_schema({"properties": {"q": {"type": "string"}}})["type"] == "object"
-    nested = normalize_schema({"properties": {"o": {"properties": {"x": {"type": "int"}}}, "l": {"items": {"type": "int"}}}})
+    nested = normalize_schema(
+        {"properties": {"o": {"properties": {"x": {"type": "int"}}}, "l": {"items": {"type": "int"}}}}
+    )
     assert nested["properties"]["o"]["type"] == "object"
     assert nested["properties"]["l"] == {"type": "array", "items": {"type": "integer"}}
 

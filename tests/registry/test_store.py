@@ -97,11 +97,13 @@ def test_migrates_an_old_database(tmp_path: Path) -> None:
     MIGRATIONS[0](conn)  # a version-1 database: servers and tools only
     conn.execute("PRAGMA user_version = 1")
     conn.execute(
-        "INSERT INTO servers (name, id, title, description, domain, launch, source, content_hash, created_at, updated_at)"
+        "INSERT INTO servers (name, id, title, description, domain, launch, source, content_hash, created_at, "
+        "updated_at)"
         " VALUES ('old', 'id-old', 'Old', 'from v1', 'legacy', '{\"kind\": \"simulated\"}', NULL, 'h', 0, 0)"
     )
     conn.execute(
-        "INSERT INTO tools VALUES ('old', 'ping', 0, NULL, 'ping it', '{\"type\": \"object\", \"properties\": {}}', NULL, '{}')"
+        "INSERT INTO tools VALUES ('old', 'ping', 0, NULL, 'ping it', '{\"type\": \"object\", \"properties\": {}}', "
+        "NULL, '{}')"
     )
     conn.close()
     with Registry(db) as reg:

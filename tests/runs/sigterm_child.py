@@ -6,7 +6,6 @@ event loop, as a slow model or tool does); READY is printed once the two are on 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import anyio
 from pydantic import BaseModel

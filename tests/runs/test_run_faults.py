@@ -140,7 +140,10 @@ def test_write_error_is_all_or_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", real_write)
     assert "b" not in log
     assert (tmp_path / "s.jsonl").read_bytes() == b'{"id":"a","v":1}\n'
-    assert log.append({"id": "b", "v": 2}) and [d["id"] for d in JsonlLog(tmp_path / "s.jsonl").read_dicts()] == ["a", "b"]
+    assert log.append({"id": "b", "v": 2}) and [d["id"] for d in JsonlLog(tmp_path / "s.jsonl").read_dicts()] == [
+        "a",
+        "b",
+    ]
 
 
 def test_corrupt_middle_line_is_quarantined_and_redone(tmp_path):
@@ -197,7 +200,9 @@ def test_changing_a_threshold_re_decides_earlier_items_without_redoing_them(tmp_
 
     async def fn(item_id: str, threshold: float) -> Outcome:
         calls.append(item_id)
-        return Outcome.gated({"quality_threshold": (scores[item_id], threshold)}, Item(id=item_id, score=scores[item_id]))
+        return Outcome.gated(
+            {"quality_threshold": (scores[item_id], threshold)}, Item(id=item_id, score=scores[item_id])
+        )
 
     def run(threshold: float) -> list[str]:
         stage = Stage(RunDir(tmp_path), "quality", Item)

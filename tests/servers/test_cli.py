@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import anyio
-import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 from typer.testing import CliRunner
@@ -41,22 +39,36 @@ def test_emit_rejects_a_bad_spec_with_file_and_field(tmp_path: Path) -> None:
     data = json.loads(sample_path().read_text())
     del data["tools"][2]["spec"]["name"]
     bad.write_text(json.dumps(data))
-    result = CliRunner().invoke(app, ["env", "emit", str(bad), "--out", str(tmp_path / "o"), "--home", str(tmp_path / "h")])
+    result = CliRunner().invoke(
+        app, ["env", "emit", str(bad), "--out", str(tmp_path / "o"), "--home", str(tmp_path / "h")]
+    )
     assert result.exit_code == 2
     assert str(bad) in result.output and "tools.2.spec.name" in result.output
     broken = tmp_path / "broken.json"
     broken.write_text('{"id": "x",\n  "name": }')
-    result = CliRunner().invoke(app, ["env", "emit", str(broken), "--out", str(tmp_path / "o"), "--home", str(tmp_path / "h")])
+    result = CliRunner().invoke(
+        app, ["env", "emit", str(broken), "--out", str(tmp_path / "o"), "--home", str(tmp_path / "h")]
+    )
     assert result.exit_code == 2 and f"{broken}:2:" in result.output
 
 
 def test_serve_by_registry_name_over_stdio(tmp_path: Path) -> None:
     home = tmp_path / "home"
     runner = CliRunner()
-    assert runner.invoke(app, ["env", "emit", "sample:inventory", "--out", str(tmp_path / "env"), "--home", str(home)]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["env", "emit", "sample:inventory", "--out", str(tmp_path / "env"), "--home", str(home)]
+        ).exit_code
+        == 0
+    )
     env = {k: os.environ[k] for k in ("HOME", "PATH", "LANG") if k in os.environ} | {"ASTRA_HOME": str(home)}
     astra = [sys.executable, "-c", "from astra.cli import main; main()"]
-    params = StdioServerParameters(command=astra[0], args=[*astra[1:], "env", "serve", "inventory"], env=env, cwd=str(Path(__file__).resolve().parents[2]))
+    params = StdioServerParameters(
+        command=astra[0],
+        args=[*astra[1:], "env", "serve", "inventory"],
+        env=env,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
 
     async def drive() -> None:
         with anyio.fail_after(60):

@@ -70,7 +70,10 @@ async def test_reset_returns_the_exact_initial_state(inventory: EnvironmentSpec)
     pristine = copy.deepcopy(inventory.initial_state)
     try:
         episode = runtime.new_episode()
-        for args in ({"sku": "HAM-2", "quantity": 2, "customer": "A"}, {"sku": "WID-1", "quantity": 5, "customer": "B"}):
+        for args in (
+            {"sku": "HAM-2", "quantity": 2, "customer": "A"},
+            {"sku": "WID-1", "quantity": 5, "customer": "B"},
+        ):
             assert (await runtime.call("create_order", args, episode_id=episode)).ok
         assert (await runtime.call("cancel_order", {"order_id": "ORD-1"}, episode_id=episode)).ok
         assert runtime.state(episode) != pristine
@@ -81,7 +84,9 @@ async def test_reset_returns_the_exact_initial_state(inventory: EnvironmentSpec)
         runtime.state(episode)["items"].clear()
         assert runtime.state(episode) == pristine and runtime.initial_state == pristine
         # the next episode numbers orders from 1 again
-        assert (await runtime.call("create_order", {"sku": "WID-1", "quantity": 1, "customer": "C"}, episode_id=episode)).value["order_id"] == "ORD-1"
+        assert (
+            await runtime.call("create_order", {"sku": "WID-1", "quantity": 1, "customer": "C"}, episode_id=episode)
+        ).value["order_id"] == "ORD-1"
     finally:
         await runtime.aclose()
 
@@ -96,7 +101,9 @@ async def test_snapshot_and_restore_in_process(inventory: EnvironmentSpec) -> No
     assert restored["items"]["WID-1"]["quantity"] == 50 and restored["orders"] == {}
     assert len(runtime.calls()) == 1
     runtime.restore(state={**inventory.initial_state, "next_order": 7})
-    assert (await runtime.call("create_order", {"sku": "WID-1", "quantity": 1, "customer": "Y"})).value["order_id"] == "ORD-7"
+    assert (await runtime.call("create_order", {"sku": "WID-1", "quantity": 1, "customer": "Y"})).value[
+        "order_id"
+    ] == "ORD-7"
     with pytest.raises(KeyError, match="unknown snapshot"):
         runtime.restore(snapshot_id="nope")
 

@@ -17,8 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from astra.client import Connections
 from astra.records import EnvironmentSpec, HttpLaunch, ToolImplementation, ToolSpec
-from astra.servers import EnvironmentControl, build_server, emit, stdio_parameters
-from astra.servers import _runtime
+from astra.servers import EnvironmentControl, _runtime, build_server, emit, stdio_parameters
 
 pytestmark = pytest.mark.anyio
 

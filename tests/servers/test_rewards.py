@@ -45,17 +45,25 @@ def _trajectory(steps: list[Step], tid: str = "t1") -> Trajectory:
 
 
 def _step(i: int, tool: str, args: dict, result: object, error: bool = False) -> Step:
-    return Step(call_id=f"c{i}", tool=f"inventory__{tool}", server="inventory", server_tool=tool, arguments=args, result=result, is_error=error)
+    return Step(
+        call_id=f"c{i}",
+        tool=f"inventory__{tool}",
+        server="inventory",
+        server_tool=tool,
+        arguments=args,
+        result=result,
+        is_error=error,
+    )
 
 
 def test_score_episode_checks_calls_and_computes_process_reward(inventory: EnvironmentSpec) -> None:
     v = {x.id: x for x in inventory.verifiers}
     steps = [
-        _step(0, "get_item", {"sku": "WID-1"}, json.dumps(v["v1"].expected_result)),       # solves v1, check passes
-        _step(1, "get_item", {"sku": "HAM-9"}, "Error: KeyError", error=True),              # error: fails
+        _step(0, "get_item", {"sku": "WID-1"}, json.dumps(v["v1"].expected_result)),  # solves v1, check passes
+        _step(1, "get_item", {"sku": "HAM-9"}, "Error: KeyError", error=True),  # error: fails
         _step(2, "create_order", v["v3"].arguments, {"order_id": "ORD-1", "total": 28.0}),  # solves v3
-        _step(3, "add_stock", v["v4"].arguments, {"sku": "HAM-2", "quantity": 12}),          # wrong result: fails, not solved
-        _step(4, "stock_value", {}, {"result": 354.0}),                                     # solves v5
+        _step(3, "add_stock", v["v4"].arguments, {"sku": "HAM-2", "quantity": 12}),  # wrong result: fails, not solved
+        _step(4, "stock_value", {}, {"result": 354.0}),  # solves v5
     ]
     score = score_episode(inventory, _trajectory(steps))
     assert [c.passed for c in score.per_call] == [True, False, True, False, True]
@@ -87,13 +95,20 @@ def test_answer_found() -> None:
 
 def test_cli_score(inventory: EnvironmentSpec, tmp_path: Path) -> None:
     v = {x.id: x for x in inventory.verifiers}
-    good = _trajectory([_step(i, x.tool, x.arguments, x.expected_result) for i, x in enumerate(inventory.verifiers)], "perfect")
-    half = _trajectory([_step(0, "get_item", v["v1"].arguments, v["v1"].expected_result), _step(1, "list_items", {}, {"items": []})], "half")
+    good = _trajectory(
+        [_step(i, x.tool, x.arguments, x.expected_result) for i, x in enumerate(inventory.verifiers)], "perfect"
+    )
+    half = _trajectory(
+        [_step(0, "get_item", v["v1"].arguments, v["v1"].expected_result), _step(1, "list_items", {}, {"items": []})],
+        "half",
+    )
     path = tmp_path / "trajectories.jsonl"
     path.write_text(good.model_dump_json() + "\n" + half.model_dump_json() + "\n")
     spec_file = tmp_path / "env.json"
     spec_file.write_text(inventory.model_dump_json())
-    result = CliRunner().invoke(app, ["env", "score", str(spec_file), str(path), "--json", "--home", str(tmp_path / "home")])
+    result = CliRunner().invoke(
+        app, ["env", "score", str(spec_file), str(path), "--json", "--home", str(tmp_path / "home")]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     rewards = {s["trajectory_id"]: s["process_reward"] for s in out["scores"]}
@@ -102,7 +117,9 @@ def test_cli_score(inventory: EnvironmentSpec, tmp_path: Path) -> None:
     assert rewards["half"] == pytest.approx(2 * 0.2 * 0.5 / 0.7)
     # a broken line is reported with file:line and the rest is still scored
     path.write_text(good.model_dump_json() + "\n" + '{"id": "x"}\n')
-    bad = CliRunner().invoke(app, ["env", "score", str(spec_file), str(path), "--json", "--home", str(tmp_path / "home")])
+    bad = CliRunner().invoke(
+        app, ["env", "score", str(spec_file), str(path), "--json", "--home", str(tmp_path / "home")]
+    )
     assert bad.exit_code == 1
     report = json.loads(bad.stdout)
     assert len(report["scores"]) == 1 and report["errors"][0].startswith(f"{path}:2: ")

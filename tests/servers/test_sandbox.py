@@ -41,26 +41,75 @@ ATTACKS: dict[str, tuple[str, dict, set[str]]] = {
     "infinite_loop": ("def attack():\n    while True:\n        pass\n", {}, {"cpu", "timeout"}),
     "sleep_forever": ("import time\ndef attack():\n    time.sleep(60)\n", {}, {"timeout"}),
     "memory_bomb": ("def attack():\n    blob = bytearray(4 * 1024**3)\n    return len(blob)\n", {}, {"memory"}),
-    "memory_creep": ("def attack():\n    chunks = []\n    while True:\n        chunks.append(bytearray(16 * 1024**2))\n", {}, {"memory"}),
+    "memory_creep": (
+        "def attack():\n    chunks = []\n    while True:\n        chunks.append(bytearray(16 * 1024**2))\n",
+        {},
+        {"memory"},
+    ),
     "fork_bomb": ("import os\ndef attack():\n    while True:\n        os.fork()\n", {}, {"forbidden"}),
-    "subprocess": ("def attack():\n    import subprocess\n    return subprocess.run(['id'], capture_output=True).stdout.decode()\n", {}, {"forbidden"}),
-    "os_system": ("import os\ndef attack():\n    return os.system('touch /tmp/astra-sandbox-pwned')\n", {}, {"forbidden"}),
-    "write_outside": ("def attack(path):\n    with open(path, 'w') as fh:\n        fh.write('pwned')\n    return 'written'\n", {}, {"forbidden", "exception"}),
-    "os_open_outside": ("import os\ndef attack(path):\n    fd = os.open(path, os.O_WRONLY | os.O_CREAT)\n    os.write(fd, b'x')\n    return 'written'\n", {}, {"forbidden", "exception"}),
-    "parent_environ": ("import os\ndef attack():\n    return open(f'/proc/{os.getppid()}/environ').read()\n", {}, {"forbidden"}),
+    "subprocess": (
+        "def attack():\n    import subprocess\n"
+        "    return subprocess.run(['id'], capture_output=True).stdout.decode()\n",
+        {},
+        {"forbidden"},
+    ),
+    "os_system": (
+        "import os\ndef attack():\n    return os.system('touch /tmp/astra-sandbox-pwned')\n",
+        {},
+        {"forbidden"},
+    ),
+    "write_outside": (
+        "def attack(path):\n    with open(path, 'w') as fh:\n        fh.write('pwned')\n    return 'written'\n",
+        {},
+        {"forbidden", "exception"},
+    ),
+    "os_open_outside": (
+        "import os\ndef attack(path):\n    fd = os.open(path, os.O_WRONLY | os.O_CREAT)\n    os.write(fd, b'x')\n"
+        "    return 'written'\n",
+        {},
+        {"forbidden", "exception"},
+    ),
+    "parent_environ": (
+        "import os\ndef attack():\n    return open(f'/proc/{os.getppid()}/environ').read()\n",
+        {},
+        {"forbidden"},
+    ),
     "read_host_file": ("def attack():\n    return open('/etc/passwd').read()\n", {}, {"forbidden"}),
     "unserialisable": ("def attack():\n    return {'handle': object()}\n", {}, {"not_json"}),
     "nan": ("def attack():\n    return float('nan')\n", {}, {"not_json"}),
     "raises": ("def attack():\n    raise ValueError('the tool is broken')\n", {}, {"exception"}),
     "exit": ("import sys\ndef attack():\n    sys.exit(3)\n", {}, {"exception"}),
     "hard_exit": ("import os\ndef attack():\n    os._exit(9)\n", {}, {"crash"}),
-    "raise_limits": ("def attack():\n    import resource\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n", {}, {"forbidden"}),
+    "raise_limits": (
+        "def attack():\n    import resource\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))\n",
+        {},
+        {"forbidden"},
+    ),
     "ctypes": ("def attack():\n    import ctypes\n    return ctypes.CDLL(None).getpid()\n", {}, {"forbidden"}),
     # Tool code can walk its frames and patch modules; the guard has no switch to find.
-    "frame_walk": ("import sys\ndef attack(path):\n    frame = sys._getframe(0)\n    while frame is not None:\n        for space in (frame.f_locals, frame.f_globals):\n            for obj in list(space.values()):\n                try:\n                    obj.active = False\n                except Exception:\n                    pass\n        frame = frame.f_back\n    open(path, 'w').write('x')\n", {}, {"forbidden", "exception"}),
-    "monkeypatch": ("import os, posixpath\ndef attack(path):\n    os.path.realpath = posixpath.realpath = lambda p, **k: '/tmp'\n    os.getcwd = lambda: '/tmp'\n    open(path, 'w').write('x')\n", {}, {"forbidden", "exception"}),
+    "frame_walk": (
+        "import sys\ndef attack(path):\n    frame = sys._getframe(0)\n    while frame is not None:\n"
+        "        for space in (frame.f_locals, frame.f_globals):\n            for obj in list(space.values()):\n"
+        "                try:\n                    obj.active = False\n                except Exception:\n"
+        "                    pass\n        frame = frame.f_back\n    open(path, 'w').write('x')\n",
+        {},
+        {"forbidden", "exception"},
+    ),
+    "monkeypatch": (
+        "import os, posixpath\ndef attack(path):\n    os.path.realpath = posixpath.realpath = lambda p, **k: '/tmp'\n"
+        "    os.getcwd = lambda: '/tmp'\n    open(path, 'w').write('x')\n",
+        {},
+        {"forbidden", "exception"},
+    ),
     "gc_walk": ("import gc\ndef attack():\n    return len(gc.get_objects())\n", {}, {"forbidden"}),
-    "finalizer": ("class Bomb:\n    def __del__(self):\n        open('/tmp/astra-sandbox-pwned', 'w').write('x')\ndef attack():\n    a, b = Bomb(), Bomb()\n    a.other, b.other = b, a\n    del a, b\n    import sys\n    sys.modules.get('gc') and sys.modules['gc'].collect()\n    raise RuntimeError('finalizers ran under the guard')\n", {}, {"exception", "forbidden"}),
+    "finalizer": (
+        "class Bomb:\n    def __del__(self):\n        open('/tmp/astra-sandbox-pwned', 'w').write('x')\ndef attack():\n"
+        "    a, b = Bomb(), Bomb()\n    a.other, b.other = b, a\n    del a, b\n    import sys\n"
+        "    sys.modules.get('gc') and sys.modules['gc'].collect()\n"
+        "    raise RuntimeError('finalizers ran under the guard')\n",
+        {},
+        {"exception", "forbidden"},
+    ),
     "recursion": ("def attack(n=0):\n    return attack(n + 1)\n", {}, {"exception"}),
 }
 
@@ -101,8 +150,14 @@ def test_attack_is_contained_and_the_worker_keeps_serving(name: str, tmp_path: P
 
 async def test_socket_to_loopback_is_refused(listener: socket.socket) -> None:
     port = listener.getsockname()[1]
-    direct = "def attack(port):\n    import socket\n    s = socket.create_connection(('127.0.0.1', port), timeout=1)\n    s.sendall(b'leak')\n    return 'sent'\n"
-    sneaky = "def attack(port):\n    import _socket\n    s = _socket.socket()\n    s.connect(('127.0.0.1', port))\n    return 'sent'\n"
+    direct = (
+        "def attack(port):\n    import socket\n    s = socket.create_connection(('127.0.0.1', port), timeout=1)\n"
+        "    s.sendall(b'leak')\n    return 'sent'\n"
+    )
+    sneaky = (
+        "def attack(port):\n    import _socket\n    s = _socket.socket()\n    s.connect(('127.0.0.1', port))\n"
+        "    return 'sent'\n"
+    )
     for hook in (True, False):
         async with Sandbox(limits=LIMITS, audit_hook=hook) as sandbox:
             for source in (direct, sneaky):
@@ -243,19 +298,37 @@ def test_emitted_server_refuses_to_start_without_bubblewrap(tmp_path: Path, inve
 def _attack_environment() -> EnvironmentSpec:
     def tool(name: str, source: str, schema: dict | None = None) -> ToolImplementation:
         return ToolImplementation(
-            spec=ToolSpec(server="attacks", name=name, description=name, input_schema=schema or {"type": "object", "properties": {}}),
-            source=source, stateful=True,
+            spec=ToolSpec(
+                server="attacks",
+                name=name,
+                description=name,
+                input_schema=schema or {"type": "object", "properties": {}},
+            ),
+            source=source,
+            stateful=True,
         )
 
     return EnvironmentSpec(
-        id="env-attacks", name="attacks",
+        id="env-attacks",
+        name="attacks",
         tools=[
             tool("bump", "def bump(state):\n    state['n'] += 1\n    return state['n']\n"),
-            tool("bump_then_loop", "def bump_then_loop(state):\n    state['n'] += 100\n    while True:\n        pass\n"),
-            tool("bump_then_bomb", "def bump_then_bomb(state):\n    state['n'] += 100\n    return bytearray(4 * 1024**3)\n"),
+            tool(
+                "bump_then_loop", "def bump_then_loop(state):\n    state['n'] += 100\n    while True:\n        pass\n"
+            ),
+            tool(
+                "bump_then_bomb",
+                "def bump_then_bomb(state):\n    state['n'] += 100\n    return bytearray(4 * 1024**3)\n",
+            ),
             tool("bump_then_crash", "import os\ndef bump_then_crash(state):\n    state['n'] += 100\n    os._exit(1)\n"),
-            tool("bump_then_raise", "def bump_then_raise(state):\n    state['n'] += 100\n    raise RuntimeError('nope')\n"),
-            tool("bump_then_object", "def bump_then_object(state):\n    state['n'] += 100\n    state['bad'] = object()\n    return 1\n"),
+            tool(
+                "bump_then_raise",
+                "def bump_then_raise(state):\n    state['n'] += 100\n    raise RuntimeError('nope')\n",
+            ),
+            tool(
+                "bump_then_object",
+                "def bump_then_object(state):\n    state['n'] += 100\n    state['bad'] = object()\n    return 1\n",
+            ),
         ],
         initial_state={"n": 0},
     )
@@ -266,11 +339,23 @@ async def test_failed_calls_leave_episode_state_unchanged_through_the_server() -
     try:
         async with Client(server) as client:
             assert (await client.call_tool("bump", {})).structured_content == {"result": 1}
-            for attack in ("bump_then_loop", "bump_then_bomb", "bump_then_crash", "bump_then_raise", "bump_then_object"):
+            for attack in (
+                "bump_then_loop",
+                "bump_then_bomb",
+                "bump_then_crash",
+                "bump_then_raise",
+                "bump_then_object",
+            ):
                 result = await client.call_tool(attack, {})
                 assert result.is_error, attack
                 assert result.content[0].text.startswith("Error: "), attack
-                assert (await client.call_tool("bump", {})).structured_content["result"] == 2 + ["bump_then_loop", "bump_then_bomb", "bump_then_crash", "bump_then_raise", "bump_then_object"].index(attack), attack
+                assert (await client.call_tool("bump", {})).structured_content["result"] == 2 + [
+                    "bump_then_loop",
+                    "bump_then_bomb",
+                    "bump_then_crash",
+                    "bump_then_raise",
+                    "bump_then_object",
+                ].index(attack), attack
         # a fresh process per call: nothing to restart
         assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == 0
     finally:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import httpx2
 import pytest
 from mcp.client import Client
@@ -27,7 +26,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.mark.parametrize("sandboxed", [True, False])
-async def test_in_process_tools_match_spec_and_results_are_structured(inventory: EnvironmentSpec, sandboxed: bool) -> None:
+async def test_in_process_tools_match_spec_and_results_are_structured(
+    inventory: EnvironmentSpec, sandboxed: bool
+) -> None:
     server = build_server(inventory, sandboxed=sandboxed)
     try:
         async with Client(server) as client:
@@ -37,10 +38,20 @@ async def test_in_process_tools_match_spec_and_results_are_structured(inventory:
                 assert tools[impl.spec.name].input_schema == impl.spec.input_schema
                 assert tools[impl.spec.name].description == impl.spec.description
             # a non-object output schema is advertised wrapped, and the result follows it
-            assert tools["stock_value"].output_schema == {"type": "object", "properties": {"result": {"type": "number"}}, "required": ["result"]}
+            assert tools["stock_value"].output_schema == {
+                "type": "object",
+                "properties": {"result": {"type": "number"}},
+                "required": ["result"],
+            }
             result = await client.call_tool("get_item", {"sku": "WID-1"})
             assert not result.is_error
-            assert result.structured_content == {"sku": "WID-1", "name": "Widget", "category": "tools", "price": 2.5, "quantity": 40}
+            assert result.structured_content == {
+                "sku": "WID-1",
+                "name": "Widget",
+                "category": "tools",
+                "price": 2.5,
+                "quantity": 40,
+            }
             assert json.loads(result.content[0].text) == result.structured_content
             value = await client.call_tool("stock_value", {})
             assert value.structured_content == {"result": 242.0}
@@ -83,7 +94,13 @@ def test_bad_spec_is_a_clear_error(inventory: EnvironmentSpec) -> None:
 
 
 async def test_stdio_emitted_server_serves_and_controls(emitted: Path, inventory: EnvironmentSpec) -> None:
-    assert sorted(p.name for p in emitted.iterdir()) == ["README.md", "astra_env_runtime", "environment.json", "mcp.json", "server.py"]
+    assert sorted(p.name for p in emitted.iterdir()) == [
+        "README.md",
+        "astra_env_runtime",
+        "environment.json",
+        "mcp.json",
+        "server.py",
+    ]
     readme = (emitted / "README.md").read_text()
     assert '"mcpServers"' in readme and "--http --port" in readme
     async with Client(stdio_parameters(emitted)) as client:
@@ -107,8 +124,16 @@ async def test_emitted_server_runs_without_astra(emitted: Path, tmp_path: Path) 
     copy = tmp_path / "standalone"
     shutil.copytree(emitted, copy)
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import astra_env_runtime, sys; print('astra' in sys.modules)", str(copy)],
-        capture_output=True, text=True, cwd=tmp_path, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import astra_env_runtime, sys; print('astra' in sys.modules)",
+            str(copy),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
     )
     assert probe.stdout.strip() == "False"
     report = await validate_emitted(copy)
@@ -187,11 +212,26 @@ class Counter:
 
 async def test_class_server_per_episode_instances() -> None:
     tools = [
-        ToolSpec(server="counter", name="increment", description="add to the counter",
-                 input_schema={"type": "object", "properties": {"by": {"type": "integer"}}}),
-        ToolSpec(server="counter", name="explode", description="always fails", input_schema={"type": "object", "properties": {}}),
+        ToolSpec(
+            server="counter",
+            name="increment",
+            description="add to the counter",
+            input_schema={"type": "object", "properties": {"by": {"type": "integer"}}},
+        ),
+        ToolSpec(
+            server="counter",
+            name="explode",
+            description="always fails",
+            input_schema={"type": "object", "properties": {}},
+        ),
     ]
-    server = build_class_server("counter", lambda cfg: Counter(cfg["start"]), tools, initial_config={"start": 10}, method_names={"explode": "fail"})
+    server = build_class_server(
+        "counter",
+        lambda cfg: Counter(cfg["start"]),
+        tools,
+        initial_config={"start": 10},
+        method_names={"explode": "fail"},
+    )
     async with Client(server) as one, Client(server) as two:
         assert (await one.call_tool("increment", {"by": 5})).structured_content == {"value": 15}
         assert (await two.call_tool("increment", {})).structured_content == {"value": 11}
@@ -223,8 +263,22 @@ def test_mcp_inspector_cli_lists_and_calls(emitted: Path) -> None:
     assert [t["name"] for t in tools][:3] == ["list_items", "get_item", "add_stock"]
     assert tools[1]["inputSchema"]["required"] == ["sku"]
     called = subprocess.run(
-        [*base, "--method", "tools/call", "--tool-name", "create_order", "--tool-arg", "sku=WID-1", "--tool-arg", "quantity=4", "--tool-arg", "customer=Inspector"],
-        capture_output=True, text=True, timeout=120,
+        [
+            *base,
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "create_order",
+            "--tool-arg",
+            "sku=WID-1",
+            "--tool-arg",
+            "quantity=4",
+            "--tool-arg",
+            "customer=Inspector",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert called.returncode == 0, called.stderr
     result = json.loads(called.stdout)

@@ -35,8 +35,12 @@ def tool(name: str, description: str, params: dict[str, str], code: str) -> dict
     }
 
 
-MULTIPLY = tool("multiply", "Multiply two numbers.", {"a": "number", "b": "number"}, "def multiply(a, b):\n    return a * b\n")
-ADD = tool("add_numbers", "Add two numbers.", {"a": "number", "b": "number"}, "def add_numbers(a, b):\n    return a + b\n")
+MULTIPLY = tool(
+    "multiply", "Multiply two numbers.", {"a": "number", "b": "number"}, "def multiply(a, b):\n    return a * b\n"
+)
+ADD = tool(
+    "add_numbers", "Add two numbers.", {"a": "number", "b": "number"}, "def add_numbers(a, b):\n    return a + b\n"
+)
 ADD_SUM = tool("sum_numbers", "Add two numbers together.", {"a": "number", "b": "number"},
                "def sum_numbers(a, b):\n    total = a + b\n    return total\n")
 GRAMS_TO_KG = tool("grams_to_kilograms", "Convert grams to kilograms.", {"grams": "number"},
@@ -46,12 +50,20 @@ MILES_TO_KM = tool("miles_to_km", "Convert a distance in miles to kilometres.", 
 ADD_DAYS = tool("add_days", "Add a number of days to an ISO date (YYYY-MM-DD).", {"date": "string", "days": "integer"},
                 "import datetime\n\ndef add_days(date, days):\n    d = datetime.date.fromisoformat(date)\n"
                 "    return (d + datetime.timedelta(days=days)).isoformat()\n")
-WEEKDAY = tool("weekday_of", "The English weekday name of an ISO date.", {"date": "string"},
-               "import datetime\n\ndef weekday_of(date):\n    return datetime.date.fromisoformat(date).strftime('%A')\n")
-CAPITAL = tool("capital_of", "The capital city of a country given its ISO 3166 alpha-2 code.", {"code": "string"},
-               "CAPITALS = {'JP': 'Tokyo', 'FR': 'Paris', 'DE': 'Berlin', 'IT': 'Rome', 'ES': 'Madrid', 'BR': 'Brasilia'}\n\n"
-               "def capital_of(code):\n    code = code.strip().upper()\n    if code not in CAPITALS:\n"
-               "        raise ValueError(f'unknown country code {code}')\n    return CAPITALS[code]\n")
+WEEKDAY = tool(
+    "weekday_of",
+    "The English weekday name of an ISO date.",
+    {"date": "string"},
+    "import datetime\n\ndef weekday_of(date):\n    return datetime.date.fromisoformat(date).strftime('%A')\n",
+)
+CAPITAL = tool(
+    "capital_of",
+    "The capital city of a country given its ISO 3166 alpha-2 code.",
+    {"code": "string"},
+    "CAPITALS = {'JP': 'Tokyo', 'FR': 'Paris', 'DE': 'Berlin', 'IT': 'Rome', 'ES': 'Madrid', 'BR': 'Brasilia'}\n\n"
+    "def capital_of(code):\n    code = code.strip().upper()\n    if code not in CAPITALS:\n"
+    "        raise ValueError(f'unknown country code {code}')\n    return CAPITALS[code]\n",
+)
 REVERSE_UPPER = tool("reverse_upper", "Reverse a string and convert it to upper case.", {"text": "string"},
                      "def reverse_upper(text):\n    return text[::-1].upper()\n")
 PERCENT_OFF = tool("apply_discount", "Price after a percentage discount.", {"price": "number", "percent": "number"},
@@ -61,9 +73,13 @@ ADD_TAX = tool("add_tax", "Price after adding a percentage sales tax.", {"price"
 TRAVEL_TIME = tool("travel_time_hours", "Hours needed to drive a distance at a constant speed.",
                    {"distance_km": "number", "speed_kmh": "number"},
                    "def travel_time_hours(distance_km, speed_kmh):\n    return distance_km / speed_kmh\n")
-DAYS_BETWEEN = tool("days_between", "Number of days from one ISO date to another.", {"start": "string", "end": "string"},
-                    "from datetime import date\n\ndef days_between(start, end):\n"
-                    "    return (date.fromisoformat(end) - date.fromisoformat(start)).days\n")
+DAYS_BETWEEN = tool(
+    "days_between",
+    "Number of days from one ISO date to another.",
+    {"start": "string", "end": "string"},
+    "from datetime import date\n\ndef days_between(start, end):\n"
+    "    return (date.fromisoformat(end) - date.fromisoformat(start)).days\n",
+)
 WHOLE_WEEKS = tool("whole_weeks", "Number of whole weeks in a number of days.", {"days": "integer"},
                    "def whole_weeks(days):\n    return days // 7\n")
 COUNT_VOWELS = tool("count_vowels", "Count the vowels a, e, i, o, u in a word.", {"word": "string"},
@@ -79,40 +95,115 @@ def step(sid: str, question: str, answer: str, deps: Sequence[str] = (), paralle
 
 GOLD: dict[str, list[dict[str, Any]]] = {
     "A recipe needs 250 grams": [
-        step("s1", "How many grams of flour do 6 loaves need at 250 grams each?", "1500", tool_def=MULTIPLY, args={"a": 250, "b": 6}),
+        step(
+            "s1",
+            "How many grams of flour do 6 loaves need at 250 grams each?",
+            "1500",
+            tool_def=MULTIPLY,
+            args={"a": 250, "b": 6},
+        ),
         step("s2", "How many kilograms is 1500 grams?", "1.5", ["s1"], tool_def=GRAMS_TO_KG, args={"grams": 1500}),
     ],
     "Alice ran 5 miles": [
-        step("s1", "How many kilometres is 5 miles?", "8.04672", parallel=True, tool_def=MILES_TO_KM, args={"miles": 5}),
-        step("s2", "How many kilometres is 3 miles?", "4.828032", parallel=True, tool_def=MILES_TO_KM, args={"miles": 3}),
-        step("s3", "What is 8.04672 + 4.828032?", "12.874752", ["s1", "s2"], tool_def=ADD, args={"a": 8.04672, "b": 4.828032}),
+        step(
+            "s1", "How many kilometres is 5 miles?", "8.04672", parallel=True, tool_def=MILES_TO_KM, args={"miles": 5}
+        ),
+        step(
+            "s2", "How many kilometres is 3 miles?", "4.828032", parallel=True, tool_def=MILES_TO_KM, args={"miles": 3}
+        ),
+        step(
+            "s3",
+            "What is 8.04672 + 4.828032?",
+            "12.874752",
+            ["s1", "s2"],
+            tool_def=ADD,
+            args={"a": 8.04672, "b": 4.828032},
+        ),
     ],
     "A meeting was scheduled": [
-        step("s1", "Which date is 45 days after 2024-01-15?", "2024-02-29", tool_def=ADD_DAYS, args={"date": "2024-01-15", "days": 45}),
-        step("s2", "Which day of the week is 2024-02-29?", "Thursday", ["s1"], tool_def=WEEKDAY, args={"date": "2024-02-29"}),
+        step(
+            "s1",
+            "Which date is 45 days after 2024-01-15?",
+            "2024-02-29",
+            tool_def=ADD_DAYS,
+            args={"date": "2024-01-15", "days": 45},
+        ),
+        step(
+            "s2",
+            "Which day of the week is 2024-02-29?",
+            "Thursday",
+            ["s1"],
+            tool_def=WEEKDAY,
+            args={"date": "2024-02-29"},
+        ),
     ],
     "Take the capital": [
-        step("s1", "What is the capital of the country with ISO code JP?", "Tokyo", tool_def=CAPITAL, args={"code": "JP"}),
-        step("s2", "What is 'Tokyo' reversed in upper case?", "OYKOT", ["s1"], tool_def=REVERSE_UPPER, args={"text": "Tokyo"}),
+        step(
+            "s1", "What is the capital of the country with ISO code JP?", "Tokyo", tool_def=CAPITAL, args={"code": "JP"}
+        ),
+        step(
+            "s2",
+            "What is 'Tokyo' reversed in upper case?",
+            "OYKOT",
+            ["s1"],
+            tool_def=REVERSE_UPPER,
+            args={"text": "Tokyo"},
+        ),
     ],
     "A jacket costs 80 USD": [
-        step("s1", "What is 80 USD after a 15% discount?", "68.0", tool_def=PERCENT_OFF, args={"price": 80, "percent": 15}),
-        step("s2", "What is 68 USD after adding 8% sales tax?", "73.44", ["s1"], tool_def=ADD_TAX, args={"price": 68, "percent": 8}),
+        step(
+            "s1",
+            "What is 80 USD after a 15% discount?",
+            "68.0",
+            tool_def=PERCENT_OFF,
+            args={"price": 80, "percent": 15},
+        ),
+        step(
+            "s2",
+            "What is 68 USD after adding 8% sales tax?",
+            "73.44",
+            ["s1"],
+            tool_def=ADD_TAX,
+            args={"price": 68, "percent": 8},
+        ),
     ],
     "A car drives 150 km": [
-        step("s1", "How many hours does 150 km at 60 km/h take?", "2.5", parallel=True, tool_def=TRAVEL_TIME,
-             args={"distance_km": 150, "speed_kmh": 60}),
-        step("s2", "How many hours does 90 km at 45 km/h take?", "2", parallel=True, tool_def=TRAVEL_TIME,
-             args={"distance_km": 90, "speed_kmh": 45}),
+        step(
+            "s1",
+            "How many hours does 150 km at 60 km/h take?",
+            "2.5",
+            parallel=True,
+            tool_def=TRAVEL_TIME,
+            args={"distance_km": 150, "speed_kmh": 60},
+        ),
+        step(
+            "s2",
+            "How many hours does 90 km at 45 km/h take?",
+            "2",
+            parallel=True,
+            tool_def=TRAVEL_TIME,
+            args={"distance_km": 90, "speed_kmh": 45},
+        ),
         step("s3", "What is 2.5 + 2?", "4.5", ["s1", "s2"], tool_def=ADD_SUM, args={"a": 2.5, "b": 2}),
     ],
     "How many whole weeks": [
-        step("s1", "How many days are there from 2023-03-01 to 2023-12-25?", "299", tool_def=DAYS_BETWEEN,
-             args={"start": "2023-03-01", "end": "2023-12-25"}),
+        step(
+            "s1",
+            "How many days are there from 2023-03-01 to 2023-12-25?",
+            "299",
+            tool_def=DAYS_BETWEEN,
+            args={"start": "2023-03-01", "end": "2023-12-25"},
+        ),
         step("s2", "How many whole weeks are in 299 days?", "42", ["s1"], tool_def=WHOLE_WEEKS, args={"days": 299}),
     ],
     "Count the vowels": [
-        step("s1", "How many vowels (a, e, i, o, u) does 'synthesis' have?", "2", tool_def=COUNT_VOWELS, args={"word": "synthesis"}),
+        step(
+            "s1",
+            "How many vowels (a, e, i, o, u) does 'synthesis' have?",
+            "2",
+            tool_def=COUNT_VOWELS,
+            args={"word": "synthesis"},
+        ),
         step("s2", "What is 2 squared?", "4", ["s1"], tool_def=SQUARE, args={"x": 2}),
     ],
 }
@@ -131,8 +222,17 @@ def decomposition_reply(steps: list[dict[str, Any]]) -> str:
     hops: dict[str, int] = {}
     for s in steps:  # gold steps are listed in dependency order
         hops[s["id"]] = 1 + max((hops[d] for d in s["depends_on"]), default=0)
-    return json.dumps({"steps": [{"hop": hops[s["id"]], **{k: s[k] for k in ("id", "sub_question", "depends_on", "is_parallel", "sub_answer")}}
-                                 for s in steps]})
+    return json.dumps(
+        {
+            "steps": [
+                {
+                    "hop": hops[s["id"]],
+                    **{k: s[k] for k in ("id", "sub_question", "depends_on", "is_parallel", "sub_answer")},
+                }
+                for s in steps
+            ]
+        }
+    )
 
 
 def tool_reply(s: dict[str, Any]) -> str:
@@ -193,7 +293,9 @@ def _gold(stage: str, key: str, first_user: str, text: str) -> str:
     if stage == "decompose":
         return decomposition_reply(GOLD[key])
     if stage == "necessity":
-        return json.dumps({"steps": [{"id": s["id"], "needs_tool": True, "reason": "a computation"} for s in GOLD[key]]})
+        return json.dumps(
+            {"steps": [{"id": s["id"], "needs_tool": True, "reason": "a computation"} for s in GOLD[key]]}
+        )
     if stage == "verify":
         return verify_reply(first_user)
     if stage == "synthesize":

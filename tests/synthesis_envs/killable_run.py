@@ -34,7 +34,9 @@ class BlockingModel(Model):
 def main() -> None:
     run_dir, qa_path, home, block_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     config = EnvironmentPipelineConfig(run_dir=run_dir, qa_path=qa_path, home=home, concurrency=1)
-    anyio.run(lambda: run_environment_pipeline(config, model=BlockingModel(oracle_model(), block_after), progress=False))
+    anyio.run(
+        lambda: run_environment_pipeline(config, model=BlockingModel(oracle_model(), block_after), progress=False)
+    )
     print("FINISHED", flush=True)
 
 

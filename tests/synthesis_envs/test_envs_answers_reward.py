@@ -57,8 +57,12 @@ def _call(name, args, result):
 
 
 def test_compute_score_verl_signature():
-    perfect = _call("miles_to_km", {"miles": 5}, '{"result": 8.04672}') + _call("miles_to_km", {"miles": 3}, "4.828032") \
-        + _call("add_numbers", {"a": 8.04672, "b": 4.828032}, "12.874752") + "The answer is 12.874752 km."
+    perfect = (
+        _call("miles_to_km", {"miles": 5}, '{"result": 8.04672}')
+        + _call("miles_to_km", {"miles": 3}, "4.828032")
+        + _call("add_numbers", {"a": 8.04672, "b": 4.828032}, "12.874752")
+        + "The answer is 12.874752 km."
+    )
     assert compute_score("astra_env", perfect, json.dumps(SUB_QA)) == 1.0
     # one wasted call: precision 3/4, recall 1
     wasted = _call("miles_to_km", {"miles": 50}, "80.4672") + perfect

@@ -27,4 +27,6 @@ def test_local_model_run_completes_with_a_consistent_funnel(tmp_path):
     assert sum(stages["decompose"].drop_reasons.values()) == stages["decompose"].dropped
     # whatever survived was certified; nothing uncertified is exported
     assert stages["export"].outputs == len(result.server_dirs) == stages["emit"].outputs
-    assert result.mcp_servers == {"mcpServers": {d.name: result.mcp_servers["mcpServers"][d.name] for d in result.server_dirs}}
+    assert result.mcp_servers == {
+        "mcpServers": {d.name: result.mcp_servers["mcpServers"][d.name] for d in result.server_dirs}
+    }

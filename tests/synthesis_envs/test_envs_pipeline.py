@@ -39,7 +39,11 @@ def _qa_subset(tmp_path: Path, keys: list[str]) -> Path:
 
 
 def _stage_ids(run_dir: Path) -> dict[str, list[str]]:
-    return {s: [d["id"] for d in JsonlLog(run_dir / f"{s}.jsonl").read_dicts()] for s in STAGES if (run_dir / f"{s}.jsonl").exists()}
+    return {
+        s: [d["id"] for d in JsonlLog(run_dir / f"{s}.jsonl").read_dicts()]
+        for s in STAGES
+        if (run_dir / f"{s}.jsonl").exists()
+    }
 
 
 def _counts(result) -> dict[str, tuple[int, int, int, int]]:
@@ -67,7 +71,11 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
     # the servers: real directories, in the mcpServers block, certified over stdio, in the registry
     assert len(result.server_dirs) == 2 and all((d / "server.py").is_file() for d in result.server_dirs)
     assert sorted(result.mcp_servers["mcpServers"]) == sorted(d.name for d in result.server_dirs)
-    envs = [EmittedEnvironment.model_validate(o) for e in JsonlLog(cfg.run_dir / "emit.jsonl").read_dicts() for o in e["outputs"]]
+    envs = [
+        EmittedEnvironment.model_validate(o)
+        for e in JsonlLog(cfg.run_dir / "emit.jsonl").read_dicts()
+        for o in e["outputs"]
+    ]
     assert all(e.certificate.ok and e.certificate.calls == 3 and e.registry for e in envs)
     alice = next(e for e in envs if "Alice" in e.question)
     # the merged adder serves the Alice sum and the car trip's sum: one implementation in both envs

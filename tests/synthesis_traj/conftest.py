@@ -103,9 +103,16 @@ class Router:
             return judge_reply(user)
         if kind == "chains":
             names = re.findall(r'^\{"name": "([^"]+)"', user, flags=re.M)
-            return json.dumps([{"tool_graph_detect": "yes", "tool_graph_detect_chain": names[:2] + ["nope"],
-                                "tool_graph_detect_task": "use the first two tools"},
-                               {"tool_graph_detect": "not sure", "tool_graph_detect_chain": [], "tool_graph_detect_task": ""}])
+            return json.dumps(
+                [
+                    {
+                        "tool_graph_detect": "yes",
+                        "tool_graph_detect_chain": names[:2] + ["nope"],
+                        "tool_graph_detect_task": "use the first two tools",
+                    },
+                    {"tool_graph_detect": "not sure", "tool_graph_detect_chain": [], "tool_graph_detect_task": ""},
+                ]
+            )
         raise AssertionError(kind)
 
     def agent(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]]) -> ChatMessage | str:
@@ -157,8 +164,12 @@ def router_model(router: Router, name: str = "router") -> ScriptedModel:
 
 
 def time_server() -> ServerSpec:
-    return ServerSpec(id=stable_id("test", "time"), name="time", domain="weather",
-                      launch=StdioLaunch(command=sys.executable, args=["-m", "mcp_server_time", "--local-timezone", "UTC"]))
+    return ServerSpec(
+        id=stable_id("test", "time"),
+        name="time",
+        domain="weather",
+        launch=StdioLaunch(command=sys.executable, args=["-m", "mcp_server_time", "--local-timezone", "UTC"]),
+    )
 
 
 @pytest.fixture

@@ -72,15 +72,23 @@ def test_batches_cover_every_candidate_once_and_beat_server_pairs(home):
 
 def test_verdicts_keep_real_params_and_count_the_rest():
     tools = {
-        "s/a": ToolSpec(server="s", name="a", output_schema={"type": "object", "properties": {"id": {"type": "string"}}}),
-        "s/b": ToolSpec(server="s", name="b", input_schema={"type": "object", "properties": {"item_id": {"type": "string"}}}),
+        "s/a": ToolSpec(
+            server="s", name="a", output_schema={"type": "object", "properties": {"id": {"type": "string"}}}
+        ),
+        "s/b": ToolSpec(
+            server="s", name="b", input_schema={"type": "object", "properties": {"item_id": {"type": "string"}}}
+        ),
     }
     from astra.synthesis.trajectories import Candidate
 
     batch = [Candidate(src="s/a", dst="s/b", score=0.6, bindings={"item_id": "id"}),
              Candidate(src="s/b", dst="s/a", score=0.4)]
-    verdicts = EdgeVerdicts(items=[EdgeVerdict(index=0, valid=True, score=0.9, bindings={"item_id": "id", "ghost": "x"}),
-                                   EdgeVerdict(index=7, valid=True)])
+    verdicts = EdgeVerdicts(
+        items=[
+            EdgeVerdict(index=0, valid=True, score=0.9, bindings={"item_id": "id", "ghost": "x"}),
+            EdgeVerdict(index=7, valid=True),
+        ]
+    )
     edges, why = verdicts_to_edges(batch, verdicts, tools, 0.5)
     assert [(e.src, e.dst, e.bindings, e.provenance) for e in edges] == [("s/a", "s/b", {"item_id": "id"}, "llm")]
     assert why == {"bad_index": 1, "unanswered": 1}
@@ -144,7 +152,7 @@ def test_walks_are_acyclic_bounded_deduplicated_and_seeded():
     for c in chains:
         names = [x.tool for x in c.calls]
         assert 2 <= len(names) <= 4 and len(set(names)) == len(names)
-        assert all(g.has_edge(a, b) for a, b in zip(names, names[1:]))
+        assert all(g.has_edge(a, b) for a, b in zip(names, names[1:], strict=False))
         assert c.calls[1].bindings == {"p": "0.f"} or not g.edges[names[0], names[1]]["bindings"]
         assert c.graph == "g" and c.graph_version == 3
     assert len({c.id for c in chains}) == len(chains)
@@ -162,7 +170,9 @@ def test_uncovered_weighting_raises_coverage():
     def share(weight: float) -> float:
         total = 0.0
         for seed in range(20):
-            attempts, _, _ = sample_walks(graph, num_chains=3, min_length=2, max_length=2, seed=seed, uncovered_weight=weight)
+            attempts, _, _ = sample_walks(
+                graph, num_chains=3, min_length=2, max_length=2, seed=seed, uncovered_weight=weight
+            )
             total += coverage(graph, [c for _, c, _ in attempts if c]).tool_share
         return total / 20
     assert share(50.0) > share(1.0)
@@ -174,4 +184,6 @@ def test_toolsets_and_coverage():
     assert len(sets) == 5 and all(s.kind == "toolset" and 1 <= len(s.calls) <= 3 for s in sets)
     assert all(len({c.tool.split("/")[0] for c in s.calls}) == 1 for s in sets), "one server per set"
     cov = coverage(graph, sets)
-    assert cov.tools == 10 and cov.edges_covered == 0 and cov.tools_covered == len({c.tool for s in sets for c in s.calls})
+    assert (
+        cov.tools == 10 and cov.edges_covered == 0 and cov.tools_covered == len({c.tool for s in sets for c in s.calls})
+    )

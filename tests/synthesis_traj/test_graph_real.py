@@ -18,9 +18,19 @@ from astra.synthesis.trajectories._graph import Role, SemType, measure_edges, me
 from astra.synthesis.trajectories._graph_trace import read_only, trace_edges
 
 from .conftest import Router, router_model, time_server
-from .real_servers import LABELS, NODE_SERVERS, SERVERS, available, docs_of, launch, load_fixture, load_fixtures, \
-    make_scratch
-from .real_servers import HELDOUT_LABELS, load_heldout
+from .real_servers import (
+    HELDOUT_LABELS,
+    LABELS,
+    NODE_SERVERS,
+    SERVERS,
+    available,
+    docs_of,
+    launch,
+    load_fixture,
+    load_fixtures,
+    load_heldout,
+    make_scratch,
+)
 from .real_servers import seeds as seed_values
 
 

@@ -27,7 +27,13 @@ def assert_funnel_consistent(funnel: Funnel, samples: int) -> None:
         assert c.failed <= c.dropped <= c.inputs, c
         assert sum(c.drop_reasons.values()) == c.dropped, c
         assert c.outputs >= c.inputs - c.dropped, c
-    chain = [("chains", "verify"), ("verify", "tasks"), ("tasks", "quality"), ("rollout", "reward"), ("reward", "export")]
+    chain = [
+        ("chains", "verify"),
+        ("verify", "tasks"),
+        ("tasks", "quality"),
+        ("rollout", "reward"),
+        ("reward", "export"),
+    ]
     for prev, nxt in chain:
         assert s[nxt].inputs == s[prev].outputs, (prev, nxt, s[prev], s[nxt])
     assert s["rollout"].inputs == s["quality"].outputs * samples
@@ -47,7 +53,9 @@ def test_full_pipeline_real_and_simulated_servers(tmp_path, home):
     router = Router()
     config = _config(tmp_path, home, export_template="Qwen2.5", export_tokenizer="smollm2",
                      export_formats=["openai", "hf", "sharegpt", "parquet", "tokens"])
-    result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
+    result = anyio.run(
+        lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)})
+    )
     assert_funnel_consistent(result.funnel, samples=2)
     stages = {c.stage: c for c in result.funnel.stages}
     assert stages["export"].outputs == result.exported > 0
@@ -69,7 +77,9 @@ def test_full_pipeline_real_and_simulated_servers(tmp_path, home):
     assert any("datetime" in json.dumps(st.result) for t in trajs for st in t.steps if st.server == "time")
     # a second run resumes: nothing is asked again, same result
     calls = dict(router.seen)
-    again = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
+    again = anyio.run(
+        lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)})
+    )
     assert router.seen == calls
     assert again.exported == result.exported and again.graph == result.graph
     # exports for the chosen template: what renders cleanly, and token records for what re-tokenises faithfully
@@ -85,7 +95,9 @@ def test_full_pipeline_real_and_simulated_servers(tmp_path, home):
 def test_failed_judge_is_never_exported(tmp_path, home):
     router = Router(bad=["judge"])
     config = _config(tmp_path, home, chains={"num_chains": 2, "num_toolsets": 2}, rollout={"samples": 1})
-    result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
+    result = anyio.run(
+        lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)})
+    )
     stages = {c.stage: c for c in result.funnel.stages}
     assert stages["reward"].outputs > 0
     assert result.exported == 0
@@ -100,7 +112,9 @@ def test_failed_judge_is_never_exported(tmp_path, home):
 def test_quality_threshold_filters(tmp_path, home):
     router = Router(low_quality=True)  # every dimension 2/5 -> 0.25 < 0.5
     config = _config(tmp_path, home, chains={"num_chains": 2, "num_toolsets": 1})
-    result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
+    result = anyio.run(
+        lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)})
+    )
     stages = {c.stage: c for c in result.funnel.stages}
     assert stages["quality"].inputs > 0 and stages["quality"].outputs == 0
     assert stages["quality"].drop_reasons == {"below_quality_threshold": stages["quality"].inputs}
@@ -162,7 +176,9 @@ def test_demo_config_runs_on_bundled_servers(tmp_path):
     config = demo_config(tmp_path / "run", model_spec="scripted:router", home=tmp_path / "home")
     assert [s.name for s in config.inline_servers] == ["time", "inventory"]  # the emitted sample, over stdio
     router = Router()
-    result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)}))
+    result = anyio.run(
+        lambda: run_trajectory_pipeline(config, progress=False, models={"scripted:router": router_model(router)})
+    )
     assert_funnel_consistent(result.funnel, samples=1)
     assert result.exported > 0 and Path(result.exports["parquet"]).exists()
     servers = json.loads((tmp_path / "run" / "servers.json").read_text())

@@ -30,7 +30,9 @@ def _wait_line(proc: subprocess.Popen[str], timeout_s: float = 120.0) -> str:
     finally:
         watchdog.cancel()
     if not line:
-        raise AssertionError(f"child exited early: rc={proc.wait()} stderr={proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        raise AssertionError(
+            f"child exited early: rc={proc.wait()} stderr={proc.stderr.read()[-2000:] if proc.stderr else ''}"
+        )
     return line.strip()
 
 
@@ -80,4 +82,6 @@ def test_kill9_mid_stage_then_resume(tmp_path, reference, kind, stage, n):
     # the exported dataset is the same as the uninterrupted run's
     ref_rows = (ref_dir / "export" / "openai.jsonl").read_text()
     assert (out / "export" / "openai.jsonl").read_text().count("\n") == ref_rows.count("\n") > 0
-    assert sorted(o["id"] for o in _outputs(out / "reward.jsonl")) == sorted(o["id"] for o in _outputs(ref_dir / "reward.jsonl"))
+    assert sorted(o["id"] for o in _outputs(out / "reward.jsonl")) == sorted(
+        o["id"] for o in _outputs(ref_dir / "reward.jsonl")
+    )

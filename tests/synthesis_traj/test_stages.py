@@ -9,7 +9,18 @@ import pytest
 from mcp.client import Client
 
 from astra.client import ScriptedModel
-from astra.records import ChainCall, ChatMessage, Reward, ServerSpec, Step, Task, ToolCall, ToolChain, ToolSpec, Trajectory
+from astra.records import (
+    ChainCall,
+    ChatMessage,
+    Reward,
+    ServerSpec,
+    Step,
+    Task,
+    ToolCall,
+    ToolChain,
+    ToolSpec,
+    Trajectory,
+)
 from astra.synthesis.trajectories import (
     DIMENSIONS,
     RewardOptions,
@@ -145,7 +156,9 @@ def test_tasks_generation_failure_and_partial_augmentation():
     assert out.failed and out.dropped.startswith("generation_failed")
     # the base question stands when the augmentation reply is junk or has the wrong number of variants
     wrong_count = json.dumps({"context_shift": ["a", "b"], "complicate": ["c"], "persona": ["d"], "turns": ["x", "y"]})
-    partial = ScriptedModel(['{"questions": ["Find Lisbon and tell me its weather now."]}', "junk", wrong_count, "junk"])
+    partial = ScriptedModel(
+        ['{"questions": ["Find Lisbon and tell me its weather now."]}', "junk", wrong_count, "junk"]
+    )
     out = _run(generate_tasks, CHAIN, TOOLS, partial, TaskOptions())
     assert [t.provenance["variant"] for t in out.outputs] == ["base"]
     assert any("augmentation_failed" in a for a in out.audit)
@@ -214,7 +227,11 @@ def _trajectory(steps: list[Step], answer: str | None = "Sunny, 21 C.") -> Traje
     tools = [{"type": "function", "function": {"name": t.name, "parameters": t.input_schema}} for t in TOOLS.values()]
     msgs = [ChatMessage(role="user", content="Weather in Lisbon?")]
     for s in steps:
-        msgs.append(ChatMessage(role="assistant", tool_calls=[ToolCall(id=s.call_id, name=s.tool, arguments=json.dumps(s.arguments))]))
+        msgs.append(
+            ChatMessage(
+                role="assistant", tool_calls=[ToolCall(id=s.call_id, name=s.tool, arguments=json.dumps(s.arguments))]
+            )
+        )
         msgs.append(ChatMessage(role="tool", tool_call_id=s.call_id, name=s.tool, content=json.dumps(s.result)))
     if answer:
         msgs.append(ChatMessage(role="assistant", content=answer))
@@ -249,9 +266,15 @@ def test_export_thresholds():
                     rules={"schema_valid": 0.66})
     assert select(reward, traj, TASK, RewardOptions(threshold=0.6)).outputs
     assert select(reward, traj, TASK, RewardOptions(threshold=0.9)).dropped.startswith("below_reward_threshold")
-    assert select(reward, traj, TASK, RewardOptions(threshold=0.6, require_schema_valid=True)).dropped == "schema_invalid_arguments"
+    assert (
+        select(reward, traj, TASK, RewardOptions(threshold=0.6, require_schema_valid=True)).dropped
+        == "schema_invalid_arguments"
+    )
     low = reward.model_copy(update={"dimensions": {**reward.dimensions, "tool_planning": 0.1}})
-    assert select(low, traj, TASK, RewardOptions(threshold=0.6, min_dimension=0.5)).dropped == "below_dimension_minimum: tool_planning (0.10 < 0.5)"
+    assert (
+        select(low, traj, TASK, RewardOptions(threshold=0.6, min_dimension=0.5)).dropped
+        == "below_dimension_minimum: tool_planning (0.10 < 0.5)"
+    )
 
 
 def test_export_formats_and_hf_datasets(tmp_path):
@@ -296,18 +319,29 @@ def test_export_drops_trajectories_without_an_answer():
 
 
 def test_sharegpt_one_observation_per_result_and_text_beside_calls():
-    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"},
-            {"role": "assistant", "content": "Checking both.", "tool_calls": [
+    msgs = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q"},
+        {
+            "role": "assistant",
+            "content": "Checking both.",
+            "tool_calls": [
                 {"id": "1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
-                {"id": "2", "type": "function", "function": {"name": "b", "arguments": "{\"x\": 1}"}}]},
-            {"role": "tool", "tool_call_id": "1", "content": "A"}, {"role": "tool", "tool_call_id": "2", "content": "B"},
-            {"role": "assistant", "content": "done"}]
+                {"id": "2", "type": "function", "function": {"name": "b", "arguments": '{"x": 1}'}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "1", "content": "A"},
+        {"role": "tool", "tool_call_id": "2", "content": "B"},
+        {"role": "assistant", "content": "done"},
+    ]
     s = SFTSample(id="i", task_id="t", model="m", messages=msgs, tools=[], reward=1, dimensions={})
     conv = to_sharegpt(s)
     assert conv["system"] == "sys"
     assert [c["from"] for c in conv["conversations"]] == [
         "human", "function_call", "observation", "function_call", "observation", "gpt"]
-    assert conv["conversations"][1]["value"] == 'Checking both.\n<tool_call>[{"name": "a", "arguments": {}}]</tool_call>'
+    assert (
+        conv["conversations"][1]["value"] == 'Checking both.\n<tool_call>[{"name": "a", "arguments": {}}]</tool_call>'
+    )
     assert conv["conversations"][3]["value"] == '<tool_call>[{"name": "b", "arguments": {"x": 1}}]</tool_call>'
     assert [conv["conversations"][i]["value"] for i in (2, 4)] == ["A", "B"]
 

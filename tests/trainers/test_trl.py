@@ -101,6 +101,8 @@ async def test_16_concurrent_rollouts_keep_their_own_state(
     module = trl_export.module
     rows = [trl_export.rows[i % 2] for i in range(16)]
     envs = [start(module, row) for row in rows]
-    replies = await asyncio.gather(*[oracle(e, row, environments[i % 2]) for i, (e, row) in enumerate(zip(envs, rows))])
+    replies = await asyncio.gather(
+        *[oracle(e, row, environments[i % 2]) for i, (e, row) in enumerate(zip(envs, rows, strict=True))]
+    )
     assert module.process_reward(environments=envs) == [1.0] * 16
     assert all(json.loads(r[2])["order_id"] == "ORD-1" and json.loads(r[3])["quantity"] == 11 for r in replies)

@@ -92,7 +92,8 @@ class PipelineContext:
         return Stage(self.run, name, output_model)
 
     def outputs_of(self, name: str, output_model: type[T], input_ids: set[str] | None = None) -> list[T]:
-        """A finished stage's outputs, limited to the given input ids (stale entries of an old input set are ignored)."""
+        """A finished stage's outputs, limited to the given input ids (stale entries of an old input set are
+        ignored)."""
         stage = Stage(self.run, name, output_model)
         return [
             output_model.model_validate(o)

@@ -169,7 +169,10 @@ def _proposed_answer(steps: list[StepReply]) -> str:
 async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
     try:
         reply, audit = await ctx.ask(
-            decomposition_prompt(qa, ctx.config.max_steps), DecompositionReply, system=SYSTEM, prompt_version=PROMPT_VERSION
+            decomposition_prompt(qa, ctx.config.max_steps),
+            DecompositionReply,
+            system=SYSTEM,
+            prompt_version=PROMPT_VERSION,
         )
     except LLMOutputError as exc:
         return Outcome.drop(f"decomposition_failed: {exc.reason}", failed=True, audit=exc.audit)

@@ -19,8 +19,8 @@ from typing import Any
 import anyio
 
 from astra.records import Decomposition, EnvironmentSpec, ToolImplementation, Verifier, stable_id
-from astra.synthesis._stage import Outcome, StageCounts
 from astra.servers._rewards import answer_in_result, parse_tool_value
+from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._decompose import last_step_id
 from astra.synthesis.environments._merge import current_merged_tools
@@ -64,7 +64,9 @@ def build_environment(dec: Decomposition, tool_of_step: dict[str, tuple[MergedTo
                                       expected_result=call.result if call.result is not None else call.expected))
         else:
             verifiers.append(Verifier(id=step.id, sub_question=step.sub_question, expected_answer=step.sub_answer))
-    env_id = stable_id("env", dec.id, sorted((m.id, m.implementation.source) for m, _ in tool_of_step.values()), prefix="env_")
+    env_id = stable_id(
+        "env", dec.id, sorted((m.id, m.implementation.source) for m, _ in tool_of_step.values()), prefix="env_"
+    )
     return EnvironmentSpec(
         id=env_id,
         name=env_name,
@@ -121,14 +123,19 @@ async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60
                     if result.is_error:
                         failures.append(f"{v.id}: {v.tool} returned an error: {json.dumps(value, default=str)[:200]}")
                     elif not answer_in_result(value, v.expected_answer):  # the reward's own rule
-                        failures.append(f"{v.id}: {v.tool} returned {json.dumps(value, default=str)[:200]}, expected {v.expected_answer!r}")
+                        failures.append(
+                            f"{v.id}: {v.tool} returned {json.dumps(value, default=str)[:200]}, expected "
+                            f"{v.expected_answer!r}"
+                        )
                     else:
                         passed += 1
     except TimeoutError:
         failures.append(f"timeout after {timeout_s}s")
     except Exception as exc:  # a server that fails to start or dies is a failed certificate
         failures.append(f"server failed: {type(exc).__name__}: {exc}")
-    return Certificate(calls=len(calls), passed=passed, seconds=round(time.perf_counter() - start, 3), failures=failures)
+    return Certificate(
+        calls=len(calls), passed=passed, seconds=round(time.perf_counter() - start, 3), failures=failures
+    )
 
 
 def environment_items(ctx: PipelineContext) -> list[tuple[str, Any]]:
@@ -152,7 +159,12 @@ def environment_items(ctx: PipelineContext) -> list[tuple[str, Any]]:
             else:
                 missing.append(step.id)
         if missing:
-            items.append((stable_id("env_missing", dec.id, prefix="envx_"), f"missing_tool: no verified tool for step {', '.join(missing)}"))
+            items.append(
+                (
+                    stable_id("env_missing", dec.id, prefix="envx_"),
+                    f"missing_tool: no verified tool for step {', '.join(missing)}",
+                )
+            )
         else:
             spec = build_environment(dec, tool_of_step)
             items.append((spec.id, (dec, spec)))

@@ -31,9 +31,6 @@ from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._emit import current_environments, mcp_servers_block
 from astra.synthesis.environments._models import EmittedEnvironment
 from astra.trainers._pool import EpisodePool, stdio_launch
-from astra.trainers.hardening import harden
-from astra.trainers.hosts import write_host_configs
-from astra.trainers.trl import trl_module_source, trl_rows
 from astra.trainers.export import (
     SYSTEM_PROMPT,
     ExportEnvironment,
@@ -44,6 +41,9 @@ from astra.trainers.export import (
     write_verl_parquet,
     write_yaml,
 )
+from astra.trainers.hardening import harden
+from astra.trainers.hosts import write_host_configs
+from astra.trainers.trl import trl_module_source, trl_rows
 
 __all__ = ["SYSTEM_PROMPT", "export_environment", "rl_sample", "run_export"]
 

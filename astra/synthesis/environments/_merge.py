@@ -28,7 +28,9 @@ from astra.synthesis.environments._sandbox import SandboxRunner
 from astra.synthesis.environments._synthesize import EXAMPLE, SYSTEM, ToolReply, implementation_of, static_problems
 
 PROMPT_VERSION = "merge-v1"
-_STOP = frozenset("a an the of to in for from by and or with on at is are get compute calculate find return value given".split())
+_STOP = frozenset(
+    "a an the of to in for from by and or with on at is are get compute calculate find return value given".split()
+)
 _TOKEN = re.compile(r"[a-z]+|\d+")
 
 
@@ -91,7 +93,11 @@ async def serves_all(
         if not result.ok:
             return f"call {call.synth_id}: {result.error_kind or 'error'}: {result.error}", []
         if not answer_in_result(result.value, call.expected):
-            return f"call {call.synth_id}: returned {json.dumps(result.value, default=str)[:120]}, expected {call.expected!r}", []
+            return (
+                f"call {call.synth_id}: returned {json.dumps(result.value, default=str)[:120]}, expected "
+                f"{call.expected!r}",
+                [],
+            )
         served.append(call.model_copy(update={"result": result.value}))
     return None, served
 
@@ -125,10 +131,15 @@ async def merge_cluster(ctx: PipelineContext, sandbox: SandboxRunner, cluster: l
     cluster_id = stable_id("merged", *[t.id for t in cluster], prefix="mt_")
     failures: list[str] = []
     # prefer generalised variants and wider interfaces: more likely to serve every call
-    candidates = sorted(cluster, key=lambda t: (t.variant != "scaled", -len(t.implementation.spec.input_schema.get("properties", {})), t.id))
+    candidates = sorted(
+        cluster,
+        key=lambda t: (t.variant != "scaled", -len(t.implementation.spec.input_schema.get("properties", {})), t.id),
+    )
     for cand in candidates:
         impl = cand.implementation
-        why, served = await serves_all(sandbox, impl.entrypoint or impl.spec.name, impl.source, impl.spec.input_schema, calls)
+        why, served = await serves_all(
+            sandbox, impl.entrypoint or impl.spec.name, impl.source, impl.spec.input_schema, calls
+        )
         if why is None:
             merged = MergedTool(id=cluster_id, implementation=impl, members=[t.id for t in cluster], calls=served,
                                 merged=True, merge_note=f"member {cand.id} serves all {len(calls)} calls")

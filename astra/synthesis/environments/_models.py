@@ -23,8 +23,11 @@ class EnvironmentPipelineConfig(BaseModel):
     qa_path: Path | None = Field(default=None, description='input {"question", "answer"?, "domain"?} JSONL (no answer: '
                                  "the original ASTRA's questions.jsonl; the decomposition proposes it, unverified)")
     domains: list[str] = Field(default_factory=list, description="generate QA for these domains (with the model)")
-    corpus_path: Path | None = Field(default=None, description="generate QA grounded in this text file (paragraphs), "
-                                     'or in the original ASTRA\'s knowledge corpus JSONL ({"domain", "knowledge_corpus"})')
+    corpus_path: Path | None = Field(
+        default=None,
+        description="generate QA grounded in this text file (paragraphs), "
+        'or in the original ASTRA\'s knowledge corpus JSONL ({"domain", "knowledge_corpus"})',
+    )
     resume_from: Path | None = Field(default=None, description="the original ASTRA's environment pipeline output "
                                      "(main_question, decomposition_trace, ...): its QA, decompositions and necessity "
                                      "verdicts are taken; the run goes on from verification")
@@ -42,7 +45,9 @@ class EnvironmentPipelineConfig(BaseModel):
         default=None, ge=0.0, le=100.0, description="set the threshold from the run's scores instead: keep the items "
         "at or above this percentile of all verification scores (the original sets it from the score distribution)")
     synth_attempts: int = Field(default=3, ge=1, le=10, description="tool code attempts per step (feedback between)")
-    complexity_scaling: bool = Field(default=False, description="also ask for a generalised tool; kept when it still verifies")
+    complexity_scaling: bool = Field(
+        default=False, description="also ask for a generalised tool; kept when it still verifies"
+    )
     merge_tools: bool = True
     sandbox_timeout_s: float = Field(default=5.0, gt=0)
     sandbox_memory_mb: int = Field(default=256, ge=32)
@@ -52,7 +57,9 @@ class EnvironmentPipelineConfig(BaseModel):
     save_to_registry: bool = True
     data_source: str = "astra_env"
     certify_timeout_s: float = Field(default=60.0, gt=0)
-    distractors: int = Field(default=0, ge=0, description="look-alike tools of other environments offered per RL sample")
+    distractors: int = Field(
+        default=0, ge=0, description="look-alike tools of other environments offered per RL sample"
+    )
 
     @property
     def servers_dir(self) -> Path:

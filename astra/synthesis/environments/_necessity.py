@@ -62,14 +62,18 @@ def necessity_violations(dec: Decomposition) -> list[str]:
 
 async def necessity_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
     try:
-        reply, audit = await ctx.ask(necessity_prompt(dec), NecessityReply, system=SYSTEM, prompt_version=PROMPT_VERSION)
+        reply, audit = await ctx.ask(
+            necessity_prompt(dec), NecessityReply, system=SYSTEM, prompt_version=PROMPT_VERSION
+        )
     except LLMOutputError as exc:
         return Outcome.drop(f"necessity_failed: {exc.reason}", failed=True, audit=exc.audit)
     by_id = {i.id: i for i in reply.steps}
     missing = [s.id for s in dec.steps if s.id not in by_id]
     if missing:
         return Outcome.drop(f"necessity_incomplete: no verdict for step {', '.join(missing)}", failed=True, audit=audit)
-    steps = [s.model_copy(update={"needs_tool": by_id[s.id].needs_tool, "reason": by_id[s.id].reason}) for s in dec.steps]
+    steps = [
+        s.model_copy(update={"needs_tool": by_id[s.id].needs_tool, "reason": by_id[s.id].reason}) for s in dec.steps
+    ]
     out = dec.model_copy(update={"steps": steps})
     if not any(s.needs_tool for s in steps):
         return Outcome.drop("no_tool_needed: no step needs a tool", audit=audit)

@@ -88,7 +88,11 @@ def funnel_of(ctx: PipelineContext) -> Funnel:
 
 
 async def run_environment_pipeline(
-    config: EnvironmentPipelineConfig, *, progress: bool = True, model: Model | None = None, stages: tuple[str, ...] = STAGES
+    config: EnvironmentPipelineConfig,
+    *,
+    progress: bool = True,
+    model: Model | None = None,
+    stages: tuple[str, ...] = STAGES,
 ) -> PipelineResult:
     """Run (or resume) every stage; returns the funnel, emitted servers, mcpServers block and export paths.
 
@@ -125,7 +129,9 @@ def funnel_problems(funnel: Funnel) -> list[str]:
     for s in funnel.stages:
         kept = s.inputs - s.dropped
         if kept < 0 or (s.outputs == 0 and kept != 0) or s.failed > s.dropped:
-            problems.append(f"{s.stage}: inputs {s.inputs}, outputs {s.outputs}, dropped {s.dropped}, failed {s.failed}")
+            problems.append(
+                f"{s.stage}: inputs {s.inputs}, outputs {s.outputs}, dropped {s.dropped}, failed {s.failed}"
+            )
     for prev, nxt in (("qa", "decompose"), ("decompose", "necessity"), ("necessity", "verify"), ("verify", "emit")):
         if prev in by and nxt in by and by[prev].outputs != by[nxt].inputs:
             problems.append(f"{prev} produced {by[prev].outputs} but {nxt} consumed {by[nxt].inputs}")

@@ -29,8 +29,11 @@ class QALine(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     question: str = Field(min_length=1)
-    answer: str | None = Field(default=None, description="missing: a question-only line (the original ASTRA's "
-                               "questions.jsonl); decomposition proposes the answer, unverified until tools reproduce it")
+    answer: str | None = Field(
+        default=None,
+        description="missing: a question-only line (the original ASTRA's "
+        "questions.jsonl); decomposition proposes the answer, unverified until tools reproduce it",
+    )
     domain: str | None = None
 
     @field_validator("answer", mode="before")

@@ -113,7 +113,9 @@ def static_problems(reply: ToolReply, expected: Any) -> list[str]:
 
 def _known_facts(dec: Decomposition, step: DecompositionStep) -> list[dict[str, str]]:
     by_id = {s.id: s for s in dec.steps}
-    return [{"step": d, "sub_question": by_id[d].sub_question, "sub_answer": by_id[d].sub_answer} for d in step.depends_on]
+    return [
+        {"step": d, "sub_question": by_id[d].sub_question, "sub_answer": by_id[d].sub_answer} for d in step.depends_on
+    ]
 
 
 def synthesis_prompt(dec: Decomposition, step: DecompositionStep) -> str:
@@ -153,7 +155,9 @@ async def _try(
         return record
     record.result = result.value
     if not answer_in_result(result.value, expected):  # records accepted: a normalised leaf value must equal it
-        record.error = f"wrong_result: the call returned {json.dumps(result.value, default=str)[:200]}, expected {expected!r}"
+        record.error = (
+            f"wrong_result: the call returned {json.dumps(result.value, default=str)[:200]}, expected {expected!r}"
+        )
         return record
     record.ok = True
     return record
@@ -161,13 +165,17 @@ async def _try(
 
 def implementation_of(reply: ToolReply) -> ToolImplementation:
     return ToolImplementation(
-        spec=ToolSpec(server="synthesized", name=reply.name, description=reply.description, input_schema=reply.parameters),
+        spec=ToolSpec(
+            server="synthesized", name=reply.name, description=reply.description, input_schema=reply.parameters
+        ),
         source=reply.code,
         entrypoint=reply.name,
     )
 
 
-async def synthesize_one(ctx: PipelineContext, sandbox: SandboxRunner, dec: Decomposition, step: DecompositionStep) -> Outcome:
+async def synthesize_one(
+    ctx: PipelineContext, sandbox: SandboxRunner, dec: Decomposition, step: DecompositionStep
+) -> Outcome:
     messages = [ChatMessage(role="user", content=synthesis_prompt(dec, step))]
     attempts: list[SynthAttempt] = []
     audit: list[dict[str, Any]] = []
@@ -189,15 +197,21 @@ async def synthesize_one(ctx: PipelineContext, sandbox: SandboxRunner, dec: Deco
         messages = [
             *messages,
             ChatMessage(role="assistant", content=calls[-1].get("raw", "")),
-            ChatMessage(role="user", content=f"That tool failed: {record.error}. Fix it and reply with the whole tool again."),
+            ChatMessage(
+                role="user", content=f"That tool failed: {record.error}. Fix it and reply with the whole tool again."
+            ),
         ]
     synth_id = stable_id("tool", dec.id, step.id, prefix="tool_")
     meta = {"attempts": [a.model_dump(mode="json") for a in attempts]}
     if accepted is None:
         last = attempts[-1].error if attempts else "no attempt"
-        return Outcome.drop(f"synthesis_failed: {len(attempts)} attempt(s); last: {last}", failed=True, audit=[*audit, meta])
+        return Outcome.drop(
+            f"synthesis_failed: {len(attempts)} attempt(s); last: {last}", failed=True, audit=[*audit, meta]
+        )
     implementation = implementation_of(accepted)
-    call = ReferenceCall(synth_id=synth_id, arguments=accepted.arguments, expected=step.sub_answer, result=accepted_result)
+    call = ReferenceCall(
+        synth_id=synth_id, arguments=accepted.arguments, expected=step.sub_answer, result=accepted_result
+    )
     variant = "base"
     if ctx.config.complexity_scaling:
         try:
@@ -233,4 +247,6 @@ def tool_steps(decs: list[Decomposition]) -> list[tuple[str, tuple[Decomposition
 async def run_synthesize(ctx: PipelineContext) -> StageCounts:
     items = tool_steps(ctx.unique_outputs("verify", Decomposition))
     async with SandboxRunner(ctx.config) as sandbox:
-        return await ctx.map_stage("synthesize", SynthesizedTool, items, lambda pair: synthesize_one(ctx, sandbox, *pair))
+        return await ctx.map_stage(
+            "synthesize", SynthesizedTool, items, lambda pair: synthesize_one(ctx, sandbox, *pair)
+        )

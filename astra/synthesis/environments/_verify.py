@@ -121,7 +121,9 @@ def rule_scores(dec: Decomposition) -> dict[str, float]:
     atomic = sum(1 for s in dec.steps if not _TWO_QUESTIONS.search(s.sub_question.strip())) / n
     by_id = {s.id: s for s in dec.steps}
     serial_violations = sum(
-        1 for s in dec.steps if s.is_parallel and any(by_id[d].is_parallel and by_id[d].hop == s.hop for d in s.depends_on)
+        1
+        for s in dec.steps
+        if s.is_parallel and any(by_id[d].is_parallel and by_id[d].hop == s.hop for d in s.depends_on)
     )
     serialisation = 1.0 - serial_violations / n
     contributing = nx.ancestors(graph, final) | {final}

@@ -51,7 +51,9 @@ class Defect(StrEnum):
 class ItemLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ref: str = Field(description="the judged item: C<n>, T<n>, P<n>, U<n>, F.understand, F.plan, A.relevance, A.summary")
+    ref: str = Field(
+        description="the judged item: C<n>, T<n>, P<n>, U<n>, F.understand, F.plan, A.relevance, A.summary"
+    )
     score: float
     why: str = Field(min_length=1, description="the label's justification")
 
@@ -242,7 +244,9 @@ class CalibrationReport(BaseModel):
         return table
 
 
-async def _score_case(case: CalibrationCase, judge: Model | None, mode: JudgeMode) -> tuple[dict[str, float], bool, int]:
+async def _score_case(
+    case: CalibrationCase, judge: Model | None, mode: JudgeMode
+) -> tuple[dict[str, float], bool, int]:
     reward, _ = await reward_trajectory(case.task, case.trajectory, judge, mode=mode)
     if reward.status != "ok":
         return {}, False, reward.judge_calls or 0

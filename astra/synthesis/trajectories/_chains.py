@@ -75,7 +75,9 @@ def sample_walks(
             succ = sorted(s for s in g.successors(path[-1]) if s not in path)  # acyclic: never revisit
             if not succ:
                 break
-            w = [max(g.edges[path[-1], s]["score"], 1e-3) * (uncovered_weight if s not in covered else 1.0) for s in succ]
+            w = [
+                max(g.edges[path[-1], s]["score"], 1e-3) * (uncovered_weight if s not in covered else 1.0) for s in succ
+            ]
             path.append(rng.choices(succ, weights=w)[0])
         attempt_id = f"walk-{seed}-{attempt}"
         key = tuple(path)
@@ -116,14 +118,23 @@ def sample_toolsets(
             continue
         seen.add(key)
         covered.update(picked)
-        out.append(ToolChain(id=stable_id("toolset", list(key), prefix="ts-"), calls=[ChainCall(tool=t) for t in picked],
-                             kind="toolset", graph=graph.name, graph_version=graph.version))
+        out.append(
+            ToolChain(
+                id=stable_id("toolset", list(key), prefix="ts-"),
+                calls=[ChainCall(tool=t) for t in picked],
+                kind="toolset",
+                graph=graph.name,
+                graph_version=graph.version,
+            )
+        )
     return out
 
 
 def coverage(graph: ToolGraph, chains: Sequence[ToolChain]) -> Coverage:
     tools = {c.tool for ch in chains for c in ch.calls}
-    edges = {(a.tool, b.tool) for ch in chains if ch.kind == "chain" for a, b in zip(ch.calls, ch.calls[1:], strict=False)}
+    edges = {
+        (a.tool, b.tool) for ch in chains if ch.kind == "chain" for a, b in zip(ch.calls, ch.calls[1:], strict=False)
+    }
     graph_edges = {(e.src, e.dst) for e in graph.edges}
     return Coverage(tools=len(graph.nodes), tools_covered=len(tools & set(graph.nodes)),
                     edges=len(graph_edges), edges_covered=len(edges & graph_edges))

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from astra.records import ServerSpec
 from astra.errors import UserError, validation_problem
+from astra.records import ServerSpec
 
 
 class _Options(BaseModel):
@@ -97,7 +97,9 @@ class TaskOptions(_Options):
     personas: Path | None = Field(default=None, description="persona JSONL ({\"persona\": ...} or profile fields per "
                                   "line); default: the bundled sample")
     multi_turn: bool = True
-    quality_threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="mean of the four quality scores, in [0, 1]")
+    quality_threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="mean of the four quality scores, in [0, 1]"
+    )
     quality_judge: JudgeMode = Field(default=JudgeMode.LLM, description="llm (judge_model) or rules (no judge model; "
                                      "tasks say quality_judge: rules)")
 
@@ -129,7 +131,9 @@ class RewardOptions(_Options):
     judge: JudgeMode = Field(default=JudgeMode.LLM, description="llm (judge_model) or rules (no judge model)")
     threshold: float = Field(default=0.6, ge=0.0, le=1.0, description="minimum overall reward to export")
     min_dimension: float = Field(default=0.0, ge=0.0, le=1.0, description="every dimension must reach this to export")
-    require_schema_valid: bool = Field(default=False, description="export only when every call's arguments were schema-valid")
+    require_schema_valid: bool = Field(
+        default=False, description="export only when every call's arguments were schema-valid"
+    )
 
 
 class TrajectoryConfig(_Options):
@@ -138,18 +142,25 @@ class TrajectoryConfig(_Options):
     out_dir: Path
     home: Path | None = Field(default=None, description="ASTRA home (registry); default $ASTRA_HOME or ~/.astra")
     servers: list[str] = Field(default_factory=list, description="registry server names")
-    inline_servers: list[ServerSpec] = Field(default_factory=list, description="servers given in full here, not in the registry")
+    inline_servers: list[ServerSpec] = Field(
+        default_factory=list, description="servers given in full here, not in the registry"
+    )
     environments: list[Path] = Field(default_factory=list, description="EnvironmentSpec JSON files, served in-process")
     tasks_path: Path | None = Field(default=None, description="tasks JSONL (Task records or the original ASTRA's "
                                     "tasks.jsonl): the tasks stage reads them instead of generating; servers of their "
                                     "mcp_info join the run; graph, chains and verify are skipped")
-    resume_from: list[Path] = Field(default_factory=list, description="the original ASTRA's intermediate files (graph "
-                                    "detect output, sub-chains, verified chains): the run starts after the latest of them")
+    resume_from: list[Path] = Field(
+        default_factory=list,
+        description="the original ASTRA's intermediate files (graph "
+        "detect output, sub-chains, verified chains): the run starts after the latest of them",
+    )
     live_remote: bool = Field(default=False, description="call documented servers' call_info endpoints live when "
                               "reachable (their ${VAR} secrets from the environment); otherwise they are simulated")
     model: str = "local:smollm2"
     judge_model: str | None = Field(default=None, description="default: model")
-    simulator_model: str | None = Field(default=None, description="simulates tools of servers that cannot run; default: model")
+    simulator_model: str | None = Field(
+        default=None, description="simulates tools of servers that cannot run; default: model"
+    )
     seed: int = 0
     concurrency: int = Field(default=4, ge=1)
     llm_timeout_s: float = Field(default=300.0, gt=0, description="per model request; a timed-out local generation "
@@ -207,7 +218,9 @@ class TrajectoryConfig(_Options):
 
                 data = yaml.safe_load(text)
         except Exception as exc:  # json / yaml parse errors carry line numbers in their message
-            raise ConfigError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from exc
+            raise ConfigError(
+                f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}"
+            ) from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
         base = path.parent.resolve()
@@ -215,11 +228,17 @@ class TrajectoryConfig(_Options):
             if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
                 data[key] = str(base / data[key])
         tasks = data.get("tasks")
-        if isinstance(tasks, dict) and isinstance(tasks.get("personas"), str) and not Path(tasks["personas"]).is_absolute():
+        if (
+            isinstance(tasks, dict)
+            and isinstance(tasks.get("personas"), str)
+            and not Path(tasks["personas"]).is_absolute()
+        ):
             tasks["personas"] = str(base / tasks["personas"])
         for key in ("environments", "resume_from"):
             if isinstance(data.get(key), list):
-                data[key] = [str(base / e) if isinstance(e, str) and not Path(e).is_absolute() else e for e in data[key]]
+                data[key] = [
+                    str(base / e) if isinstance(e, str) and not Path(e).is_absolute() else e for e in data[key]
+                ]
         if isinstance(data.get("tasks_path"), str) and not Path(data["tasks_path"]).expanduser().is_absolute():
             data["tasks_path"] = str(base / data["tasks_path"])
         try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 # pyright: reportMissingTypeStubs=false
 # (pyarrow ships no type information)
-
 import json
 import os
 from collections import Counter

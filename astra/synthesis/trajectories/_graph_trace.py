@@ -35,7 +35,7 @@ from mcp.client import Client
 
 from astra.records import GraphEdge, HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
 from astra.registry import client_target, failure_reason
-from astra.synthesis.trajectories._graph import SemType, ToolProfile, TypedField, walk_schema, profile_servers
+from astra.synthesis.trajectories._graph import SemType, ToolProfile, TypedField, profile_servers, walk_schema
 
 __all__ = ["trace_edges", "read_only", "extract_values", "Observed"]
 

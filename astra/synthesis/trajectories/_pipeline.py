@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from astra.client import Model, ModelResponse, ModelSettings
+from astra.errors import AstraError
 from astra.records import (
     ChatMessage,
     EnvironmentLaunch,
@@ -55,7 +56,6 @@ from astra.synthesis.trajectories._tasks import (
 from astra.synthesis.trajectories._templates import load_template
 from astra.synthesis.trajectories._tokens import gguf_tokenizer
 from astra.synthesis.trajectories._verify import verify_chain
-from astra.errors import AstraError
 
 STAGES = ("graph", "chains", "verify", "tasks", "quality", "rollout", "reward", "export")
 """Stage files in order (the ``tasks`` CLI verb runs ``tasks`` and ``quality``)."""
@@ -113,7 +113,9 @@ class TrajectoryPipeline:
     """One run of the pipeline over a run directory. ``models`` maps a model spec to an
     instance (tests pass scripted models); other specs go through ``astra.client.resolve_model``."""
 
-    def __init__(self, config: TrajectoryConfig, *, models: dict[str, Model] | None = None, progress: bool = True) -> None:
+    def __init__(
+        self, config: TrajectoryConfig, *, models: dict[str, Model] | None = None, progress: bool = True
+    ) -> None:
         self.config = config
         self.progress = progress
         self.run = RunDir(config.out_dir, config=config.model_dump(mode="json"))
@@ -196,10 +198,13 @@ class TrajectoryPipeline:
                 specs.append(spec)
         for env in self._environments.values():
             spec = ServerSpec(
-                id=stable_id("environment", env.id, prefix="srv-"), name=env.name, description=env.description,
+                id=stable_id("environment", env.id, prefix="srv-"),
+                name=env.name,
+                description=env.description,
                 domain=env.provenance.get("domain") if isinstance(env.provenance.get("domain"), str) else None,
                 launch=EnvironmentLaunch(environment_id=env.id),
-                tools=[t.spec.model_copy(update={"server": env.name}) for t in env.tools], source=f"environment:{env.id}",
+                tools=[t.spec.model_copy(update={"server": env.name}) for t in env.tools],
+                source=f"environment:{env.id}",
             )
             self.registry.save_environment(env)
             self.registry.upsert_server(spec)
@@ -208,7 +213,9 @@ class TrajectoryPipeline:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise PipelineError(f"servers named twice: {dup}")
-        specs = [s.model_copy(update={"tools": [t.model_copy(update={"server": s.name}) for t in s.tools]}) for s in specs]
+        specs = [
+            s.model_copy(update={"tools": [t.model_copy(update={"server": s.name}) for t in s.tools]}) for s in specs
+        ]
         _write_json(snapshot, [s.model_dump(mode="json") for s in specs])
         self._servers = specs
         return specs
@@ -318,7 +325,9 @@ class TrajectoryPipeline:
             edges, why = _graph.verdicts_to_edges(batch, verdicts, tools, opts.min_edge_score)
             audit.append({"not_accepted": why})
             if not edges:
-                return Outcome.drop("no_edge_accepted: " + ", ".join(f"{k} {n}" for k, n in sorted(why.items())), audit=audit)
+                return Outcome.drop(
+                    "no_edge_accepted: " + ", ".join(f"{k} {n}" for k, n in sorted(why.items())), audit=audit
+                )
             return Outcome.keep(*edges, audit=audit)
 
         stage = self.stage("graph", GraphEdge)
@@ -359,7 +368,9 @@ class TrajectoryPipeline:
         version = self.registry.save_graph(graph)
         graph = graph.model_copy(update={"version": version})
         _write_json(path, graph.model_dump(mode="json"))
-        self.run.mark("graph", "done", graph=graph.name, version=version, edges=len(graph.edges), nodes=len(graph.nodes))
+        self.run.mark(
+            "graph", "done", graph=graph.name, version=version, edges=len(graph.edges), nodes=len(graph.nodes)
+        )
         return graph
 
     # ------------------------------------------------------------------ 2. chains
@@ -488,7 +499,9 @@ class TrajectoryPipeline:
             elif isinstance(spec.launch, EnvironmentLaunch):
                 found = self.registry.get_environment(spec.launch.environment_id)
                 if found is None:
-                    raise PipelineError(f"server {spec.name!r}: environment {spec.launch.environment_id!r} is not in the registry")
+                    raise PipelineError(
+                        f"server {spec.name!r}: environment {spec.launch.environment_id!r} is not in the registry"
+                    )
                 from astra.servers import build_server
 
                 targets.append((spec.name, build_server(found[0], sandboxed=found[0].sandboxed)))
@@ -592,7 +605,9 @@ class TrajectoryPipeline:
         if "astra-original" in self.config.export_formats:
             paths.update(self.export_original(self.run.path / "export" / "astra-original",
                                               [o.id for o in stage_outputs]))
-        self.run.mark("export", "done", **self.stage("export", SFTSample).counts().model_dump(exclude={"stage"}), paths=paths)
+        self.run.mark(
+            "export", "done", **self.stage("export", SFTSample).counts().model_dump(exclude={"stage"}), paths=paths
+        )
         return paths
 
     def export_original(self, out_dir: Path, trajectory_ids: Sequence[str] | None = None) -> dict[str, str]:
@@ -623,7 +638,10 @@ class TrajectoryPipeline:
             traj_rows.append(row)
         write_jsonl(out_dir / "trajectories.jsonl", traj_rows)
         write_jsonl(out_dir / "rewards.jsonl", reward_rows)
-        return {"astra-original": str(out_dir / "trajectories.jsonl"), "astra-original-rewards": str(out_dir / "rewards.jsonl")}
+        return {
+            "astra-original": str(out_dir / "trajectories.jsonl"),
+            "astra-original-rewards": str(out_dir / "rewards.jsonl"),
+        }
 
     # ------------------------------------------------------------------ funnel
 
@@ -687,7 +705,9 @@ async def run_trajectory_pipeline(
         console = Console(stderr=True)
         console.print(result.funnel.render())
         if result.exports:
-            console.print(f"exported {result.exported} sample(s): " + ", ".join(result.exports.values()), highlight=False)
+            console.print(
+                f"exported {result.exported} sample(s): " + ", ".join(result.exports.values()), highlight=False
+            )
             if config.export_template:
                 for line in report_lines(Path(result.run_dir) / "export"):
                     console.print(line, highlight=False)
@@ -734,21 +754,28 @@ def demo_config(
         source=f"emitted:{emitted}",
     )
     local = model_spec.startswith("local:")  # one in-process model: no point in concurrent requests
-    return TrajectoryConfig.model_validate({
-        "out_dir": str(out_dir),
-        "home": str(home) if home is not None else None,
-        "servers": [] if local else ["geo-locator", "weather-forecast"],
-        "inline_servers": [time_server.model_dump(mode="json"), inventory_server.model_dump(mode="json")],
-        "model": model_spec,
-        "judge_model": judge_model,
-        "seed": 0,
-        "concurrency": 1 if local else 4,
-        "llm_timeout_s": 90.0 if local else 300.0,
-        "graph": {"batch_size": 8, "max_sources_per_tool": 3, "llm_verify": not local},
-        "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
-        "verify": {"enabled": not local, "votes": 1, "distractors": 2},
-        "tasks": {"per_chain": 1, "augmentations": [] if local else ["context_shift", "persona"], "multi_turn": not local,
-                  "quality_threshold": 0.6 if local else 0.25, "quality_judge": "rules" if local else "llm"},
-        "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
-        "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
-    })
+    return TrajectoryConfig.model_validate(
+        {
+            "out_dir": str(out_dir),
+            "home": str(home) if home is not None else None,
+            "servers": [] if local else ["geo-locator", "weather-forecast"],
+            "inline_servers": [time_server.model_dump(mode="json"), inventory_server.model_dump(mode="json")],
+            "model": model_spec,
+            "judge_model": judge_model,
+            "seed": 0,
+            "concurrency": 1 if local else 4,
+            "llm_timeout_s": 90.0 if local else 300.0,
+            "graph": {"batch_size": 8, "max_sources_per_tool": 3, "llm_verify": not local},
+            "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
+            "verify": {"enabled": not local, "votes": 1, "distractors": 2},
+            "tasks": {
+                "per_chain": 1,
+                "augmentations": [] if local else ["context_shift", "persona"],
+                "multi_turn": not local,
+                "quality_threshold": 0.6 if local else 0.25,
+                "quality_judge": "rules" if local else "llm",
+            },
+            "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
+            "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
+        }
+    )

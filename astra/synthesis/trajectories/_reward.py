@@ -376,8 +376,15 @@ def rules_only_items(task: Task, traj: Trajectory, found: Itemised) -> list[Item
                                  reason=f"plans faulty call(s) {', '.join(bad)}" if bad else "plans only sound calls"))
     for ref, batch in found.understand_batches:
         failed = [i for i in batch if _tool_error(traj, traj.messages[i])]
-        items.append(ItemVerdict(kind=ItemKind.UNDERSTAND_BATCH, ref=ref, score=0.5 if failed else 1.0,
-                                 source=Source.RULE, reason="a result in the batch is an error" if failed else "results usable"))
+        items.append(
+            ItemVerdict(
+                kind=ItemKind.UNDERSTAND_BATCH,
+                ref=ref,
+                score=0.5 if failed else 1.0,
+                source=Source.RULE,
+                reason="a result in the batch is an error" if failed else "results usable",
+            )
+        )
     target = set(task.target_tools)
     called = {qualified(s) for s in traj.steps}
     coverage = len(called & target) / len(target) if target else 1.0
@@ -387,15 +394,29 @@ def rules_only_items(task: Task, traj: Trajectory, found: Itemised) -> list[Item
     items.append(ItemVerdict(kind=ItemKind.FIRST_PLAN, ref="F.plan", score=plan_score, source=Source.RULE,
                              reason=f"chain coverage {coverage:.2f}"))
     answer = found.final_answer
-    items.append(fixed.get("A.relevance") or ItemVerdict(
-        kind=ItemKind.ANSWER_RELEVANCE, ref="A.relevance", score=1.0, source=Source.RULE, reason="answered, same language"))
+    items.append(
+        fixed.get("A.relevance")
+        or ItemVerdict(
+            kind=ItemKind.ANSWER_RELEVANCE,
+            ref="A.relevance",
+            score=1.0,
+            source=Source.RULE,
+            reason="answered, same language",
+        )
+    )
     if "A.summary" in fixed:
         items.append(fixed["A.summary"])
     else:
         ok = answer is not None and grounded(answer, traj)
-        items.append(ItemVerdict(kind=ItemKind.ANSWER_SUMMARY, ref="A.summary", score=1.0 if ok else 0.0,
-                                 source=Source.RULE,
-                                 reason="states a value from a tool result" if ok else "states no value from any tool result"))
+        items.append(
+            ItemVerdict(
+                kind=ItemKind.ANSWER_SUMMARY,
+                ref="A.summary",
+                score=1.0 if ok else 0.0,
+                source=Source.RULE,
+                reason="states a value from a tool result" if ok else "states no value from any tool result",
+            )
+        )
     return items
 
 

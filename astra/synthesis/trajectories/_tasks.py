@@ -315,7 +315,9 @@ _TOOLISH = re.compile(r"\b[a-z][a-z0-9]*(?:_[a-z0-9]+)+\b")  # snake_case identi
 _PLACEHOLDER = re.compile(r"<[^<>]{1,40}>|\{[^{}]{0,40}\}|\[(?:insert|your|placeholder)[^\]]*\]|\b(?:TODO|TBD|XXX)\b",
                           re.IGNORECASE)
 _CONCRETE = re.compile(r"\d+(?:[.:/-]\d+)*|(?<![.?!]\s)(?<!^)\b[A-Z][\w-]+|\"[^\"]+\"|'[^']+'")
-_ABOUT_TOOLS = re.compile(r"\b(?:tools?|functions?|APIs?|assistant)\b", re.IGNORECASE)  # asks about the agent, not a need
+_ABOUT_TOOLS = re.compile(
+    r"\b(?:tools?|functions?|APIs?|assistant)\b", re.IGNORECASE
+)  # asks about the agent, not a need
 
 
 def rule_quality(task: Task, tools: dict[str, ToolSpec], threshold: float) -> Outcome:

@@ -61,7 +61,9 @@ async def verify_chain(
 ) -> Outcome:
     """Keep the chain (with its verification record) or drop it with the reason."""
     if chain.kind == "toolset" or not opts.enabled:
-        return Outcome.keep(chain.model_copy(update={"verification": {"skipped": chain.kind if opts.enabled else "disabled"}}))
+        return Outcome.keep(
+            chain.model_copy(update={"verification": {"skipped": chain.kind if opts.enabled else "disabled"}})
+        )
     names = [c.tool for c in chain.calls]
     audit: list[dict[str, Any]] = []
     record: dict[str, Any] = {}
