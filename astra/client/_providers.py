@@ -241,7 +241,7 @@ class OpenAIModel(_SdkModel):
     (``client.post("/chat/completions", content=..., cast_to=bytes)``: its auth, headers,
     connection pool and error mapping) with the body already encoded: the messages are in
     wire format already, and the SDK's typed request transform and response models cost
-    most of an episode's CPU and grow quadratically with its length (DESIGN.md). Each
+    most of an episode's CPU and grow quadratically with its length (docs/ARCHITECTURE.md "Performance facts"). Each
     message's JSON is encoded once and reused on the next steps of its episode; tool schemas
     are encoded once per tool list.
     """
