@@ -366,6 +366,8 @@ class Decomposition(Record):
     scores: dict[str, float] = Field(default_factory=dict)
     flags: list[str] = Field(default_factory=list, description="problems checks found without dropping the item")
     model: str | None = None
+    judge: str | None = Field(default=None, description="who judged necessity and verification: 'rules' when the "
+                              "model cannot (the embedded model); None: the LLM judge")
     answer_unverified: bool = Field(default=False, description="the final answer was proposed by the decomposing "
                                     "model (question-only input), not given")
 

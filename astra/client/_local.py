@@ -36,6 +36,7 @@ from astra.records import ChatMessage, ToolCall, Usage
 STRING_MAX = 200
 ANSWER_MAX = 600
 DEFAULT_MAX_TOKENS = 256
+ANSWER_HINT = 'If this answers the request, reply {"answer": "<the answer, using this result>"}.'
 
 _MODELS: dict[tuple[str, int], tuple[Any, threading.Lock]] = {}
 _MODELS_LOCK = threading.Lock()
@@ -171,12 +172,9 @@ def _to_local_messages(messages: Sequence[ChatMessage], tools: Sequence[dict[str
                 parts.append(json.dumps({"tool": c.name, "arguments": args}))
             out.append({"role": "assistant", "content": "\n".join(parts)})
         elif m.role == "tool":
-            out.append(
-                {
-                    "role": "user",
-                    "content": f"Result of tool {m.name or ''} (call {m.tool_call_id}):\n{m.content or ''}",
-                }
-            )
+            # a small model repeats its call forever unless told that a result can be the answer
+            result = f"Result of tool {m.name or ''} (call {m.tool_call_id}):\n{m.content or ''}"
+            out.append({"role": "user", "content": f"{result}\n{ANSWER_HINT}"})
     return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import networkx as nx
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from astra.records import Decomposition, DecompositionStep, QAItem, stable_id
 from astra.synthesis._llm import LLMOutputError
@@ -166,17 +166,25 @@ def _proposed_answer(steps: list[StepReply]) -> str:
     return next(s for s in steps if s.id == final).sub_answer
 
 
+def reply_model(max_steps: int) -> type[DecompositionReply]:
+    """The reply schema with at most ``max_steps`` steps (a constrained decoder stops there)."""
+    if max_steps >= 8:
+        return DecompositionReply
+    return create_model("DecompositionReply", __base__=DecompositionReply,
+                        steps=(list[StepReply], Field(min_length=1, max_length=max_steps)))
+
+
 async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
     try:
-        reply, audit = await ctx.ask(
-            decomposition_prompt(qa, ctx.config.max_steps),
-            DecompositionReply,
-            system=SYSTEM,
-            prompt_version=PROMPT_VERSION,
-        )
+        reply, audit = await ctx.ask(decomposition_prompt(qa, ctx.config.max_steps), reply_model(ctx.config.max_steps),
+                                     system=SYSTEM, prompt_version=PROMPT_VERSION)
     except LLMOutputError as exc:
         return Outcome.drop(f"decomposition_failed: {exc.reason}", failed=True, audit=exc.audit)
     steps = reply.steps
+    if ctx.config.max_steps == 1 and len(steps) == 1 and not qa.answer_unverified:
+        # a single hop's answer is the given final answer by definition (a small model copies it badly);
+        # synthesis still has to write a tool that reproduces it in the sandbox
+        steps = [steps[0].model_copy(update={"sub_answer": qa.answer})]
     if len(steps) < ctx.config.min_steps:
         return Outcome.drop(f"too_few_steps: {len(steps)} < {ctx.config.min_steps}", audit=audit)
     if len(steps) > ctx.config.max_steps:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from astra.records import EnvironmentSpec, Record, ToolImplementation
 from astra.synthesis._stage import Funnel
+from astra.synthesis.trajectories._config import JudgeMode
 
 STAGES = ("qa", "decompose", "necessity", "verify", "synthesize", "merge", "emit", "export")
 
@@ -39,7 +40,9 @@ class EnvironmentPipelineConfig(BaseModel):
     concurrency: int = Field(default=4, ge=1)
     min_steps: int = Field(default=1, ge=1, description="a decomposition needs at least this many hops (1: single-hop "
                            "questions are allowed)")
-    max_steps: int = Field(default=8, ge=1)
+    max_steps: int = Field(default=8, ge=1, description="at most this many hops (below 8 also bounds the decoder)")
+    judge: JudgeMode = Field(default=JudgeMode.LLM, description="who judges necessity and verification: 'rules' for a "
+                             "model too small to judge (the records say judge: rules)")
     verify_threshold: float = Field(default=0.75, ge=0.0, le=1.0, description="fixed verification threshold")
     verify_percentile: float | None = Field(
         default=None, ge=0.0, le=100.0, description="set the threshold from the run's scores instead: keep the items "

@@ -8,6 +8,7 @@ that breaks it is dropped (``necessity_violated``), as is one where no step need
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -15,8 +16,10 @@ from pydantic import BaseModel, Field, field_validator
 from astra.records import Decomposition
 from astra.synthesis._llm import LLMOutputError
 from astra.synthesis._stage import Outcome, StageCounts
+from astra.synthesis.environments._answers import answers_match
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._decompose import StepsReply
+from astra.synthesis.trajectories._config import JudgeMode
 
 PROMPT_VERSION = "necessity-v1"
 
@@ -60,13 +63,30 @@ def necessity_violations(dec: Decomposition) -> list[str]:
             for s in dec.steps if s.id in used_by and s.needs_tool is False]
 
 
+def rule_necessity(dec: Decomposition) -> NecessityReply:
+    """Necessity by rules, for a model too small to judge: a step whose sub-answer the question
+    states (a normalised token of it) is read from the question; any other needs a tool."""
+    question = dec.question.lower()
+    tokens = set(re.findall(r"[\w.:-]+", question)) | {t.rstrip(".") for t in question.split()}
+    items = []
+    for s in dec.steps:
+        stated = any(answers_match(s.sub_answer, t) for t in tokens)
+        reason = (f"rules: the question states {s.sub_answer!r}" if stated
+                  else f"rules: {s.sub_answer!r} is not in the question, so a tool must produce it")
+        items.append(NecessityItem(id=s.id, needs_tool=not stated, reason=reason))
+    return NecessityReply(steps=items)
+
+
 async def necessity_one(ctx: PipelineContext, dec: Decomposition) -> Outcome:
-    try:
-        reply, audit = await ctx.ask(
-            necessity_prompt(dec), NecessityReply, system=SYSTEM, prompt_version=PROMPT_VERSION
-        )
-    except LLMOutputError as exc:
-        return Outcome.drop(f"necessity_failed: {exc.reason}", failed=True, audit=exc.audit)
+    if ctx.config.judge == JudgeMode.RULES:
+        reply, audit = rule_necessity(dec), []
+        dec = dec.model_copy(update={"judge": JudgeMode.RULES.value})
+    else:
+        try:
+            reply, audit = await ctx.ask(necessity_prompt(dec), NecessityReply, system=SYSTEM,
+                                         prompt_version=PROMPT_VERSION)
+        except LLMOutputError as exc:
+            return Outcome.drop(f"necessity_failed: {exc.reason}", failed=True, audit=exc.audit)
     by_id = {i.id: i for i in reply.steps}
     missing = [s.id for s in dec.steps if s.id not in by_id]
     if missing:

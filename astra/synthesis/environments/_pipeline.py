@@ -19,6 +19,7 @@ from astra.synthesis.environments._necessity import run_necessity
 from astra.synthesis.environments._qa import run_qa
 from astra.synthesis.environments._synthesize import run_synthesize
 from astra.synthesis.environments._verify import run_verify
+from astra.synthesis.trajectories._config import JudgeMode
 
 
 def sample_qa_path() -> Path:
@@ -26,32 +27,41 @@ def sample_qa_path() -> Path:
     return Path(str(resources.files("astra.synthesis.environments") / "data" / "sample_qa.jsonl"))
 
 
+def demo_qa_path() -> Path:
+    """The embedded model's demo QA: single-hop questions in the shape of the decomposition and
+    synthesis prompts' worked example (a 135M model follows an example; it does not plan)."""
+    return Path(str(resources.files("astra.synthesis.environments") / "data" / "demo_qa.jsonl"))
+
+
 def demo_config(
     out_dir: str | Path, model_spec: str = "local:smollm2", home: str | Path | None = None, limit: int | None = None
 ) -> EnvironmentPipelineConfig:
-    """The config ``astra demo`` runs: the bundled QA set (its first ``limit`` questions), one run
-    directory under ``out_dir``."""
+    """The config ``astra demo`` runs: the bundled QA set (the embedded model: the demo QA set),
+    its first ``limit`` questions, one run directory under ``out_dir``."""
     out_dir = Path(out_dir)
-    qa_path = sample_qa_path()
+    local = model_spec.startswith("local:")
+    qa_path = demo_qa_path() if local else sample_qa_path()
     if limit is not None:
         lines = [line for line in qa_path.read_text("utf-8").splitlines() if line.strip()][: max(1, limit)]
         qa_path = out_dir / "sample_qa.jsonl"
         qa_path.parent.mkdir(parents=True, exist_ok=True)
         qa_path.write_text("\n".join(lines) + "\n", "utf-8")
-    local = model_spec.startswith("local:")
     return EnvironmentPipelineConfig(
         run_dir=out_dir / "envs-run",
         qa_path=qa_path,
         model=model_spec,
         home=Path(home) if home is not None else None,
-        # the embedded 135M model: short replies and no retries (it rarely repairs a reply, and
-        # the repair prompt doubles the context); ~70 tok/s on 2 idle cores, so 256 tokens take
-        # ~4 s; the timeout bounds a run on a busy machine. One request at a time: llama.cpp
-        # serialises them anyway, and a queued request's wait would count against its timeout.
-        max_tokens=384 if local else 1024,
+        # the embedded 135M model: short bounded replies (a tool in the example's shape is ~120
+        # tokens, a single-hop decomposition ~60) and no retries (it rarely repairs a reply, and the
+        # repair prompt doubles the context); it cannot judge, so necessity and verification are
+        # rules (recorded as judge: rules) and the sandbox run of each tool is the real check.
+        # One request at a time: llama.cpp serialises them anyway.
+        max_tokens=200 if local else 1024,
+        max_steps=1 if local else 8,
+        judge=JudgeMode.RULES if local else JudgeMode.LLM,
         llm_retries=0 if local else 2,
         synth_attempts=2 if local else 3,
-        model_timeout_s=150.0 if local else 120.0,
+        model_timeout_s=120.0,
         concurrency=1 if local else 2,
     )
 

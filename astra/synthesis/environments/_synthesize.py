@@ -18,7 +18,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from astra.records import ChatMessage, Decomposition, DecompositionStep, ToolImplementation, ToolSpec, stable_id
 from astra.synthesis._llm import LLMOutputError
@@ -49,10 +50,32 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _STDLIB = frozenset(sys.stdlib_module_names)
 
 
+# The reply's JSON Schema is also a constrained decoder's grammar: ``parameters`` must then be an
+# object schema with typed properties, and the call's arguments must be given (validation is unchanged).
+_PARAMETERS_GRAMMAR: JsonDict = {
+    "properties": {
+        "type": {"const": "object"},
+        "properties": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"type": {"enum": ["number", "integer", "string", "boolean"]},
+                                             "description": {"type": "string"}},
+            "required": ["type", "description"], "additionalProperties": False}},
+        "required": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["type", "properties", "required"],
+    "additionalProperties": False,
+}
+
+
+def _require_arguments(schema: JsonDict) -> None:
+    schema["required"] = ["name", "description", "parameters", "arguments", "code"]
+
+
 class ToolReply(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_require_arguments)
+
     name: str
     description: str = Field(min_length=1)
-    parameters: dict[str, Any]
+    parameters: dict[str, Any] = Field(json_schema_extra=_PARAMETERS_GRAMMAR)
     arguments: dict[str, Any] = Field(default_factory=dict)
     code: str = Field(min_length=1)
 

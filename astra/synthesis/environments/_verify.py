@@ -37,6 +37,7 @@ from astra.synthesis.environments._decompose import (
     dependency_graph,
     last_step_id,
 )
+from astra.synthesis.trajectories._config import JudgeMode
 
 PROMPT_VERSION = "verify-v2"
 CHECKS = ("dependency", "atomicity", "serialisation", "completeness")
@@ -152,6 +153,12 @@ def judge_prompt(dec: Decomposition) -> str:
 
 async def verify_one(ctx: PipelineContext, dec: Decomposition, threshold: float) -> Outcome:
     rules = rule_scores(dec)
+    if ctx.config.judge == JudgeMode.RULES:
+        # a model too small to judge: the rule parts alone, and the record says so (judge: rules)
+        score = fmean(rules[k] for k in CHECKS)
+        scores = {**dec.scores, **rules, "score": score, **{f"rule_{k}": v for k, v in rules.items()}}
+        return Outcome.gated({GATE: (score, threshold)},
+                             dec.model_copy(update={"scores": scores, "judge": JudgeMode.RULES.value}))
     try:
         reply, audit = await ctx.ask(judge_prompt(dec), reply_model(dec), system=SYSTEM, prompt_version=PROMPT_VERSION)
     except LLMOutputError as exc:

@@ -94,6 +94,8 @@ class TaskOptions(_Options):
     augmentations: list[str] = Field(default_factory=lambda: list(AUGMENTATIONS),
                                      description="context_shift, complicate, persona (applied to every base question)")
     variants: int = Field(default=1, ge=1, le=8, description="variants per augmentation mode and base question")
+    examples: dict[str, str] = Field(default_factory=dict, description="an example request per tool (server/tool), "
+                                     "shown for a chain with that tool and no back-translated query of its own")
     personas: Path | None = Field(default=None, description="persona JSONL ({\"persona\": ...} or profile fields per "
                                   "line); default: the bundled sample")
     multi_turn: bool = True

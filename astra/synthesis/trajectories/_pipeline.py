@@ -714,6 +714,16 @@ async def run_trajectory_pipeline(
     return result
 
 
+# Example requests in the sample servers' own terms (IANA zone names, the inventory's SKUs).
+DEMO_EXAMPLES = {
+    "time/get_current_time": "What time is it now in Europe/London, and what time is that in Asia/Tokyo?",
+    "time/convert_time": "Convert 09:30 from America/New_York time to Europe/Paris time.",
+    "inventory/list_items": "Which items of the tools category do we have, and how many of each?",
+    "inventory/get_item": "How many claw hammers (SKU HAM-2) are in stock, and at what price?",
+    "inventory/create_order": "Order 2 claw hammers (SKU HAM-2) for customer Dana.",
+}
+
+
 def demo_config(
     out_dir: str | os.PathLike[str],
     model_spec: str = "local:smollm2",
@@ -754,28 +764,26 @@ def demo_config(
         source=f"emitted:{emitted}",
     )
     local = model_spec.startswith("local:")  # one in-process model: no point in concurrent requests
-    return TrajectoryConfig.model_validate(
-        {
-            "out_dir": str(out_dir),
-            "home": str(home) if home is not None else None,
-            "servers": [] if local else ["geo-locator", "weather-forecast"],
-            "inline_servers": [time_server.model_dump(mode="json"), inventory_server.model_dump(mode="json")],
-            "model": model_spec,
-            "judge_model": judge_model,
-            "seed": 0,
-            "concurrency": 1 if local else 4,
-            "llm_timeout_s": 90.0 if local else 300.0,
-            "graph": {"batch_size": 8, "max_sources_per_tool": 3, "llm_verify": not local},
-            "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
-            "verify": {"enabled": not local, "votes": 1, "distractors": 2},
-            "tasks": {
-                "per_chain": 1,
-                "augmentations": [] if local else ["context_shift", "persona"],
-                "multi_turn": not local,
-                "quality_threshold": 0.6 if local else 0.25,
-                "quality_judge": "rules" if local else "llm",
-            },
-            "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256},
-            "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
-        }
-    )
+    return TrajectoryConfig.model_validate({
+        "out_dir": str(out_dir),
+        "home": str(home) if home is not None else None,
+        "servers": [] if local else ["geo-locator", "weather-forecast"],
+        "inline_servers": [time_server.model_dump(mode="json"), inventory_server.model_dump(mode="json")],
+        "model": model_spec,
+        "judge_model": judge_model,
+        "seed": 0,
+        "concurrency": 1 if local else 4,
+        "llm_timeout_s": 90.0 if local else 300.0,
+        "graph": {"batch_size": 8, "max_sources_per_tool": 3, "llm_verify": not local},
+        "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
+        "verify": {"enabled": not local, "votes": 1, "distractors": 2},
+        "tasks": {"per_chain": 1, "augmentations": [] if local else ["context_shift", "persona"],
+                  "multi_turn": not local, "quality_threshold": 0.6 if local else 0.25,
+                  "quality_judge": "rules" if local else "llm",
+                  # a 135M model writes a request by varying an example; with none it asks about the tools
+                  "examples": DEMO_EXAMPLES if local else {}},
+        # temperature 0 with the embedded model: a seeded run makes the same data on every machine
+        "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256,
+                    "temperature": 0.0 if local else 0.7},
+        "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
+    })

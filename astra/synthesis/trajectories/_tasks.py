@@ -229,7 +229,8 @@ async def generate_tasks(chain: ToolChain, tools: dict[str, ToolSpec], model: Mo
                          personas: tuple[Persona, ...] | list[Persona] | None = None) -> Outcome:
     """Base questions for a chain / tool set, then variants of every base question."""
     audit: list[dict[str, Any]] = []
-    seed_query = (chain.verification.get("back_translation") or {}).get("query")
+    seed_query = ((chain.verification.get("back_translation") or {}).get("query")
+                  or next((opts.examples[c.tool] for c in chain.calls if c.tool in opts.examples), None))
     hint = f"\nAn example request for this workflow: {seed_query}" if seed_query else ""
     try:
         base, a = await ask_json(
