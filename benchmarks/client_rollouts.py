@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _boost import BOOST, boost  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 HERE = Path(__file__).resolve().parent
 FAKE = HERE.parent / "tests" / "client" / "fake_openai.py"
@@ -85,37 +86,6 @@ class Endpoint:
 
 
 Result = tuple[float, float, float]  # wall s, harness CPU s, MCP server CPU s
-BOOST = {"on": False}
-
-
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def boost() -> None:
-    """With --boost: nice -20 for the autogroups of this process and all its descendants."""
-    if not BOOST["on"]:
-        return
-    for pid in [os.getpid(), *_descendants(os.getpid())]:
-        try:
-            with open(f"/proc/{pid}/autogroup", "w") as fh:
-                fh.write("-20")
-        except OSError:
-            pass
 
 
 def server_cpu_s() -> float:

@@ -25,36 +25,11 @@ import tempfile
 import time
 
 import anyio
+from _boost import BOOST, boost  # benchmarks/ is on sys.path when a benchmark runs as a script
 from mcp.client import Client
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
 from astra.servers import EnvironmentControl, Sandbox, build_server, emit, load_sample, stdio_parameters
-
-BOOST = {"on": False}
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as fh:
-                for child in fh.read().split():
-                    found += [int(child), *_descendants(int(child))]
-    except OSError:
-        pass
-    return found
-
-
-def boost() -> None:
-    """With --boost: nice -20 for the autogroups of this process and all its descendants."""
-    if not BOOST["on"]:
-        return
-    for pid in [os.getpid(), *_descendants(os.getpid())]:
-        try:
-            with open(f"/proc/{pid}/autogroup", "w") as fh:
-                fh.write("-20")
-        except OSError:
-            pass
 
 
 def pct(values: list[float], q: float) -> float:
