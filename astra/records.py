@@ -15,9 +15,10 @@ import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, field_validator
 
-JSONSchema = dict[str, Any]
+from astra.tool_errors import ToolErrorKind
+from astra.tools import JSONSchema, ToolRef
 
 
 def canonical_json(value: Any) -> str:
@@ -191,6 +192,17 @@ class Usage(Record):
         )
 
 
+_TOOL_ERROR_KINDS: dict[str, ToolErrorKind] = {k.value: k for k in ToolErrorKind}
+
+
+def _known_error_kind(value: Any) -> Any:
+    # a kind this version knows is read back as its member; another string (a newer writer) stays as it is
+    return _TOOL_ERROR_KINDS.get(value, value) if type(value) is str else value
+
+
+ErrorKindField = Annotated[ToolErrorKind | str | None, BeforeValidator(_known_error_kind)]
+
+
 class Step(Record):
     """One executed tool call inside an episode."""
 
@@ -202,11 +214,17 @@ class Step(Record):
     arguments: dict[str, Any] | str = Field(default_factory=dict)
     result: Any = None
     is_error: bool = False
-    error_kind: str | None = Field(
-        default=None, description="unknown_tool | bad_arguments | tool_error | timeout | server_died | ..."
-    )
+    error_kind: ErrorKindField = Field(default=None, description="a ToolErrorKind: unknown_tool | bad_arguments | "
+                                       "tool_error | timeout | server_died | ...")
     latency_s: float = 0.0
     simulated: bool = False
+
+    @property
+    def ref(self) -> ToolRef | None:
+        """Where this call went (None when the harness did not know the server: an unknown tool)."""
+        if self.server is None or self.server_tool is None:
+            return None
+        return ToolRef(server=self.server, tool=self.server_tool, exposed=self.tool)
 
 
 class TerminationReason(StrEnum):

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import anyio
 import jsonschema
@@ -36,10 +36,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from astra.client._schema import anthropic_tool, openai_tool, provider_tool_name
 from astra.errors import AstraError
-from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolSpec
+from astra.records import HttpLaunch, ServerSpec, StdioLaunch, ToolErrorKind, ToolSpec
 from astra.registry import client_target, failure_reason, tool_spec_of
 from astra.servers import CONTROL_EXTENSION, EPISODE_META_KEY, EpisodeRefusal, SchemaCheck
 from astra.servers._runtime import CloseEpisodeRequest, ControlResult, EpisodeParams, OpenEpisodeRequest, OpenParams
+from astra.tools import ToolRef
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,6 @@ ServerTarget = ServerSpec | tuple[str, InProcessServer | StdioLaunch | HttpLaunc
 """What :class:`Connections` can open: a registry ServerSpec or a ``(name, server)`` pair,
 where server may also be a zero-argument factory returning an ``MCPServer`` (picklable when
 it is a module-level function, so each worker process builds its own in-process server)."""
-
-ErrorKind = Literal[
-    "tool_error", "unknown_tool", "timeout", "server_died", "server_unavailable", "protocol_error", "episode_refused"
-]
-
 
 class ConnectionFailed(AstraError, RuntimeError):
     """A server could not be started or reached (a user/setup mistake: the message names it)."""
@@ -81,6 +77,11 @@ class ToolBinding(BaseModel):
     server: str
     tool: ToolSpec
 
+    @property
+    def ref(self) -> ToolRef:
+        """Where a call of :attr:`name` goes (what trajectories, exporters and rewards carry)."""
+        return ToolRef(server=self.server, tool=self.tool.name, exposed=self.name)
+
 
 class ToolResult(BaseModel):
     """The outcome of one tool call, error or not (errors are results the model sees)."""
@@ -89,7 +90,7 @@ class ToolResult(BaseModel):
     structured_content: Any = None
     content: list[dict[str, Any]] = Field(default_factory=list)
     is_error: bool = False
-    error_kind: ErrorKind | None = None
+    error_kind: ToolErrorKind | None = None
     latency_s: float = 0.0
 
 
@@ -264,7 +265,7 @@ class _Server:
     ) -> ToolResult:
         start = time.perf_counter()
 
-        def result(kind: ErrorKind, text: str) -> ToolResult:
+        def result(kind: ToolErrorKind, text: str) -> ToolResult:
             return ToolResult(text=text, is_error=True, error_kind=kind, latency_s=time.perf_counter() - start)
 
         client = self.client
@@ -274,7 +275,8 @@ class _Server:
             client = self.client
             if client is None:
                 return result(
-                    "server_unavailable", f"server {self.name!r} is unavailable: {self.error or 'restarting'}"
+                    ToolErrorKind.server_unavailable,
+                    f"server {self.name!r} is unavailable: {self.error or 'restarting'}",
                 )
         generation = self.generation
         try:
@@ -283,22 +285,30 @@ class _Server:
                     tool, arguments, meta={EPISODE_META_KEY: episode} if episode is not None else None
                 )
         except TimeoutError:
-            return result("timeout", f"tool {tool!r} on server {self.name!r} timed out after {timeout_s:g} s")
+            return result(
+                ToolErrorKind.timeout, f"tool {tool!r} on server {self.name!r} timed out after {timeout_s:g} s"
+            )
         except MCPError as exc:
             if exc.error.code == CONNECTION_CLOSED:
                 self.mark_dead(generation)
-                return result("server_died", f"server {self.name!r} died during the call; it is being restarted")
+                return result(
+                    ToolErrorKind.server_died, f"server {self.name!r} died during the call; it is being restarted"
+                )
             if exc.error.code == REQUEST_TIMEOUT:
-                return result("timeout", f"tool {tool!r} timed out: {exc}")
+                return result(ToolErrorKind.timeout, f"tool {tool!r} timed out: {exc}")
             data = exc.error.data
             if isinstance(data, dict) and data.get("reason") in {r.value for r in EpisodeRefusal}:
-                return result("episode_refused", f"server {self.name!r} refused the episode: {exc.error.message}")
-            return result("protocol_error", f"server {self.name!r} rejected the call: {exc}")
+                return result(
+                    ToolErrorKind.episode_refused, f"server {self.name!r} refused the episode: {exc.error.message}"
+                )
+            return result(ToolErrorKind.protocol_error, f"server {self.name!r} rejected the call: {exc}")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError) as exc:
             self.mark_dead(generation)
-            return result("server_died", f"server {self.name!r} connection lost ({type(exc).__name__}); restarting")
+            return result(
+                ToolErrorKind.server_died, f"server {self.name!r} connection lost ({type(exc).__name__}); restarting"
+            )
         except Exception as exc:  # noqa: BLE001 - a malformed result is the call's failure, not the episode's
-            return result("protocol_error", f"server {self.name!r}: {type(exc).__name__}: {exc}")
+            return result(ToolErrorKind.protocol_error, f"server {self.name!r}: {type(exc).__name__}: {exc}")
         self.restarts_in_a_row = 0  # the server answered: it is healthy again
         blocks = [
             {"type": "text", "text": b.text}
@@ -311,7 +321,7 @@ class _Server:
             structured_content=res.structured_content,
             content=blocks,
             is_error=bool(res.is_error),
-            error_kind="tool_error" if res.is_error else None,
+            error_kind=ToolErrorKind.tool_error if res.is_error else None,
             latency_s=time.perf_counter() - start,
         )
 
@@ -548,7 +558,7 @@ class Connections:
         other's state. Without one, an ASTRA environment uses the connection's own episode."""
         binding = self._bindings.get(name)
         if binding is None:
-            return ToolResult(text=f"unknown tool {name!r}", is_error=True, error_kind="unknown_tool")
+            return ToolResult(text=f"unknown tool {name!r}", is_error=True, error_kind=ToolErrorKind.unknown_tool)
         server = self._servers[binding.server]
         return await server.call(binding.tool.name, arguments, timeout_s or self.call_timeout_s,
                                  self._handle_for(binding.server, episode))

@@ -32,6 +32,7 @@ from astra.client._model import Model, ModelError, ModelResponse, ModelSettings
 from astra.client._schema import provider_schema
 from astra.jsonutil import JSONExtractionError, extract_all_json_objects, extract_json
 from astra.records import ChatMessage, ToolCall, Usage
+from astra.tools import function_object, tool_definitions
 
 STRING_MAX = 200
 ANSWER_MAX = 600
@@ -114,14 +115,13 @@ def tool_call_schema(
 ) -> dict[str, Any]:
     """The grammar's JSON Schema: one tool call per tool, or a final answer."""
     options: list[dict[str, Any]] = []
-    for tool in tools:
-        fn = tool.get("function", tool)
-        params = _bound_strings(provider_schema(fn.get("parameters")), string_max)
+    for definition in tool_definitions(tools):
+        params = _bound_strings(provider_schema(definition.parameters), string_max)
         params.pop("description", None)
         options.append(
             {
                 "type": "object",
-                "properties": {"tool": {"const": fn["name"]}, "arguments": params},
+                "properties": {"tool": {"const": definition.name}, "arguments": params},
                 "required": ["tool", "arguments"],
                 "additionalProperties": False,
             }
@@ -144,10 +144,9 @@ def _tool_prompt(tools: Sequence[dict[str, Any]]) -> str:
         '{"answer": "<your final answer>"} when you can answer the user.',
         "Tools:",
     ]
-    for tool in tools:
-        fn = tool.get("function", tool)
-        params = provider_schema(fn.get("parameters"))
-        lines.append(f"- {fn['name']}: {fn.get('description', '')} Arguments schema: {json.dumps(params)}")
+    for definition in tool_definitions(tools):
+        params = provider_schema(definition.parameters)
+        lines.append(f"- {definition.name}: {definition.description} Arguments schema: {json.dumps(params)}")
     return "\n".join(lines)
 
 
@@ -201,8 +200,7 @@ def parse_tool_reply(text: str | None, tool_names: Sequence[str]) -> tuple[str |
     for i, obj in enumerate(flat):
         if not isinstance(obj, dict):
             continue
-        if isinstance(obj.get("function"), dict):
-            obj = obj["function"]
+        obj = function_object(obj)
         name = obj.get("tool") or obj.get("name") or obj.get("tool_name")
         if isinstance(name, str) and ("arguments" in obj or "parameters" in obj or name in tool_names):
             args = obj.get("arguments", obj.get("parameters", {}))
@@ -286,7 +284,7 @@ class LocalModel(Model):
         except (ValueError, RuntimeError) as exc:  # context overflow, decode failure
             raise ModelError(f"{self.name}: {exc}") from exc
         text = out["choices"][0]["message"].get("content")
-        tool_names = [t.get("function", t).get("name") for t in tools]
+        tool_names = [d.name for d in tool_definitions(tools)]
         if tools:
             answer, calls = parse_tool_reply(text, tool_names)
         else:

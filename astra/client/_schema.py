@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 from astra.records import ToolSpec
+from astra.tools import ToolDefinition, tool_definition
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]")
 MAX_TOOL_NAME = 64
@@ -100,32 +101,24 @@ def provider_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def tool_definition_of(name: str, tool: ToolSpec) -> ToolDefinition:
+    """The definition a model is offered for ``tool`` under the aggregated ``name`` (its schema made
+    provider-safe by :func:`provider_schema`)."""
+    return ToolDefinition(name=name, description=tool.description or tool.title or tool.name,
+                          parameters=provider_schema(tool.input_schema))
+
+
 def openai_tool(name: str, tool: ToolSpec) -> dict[str, Any]:
     """OpenAI Chat Completions function tool for ``tool`` under the aggregated ``name``."""
-    return {
-        "type": "function",
-        "function": {
-            "name": name,
-            "description": tool.description or tool.title or tool.name,
-            "parameters": provider_schema(tool.input_schema),
-        },
-    }
+    return tool_definition_of(name, tool).openai()
 
 
 def anthropic_tool(name: str, tool: ToolSpec) -> dict[str, Any]:
     """Anthropic Messages API tool for ``tool`` under the aggregated ``name``."""
-    return {
-        "name": name,
-        "description": tool.description or tool.title or tool.name,
-        "input_schema": provider_schema(tool.input_schema),
-    }
+    return tool_definition_of(name, tool).anthropic()
 
 
 def openai_to_anthropic_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """Convert an OpenAI function tool (the Model interface's format) to an Anthropic tool."""
-    fn = tool.get("function", tool)
-    return {
-        "name": fn["name"],
-        "description": fn.get("description", ""),
-        "input_schema": provider_schema(fn.get("parameters")),
-    }
+    definition = tool_definition(tool)
+    return definition.model_copy(update={"parameters": provider_schema(definition.parameters)}).anthropic()

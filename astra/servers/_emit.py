@@ -148,6 +148,7 @@ def emit(spec: EnvironmentSpec, out_dir: str | Path) -> Path:
     here = Path(__file__).parent
     for name in _VENDORED:
         shutil.copyfile(here / name, package / name)
+    shutil.copyfile(here.parent / "tool_errors.py", package / "_kinds.py")  # the one definition, standalone
     if spec.sandboxed:
         from ._sandbox import write_seccomp_programs
 

@@ -64,6 +64,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from astra.records import EnvironmentSpec, Trajectory, Verifier
+from astra.tools import ToolRef, function_object
 
 __all__ = [
     "CallCheck",
@@ -76,6 +77,7 @@ __all__ = [
     "answer_in_result",
     "answers_match",
     "calls_from_messages",
+    "calls_tool",
     "calls_from_text",
     "calls_from_extra_info",
     "calls_from_trajectory",
@@ -90,7 +92,6 @@ __all__ = [
     "score_episode",
     "score_trajectory",
     "sub_questions",
-    "tool_name_matches",
 ]
 
 
@@ -353,6 +354,8 @@ class ToolCallRecord(BaseModel):
     arguments: Any = None
     result: Any = None
     is_error: bool = False
+    ref: ToolRef | None = Field(default=None, description="where the call went, when the recorder knew it "
+                                "(a ground-truth tool is matched against it exactly)")
 
 
 class ProcessReward(BaseModel):
@@ -369,13 +372,15 @@ class ProcessReward(BaseModel):
     solved_by_step: list[str | None] = Field(default_factory=list, description="the sub-question each call solves")
 
 
-def tool_name_matches(called: str | None, tool: str | None) -> bool:
-    """Whether a call of ``called`` is a call of ``tool`` (also through an aggregated name)."""
+def calls_tool(call: ToolCallRecord, tool: str | None) -> bool:
+    """Whether ``call`` is a call of the ground truth's ``tool``: through its :class:`ToolRef` when
+    the recorder knew where it went (the tool's own name, ``server/tool`` or the exposed name),
+    else by the name the model used. Never by a guessed suffix."""
     if tool == ANY_TOOL:
         return True
-    if not called or not tool:
+    if not tool:
         return False
-    return called == tool or any(called.endswith(sep + tool) for sep in ("__", "/", ".", ":"))
+    return call.ref.is_tool(tool) if call.ref is not None else call.name == tool
 
 
 def sub_questions(ground_truth: Any) -> list[SubQuestion]:
@@ -465,7 +470,7 @@ def _edges(call: ToolCallRecord, subs: Sequence[SubQuestion]) -> list[int]:
     return [
         j
         for j, sub in enumerate(subs)
-        if tool_name_matches(call.name, sub.tool) and answer_in_result(call.result, sub.answer)
+        if calls_tool(call, sub.tool) and answer_in_result(call.result, sub.answer)
     ]
 
 
@@ -570,6 +575,7 @@ def calls_from_trajectory(trajectory: Trajectory) -> list[ToolCallRecord]:
             arguments=_arguments(step.arguments),
             result=None if step.is_error else step.result,
             is_error=step.is_error,
+            ref=step.ref,
         )
         for step in trajectory.steps
     ]
@@ -599,7 +605,7 @@ def calls_from_messages(messages: Sequence[Any]) -> list[ToolCallRecord]:
         role = message.get("role")
         if role == "assistant":
             for tc in message.get("tool_calls") or []:
-                fn = tc.get("function") or tc
+                fn = function_object(tc)
                 calls.append(ToolCallRecord(name=fn.get("name"), arguments=_arguments(fn.get("arguments"))))
                 if tc.get("id"):
                     by_id[str(tc["id"])] = len(calls) - 1
@@ -641,7 +647,7 @@ _ERROR_TEXT = re.compile(r"^\s*(?:Error\b|Error executing tool|Unknown function)
 def _call_from_json(obj: Any) -> ToolCallRecord | None:
     if not isinstance(obj, Mapping):
         return None
-    fn: Mapping[str, Any] = found if isinstance(found := obj.get("function"), Mapping) else obj
+    fn = function_object(obj)
     name = fn.get("name")
     if not isinstance(name, str):
         return None
@@ -901,12 +907,12 @@ def score_episode(spec: EnvironmentSpec, trajectory: Trajectory) -> EpisodeScore
     checks: list[CallCheck] = []
     for index, step in enumerate(trajectory.steps):
         arguments = _arguments(step.arguments)
-        name = step.server_tool or step.tool
+        ref = step.ref
         verifier: Verifier | None = next(
             (
                 v
                 for v in reference
-                if (tool_name_matches(name, v.tool) or tool_name_matches(step.tool, v.tool))
+                if (ref.is_tool(v.tool) if ref is not None else step.tool == v.tool)
                 and _close(arguments, v.arguments)
             ),
             None,

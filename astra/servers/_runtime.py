@@ -99,7 +99,8 @@ from mcp_types import Tool as MCPTool
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import AnyHttpUrl
 
-from ._sandbox import UNSAFE_ENV, ErrorKind, Sandbox, SandboxLimits, SandboxUnavailable
+from ._kinds import ToolErrorKind
+from ._sandbox import UNSAFE_ENV, Sandbox, SandboxLimits, SandboxUnavailable
 
 try:  # optional: a compiled "is it valid" for the hot path; emitted servers run without it
     import jsonschema_rs as _rs
@@ -164,7 +165,7 @@ class ToolOutcome:
     ok: bool
     value: Any = None
     error: str | None = None
-    error_kind: str | None = None
+    error_kind: ToolErrorKind | None = None
     truncated: bool = False
     latency_s: float = 0.0
 
@@ -792,7 +793,7 @@ class EnvironmentRuntime:
                 name,
                 arguments if isinstance(arguments, dict) else {},
                 ok=False,
-                error_kind="unknown_tool",
+                error_kind=ToolErrorKind.unknown_tool,
                 error=f"unknown tool {_clean_text(name)!r}; available: {', '.join(sorted(self.tools))}",
             )
             return outcome
@@ -800,9 +801,10 @@ class EnvironmentRuntime:
         problem = _unicode_problem(arguments, "the arguments") or too_deep or await _schema_error(tool, arguments)
         if problem is not None:
             recorded = _scrub(arguments) if isinstance(arguments, dict) and too_deep is None else {}
-            outcome = ToolOutcome(name, recorded, ok=False, error_kind="bad_arguments", error=problem)
+            outcome = ToolOutcome(name, recorded, ok=False, error_kind=ToolErrorKind.bad_arguments, error=problem)
         elif episode.unusable is not None:
-            outcome = ToolOutcome(name, arguments, ok=False, error_kind="episode_unusable", error=episode.unusable)
+            outcome = ToolOutcome(name, arguments, ok=False, error_kind=ToolErrorKind.episode_unusable,
+                                  error=episode.unusable)
         else:
             episode.busy += 1
             try:
@@ -815,7 +817,7 @@ class EnvironmentRuntime:
                 structured = {"result": outcome.value} if tool.wrap_output else outcome.value
                 error = await tool.output_validator.first_error_bounded(structured)
                 if error is not None:
-                    outcome = ToolOutcome(name, arguments, ok=False, error_kind="bad_output",
+                    outcome = ToolOutcome(name, arguments, ok=False, error_kind=ToolErrorKind.bad_output,
                                           error=f"the tool's result does not match its output schema: {error.message}")
         if outcome.error is not None:
             outcome.error = _clean_text(outcome.error)
@@ -842,7 +844,7 @@ class EnvironmentRuntime:
                     tool.name,
                     arguments,
                     ok=False,
-                    error_kind="unknown_tool",
+                    error_kind=ToolErrorKind.unknown_tool,
                     error=f"the backend has no method {tool.method or tool.name!r}",
                 )
             try:
@@ -856,12 +858,13 @@ class EnvironmentRuntime:
                     tool.name,
                     arguments,
                     ok=False,
-                    error_kind="timeout",
+                    error_kind=ToolErrorKind.timeout,
                     error=f"the tool did not finish within {self.call_timeout_s:g} s",
                 )
             except Exception as exc:
                 return ToolOutcome(
-                    tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}"
+                    tool.name, arguments, ok=False, error_kind=ToolErrorKind.exception,
+                    error=f"{type(exc).__name__}: {exc}"
                 )
             return _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         assert tool.source is not None
@@ -869,18 +872,19 @@ class EnvironmentRuntime:
             try:
                 sandbox = await self._sandbox_for_loop()
             except SandboxUnavailable as exc:  # fail closed: the tool does not run
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ErrorKind.SANDBOX, error=str(exc))
+                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.sandbox, error=str(exc))
             result = await sandbox.call(
                 tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None
             )
             if not result.ok:
-                return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=result.error_kind)
+                return ToolOutcome(tool.name, arguments, ok=False, error=result.error,
+                                   error_kind=ToolErrorKind(result.error_kind) if result.error_kind else None)
             problem = (_unicode_problem(result.value, "the tool's result")
                        or _unicode_problem(result.state, "the tool's new state")
                        or _depth_problem(result.value, "the tool's result")
                        or _depth_problem(result.state, "the tool's new state"))
             if problem is not None:
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
+                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem)
             if tool.stateful and result.state is not None:
                 episode.state = result.state
             return ToolOutcome(tool.name, arguments, ok=True, value=result.value, truncated=result.truncated)
@@ -893,19 +897,19 @@ class EnvironmentRuntime:
                 tool.name,
                 arguments,
                 ok=False,
-                error_kind="timeout",
+                error_kind=ToolErrorKind.timeout,
                 error=f"the tool did not finish within {self.call_timeout_s:g} s",
             )
         except Exception as exc:
             return ToolOutcome(
-                tool.name, arguments, ok=False, error_kind="exception", error=f"{type(exc).__name__}: {exc}"
+                tool.name, arguments, ok=False, error_kind=ToolErrorKind.exception, error=f"{type(exc).__name__}: {exc}"
             )
         outcome = _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         if outcome.ok and tool.stateful:
             what = "the tool's new state"
             problem = _unicode_problem(working, what) or _depth_problem(working, what)
             if problem is not None:
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
+                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem)
             episode.state = working
         return outcome
 
@@ -1013,7 +1017,7 @@ def _depth_problem(value: Any, what: str) -> str | None:
 def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes: int) -> ToolOutcome:
     problem = _depth_problem(value, "the tool's result")
     if problem is not None:
-        return ToolOutcome(tool.name, arguments, ok=False, error_kind="bad_output", error=problem)
+        return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem)
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -1021,7 +1025,7 @@ def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes:
             tool.name,
             arguments,
             ok=False,
-            error_kind="not_json",
+            error_kind=ToolErrorKind.not_json,
             error=f"the tool returned a value that is not JSON-serialisable ({type(value).__name__}): {exc}",
         )
     try:
@@ -1031,7 +1035,7 @@ def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes:
             tool.name,
             arguments,
             ok=False,
-            error_kind="bad_output",
+            error_kind=ToolErrorKind.bad_output,
             error=f"the tool's result contains text that is not valid Unicode ({exc.reason} at character {exc.start})",
         )
     if len(encoded) > max_bytes:

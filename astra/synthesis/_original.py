@@ -77,6 +77,7 @@ from astra.registry import (
     read_input_file,
     unwrap_mcp_info,
 )
+from astra.tools import function_object
 
 __all__ = [
     "FORMAT",
@@ -806,8 +807,7 @@ def tool_spec_of_document(document: Any, server: str) -> ToolSpec:
         except json.JSONDecodeError as exc:
             raise RecordError("tool_document", f"not JSON: {exc.msg}") from None
     doc = _obj(document, "tool_document")
-    if isinstance(doc.get("function"), dict):  # OpenAI {"type": "function", "function": {...}}
-        doc = doc["function"]
+    doc = _obj(function_object(doc), "tool_document")  # OpenAI {"type": "function", "function": {...}} or bare
     name = _str(doc, "name", "tool_document.name")
     assert name is not None
     schema = normalize_schema(doc.get("parameters"), field="tool_document.parameters")

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from astra.records import HttpLaunch, StdioLaunch
 from astra.servers import ProcessReward, SubQuestion, ToolCallRecord, sub_questions
 from astra.servers._rewards import RewardTracker
+from astra.tools import ToolRef
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,7 +98,8 @@ class Rollout:
         result = await self.pool._acall(episode, tool, arguments)
         value = result.structured_content if result.structured_content is not None else result.text
         call = ToolCallRecord.model_construct(
-            name=name or tool, arguments=arguments, result=None if result.is_error else value, is_error=result.is_error
+            name=name or tool, arguments=arguments, result=None if result.is_error else value, is_error=result.is_error,
+            ref=ToolRef(server=server, tool=tool, exposed=name or tool),
         )
         self.calls.append(call)
         step = self.tracker.add(call) if self.tracker is not None else 0.0

@@ -23,6 +23,7 @@ from typing import Any
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec, Verifier, stable_id
 from astra.servers import sub_questions
+from astra.tools import tool_definition
 
 __all__ = ["ImportedRow", "import_row", "split_prompt"]
 
@@ -98,10 +99,11 @@ def import_row(
     env_name = name or f"astra-rl-{index}"
     tools, problems = [], []
     for schema in schemas:
-        fn = schema.get("function", schema) if isinstance(schema, Mapping) else {}
-        tool = fn.get("name")
-        if not tool:
-            raise ValueError(f"row {index}: tool_schema: a tool without a name")
+        try:
+            definition = tool_definition(schema if isinstance(schema, Mapping) else {})
+        except ValueError as exc:
+            raise ValueError(f"row {index}: tool_schema: {exc}") from None
+        tool = definition.name
         if tool not in sources:
             problems.append(f"tool {tool!r} has a schema but no code in tool_dict")
             continue
@@ -110,8 +112,8 @@ def import_row(
                 spec=ToolSpec(
                     server=env_name,
                     name=tool,
-                    description=fn.get("description") or "",
-                    input_schema=fn.get("parameters") or {"type": "object", "properties": {}},
+                    description=definition.description,
+                    input_schema=definition.parameters,
                 ),
                 source=str(sources[tool]),
                 entrypoint=tool,

@@ -39,6 +39,7 @@ from astra.synthesis.trajectories._config import RewardOptions
 from astra.synthesis.trajectories._reward import DIMENSIONS
 from astra.synthesis.trajectories._templates import ChatTemplate, RenderIssue, expected_calls, text_call_block
 from astra.synthesis.trajectories._tokens import token_samples
+from astra.tools import tool_definitions
 
 
 class ExportFormat(StrEnum):
@@ -110,13 +111,7 @@ def select(reward: Reward, traj: Trajectory, task: Task, opts: RewardOptions) ->
 
 def hf_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """OpenAI function tools with a string description and an object schema (templates concatenate both)."""
-    out = []
-    for tool in tools:
-        function = tool.get("function", tool)
-        out.append({"type": "function", "function": {
-            "name": function["name"], "description": function.get("description") or "",
-            "parameters": function.get("parameters") or {"type": "object", "properties": {}}}})
-    return out
+    return [d.chat_template() for d in tool_definitions(tools)]
 
 
 def hf_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -184,7 +179,7 @@ def to_sharegpt(sample: SFTSample, template: ChatTemplate | None = None) -> dict
                 conv.append({"from": "observation", "value": result["content"] if result else ""})
         elif role == "assistant":
             conv.append({"from": "gpt", "value": m["content"]})
-    functions = [t.get("function", t) for t in tools]
+    functions = [d.function() for d in tool_definitions(tools)]
     tools_text = json.dumps(functions, ensure_ascii=False)  # LLaMA-Factory's tools column is a JSON string
     return {"conversations": conv, "system": system, "tools": tools_text, "id": sample.id}
 

@@ -39,6 +39,7 @@ from astra.records import ChatMessage, Reward, Task, Trajectory, stable_id
 from astra.synthesis._llm import LLMOutputError, ask_json
 from astra.synthesis._stage import Outcome, model_calls
 from astra.synthesis.trajectories._config import JudgeMode
+from astra.tools import tool_definitions
 
 JUDGE_VERSION = "traj-judge-v2"
 RULES_VERSION = "traj-rules-v1"
@@ -200,12 +201,7 @@ def ungrounded_urls(answer: str, context: str) -> list[str]:
 
 
 def _schemas(traj: Trajectory) -> dict[str, dict[str, Any]]:
-    out = {}
-    for t in traj.tools:
-        fn = t.get("function", t)
-        if isinstance(fn, dict) and "name" in fn:
-            out[fn["name"]] = fn.get("parameters") or {"type": "object"}
-    return out
+    return {d.name: d.parameters for d in tool_definitions(traj.tools)}
 
 
 def args_valid(arguments: Any, schema: dict[str, Any] | None) -> bool:
@@ -557,12 +553,8 @@ def judge_prompt(task: Task, traj: Trajectory, found: Itemised) -> str:
             for c in m.tool_calls or []:
                 ref = by_call[c.id].ref if c.id in by_call else "?"
                 lines.append(f"{head} calls {ref}: {c.name}({_clip(c.arguments, 600)})")
-    tools = []
-    for t in traj.tools:
-        fn = t.get("function", t)
-        if isinstance(fn, dict):
-            tools.append({"name": fn.get("name"), "description": _clip(fn.get("description"), 300),
-                          "parameters": fn.get("parameters")})
+    tools = [{"name": d.name, "description": _clip(d.description, 300), "parameters": d.parameters}
+             for d in tool_definitions(traj.tools)]
     ids = reply_model(found).expected_ids
     shape = {
         "calls": [{"id": r, "score": 1, "reason": "..."} for r in ids["calls"]],

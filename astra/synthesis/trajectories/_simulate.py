@@ -27,7 +27,7 @@ from mcp_types import Tool as MCPTool
 from pydantic import BaseModel
 
 from astra.client import Model
-from astra.records import ServerSpec, ToolSpec, Trajectory, canonical_json, stable_id
+from astra.records import ServerSpec, ToolErrorKind, ToolSpec, Trajectory, canonical_json, stable_id
 from astra.servers import EPISODE_META_KEY, request_context
 from astra.synthesis._llm import LLMOutputError, ask_json
 
@@ -42,7 +42,7 @@ INJECTED_ERRORS = (
     "429 Too Many Requests: rate limit exceeded, retry later",
     "500 Internal Server Error: connection reset by peer",
 )
-INJECTED_KIND = "injected_error"
+INJECTED_KIND = ToolErrorKind.injected_error
 _MAX_EPISODES = 4096  # memory of the most recent episodes (bounded: long runs never grow without limit)
 _MEMORY_CALLS = 8     # earlier calls shown to the simulator
 

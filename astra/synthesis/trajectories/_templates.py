@@ -24,6 +24,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from astra.tools import function_object, tool_definitions
+
 # The special tokens the templates of the conformance matrix refer to (bos_token / eos_token are template
 # variables, filled from the model's tokenizer, which a .jinja file does not carry).
 SPECIAL_TOKENS: dict[str, tuple[str, str]] = {
@@ -101,7 +103,7 @@ def mistral_call_id(original: str) -> str:
 
 
 def _call_parts(call: dict[str, Any]) -> tuple[str, Any]:
-    function = call.get("function", call)
+    function = function_object(call)
     return function["name"], function.get("arguments")
 
 
@@ -374,7 +376,7 @@ def text_call_block(calls: list[dict[str, Any]]) -> str:
 
 def _calls_as_text(messages: list[dict[str, Any]], tools: list[dict[str, Any]]
                    ) -> tuple[list[dict[str, Any]], None]:
-    functions = [t.get("function", t) for t in tools]
+    functions = [d.function() for d in tool_definitions(tools)]
     preamble = ("You have access to the following tools:\n<tools>" + json.dumps(functions, ensure_ascii=False)
                 + "</tools>\nTo call tools, answer with "
                 + '<tool_call>[{"name": ..., "arguments": {...}}]</tool_call>.')
