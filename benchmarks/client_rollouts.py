@@ -9,9 +9,17 @@ a time, ``--reps`` repetitions, interleaved, medians reported.
 - ``raw``: the openai SDK (``AsyncOpenAI.chat.completions.create``) + ``mcp.client.Client``
   over stdio, one client each, shared by all episodes: a careful hand-written loop;
 - ``astra``: ``run_episode`` with ``openai:`` + ``Connections`` (stdio server), one process;
+  a second line says where its time went (model requests over L, tool-call latency, GC pauses);
+- ``runner x1``: the runner's one-process path (``run_shard``, what ``run_rollouts(workers=1)``
+  runs: trajectories appended + fsynced to JSONL), servers launched before the clock: the
+  one-process baseline of the worker rows;
 - ``astra xW``: the rollout runner's warm worker processes (``RolloutWorkers``, W of them,
   C/W episodes each, trajectories appended + fsynced to JSONL), started and warmed before
   the clock starts (their start-up is printed separately).
+
+``--server inproc``: every process serves its own in-process copy of the MCP server (a
+module-level factory crosses to the workers), so the server's CPU is the harness process's:
+the case where one process is CPU-bound and more processes must mean more speed.
 
 Printed: episodes/s, ratio to the raw loop, ratio to the ideal rate (every wait
 overlapped: N / (waves x 6 L)), CPU ms per episode (the harness processes only: this one,
@@ -23,12 +31,14 @@ all its descendants (endpoint, servers, workers), as ``sandbox_bench.py --boost`
 shared, loaded machine this approximates a dedicated one; the header says which was measured.
 
 Run:  python benchmarks/client_rollouts.py [--boost]            # the issue's table
+      python benchmarks/client_rollouts.py --boost --points 100:256 --server inproc --only runner --only workers
       python benchmarks/client_rollouts.py --points 100:64 --reps 1 --profile /tmp/astra.prof
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -36,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +58,8 @@ FAKE = HERE.parent / "tests" / "client" / "fake_openai.py"
 STEPS = 5  # tool steps; + 1 final answer = 6 model requests
 
 
-def serve_mcp() -> None:
-    """The one-tool stdio MCP server (``--serve-mcp``)."""
+def bench_server() -> Any:
+    """The one-tool MCP server (module level: a worker process builds its own in-process copy)."""
     from mcp.server.mcpserver import MCPServer
 
     app = MCPServer("bench")
@@ -58,7 +69,12 @@ def serve_mcp() -> None:
         """Add two integers."""
         return a + b
 
-    app.run()
+    return app
+
+
+def serve_mcp() -> None:
+    """The one-tool stdio MCP server (``--serve-mcp``)."""
+    bench_server().run()
 
 
 def mcp_launch() -> Any:
@@ -66,6 +82,14 @@ def mcp_launch() -> Any:
 
     return StdioLaunch(command=sys.executable, args=[str(Path(__file__).resolve()), "--serve-mcp"],
                        env={"PYTHONPATH": os.environ.get("PYTHONPATH", "")})
+
+
+SERVER = {"kind": "stdio"}  # --server
+
+
+def mcp_target() -> Any:
+    """What the astra harnesses open: the stdio launch, or (``--server inproc``) the factory."""
+    return ("bench", mcp_launch() if SERVER["kind"] == "stdio" else bench_server)
 
 
 class Endpoint:
@@ -130,7 +154,7 @@ async def raw_loop(base_url: str, n: int, c: int, reps: int) -> list[Result]:
                                  limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None)))
     params = StdioServerParameters(command=launch.command, args=launch.args, env=launch.env)
     out: list[Result] = []
-    async with Client(params) as mcp:
+    async with Client(params if SERVER["kind"] == "stdio" else bench_server()) as mcp:
         boost()
         listed = await mcp.list_tools()
         tools = [{"type": "function", "function": {"name": t.name, "description": t.description or "",
@@ -161,28 +185,69 @@ async def raw_loop(base_url: str, n: int, c: int, reps: int) -> list[Result]:
     return out
 
 
+GC_PAUSE = {"s": 0.0, "start": 0.0, "g0": 0.0, "g1": 0.0, "g2": 0.0, "n0": 0, "n1": 0, "n2": 0}
+
+
+def _gc_timer(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        GC_PAUSE["start"] = time.perf_counter()
+    else:
+        pause = time.perf_counter() - GC_PAUSE["start"]
+        GC_PAUSE["s"] += pause
+        GC_PAUSE[f"g{info['generation']}"] += pause
+        GC_PAUSE[f"n{info['generation']}"] += 1
+
+
+def _gc_reset() -> None:
+    GC_PAUSE.update(s=0.0, g0=0.0, g1=0.0, g2=0.0, n0=0, n1=0, n2=0)
+
+
+gc.callbacks.append(_gc_timer)
+
+
 async def _timed(body: Any) -> Result:
     start, cpu, server = time.perf_counter(), time.process_time(), server_cpu_s()
     await body()
     return time.perf_counter() - start, time.process_time() - cpu, server_cpu_s() - server
 
 
-async def astra_loop(base_url: str, n: int, c: int, reps: int, profile: Any = None) -> list[Result]:
+def detail(trajs: list[Any], latency_ms: int, gc_s: float) -> str:
+    """Where an episode's time went (one-process rows): the model requests' time over L, the
+    tool calls' latency, and this process's GC pauses."""
+    if not trajs:
+        return ""
+    trajs = [t if isinstance(t, dict) else t.model_dump(mode="json") for t in trajs]
+    over = sorted(t["timings"]["model_s"] / t["meta"]["model_requests"] * 1000 - latency_ms for t in trajs)
+    tools = sorted(s["latency_s"] * 1000 for t in trajs for s in t["steps"])
+    q = lambda xs, f: xs[min(len(xs) - 1, int(f * len(xs)))]  # noqa: E731
+    return (f"model request over L p50 {q(over, .5):.1f} / p95 {q(over, .95):.1f} ms; tool call p50 "
+            f"{q(tools, .5):.1f} / p95 {q(tools, .95):.1f} ms; GC pauses {gc_s * 1000:.0f} ms per run ("
+            + ", ".join(f"gen{g} {GC_PAUSE[f'n{g}']}x {GC_PAUSE[f'g{g}'] * 1000:.0f} ms" for g in range(3)) + ")")
+
+
+async def astra_loop(base_url: str, n: int, c: int, reps: int, profile: Any = None,
+                     trajs: list[Any] | None = None) -> list[Result]:
+    """``run_episode`` in this process (no JSONL); the last rep's trajectories go to ``trajs``."""
     from astra.client import Connections, OpenAIModel, run_episode
 
     model = OpenAIModel("fake", base_url=base_url)
     out: list[Result] = []
-    async with Connections([("bench", mcp_launch())]) as conns:
+    async with Connections([mcp_target()]) as conns:
         boost()
 
         async def episode(i: int) -> None:
             traj = await run_episode(model, conns, [f"episode {i}"], sample=i)
             assert traj.termination == "final_answer" and len(traj.steps) == STEPS, (traj.termination, traj.error)
+            if trajs is not None:
+                trajs.append(traj)
 
         await _concurrently(min(n, 4), c, episode)
         if profile is not None:
             profile.enable()
         for _ in range(reps):
+            if trajs is not None:
+                trajs.clear()
+            _gc_reset()
             out.append(await _timed(lambda: _concurrently(n, c, episode)))
         if profile is not None:
             profile.disable()
@@ -190,16 +255,50 @@ async def astra_loop(base_url: str, n: int, c: int, reps: int, profile: Any = No
     return out
 
 
+async def astra_runner(base_url: str, n: int, c: int, reps: int, tmp: str, replicas: int = 1,
+                       trajs: list[Any] | None = None) -> list[Result]:
+    """The runner's one-process path (``run_shard``: what ``run_rollouts(workers=1)`` runs),
+    trajectories appended + fsynced to JSONL like the workers do: the baseline for ``xW``.
+    Its servers are launched once, before the clock (as warm as the workers)."""
+    from astra.client import OpenAIModel
+    from astra.client._runner import EpisodeConfig, _Replicas, run_shard, trajectory_id
+    from astra.records import Task
+
+    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_steps=STEPS + 1,
+                           concurrency=c, server_replicas=replicas)
+    model = OpenAIModel("fake", base_url=base_url)
+    out: list[Result] = []
+    async with AsyncExitStack() as stack:
+        replicated = await _Replicas.open(stack, [mcp_target()], config)
+        boost()
+        for rep in range(reps + 1):  # the first is a warm-up
+            tasks = [Task(id=f"{base_url}-r{rep}-{c}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
+            items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
+            out_path = f"{tmp}/runner-{base_url.rsplit(':', 1)[1].split('/')[0]}-{c}-{rep}.jsonl"
+
+            async def shard(items: list[Any] = items, out_path: str = out_path) -> None:
+                written, errors = await run_shard(items, config, [], out_path, model=model, conns=replicated.copies)
+                assert written == n and not errors, errors[:3]
+
+            _gc_reset()
+            result = await _timed(shard)
+            if rep:
+                out.append(result)
+            if trajs is not None:
+                trajs[:] = [json.loads(line) for line in Path(out_path).read_bytes().splitlines()]
+    return out
+
+
 async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: int, reps: int,
-                        tmp: str) -> dict[tuple[int, int], list[Result]]:
+                        tmp: str, replicas: int = 1) -> dict[tuple[int, int], list[Result]]:
     from astra.client._runner import EpisodeConfig, RolloutWorkers, trajectory_id
     from astra.records import Task
 
     config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_steps=STEPS + 1,
-                           concurrency=max(1, max(c for _, c in points) // workers))
+                           concurrency=max(1, max(c for _, c in points) // workers), server_replicas=replicas)
     out: dict[tuple[int, int], list[Result]] = {}
     t0 = time.perf_counter()
-    async with RolloutWorkers(workers, config, [("bench", mcp_launch())]) as pool:
+    async with RolloutWorkers(workers, config, [mcp_target()]) as pool:
         boost()
         print(f"    {workers} warm workers started (servers launched, imports done) in "
               f"{time.perf_counter() - t0:.2f} s", flush=True)
@@ -246,18 +345,25 @@ async def main() -> None:
     parser.add_argument("--c1-episodes", type=int, default=16)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="worker processes for the runner rows (0: skip)")
-    parser.add_argument("--only", choices=["raw", "astra", "workers"], action="append",
+    parser.add_argument("--only", choices=["raw", "astra", "runner", "workers"], action="append",
                         help="run only these harnesses (repeatable)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="server_replicas of the runner rows (copies of the connections per process)")
+    parser.add_argument("--server", choices=["stdio", "inproc"], default="stdio",
+                        help="the MCP server: a stdio subprocess (one per process), or in-process (--server inproc: "
+                             "each process serves its own copy, its CPU counted as the harness's)")
     parser.add_argument("--profile", help="cProfile the astra one-process runs into this file")
     parser.add_argument("--uvloop", action="store_true", help="run this process's loop on uvloop")
     parser.add_argument("--boost", action="store_true",
                         help="(root) nice -20 for the autogroups of every process of the benchmark")
     a = parser.parse_args()
     BOOST["on"] = a.boost
+    SERVER["kind"] = a.server
     boost()
-    only = set(a.only or ["raw", "astra", "workers"])
+    only = set(a.only or ["raw", "astra", "runner", "workers"])
     points = [(int(p.split(":")[0]), int(p.split(":")[1])) for p in a.points.split(",")]
-    print(f"episodes of {STEPS} tool steps + a final answer; fake endpoint and a one-tool stdio MCP server on "
+    print(f"episodes of {STEPS} tool steps + a final answer; fake endpoint and a one-tool "
+          f"{'stdio' if a.server == 'stdio' else 'in-process'} MCP server on "
           f"127.0.0.1; {a.reps} reps, medians; CPU = harness processes only; {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.1f}; {'boosted (autogroup nice -20)' if a.boost else 'not boosted'}")
     summary: list[str] = []
@@ -268,7 +374,7 @@ async def main() -> None:
                 at_l = [(max(a.episodes, 2 * c) if c > 1 else a.c1_episodes, c) for lm, c in points if lm == latency_ms]
                 pooled = {}
                 if "workers" in only and a.workers > 1:
-                    pooled = await astra_workers(endpoint.base_url, at_l, a.workers, a.reps, tmp)
+                    pooled = await astra_workers(endpoint.base_url, at_l, a.workers, a.reps, tmp, a.replicas)
                 for n, c in at_l:
                     waves = -(-n // c)
                     ideal = n / (waves * (STEPS + 1) * latency_ms / 1000)
@@ -283,10 +389,12 @@ async def main() -> None:
                             import cProfile
 
                             prof = cProfile.Profile(time.process_time)
-                        runs = await astra_loop(endpoint.base_url, n, c, a.reps, prof)
+                        trajs: list[Any] = []
+                        runs = await astra_loop(endpoint.base_url, n, c, a.reps, prof, trajs)
                         if prof is not None:
                             prof.dump_stats(a.profile)
                         rate, cpu = _line("astra", runs, n, ideal, raw_rate)
+                        print(f"               ({detail(trajs, latency_ms, GC_PAUSE['s'])})", flush=True)
                         vs = rate / raw_rate if raw_rate else float("nan")
                         row = (f"L={latency_ms:<5} C={c:<4} astra x1: {vs:.2f} x raw, {rate / ideal:.3f} of ideal, "
                                f"CPU {cpu * 1000:.1f} ms/ep")
@@ -295,11 +403,21 @@ async def main() -> None:
                         if c == 1 and raw_rate:
                             row += f"; per-call wall vs raw {raw_rate / rate:.3f}"
                         summary.append(row)
+                    one_rate = None
+                    if "runner" in only:
+                        trajs = []
+                        one_runs = await astra_runner(endpoint.base_url, n, c, a.reps, tmp, a.replicas, trajs)
+                        one_rate, cpu = _line("runner x1", one_runs, n, ideal, raw_rate)
+                        print(f"               ({detail(trajs, latency_ms, GC_PAUSE['s'])})", flush=True)
+                        summary.append(f"L={latency_ms:<5} C={c:<4} runner x1: "
+                                       f"{one_rate / raw_rate if raw_rate else float('nan'):.2f} x raw, "
+                                       f"{one_rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep")
                     if (n, c) in pooled:
                         rate, cpu = _line(f"astra x{a.workers}", pooled[(n, c)], n, ideal, raw_rate)
                         summary.append(f"L={latency_ms:<5} C={c:<4} astra x{a.workers}: "
                                        f"{rate / raw_rate if raw_rate else float('nan'):.2f} x raw, "
-                                       f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep")
+                                       f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep"
+                                       + (f"; {rate / one_rate:.2f} x runner x1" if one_rate else ""))
             finally:
                 endpoint.close()
     print(f"\nsummary (load average now {os.getloadavg()[0]:.1f})")

@@ -281,3 +281,19 @@ def test_group_commit_writes_each_id_once(tmp_path):
     ]
     assert log.write_lines([("b", b'{"id":"b"}\n'), ("c", b'{"id":"c"}\n')]) == [False, True]
     assert read_ids_file(tmp_path / "t.jsonl") == ["a", "b", "c"] and len(JsonlLog(tmp_path / "t.jsonl")) == 3
+
+
+def test_server_replicas_pin_each_episode_to_one_copy_and_gc_is_restored(tmp_path, test_stdio_launch):
+    import gc
+
+    register_script("pid-twice", lambda: ScriptedModel.from_plan([("pid", {}), ("pid", {})], "done", delay_s=0.05))
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    summary = run_rollouts(tasks(8), "scripted:pid-twice", tmp_path, servers=[("io", test_stdio_launch)],
+                           server_replicas=2, concurrency=4, progress=False)
+    assert (summary.written, summary.failed) == (8, 0)
+    records = [json.loads(x) for x in (tmp_path / "trajectories.jsonl").read_text().splitlines()]
+    pids = [[s["result"]["result"] for s in r["steps"]] for r in records]
+    assert all(len(p) == 2 and p[0] == p[1] for p in pids), pids  # an episode stays on one server copy
+    assert len({p[0] for p in pids}) == 2  # both copies served episodes
+    # the runner's GC settings (frozen start-up objects, rarer young collections) end with the run
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
