@@ -69,7 +69,7 @@ def _check_starts(spec: EnvironmentSpec) -> None:
     spec's tools. Failing reference calls only warn: the spec may be work in progress."""
     import tempfile
 
-    from astra.servers import emit, validate_emitted
+    from astra.servers import CheckKind, certify_emitted, emit
 
     broken: list[str] = []
     for impl in spec.tools:
@@ -83,8 +83,9 @@ def _check_starts(spec: EnvironmentSpec) -> None:
     with tempfile.TemporaryDirectory(prefix="astra-emit-check-") as scratch:
         import anyio
 
-        report = anyio.run(validate_emitted, emit(spec, Path(scratch) / "env"))
-    listing = [c for c in report.checks if c.name.startswith("tools/list") and not c.ok]
+        directory = emit(spec, Path(scratch) / "env")
+        report = anyio.run(lambda: certify_emitted(directory))
+    listing = [c for c in report.failed if c.kind is CheckKind.LISTING]
     if report.error or listing:
         why = report.error or "; ".join(f"{c.name}: {c.detail}" for c in listing)
         raise fail(f"{spec.name}: the emitted server does not start cleanly, nothing written: {why}")
@@ -186,12 +187,12 @@ def validate_cmd(
     """Launch DIR/server.py over stdio, list its tools, replay the reference calls, check the results."""
     import anyio
 
-    from astra.servers import validate_emitted
+    from astra.servers import certify_emitted
 
     with console.status(f"validating {directory} over stdio", spinner="dots") if not json_out else nullcontext():
-        report = anyio.run(lambda: validate_emitted(directory, timeout_s=timeout))
+        report = anyio.run(lambda: certify_emitted(directory, timeout_s=timeout))
     if json_out:
-        emit_json(report.model_dump() | {"failed": len(report.failed)})
+        emit_json(report.model_dump(mode="json") | {"failed": len(report.failed)})
     else:
         table = Table("check", "result", "detail", title=f"{report.name or directory}")
         for check in report.checks:

@@ -11,8 +11,9 @@ Public API
   (reset / snapshot / restore / state / calls), and :class:`EnvironmentControl` is the same
   over the wire (MCP extension ``dev.astra/environment``). See ``_runtime`` for how
   requests map to episodes (``EPISODE_META_KEY``).
-- :func:`emit` writes a standalone server directory; :func:`validate_emitted` launches it
-  over stdio and replays the verifiers' reference calls.
+- :func:`emit` writes a standalone server directory; :func:`certify_emitted` (also
+  :func:`validate_emitted`) launches it over stdio and replays the verifiers' reference calls:
+  THE certification, one :class:`Certification` record (``_validate``).
 - :func:`score_calls` (and :func:`score_episode`, :func:`score_trajectory`, :func:`compute_score`):
   THE process reward (one definition, ``_rewards``), its matching rule :func:`answer_in_result`
   and template-agnostic episode parsing (:func:`calls_from_text`).
@@ -68,7 +69,16 @@ from ._runtime import (
 from ._runtime import EnvironmentError_ as EnvironmentSpecError
 from ._sandbox import ErrorKind as SandboxErrorKind
 from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult, SandboxUnavailable
-from ._validate import Check, ValidationReport, stdio_parameters, validate_emitted
+from ._validate import (
+    Certification,
+    Check,
+    CheckKind,
+    ValidationReport,
+    certify_client,
+    certify_emitted,
+    stdio_parameters,
+    validate_emitted,
+)
 
 SAMPLES_DIR = Path(__file__).with_name("samples")
 
@@ -113,7 +123,9 @@ def build_server(
 __all__ = [
     "SAMPLES_DIR",
     "CallCheck",
+    "Certification",
     "Check",
+    "CheckKind",
     "EpisodeScore",
     "ValidationReport",
     "answer_found",
@@ -139,6 +151,8 @@ __all__ = [
     "score_episode",
     "stdio_parameters",
     "validate_emitted",
+    "certify_client",
+    "certify_emitted",
     "serve",
     "CONTROL_EXTENSION",
     "DEFAULT_EPISODE",

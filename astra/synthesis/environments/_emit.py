@@ -2,24 +2,23 @@
 real MCP server directory (through :func:`astra.servers.emit`).
 
 Solvability certificate: the emitted server is launched over stdio with the official MCP
-client, and every reference call replayed through it must reproduce its sub-answer. An
+client, and every reference call replayed through it must reproduce its expected result and
+sub-answer (:func:`astra.servers.certify_emitted`, the one certification). An
 environment without a certificate is removed and never exported; a certified one is saved
 in the registry.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from astra.records import Decomposition, EnvironmentSpec, ToolImplementation, Verifier, stable_id
-from astra.servers._rewards import answer_in_result, parse_tool_value
+from astra.servers._validate import certify_emitted
 from astra.synthesis._stage import Outcome, StageCounts
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._decompose import last_step_id
@@ -93,49 +92,10 @@ def build_environment(dec: Decomposition, tool_of_step: dict[str, tuple[MergedTo
     )
 
 
-def _result_value(result: Any) -> Any:
-    if result.structured_content is not None:
-        return parse_tool_value(result.structured_content)
-    texts = [c.text for c in result.content if getattr(c, "type", None) == "text"]
-    return parse_tool_value(texts[0] if len(texts) == 1 else texts)
-
-
 async def certify(spec: EnvironmentSpec, server_dir: Path, timeout_s: float = 60.0) -> Certificate:
-    """Replay every reference call through the emitted server over stdio (official MCP client)."""
-    from mcp.client import Client
-
-    from astra.servers import stdio_parameters
-
-    calls = [v for v in spec.verifiers if v.tool]
-    failures: list[str] = []
-    passed = 0
-    start = time.perf_counter()
-    try:
-        with anyio.fail_after(timeout_s):
-            async with Client(stdio_parameters(server_dir)) as client:
-                listed = {t.name for t in (await client.list_tools()).tools}
-                missing = sorted({t.spec.name for t in spec.tools} - listed)
-                if missing:
-                    failures.append(f"tools/list lacks {', '.join(missing)}")
-                for v in calls:
-                    result = await client.call_tool(v.tool or "", v.arguments)  # calls have a tool
-                    value = _result_value(result)
-                    if result.is_error:
-                        failures.append(f"{v.id}: {v.tool} returned an error: {json.dumps(value, default=str)[:200]}")
-                    elif not answer_in_result(value, v.expected_answer):  # the reward's own rule
-                        failures.append(
-                            f"{v.id}: {v.tool} returned {json.dumps(value, default=str)[:200]}, expected "
-                            f"{v.expected_answer!r}"
-                        )
-                    else:
-                        passed += 1
-    except TimeoutError:
-        failures.append(f"timeout after {timeout_s}s")
-    except Exception as exc:  # a server that fails to start or dies is a failed certificate
-        failures.append(f"server failed: {type(exc).__name__}: {exc}")
-    return Certificate(
-        calls=len(calls), passed=passed, seconds=round(time.perf_counter() - start, 3), failures=failures
-    )
+    """The solvability certificate: THE certification of an emitted server
+    (:func:`astra.servers.certify_emitted`: one stdio replay of every reference call)."""
+    return await certify_emitted(server_dir, spec, timeout_s=timeout_s)
 
 
 def environment_items(ctx: PipelineContext) -> list[tuple[str, Any]]:

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from astra.records import EnvironmentSpec, Record, ToolImplementation
+from astra.servers._validate import Certification
 from astra.synthesis._stage import Funnel
 from astra.synthesis.trajectories._config import JudgeMode
 
@@ -132,18 +133,9 @@ class MergedTool(Record):
     merge_note: str | None = None
 
 
-class Certificate(BaseModel):
-    """Solvability certificate: every reference call replayed over stdio reproduced its sub-answer."""
-
-    transport: str = "stdio"
-    calls: int
-    passed: int
-    seconds: float
-    failures: list[str] = Field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.calls > 0 and self.passed == self.calls and not self.failures
+# The solvability certificate stored with an emitted server is THE certification record of
+# astra.servers (one replay of the server over stdio; old emit.jsonl summaries still load).
+Certificate = Certification
 
 
 class EmittedEnvironment(Record):
