@@ -132,9 +132,10 @@ def emit_cmd(
     }
     if json_out:
         emit_json(summary)
-    console.print(f"[green]emitted[/] {spec.name} ({len(spec.tools)} tools) -> {directory}")
-    console.print(f"  stdio: python {directory / 'server.py'}")
-    console.print(f"  http:  python {directory / 'server.py'} --http --port 8000")
+    console.print(f"[green]emitted[/] {user(spec.name)} ({len(spec.tools)} tools) -> {user(directory)}",
+                  highlight=False)
+    console.print(f"  stdio: python {user(directory / 'server.py')}", highlight=False)
+    console.print(f"  http:  python {user(directory / 'server.py')} --http --port 8000", highlight=False)
 
 
 @app.command("serve")
@@ -194,12 +195,12 @@ def validate_cmd(
     if json_out:
         emit_json(report.model_dump(mode="json") | {"failed": len(report.failed)})
     else:
-        table = Table("check", "result", "detail", title=f"{report.name or directory}")
-        for check in report.checks:
-            table.add_row(check.name, "[green]ok[/]" if check.ok else "[red]FAIL[/]", check.detail)
+        table = Table("check", "result", "detail", title=user(report.name or directory))
+        for check in report.checks:  # names and details carry the server's own text (tool results)
+            table.add_row(user(check.name), "[green]ok[/]" if check.ok else "[red]FAIL[/]", user(check.detail))
         console.print(table)
     if report.error:
-        console.print(f"[red]error:[/] {report.error}", highlight=False)
+        console.print(f"[red]error:[/] {user(report.error)}", highlight=False)
     passed = sum(c.ok for c in report.checks)
     console.print(
         f"{passed}/{len(report.checks)} checks passed" + ("" if report.ok else " [red](validation failed)[/]")
@@ -259,7 +260,7 @@ def score_cmd(
         for s in scores:
             verified = [c for c in s.per_call if c.passed is not None]
             table.add_row(
-                s.trajectory_id or "-", str(s.tool_calls), f"{len(s.solved_subquestions)}/{s.total_subquestions}",
+                user(s.trajectory_id or "-"), str(s.tool_calls), f"{len(s.solved_subquestions)}/{s.total_subquestions}",
                 f"{s.recall:.2f}", f"{s.precision:.2f}", f"{s.process_reward:.3f}",
                 f"{sum(bool(c.passed) for c in verified)}/{len(verified)}",
             )
@@ -270,7 +271,7 @@ def score_cmd(
         )
     failed = [s for s in scores if s.status != "ok"]
     for s in failed:
-        console.print(f"[red]{s.trajectory_id}: {s.error}[/]", highlight=False)
+        console.print(f"[red]{user(s.trajectory_id)}: {user(s.error)}[/]", highlight=False)
     if errors or failed or not scores:
         raise typer.Exit(1)
 
@@ -305,7 +306,8 @@ def list_cmd(home: HomeOption = None, json_out: JsonOption = False) -> None:
     table = Table("name", "id", "tools", "verifiers", "sandboxed", "location")
     for s, loc in rows:
         table.add_row(
-            s.name, s.id, str(len(s.tools)), str(len(s.verifiers)), "yes" if s.sandboxed else "no", loc or "-"
+            user(s.name), user(s.id), str(len(s.tools)), str(len(s.verifiers)), "yes" if s.sandboxed else "no",
+            user(loc or "-"),
         )
     console.print(table)
     console.print(f"{len(rows)} environment(s); samples: {', '.join('sample:' + n for n in samples)}")

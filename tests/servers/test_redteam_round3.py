@@ -67,5 +67,42 @@ def test_environment_name_cannot_inject_code_into_server_py(tmp_path: Path) -> N
     assert not marker.exists()
 
 
+# --------------------------------------------------------------------------- CLI: names and tool output are data
+
+
+def test_cli_prints_hostile_names_and_tool_output_verbatim(tmp_path: Path) -> None:
+    """R3-13. Protection: ``astra.cli._common.user`` on every name and server-provided text that
+    ``astra env emit / list / validate`` print (a name ``x[/]`` made ``emit`` end in a Rich MarkupError
+    traceback after writing and registering, and then broke ``env list`` for the whole registry; a tool
+    error text did the same to ``env validate``)."""
+    from typer.testing import CliRunner
+
+    from astra.cli import app
+    from astra.records import Verifier
+
+    hostile = "x[/]\x1b[31m[bold]"
+    source = "def boom(state, x=21):\n    raise ValueError('[/]\\x1b[2J [link=file:///etc]')\n"
+    spec = EnvironmentSpec(
+        id="env-r3-markup", name=hostile,
+        tools=[_tool("healthy", HEALTHY, "healthy"), _tool("boom", source, "boom")],
+        verifiers=[Verifier(id="v1", sub_question="boom?", expected_answer=1, tool="boom", arguments={})],
+    )
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.model_dump_json(), encoding="utf-8")
+    home, out = tmp_path / "home", tmp_path / "out"
+    runner = CliRunner()
+    env = {AUDIT_HOOK_ENV: "0"}
+
+    emitted = runner.invoke(app, ["env", "emit", str(spec_path), "--out", str(out), "--home", str(home)], env=env)
+    assert emitted.exit_code == 0 and emitted.exception is None, (emitted.output, emitted.exception)
+    assert "x[/]\\x1b[31m[bold]" in emitted.output  # verbatim, control character escaped
+    listed = runner.invoke(app, ["env", "list", "--home", str(home)], env=env)
+    assert listed.exit_code == 0 and listed.exception is None, (listed.output, listed.exception)
+    assert "x[/]" in listed.output
+    validated = runner.invoke(app, ["env", "validate", str(out)], env=env)
+    assert validated.exit_code == 1 and isinstance(validated.exception, SystemExit), validated.exception
+    assert "[/]" in validated.output and "\x1b" not in validated.output  # failed check shown, not interpreted
+
+
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(pytest.main([__file__, "-q"]))
