@@ -4,7 +4,8 @@
   aggregates their tools under collision-free names (:class:`ToolBinding`);
 - :func:`resolve_model` builds a :class:`Model` from ``openai:`` / ``anthropic:`` /
   ``local:`` / ``scripted:`` specs (retries, optional on-disk cache);
-- :func:`run_episode` runs one (multi-turn) episode into a :class:`~astra.records.Trajectory`;
+- :func:`run_episode` runs one (multi-turn) episode into a :class:`~astra.records.Trajectory`: the one
+  agent loop (:func:`play`), its rules a :class:`LoopPolicy` (rollouts by default; BFCL's is another);
 - :func:`run_rollouts` runs tasks x samples, resumable, locally or on Ray.
 """
 
@@ -18,7 +19,7 @@ from astra.client._connections import (
     ToolResult,
 )
 from astra.client._local import LocalModel, parse_tool_reply, smollm2_path, tool_call_schema
-from astra.client._loop import EpisodeTurn, run_episode, trajectory_id
+from astra.client._loop import AfterReply, EpisodeState, EpisodeTurn, LoopPolicy, play, run_episode, trajectory_id
 from astra.client._model import (
     Model,
     ModelError,
@@ -34,14 +35,17 @@ from astra.client._runner import RolloutSummary, arun_rollouts, run_rollouts
 from astra.client._schema import anthropic_tool, openai_tool, provider_schema
 
 __all__ = [
+    "AfterReply",
     "AnthropicModel",
     "CachedModel",
     "ConnectionFailed",
     "EpisodeUnavailable",
     "Connections",
     "EchoModel",
+    "EpisodeState",
     "EpisodeTurn",
     "LocalModel",
+    "LoopPolicy",
     "Model",
     "ModelError",
     "ModelResponse",
@@ -58,6 +62,7 @@ __all__ = [
     "arun_rollouts",
     "openai_tool",
     "parse_tool_reply",
+    "play",
     "provider_schema",
     "register_script",
     "registered_scripts",
