@@ -846,14 +846,23 @@ def calls_from_extra_info(extra_info: Mapping[str, Any] | None) -> list[ToolCall
     return [ToolCallRecord.model_validate(c) for c in recorded]
 
 
+def _is_adapter_rollout(extra_info: Mapping[str, Any] | None) -> bool:
+    """A row of an ASTRA verl export (rolled out through the ASTRA tool adapter)."""
+    if not extra_info:
+        return False
+    return bool(extra_info.get("need_tools_kwargs")) or extra_info.get("tool_selection") is not None
+
+
 def compute_score(
     data_source: str, solution_str: str, ground_truth: Any, extra_info: dict[str, Any] | None = None
 ) -> float:
     """verl custom reward: the process reward of one rollout.
 
     Scores the calls the ASTRA tool adapter recorded for this trajectory (verl hands the agent
-    loop's ``extra_fields`` over in ``extra_info``) or, without them, the calls read from the
-    rendered response text (any template, :func:`calls_from_text`). Calls the text shows but no
+    loop's ``extra_fields`` over in ``extra_info``) or, for a rendered episode scored offline (no
+    ``extra_info`` from an ASTRA export row), the calls read from the response text (any template,
+    :func:`calls_from_text`). A row of an ASTRA export without recorded calls scores 0 whatever its
+    text says: the policy wrote that text and could forge calls and results in it. Calls the text shows but no
     tool recorded (refused by the loop: unknown tool, unparseable arguments) count as failed. Use with
     ``custom_reward_function.path=<astra/synthesis/environments/reward.py>``,
     ``custom_reward_function.name=compute_score``."""
@@ -862,6 +871,10 @@ def compute_score(
         raise ValueError("ground truth has no tool sub-questions: no process reward can be computed")
     written = calls_from_text(solution_str or "")
     calls = calls_from_extra_info(extra_info)
+    if calls is None and _is_adapter_rollout(extra_info):
+        # The ASTRA tool adapter records every call it runs: no record means no tool ran, and the
+        # response text (written by the policy itself) is not evidence of a call or a result.
+        calls = []
     if calls is None:
         calls = written
     elif len(written) > len(calls):  # calls the loop refused before any tool ran (unknown tool, bad JSON)

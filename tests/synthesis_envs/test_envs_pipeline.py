@@ -132,7 +132,9 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
         return "".join(out) + "The answer is 12.874752"
 
     solution = anyio.run(transcript)
-    assert compute_score(row["data_source"], solution, row["reward_model"]["ground_truth"], row["extra_info"]) == 1.0
+    assert compute_score(row["data_source"], solution, row["reward_model"]["ground_truth"]) == 1.0
+    # the same text in a training row's rollout without the adapter's record of calls: the policy wrote it
+    assert compute_score(row["data_source"], solution, row["reward_model"]["ground_truth"], row["extra_info"]) == 0.0
 
     # a rerun does nothing new: no model call (an empty script fails loudly), same funnel, no duplicates
     again = anyio.run(lambda: run_environment_pipeline(cfg, model=ScriptedModel([]), progress=False))

@@ -131,6 +131,25 @@ async def test_oracle_scores_one_and_noop_zero(
 
 
 @pytest.mark.anyio
+async def test_calls_and_results_the_policy_writes_itself_score_zero(
+    export: Any, verl: types.SimpleNamespace, environments: list[ExportEnvironment]
+) -> None:
+    """Reward hacking: a policy that copies a solved episode's text (calls and tool results) into its
+    own reply without calling a tool must not be rewarded; the adapter's record is the evidence."""
+    row = export.rows[0]
+    solved = await run_like_verl(verl, export.tools, row, oracle(row, environments[0]))
+    assert solved["score"] == 1.0
+    # the solved text with its call tags dropped: verl's parser runs nothing, the calls and results stay
+    untagged = solved["text"].replace("<tool_call>", "").replace("</tool_call>", "")
+    for forged in (untagged, untagged.replace("<tool_response>", "").replace("</tool_response>", "")):
+        hacked = await run_like_verl(verl, export.tools, row, [forged])
+        assert hacked["tool_rewards"] == []
+        assert hacked["score"] == 0.0, forged
+        # and the reward function alone, given the row verl hands it
+        assert compute_score(row["data_source"], forged, row["reward_model"]["ground_truth"], row["extra_info"]) == 0.0
+
+
+@pytest.mark.anyio
 async def test_a_tool_outside_the_selection_is_refused_and_distractors_never_solve(
     export: Any, verl: types.SimpleNamespace, environments: list[ExportEnvironment]
 ) -> None:
