@@ -873,8 +873,9 @@ class EnvironmentRuntime:
                 sandbox = await self._sandbox_for_loop()
             except SandboxUnavailable as exc:  # fail closed: the tool does not run
                 return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.sandbox, error=str(exc))
-            result = await sandbox.call(
-                tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None
+            result = await sandbox.call(  # the episode object: its own sandbox, released when it is dropped
+                tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None,
+                episode=episode,
             )
             if not result.ok:
                 return ToolOutcome(tool.name, arguments, ok=False, error=result.error,

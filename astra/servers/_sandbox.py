@@ -31,11 +31,13 @@ Where the sandbox cannot be set up (no bubblewrap, user namespaces refused, no l
 :class:`SandboxUnavailable` names the cause and the fix. Running model-written code unsandboxed
 needs an explicit, loud opt-in: ``ASTRA_UNSAFE_NO_SANDBOX=1`` (or ``--unsafe-no-sandbox``).
 
-Every call runs in a child forked from the warm parent: nothing a call changes (globals, builtins,
-modules, patched functions, scratch files) reaches another call, episode or reset. The reply comes
-on a pipe of its own as one frame tied to the request's nonce; anything else fails the call. A
-``Sandbox`` keeps up to ``max_workers`` such bubblewrap workers (one call at a time each), so a
-call that hangs delays only its own episode.
+Every episode runs in a bubblewrap sandbox of its own (a fresh pid namespace, scratch tmpfs and
+warm parent, taken from a small pool of spares launched ahead), and every call in a child forked
+from that parent: nothing a call changes (globals, builtins, modules, patched functions, scratch
+files) reaches another call, and nothing at all -- not even the pid or inode counters of its
+namespaces -- reaches another episode or survives a reset. The reply comes on a pipe of its own
+as one frame tied to the request's nonce; anything else fails the call. Episodes run in parallel,
+so a call that hangs delays only its own episode.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ LIMITS_ENV = "ASTRA_SANDBOX_LIMITS"  # JSON object of SandboxLimits fields, e.g.
 AUDIT_HOOK_ENV = "ASTRA_SANDBOX_AUDIT_HOOK"  # "0": leave the audit hook out (the red-team suite does)
 SANDBOX_UID = 65534
 _START_TIMEOUT_S = 30.0
-_SCRATCH_DIRTY = 71  # the worker's exit status for a child that could not empty the scratch directory
+_WIPE_S = 2.0  # the worker parent's budget to empty the scratch after a call (as in _worker)
 _MAX_ERROR = 4200  # characters of a tool's error message (the worker sends at most 4000 and a line number)
 _BACKSTOP_S = 5.0  # beyond the wall limit, for the parent to report; then the whole sandbox is replaced
 
@@ -114,7 +116,7 @@ class SandboxUnavailable(SandboxError):
 
 @dataclass(frozen=True)
 class SandboxLimits:
-    """Per-call limits for sandboxed tool code."""
+    """Limits for sandboxed tool code: per call, and on the sandboxes alive at once (memory)."""
 
     cpu_s: float = 2.0  # CPU time (rounded up to whole seconds by the kernel's RLIMIT_CPU)
     memory_mb: int = 256  # address space of the call's process
@@ -125,6 +127,10 @@ class SandboxLimits:
     max_output_bytes: int = 64 * 1024
     max_result_bytes: int = 256 * 1024
     max_state_bytes: int = 8 * 1024 * 1024
+    # one bubblewrap sandbox per episode: at most this many alive at once (~12 MB each plus what its
+    # scratch holds); at capacity the least recently used idle episode's sandbox is released
+    max_sandboxes: int = 64
+    spare_sandboxes: int = 2  # launched ahead, so that a new or reset episode does not wait for one
 
     @classmethod
     def from_env(cls) -> SandboxLimits:
@@ -457,18 +463,19 @@ def _release(res: _Resources) -> None:
 
 @dataclass
 class _Spare:
-    """A child forked ahead of its call: its private channel and a pidfd (readable once it has exited)."""
+    """A child forked ahead of its call, confined and warm: its private channel (closing it unused
+    makes it exit)."""
 
     pid: int
     channel: socket.socket
-    pidfd: int
 
     def close(self) -> None:
         self.channel.close()
-        try:
-            os.close(self.pidfd)
-        except OSError:
-            pass
+
+
+class _Unsettled(Exception):
+    """The previous call of a sandbox did not settle (its process gone, the scratch emptied) within
+    its budget, or the sandbox died between calls: the next call runs in a fresh sandbox instead."""
 
 
 @dataclass(eq=False)
@@ -479,9 +486,12 @@ class _Worker:
     scratch: Path | None  # host directory in unsafe mode only
     cgroup: Path | None
     alive: bool = True
+    ready: bool = False  # its parent reported ready
+    readying: anyio.Event | None = None  # set once ``ready`` is known
     spares: deque[_Spare] = field(default_factory=deque)
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    previous: _Spare | None = None  # the last call's process: the next call starts once it is gone
+    previous: str | None = None  # the last call not reported done: the next call starts once it is
+    dirty: bool = False  # the parent could not empty the scratch after a call: this sandbox is done
 
     def kill(self) -> None:
         self.alive = False
@@ -494,9 +504,6 @@ class _Worker:
         for spare in self.spares:
             spare.close()
         self.spares.clear()
-        if self.previous is not None:
-            self.previous.close()
-            self.previous = None
 
     async def wait(self, timeout: float = 10.0) -> int | None:
         with anyio.move_on_after(timeout):
@@ -519,12 +526,15 @@ class _Worker:
                 os.close(fd)
             raise EOFError("the sandbox worker closed its control channel")
         message = json.loads(data)
-        if message.get("op") == "spare" and len(fds) == 2:
-            self.spares.append(_Spare(int(message["pid"]), socket.socket(fileno=fds[0]), fds[1]))
+        if message.get("op") == "spare" and len(fds) == 1:
+            self.spares.append(_Spare(int(message["pid"]), socket.socket(fileno=fds[0])))
         else:
             for fd in fds:
                 os.close(fd)
             if message.get("op") == "done" and message.get("id"):
+                if message["id"] == self.previous:
+                    self.previous = None
+                    self.dirty = self.dirty or message.get("clean") is not True
                 self.reports[str(message["id"])] = message
                 while len(self.reports) > 64:  # reports on calls whose reply was complete are not read
                     self.reports.pop(next(iter(self.reports)))
@@ -547,6 +557,12 @@ class _Worker:
                 await anyio.wait_readable(self.control)
                 continue
             return self._file(data, fds)
+
+    async def settle(self) -> None:
+        """Wait for the parent's report on the previous call: its process is gone and the scratch
+        emptied (or ``dirty`` says it could not be)."""
+        while self.previous is not None:
+            await self.receive()
 
     async def spare(self) -> _Spare:
         while not self.spares:
@@ -585,28 +601,72 @@ async def _read_until_eof(fd: int, limit: int) -> tuple[bytes, bool]:
             return bytes(buffer[:limit]), True
 
 
-class Sandbox:
-    """Warm, isolated workers for untrusted tool code (see the module docstring).
+class _EpisodeToken:
+    """The episode of calls made without one (``Sandbox.call(..., episode=None)``)."""
 
-    ``async with Sandbox(limits=SandboxLimits(...)) as sb: await sb.call(source, entrypoint, args)``.
-    Each worker runs one call at a time (a fresh child of its warm parent, in its own bubblewrap
-    sandbox and scratch); up to ``max_workers`` calls run at once, workers being started when all
-    are busy. ``audit_hook=False`` leaves out the in-process audit hook (the sandbox must hold
-    without it); ``unsafe_no_sandbox=True`` (or ``ASTRA_UNSAFE_NO_SANDBOX=1``) runs without bubblewrap.
+
+@dataclass(eq=False)
+class _Binding:
+    """An episode's claim on a sandbox: its worker (None until its first call, or after the worker
+    was replaced or evicted), the calls holding or awaiting it, and when it was last used."""
+
+    key: Any  # a weak reference to the episode object, or the object itself when it takes none
+    worker: _Worker | None = None
+    users: int = 0
+    ended: bool = False  # the episode ended while a call was in flight: released when the call returns
+    last_used: float = field(default_factory=time.monotonic)
+    lock: anyio.Lock | None = None
+    lock_token: object = None
+
+    def holds(self, episode: object) -> bool:
+        held = self.key() if isinstance(self.key, weakref.ref) else self.key
+        return held is episode
+
+
+class Sandbox:
+    """Isolated, warm sandboxes for untrusted tool code (see the module docstring).
+
+    ``async with Sandbox(limits=SandboxLimits(...)) as sb: await sb.call(source, entrypoint, args,
+    episode=obj)``. Every episode (any object: ``episode=`` of ``call``) gets a bubblewrap sandbox
+    of its own on its first call: a fresh pid namespace, scratch tmpfs and warm pre-imported
+    parent, taken from a small pool of pre-launched spares (``SandboxLimits.spare_sandboxes``) so
+    that opening or resetting an episode costs no launch. Nothing an episode's calls do, not even
+    a kernel counter of its namespaces or tmpfs, reaches another episode: two episodes never share
+    a sandbox. Inside its sandbox every call runs in a fresh child of the parent (one call at a time
+    per episode; episodes run in parallel). An episode's sandbox is released by ``end_episode``, or
+    when the episode object is garbage-collected (the runtime's episodes: on reset, close, expiry).
+    Calls without ``episode`` share the sandbox's own default episode.
+
+    Memory is bounded: at most ``SandboxLimits.max_sandboxes`` sandboxes (bound and spare) live at
+    once, each ~12 MB plus what its scratch tmpfs holds (<= ``scratch_mb``). At capacity the
+    least recently used idle episode loses its sandbox (its next call starts in a fresh one; its
+    state lives on the host and is not lost); when every sandbox is running a call, a new episode's
+    call waits for one to finish. Two episodes never share a sandbox. ``audit_hook=False`` leaves
+    out the in-process audit hook (the sandbox must hold without it); ``unsafe_no_sandbox=True``
+    (or ``ASTRA_UNSAFE_NO_SANDBOX=1``) runs without bubblewrap.
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, audit_hook: bool | None = None,
-                 unsafe_no_sandbox: bool | None = None, max_workers: int | None = None) -> None:
+                 unsafe_no_sandbox: bool | None = None) -> None:
         self.limits = limits or SandboxLimits.from_env()
+        if self.limits.max_sandboxes < 1 or self.limits.spare_sandboxes < 0:
+            raise ValueError("SandboxLimits: max_sandboxes must be >= 1 and spare_sandboxes >= 0")
         self.audit_hook = os.environ.get(AUDIT_HOOK_ENV, "1").strip() != "0" if audit_hook is None else audit_hook
         self.unsafe = unsafe_opt_in() if unsafe_no_sandbox is None else unsafe_no_sandbox
-        self.max_workers = max_workers or max(2, min(4, os.cpu_count() or 1))
-        self._workers: list[_Worker] = []
-        self._idle: list[_Worker] = []
-        self._slots = anyio.Semaphore(self.max_workers)
-        self._slots_token: object = None
-        self.restarts = 0
+        self._workers: list[_Worker] = []  # live sandboxes: bound to an episode or spare
+        self._spares: deque[_Worker] = deque()  # launched, bound to no episode yet
+        self._dying: list[_Worker] = []  # killed, not reaped yet
+        self._bindings: dict[int, _Binding] = {}  # id(episode object) -> its binding
+        self._ended: list[int] = []  # ids of episode objects collected since the last call (weakref callbacks)
+        self._own = _EpisodeToken()
+        self._freed: anyio.Event | None = None
+        self._freed_token: object = None
+        self.restarts = 0  # sandboxes replaced after a failed call
+        self.evictions = 0  # idle episodes' sandboxes released at capacity
+        self.launches = 0
         self.isolation: dict[str, Any] = {}
+        self._warned = False
+        self._started = False
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, _release, self._res)
 
@@ -620,19 +680,50 @@ class Sandbox:
         await self.aclose()
 
     async def start(self) -> None:
-        """Start two workers now (a sandbox that cannot be set up fails here, closed; a call that hangs
-        does not make the next one wait for a worker to start); more start when all are busy."""
-        if not self._workers:
-            async with self._current_slots():
-                while len(self._workers) < min(2, self.max_workers):
-                    self._idle.append(await self._spawn())
+        """Launch the spare sandboxes now and wait until they are ready: a sandbox that cannot be set
+        up fails here, closed, and the first episodes do not wait for a launch. Cheap once started."""
+        if self._started:
+            return
+        self._refill()
+        if not self._spares:  # spare_sandboxes=0: still check that a sandbox can start
+            self._spares.append(self._launch())
+        for worker in list(self._spares):
+            await self._until_ready(worker)
+        self._started = True
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
             for worker in list(self._workers):
-                await self._retire(worker)
-            self._idle.clear()
+                self._discard(worker)
+            for worker in list(self._dying):
+                await worker.wait()
+            self._reap()
+            self._bindings.clear()
+            self._started = False
             self._finalizer()
+
+    def abandon(self) -> None:
+        """Kill the sandboxes without waiting for them (outside any event loop)."""
+        for worker in list(self._workers):
+            self._discard(worker)
+
+    def end_episode(self, episode: object) -> None:
+        """Release ``episode``'s sandbox (killed now, or when its call in flight returns): a later call
+        with the same object starts in a fresh one. The runtime's episodes need not call this: their
+        sandbox goes when the episode object is collected (reset, close, expiry)."""
+        binding = self._bindings.get(id(episode))
+        if binding is None or not binding.holds(episode):
+            return
+        binding.ended = True
+        if binding.users == 0:
+            self._unbind(id(episode), binding)
+
+    @property
+    def open_sandboxes(self) -> int:
+        """Sandboxes alive now (bound to an episode or spare)."""
+        return len(self._workers)
+
+    # ------------------------------------------------------------------ sandboxes
 
     def _config(self, control_fd: int, scratch: str, tool_filter: bytes) -> dict[str, Any]:
         limits = self.limits
@@ -644,7 +735,9 @@ class Sandbox:
             "max_state_bytes": limits.max_state_bytes,
         }
 
-    async def _spawn(self) -> _Worker:
+    def _launch(self) -> _Worker:
+        """Start a sandbox (bubblewrap and the warm parent in it) without waiting for it to be ready:
+        it warms up in the background while the episodes already bound run their calls."""
         limits = self.limits
         log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
         self._res.paths.add(log_path)
@@ -652,6 +745,7 @@ class Sandbox:
         seccomp_fd = None
         scratch_dir: Path | None = None
         cgroup: Path | None = None
+        tool_program = b""
         try:
             if self.unsafe:
                 try:
@@ -659,13 +753,17 @@ class Sandbox:
                 except SandboxUnavailable:
                     tool_program = b""
                 scratch_dir = Path(tempfile.mkdtemp(prefix="astra-unsafe-scratch-"))
+                self._res.paths.add(scratch_dir)
                 config = self._config(worker_end.fileno(), str(scratch_dir), tool_program)
                 command = [_interpreter(), "-I", "-S", "-B", str(_WORKER), json.dumps(config)]
-                message = (f"SANDBOX DISABLED ({UNSAFE_ENV}=1 / --unsafe-no-sandbox): model-written tool code runs "
-                           "on this machine WITHOUT bubblewrap isolation: it can read your files and reach the network")
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
-                log.warning(message)
-                print(f"WARNING: {message}", file=sys.stderr, flush=True)
+                if not self._warned:
+                    self._warned = True
+                    message = (f"SANDBOX DISABLED ({UNSAFE_ENV}=1 / --unsafe-no-sandbox): model-written tool code "
+                               "runs on this machine WITHOUT bubblewrap isolation: it can read your files and reach "
+                               "the network")
+                    warnings.warn(message, RuntimeWarning, stacklevel=4)
+                    log.warning(message)
+                    print(f"WARNING: {message}", file=sys.stderr, flush=True)
                 pass_fds: tuple[int, ...] = (worker_end.fileno(),)
             else:
                 bwrap = _find_bwrap()
@@ -683,6 +781,7 @@ class Sandbox:
                     # join the pids cgroup before bubblewrap forks anything
                     command = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" || exit 97; exec "$@"', str(cgroup),
                                *command]
+                    self._res.cgroups.add(cgroup)
                 pass_fds = (worker_end.fileno(), seccomp_fd)
             env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
             with log_path.open("wb") as log_file:
@@ -692,31 +791,24 @@ class Sandbox:
                                              cwd=str(scratch_dir) if scratch_dir else "/")
                 except OSError as exc:
                     raise _unavailable(f"cannot run {command[0]}: {exc}") from exc
+        except BaseException:
+            host_end.close()
+            for path in (log_path, scratch_dir):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                    self._res.paths.discard(path)
+            if cgroup is not None:
+                _remove_cgroup(cgroup)
+                self._res.cgroups.discard(cgroup)
+            raise
         finally:
             worker_end.close()
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
         host_end.setblocking(False)
-        worker = _Worker(popen=popen, control=host_end, log=log_path, scratch=scratch_dir, cgroup=cgroup)
         self._res.pids.add(popen.pid)
-        if cgroup is not None:
-            self._res.cgroups.add(cgroup)
-        if scratch_dir is not None:
-            self._res.paths.add(scratch_dir)
-        ready = None
-        with anyio.move_on_after(_START_TIMEOUT_S):
-            try:
-                ready = await worker.receive()
-            except (EOFError, OSError, ValueError):
-                ready = None
-        if not ready or ready.get("op") != "ready":
-            worker.kill()
-            await worker.wait(2)
-            cause = log_path.read_text(errors="replace")[-2000:]
-            if not cause.strip():
-                cause = f"the worker exited with status {popen.poll()} before it was ready"
-            await self._retire(worker)
-            raise _unavailable(cause)
+        self.launches += 1
+        worker = _Worker(popen=popen, control=host_end, log=log_path, scratch=scratch_dir, cgroup=cgroup)
         self._workers.append(worker)
         self.isolation = {
             "bubblewrap": not self.unsafe,
@@ -724,40 +816,150 @@ class Sandbox:
             "tool_seccomp": bool(tool_program),
             "audit_hook": self.audit_hook,
             "pids_limit": "cgroup" if cgroup is not None else ("rlimit" if os.geteuid() != 0 else "none"),
+            "sandbox_per_episode": True,
         }
         return worker
 
-    async def _retire(self, worker: _Worker) -> None:
-        """Kill a worker and release what it held."""
+    async def _until_ready(self, worker: _Worker) -> None:
+        """Wait for a launched sandbox's parent to report ready; a sandbox that does not start is
+        discarded and :class:`SandboxUnavailable` names why."""
+        if worker.ready:
+            return
+        if worker.readying is not None:  # another task is waiting for this one
+            await worker.readying.wait()
+            if not worker.ready:
+                raise _unavailable("the sandbox did not start (see the first error)")
+            return
+        worker.readying = anyio.Event()
+        ready = None
+        try:
+            with anyio.move_on_after(_START_TIMEOUT_S):
+                try:
+                    while not (ready and ready.get("op") == "ready"):
+                        ready = await worker.receive()  # its spares are filed as they come
+                except (EOFError, OSError, ValueError):
+                    ready = None
+        finally:
+            worker.ready = bool(ready and ready.get("op") == "ready")
+            worker.readying.set()
+            if not worker.ready:
+                self._discard(worker)
+        if not (ready and ready.get("op") == "ready"):
+            await worker.wait(2)
+            cause = worker.log.read_text(errors="replace")[-2000:] if worker.log.exists() else ""
+            if not cause.strip():
+                cause = f"the worker exited with status {worker.popen.poll()} before it was ready"
+            self._reap()
+            raise _unavailable(cause)
+
+    def _refill(self) -> None:
+        """Launch spares up to ``spare_sandboxes``, within ``max_sandboxes``."""
+        while len(self._spares) < self.limits.spare_sandboxes and len(self._workers) < self.limits.max_sandboxes:
+            self._spares.append(self._launch())
+
+    def _discard(self, worker: _Worker) -> None:
+        """Kill a sandbox now (everything in its pid namespace dies with it); reaped later."""
         worker.kill()
-        with anyio.CancelScope(shield=True):
-            await worker.wait()
         if worker in self._workers:
             self._workers.remove(worker)
-        if worker in self._idle:
-            self._idle.remove(worker)
-        self._res.pids.discard(worker.popen.pid)
-        for path in (worker.scratch, worker.log):
-            if path is not None:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-                self._res.paths.discard(path)
-        if worker.cgroup is not None:
-            _remove_cgroup(worker.cgroup)  # a killed worker still exiting: retried later
-            self._res.cgroups.discard(worker.cgroup)
+            self._dying.append(worker)
+        if worker in self._spares:
+            self._spares.remove(worker)
 
-    def abandon(self) -> None:
-        """Kill the workers without waiting for them (outside any event loop)."""
-        for worker in self._workers:
-            worker.kill()
-        self._workers.clear()
-        self._idle.clear()
+    def _reap(self) -> None:
+        """Release what killed sandboxes held once they are gone; forget collected episodes."""
+        while self._ended:
+            key = self._ended.pop()
+            binding = self._bindings.get(key)
+            if binding is not None and isinstance(binding.key, weakref.ref) and binding.key() is None:
+                binding.ended = True
+                if binding.users == 0:
+                    self._unbind(key, binding)
+        for worker in list(self._dying):
+            if worker.popen.poll() is None:
+                continue
+            self._dying.remove(worker)
+            self._res.pids.discard(worker.popen.pid)
+            for path in (worker.scratch, worker.log):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                    self._res.paths.discard(path)
+            if worker.cgroup is not None:
+                _remove_cgroup(worker.cgroup)  # a killed sandbox's tasks still exiting: retried later
+                self._res.cgroups.discard(worker.cgroup)
 
-    async def _restart(self, slot: list[_Worker]) -> None:
-        """Replace the worker in ``slot`` with a fresh one."""
-        with anyio.CancelScope(shield=True):
-            await self._retire(slot[0])
-            self.restarts += 1
-            slot[0] = await self._spawn()
+    def _unbind(self, key: int, binding: _Binding) -> None:
+        if self._bindings.get(key) is binding:
+            del self._bindings[key]
+        if binding.worker is not None:
+            self._discard(binding.worker)
+            binding.worker = None
+        self._notify_freed()
+
+    def _binding(self, episode: object) -> tuple[int, _Binding]:
+        key = id(episode)
+        binding = self._bindings.get(key)
+        if binding is not None and binding.holds(episode) and not binding.ended:
+            return key, binding
+        if binding is not None:  # a stale record under a reused id, or an ended episode used again
+            binding.ended = True
+            if binding.users == 0:
+                self._unbind(key, binding)
+        try:
+            this = weakref.ref(self)
+            ref: Any = weakref.ref(episode, lambda _ref, key=key: (me := this()) is not None and me._ended.append(key))
+        except TypeError:  # an object that takes no weak reference (a str, an int): held until ended or evicted
+            ref = episode
+        binding = _Binding(key=ref)
+        self._bindings[key] = binding
+        return key, binding
+
+    def _lock(self, binding: _Binding) -> anyio.Lock:
+        token = anyio.lowlevel.current_token()  # a sandbox may serve several event loops in turn
+        if binding.lock is None or binding.lock_token != token:
+            binding.lock, binding.lock_token = anyio.Lock(), token
+        return binding.lock
+
+    def _notify_freed(self) -> None:
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
+
+    async def _wait_freed(self) -> None:
+        token = anyio.lowlevel.current_token()
+        if self._freed is None or self._freed_token != token:
+            self._freed, self._freed_token = anyio.Event(), token
+        await self._freed.wait()
+
+    async def _acquire(self) -> _Worker:
+        """A sandbox for an episode that has none: a spare, a new launch, or (at capacity) one freed by
+        evicting the least recently used idle episode. Never one another episode used."""
+        while True:
+            self._reap()
+            if self._spares:
+                worker = self._spares.popleft()
+                self._refill()
+                await self._until_ready(worker)
+                return worker
+            if len(self._workers) < self.limits.max_sandboxes:
+                worker = self._launch()
+                self._spares.remove(worker) if worker in self._spares else None
+                await self._until_ready(worker)
+                return worker
+            idle = [(b.last_used, k, b) for k, b in self._bindings.items() if b.worker is not None and b.users == 0]
+            if idle:
+                _used, key, victim = min(idle, key=lambda item: item[0])
+                log.info("sandbox capacity (%d): the least recently used idle episode's sandbox is released",
+                         self.limits.max_sandboxes)
+                self.evictions += 1
+                assert victim.worker is not None
+                self._discard(victim.worker)
+                victim.worker = None
+                if isinstance(victim.key, weakref.ref) and victim.key() is not None:
+                    continue  # the episode keeps its record (and lock): its next call gets a fresh sandbox
+                del self._bindings[key]
+                continue
+            await self._wait_freed()  # every sandbox is running a call
 
     # ------------------------------------------------------------------ calls
 
@@ -768,10 +970,12 @@ class Sandbox:
         arguments: dict[str, Any],
         *,
         state: dict[str, Any] | None = None,
+        episode: object | None = None,
     ) -> SandboxResult:
         """Run ``entrypoint(**arguments)`` (or ``entrypoint(state, **arguments)`` when a state is
-        given) from ``source`` in a fresh child of the warm worker. Never raises for tool failures:
-        see ``SandboxResult``. Raises :class:`SandboxUnavailable` when the sandbox cannot start."""
+        given) from ``source`` in a fresh child of ``episode``'s sandbox (see the class docstring).
+        Never raises for tool failures: see ``SandboxResult``. Raises :class:`SandboxUnavailable`
+        when the sandbox cannot start."""
         start = time.perf_counter()
         nonce = secrets.token_hex(16)
         request = {"id": nonce, "source": source, "entrypoint": entrypoint, "arguments": arguments,
@@ -781,42 +985,66 @@ class Sandbox:
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
             return SandboxResult(ok=False, error_kind=ErrorKind.NOT_JSON,
                                  error=f"arguments or state are not JSON: {exc}")
-        async with self._current_slots():
-            slot = [self._idle.pop() if self._idle else await self._spawn()]
-            try:
-                result = await self._exchange(slot, nonce, payload, stateful=state is not None)
-            finally:
-                if slot[0].alive and slot[0] in self._workers:
-                    self._idle.append(slot[0])
+        if self._ended or self._dying:
+            self._reap()
+        key, binding = self._binding(self._own if episode is None else episode)
+        binding.users += 1
+        try:
+            async with self._lock(binding):
+                result = SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
+                                       error="the sandbox failed before the call started; it was restarted")
+                for _attempt in range(2):
+                    worker = binding.worker
+                    if worker is None or not worker.alive:
+                        binding.worker = None
+                        worker = binding.worker = await self._acquire()
+                    try:
+                        result = await self._exchange(worker, nonce, payload, stateful=state is not None)
+                    except _Unsettled as exc:  # the call has not started: it runs in a fresh sandbox
+                        log.info("sandbox replaced before a call: %s", exc)
+                        self._replace(worker)
+                        binding.worker = None
+                        continue
+                    if not worker.alive and binding.worker is worker:
+                        binding.worker = None  # replaced: the episode's next call starts in a fresh sandbox
+                    break
+        finally:
+            binding.users -= 1
+            binding.last_used = time.monotonic()
+            if binding.ended and binding.users == 0:
+                self._unbind(key, binding)
+            elif binding.users == 0:
+                self._notify_freed()
         result.latency_s = time.perf_counter() - start
         return result
 
-    def _current_slots(self) -> anyio.Semaphore:
-        """The worker slots of the running event loop (a sandbox may serve several loops in turn)."""
-        token = anyio.lowlevel.current_token()
-        if self._slots_token != token:
-            self._slots, self._slots_token = anyio.Semaphore(self.max_workers), token
-        return self._slots
+    def _replace(self, worker: _Worker) -> None:
+        """A sandbox that failed a call goes; its episode's next call starts in a fresh one."""
+        self._discard(worker)
+        self.restarts += 1
 
-    async def _exchange(self, slot: list[_Worker], nonce: str, payload: bytes, *, stateful: bool) -> SandboxResult:
-        worker = slot[0]
+    async def _exchange(self, worker: _Worker, nonce: str, payload: bytes, *, stateful: bool) -> SandboxResult:
         limits = self.limits
         reply_limit = limits.max_result_bytes * 4 + limits.max_state_bytes * 4 + limits.max_output_bytes * 4 + 65536
+        try:  # the previous call's process gone (pids), the scratch emptied: before this call's wall clock
+            with anyio.fail_after(limits.wall_s + _WIPE_S + _BACKSTOP_S):
+                worker.drain()
+                await worker.settle()
+        except (TimeoutError, EOFError, OSError, ValueError) as exc:
+            raise _Unsettled(str(exc)) from exc
+        if worker.dirty:
+            raise _Unsettled("the scratch directory could not be emptied in time")
         request_r = request_w = reply_r = reply_w = -1
         spare: _Spare | None = None
         sent = completed = False
         report: dict[str, Any] | None = None
         try:
             with anyio.fail_after(limits.wall_s + _BACKSTOP_S):
-                worker.drain()
-                if worker.previous is not None:  # the previous call's process must be gone (scratch, pids)
-                    await anyio.wait_readable(worker.previous.pidfd)
-                    worker.previous.close()
-                    worker.previous = None
                 spare = await worker.spare()
                 request_r, request_w = os.pipe()
                 reply_r, reply_w = os.pipe()
                 await worker.send({"op": "start", "pid": spare.pid, "id": nonce})  # the parent's wall clock
+                worker.previous = nonce  # the next call waits for the parent's report on this one
                 socket.send_fds(spare.channel, [b"call"], [request_r, reply_w])
                 sent = True
                 spare.channel.close()
@@ -839,11 +1067,11 @@ class Sandbox:
                     report = await worker.report(nonce)
             completed = True
         except TimeoutError:
-            await self._restart(slot)
+            self._replace(worker)
             return SandboxResult(ok=False, error_kind=ErrorKind.TIMEOUT, restarted=True,
                                  error=_timeout_message(limits))
         except (EOFError, OSError, ValueError) as exc:
-            await self._restart(slot)
+            self._replace(worker)
             return SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
                                  error=f"the sandbox failed during the call ({type(exc).__name__}: {exc}); "
                                        "it was restarted")
@@ -856,22 +1084,13 @@ class Sandbox:
                         pass
             if spare is not None and not sent:
                 spare.channel.close()  # an unused spare exits when its channel closes
-            if spare is not None and slot[0] is worker:
-                worker.previous = spare  # the next call waits until this process is gone
-                if sent and not completed:  # cancelled mid-call: stop the child
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                        try:
-                            await worker.send({"op": "cancel", "pid": spare.pid, "id": nonce})
-                        except OSError:
-                            pass
-            elif spare is not None:
-                spare.close()
+            if spare is not None and sent and not completed and worker.alive:  # cancelled mid-call: stop the child
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    try:
+                        await worker.send({"op": "cancel", "pid": spare.pid, "id": nonce})
+                    except OSError:
+                        pass
         worker.reports.pop(nonce, None)  # a complete reply's report is not needed
-        if report is not None and os.WIFEXITED(int(report.get("status", 0))) and \
-                os.WEXITSTATUS(int(report["status"])) == _SCRATCH_DIRTY:
-            await self._restart(slot)  # the scratch directory could not be emptied: a fresh tmpfs
-            return SandboxResult(ok=False, error_kind=ErrorKind.SANDBOX, restarted=True,
-                                 error="the sandbox's scratch directory could not be emptied; it was restarted")
         return self._judge(problem, data, overflow, report, stateful=stateful)
 
     def _judge(self, problem: str | None, data: dict[str, Any] | None, overflow: bool, report: dict[str, Any] | None,

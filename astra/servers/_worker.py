@@ -6,24 +6,27 @@ pid, network, ipc, uts and cgroup namespaces, no namespace creation, a minimal r
 filesystem, no ``/proc``, a size-limited tmpfs as scratch, a seccomp deny-list). Standard library
 only: this file is also vendored into emitted environment directories.
 
-The parent (``main``) never runs tool code and never sees a request or a reply: it forks spare
-children ahead of their calls and hands each to the host on the control socket (an inherited
-``SOCK_SEQPACKET`` descriptor) as ``{"op": "spare", "pid"}`` with two descriptors: the spare's
-private channel and a pidfd. A spare confines itself before it waits: it closes every other
-descriptor, sets its rlimits (address space, file size, processes, open files, no core) and loads
-the tool-code seccomp filter (no exec, no fork, no signals to other processes, no sockets, no
-F_SETOWN, no executable mappings: nothing native can be loaded from scratch). Per call the host
-waits until the previous call's process has exited (its pidfd), tells the parent
-``{"op": "start", "pid", "id"}`` (the parent's wall clock starts: tool code cannot reach that
-timer), and sends the spare the read end of the request pipe and the write end of the reply pipe.
-The child closes its channel, empties the scratch directory of what an earlier call left, sets
-its CPU limit, optionally installs the audit hook (defence in depth only), reads the request,
-runs the tool and writes one frame (4-byte big-endian length + UTF-8 JSON carrying the request's
-nonce) to the reply pipe, which the host checks: anything else on the pipe fails the call. The
-parent kills a child past its wall limit (or on ``{"op": "cancel"}``), reaps it and reports
-``{"op": "done", "id", "pid", "status", "cpu_s", "timed_out", "cancelled"}``. A child dies with
-everything it changed: no global, builtin, module, patched function or scratch file reaches the
-next call.
+One worker serves one episode (the host launches a bubblewrap sandbox per episode, so the pid
+namespace, the scratch tmpfs and this parent are the episode's own). The parent (``main``) never
+runs tool code and never sees a request or a reply: it forks spare children ahead of their calls
+and hands each to the host on the control socket (an inherited ``SOCK_SEQPACKET`` descriptor) as
+``{"op": "spare", "pid"}`` with the spare's private channel. A spare confines itself and warms up
+before it waits: it closes every other descriptor, sets its rlimits (address space, file size,
+processes, open files, no core), loads the tool-code seccomp filter (no exec, no fork, no signals
+to other processes, no sockets, no F_SETOWN, no executable mappings: nothing native can be loaded
+from scratch) and runs a harmless call of its own, so that the copy-on-write faults of a call's
+first steps are taken before the call arrives. Per call the host waits for the parent's report on
+the previous call, tells the parent ``{"op": "start", "pid", "id"}`` (the parent's wall clock
+starts: tool code cannot reach that timer), and sends the spare the read end of the request pipe
+and the write end of the reply pipe. The child closes its channel, sets its CPU limit, optionally
+installs the audit hook (defence in depth only), reads the request, runs the tool and writes one
+frame (4-byte big-endian length + UTF-8 JSON carrying the request's nonce) to the reply pipe, which
+the host checks: anything else on the pipe fails the call. The parent kills a child past its wall
+limit (or on ``{"op": "cancel"}``), reaps it, empties the scratch directory (outside every call's
+wall clock; ``clean`` false when it could not within its budget: the host then replaces the
+sandbox) and reports ``{"op": "done", "id", "pid", "status", "cpu_s", "timed_out", "cancelled",
+"clean"}``. A child dies with everything it changed: no global, builtin, module, patched function
+or scratch file reaches the next call.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ _HEADER = struct.Struct(">I")
 # what the runner needs after the tool code ran, held here (tool code may replace any builtin or module attribute)
 _len, _pack, _write, _close, _exit = len, _HEADER.pack, os.write, os.close, os._exit
 _SPARES = 2  # children forked ahead of their call, so that a call does not wait for a fork
-_SCRATCH_DIRTY = 71  # exit status of a child that could not empty the scratch directory
+_WIPE_S = 2.0  # the parent's budget to empty the scratch after a call; past it the sandbox is replaced
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # Pre-imported in the parent: the child cannot map new native code (no PROT_EXEC mappings), so the
 # extension modules tool code may need must already be loaded; pure-Python modules load on demand.
@@ -276,12 +279,12 @@ def _wipe(path: str, deadline: float) -> bool:
 
 
 def _child(config: dict[str, Any], channel: socket.socket, tool_filter: _Filter | None, guard: Any) -> None:
-    """A spare child: confine itself, wait for its call, run it; never returns.
+    """A spare child: confine itself, warm up, wait for its call, run it; never returns.
 
     It is forked before its call arrives (so a call does not wait for a fork) and takes no
     descriptor but ``channel`` into confinement; the host hands it the call's request and reply
-    pipes there (the host knows the previous call's process is gone), then it closes the channel,
-    empties the scratch directory of whatever an earlier call left, and runs the call."""
+    pipes there once the parent reported the previous call's process gone and the scratch
+    directory emptied; then it closes the channel and runs the call."""
     status = 0
     try:
         import resource
@@ -307,13 +310,12 @@ def _child(config: dict[str, Any], channel: socket.socket, tool_filter: _Filter 
             resource.setrlimit(which, (soft, hard))
         if tool_filter is not None:
             tool_filter.load()
+        _prefault(config)
         _message, fds, _flags, _addr = socket.recv_fds(channel, 64, 2)
         channel.close()
         if len(fds) != 2:
             _exit(0)  # retired unused
         request_fd, reply_fd = fds
-        if not _wipe(config["scratch"], time.monotonic() + float(config.get("wipe_s", 2.0))):
-            _exit(_SCRATCH_DIRTY)
         used = resource.getrusage(resource.RUSAGE_SELF)
         cpu = max(1, round(used.ru_utime + used.ru_stime + float(config["cpu_s"])))  # whole seconds only
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -334,17 +336,28 @@ def _child(config: dict[str, Any], channel: socket.socket, tool_filter: _Filter 
     _exit(status)
 
 
+_WARM_UP = {"id": "warm-up", "source": "def warm(state, n):\n    state['n'] = [n, str(n)]\n    return {'n': n}\n",
+            "entrypoint": "warm", "arguments": {"n": 1}, "stateful": True, "state": {"k": [1, "a"]}}
+
+
 def _warm_up(config: dict[str, Any]) -> None:
     """Run one harmless call here, so that the lazily built parts of the interpreter (compiler, json
     encoder, code caches) exist before forking instead of being built again by every child."""
     saved = sys.stdout, sys.stderr
-    _wipe(config["scratch"], time.monotonic() + 1.0)
     try:
-        _run(config,
-             {"id": "warm-up", "source": "def warm(state, n):\n    state['n'] = [n, str(n)]\n    return {'n': n}\n",
-              "entrypoint": "warm", "arguments": {"n": 1}, "stateful": True, "state": {}}, None)
+        _run(config, json.loads(json.dumps(_WARM_UP)), None)
     finally:
         sys.stdout, sys.stderr = saved
+
+
+def _prefault(config: dict[str, Any]) -> None:
+    """In a spare, before its call: the same harmless call, which touches (and so copies, page by
+    page) the parent's memory a call's first steps write to -- reference counts of the compiler,
+    json, builtins -- while nothing waits for this process, instead of during the call."""
+    try:
+        _run(config, json.loads(json.dumps(_WARM_UP)), None)
+    except BaseException:  # noqa: BLE001 - only a warm-up: the call itself reports its own failures
+        pass
 
 
 def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any) -> tuple[int, socket.socket]:
@@ -464,6 +477,7 @@ def main() -> None:
     for name in ("ctypes", "_ctypes", "ctypes._endian"):
         sys.modules.pop(name, None)
     wall_s = float(config["wall_s"])
+    _wipe(scratch, time.monotonic() + _WIPE_S)
     _warm_up(config)
     guard = _make_guard(scratch, guard_roots) if config.get("audit_hook", True) else None
     import gc
@@ -471,20 +485,21 @@ def main() -> None:
     gc.freeze()  # children's collections then skip the parent's objects (fewer copy-on-write faults)
     # pid -> [our pidfd, call id or None (a spare), deadline or None, timed out, cancelled]
     children: dict[int, list[Any]] = {}
-    spares = 0
+
+    def fork_spares() -> None:
+        # hand the host fresh spares: their channel (the host dispatches calls there itself). One
+        # child is forked for each that exits, before its exit is reported (so never while a call
+        # runs): a call's pid and its threads' ids depend on its episode's own history only, not on
+        # timing (the pid namespace is the episode's)
+        while len(children) < _SPARES:
+            pid, channel = _fork_spare(config, tool_filter, guard)
+            socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [channel.fileno()])
+            channel.close()
+            children[pid] = [os.pidfd_open(pid), None, None, False, False]
+
+    fork_spares()
     control.sendall(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
     while True:
-        # hand the host fresh spares: their channel (the host dispatches calls there itself) and a
-        # pidfd (the host starts a call only once the previous call's process is gone)
-        running = any(c[1] is not None for c in children.values())
-        while spares < (_SPARES if not running else 1):  # while a call runs, fork only if no spare is left
-            pid, channel = _fork_spare(config, tool_filter, guard)
-            host_pidfd = os.pidfd_open(pid)
-            socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [channel.fileno(), host_pidfd])
-            channel.close()
-            os.close(host_pidfd)
-            children[pid] = [os.pidfd_open(pid), None, None, False, False]
-            spares += 1
         now = time.monotonic()
         deadlines = [c[2] for c in children.values() if c[2] is not None]
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
@@ -502,7 +517,6 @@ def main() -> None:
             child = children.get(order.get("pid"))
             if child is not None and order.get("op") == "start" and child[1] is None:
                 child[1], child[2] = order.get("id"), time.monotonic() + wall_s
-                spares -= 1
             elif child is not None and order.get("op") == "cancel" and child[1] == order.get("id"):
                 child[4] = True
                 os.kill(order["pid"], signal.SIGKILL)
@@ -518,10 +532,12 @@ def main() -> None:
             _pid, status, usage = os.wait4(pid, 0)
             pidfd, call, _deadline, timed_out, cancelled = children.pop(pid)
             os.close(pidfd)
-            if call is None:
-                spares -= 1  # a spare died before its call
+            # what the call left in scratch goes now, before the next call starts and outside its wall
+            # clock (a flood of inodes costs this sandbox, not the next call)
+            clean = call is None or _wipe(scratch, time.monotonic() + _WIPE_S)
+            fork_spares()
             report = {"op": "done", "id": call, "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
-                      "timed_out": timed_out, "cancelled": cancelled}
+                      "timed_out": timed_out, "cancelled": cancelled, "clean": clean}
             control.sendall(json.dumps(report).encode())
 
 

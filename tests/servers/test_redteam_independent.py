@@ -317,7 +317,7 @@ def _ctx() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    box = Sandbox(limits=LIMITS, audit_hook=False, max_workers=2)
+    box = Sandbox(limits=LIMITS, audit_hook=False)
     anyio.run(box.start)
     assert box.isolation["bubblewrap"] and not box.isolation["audit_hook"]
     yield box

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -412,3 +413,150 @@ def test_without_libseccomp_bindings_the_sandbox_fails_closed_or_uses_shipped_fi
     monkeypatch.setitem(sys.modules, "vendored_sandbox", vendored)
     spec.loader.exec_module(vendored)
     assert vendored.seccomp_programs() == built
+
+
+# --------------------------------------------------------------------------- a sandbox per episode
+
+# A covert channel between episodes needs a counter both can see: the scratch tmpfs's inode numbers
+# and free inodes/blocks, the pid namespace's next pid (the call's own, its threads'). The sender
+# moves every one of them by `secret`; the receiver reads them.
+COVERT = """
+import os, threading
+
+def send(state, secret):
+    for i in range(secret):
+        open(f'/tmp/f{i}', 'w').write('x' * 5000)
+        os.mkdir(f'/tmp/d{i}')
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        thread.join()
+    return secret
+
+def recv(state):
+    open('/tmp/probe', 'w').close()
+    os.mkdir('/tmp/probe-dir')
+    ids = []
+    thread = threading.Thread(target=lambda: ids.append(threading.get_native_id()))
+    thread.start()
+    thread.join()
+    fs = os.statvfs('/tmp')
+    return {'file_ino': os.stat('/tmp/probe').st_ino, 'dir_ino': os.stat('/tmp/probe-dir').st_ino,
+            'pid': os.getpid(), 'ppid': os.getppid(), 'thread': ids[0], 'free_inodes': fs.f_ffree,
+            'free_blocks': fs.f_bfree, 'scratch_links': os.stat('/tmp').st_nlink}
+"""
+
+
+class _Episode:
+    """An episode key for the Sandbox API (any object; this one takes weak references)."""
+
+
+async def _covert(sandbox: Sandbox, name: str, episode: object, **arguments: int) -> dict:
+    result = await sandbox.call(COVERT, name, arguments, state={}, episode=episode)
+    assert result.ok, result
+    return result.value
+
+
+async def test_no_counter_crosses_episodes_or_a_reset_through_the_api() -> None:
+    async with Sandbox(limits=LIMITS, audit_hook=False) as sandbox:
+        seen = []
+        for secret in (0, 37, 5, 37):
+            receiver, sender = _Episode(), _Episode()
+            first = await _covert(sandbox, "recv", receiver)  # a fresh episode
+            if secret:
+                assert await _covert(sandbox, "send", sender, secret=secret) == secret
+            seen.append((first, await _covert(sandbox, "recv", receiver)))  # an episode under way
+        assert all(view == seen[0] for view in seen), seen  # nothing learned of the secret
+        # control: within one episode the counters do move with what an earlier call did
+        episode = _Episode()
+        before = await _covert(sandbox, "recv", episode)
+        await _covert(sandbox, "send", episode, secret=37)
+        after = await _covert(sandbox, "recv", episode)
+        assert after["file_ino"] > before["file_ino"] + 37 and after["thread"] > before["thread"] + 37
+        # ending an episode (what a reset does) gives it a fresh sandbox: as if nothing had run
+        sandbox.end_episode(episode)
+        assert await _covert(sandbox, "recv", episode) == seen[0][0]
+
+
+def _covert_environment() -> EnvironmentSpec:
+    schema = {"type": "object", "properties": {"secret": {"type": "integer"}}}
+    tools = [ToolImplementation(spec=ToolSpec(server="covert", name=name, description=name, input_schema=schema),
+                                source=COVERT, stateful=True) for name in ("send", "recv")]
+    return EnvironmentSpec(id="env-covert", name="covert", tools=tools, initial_state={})
+
+
+async def test_no_counter_crosses_episodes_or_a_reset_through_an_emitted_server(tmp_path: Path) -> None:
+    from astra.servers import EnvironmentControl, stdio_parameters
+    from astra.servers._sandbox import AUDIT_HOOK_ENV
+
+    params = stdio_parameters(emit(_covert_environment(), tmp_path / "covert"))
+    params.env = {**(params.env or {}), AUDIT_HOOK_ENV: "0"}
+
+    async def recv(control: EnvironmentControl) -> dict:
+        result = await control.call_tool("recv", {})
+        assert not result.is_error, result
+        return result.structured_content
+
+    async with Client(params) as client:
+        seen = []
+        for secret in (0, 37, 5):
+            receiver, sender = EnvironmentControl(client), EnvironmentControl(client)
+            await receiver.open()
+            await sender.open()
+            first = await recv(receiver)
+            if secret:
+                assert not (await sender.call_tool("send", {"secret": secret})).is_error
+            seen.append((first, await recv(receiver)))
+            await receiver.close()
+            await sender.close()
+        assert all(view == seen[0] for view in seen), seen
+        # a reset: the episode's next call sees a fresh sandbox, whatever ran before it
+        episode = EnvironmentControl(client)
+        await episode.open()
+        before = await recv(episode)
+        assert not (await episode.call_tool("send", {"secret": 37})).is_error
+        assert (await recv(episode))["file_ino"] > before["file_ino"] + 37  # control: the counter moved
+        await episode.reset()
+        assert await recv(episode) == seen[0][0]
+
+
+async def test_at_capacity_idle_episodes_lose_their_sandbox_and_none_is_ever_shared() -> None:
+    limits = SandboxLimits(cpu_s=1, wall_s=4, max_sandboxes=2, spare_sandboxes=1)
+    slow = "import time\ndef slow(state):\n    time.sleep(0.3)\n    return 'done'\n"
+    async with Sandbox(limits=limits, audit_hook=False) as sandbox:
+        episodes = [_Episode() for _ in range(4)]
+        fresh = await _covert(sandbox, "recv", episodes[0])
+        for episode in episodes[1:]:  # more episodes than sandboxes: each starts in a fresh one
+            assert await _covert(sandbox, "recv", episode) == fresh
+            assert sandbox.open_sandboxes <= 2
+        assert sandbox.evictions >= 2
+        # the evicted episode goes on in a fresh sandbox (its state is the host's, not the sandbox's)
+        assert await _covert(sandbox, "recv", episodes[0]) == fresh
+
+        # every sandbox busy: a new episode's call waits for one to be free, then gets a fresh one
+        results: list[Any] = []
+
+        async def run_slow(episode: object) -> None:
+            results.append(await sandbox.call(slow, "slow", {}, state={}, episode=episode))
+
+        async with anyio.create_task_group() as tg:
+            for episode in episodes[:3]:
+                tg.start_soon(run_slow, episode)
+        assert [r.value for r in results] == ["done"] * 3, results
+        assert sandbox.open_sandboxes <= 2
+        assert await _covert(sandbox, "recv", _Episode()) == fresh
+
+
+async def test_inode_flood_costs_its_own_sandbox_not_the_next_call() -> None:
+    """R3-03: the parent empties the scratch after a call, outside the next call's wall clock; past its
+    budget the sandbox is replaced and the next call (which has not run) runs in a fresh one."""
+    flood = ("import os, time\ndef flood(state):\n    end = time.monotonic() + 0.8\n    n = 0\n"
+             "    while time.monotonic() < end:\n        os.mkdir(f'/tmp/{n}')\n        n += 1\n    return n\n")
+    limits = SandboxLimits(cpu_s=1, wall_s=1, memory_mb=256)
+    async with Sandbox(limits=limits, audit_hook=False) as sandbox:
+        episode = _Episode()
+        for _ in range(2):
+            made = await sandbox.call(flood, "flood", {}, state={}, episode=episode)
+            assert made.ok and made.value > 1000, made
+            after = await sandbox.call(COVERT, "recv", {}, state={}, episode=episode)
+            assert after.ok, after  # neither "could not be emptied" nor a timeout
+            assert after.value["free_inodes"] >= (await _covert(sandbox, "recv", _Episode()))["free_inodes"] - 2

@@ -35,7 +35,7 @@ class SandboxRunner:
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         for _ in range(self.size):
-            self._free.append(await self._stack.enter_async_context(Sandbox(limits=limits, max_workers=1)))
+            self._free.append(await self._stack.enter_async_context(Sandbox(limits=limits)))
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
