@@ -232,7 +232,7 @@ async def test_no_interpreter_state_crosses_calls() -> None:
 
 
 async def test_cpu_limit_is_a_clean_error_and_the_next_call_succeeds() -> None:
-    limits = SandboxLimits(cpu_s=1, wall_s=20)
+    limits = SandboxLimits(cpu_s=1, wall_s=60)  # wall time to spare on a loaded machine: the CPU limit must hit first
     spin = ("import signal\ndef spin():\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
             "    while True:\n        pass\n")
     async with Sandbox(limits=limits, audit_hook=False) as sandbox:
