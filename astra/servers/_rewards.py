@@ -187,7 +187,7 @@ def _maybe_json(value: Any) -> Any:
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return value
     return value
 
@@ -242,7 +242,7 @@ def parse_tool_value(value: Any) -> Any:
         text = value.strip()
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return text
     if isinstance(value, dict):
         for key in ("structured_content", "structuredContent"):
@@ -562,7 +562,7 @@ def _arguments(value: Any) -> Any:
     if isinstance(value, str):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return value
     return value
 
@@ -660,22 +660,57 @@ def _call_from_json(obj: Any) -> ToolCallRecord | None:
     return ToolCallRecord(name=name, arguments=_arguments(args))
 
 
+_JSON_START = re.compile(r"[{\[]")
+
+
 def _json_values(text: str) -> list[tuple[int, int, Any]]:
     """Every top-level JSON object/array in free text: (start, end, value)."""
     decoder = json.JSONDecoder()
-    out, i = [], 0
-    while True:
-        starts = [p for p in (text.find("{", i), text.find("[", i)) if p >= 0]
-        if not starts:
-            return out
-        start = min(starts)
-        try:
-            value, end = decoder.raw_decode(text, start)
-        except ValueError:
-            i = start + 1
+    out: list[tuple[int, int, Any]] = []
+    i = 0
+    # One regex search per candidate: two str.find calls rescanned the text for a bracket that never comes
+    # (quadratic on policy text such as '{"a":"' * 20000).
+    while (found := _JSON_START.search(text, i)) is not None:
+        start = found.start()
+        decoded = _decode_at(decoder, text, start)
+        if isinstance(decoded, int):
+            i = decoded
             continue
-        out.append((start, end, value))
-        i = end
+        out.append((start, decoded[1], decoded[0]))
+        i = decoded[1]
+    return out
+
+
+_DECODE_WINDOW = 8192
+_DEEP_SKIP = 1000  # brackets: at least this many open before the C scanner hits the recursion limit
+
+
+def _decode_at(decoder: json.JSONDecoder, text: str, start: int) -> tuple[Any, int] | int:
+    """The JSON value starting at ``start`` and its end, or where to look for the next one.
+
+    Decodes a window first: a failed ``raw_decode`` on the whole text costs O(position) (the error
+    counts the lines before it), which made scanning policy text quadratic. Only a failure the window's
+    end may have caused is retried on the rest of the text. Nesting deeper than the interpreter's
+    recursion limit is not JSON we read, nor is anything inside it: the scan skips that far ahead."""
+    window = text[start : start + _DECODE_WINDOW]
+    try:
+        value, end = decoder.raw_decode(window)
+        return value, start + end
+    except RecursionError:
+        return start + _DEEP_SKIP
+    except json.JSONDecodeError as exc:
+        truncated = len(window) == _DECODE_WINDOW and (
+            exc.pos >= len(window) - 8 or exc.msg.startswith("Unterminated string")
+        )
+        if not truncated:
+            return start + 1
+    try:
+        value, end = decoder.raw_decode(text[start:])
+    except RecursionError:
+        return start + _DEEP_SKIP
+    except ValueError:
+        return start + 1
+    return value, start + end
 
 
 def _calls_in(payload: str) -> list[ToolCallRecord]:
@@ -711,7 +746,7 @@ def _mistral_calls(payload: str) -> list[ToolCallRecord]:
             break
         try:
             args, end = json.JSONDecoder().raw_decode(rest, named.end())
-        except ValueError:
+        except (ValueError, RecursionError):
             calls.append(ToolCallRecord(name=named.group(1)))
             break
         calls.append(ToolCallRecord(name=named.group(1), arguments=args))
@@ -724,7 +759,7 @@ def _result_text(payload: str) -> tuple[Any, bool]:
     text = payload.strip()
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     if (
         isinstance(value, Mapping)
@@ -764,7 +799,7 @@ def _plain_messages(text: str) -> list[Any] | None:
         return None
     try:
         value = json.loads(stripped)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(value, list) and value and all(isinstance(m, Mapping) and "role" in m for m in value):
         return value

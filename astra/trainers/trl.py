@@ -54,7 +54,7 @@ class AstraEnvironment:
         self._rollout = self._pool.rollout(row.get("ground_truth"))
         return None
 
-    async def _call(self, tool: str, **arguments: Any) -> str:
+    async def _call(self, tool: str, arguments: dict[str, Any]) -> str:  # a dict: 'tool'/'self' are parameter names too
         if self._rollout is None:
             raise RuntimeError("reset() starts a trajectory before any tool call")
         server, server_tool = self.routes[tool]
@@ -94,10 +94,21 @@ def _python_type(schema: dict[str, Any]) -> str:
     return _TYPES.get(kind, "str")
 
 
-def _identifier(name: str) -> str:
-    ident = re.sub(r"\W", "_", name)
-    if not ident or ident[0].isdigit() or keyword.iskeyword(ident):
+_RESERVED = frozenset({"self"})
+
+
+def _identifier(name: str, taken: set[str] | None = None) -> str:
+    """A Python identifier for a model-written name: ASCII only (the parser folds other letters with
+    NFKC, so 'ª' would collide with 'a'), never a keyword or a reserved name, and not in ``taken``
+    (a ``_2``, ``_3`` ... suffix), which it joins."""
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    if not ident or ident[0].isdigit() or keyword.iskeyword(ident) or ident in _RESERVED:
         ident = f"p_{ident}"
+    if taken is not None:
+        base, n = ident, 2
+        while ident in taken:
+            ident, n = f"{base}_{n}", n + 1
+        taken.add(ident)
     return ident
 
 
@@ -114,8 +125,9 @@ def _method(tool: dict[str, Any]) -> str:
     required = set(params.get("required") or [])
     props = params.get("properties") or {}
     args, call, docs = [], [], []
+    taken: set[str] = set()
     for pname, prop in sorted(props.items(), key=lambda kv: kv[0] not in required):
-        ident = _identifier(pname)
+        ident = _identifier(pname, taken)
         hint = _python_type(prop)
         args.append(f"{ident}: {hint}" if pname in required else f"{ident}: {hint} | None = None")
         call.append(f"{json.dumps(pname)}: {ident}")
@@ -124,7 +136,7 @@ def _method(tool: dict[str, Any]) -> str:
     signature = ", ".join(["self", *args])
     return (
         f"    async def {name}({signature}) -> str:\n"
-        f"        return await self._call({json.dumps(name)}, **{{{', '.join(call)}}})\n"
+        f"        return await self._call({json.dumps(name)}, {{{', '.join(call)}}})\n"
         f"    {name}.__doc__ = {json.dumps(doc)}\n"
     )
 
@@ -133,12 +145,15 @@ def trl_module_source(samples: Sequence[Any], *, call_timeout_s: float = 60.0) -
     """The ``trl_env.py`` of an export (``samples``: :class:`astra.trainers.export.Sample`)."""
     servers: dict[str, Any] = {}
     by_env = {s.env.name: s.env for s in samples}
-    classes, names = [], {}
+    classes: list[str] = []
+    names: dict[str, str] = {}
+    class_names: set[str] = set()
     for sample in samples:
         for _, (server, _) in sample.routes.items():
             servers.setdefault(server, by_env[server].launch_config())
-        cls = "Env_" + _identifier(sample.env.name)
-        names[sample.env.name] = cls
+        if sample.env.name not in names:  # distinct environments never share a class ('a-b' and 'a b')
+            names[sample.env.name] = "Env_" + _identifier(sample.env.name, class_names)
+        cls = names[sample.env.name]
         routes = {name: tuple(route) for name, route in sample.routes.items()}
         methods = "\n".join(_method(t) for t in sample.tools)
         classes.append(

@@ -221,3 +221,31 @@ def test_failed_calls_are_failed_in_every_template(kind: str, strip: bool) -> No
     parsed = calls_from_text(render(kind, msgs, OPENAI_TOOLS, strip=strip))
     assert [(c.name, c.is_error) for c in parsed] == [("find_order", False), ("count_items", True)]
     assert answer_in_result(parsed[0].result, "ORD-7") and parsed[0].arguments == {"x": "1"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 5000,  # the C scanner raises RecursionError, not ValueError
+        "[1," * 20000,
+        "x" + '{"a":"' * 20000,
+        "[" + "{" * 3000 + "]",
+    ],
+    ids=["deep-brackets", "deep-array", "unclosed-objects", "deep-objects"],
+)
+def test_policy_text_never_crashes_the_reward(text: str) -> None:
+    """Sampled text is scored, never raised on: a crash here is a crashed training step (red-team R3-11)."""
+    truth = [{"sub_question": "q", "sub_answer": "Paris", "tool": "get_capital"}]
+    recorded = {"astra_calls": [{"name": "get_capital", "arguments": {}, "result": "Paris", "is_error": False}]}
+    assert compute_score("astra_env", text, truth, recorded) == 1.0
+    assert compute_score("astra_env", text, truth) == 0.0
+
+
+def test_calls_after_deep_nesting_and_longer_than_the_decode_window_are_read() -> None:
+    truth = [{"sub_question": "q", "sub_answer": "Paris", "tool": "get_capital"}]
+    call = '<tool_call>{"name": "get_capital", "arguments": {"note": "%s"}}</tool_call>'
+    call += "<tool_response>Paris</tool_response>"
+    assert compute_score("astra_env", "[" * 3000 + " " + call % "x", truth) == 1.0
+    assert compute_score("astra_env", call % ("y" * 50_000), truth) == 1.0
+    (record,) = calls_from_text(call % ("y" * 50_000))
+    assert record.arguments == {"note": "y" * 50_000}

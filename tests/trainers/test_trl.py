@@ -106,3 +106,25 @@ async def test_16_concurrent_rollouts_keep_their_own_state(
     )
     assert module.process_reward(environments=envs) == [1.0] * 16
     assert all(json.loads(r[2])["order_id"] == "ORD-1" and json.loads(r[3])["quantity"] == 11 for r in replies)
+
+
+@pytest.mark.anyio
+async def test_model_written_parameter_names_always_make_a_valid_distinct_signature() -> None:
+    """'self', names that fold to one identifier ('a b'/'a-b', 'a'/'ª' under NFKC, '1'/'p_1') once made the
+    whole trl_env.py a SyntaxError (red-team R3-12); each parameter now has its own identifier and the
+    call still sends the schema's real name."""
+    from astra.trainers.trl import _method
+
+    props = {"self": {"type": "string"}, "a b": {}, "a-b": {}, "a": {}, "\u00aa": {}, "1": {}, "p_1": {}}
+    tool = {"function": {"name": "lookup", "description": "d", "parameters": {"properties": props}}}
+    namespace: dict[str, Any] = {}
+    fake_call = "    async def _call(self, name, arguments):\n        return arguments\n"
+    exec("class Env:\n" + fake_call + _method(tool), namespace)
+    method = namespace["Env"].lookup
+    params = [p for p in inspect.signature(method).parameters if p != "self"]
+    assert len(params) == len(set(params)) == len(props)
+    assert all(p.isascii() and p.isidentifier() for p in params)
+    sent = await method(namespace["Env"](), **{p: i for i, p in enumerate(params)})
+    assert sorted(sent) == sorted(props)  # every real name, each from its own parameter
+    assert sorted(sent.values()) == list(range(len(props)))
+    assert set(get_json_schema(method)["function"]["parameters"]["properties"]) == set(params)
