@@ -1,8 +1,8 @@
 """A BFCL run: many entries, concurrently, resumable, scored by BFCL's checker.
 
 A run directory (``astra.runs.RunDir``) holds ``manifest.json`` and ``results.jsonl``, one
-:class:`BfclResult` per entry id; a rerun skips ids already there, so a killed run resumes
-without duplicates or loss.
+:class:`BfclResult` per entry id, written by the one resumable runner (``astra.runner``): a rerun
+skips ids already there, so a killed run resumes without duplicates or loss.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import anyio
 from pydantic import BaseModel, Field
 
 from astra.bfcl._data import CATEGORIES, MAX_STEPS_PER_TURN, BfclEntry, entry_sort_key
@@ -21,6 +20,7 @@ from astra.bfcl._gold import GOLD_MODEL, gold_model
 from astra.bfcl._score import compare_with_direct_execution, score_decoded
 from astra.client import Model, ModelSettings
 from astra.records import ChatMessage, Usage
+from astra.runner import ItemRunner
 from astra.runs import RunDir
 
 RESULTS_STAGE = "results"
@@ -212,34 +212,24 @@ async def run_bfcl(
         name = model_name or "model"
     gold = factory is gold_model  # the replay is checked against the ground truth fed directly
     run = RunDir(run_dir, config={"model": name, "max_steps_per_turn": max_steps_per_turn, "servers": servers})
-    log = run.stage(RESULTS_STAGE)
-    todo = [e for e in entries if e.id not in log]
-    resumed = len(entries) - len(todo)
-    run.mark(RESULTS_STAGE, "running", todo=len(todo))
-    limiter = anyio.CapacityLimiter(max(1, concurrency))
 
-    async def one(entry: BfclEntry) -> None:
-        async with limiter:
-            try:
-                result = await score_entry(
-                    factory(entry), entry, model_name=name, settings=settings,
-                    check_ground_truth=gold, keep_messages=keep_messages,
-                    max_steps_per_turn=max_steps_per_turn, servers=servers,
-                )
-            except Exception as exc:  # noqa: BLE001 - one broken entry is a recorded failure, the rest go on
-                result = _failed_result(entry, name, exc)
-            log.append(result)
-            if on_result is not None:
-                on_result(result)
+    async def play(entry: BfclEntry) -> BfclResult:
+        return await score_entry(
+            factory(entry), entry, model_name=name, settings=settings, check_ground_truth=gold,
+            keep_messages=keep_messages, max_steps_per_turn=max_steps_per_turn, servers=servers,
+        )
 
-    async with anyio.create_task_group() as tg:
-        for entry in todo:
-            tg.start_soon(one, entry)
-    run.mark(RESULTS_STAGE, "done", entries=len(entries))
+    runner = ItemRunner[BfclEntry, BfclResult](run, RESULTS_STAGE, concurrency=concurrency,
+                                               label=lambda r: "pass" if r.valid else "fail")
+    # one broken entry is a recorded failure (astra:harness_error), the rest go on
+    report = await runner.run(((e.id, e) for e in entries), play,
+                              on_error=lambda failure: _failed_result(failure.item, name, failure.error),
+                              on_record=on_result, done_info=lambda _: {"entries": len(entries)})
+    log = runner.log
     wanted = {e.id for e in entries}
     results = [r for r in log.read(BfclResult) if r.id in wanted]
     summary = summarize(results, name, str(run.path))
-    summary.scored_now = len(todo)
-    summary.resumed = resumed
+    summary.scored_now = report.todo
+    summary.resumed = report.resumed
     summary.elapsed_s = time.perf_counter() - started
     return summary

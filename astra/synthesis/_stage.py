@@ -9,18 +9,14 @@ all, so a rerun skips finished inputs and gives the same final set, without dupl
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-import anyio
 from pydantic import BaseModel, Field
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from astra.errors import RunWriteError
+from astra.runner import Failure, ItemRunner
 from astra.runs import RunDir
 
 T = TypeVar("T", bound=BaseModel)
@@ -143,10 +139,6 @@ class Funnel(BaseModel):
         return table
 
 
-# progress is human output: stderr, so that a CLI's --json owns stdout
-_PROGRESS_CONSOLE = Console(stderr=True)
-
-
 def model_calls(audit: Sequence[Any]) -> int:
     """Model requests in an audit trail (``ask_json`` records one entry per attempt)."""
     return sum(1 for a in audit if isinstance(a, dict) and "model" in a and ("raw" in a or "error" in a))
@@ -215,7 +207,8 @@ class Stage(Generic[T]):
         description: str | None = None,
         gates: Mapping[str, float] | None = None,
     ) -> StageCounts:
-        """Apply ``fn`` to every (id, item) not yet done, ``concurrency`` at a time.
+        """Apply ``fn`` to every (id, item) not yet done, ``concurrency`` at a time (the one
+        resumable runner, :class:`astra.runner.ItemRunner`).
 
         ``fn`` must not raise for expected failures (return ``Outcome.drop(..., failed=True)``);
         an unexpected exception is recorded as a failed drop with its type and message, so one
@@ -227,92 +220,42 @@ class Stage(Generic[T]):
         thresholds by name) changes the decision. A Ctrl-C / SIGTERM marks the stage
         ``interrupted`` with what is kept.
         """
-        items = list(items)
         done = {e.id: e for e in self.entries()}
         for entry in list(done.values()):
             regated = self._regated(entry, gates or {})
             if regated is not None:
                 self.log.append(regated, replace=True)
         retry = {i for i, e in done.items() if e.failed and not e.outputs}
-        todo: Sequence[tuple[str, Any]] = [(i, it) for i, it in items if i not in self.log or i in retry]
-        limiter = anyio.CapacityLimiter(max(1, concurrency))
-        # a terminal gets a live bar; a log (not a TTY) gets plain lines: start, every ~10 s, end
-        live = progress and _PROGRESS_CONSOLE.is_terminal
-        plain = _PlainProgress(description or self.name, len(todo)) if progress and not live else None
-        bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            disable=not live,
-            transient=False,
-            console=_PROGRESS_CONSOLE,
+
+        async def work(pair: tuple[str, Any]) -> StageEntry:
+            item_id, item = pair
+            start = time.perf_counter()
+            outcome = await fn(item)
+            return self._entry(item_id, outcome, time.perf_counter() - start)
+
+        def failed(failure: Failure[tuple[str, Any]]) -> StageEntry:
+            outcome = Outcome.drop(f"error: {type(failure.error).__name__}: {failure.error}", failed=True)
+            return self._entry(failure.item_id, outcome, failure.seconds)
+
+        runner = ItemRunner[tuple[str, Any], StageEntry](
+            self.run, self.name, log_file=self.log, concurrency=concurrency, progress=progress,
+            description=description, label=_entry_label)
+        await runner.run(((i, (i, it)) for i, it in items), work, on_error=failed, redo=retry,
+                         done_info=lambda _: self.counts().model_dump(exclude={"stage"}))
+        return self.counts()
+
+    def _entry(self, item_id: str, outcome: Outcome, seconds: float) -> StageEntry:
+        return StageEntry(
+            id=item_id,
+            stage=self.name,
+            outputs=[o.model_dump(mode="json") for o in outcome.outputs],
+            dropped=outcome.dropped if not outcome.outputs else None,
+            failed=outcome.failed,
+            audit=outcome.audit,
+            seconds=round(seconds, 4),
+            gate=outcome.gate,
         )
 
-        async def one(item_id: str, item: Any, task_id: Any) -> None:
-            async with limiter:
-                start = time.perf_counter()
-                try:
-                    outcome = await fn(item)
-                except Exception as exc:  # top level of one item: record, never lose it
-                    outcome = Outcome.drop(f"error: {type(exc).__name__}: {exc}", failed=True)
-                entry = StageEntry(
-                    id=item_id,
-                    stage=self.name,
-                    outputs=[o.model_dump(mode="json") for o in outcome.outputs],
-                    dropped=outcome.dropped if not outcome.outputs else None,
-                    failed=outcome.failed,
-                    audit=outcome.audit,
-                    seconds=round(time.perf_counter() - start, 4),
-                    gate=outcome.gate,
-                )
-                self.log.append(entry, replace=item_id in retry)
-                bar.advance(task_id)
-                if plain is not None:
-                    plain.advance(entry.dropped is None, entry.failed)
 
-        self.run.mark(self.name, "running", todo=len(todo), retried=len(retry & {i for i, _ in todo}))
-        try:
-            with bar:
-                task_id = bar.add_task(description or self.name, total=len(todo))
-                async with anyio.create_task_group() as tg:
-                    for item_id, item in todo:
-                        tg.start_soon(one, item_id, item, task_id)
-        except BaseException:  # Ctrl-C, SIGTERM, a cancelled caller, a full disk: say what is kept
-            with contextlib.suppress(RunWriteError):  # a full disk cannot take the note either
-                self.run.mark(self.name, "interrupted", kept=len(self.log),
-                              resume="run the same command again: finished inputs are skipped")
-            raise
-        counts = self.counts()
-        self.run.mark(self.name, "done", **counts.model_dump(exclude={"stage"}))
-        if plain is not None:
-            plain.finish(counts)
-        return counts
-
-
-class _PlainProgress:
-    """One line per stage event on stderr for logs (no live bar when stderr is not a TTY)."""
-
-    EVERY_S = 10.0
-
-    def __init__(self, name: str, total: int) -> None:
-        self.name, self.total, self.done, self.kept, self.failed = name, total, 0, 0, 0
-        self.started = self.last = time.perf_counter()
-        self._line(f"{total} to do")
-
-    def _line(self, text: str) -> None:
-        _PROGRESS_CONSOLE.print(f"[{time.strftime('%H:%M:%S')}] {self.name}: {text}", markup=False, highlight=False,
-                                soft_wrap=True)
-
-    def advance(self, kept: bool, failed: bool) -> None:
-        self.done += 1
-        self.kept += int(kept)
-        self.failed += int(failed)
-        now = time.perf_counter()
-        if now - self.last >= self.EVERY_S and self.done < self.total:
-            self.last = now
-            self._line(f"{self.done}/{self.total} ({self.kept} kept, {self.failed} failed) {now - self.started:.0f} s")
-
-    def finish(self, counts: StageCounts) -> None:
-        self._line(f"done in {time.perf_counter() - self.started:.1f} s: {counts.inputs} in, {counts.outputs} out, "
-                   f"{counts.dropped} dropped ({counts.failed} failed)")
+def _entry_label(entry: StageEntry) -> str:
+    return "kept" if entry.dropped is None else "failed" if entry.failed else "dropped"

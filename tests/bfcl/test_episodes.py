@@ -167,3 +167,38 @@ def test_ground_truth_against_its_own_schema_astra_servers_reject_bfcl_executes(
     assert exact.mcp_faithful is True
     assert astra.mcp_faithful is False and set(astra.mcp_differences) == {"TicketAPI"}
     assert any("is not of type 'integer'" in (m.content or "") for m in astra.messages if m.role == "tool")
+
+
+def test_kill_9_mid_run_then_resume_without_duplicates_or_loss(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(here / "bfcl_job.py"), str(tmp_path), "12"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    results = tmp_path / "results.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if results.exists() and results.read_bytes().count(b"\n") >= 3:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    partial = [json.loads(line)["id"] for line in results.read_text().splitlines() if line.endswith("}")]
+    assert 3 <= len(partial) < 12
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["results"]["status"] == "running"
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=300, check=True)
+    summary = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert summary["resumed"] >= len(partial) and summary["scored_now"] + summary["resumed"] == 12
+    assert summary["categories"]["base"] == {"total": 12, "passed": 12, "accuracy": 1.0}
+    ids = [json.loads(line)["id"] for line in results.read_text().splitlines()]
+    assert sorted(ids) == sorted(e.id for e in load_entries(["base"], limit=12))
+    assert not [i for i, n in Counter(ids).items() if n > 1]
+    assert json.loads((tmp_path / "manifest.json").read_text())["stages"]["results"]["status"] == "done"
