@@ -69,10 +69,11 @@ async def _trajectory_step(out: Path, model: str, home: Path | None, judge: str 
 
 
 async def _environment_step(out: Path, model: str, home: Path | None) -> dict[str, Any]:
+    from astra.client import provider_of
     from astra.synthesis.environments import demo_config, run_environment_pipeline
 
     # the embedded 135M model takes up to minutes per question on 2 cores: a short demo set
-    limit = 3 if model.startswith("local:") else None
+    limit = 3 if provider_of(model) == "local" else None
     result = await run_environment_pipeline(demo_config(out / "environments", model, home, limit=limit))
     console.print(result.funnel.render())
     if result.mcp_servers.get("mcpServers"):

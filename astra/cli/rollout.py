@@ -67,14 +67,14 @@ def rollout(
 
     TASKS may be the original ASTRA's tasks.jsonl: each line's mcp_info server is used (live over
     its call_info endpoint with --live-remote when reachable, else simulated; every step records which)."""
-    from astra.client import ModelSettings, run_rollouts
+    from astra.client import ModelSettings, provider_of, run_rollouts
 
     if executor not in ("local", "ray"):
         raise fail(f"--executor must be 'local' or 'ray', not {executor!r}", code=USAGE)
     task_list, file_servers = load_tasks(tasks)
     if not task_list:
         raise fail(f"{tasks}: no valid tasks", code=USAGE)
-    model_options = {"base_url": base_url} if base_url and model.startswith("openai:") else {}
+    model_options = {"base_url": base_url} if base_url and provider_of(model) == "openai" else {}
     targets: list[Any] = list(servers or [])
     if file_servers:
         targets += _plan_file_servers(file_servers, set(targets), out, live_remote, simulator_model or model,

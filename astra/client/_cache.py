@@ -15,14 +15,13 @@ from typing import Any
 
 import anyio
 
-from astra.client._model import Model, ModelResponse, ModelSettings
+from astra.client._model import Model, ModelResponse, ModelSettings, ModelWrapper
 from astra.records import ChatMessage, canonical_json
 
 
-class CachedModel(Model):
+class CachedModel(ModelWrapper):
     def __init__(self, model: Model, directory: str | os.PathLike[str]) -> None:
-        self.model = model
-        self.name = model.name
+        super().__init__(model)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.hits = 0
@@ -33,7 +32,7 @@ class CachedModel(Model):
     ) -> str:
         s = (settings or ModelSettings()).model_dump(exclude={"timeout_s"})
         payload = {
-            "model": self.model.name,
+            "model": self.inner.name,
             "messages": [m.to_openai() for m in messages],
             "tools": list(tools),
             "settings": s,
@@ -60,12 +59,9 @@ class CachedModel(Model):
                 self.hits += 1
                 return cached.model_copy(update={"latency_s": 0.0})
         self.misses += 1
-        response = await self.model.request(messages, tools, settings)
+        response = await self.inner.request(messages, tools, settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.{id(response)}.tmp")
         await anyio.Path(tmp).write_text(response.model_dump_json(), "utf-8")
         os.replace(tmp, path)
         return response
-
-    async def aclose(self) -> None:
-        await self.model.aclose()

@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from astra.client._model import Model, ModelError, ModelResponse, ModelSettings
+from astra.client._model import Model, ModelError, ModelResponse, ModelSettings, merge_settings
 from astra.client._schema import provider_schema
 from astra.jsonutil import JSONExtractionError, extract_all_json_objects, extract_json
 from astra.records import ChatMessage, ToolCall, Usage
@@ -251,7 +251,7 @@ class LocalModel(Model):
         tools: Sequence[dict[str, Any]] = (),
         settings: ModelSettings | None = None,
     ) -> ModelResponse:
-        s = settings or self.defaults
+        s = merge_settings(settings, self.defaults)
         llm, lock = load_llama(self.path, self.n_ctx, **copy.deepcopy(self.llama_kwargs))
         chat = _to_local_messages(messages, tools)
         grammar = None

@@ -36,6 +36,15 @@ class ModelSettings(BaseModel):
     )
 
 
+def merge_settings(settings: ModelSettings | None, defaults: ModelSettings) -> ModelSettings:
+    """THE settings merge: the fields ``settings`` sets win over ``defaults`` (a provider's
+    defaults under a request's settings; a request's settings under a wrapper's fixed ones)."""
+    if settings is None:
+        return defaults
+    merged = defaults.model_dump(exclude_unset=True) | settings.model_dump(exclude_unset=True)
+    return ModelSettings(**merged)
+
+
 class ModelResponse(BaseModel):
     message: ChatMessage
     usage: Usage = Field(default_factory=Usage)
@@ -78,6 +87,58 @@ class Model(abc.ABC):
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections; providers holding a client override this."""
+
+
+class ModelWrapper(Model):
+    """The base of every model in front of another (a cache, a concurrency limit, fixed
+    settings): the wrapped model is ``inner``; name, endpoint and closing are the inner model's.
+    Providers implement :meth:`Model.request`; wrappers add one concern each around it (as
+    inspect_ai's ``Model`` around its ``ModelAPI``)."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    @property
+    def model(self) -> Model:
+        """The older name of :attr:`inner` (``CachedModel`` and the runner's limiter used it)."""
+        return self.inner
+
+    @property
+    def innermost(self) -> Model:
+        """The provider under every wrapper."""
+        inner = self.inner
+        while isinstance(inner, ModelWrapper):
+            inner = inner.inner
+        return inner
+
+    async def request(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        settings: ModelSettings | None = None,
+    ) -> ModelResponse:
+        return await self.inner.request(messages, tools, settings)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FixedSettings(ModelWrapper):
+    """Settings fixed over every request's own (the run's per-request timeout on stages that
+    pass settings without one), through :func:`merge_settings`."""
+
+    def __init__(self, inner: Model, fixed: ModelSettings) -> None:
+        super().__init__(inner)
+        self.fixed = fixed
+
+    async def request(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]] = (),
+        settings: ModelSettings | None = None,
+    ) -> ModelResponse:
+        return await self.inner.request(messages, tools, merge_settings(self.fixed, settings or ModelSettings()))
 
 
 Reply = ChatMessage | str | Callable[[Sequence[ChatMessage], Sequence[dict[str, Any]]], ChatMessage | str]

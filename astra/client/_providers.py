@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from astra.client._model import Model, ModelError, ModelResponse, ModelSettings
+from astra.client._model import merge_settings as _settings
 from astra.client._retry import RetryableError, RetryPolicy, parse_retry_after, retryable_status, with_retries
 from astra.client._schema import openai_to_anthropic_tool
 from astra.records import ChatMessage, InfraFault, ToolCall, Usage
@@ -56,13 +57,6 @@ def _shared_client(key: tuple[Any, ...], factory: Any) -> Any:
     if client is None:
         client = per_loop[key] = factory()
     return client
-
-
-def _settings(settings: ModelSettings | None, defaults: ModelSettings) -> ModelSettings:
-    if settings is None:
-        return defaults
-    merged = defaults.model_dump(exclude_unset=True) | settings.model_dump(exclude_unset=True)
-    return ModelSettings(**merged)
 
 
 def _status_error(exc: Exception, what: str) -> Exception:

@@ -46,7 +46,7 @@ from pydantic import BaseModel, Field
 
 from astra.client._connections import Connections, ServerTarget
 from astra.client._loop import run_episode, trajectory_id
-from astra.client._model import Model, ModelResponse, ModelSettings
+from astra.client._model import Model, ModelResponse, ModelSettings, ModelWrapper
 from astra.client._resolve import model_endpoint, resolve_model
 from astra.records import ChatMessage, ServerSpec, Task, Trajectory
 from astra.registry import failure_reason
@@ -97,21 +97,17 @@ class EpisodeConfig(BaseModel):
     )
 
 
-class _LimitedModel(Model):
+class _LimitedModel(ModelWrapper):
     """Bounds concurrent requests to one endpoint."""
 
     def __init__(self, model: Model, limiter: anyio.CapacityLimiter) -> None:
-        self.model = model
-        self.name = model.name
+        super().__init__(model)
         self.limiter = limiter
 
     async def request(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = (),
                       settings: ModelSettings | None = None) -> ModelResponse:
         async with self.limiter:
-            return await self.model.request(messages, tools, settings)
-
-    async def aclose(self) -> None:
-        await self.model.aclose()
+            return await self.inner.request(messages, tools, settings)
 
 
 def _percentile(values: list[float], q: float) -> float | None:

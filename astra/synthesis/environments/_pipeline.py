@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from astra.client import Model
+from astra.client import Model, provider_of
 from astra.synthesis._stage import Funnel, StageCounts
 from astra.synthesis.environments._context import PipelineContext
 from astra.synthesis.environments._decompose import run_decompose
@@ -39,7 +39,7 @@ def demo_config(
     """The config ``astra demo`` runs: the bundled QA set (the embedded model: the demo QA set),
     its first ``limit`` questions, one run directory under ``out_dir``."""
     out_dir = Path(out_dir)
-    local = model_spec.startswith("local:")
+    local = provider_of(model_spec) == "local"
     qa_path = demo_qa_path() if local else sample_qa_path()
     if limit is not None:
         lines = [line for line in qa_path.read_text("utf-8").splitlines() if line.strip()][: max(1, limit)]

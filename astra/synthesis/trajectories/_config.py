@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +12,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from astra.errors import UserError, validation_problem
 from astra.records import ServerSpec
+
+
+def renamed_options(data: Any, renamed: dict[str, str], where: str) -> Any:
+    """Config keys under their current names: an old name still works, with a deprecation
+    message (a FutureWarning: shown to users by default); both names at once is an error."""
+    if not isinstance(data, dict):
+        return data
+    out: dict[str, Any] = dict(data)  # pyright: ignore[reportUnknownArgumentType]
+    for old, new in renamed.items():
+        if old not in out:
+            continue
+        if new in out and out[new] != out[old]:
+            raise ValueError(f"{old} and {new} are the same option (give {new} only)")
+        warnings.warn(f"{where}: {old} is deprecated, use {new}", FutureWarning, stacklevel=2)
+        out[new] = out.pop(old)
+    return out
 
 
 class _Options(BaseModel):
@@ -165,8 +182,9 @@ class TrajectoryConfig(_Options):
     )
     seed: int = 0
     concurrency: int = Field(default=4, ge=1)
-    llm_timeout_s: float = Field(default=300.0, gt=0, description="per model request; a timed-out local generation "
-                                 "keeps the model busy, so err on the long side")
+    model_timeout_s: float = Field(default=300.0, gt=0, description="per model request; a timed-out local generation "
+                                   "keeps the model busy, so err on the long side (the old name llm_timeout_s is "
+                                   "accepted, with a deprecation message)")
     graph: GraphOptions = Field(default_factory=GraphOptions)
     chains: ChainOptions = Field(default_factory=ChainOptions)
     verify: VerifyOptions = Field(default_factory=VerifyOptions)
@@ -178,6 +196,16 @@ class TrajectoryConfig(_Options):
                                         "template (matrix name, .jinja or .gguf path) and export only clean renders")
     export_tokenizer: str | None = Field(default=None, description="the 'tokens' format: a GGUF file whose "
                                          "vocabulary tokenises the export ('smollm2' = the embedded model)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return renamed_options(data, {"llm_timeout_s": "model_timeout_s"}, "trajectory config")
+
+    @property
+    def llm_timeout_s(self) -> float:
+        """The old name of :attr:`model_timeout_s`."""
+        return self.model_timeout_s
 
     @model_validator(mode="after")
     def _check(self) -> TrajectoryConfig:

@@ -17,10 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from astra.client import Model, ModelResponse, ModelSettings
+from astra.client import FixedSettings, Model, ModelSettings, provider_of
 from astra.errors import AstraError
 from astra.records import (
-    ChatMessage,
     EnvironmentLaunch,
     EnvironmentSpec,
     FailureClass,
@@ -67,18 +66,12 @@ ROLLOUT_SYSTEM = (
 _FAILED_TERMINATIONS = {"model_error", "server_error", "timeout", "cancelled"}
 
 
-class TimeoutModel(Model):
+class TimeoutModel(FixedSettings):
     """The run's per-request timeout on every call (stages pass settings without one)."""
 
     def __init__(self, inner: Model, timeout_s: float) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner, ModelSettings(timeout_s=timeout_s))
         self.timeout_s = timeout_s
-
-    async def request(self, messages: Sequence[ChatMessage], tools: Sequence[dict[str, Any]] = (),
-                      settings: ModelSettings | None = None) -> ModelResponse:
-        settings = (settings or ModelSettings()).model_copy(update={"timeout_s": self.timeout_s})
-        return await self.inner.request(messages, tools, settings)
 
 
 class PipelineError(AstraError, RuntimeError):
@@ -145,7 +138,7 @@ class TrajectoryPipeline:
             self._models[spec] = resolve_model(spec)
             self._owned.append(self._models[spec])
         if spec not in self._timed:
-            self._timed[spec] = TimeoutModel(self._models[spec], self.config.llm_timeout_s)
+            self._timed[spec] = TimeoutModel(self._models[spec], self.config.model_timeout_s)
         return self._timed[spec]
 
     async def aclose(self) -> None:
@@ -763,7 +756,7 @@ def demo_config(
         launch=StdioLaunch(command=sys.executable, args=[str(emitted.resolve() / "server.py")]),
         source=f"emitted:{emitted}",
     )
-    local = model_spec.startswith("local:")  # one in-process model: no point in concurrent requests
+    local = provider_of(model_spec) == "local"  # one in-process model: no point in concurrent requests
     return TrajectoryConfig.model_validate({
         "out_dir": str(out_dir),
         "home": str(home) if home is not None else None,
@@ -773,7 +766,7 @@ def demo_config(
         "judge_model": judge_model,
         "seed": 0,
         "concurrency": 1 if local else 4,
-        "llm_timeout_s": 90.0 if local else 300.0,
+        "model_timeout_s": 90.0 if local else 300.0,
         "graph": {"batch_size": 8, "max_sources_per_tool": 3, "llm_verify": not local},
         "chains": {"num_chains": 2, "max_length": 3, "num_toolsets": 2, "max_toolset_size": 2},
         "verify": {"enabled": not local, "votes": 1, "distractors": 2},
