@@ -904,6 +904,9 @@ def compute_score(
     subs = sub_questions(ground_truth)
     if not any(s.tool is not None for s in subs):
         raise ValueError("ground truth has no tool sub-questions: no process reward can be computed")
+    if extra_info and extra_info.get("astra_error"):
+        # an infrastructure failure in the rollout (e.g. its episode was evicted): never a score
+        raise RuntimeError(f"this rollout failed in the ASTRA tool adapter: {extra_info['astra_error']}")
     written = calls_from_text(solution_str or "")
     calls = calls_from_extra_info(extra_info)
     if calls is None and _is_adapter_rollout(extra_info):

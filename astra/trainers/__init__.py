@@ -12,7 +12,15 @@
   the hardening certificate; :mod:`astra.trainers.astra_rl`: ASTRA-RL-1k row importer.
 """
 
-from astra.trainers._pool import Episode, EpisodePool, Rollout, StepOutcome, launch_from_config, stdio_launch
+from astra.trainers._pool import (
+    Episode,
+    EpisodeEvicted,
+    EpisodePool,
+    Rollout,
+    StepOutcome,
+    launch_from_config,
+    stdio_launch,
+)
 from astra.trainers.export import (
     ExportEnvironment,
     Sample,
@@ -27,6 +35,7 @@ from astra.trainers.export import (
 
 __all__ = [
     "Episode",
+    "EpisodeEvicted",
     "EpisodePool",
     "ExportEnvironment",
     "Rollout",

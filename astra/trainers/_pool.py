@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from astra.errors import AstraError
 from astra.records import HttpLaunch, StdioLaunch
 from astra.servers import ProcessReward, SubQuestion, ToolCallRecord, sub_questions
 from astra.servers._rewards import RewardTracker
@@ -74,6 +75,15 @@ class Episode:
     server: str
     handle: str
     closed: bool = False
+    evicted: bool = False
+
+
+class EpisodeEvicted(AstraError):
+    """A live trajectory's episode was closed to stay within ``max_open_episodes``.
+
+    The trajectory cannot go on: its environment state is gone, and continuing in a fresh
+    episode would mix two worlds in one trajectory and its reward. An infrastructure failure,
+    never a score: raise ``max_open_episodes`` or release finished trajectories."""
 
 
 class Rollout:
@@ -93,7 +103,13 @@ class Rollout:
         if self.closed:
             raise RuntimeError("this rollout is closed: start a new one")
         episode = self.episodes.get(server)
-        if episode is None or episode.closed:
+        if episode is not None and episode.closed:
+            raise EpisodeEvicted(
+                f"the episode of this trajectory on {server!r} was closed: more than "
+                f"{self.pool.max_open_episodes} trajectories were open in this worker (max_open_episodes); "
+                "the trajectory cannot go on in a fresh one"
+            )
+        if episode is None:
             episode = self.episodes[server] = await self.pool._aopen(server)
         result = await self.pool._acall(episode, tool, arguments)
         value = result.structured_content if result.structured_content is not None else result.text
@@ -154,7 +170,8 @@ class EpisodePool:
     ``targets``: what :class:`~astra.client.Connections` opens (``(name, StdioLaunch)``,
     ``(name, HttpLaunch)``, ``(name, MCPServer factory)``); the connection opens on first use.
     At most ``max_open_episodes`` stay open: opening one more closes the least recently used
-    (a trainer that never says when a trajectory ends cannot leak episodes)."""
+    (a trainer that never says when a trajectory ends cannot leak episodes); that trajectory's
+    next call raises :class:`EpisodeEvicted`, never continues in a fresh episode."""
 
     _shared: dict[str, EpisodePool] = {}
     _shared_lock = threading.Lock()
@@ -273,6 +290,11 @@ class EpisodePool:
         self._open[handle] = episode
         while len(self._open) > self.max_open_episodes:
             _, oldest = self._open.popitem(last=False)
+            oldest.evicted = True
+            log.warning(
+                "closed the least recently used episode %s... on %r: more than %d open (max_open_episodes); "
+                "its trajectory fails on its next call", oldest.handle[:8], oldest.server, self.max_open_episodes,
+            )
             await self._aclose(oldest)
         return episode
 

@@ -27,7 +27,7 @@ from uuid import uuid4
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-from astra.trainers._pool import DEFAULT_MAX_OPEN_EPISODES, EpisodePool, Rollout, launch_from_config
+from astra.trainers._pool import DEFAULT_MAX_OPEN_EPISODES, EpisodeEvicted, EpisodePool, Rollout, launch_from_config
 
 __all__ = ["AstraTool"]
 
@@ -98,7 +98,14 @@ class AstraTool(BaseTool):
         rollout = self._rollout(instance, agent_data)
         # checked at run time: verl passes whatever the model produced
         arguments = parameters if isinstance(parameters, dict) else {}  # pyright: ignore[reportUnnecessaryIsInstance]
-        outcome = await rollout.call(self.server, self.server_tool, arguments, self.name)
+        try:
+            outcome = await rollout.call(self.server, self.server_tool, arguments, self.name)
+        except EpisodeEvicted as exc:
+            # verl turns a tool's exception into text for the model and goes on; the reward must not
+            # score this trajectory as if nothing happened: compute_score raises on it
+            if agent_data is not None:
+                agent_data.extra_fields["astra_error"] = str(exc)
+            raise
         if agent_data is not None:
             agent_data.extra_fields["astra_calls"] = rollout.recorded_calls()
         return (
