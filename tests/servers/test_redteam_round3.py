@@ -9,17 +9,101 @@ from __future__ import annotations
 
 import ast
 import json
+import platform
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.from_thread
 import pytest
 from mcp.client import Client
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
-from astra.servers import emit, stdio_parameters
-from astra.servers._sandbox import AUDIT_HOOK_ENV
+from astra.servers import EnvironmentControl, Sandbox, SandboxLimits, emit, stdio_parameters
+from astra.servers._sandbox import AUDIT_HOOK_ENV, LIMITS_ENV
 
 HEALTHY = "def healthy(state, x=21):\n    return {'double': 2 * x}\n"
+LIMITS = SandboxLimits(cpu_s=1, wall_s=3, memory_mb=256, max_procs=16, scratch_mb=16, file_size_mb=8,
+                       max_output_bytes=4096, max_result_bytes=100_000, max_state_bytes=1_000_000)
+
+# --------------------------------------------------------------------------- raw system calls from tool code
+# Each attack calls the kernel directly (ctypes) with arguments the kernel itself would ACCEPT from an
+# unconfined process of the same uid, so only the named seccomp rule can produce the expected errno;
+# the call's value is {"rc", "errno"}; a healthy call must follow.
+
+_NR = {
+    "x86_64": {"clone3": 435, "pidfd_open": 434, "personality": 135, "kcmp": 312, "process_vm_readv": 310,
+               "name_to_handle_at": 303, "execveat": 322, "setsid": 112, "tgkill": 234, "socketpair": 53},
+    "aarch64": {"clone3": 435, "pidfd_open": 434, "personality": 92, "kcmp": 272, "process_vm_readv": 270,
+                "name_to_handle_at": 264, "execveat": 281, "setsid": 157, "tgkill": 131, "socketpair": 199},
+}.get(platform.machine(), {})
+
+SYSCALL_PRELUDE = f"""
+import ctypes, errno, os, sys
+NR = {_NR!r}
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.syscall.restype = ctypes.c_long
+
+def raw(name, *args):
+    ctypes.set_errno(0)
+    rc = LIBC.syscall(ctypes.c_long(NR[name]), *[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+    return {{'rc': rc, 'errno': errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))}}
+"""
+
+# name -> (body of attack(state), expected errno, the protection that must produce it)
+SYSCALL_ATTACKS: dict[str, tuple[str, str, str]] = {
+    "clone3_process": ("""
+args = (ctypes.c_uint64 * 11)(0, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0)  # flags 0, exit_signal SIGCHLD: a fork
+out = raw('clone3', ctypes.byref(args), ctypes.sizeof(args))
+if out['rc'] == 0:
+    os._exit(0)  # the child of an escaped clone3
+return out
+""", "ENOSYS", "sandbox filter: clone3 -> ENOSYS (its flags hide in a struct)"),
+    "pidfd_open_parent": ("""
+return raw('pidfd_open', os.getppid(), 0)
+""", "EACCES", "tool filter: pidfd_open (then pidfd_getfd could take the warm parent's control socket)"),
+    "personality_read_implies_exec": ("""
+return raw('personality', 0x0400000)
+""", "EPERM", "sandbox filter: personality (READ_IMPLIES_EXEC makes every readable mapping executable)"),
+    "kcmp_parent": ("""
+return raw('kcmp', os.getpid(), os.getppid(), 0, 0, 0)
+""", "EPERM", "sandbox filter: kcmp"),
+    "process_vm_readv_parent": ("""
+target = id(os)  # the warm parent has the same object at the same address (the call is its fork)
+local = ctypes.create_string_buffer(64)
+liov = (ctypes.c_void_p * 2)(ctypes.addressof(local), 64)
+riov = (ctypes.c_void_p * 2)(target, 64)
+return raw('process_vm_readv', os.getppid(), liov, 1, riov, 1, 0)
+""", "EPERM", "sandbox filter: process_vm_readv"),
+    "name_to_handle_at": ("""
+handle = ctypes.create_string_buffer(8 + 128)
+ctypes.c_uint32.from_buffer(handle).value = 128
+mount_id = ctypes.c_int()
+return raw('name_to_handle_at', -100, ctypes.c_char_p(b'/tmp'), handle, ctypes.byref(mount_id), 0)
+""", "EPERM", "sandbox filter: name_to_handle_at"),
+    "execveat_interpreter": ("""
+exe = sys.executable.encode()
+argv = (ctypes.c_char_p * 4)(exe, b'-c', b'pass', None)
+envp = (ctypes.c_char_p * 1)(None)
+return raw('execveat', -100, ctypes.c_char_p(exe), argv, envp, 0)
+""", "EACCES", "tool filter: execveat"),
+    "setsid": ("""
+return raw('setsid')
+""", "EACCES", "tool filter: setsid"),
+    "tgkill_parent": ("""
+return raw('tgkill', os.getppid(), os.getppid(), 0)
+""", "EACCES", "tool filter: tgkill"),
+    "socketpair_unix": ("""
+fds = (ctypes.c_int * 2)()
+return raw('socketpair', 1, 1, 0, fds)
+""", "EACCES", "tool filter: socketpair (SCM_RIGHTS would pass descriptors)"),
+}
+
+
+def _syscall_source(name: str) -> str:
+    body = "\n".join("    " + line for line in SYSCALL_ATTACKS[name][0].strip("\n").splitlines())
+    return SYSCALL_PRELUDE + f"\ndef attack_{name}(state):\n    state['n'] = state.get('n', 0) + 100\n{body}\n"
 
 
 def _tool(name: str, source: str, entrypoint: str, *, stateful: bool = True) -> ToolImplementation:
@@ -102,6 +186,83 @@ def test_cli_prints_hostile_names_and_tool_output_verbatim(tmp_path: Path) -> No
     validated = runner.invoke(app, ["env", "validate", str(out)], env=env)
     assert validated.exit_code == 1 and isinstance(validated.exception, SystemExit), validated.exception
     assert "[/]" in validated.output and "\x1b" not in validated.output  # failed check shown, not interpreted
+
+
+needs_numbers = pytest.mark.skipif(not _NR, reason=f"no syscall numbers for {platform.machine()}")
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    box = Sandbox(limits=LIMITS, audit_hook=False, max_workers=1)
+    anyio.run(box.start)
+    assert box.isolation["bubblewrap"] and box.isolation["tool_seccomp"] and not box.isolation["audit_hook"]
+    yield box
+    anyio.run(box.aclose)
+
+
+class Served:
+    """An emitted server.py over stdio (official mcp client), one episode on a handle."""
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, control: EnvironmentControl) -> None:
+        self.portal, self.control = portal, control
+
+    def call(self, tool: str, arguments: dict[str, Any] | None = None) -> Any:
+        async def go() -> Any:
+            with anyio.fail_after(30):
+                return await self.control.call_tool(tool, arguments or {})
+
+        return self.portal.call(go)
+
+    def state(self) -> Any:
+        async def go() -> Any:
+            with anyio.fail_after(30):
+                return (await self.control.state()).state
+
+        return self.portal.call(go)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tools = [_tool(f"attack_{name}", _syscall_source(name), f"attack_{name}") for name in SYSCALL_ATTACKS]
+    tools.append(_tool("healthy", HEALTHY, "healthy"))
+    spec = EnvironmentSpec(id="env-round3", name="round3", tools=tools, initial_state={"n": 0})
+    directory = emit(spec, tmp_path_factory.mktemp("round3") / "server")
+    params = stdio_parameters(directory)
+    params.env = {**(params.env or {}), AUDIT_HOOK_ENV: "0", LIMITS_ENV: json.dumps(LIMITS.__dict__)}
+    with anyio.from_thread.start_blocking_portal() as portal, \
+            portal.wrap_async_context_manager(Client(params)) as client:
+        control = EnvironmentControl(client)
+        portal.call(control.open)
+        yield Served(portal, control)
+
+
+@needs_numbers
+@pytest.mark.parametrize("name", sorted(SYSCALL_ATTACKS))
+def test_raw_syscall_is_refused_through_the_sandbox_api(name: str, sandbox: Sandbox) -> None:
+    _body, expected, protection = SYSCALL_ATTACKS[name]
+
+    async def run() -> None:
+        result = await sandbox.call(_syscall_source(name), f"attack_{name}", {}, state={"n": 1})
+        assert result.ok, (name, protection, result.error_kind, result.error)
+        assert result.value["rc"] < 0 and result.value["errno"] == expected, (name, protection, result.value)
+        healthy = await sandbox.call(HEALTHY, "healthy", {"x": 4}, state={})
+        assert healthy.ok and healthy.value == {"double": 8}, (name, healthy)
+
+    anyio.run(run)
+
+
+@needs_numbers
+@pytest.mark.parametrize("name", sorted(SYSCALL_ATTACKS))
+def test_raw_syscall_is_refused_through_an_emitted_server(name: str, served: Served) -> None:
+    _body, expected, protection = SYSCALL_ATTACKS[name]
+    before = served.state()["n"]
+    result = served.call(f"attack_{name}")
+    assert not result.is_error, (name, protection, result.content)
+    value = result.structured_content
+    assert value["rc"] < 0 and value["errno"] == expected, (name, protection, value)
+    assert served.state()["n"] == before + 100  # the call completed normally in its episode
+    healthy = served.call("healthy", {"x": 4})
+    assert not healthy.is_error and healthy.structured_content == {"double": 8}, (name, healthy.content)
 
 
 if __name__ == "__main__":  # pragma: no cover
