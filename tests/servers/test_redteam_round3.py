@@ -25,7 +25,8 @@ from astra.servers._sandbox import AUDIT_HOOK_ENV, LIMITS_ENV
 
 HEALTHY = "def healthy(state, x=21):\n    return {'double': 2 * x}\n"
 LIMITS = SandboxLimits(cpu_s=1, wall_s=3, memory_mb=256, max_procs=16, scratch_mb=16, file_size_mb=8,
-                       max_output_bytes=4096, max_result_bytes=100_000, max_state_bytes=1_000_000)
+                       max_output_bytes=4096, max_result_bytes=100_000, max_state_bytes=1_000_000,
+                       max_sandboxes=8, spare_sandboxes=1)
 
 # --------------------------------------------------------------------------- raw system calls from tool code
 # Each attack calls the kernel directly (ctypes) with arguments the kernel itself would ACCEPT from an
@@ -193,7 +194,7 @@ needs_numbers = pytest.mark.skipif(not _NR, reason=f"no syscall numbers for {pla
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    box = Sandbox(limits=LIMITS, audit_hook=False, max_workers=1)
+    box = Sandbox(limits=LIMITS, audit_hook=False)
     anyio.run(box.start)
     assert box.isolation["bubblewrap"] and box.isolation["tool_seccomp"] and not box.isolation["audit_hook"]
     yield box
