@@ -133,7 +133,7 @@ async def harness(episodes: int, steps: int, delay: float, kind: str) -> Result:
     model = ScriptedModel.from_plan([(tool, args(s)) for s in range(steps - 1)], "done", delay_s=delay)
     async with Connections([("s", server)]) as conns:
         async def one(i: int) -> None:
-            traj = await run_episode(model, conns, [f"episode {i}"], max_steps=steps)
+            traj = await run_episode(model, conns, [f"episode {i}"], max_requests=steps)
             assert traj.termination == "final_answer" and len(traj.steps) == steps - 1, traj.termination
             assert not any(s.is_error for s in traj.steps), traj.steps
 
@@ -167,7 +167,7 @@ async def _run_shard(episodes: int, steps: int, delay: float, kind: str, batches
     spec = _register(kind, steps, delay)
     total = episodes * batches
     tasks = [Task(id=f"bench-{offset + i}", user_turns=[f"episode {offset + i}"]) for i in range(total)]
-    config = EpisodeConfig(model_spec=spec, max_steps=steps, concurrency=episodes)
+    config = EpisodeConfig(model_spec=spec, max_requests=steps, concurrency=episodes)
     items = [(trajectory_id(t.id, spec, 0), t, 0) for t in tasks]
     with tempfile.TemporaryDirectory() as tmp:
         async def body() -> None:

@@ -264,7 +264,7 @@ async def astra_runner(base_url: str, n: int, c: int, reps: int, tmp: str, repli
     from astra.client._runner import EpisodeConfig, _Replicas, run_shard, trajectory_id
     from astra.records import Task
 
-    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_steps=STEPS + 1,
+    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_requests=STEPS + 1,
                            concurrency=c, server_replicas=replicas)
     model = OpenAIModel("fake", base_url=base_url)
     out: list[Result] = []
@@ -294,7 +294,7 @@ async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: i
     from astra.client._runner import EpisodeConfig, RolloutWorkers, trajectory_id
     from astra.records import Task
 
-    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_steps=STEPS + 1,
+    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_requests=STEPS + 1,
                            concurrency=max(1, max(c for _, c in points) // workers), server_replicas=replicas)
     out: dict[tuple[int, int], list[Result]] = {}
     t0 = time.perf_counter()

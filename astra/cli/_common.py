@@ -71,3 +71,8 @@ def resumable_run(run_dir: Path | str) -> Generator[None, None, None]:
     except KeyboardInterrupt:
         raise fail(f"interrupted: every finished record is kept in {run_dir}; "
                    "run the same command again to resume", code=130) from None
+
+
+def deprecated_option(old: str, new: str) -> None:
+    """Say once, on stderr, that ``old`` was used for ``new`` (still accepted)."""
+    console.print(f"[yellow]warning:[/] {old} is deprecated, use {new}", highlight=False)

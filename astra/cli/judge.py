@@ -8,7 +8,7 @@ from typing import Annotated
 import anyio
 import typer
 
-from astra.cli._common import USAGE, JsonOption, console, emit_json, exit_code, fail
+from astra.cli._common import USAGE, JsonOption, console, deprecated_option, emit_json, exit_code, fail
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -21,7 +21,10 @@ def calibrate(
     ] = None,
     repeats: Annotated[int, typer.Option(min=1, help="runs over the set, for the spread between runs")] = 1,
     concurrency: Annotated[int, typer.Option(min=1, help="cases judged at once")] = 4,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="per judge request, seconds")] = 300.0,
+    timeout_s: Annotated[float, typer.Option("--model-timeout", help="per judge request, seconds")] = 300.0,
+    old_timeout_s: Annotated[
+        float | None, typer.Option("--timeout", hidden=True, help="deprecated: --model-timeout")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Per-dimension agreement (accuracy, Cohen's kappa) of a judge with labelled trajectories whose
@@ -43,6 +46,9 @@ def calibrate(
     if not cases:
         raise fail(f"{path}: no usable calibration case", code=USAGE)
     mode = JudgeMode.RULES if judge == "rules" else JudgeMode.LLM
+    if old_timeout_s is not None:
+        deprecated_option("--timeout", "--model-timeout")
+        timeout_s = old_timeout_s
     model = judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
     try:
         report = anyio.run(lambda: closing(model, run_calibration(

@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, fail, resumable_run
+from astra.cli._common import (
+    USAGE,
+    HomeOption,
+    JsonOption,
+    console,
+    deprecated_option,
+    emit_json,
+    fail,
+    resumable_run,
+)
 
 if TYPE_CHECKING:
     from astra.records import ServerSpec
@@ -44,7 +53,10 @@ def rollout(
     executor: Annotated[str, typer.Option("--executor", help="local | ray")] = "local",
     workers: Annotated[int, typer.Option("--workers", min=1, help="local worker processes")] = 1,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="join this Ray cluster")] = None,
-    max_steps: Annotated[int, typer.Option("--max-steps", min=1)] = 16,
+    max_requests: Annotated[int, typer.Option("--max-requests", min=1, help="model requests per episode")] = 16,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", min=1, hidden=True, help="deprecated: --max-requests")
+    ] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint (openai:)")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature")] = None,
     call_timeout: Annotated[float, typer.Option("--call-timeout", help="seconds per tool call")] = 30.0,
@@ -69,6 +81,9 @@ def rollout(
     its call_info endpoint with --live-remote when reachable, else simulated; every step records which)."""
     from astra.client import ModelSettings, provider_of, run_rollouts
 
+    if max_steps is not None:
+        deprecated_option("--max-steps", "--max-requests")
+        max_requests = max_steps
     if executor not in ("local", "ray"):
         raise fail(f"--executor must be 'local' or 'ray', not {executor!r}", code=USAGE)
     task_list, file_servers = load_tasks(tasks)
@@ -85,7 +100,7 @@ def rollout(
                 task_list, model, out,
                 servers=targets, samples=samples, concurrency=concurrency,
                 per_endpoint_concurrency=per_endpoint, executor=executor, workers=workers, ray_address=ray_address,
-                progress=not json_out, home=home, model_options=model_options, max_steps=max_steps,
+                progress=not json_out, home=home, model_options=model_options, max_requests=max_requests,
                 settings=ModelSettings(temperature=temperature) if temperature is not None else None,
                 call_timeout_s=call_timeout, system_prompt=system_prompt,
             )

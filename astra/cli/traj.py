@@ -9,7 +9,17 @@ from typing import Annotated, Any
 import anyio
 import typer
 
-from astra.cli._common import USAGE, HomeOption, JsonOption, console, emit_json, exit_code, fail, resumable_run
+from astra.cli._common import (
+    USAGE,
+    HomeOption,
+    JsonOption,
+    console,
+    deprecated_option,
+    emit_json,
+    exit_code,
+    fail,
+    resumable_run,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -100,7 +110,10 @@ def rejudge(
     run_dir: Annotated[Path, typer.Argument(help="a trajectory run directory (holds rollout.jsonl and quality.jsonl)")],
     judge: Annotated[str, typer.Option("--judge", help="judge model spec, or 'rules' for the rule-only judge")],
     concurrency: Annotated[int, typer.Option(help="trajectories judged at once")] = 4,
-    timeout_s: Annotated[float, typer.Option("--timeout", help="per judge request, seconds")] = 300.0,
+    timeout_s: Annotated[float, typer.Option("--model-timeout", help="per judge request, seconds")] = 300.0,
+    old_timeout_s: Annotated[
+        float | None, typer.Option("--timeout", hidden=True, help="deprecated: --model-timeout")
+    ] = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
@@ -111,6 +124,9 @@ def rejudge(
     from astra.synthesis.trajectories._rejudge import RejudgeError, rejudge_run
 
     mode = JudgeMode.RULES if judge == "rules" else JudgeMode.LLM
+    if old_timeout_s is not None:
+        deprecated_option("--timeout", "--model-timeout")
+        timeout_s = old_timeout_s
     model = judge_model(judge, timeout_s) if mode is JudgeMode.LLM else None
     try:
         with resumable_run(run_dir):

@@ -3,9 +3,12 @@
 Vocabulary:
 - a *turn* is one user message (a task has one or more; BFCL multi-turn has several);
 - a *model request* is one call to the model (with the tool calls its reply made, if any);
-  ``max_steps`` (a name kept for compatibility) bounds the model requests of the whole episode,
-  and ``meta["step_latencies_s"]`` holds each request's wall time, its tool calls included;
-- a *step* (``Trajectory.steps``, records.Step) is one executed tool call, tagged with its turn.
+  ``max_requests`` bounds the model requests of the whole episode (the limit's termination
+  reason keeps its recorded name, ``max_steps``), and ``meta["step_latencies_s"]`` (a recorded
+  name too) holds each request's wall time, its tool calls included;
+- a *step* (``Trajectory.steps``, records.Step) is one executed tool call, tagged with its turn;
+- elsewhere: a decomposition *hop* (the environment pipeline), BFCL's *step* (BFCL's own word
+  for a model request with tool calls, bounded per turn).
 
 :func:`play` is the loop; its rules are a :class:`LoopPolicy`'s hooks: which user turn comes next
 (and which tools it reveals), when to stop asking the model, whether a reply's calls run at all,
@@ -20,7 +23,7 @@ tool (``error_kind="unknown_tool"``), arguments that are not a JSON object
 with jsonschema before the call), and tool-side failures (``tool_error``, ``timeout``,
 ``server_died``). Termination reasons (records.TerminationReason):
 ``final_answer`` (a non-empty reply without tool calls on the last turn), ``no_answer``
-(a reply with neither tool calls nor text), ``max_steps``, ``max_tokens``
+(a reply with neither tool calls nor text), ``max_steps`` (``max_requests`` reached), ``max_tokens``
 (``max_tokens_total`` reached, or a reply cut at the provider's token limit: never
 ``final_answer``), ``model_error`` (the provider failed for good, answered garbage, or a
 script ran out), ``server_error`` (a server is gone for good: restarts exhausted),
@@ -37,6 +40,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import warnings
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from enum import Enum
@@ -210,7 +214,7 @@ class LoopPolicy:
     override some hooks: calls run one at a time, a per-turn limit, undecodable replies end the
     turn, held-back tools revealed at a turn.
 
-    ``turns``: the user turns, in order (:meth:`next_turn` hands them out); ``max_steps``: the
+    ``turns``: the user turns, in order (:meth:`next_turn` hands them out); ``max_requests``: the
     most model requests in the episode; ``max_tokens_total``: the token budget;
     ``call_timeout_s``: each tool call's limit (None: the connection's)."""
 
@@ -219,10 +223,10 @@ class LoopPolicy:
     opens_episodes = True
     """Environment episodes (server-minted handles) are opened around the episode."""
 
-    def __init__(self, turns: Sequence[EpisodeTurn], *, max_steps: int = 16, max_tokens_total: int | None = None,
+    def __init__(self, turns: Sequence[EpisodeTurn], *, max_requests: int = 16, max_tokens_total: int | None = None,
                  call_timeout_s: float | None = None) -> None:
         self.turns = list(turns)
-        self.max_steps = max_steps
+        self.max_requests = max_requests
         self.max_tokens_total = max_tokens_total
         self.call_timeout_s = call_timeout_s
 
@@ -233,7 +237,7 @@ class LoopPolicy:
 
     def before_request(self, state: EpisodeState) -> TerminationReason | None:
         """Why the episode ends instead of asking the model again (None: ask it)."""
-        return TerminationReason.max_steps if state.requests >= self.max_steps else None
+        return TerminationReason.max_steps if state.requests >= self.max_requests else None
 
     def model_error_text(self, state: EpisodeState, exc: ModelError) -> str:
         return f"{type(exc).__name__}: {exc}"
@@ -339,7 +343,7 @@ async def run_episode(
     *,
     system_prompt: str | None = None,
     settings: ModelSettings | None = None,
-    max_steps: int = 16,
+    max_requests: int = 16,
     max_tokens_total: int | None = None,
     sample: int = 0,
     tool_names: Sequence[str] | None = None,
@@ -348,6 +352,7 @@ async def run_episode(
     trajectory_id_: str | None = None,
     meta: dict[str, Any] | None = None,
     policy: LoopPolicy | None = None,
+    max_steps: int | None = None,
 ) -> Trajectory:
     """Run one episode and return its Trajectory (see the module docstring for the rules).
 
@@ -355,12 +360,16 @@ async def run_episode(
     :class:`EpisodeTurn` (turns that reveal more tools). ``tool_names``: the tools visible
     from the start (default: every tool of ``conns``); each turn's ``add_tools`` extends it.
     A Task with ``servers`` set and no ``tool_names`` sees only those servers' tools.
-    ``policy``: other rules than the rollout rules built from ``task``'s turns, ``max_steps``,
+    ``policy``: other rules than the rollout rules built from ``task``'s turns, ``max_requests``,
     ``max_tokens_total`` and ``call_timeout_s`` (the policy then owns the turns and limits).
+    ``max_steps``: the old name of ``max_requests`` (deprecated).
     """
     task_id, turns = _turns(task)
+    if max_steps is not None:
+        warnings.warn("run_episode(max_steps=) is deprecated, use max_requests=", FutureWarning, stacklevel=2)
+        max_requests = max_steps
     if policy is None:
-        policy = LoopPolicy(turns, max_steps=max_steps, max_tokens_total=max_tokens_total,
+        policy = LoopPolicy(turns, max_requests=max_requests, max_tokens_total=max_tokens_total,
                             call_timeout_s=call_timeout_s)
     if tool_names is None and isinstance(task, Task) and task.servers:
         tool_names = [b.name for b in conns.tools if b.server in set(task.servers)]

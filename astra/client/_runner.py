@@ -35,6 +35,7 @@ import multiprocessing.connection
 import os
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from contextlib import AsyncExitStack, contextmanager
@@ -42,12 +43,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from astra.client._connections import Connections, ServerTarget
 from astra.client._loop import run_episode, trajectory_id
 from astra.client._model import Model, ModelResponse, ModelSettings, ModelWrapper
 from astra.client._resolve import model_endpoint, resolve_model
+from astra.config import renamed_options
 from astra.records import ChatMessage, ServerSpec, Task, Trajectory
 from astra.registry import failure_reason
 from astra.runs import JsonlLog, RunDir
@@ -81,7 +83,7 @@ class EpisodeConfig(BaseModel):
     model_options: dict[str, Any] = Field(default_factory=dict)
     system_prompt: str | None = None
     settings: ModelSettings | None = None
-    max_steps: int = 16
+    max_requests: int = Field(default=16, description="model requests per episode (was max_steps)")
     max_tokens_total: int | None = None
     call_timeout_s: float = 30.0
     episode_timeout_s: float | None = None
@@ -95,6 +97,11 @@ class EpisodeConfig(BaseModel):
     imports: list[str] = Field(
         default_factory=list, description="modules each worker imports first (to register scripts)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed_options(data, {"max_steps": "max_requests"}, "rollout config")
 
 
 class _LimitedModel(ModelWrapper):
@@ -138,7 +145,7 @@ async def _rollout(model: Model, conns: Connections, config: EpisodeConfig, tid:
         return await run_episode(
             model, conns, task,
             system_prompt=config.system_prompt, settings=config.settings,
-            max_steps=config.max_steps, max_tokens_total=config.max_tokens_total,
+            max_requests=config.max_requests, max_tokens_total=config.max_tokens_total,
             sample=sample, call_timeout_s=config.call_timeout_s,
             episode_timeout_s=config.episode_timeout_s, trajectory_id_=tid,
             meta={"model_spec": config.model_spec},
@@ -740,19 +747,23 @@ async def arun_rollouts(
     model: Model | None = None,
     system_prompt: str | None = None,
     settings: ModelSettings | None = None,
-    max_steps: int = 16,
+    max_requests: int = 16,
     max_tokens_total: int | None = None,
     call_timeout_s: float = 30.0,
     episode_timeout_s: float | None = None,
     imports: Sequence[str] = (),
+    max_steps: int | None = None,
 ) -> RolloutSummary:
     """Async form of :func:`run_rollouts` (for callers already inside an event loop)."""
     started = time.perf_counter()
+    if max_steps is not None:
+        warnings.warn("max_steps= is deprecated, use max_requests=", FutureWarning, stacklevel=2)
+        max_requests = max_steps
     out = Path(out_dir)
     targets = resolve_servers(servers, home)
     config = EpisodeConfig(
         model_spec=model_spec, model_options=model_options or {}, system_prompt=system_prompt, settings=settings,
-        max_steps=max_steps, max_tokens_total=max_tokens_total, call_timeout_s=call_timeout_s,
+        max_requests=max_requests, max_tokens_total=max_tokens_total, call_timeout_s=call_timeout_s,
         episode_timeout_s=episode_timeout_s, concurrency=concurrency,
         per_endpoint_concurrency=per_endpoint_concurrency, server_replicas=server_replicas, imports=list(imports),
     )
@@ -880,7 +891,8 @@ def run_rollouts(
     or none), ``executor`` ("local" | "ray"),
     ``workers`` (local worker processes, 1), ``ray_address``, ``progress`` (True),
     ``model_options`` (for :func:`resolve_model`), ``model`` (a ready Model, workers=1 only),
-    ``system_prompt``, ``settings``, ``max_steps`` (16), ``max_tokens_total``,
+    ``system_prompt``, ``settings``, ``max_requests`` (16: model requests per episode; ``max_steps``
+    is its deprecated name), ``max_tokens_total``,
     ``call_timeout_s`` (30), ``episode_timeout_s``, ``imports`` (modules every worker imports
     before resolving the model, e.g. one that calls ``register_script``). Synchronous: it runs its own event loop
     (use :func:`arun_rollouts` from async code).

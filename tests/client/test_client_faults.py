@@ -196,7 +196,7 @@ async def test_episode_deadline_is_infrastructure():
 async def test_policy_failures_stay_policy_failures():
     loop = ChatMessage(role="assistant", tool_calls=[ToolCall(id="x", name="add", arguments='{"a": 1, "b": 1}')])
     async with Connections([("s", make_server())]) as conns:
-        traj = await run_episode(ScriptedModel([loop] * 5), conns, ["go"], max_steps=3)
+        traj = await run_episode(ScriptedModel([loop] * 5), conns, ["go"], max_requests=3)
         bad_calls = await run_episode(ScriptedModel([ChatMessage(role="assistant", tool_calls=[
             ToolCall(id="y", name="nope", arguments="{}"), ToolCall(id="z", name="add", arguments="{bad")]), "sorry"]),
             conns, ["go"])

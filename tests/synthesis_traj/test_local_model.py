@@ -28,7 +28,7 @@ def test_pipeline_completes_with_local_model(tmp_path, home):
         chains={"num_chains": 0, "num_toolsets": 1, "max_toolset_size": 1},
         verify={"back_translation": False},
         tasks={"augmentations": [], "multi_turn": False, "quality_threshold": 0.0},
-        rollout={"max_steps": 2, "max_tokens": 96},
+        rollout={"max_requests": 2, "max_tokens": 96},
         reward={"threshold": 0.0},
     )
     result = anyio.run(lambda: run_trajectory_pipeline(config, progress=False))

@@ -5,7 +5,7 @@ there is no cycle, and the sub-answer of the last hop matches the final answer (
 comparison). A final answer written as free text (a sentence, not a bare value) need not
 equal the last sub-answer: it is flagged ``free_text_answer`` and verification's judge checks
 that it agrees with the last hop. Hop levels are recomputed from the dependency graph
-(longest path). A single hop is a valid decomposition (``min_steps`` 1).
+(longest path). A single hop is a valid decomposition (``min_hops`` 1).
 """
 
 from __future__ import annotations
@@ -176,19 +176,19 @@ def reply_model(max_steps: int) -> type[DecompositionReply]:
 
 async def decompose_one(ctx: PipelineContext, qa: QAItem) -> Outcome:
     try:
-        reply, audit = await ctx.ask(decomposition_prompt(qa, ctx.config.max_steps), reply_model(ctx.config.max_steps),
+        reply, audit = await ctx.ask(decomposition_prompt(qa, ctx.config.max_hops), reply_model(ctx.config.max_hops),
                                      system=SYSTEM, prompt_version=PROMPT_VERSION)
     except LLMOutputError as exc:
         return Outcome.drop(f"decomposition_failed: {exc.reason}", failed=True, audit=exc.audit)
     steps = reply.steps
-    if ctx.config.max_steps == 1 and len(steps) == 1 and not qa.answer_unverified:
+    if ctx.config.max_hops == 1 and len(steps) == 1 and not qa.answer_unverified:
         # a single hop's answer is the given final answer by definition (a small model copies it badly);
         # synthesis still has to write a tool that reproduces it in the sandbox
         steps = [steps[0].model_copy(update={"sub_answer": qa.answer})]
-    if len(steps) < ctx.config.min_steps:
-        return Outcome.drop(f"too_few_steps: {len(steps)} < {ctx.config.min_steps}", audit=audit)
-    if len(steps) > ctx.config.max_steps:
-        return Outcome.drop(f"too_many_steps: {len(steps)} > {ctx.config.max_steps}", audit=audit)
+    if len(steps) < ctx.config.min_hops:
+        return Outcome.drop(f"too_few_steps: {len(steps)} < {ctx.config.min_hops}", audit=audit)
+    if len(steps) > ctx.config.max_hops:
+        return Outcome.drop(f"too_many_steps: {len(steps)} > {ctx.config.max_hops}", audit=audit)
     # question-only input: the last hop's answer is the proposed final answer (unverified until tools reproduce it)
     final_answer = _proposed_answer(steps) if qa.answer_unverified else qa.answer
     problems = structural_problems(steps, final_answer)

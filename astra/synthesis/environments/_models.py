@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from astra.config import renamed_options
 from astra.records import EnvironmentSpec, Record, ToolImplementation
 from astra.servers._validate import Certification
 from astra.synthesis._stage import Funnel
@@ -20,6 +21,12 @@ class EnvironmentPipelineConfig(BaseModel):
     """Everything a run needs; stored in the run's manifest. Relative paths resolve against the config file."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        # decomposition steps are hops (a "step" is an executed tool call elsewhere)
+        return renamed_options(data, {"min_steps": "min_hops", "max_steps": "max_hops"}, "environment config")
 
     run_dir: Path = Field(description="run directory: manifest + one JSONL per stage")
     qa_path: Path | None = Field(default=None, description='input {"question", "answer"?, "domain"?} JSONL (no answer: '
@@ -39,9 +46,9 @@ class EnvironmentPipelineConfig(BaseModel):
     model_timeout_s: float = Field(default=120.0, gt=0, description="a reply slower than this is a failed call")
     llm_retries: int = Field(default=2, ge=0, le=5)
     concurrency: int = Field(default=4, ge=1)
-    min_steps: int = Field(default=1, ge=1, description="a decomposition needs at least this many hops (1: single-hop "
+    min_hops: int = Field(default=1, ge=1, description="a decomposition needs at least this many hops (1: single-hop "
                            "questions are allowed)")
-    max_steps: int = Field(default=8, ge=1, description="at most this many hops (below 8 also bounds the decoder)")
+    max_hops: int = Field(default=8, ge=1, description="at most this many hops (below 8 also bounds the decoder)")
     judge: JudgeMode = Field(default=JudgeMode.LLM, description="who judges necessity and verification: 'rules' for a "
                              "model too small to judge (the records say judge: rules)")
     verify_threshold: float = Field(default=0.75, ge=0.0, le=1.0, description="fixed verification threshold")

@@ -57,7 +57,7 @@ def demo_config(
         # rules (recorded as judge: rules) and the sandbox run of each tool is the real check.
         # One request at a time: llama.cpp serialises them anyway.
         max_tokens=200 if local else 1024,
-        max_steps=1 if local else 8,
+        max_hops=1 if local else 8,
         judge=JudgeMode.RULES if local else JudgeMode.LLM,
         llm_retries=0 if local else 2,
         synth_attempts=2 if local else 3,

@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 import json
-import warnings
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from astra.config import renamed_options
 from astra.errors import UserError, validation_problem
 from astra.records import ServerSpec
-
-
-def renamed_options(data: Any, renamed: dict[str, str], where: str) -> Any:
-    """Config keys under their current names: an old name still works, with a deprecation
-    message (a FutureWarning: shown to users by default); both names at once is an error."""
-    if not isinstance(data, dict):
-        return data
-    out: dict[str, Any] = dict(data)  # pyright: ignore[reportUnknownArgumentType]
-    for old, new in renamed.items():
-        if old not in out:
-            continue
-        if new in out and out[new] != out[old]:
-            raise ValueError(f"{old} and {new} are the same option (give {new} only)")
-        warnings.warn(f"{where}: {old} is deprecated, use {new}", FutureWarning, stacklevel=2)
-        out[new] = out.pop(old)
-    return out
 
 
 class _Options(BaseModel):
@@ -139,11 +123,16 @@ class TaskOptions(_Options):
 
 class RolloutOptions(_Options):
     samples: int = Field(default=1, ge=1)
-    max_steps: int = Field(default=8, ge=1)
+    max_requests: int = Field(default=8, ge=1, description="model requests per episode (was max_steps)")
     max_tokens: int | None = Field(default=512, description="per model reply")
     temperature: float | None = 0.7
     sim_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of simulated tool calls that fail "
                                   "with a transient error (marked error_kind=injected_error in the trajectory)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed_options(data, {"max_steps": "max_requests"}, "trajectory config: rollout")
 
 
 class RewardOptions(_Options):

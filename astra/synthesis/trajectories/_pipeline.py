@@ -539,7 +539,7 @@ class TrajectoryPipeline:
             async def roll(item: tuple[Task, int]) -> Outcome:
                 task, sample = item
                 traj = await run_episode(agent, conns, task, system_prompt=ROLLOUT_SYSTEM, settings=settings,
-                                         max_steps=opts.max_steps, sample=sample,
+                                         max_requests=opts.max_requests, sample=sample,
                                          meta={"chain_id": task.chain_id, "simulated_servers": sorted(simulated)})
                 if simulated:
                     traj = traj.model_copy(update={"steps": [
@@ -776,7 +776,7 @@ def demo_config(
                   # a 135M model writes a request by varying an example; with none it asks about the tools
                   "examples": DEMO_EXAMPLES if local else {}},
         # temperature 0 with the embedded model: a seeded run makes the same data on every machine
-        "rollout": {"samples": 1, "max_steps": 3 if local else 6, "max_tokens": 256,
+        "rollout": {"samples": 1, "max_requests": 3 if local else 6, "max_tokens": 256,
                     "temperature": 0.0 if local else 0.7},
         "reward": {"threshold": 0.3, "judge": "rules" if local else "llm"},
     })
