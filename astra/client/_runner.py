@@ -52,6 +52,7 @@ from astra.client._resolve import model_endpoint, resolve_model
 from astra.config import renamed_options
 from astra.records import ChatMessage, ServerSpec, Task, Trajectory
 from astra.registry import failure_reason
+from astra.runner import ItemRunner
 from astra.runs import JsonlLog, RunDir
 
 log = logging.getLogger(__name__)
@@ -774,9 +775,10 @@ async def arun_rollouts(
     ids = {i[0] for i in items}
     if len(ids) != len(items):
         raise ValueError("duplicate task ids in the input: each task needs a unique id")
-    existing = JsonlLog(out_path)
-    already = sum(1 for i in ids if i in existing)
-    todo = [i for i in items if i[0] not in existing]
+    # the one resumable runner's plan and manifest status; the executors below write the same stage file
+    runner = ItemRunner[tuple[str, Task, int], Trajectory](run, STAGE, log_file=JsonlLog(out_path))
+    planned, already = runner.plan((item[0], item) for item in items)
+    todo = [item for _, item in planned]
     if todo and (executor != "local" or workers > 1):  # user mistakes first, before anything runs
         if model is not None:
             raise ValueError("a Model object cannot cross processes: pass model_spec (workers=1 to use model=)")
@@ -784,14 +786,14 @@ async def arun_rollouts(
         if inproc:
             raise ValueError(f"in-process servers {inproc} cannot cross processes: pass a module-level factory "
                              "(name, make_server) instead, or use workers=1 and executor='local'")
-    run.mark(STAGE, "running", planned=len(items), done=already)
+    runner.begin(len(todo), already, planned=len(items), done=already)
     bar = _progress(progress, len(items), "rollouts")
     try:
         written, errors = await _run_with_progress(
             bar, todo, already, len(items), config, targets, out_path, executor, workers, ray_address, model)
     except BaseException:  # Ctrl-C, a cancelled caller, a crash: say so in the manifest, keep what is written
         in_file = sum(1 for i in ids if i in JsonlLog(out_path))
-        run.mark(STAGE, "interrupted", planned=len(items), in_file=in_file)
+        runner.interrupted(planned=len(items), in_file=in_file, kept=in_file)
         raise
     base = dict(
         out_dir=str(out),
@@ -805,8 +807,8 @@ async def arun_rollouts(
         errors=errors[:50],
     )
     summary = _summarise(out, ids, base)
-    run.mark(STAGE, "done" if not errors and summary.total_in_file >= len(ids) else "partial",
-             planned=len(items), written=written, failed=len(errors))
+    runner.end(partial=bool(errors) or summary.total_in_file < len(ids),
+               planned=len(items), written=written, failed=len(errors))
     return summary
 
 
