@@ -112,7 +112,7 @@ def build_server(
     ``sandboxed=None`` follows ``spec.sandboxed``; ``sandboxed=False`` runs the tool code
     in-process (only for trusted, hand-written environments). Serve it in-process with
     ``mcp.client.Client(server)``, or over stdio / HTTP with ``astra.servers.serve``.
-    ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s``.
+    ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s``, ``episode_memory_bytes``.
     """
     return build_server_from_dict(
         spec.model_dump(mode="json"), sandboxed=sandboxed, limits=limits, bearer_token=bearer_token,

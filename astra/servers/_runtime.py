@@ -30,6 +30,17 @@ Episodes
     idle for ``episode_ttl_s`` expires (logged); implicit episodes of stdio / in-process
     connections live as long as their connection instead.
 
+    Memory is bounded per episode too: beside its live state (at most ``max_state_bytes``), an
+    episode keeps its call log and snapshots within ``episode_memory_bytes`` (JSON characters).
+    Past it the oldest call records lose their arguments, value and error (``"evicted": true``),
+    then go whole (``astra/state`` says how many in ``calls_dropped``); a snapshot that does not
+    fit is refused (``snapshot_capacity``). Process rewards are scored from the client's own
+    record of the calls (``astra.trainers``), never from this log.
+
+    Control requests that change an episode's state (``astra/restore``, ``astra/snapshot``) wait
+    for its call in flight to commit; ``astra/reset`` makes a new episode object, into which the
+    call in flight never commits.
+
     Tool code that is not sandboxed runs in a worker thread under ``call_timeout_s``, so a
     hanging tool delays only its own episode; a class environment's episode whose call timed
     out is unusable until it is reset (the abandoned call may still be changing it).
@@ -119,6 +130,11 @@ EPISODE_TTL_S = 3600.0
 CALL_TIMEOUT_S = 60.0
 """Default per-call limit for tool code that runs in-process (sandboxed calls: the smaller of it and ``wall_s``)."""
 MAX_SNAPSHOTS_PER_EPISODE = 64
+EPISODE_MEMORY_BYTES = 32 * 1024 * 1024
+"""Default budget of what an episode keeps beside its live state: its call log and its snapshots (JSON
+characters). Past it the oldest call records lose their payloads (arguments, value, error: the record
+says ``"evicted": true``), then the oldest records go whole; a snapshot that does not fit is refused."""
+_RECORD_OVERHEAD = 256  # characters a call record is counted for beyond its payload (and all an evicted one holds)
 MAX_JSON_DEPTH = 100
 """Deepest nesting of arguments, results and states: the MCP client's JSON parser stops at 200 levels
 (a deeper reply is never answered, so the caller hangs), and replies wrap a value in a few levels more."""
@@ -188,6 +204,7 @@ class Snapshot:
     state: Any
     seed: int | None
     n_calls: int
+    size: int = 0  # counted against the episode's memory budget
 
 
 @dataclass(frozen=True)
@@ -212,6 +229,16 @@ class _Episode:
     busy: int = 0  # calls in flight: an episode in use never expires
     snapshots: OrderedDict[str, Snapshot] = field(default_factory=OrderedDict)
     unusable: str | None = None
+    calls_dropped: int = 0  # records removed whole from the front of ``calls`` (the memory budget)
+    call_sizes: list[int] = field(default_factory=list)  # each kept record's counted size, as ``calls``
+    stripped: int = 0  # how many of the first records of ``calls`` have lost their payloads
+    log_bytes: int = 0  # sum of ``call_sizes``
+    snapshot_bytes: int = 0
+
+    @property
+    def n_calls(self) -> int:
+        """Calls made in this episode (kept or dropped records)."""
+        return self.calls_dropped + len(self.calls)
 
 
 @dataclass
@@ -490,9 +517,12 @@ class EnvironmentRuntime:
         max_episodes: int = MAX_EPISODES,
         episode_ttl_s: float | None = EPISODE_TTL_S,
         call_timeout_s: float = CALL_TIMEOUT_S,
+        episode_memory_bytes: int = EPISODE_MEMORY_BYTES,
     ) -> None:
         if max_episodes < 1:
             raise ValueError("max_episodes must be at least 1")
+        if episode_memory_bytes < 1:
+            raise ValueError("episode_memory_bytes must be positive")
         if episode_ttl_s is not None and episode_ttl_s <= 0:
             raise ValueError("episode_ttl_s must be positive (None: episodes never expire)")
         names = [t.name for t in tools]
@@ -511,6 +541,7 @@ class EnvironmentRuntime:
         self.max_episodes = max_episodes
         self.episode_ttl_s = episode_ttl_s
         self.call_timeout_s = call_timeout_s
+        self.episode_memory_bytes = episode_memory_bytes
         self.shared_lifespan = False  # set when served over HTTP: one lifespan for every client
         self._episodes: OrderedDict[str, _Episode] = OrderedDict()  # ordered by last use
         self._sandbox: Sandbox | None = None
@@ -609,6 +640,7 @@ class EnvironmentRuntime:
         if old is None:
             self._admit(key, seed, EpisodeKind.IN_PROCESS, None)
         else:
+            # a new episode object: a call still in flight commits into the old one, never into this one
             episode = self._fresh(key, seed, old.kind, old.owner)
             episode.lock = old.lock
             self._episodes[key] = episode
@@ -640,19 +672,66 @@ class EnvironmentRuntime:
         return self._snapshot_of(self.episode(episode_id))
 
     def _snapshot_of(self, episode: _Episode) -> Snapshot:
+        """Save the episode's state. Refused (``snapshot_capacity``) past ``MAX_SNAPSHOTS_PER_EPISODE`` or when
+        the snapshots would not fit ``episode_memory_bytes`` (call records give way to them first)."""
         if len(episode.snapshots) >= MAX_SNAPSHOTS_PER_EPISODE:
             raise EpisodeRefused(EpisodeRefusal.SNAPSHOTS, f"an episode keeps at most {MAX_SNAPSHOTS_PER_EPISODE} "
                                  "snapshots; reset the episode or open a new one")
+        # a class environment's object is counted by its state view (what astra/state shows of it)
+        size = _json_size(self._state_of(episode) if episode.instance is not None else episode.state)
+        if episode.snapshot_bytes + size > self.episode_memory_bytes:
+            raise EpisodeRefused(
+                EpisodeRefusal.SNAPSHOTS,
+                f"this snapshot ({size} characters of state) does not fit the episode's memory budget: its "
+                f"{len(episode.snapshots)} snapshots already hold {episode.snapshot_bytes} of "
+                f"episode_memory_bytes={self.episode_memory_bytes}; reset the episode or open a new one",
+            )
         saved = copy.deepcopy(episode.instance if episode.instance is not None else episode.state)
         snap = Snapshot(
-            id=uuid.uuid4().hex, episode=episode.id, state=saved, seed=episode.seed, n_calls=len(episode.calls)
+            id=uuid.uuid4().hex, episode=episode.id, state=saved, seed=episode.seed, n_calls=episode.n_calls, size=size
         )
         episode.snapshots[snap.id] = snap
+        episode.snapshot_bytes += size
+        self._fit_budget(episode)
         return snap
 
+    def _record(self, episode: _Episode, outcome: ToolOutcome) -> None:
+        """Append a call's record to the episode's log, within the episode's memory budget."""
+        record = outcome.to_record()
+        size = _RECORD_OVERHEAD + sum(_json_size(record[k]) for k in ("arguments", "value", "error"))
+        episode.calls.append(record)
+        episode.call_sizes.append(size)
+        episode.log_bytes += size
+        self._fit_budget(episode)
+
+    def _fit_budget(self, episode: _Episode) -> None:
+        """Oldest call records first lose their payloads, then go whole, until the log and the
+        snapshots fit ``episode_memory_bytes`` (snapshots are never evicted: they are refused)."""
+        budget = self.episode_memory_bytes
+        calls, sizes = episode.calls, episode.call_sizes
+        while episode.log_bytes + episode.snapshot_bytes > budget and episode.stripped < len(calls):
+            i = episode.stripped
+            calls[i] = {**calls[i], "arguments": None, "value": None, "error": None, "evicted": True}
+            episode.log_bytes -= sizes[i] - _RECORD_OVERHEAD
+            sizes[i] = _RECORD_OVERHEAD
+            episode.stripped += 1
+        if episode.log_bytes + episode.snapshot_bytes > budget and calls:
+            # only payload-less records are left: drop the oldest quarter at once (amortised O(1) per call)
+            over = episode.log_bytes + episode.snapshot_bytes - budget
+            drop = min(len(calls), max(-(-over // _RECORD_OVERHEAD), len(calls) // 4))
+            episode.log_bytes -= sum(sizes[:drop])
+            del calls[:drop], sizes[:drop]
+            episode.stripped = max(0, episode.stripped - drop)
+            episode.calls_dropped += drop
+
     def restore(self, episode_id: str | None = None, *, snapshot_id: str | None = None, state: Any = None) -> Any:
-        """Restore an episode from one of its own snapshots (any environment) or a state dict (spec environments)."""
-        return self._restore(self.episode(episode_id), snapshot_id=snapshot_id, state=state)
+        """Restore an episode from one of its own snapshots (any environment) or a state dict (spec environments).
+        Refused (RuntimeError) while a call of the episode is in flight: it would commit over the restored
+        state (``astra/restore`` waits for the call instead)."""
+        episode = self.episode(episode_id)
+        if episode.lock.locked():
+            raise RuntimeError("a tool call of this episode is in flight: restore it once the call has returned")
+        return self._restore(episode, snapshot_id=snapshot_id, state=state)
 
     def _restore(self, episode: _Episode, *, snapshot_id: str | None, state: Any) -> Any:
         if snapshot_id is not None:
@@ -664,7 +743,11 @@ class EnvironmentRuntime:
             else:
                 episode.state = copy.deepcopy(snap.state)
             episode.seed = snap.seed
-            episode.calls = episode.calls[: snap.n_calls]
+            keep = max(0, snap.n_calls - episode.calls_dropped)  # the calls made after the snapshot go
+            episode.log_bytes -= sum(episode.call_sizes[keep:])
+            del episode.calls[keep:], episode.call_sizes[keep:]
+            episode.stripped = min(episode.stripped, keep)
+            episode.calls_dropped = min(episode.calls_dropped, snap.n_calls)
             episode.unusable = None
         elif state is not None:
             if self.factory is not None:
@@ -808,21 +891,31 @@ class EnvironmentRuntime:
         else:
             episode.busy += 1
             try:
+                # the lock covers the call up to its commit: control requests that change the state
+                # (astra/restore, astra/snapshot) wait for it instead of being overwritten by it
                 async with episode.lock:
-                    outcome = await self._execute(tool, arguments, episode)
+                    outcome, new_state = await self._execute(tool, arguments, episode)
+                    if outcome.ok and tool.output_validator is not None and not outcome.truncated:
+                        structured = {"result": outcome.value} if tool.wrap_output else outcome.value
+                        error = await tool.output_validator.first_error_bounded(structured)
+                        if error is not None:  # a failed call leaves the state as it was
+                            new_state = None
+                            outcome = ToolOutcome(
+                                name, arguments, ok=False, error_kind=ToolErrorKind.bad_output,
+                                error=f"the tool's result does not match its output schema: {error.message}")
+                    if new_state is not None:
+                        episode.state = new_state
+                    return self._finish(episode, outcome, start)
             finally:
                 episode.busy -= 1
                 self._touch(episode)
-            if outcome.ok and tool.output_validator is not None and not outcome.truncated:
-                structured = {"result": outcome.value} if tool.wrap_output else outcome.value
-                error = await tool.output_validator.first_error_bounded(structured)
-                if error is not None:
-                    outcome = ToolOutcome(name, arguments, ok=False, error_kind=ToolErrorKind.bad_output,
-                                          error=f"the tool's result does not match its output schema: {error.message}")
+        return self._finish(episode, outcome, start)
+
+    def _finish(self, episode: _Episode, outcome: ToolOutcome, start: float) -> ToolOutcome:
         if outcome.error is not None:
             outcome.error = _clean_text(outcome.error)
         outcome.latency_s = time.perf_counter() - start
-        episode.calls.append(outcome.to_record())
+        self._record(episode, outcome)
         return outcome
 
     async def _run_trusted(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -836,64 +929,34 @@ class EnvironmentRuntime:
                 value = await value
             return value
 
-    async def _execute(self, tool: _Tool, arguments: dict[str, Any], episode: _Episode) -> ToolOutcome:
+    async def _execute(
+        self, tool: _Tool, arguments: dict[str, Any], episode: _Episode
+    ) -> tuple[ToolOutcome, dict[str, Any] | None]:
+        """The call's outcome and the state it leaves (None: unchanged), which the caller commits."""
         if episode.instance is not None:
-            method = getattr(episode.instance, tool.method or tool.name, None)
-            if method is None:
-                return ToolOutcome(
-                    tool.name,
-                    arguments,
-                    ok=False,
-                    error_kind=ToolErrorKind.unknown_tool,
-                    error=f"the backend has no method {tool.method or tool.name!r}",
-                )
-            try:
-                value = await self._run_trusted(method, (), arguments)
-            except TimeoutError:
-                episode.unusable = (
-                    f"an earlier call ({tool.name}) did not finish within {self.call_timeout_s:g} s "
-                    "and may still be changing this episode's state: reset it or open a new episode"
-                )
-                return ToolOutcome(
-                    tool.name,
-                    arguments,
-                    ok=False,
-                    error_kind=ToolErrorKind.timeout,
-                    error=f"the tool did not finish within {self.call_timeout_s:g} s",
-                )
-            except Exception as exc:
-                return ToolOutcome(
-                    tool.name, arguments, ok=False, error_kind=ToolErrorKind.exception,
-                    error=f"{type(exc).__name__}: {exc}"
-                )
-            return _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
+            return await self._execute_method(tool, arguments, episode), None
         assert tool.source is not None
         if self.sandboxed:
-            try:
-                sandbox = await self._sandbox_for_loop()
-            except SandboxUnavailable as exc:  # fail closed: the tool does not run
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.sandbox, error=str(exc))
-            result = await sandbox.call(  # the episode object: its own sandbox, released when it is dropped
-                tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None,
-                episode=episode,
+            return await self._execute_sandboxed(tool, arguments, episode)
+        return await self._execute_in_process(tool, arguments, episode)
+
+    async def _execute_method(self, tool: _Tool, arguments: dict[str, Any], episode: _Episode) -> ToolOutcome:
+        method = getattr(episode.instance, tool.method or tool.name, None)
+        if method is None:
+            return ToolOutcome(
+                tool.name,
+                arguments,
+                ok=False,
+                error_kind=ToolErrorKind.unknown_tool,
+                error=f"the backend has no method {tool.method or tool.name!r}",
             )
-            if not result.ok:
-                return ToolOutcome(tool.name, arguments, ok=False, error=result.error,
-                                   error_kind=ToolErrorKind(result.error_kind) if result.error_kind else None)
-            problem = (_unicode_problem(result.value, "the tool's result")
-                       or _unicode_problem(result.state, "the tool's new state")
-                       or _depth_problem(result.value, "the tool's result")
-                       or _depth_problem(result.state, "the tool's new state"))
-            if problem is not None:
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem)
-            if tool.stateful and result.state is not None:
-                episode.state = result.state
-            return ToolOutcome(tool.name, arguments, ok=True, value=result.value, truncated=result.truncated)
-        fn = self._compile(tool)[tool.entrypoint or tool.name]
-        working = copy.deepcopy(episode.state) if tool.stateful else None  # committed only when the call succeeds
         try:
-            value = await self._run_trusted(fn, (working,) if tool.stateful else (), arguments)
+            value = await self._run_trusted(method, (), arguments)
         except TimeoutError:
+            episode.unusable = (
+                f"an earlier call ({tool.name}) did not finish within {self.call_timeout_s:g} s "
+                "and may still be changing this episode's state: reset it or open a new episode"
+            )
             return ToolOutcome(
                 tool.name,
                 arguments,
@@ -905,14 +968,60 @@ class EnvironmentRuntime:
             return ToolOutcome(
                 tool.name, arguments, ok=False, error_kind=ToolErrorKind.exception, error=f"{type(exc).__name__}: {exc}"
             )
+        return _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
+
+    async def _execute_sandboxed(
+        self, tool: _Tool, arguments: dict[str, Any], episode: _Episode
+    ) -> tuple[ToolOutcome, dict[str, Any] | None]:
+        assert tool.source is not None
+        try:
+            sandbox = await self._sandbox_for_loop()
+        except SandboxUnavailable as exc:  # fail closed: the tool does not run
+            return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.sandbox, error=str(exc)), None
+        result = await sandbox.call(  # the episode object: its own sandbox, released when it is dropped
+            tool.source, tool.entrypoint or tool.name, arguments, state=episode.state if tool.stateful else None,
+            episode=episode,
+        )
+        if not result.ok:
+            kind = ToolErrorKind(result.error_kind) if result.error_kind else None
+            return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=kind), None
+        problem = (_unicode_problem(result.value, "the tool's result")
+                   or _unicode_problem(result.state, "the tool's new state")
+                   or _depth_problem(result.value, "the tool's result")
+                   or _depth_problem(result.state, "the tool's new state"))
+        if problem is not None:
+            return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem), None
+        outcome = ToolOutcome(tool.name, arguments, ok=True, value=result.value, truncated=result.truncated)
+        return outcome, result.state if tool.stateful else None
+
+    async def _execute_in_process(
+        self, tool: _Tool, arguments: dict[str, Any], episode: _Episode
+    ) -> tuple[ToolOutcome, dict[str, Any] | None]:
+        fn = self._compile(tool)[tool.entrypoint or tool.name]
+        working = copy.deepcopy(episode.state) if tool.stateful else None  # committed only when the call succeeds
+        try:
+            value = await self._run_trusted(fn, (working,) if tool.stateful else (), arguments)
+        except TimeoutError:
+            return ToolOutcome(
+                tool.name,
+                arguments,
+                ok=False,
+                error_kind=ToolErrorKind.timeout,
+                error=f"the tool did not finish within {self.call_timeout_s:g} s",
+            ), None
+        except Exception as exc:
+            return ToolOutcome(
+                tool.name, arguments, ok=False, error_kind=ToolErrorKind.exception, error=f"{type(exc).__name__}: {exc}"
+            ), None
         outcome = _json_outcome(tool, arguments, value, self.limits.max_result_bytes)
         if outcome.ok and tool.stateful:
             what = "the tool's new state"
             problem = _unicode_problem(working, what) or _depth_problem(working, what)
             if problem is not None:
-                return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem)
-            episode.state = working
-        return outcome
+                failed = ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem)
+                return failed, None
+            return outcome, working
+        return outcome, None
 
     def to_call_result(self, outcome: ToolOutcome) -> CallToolResult:
         tool = self.tools.get(outcome.tool)
@@ -1015,6 +1124,16 @@ def _depth_problem(value: Any, what: str) -> str | None:
     return None
 
 
+def _json_size(value: Any) -> int:
+    """Characters of ``value`` as JSON, what the memory budget counts (anything not JSON by its repr)."""
+    if value is None:
+        return 4
+    try:
+        return len(json.dumps(value, ensure_ascii=False, default=repr))
+    except (ValueError, RecursionError):
+        return len(repr(value))
+
+
 def _json_outcome(tool: _Tool, arguments: dict[str, Any], value: Any, max_bytes: int) -> ToolOutcome:
     problem = _depth_problem(value, "the tool's result")
     if problem is not None:
@@ -1086,6 +1205,7 @@ class ControlResult(Result):
     state: Any = None
     snapshot_id: str | None = None
     calls: list[dict[str, Any]] | None = None
+    calls_dropped: int | None = None  # the episode's first calls whose records the memory budget removed
     closed: bool | None = None
     episode_ttl_s: float | None = None
 
@@ -1149,21 +1269,24 @@ class _ControlExtension(Extension):
 
         async def snapshot(ctx: Any, params: EpisodeParams) -> ControlResult:
             episode = rt.resolve(ctx, params.episode)
-            snap = rt._snapshot_of(episode)
-            return ControlResult(episode=handle(episode), snapshot_id=snap.id, state=_jsonable(rt._state_of(episode)))
+            async with episode.lock:  # after the episode's call in flight, if any, has committed
+                snap = rt._snapshot_of(episode)
+                return ControlResult(episode=handle(episode), snapshot_id=snap.id,
+                                     state=_jsonable(rt._state_of(episode)))
 
         async def restore(ctx: Any, params: RestoreParams) -> ControlResult:
             episode = rt.resolve(ctx, params.episode)
-            try:
-                state = rt._restore(episode, snapshot_id=params.snapshot_id, state=params.state)
-            except (KeyError, ValueError) as exc:
-                raise MCPError(code=INVALID_PARAMS, message=str(exc).strip("'\"")) from exc
-            return ControlResult(episode=handle(episode), state=_jsonable(state))
+            async with episode.lock:  # a call in flight would otherwise commit over the restored state
+                try:
+                    state = rt._restore(episode, snapshot_id=params.snapshot_id, state=params.state)
+                except (KeyError, ValueError) as exc:
+                    raise MCPError(code=INVALID_PARAMS, message=str(exc).strip("'\"")) from exc
+                return ControlResult(episode=handle(episode), state=_jsonable(state))
 
         async def state(ctx: Any, params: EpisodeParams) -> ControlResult:
             episode = rt.resolve(ctx, params.episode)
             return ControlResult(episode=handle(episode), state=_jsonable(rt._state_of(episode)),
-                                 calls=_jsonable(list(episode.calls)))
+                                 calls=_jsonable(list(episode.calls)), calls_dropped=episode.calls_dropped)
 
         async def close(ctx: Any, params: EpisodeParams) -> ControlResult:
             episode = rt.resolve(ctx, params.episode)
@@ -1260,7 +1383,8 @@ def build_server_from_dict(
     **episode_options: Any,
 ) -> EnvironmentServer:
     """Serve the JSON form of an ``EnvironmentSpec``. ``sandboxed=None`` follows the spec's flag.
-    ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s`` (see :class:`EnvironmentRuntime`)."""
+    ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s``, ``episode_memory_bytes``
+    (see :class:`EnvironmentRuntime`)."""
     name = spec.get("name") or spec.get("id")
     if not name:
         raise EnvironmentError_("environment spec has no name")
@@ -1497,6 +1621,9 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
                         help=f"seconds an idle episode lives (default {EPISODE_TTL_S:g}; 0: forever)")
     parser.add_argument("--call-timeout", type=float, default=CALL_TIMEOUT_S,
                         help=f"seconds an unsandboxed tool call may run (default {CALL_TIMEOUT_S:g})")
+    parser.add_argument("--episode-memory", type=int, default=EPISODE_MEMORY_BYTES,
+                        help="characters of call log and snapshots an episode keeps; the oldest call records "
+                             f"give way first, snapshots beyond it are refused (default {EPISODE_MEMORY_BYTES})")
     args = parser.parse_args(argv)
     if args.unsafe_no_sandbox:
         import os
@@ -1507,8 +1634,8 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
             check_bind(args.host, token=args.token, allow_remote=args.allow_remote)
         except BindRefused as exc:
             parser.error(str(exc))
-    if args.max_episodes < 1 or args.episode_ttl < 0 or args.call_timeout <= 0:
-        parser.error("--max-episodes must be >= 1, --episode-ttl >= 0 and --call-timeout > 0")
+    if args.max_episodes < 1 or args.episode_ttl < 0 or args.call_timeout <= 0 or args.episode_memory < 1:
+        parser.error("--max-episodes must be >= 1, --episode-ttl >= 0, --call-timeout > 0 and --episode-memory > 0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     log.setLevel(logging.INFO)  # episode expiry is logged
@@ -1517,6 +1644,7 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
     server = build_server_from_dict(
         spec, bearer_token=args.token if args.http else None, public_url=url, max_episodes=args.max_episodes,
         episode_ttl_s=args.episode_ttl or None, call_timeout_s=args.call_timeout,
+        episode_memory_bytes=args.episode_memory,
     )
     if args.token and not args.http:
         print("note: --token applies to --http only; stdio is not authenticated", file=sys.stderr)

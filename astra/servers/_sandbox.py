@@ -230,6 +230,16 @@ def _build_programs() -> tuple[bytes, bytes]:
     # (the runtime is bound from the host) would stall the host's writers of that file
     for command in (8, 10, 15, 1024):
         rule(tool, eperm, "fcntl", sc.Arg(1, sc.EQ, command))
+    # Advisory locks: the runtime files are the host's inodes, so a lock taken on one would stall host
+    # processes locking it. Taking a lock succeeds without doing anything (flock; F_SETLK, F_SETLKW,
+    # F_OFD_SETLK, F_OFD_SETLKW; fcntl64's F_SETLK64/F_SETLKW64): the only files tool code may lock legitimately
+    # are its own scratch files, seen by one process (the call's) that exists for one call, so a lock has
+    # nothing to exclude but the call's own threads; code that locks them keeps working (no ENOLCK).
+    succeed = sc.ERRNO(0)
+    rule(tool, succeed, "flock")
+    for name, commands in (("fcntl", (6, 7, 37, 38)), ("fcntl64", (6, 7, 13, 14, 37, 38))):
+        for command in commands:
+            rule(tool, succeed, name, sc.Arg(1, sc.EQ, command))
     rule(tool, eperm, "prlimit64", sc.Arg(0, sc.NE, 0))
     # scheduling of other processes (the warm parent, the spares that run later calls): one call
     # must not slow every later call of every episode (same uid, so the kernel allows it)

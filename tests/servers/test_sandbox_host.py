@@ -1,0 +1,341 @@
+"""The host side of the sandbox: what tool code can do to the host through what it shares with it
+(advisory locks on the runtime files it sees, the event loop that parses its replies, the memory an
+episode holds, what the runtime view exposes), and control requests racing a call of the same episode.
+The audit hook is off: containment must not rest on it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client import Client
+from mcp.shared.exceptions import MCPError
+
+from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
+from astra.servers import EnvironmentControl, EnvironmentRuntime, Sandbox, SandboxLimits, build_server
+from astra.servers._runtime import DEFAULT_EPISODE
+from astra.servers._sandbox import _WORKER
+
+LIMITS = SandboxLimits(cpu_s=2, wall_s=4, memory_mb=256, max_output_bytes=4096, max_result_bytes=100_000)
+OS_FILE = os.path.realpath(os.__file__)  # the base stdlib's os.py: the sandbox sees the host's inode
+WORKER_FILE = str(_WORKER.resolve())  # bound at /astra/_worker.py
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    box = Sandbox(limits=LIMITS, audit_hook=False)
+    anyio.run(box.start)
+    assert box.isolation["bubblewrap"] and box.isolation["seccomp"] and not box.isolation["audit_hook"]
+    yield box
+    anyio.run(box.aclose)
+
+
+# --------------------------------------------------------------------------- advisory locks
+
+_OFD = "hhqqi4x"  # struct flock: l_type, l_whence, l_start, l_len, l_pid
+
+LOCKER = f"""
+import fcntl, os, struct, time
+
+def lock(paths, hold_s):
+    done = []
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: the host holds it
+        done.append('flock')
+        fcntl.lockf(fd, fcntl.LOCK_SH)  # POSIX read lock, F_SETLKW
+        done.append('posix')
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack({_OFD!r}, fcntl.F_RDLCK, os.SEEK_SET, 0, 0, 0))
+        done.append('ofd')
+    time.sleep(hold_s)
+    return done
+"""
+
+
+def _contend(fd: int) -> None:
+    """Take and release, without waiting, every kind of exclusive advisory lock on ``fd`` (opened
+    read-write) from this host process (BlockingIOError when one is held elsewhere)."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.lockf(fd, fcntl.LOCK_UN)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_OFD, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack(_OFD, fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0))
+
+
+def test_tool_code_cannot_wait_on_a_lock_the_host_holds(sandbox: Sandbox) -> None:
+    """The host holds exclusive locks on runtime files the sandbox sees (flock, and a POSIX write lock,
+    which conflicts with POSIX and OFD read locks alike); tool code asking for locks (blocking) is not
+    made to wait: its lock requests never reach the host's inodes."""
+    fds = [os.open(WORKER_FILE, os.O_RDWR), os.open(OS_FILE, os.O_RDONLY)]
+    try:
+        fcntl.flock(fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fds[1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = anyio.run(lambda: sandbox.call(LOCKER, "lock", {"paths": ["/astra/_worker.py", OS_FILE],
+                                                                 "hold_s": 0}))
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert result.ok, result
+    assert result.value == ["flock", "posix", "ofd"] * 2
+
+
+def test_a_lock_taken_by_tool_code_does_not_stall_host_processes(sandbox: Sandbox) -> None:
+    """Tool code locks the runtime files and holds them; a host process contending for the same
+    files (flock, POSIX and OFD write locks, non-blocking) gets every lock while the call runs."""
+
+    async def run() -> tuple[Any, list[str], int]:
+        refused: list[str] = []
+        attempts = 0
+        finished = anyio.Event()
+        result: Any = None
+
+        async def call() -> None:
+            nonlocal result
+            result = await sandbox.call(LOCKER, "lock", {"paths": ["/astra/_worker.py", OS_FILE], "hold_s": 1.5})
+            finished.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            while not finished.is_set():
+                await anyio.sleep(0.05)
+                for path, mode in ((WORKER_FILE, os.O_RDWR), (OS_FILE, os.O_RDONLY)):
+                    fd = os.open(path, mode)
+                    try:
+                        attempts += 1
+                        if mode == os.O_RDWR:
+                            _contend(fd)
+                        else:
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            fcntl.flock(fd, fcntl.LOCK_UN)
+                    except BlockingIOError as exc:
+                        refused.append(f"{path}: {exc}")
+                    finally:
+                        os.close(fd)
+        return result, refused, attempts
+
+    result, refused, attempts = anyio.run(run)
+    assert result.ok and result.value == ["flock", "posix", "ofd"] * 2, result
+    assert attempts >= 10  # the host tried all along the 1.5 s the tool held its locks
+    assert refused == []
+
+
+def test_locks_on_scratch_files_still_work_for_tool_code(sandbox: Sandbox) -> None:
+    """Legit code locking its own scratch file (fcntl.lockf for writing, flock, filelock-style
+    non-blocking attempts) runs as before: the lock calls succeed."""
+    source = (
+        "import fcntl, os\n"
+        "def scratch():\n"
+        "    with open('/tmp/data.txt', 'w') as fh:\n"
+        "        fcntl.lockf(fh, fcntl.LOCK_EX)\n"
+        "        fh.write('x')\n"
+        "        fcntl.lockf(fh, fcntl.LOCK_UN)\n"
+        "    fd = os.open('/tmp/data.txt', os.O_RDONLY)\n"
+        "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "    fcntl.flock(fd, fcntl.LOCK_UN)\n"
+        "    os.close(fd)\n"
+        "    return open('/tmp/data.txt').read()\n"
+    )
+    result = anyio.run(lambda: sandbox.call(source, "scratch", {}))
+    assert result.ok and result.value == "x", result
+
+
+# --------------------------------------------------------------------------- control requests racing a call
+
+SLOW_ADD = ("import time\n\ndef slow_add(state, amount):\n    time.sleep(0.6)\n    state['n'] += amount\n"
+            "    return state['n']\n")
+
+
+def _spec(tools: list[tuple[str, str, bool]], initial_state: dict[str, Any]) -> EnvironmentSpec:
+    impls = []
+    for name, source, stateful in tools:
+        schema = {"type": "object", "properties": {"amount": {"type": "integer"}, "size": {"type": "integer"}}}
+        impls.append(ToolImplementation(spec=ToolSpec(server="host", name=name, description=name, input_schema=schema),
+                                        source=source, stateful=stateful))
+    return EnvironmentSpec(id="env-host", name="host", tools=impls, initial_state=initial_state)
+
+
+async def _until_in_flight(runtime: EnvironmentRuntime, handle: str) -> None:
+    with anyio.fail_after(30):
+        while handle not in runtime._episodes or not runtime._episodes[handle].lock.locked():
+            await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("sandboxed", [False, True], ids=["in_process", "sandboxed"])
+@pytest.mark.parametrize("how", ["state", "snapshot"])
+def test_restore_waits_for_the_call_in_flight(sandboxed: bool, how: str) -> None:
+    """astra/restore sent while a call of the same episode runs is applied after the call commits, so
+    it is not overwritten by a state computed from the pre-restore one; the call log matches."""
+    server = build_server(_spec([("slow_add", SLOW_ADD, True)], {"n": 0}), sandboxed=sandboxed, limits=LIMITS)
+    runtime = server.runtime
+
+    async def run() -> tuple[Any, Any, Any, Any]:
+        async with Client(server) as client:
+            control = EnvironmentControl(client)
+            handle = await control.open()
+            snap = await control.snapshot()  # n = 0, no calls
+            results: dict[str, Any] = {}
+
+            async def call() -> None:
+                results["call"] = await control.call_tool("slow_add", {"amount": 10})
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await _until_in_flight(runtime, handle)
+                if how == "state":
+                    results["restored"] = await control.restore(state={"n": 100})
+                else:
+                    results["restored"] = await control.restore(snapshot_id=snap.snapshot_id)
+            final = await control.state()
+            return results["call"], results["restored"], final.state, final.calls
+
+    call, restored, state, calls = anyio.run(run)
+    assert not call.is_error and call.structured_content == {"result": 10}, call
+    if how == "state":
+        assert restored == {"n": 100} and state == {"n": 100}
+        assert [c["tool"] for c in calls] == ["slow_add"]  # the call happened, then the restore
+    else:
+        assert restored == {"n": 0} and state == {"n": 0}
+        assert calls == []  # back to the snapshot's call log: the call came before the restore
+    anyio.run(runtime.aclose)
+
+
+def test_snapshot_waits_for_the_call_in_flight() -> None:
+    """astra/snapshot during a call saves the state the call commits, with the call in its log."""
+    server = build_server(_spec([("slow_add", SLOW_ADD, True)], {"n": 0}), sandboxed=False)
+    runtime = server.runtime
+
+    async def run() -> tuple[Any, Any, Any]:
+        async with Client(server) as client:
+            control = EnvironmentControl(client)
+            handle = await control.open()
+            snaps: list[Any] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(control.call_tool, "slow_add", {"amount": 5})
+                await _until_in_flight(runtime, handle)
+                snaps.append(await control.snapshot())
+            await control.call_tool("slow_add", {"amount": 1})
+            restored = await control.restore(snapshot_id=snaps[0].snapshot_id)
+            return snaps[0].state, restored, (await control.state()).calls
+
+    saved, restored, calls = anyio.run(run)
+    assert saved == {"n": 5} and restored == {"n": 5}
+    assert [c["arguments"] for c in calls] == [{"amount": 5}]
+
+
+def test_in_process_restore_refuses_while_a_call_is_in_flight() -> None:
+    server = build_server(_spec([("slow_add", SLOW_ADD, True)], {"n": 0}), sandboxed=False)
+    runtime = server.runtime
+    errors: list[str] = []
+
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runtime.call, "slow_add", {"amount": 3})
+            await _until_in_flight(runtime, DEFAULT_EPISODE)
+            try:
+                runtime.restore(state={"n": 100})
+            except RuntimeError as exc:
+                errors.append(str(exc))
+        runtime.restore(state={"n": 100})  # fine once the call has returned
+
+    anyio.run(run)
+    assert errors and "in flight" in errors[0]
+    assert runtime.state() == {"n": 100}
+
+
+# --------------------------------------------------------------------------- memory per episode
+
+BIG_RESULT = "def big(size):\n    return 'x' * size\n"
+GROW = "def grow(state, size):\n    state['blob'] = 'y' * size\n    return len(state['blob'])\n"
+
+
+def test_the_call_log_stays_within_the_episode_budget() -> None:
+    """Many calls with large results: the oldest records lose their payloads, then go whole; what the
+    episode holds stays within its budget (measured by tracemalloc), and the counts stay right."""
+    budget = 200_000
+    server = build_server(_spec([("big", BIG_RESULT, False)], {}), sandboxed=False, episode_memory_bytes=budget)
+    runtime = server.runtime
+
+    async def calls(n: int) -> None:
+        for _ in range(n):
+            outcome = await runtime.call("big", {"size": 20_000})
+            assert outcome.ok and len(outcome.value) == 20_000
+
+    anyio.run(calls, 5)
+    assert [c.get("evicted") for c in runtime.calls()] == [None] * 5  # under budget: everything kept
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        anyio.run(calls, 400)  # 8 MB of results; unbounded, the log would keep them all
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 3 * budget, held
+    log = runtime.calls()
+    episode = runtime.episode()
+    assert episode.n_calls == 405 and episode.calls_dropped + len(log) == 405
+    kept = [c for c in log if not c.get("evicted")]
+    assert kept and all(c["value"] == "x" * 20_000 for c in kept)  # the newest keep their payloads
+    assert log[-1] is kept[-1]
+    assert len(json.dumps(log)) <= budget + 1000
+    evicted = [c for c in log if c.get("evicted")]
+    assert all(c["arguments"] is None and c["value"] is None and c["tool"] == "big" and c["ok"] for c in evicted)
+
+
+def test_records_are_dropped_whole_once_only_payloadless_ones_are_left() -> None:
+    budget = 30_000
+    server = build_server(_spec([("big", BIG_RESULT, False)], {}), sandboxed=False, episode_memory_bytes=budget)
+
+    async def run() -> tuple[Any, Any]:
+        async with Client(server) as client:
+            control = EnvironmentControl(client)
+            await control.open()
+            for _ in range(300):
+                assert not (await control.call_tool("big", {"size": 10})).is_error
+            return await control.state(), control
+
+    final, _control = anyio.run(run)
+    assert final.calls_dropped > 0
+    assert final.calls_dropped + len(final.calls) == 300
+    assert len(json.dumps(final.calls)) <= budget
+
+
+def test_snapshots_beyond_the_budget_are_refused_and_restore_keeps_the_counts() -> None:
+    budget = 100_000
+    server = build_server(_spec([("grow", GROW, True), ("big", BIG_RESULT, False)], {"blob": ""}),
+                          sandboxed=False, episode_memory_bytes=budget)
+
+    async def run() -> tuple[list[Any], Any, Any, Any, Any]:
+        async with Client(server) as client:
+            control = EnvironmentControl(client)
+            await control.open()
+            assert not (await control.call_tool("grow", {"size": 30_000})).is_error
+            snaps = [await control.snapshot() for _ in range(3)]  # ~90 000 characters of snapshots
+            with pytest.raises(MCPError) as refused:
+                await control.snapshot()
+            for _ in range(50):  # the call log gives way to the snapshots
+                assert not (await control.call_tool("big", {"size": 1000})).is_error
+            before = await control.state()
+            restored = await control.restore(snapshot_id=snaps[0].snapshot_id)
+            after = await control.state()
+            await control.reset()
+            again = await control.snapshot()  # a reset frees the budget
+            return snaps, refused.value, (before, after), restored, again
+
+    snaps, refused, (before, after), restored, again = anyio.run(run)
+    assert len(snaps) == 3 and refused.error.data == {"reason": "snapshot_capacity"}
+    assert "memory budget" in refused.error.message
+    assert before.calls_dropped + len(before.calls) == 51
+    assert len(json.dumps(before.calls)) + 3 * 30_000 <= budget + 1000
+    assert restored == {"blob": "y" * 30_000}
+    # back to the snapshot's log: the one grow call (its record possibly without its payload)
+    assert after.calls_dropped + len(after.calls) == 1
+    assert again.snapshot_id
