@@ -985,9 +985,8 @@ class EnvironmentRuntime:
         if not result.ok:
             kind = ToolErrorKind(result.error_kind) if result.error_kind else None
             return ToolOutcome(tool.name, arguments, ok=False, error=result.error, error_kind=kind), None
-        problem = (_unicode_problem(result.value, "the tool's result")
-                   or _unicode_problem(result.state, "the tool's new state")
-                   or _depth_problem(result.value, "the tool's result")
+        # no lone surrogates here: the sandbox refuses a frame with any (_sandbox._parse_reply)
+        problem = (_depth_problem(result.value, "the tool's result")
                    or _depth_problem(result.state, "the tool's new state"))
         if problem is not None:
             return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem), None
@@ -1112,15 +1111,22 @@ def _unicode_problem(value: Any, what: str) -> str | None:
     return None
 
 
+_CONTAINERS = (dict, list, tuple)
+
+
 def _depth_problem(value: Any, what: str) -> str | None:
-    """Why ``value`` is nested too deeply to be sent (see ``MAX_JSON_DEPTH``), or None."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, dict | list | tuple):
-            if depth > MAX_JSON_DEPTH:
-                return f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    """Why ``value`` is nested too deeply to be sent (see ``MAX_JSON_DEPTH``), or None. Level by level,
+    keeping containers only (it runs on the event loop, over states of up to ``max_state_bytes``)."""
+    level = [value] if isinstance(value, dict | list | tuple) else []
+    depth = 1
+    while level:
+        if depth > MAX_JSON_DEPTH:
+            return f"{what} is nested deeper than {MAX_JSON_DEPTH} levels"
+        children: list[Any] = []
+        for item in level:
+            children.extend(item.values() if isinstance(item, dict) else item)
+        level = list(itertools.compress(children, map(isinstance, children, itertools.repeat(_CONTAINERS))))
+        depth += 1
     return None
 
 

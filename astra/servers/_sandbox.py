@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -185,6 +186,28 @@ _SANDBOX_DENIED = (
 _TOOL_DENIED = (
     "execve", "execveat", "fork", "vfork", "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
     "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "socket", "socketpair", "memfd_create", "setsid",
+    # SysV IPC and POSIX message queues live in the worker's ipc namespace, not the call's process: data
+    # would cross calls, episodes and resets, shared memory would outlive the call's memory limit, and
+    # shmat(SHM_EXEC) maps executable memory (red team round 3: R3-01, R3-02, R3-08)
+    "shmget", "shmat", "shmdt", "shmctl", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop",
+    "semctl", "ipc", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify", "mq_getsetattr",
+    # inotify events belong to the host's inodes (every runtime file): a channel between sandboxes and a
+    # view of host activity (R3-09); the rest: host memory/page-cache probes and legacy calls (R3-10)
+    "inotify_init", "inotify_init1", "inotify_add_watch", "modify_ldt", "mincore", "remap_file_pages", "move_pages",
+    "migrate_pages", "sysfs", "ustat",
+)
+# Syscalls numbered from 424 on have the same number on every architecture (Linux 5.1+). The tool filter
+# refuses all of them (ENOSYS, as from an older kernel: callers fall back) except these, so a syscall
+# added by a later kernel (statmount, listmount, ... reveal host paths: R3-10) is denied by default.
+_NEW_SYSCALLS_FROM, _NEW_SYSCALLS_TO = 424, 512
+_NEW_SYSCALLS_ALLOWED = (
+    436,  # close_range
+    439,  # faccessat2
+    441,  # epoll_pwait2
+    449,  # futex_waitv
+    452,  # fchmodat2
+    453,  # map_shadow_stack
+    454, 455, 456,  # futex_wake, futex_wait, futex_requeue
 )
 _PROGRAMS: dict[str, tuple[bytes, bytes]] = {}
 
@@ -222,6 +245,10 @@ def _build_programs() -> tuple[bytes, bytes]:
     tool = sc.SyscallFilter(sc.ALLOW)
     for name in _TOOL_DENIED:
         rule(tool, eacces, name)
+    named = {sc.resolve_syscall(sc.Arch.NATIVE, name) for name in (*_TOOL_DENIED, *_SANDBOX_DENIED, "clone3")}
+    for number in range(_NEW_SYSCALLS_FROM, _NEW_SYSCALLS_TO):
+        if number not in named and number not in _NEW_SYSCALLS_ALLOWED:
+            tool.add_rule(sc.ERRNO(errno.ENOSYS), number)
     rule(tool, eperm, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))  # threads yes, processes no
     prot_exec = 0x4
     for name in ("mmap", "mprotect", "pkey_mprotect"):
@@ -1070,7 +1097,7 @@ class Sandbox:
                 os.close(request_w)
                 request_w = -1
                 reply, overflow = await _read_until_eof(reply_r, reply_limit)
-                problem, data = (None, None) if overflow else _parse_reply(reply, nonce)
+                problem, data = (None, None) if overflow else _parse_reply(reply, nonce, limits)
                 if overflow:
                     await worker.send({"op": "cancel", "pid": spare.pid, "id": nonce})
                 if data is None:
@@ -1179,17 +1206,42 @@ def _json_length(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False))
 
 
-def _parse_reply(reply: bytes, nonce: str) -> tuple[str | None, dict[str, Any] | None]:
-    """(problem, data): exactly one frame, valid UTF-8 JSON, this call's nonce, the expected fields."""
+def _frame_characters(limits: SandboxLimits) -> int:
+    """The most characters a frame of the worker can have: the state and an untruncated result as the
+    worker measured them, a truncated result string re-escaped (at most 2 characters each: only quotes and
+    backslashes are left to escape), output and an error message of control characters (6 each, ``\\u0000``)."""
+    return (limits.max_state_bytes + 2 * (limits.max_result_bytes + 200) + 6 * (limits.max_output_bytes + 200)
+            + 6 * _MAX_ERROR + 4096)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _parse_reply(
+    reply: bytes, nonce: str, limits: SandboxLimits | None = None
+) -> tuple[str | None, dict[str, Any] | None]:
+    """(problem, data): exactly one frame, valid UTF-8 JSON, this call's nonce, the expected fields.
+
+    A frame longer than the worker can write under ``limits`` (:func:`_frame_characters`) is refused before
+    it is parsed: the event loop parses frames, so a forged one at the reply cap (4 bytes a character) would
+    stall every episode for its parse (~140 ms at 34 MB; a thread does not help: json holds the GIL). Lone
+    surrogates (``\\ud800``), which the worker never writes (its frames are UTF-8), are refused too."""
     if len(reply) < _HEADER.size:
         return "no reply", None
     (size,) = _HEADER.unpack_from(reply)
     if len(reply) != _HEADER.size + size:
         return f"{len(reply)} bytes where one frame of {_HEADER.size + size} was expected (extra or forged bytes)", None
+    most = None if limits is None else _frame_characters(limits)
+    if most is not None and size > 4 * most:  # more than `most` characters, whatever they are
+        return f"a frame of {size} bytes, more than the worker writes under its limits", None
     try:
-        data = json.loads(reply[_HEADER.size:].decode("utf-8"), parse_constant=_refuse_constant)
+        text = reply[_HEADER.size:].decode("utf-8")
     except UnicodeDecodeError:
         return "bytes that are not UTF-8", None
+    if most is not None and len(text) > most:
+        return f"a frame of {len(text)} characters, more than the {most} the worker writes under its limits", None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
     except ValueError:
         return "a frame that is not JSON", None
     except RecursionError:  # a forged frame nested deeper than the host's parser goes
@@ -1201,4 +1253,11 @@ def _parse_reply(reply: bytes, nonce: str) -> tuple[str | None, dict[str, Any] |
     if not data["ok"] and (data.get("error_kind") not in {k.value for k in _CHILD_KINDS}
                            or not isinstance(data.get("error", ""), str)):
         return "a malformed error frame", None
+    if _SURROGATE_ESCAPE.search(text) is not None:  # escaped surrogates: paired ones are fine
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return "text that is not valid Unicode (a lone surrogate)", None
+        except RecursionError:
+            return "a frame nested too deeply", None
     return None, data

@@ -19,7 +19,7 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
-from astra.servers import EnvironmentControl, EnvironmentRuntime, Sandbox, SandboxLimits, build_server
+from astra.servers import EnvironmentControl, EnvironmentRuntime, Sandbox, SandboxLimits, _sandbox, build_server
 from astra.servers._runtime import DEFAULT_EPISODE
 from astra.servers._sandbox import _WORKER
 
@@ -146,6 +146,46 @@ def test_locks_on_scratch_files_still_work_for_tool_code(sandbox: Sandbox) -> No
     )
     result = anyio.run(lambda: sandbox.call(source, "scratch", {}))
     assert result.ok and result.value == "x", result
+
+
+# --------------------------------------------------------------------------- kernel objects shared beyond a call
+
+SYSCALLS = """
+import ctypes, errno, os
+
+def probe():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+
+    def call(number, *args):
+        ctypes.set_errno(0)
+        result = libc.syscall(ctypes.c_long(number), *[ctypes.c_long(a) for a in args])
+        return errno.errorcode.get(ctypes.get_errno(), 'OK') if result == -1 else 'OK'
+
+    return {
+        'shmget': call(29, 0, 4096, 0o1000 | 0o600),  # IPC_PRIVATE, IPC_CREAT
+        'msgget': call(68, 0, 0o1000 | 0o600),
+        'semget': call(64, 0, 1, 0o1000 | 0o600),
+        'mq_open': call(240, ctypes.addressof(ctypes.create_string_buffer(b'q')), 0o100 | 2, 0o600, 0),
+        'inotify_init1': call(294, 0),
+        'statmount': call(457, 0, 0, 0, 0),
+        'listmount': call(458, 0, 0, 0, 0),
+        'future': call(500, 0),
+        'close_range': call(436, 1000, 1001, 0),  # allowed: closes nothing here
+    }
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers below 424 are x86_64's")
+def test_ipc_inotify_and_new_syscalls_are_refused(sandbox: Sandbox) -> None:
+    """SysV IPC and message queues (data and memory outliving the call, executable shm), inotify on the
+    host's inodes, and syscalls newer than the filter (statmount lists host paths) never reach the kernel."""
+    result = anyio.run(lambda: sandbox.call(SYSCALLS, "probe", {}))
+    assert result.ok, result
+    assert result.value == {
+        "shmget": "EACCES", "msgget": "EACCES", "semget": "EACCES", "mq_open": "EACCES", "inotify_init1": "EACCES",
+        "statmount": "ENOSYS", "listmount": "ENOSYS", "future": "ENOSYS", "close_range": "OK",
+    }
 
 
 # --------------------------------------------------------------------------- control requests racing a call
@@ -339,3 +379,98 @@ def test_snapshots_beyond_the_budget_are_refused_and_restore_keeps_the_counts() 
     # back to the snapshot's log: the one grow call (its record possibly without its payload)
     assert after.calls_dropped + len(after.calls) == 1
     assert again.snapshot_id
+
+
+# --------------------------------------------------------------------------- forged frames and the event loop
+
+FORGE = """
+import json, os, stat, struct, sys
+
+def _send(reply):
+    frame_obj = sys._getframe(1)
+    nonce = None
+    while frame_obj is not None and nonce is None:
+        nonce = frame_obj.f_locals.get('nonce')
+        frame_obj = frame_obj.f_back
+    data = json.dumps({'id': nonce, **reply}).encode()
+    frame = struct.pack('>I', len(data)) + data
+    for fd in range(3, 64):  # the reply pipe: the one write end among the pipes
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(fd, view):]
+            os.close(fd)
+            break
+        except OSError:
+            pass
+    os._exit(0)
+
+def forge(state, size):
+    _send({'ok': True, 'value': 1, 'state': {'blob': 'v' * size}, 'stdout': 'o' * size})
+
+def forge_surrogate(state, size=0):
+    _send({'ok': True, 'value': '\\ud800', 'state': state, 'stdout': ''})
+
+def bump(state, size=0):
+    state['n'] += 1
+    return state['n']
+"""
+
+
+class _LoadsSpy:
+    """The json module as ``_sandbox`` sees it, recording the length of every text it parses."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(json, name)
+
+    def loads(self, text: Any, **kwargs: Any) -> Any:
+        self.sizes.append(len(text))
+        return json.loads(text, **kwargs)
+
+
+def test_forged_frames_beyond_what_the_worker_writes_are_never_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one episode floods the host with forged frames at the reply cap, the host refuses them
+    unparsed (bad_reply) and another episode's calls keep completing, correct and in order."""
+    spy = _LoadsSpy()
+    monkeypatch.setattr(_sandbox, "json", spy)
+    impls = [ToolImplementation(spec=ToolSpec(server="host", name=name, description=name,
+                                              input_schema={"type": "object", "properties": {"size": {}}}),
+                                source=FORGE, entrypoint=name, stateful=True)
+             for name in ("forge", "forge_surrogate", "bump")]
+    spec = EnvironmentSpec(id="env-forge", name="forge", tools=impls, initial_state={"n": 0})
+    server = build_server(spec, limits=LIMITS)
+    runtime = server.runtime
+    most = _sandbox._frame_characters(runtime.limits)
+    hostile, healthy = runtime.new_episode(), runtime.new_episode()
+    done: list[str] = []
+    bumps: list[Any] = []
+
+    async def flood() -> None:
+        for _ in range(3):  # ~2 x 6 MB characters: ~1.4x the most the worker writes under LIMITS, under the cap
+            outcome = await runtime.call("forge", {"size": 6_000_000}, episode_id=hostile)
+            assert not outcome.ok and outcome.error_kind == "bad_reply", outcome
+            assert "more than" in (outcome.error or ""), outcome
+        done.append("flood")
+
+    async def serve() -> None:
+        while not done:
+            outcome = await runtime.call("bump", {}, episode_id=healthy)
+            bumps.append(outcome.value if outcome.ok else outcome)
+
+    async def run() -> Any:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(flood)
+            tg.start_soon(serve)
+        return await runtime.call("forge_surrogate", {}, episode_id=hostile)
+
+    surrogate = anyio.run(run)
+    anyio.run(runtime.aclose)
+    assert bumps and bumps == list(range(1, len(bumps) + 1)), bumps[:5]  # every call served, in order
+    assert runtime.state(hostile) == {"n": 0}
+    assert spy.sizes and max(spy.sizes) <= most, (max(spy.sizes), most)  # nothing bigger was parsed
+    assert not surrogate.ok and surrogate.error_kind == "bad_reply" and "not valid Unicode" in (surrogate.error or "")
