@@ -1646,6 +1646,12 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
                         stream=sys.stderr)
     log.setLevel(logging.INFO)  # episode expiry is logged
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
+    if isinstance(spec, dict) and spec.get("sandboxed") is False and spec.get("tools"):
+        # the spec (data, not the user) asks for its code to run on this machine: say so loudly (red team R3-05)
+        message = (f"SANDBOX DISABLED BY THE SPEC ({spec_path}: \"sandboxed\": false): this environment's tool code "
+                   "runs on this machine WITHOUT bubblewrap isolation: serve only environments you trust")
+        log.warning(message)
+        print(f"WARNING: {message}", file=sys.stderr, flush=True)
     url = f"http://{args.host}:{args.port}/mcp"
     server = build_server_from_dict(
         spec, bearer_token=args.token if args.http else None, public_url=url, max_episodes=args.max_episodes,

@@ -316,41 +316,169 @@ def _interpreter() -> str:
     return os.path.realpath(base)
 
 
-def _runtime_binds() -> list[str]:
-    """Read-only bind arguments for the Python runtime and the system libraries it links."""
-    paths: set[str] = set()
-    exe = _interpreter()
-    paths.add(exe)
-    # the base installation's standard library, never a virtualenv's site-packages
-    base_paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
-    for key in ("stdlib", "platstdlib"):
-        value = base_paths.get(key)
-        if value:
-            paths.add(os.path.realpath(value))
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir and sysconfig.get_config_var("Py_ENABLE_SHARED"):
-        ldlibrary = sysconfig.get_config_var("LDLIBRARY") or ""
-        candidate = os.path.join(libdir, ldlibrary)
-        if ldlibrary and os.path.exists(candidate):
-            paths.add(os.path.realpath(candidate))
-    for system in ("/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/share/zoneinfo"):
-        if os.path.isdir(system):
-            paths.add(system)
-    # drop paths inside another bound path
-    ordered = sorted(paths)
-    kept: list[str] = []
-    for path in ordered:
-        if not any(path.startswith(parent.rstrip("/") + "/") for parent in kept):
-            kept.append(path)
+_VIEW: dict[str, list[str]] = {}  # the runtime binds, computed once per process
+_NOT_IN_VIEW = ("site-packages", "dist-packages")  # never bound, even where they sit inside the stdlib
+# What the warm parent loads besides its preloads (the tool filter is installed with _ctypes).
+_PARENT_MODULES = ("_ctypes",)
+_MAPS_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import _worker
+for name in (*getattr(_worker, '_PRELOAD', ()), *sys.argv[2:]):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+with open('/proc/self/maps') as maps:
+    for line in maps:
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].startswith('/'):
+            print(fields[5].rstrip('\\n'))
+"""
+
+
+def _elf_interpreter(path: str) -> str | None:
+    """The program interpreter (PT_INTERP: the dynamic loader) named in an ELF executable."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head[:4] != b"\x7fELF" or head[4] not in (1, 2):
+                return None
+            order = "<" if head[5] == 1 else ">"
+            if head[4] == 2:
+                phoff, = struct.unpack_from(order + "Q", head, 32)
+                phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
+            else:
+                phoff, = struct.unpack_from(order + "I", head, 28)
+                phentsize, phnum = struct.unpack_from(order + "HH", head, 42)
+            for index in range(phnum):
+                fh.seek(phoff + index * phentsize)
+                entry = fh.read(phentsize)
+                if struct.unpack_from(order + "I", entry, 0)[0] != 3:  # PT_INTERP
+                    continue
+                word, at_offset, at_size = ("Q", 8, 32) if head[4] == 2 else ("I", 4, 16)
+                offset, = struct.unpack_from(order + word, entry, at_offset)
+                size, = struct.unpack_from(order + word, entry, at_size)
+                fh.seek(offset)
+                return fh.read(size).rstrip(b"\0").decode()
+    except (OSError, struct.error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _mapped_files(exe: str) -> list[str]:
+    """The files the interpreter maps once it has loaded what the worker loads (its shared libraries, the
+    loader, locale data), as the host's dynamic loader resolves them: from a probe run of the interpreter."""
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # as the worker runs
+    run = subprocess.run([exe, "-I", "-S", "-B", "-c", _MAPS_PROBE, str(_WORKER.parent), *_PARENT_MODULES],
+                         capture_output=True, text=True, env=env, timeout=60, check=True)
+    return sorted({line for line in run.stdout.splitlines() if line.startswith("/") and os.path.isfile(line)})
+
+
+def _names_of(path: str) -> list[str]:
+    """``path`` and the symbolic links beside it that resolve to it (the names the loader looks up:
+    ``libz.so.1`` for ``libz.so.1.2.13``)."""
+    names = [path]
+    directory = os.path.dirname(path)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return names
+    for entry in entries:
+        if entry.is_symlink() and os.path.realpath(entry.path) == path:
+            names.append(entry.path)
+    return names
+
+
+def _path_ops(path: str, symlinks: dict[str, str], files: set[str]) -> None:
+    """What makes ``path`` resolve in the sandbox as on the host: each symbolic link met on the way
+    (into ``symlinks``: link -> its target as written) and the file it ends at (into ``files``)."""
+    resolved = "/"
+    parts = [part for part in path.split("/") if part]
+    hops = 0
+    while parts and hops < 40:  # at most 40 links, as the kernel
+        candidate = os.path.normpath(os.path.join(resolved, parts.pop(0)))
+        if os.path.islink(candidate):
+            hops += 1
+            target = os.readlink(candidate)
+            symlinks[candidate] = target
+            parts = [part for part in os.path.join(resolved, target).split("/") if part] + parts
+            resolved = "/"
+        else:
+            resolved = candidate
+    if os.path.isfile(resolved):
+        files.add(resolved)
+
+
+def _broad_binds(exe: str) -> list[str]:
+    """The view before the runtime was resolved file by file (``/usr/lib`` whole), for a host whose
+    interpreter cannot be probed."""
+    paths = {exe, "/usr/share/zoneinfo"} | {p for p in ("/usr/lib", "/usr/lib64", "/usr/lib32") if os.path.isdir(p)}
     args: list[str] = []
-    for path in kept:
-        args += ["--ro-bind", path, path]
+    for path in sorted(paths):
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
     for name in ("lib", "lib64", "lib32", "bin"):
         host = "/" + name
         if os.path.islink(host):
             args += ["--symlink", os.readlink(host), host]
-        elif os.path.isdir(host) and name != "bin":
-            args += ["--ro-bind", host, host]
+    return args
+
+
+def _runtime_binds() -> list[str]:
+    """Read-only binds of what the worker's interpreter needs and nothing else: the interpreter, the
+    shared libraries and loader it maps once the worker's modules are loaded (resolved by running it,
+    with the links the loader looks them up by), the base standard library without its site-packages /
+    dist-packages (never a virtualenv's), and the time-zone database. Computed once per process."""
+    if "args" in _VIEW:
+        return _VIEW["args"]
+    exe = _interpreter()
+    symlinks: dict[str, str] = {}
+    files: set[str] = set()
+    dirs: set[str] = set()
+    masked: set[str] = set()
+    base_paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+    for key in ("stdlib", "platstdlib"):
+        value = base_paths.get(key)
+        if value and os.path.isdir(value):
+            stdlib = os.path.realpath(value)
+            dirs.add(stdlib)
+            masked.update(os.path.join(stdlib, name) for name in _NOT_IN_VIEW
+                          if os.path.isdir(os.path.join(stdlib, name)))
+    if os.path.isdir("/usr/share/zoneinfo"):
+        dirs.add(os.path.realpath("/usr/share/zoneinfo"))
+    try:
+        mapped = _mapped_files(exe)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("could not list the files the interpreter maps (%s); the sandbox binds /usr/lib whole", exc)
+        _VIEW["args"] = _broad_binds(exe) + [arg for d in sorted(dirs) for arg in ("--ro-bind", d, d)]
+        return _VIEW["args"]
+    wanted = [exe, *mapped]
+    loader = _elf_interpreter(exe)
+    if loader:
+        wanted.append(loader)
+    for path in wanted:
+        for name in _names_of(os.path.realpath(path)) + [path]:
+            _path_ops(name, symlinks, files)
+    # a file or link inside a bound directory needs nothing of its own
+    dirs = {d for d in dirs if not any(d.startswith(o.rstrip("/") + "/") for o in dirs if o != d)}
+
+    def inside_dirs(path: str) -> bool:
+        return any(path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+    args: list[str] = []
+    for directory in sorted(dirs):
+        args += ["--ro-bind", directory, directory]
+    for path in sorted(masked):  # an empty read-only directory over site-packages
+        args += ["--tmpfs", path, "--remount-ro", path]
+    for path in sorted(f for f in files if not inside_dirs(f)):
+        args += ["--ro-bind", path, path]
+    links = {link: target for link, target in symlinks.items() if not inside_dirs(link)}
+    for parent in sorted({os.path.dirname(link) for link in links} - {"/"}):
+        args += ["--dir", parent]  # else bubblewrap makes it 0700, which the sandbox's uid cannot enter
+    for link in sorted(links, key=lambda p: (p.count("/"), p)):
+        args += ["--symlink", links[link], link]
+    _VIEW["args"] = args
     return args
 
 

@@ -474,3 +474,72 @@ def test_forged_frames_beyond_what_the_worker_writes_are_never_parsed(monkeypatc
     assert runtime.state(hostile) == {"n": 0}
     assert spy.sizes and max(spy.sizes) <= most, (max(spy.sizes), most)  # nothing bigger was parsed
     assert not surrogate.ok and surrogate.error_kind == "bad_reply" and "not valid Unicode" in (surrogate.error or "")
+
+
+# --------------------------------------------------------------------------- the runtime view
+
+VIEW = """
+import os
+
+def view(paths):
+    seen = {}
+    for path in paths:
+        try:
+            with open(path, 'rb') as fh:
+                seen[path] = 'read %d bytes' % len(fh.read(64))
+        except OSError as exc:
+            seen[path] = type(exc).__name__
+    listing = {}
+    for directory in ('/usr/lib', '/usr', '/'):
+        try:
+            listing[directory] = sorted(os.listdir(directory))
+        except OSError as exc:
+            listing[directory] = type(exc).__name__
+    return {'seen': seen, 'listing': listing}
+
+def uses_the_stdlib():
+    import bz2, datetime, decimal, hashlib, lzma, uuid, xml.etree.ElementTree as ET, zlib, zoneinfo
+    paris = datetime.datetime(2020, 1, 1, tzinfo=zoneinfo.ZoneInfo('Europe/Paris'))
+    return [paris.isoformat(), len(str(uuid.uuid4())), lzma.decompress(lzma.compress(b'x')).decode(),
+            bz2.decompress(bz2.compress(b'y')).decode(), zlib.decompress(zlib.compress(b'z')).decode(),
+            hashlib.sha256(b'').hexdigest()[:8], str(decimal.Decimal(1) / 4), ET.fromstring('<a>b</a>').text]
+"""
+
+
+def _unneeded_host_files() -> list[str]:
+    """Host files the interpreter does not need: under /usr/lib (beside what it maps) and in the base
+    standard library's site-packages / dist-packages."""
+    bound = set(_sandbox._runtime_binds())
+    found: list[str] = []
+    for root, _dirs, files in os.walk("/usr/lib"):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if path not in bound and os.path.isfile(path) and not os.path.islink(path) and os.access(path, os.R_OK):
+                found.append(path)
+                break
+        if len(found) >= 5:
+            break
+    stdlib = os.path.dirname(OS_FILE)
+    for name in ("site-packages", "dist-packages"):
+        for root, _dirs, files in os.walk(os.path.join(stdlib, name)):
+            found += [os.path.join(root, f) for f in sorted(files)[:2]]
+            break
+    return found
+
+
+def test_the_runtime_view_holds_what_the_interpreter_needs_only(sandbox: Sandbox) -> None:
+    """Files under /usr/lib that the interpreter does not map, and the base stdlib's site-packages,
+    cannot be read; /usr/lib lists only what was resolved; the stdlib modules tools use still work."""
+    unneeded = _unneeded_host_files()
+    assert unneeded, "no host file outside the runtime to look for"
+    result = anyio.run(lambda: sandbox.call(VIEW, "view", {"paths": [*unneeded, OS_FILE]}))
+    assert result.ok, result
+    seen, listing = result.value["seen"], result.value["listing"]
+    assert seen[OS_FILE].startswith("read"), seen  # the stdlib itself is there
+    assert {path: seen[path] for path in unneeded} == {path: "FileNotFoundError" for path in unneeded}
+    host_lib = set(os.listdir("/usr/lib"))
+    assert set(listing["/usr/lib"]) < host_lib, listing  # a strict subset of the host's /usr/lib
+    assert "python3" not in listing["/usr/lib"] and "os-release" not in listing["/usr/lib"]
+    works = anyio.run(lambda: sandbox.call(VIEW, "uses_the_stdlib", {}))
+    assert works.ok, works
+    assert works.value == ["2020-01-01T00:00:00+01:00", 36, "x", "y", "z", "e3b0c442", "0.25", "b"]
