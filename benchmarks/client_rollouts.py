@@ -62,7 +62,7 @@ def bench_server() -> Any:
     """The one-tool MCP server (module level: a worker process builds its own in-process copy)."""
     from mcp.server.mcpserver import MCPServer
 
-    app = MCPServer("bench")
+    app = MCPServer("bench", log_level="WARNING")  # its default, INFO on the root logger, logs every request
 
     @app.tool()
     def add(a: int, b: int) -> int:
@@ -109,25 +109,29 @@ class Endpoint:
         self.proc.wait()
 
 
-Result = tuple[float, float, float]  # wall s, harness CPU s, MCP server CPU s
+Result = tuple[float, float, float, float]  # wall s, harness CPU s, MCP server CPU s, endpoint CPU s
 
 
-def server_cpu_s() -> float:
-    """CPU seconds used so far by the live one-tool MCP servers (``--serve-mcp``), from /proc."""
-    total = 0
+def other_cpu_s() -> tuple[float, float]:
+    """CPU seconds used so far by the live one-tool stdio MCP servers (``--serve-mcp``) and by
+    the fake endpoint, from /proc: they share the machine's cores with the harness."""
+    totals = {b"--serve-mcp": 0, FAKE.name.encode(): 0}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if b"--serve-mcp" not in fh.read():
-                    continue
+                cmdline = fh.read()
+            key = next((k for k in totals if k in cmdline), None)
+            if key is None:
+                continue
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+            totals[key] += int(fields[11]) + int(fields[12])  # utime + stime
         except OSError:
             continue
-    return total / os.sysconf("SC_CLK_TCK")
+    server, endpoint = totals.values()
+    return server / os.sysconf("SC_CLK_TCK"), endpoint / os.sysconf("SC_CLK_TCK")
 
 
 async def _concurrently(n: int, c: int, one: Any) -> None:
@@ -206,12 +210,13 @@ gc.callbacks.append(_gc_timer)
 
 
 async def _timed(body: Any) -> Result:
-    start, cpu, server = time.perf_counter(), time.process_time(), server_cpu_s()
+    start, cpu, (server, endpoint) = time.perf_counter(), time.process_time(), other_cpu_s()
     await body()
-    return time.perf_counter() - start, time.process_time() - cpu, server_cpu_s() - server
+    server_now, endpoint_now = other_cpu_s()
+    return time.perf_counter() - start, time.process_time() - cpu, server_now - server, endpoint_now - endpoint
 
 
-def detail(trajs: list[Any], latency_ms: int, gc_s: float) -> str:
+def detail(trajs: list[Any], latency_ms: int, pauses: dict[str, Any]) -> str:
     """Where an episode's time went (one-process rows): the model requests' time over L, the
     tool calls' latency, and this process's GC pauses."""
     if not trajs:
@@ -221,8 +226,8 @@ def detail(trajs: list[Any], latency_ms: int, gc_s: float) -> str:
     tools = sorted(s["latency_s"] * 1000 for t in trajs for s in t["steps"])
     q = lambda xs, f: xs[min(len(xs) - 1, int(f * len(xs)))]  # noqa: E731
     return (f"model request over L p50 {q(over, .5):.1f} / p95 {q(over, .95):.1f} ms; tool call p50 "
-            f"{q(tools, .5):.1f} / p95 {q(tools, .95):.1f} ms; GC pauses {gc_s * 1000:.0f} ms per run ("
-            + ", ".join(f"gen{g} {GC_PAUSE[f'n{g}']}x {GC_PAUSE[f'g{g}'] * 1000:.0f} ms" for g in range(3)) + ")")
+            f"{q(tools, .5):.1f} / p95 {q(tools, .95):.1f} ms; GC pauses {pauses['s'] * 1000:.0f} ms per run ("
+            + ", ".join(f"gen{g} {pauses[f'n{g}']}x {pauses[f'g{g}'] * 1000:.0f} ms" for g in range(3)) + ")")
 
 
 async def astra_loop(base_url: str, n: int, c: int, reps: int, profile: Any = None,
@@ -255,85 +260,186 @@ async def astra_loop(base_url: str, n: int, c: int, reps: int, profile: Any = No
     return out
 
 
-async def astra_runner(base_url: str, n: int, c: int, reps: int, tmp: str, replicas: int = 1,
-                       trajs: list[Any] | None = None) -> list[Result]:
+class RunnerX1:
     """The runner's one-process path (``run_shard``: what ``run_rollouts(workers=1)`` runs),
     trajectories appended + fsynced to JSONL like the workers do: the baseline for ``xW``.
     Its servers are launched once, before the clock (as warm as the workers)."""
-    from astra.client import OpenAIModel
-    from astra.client._runner import EpisodeConfig, _Replicas, run_shard, trajectory_id
-    from astra.records import Task
 
-    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_requests=STEPS + 1,
-                           concurrency=c, server_replicas=replicas)
-    model = OpenAIModel("fake", base_url=base_url)
-    out: list[Result] = []
-    async with AsyncExitStack() as stack:
-        replicated = await _Replicas.open(stack, [mcp_target()], config)
+    def __init__(self, base_url: str, tmp: str, replicas: int) -> None:
+        self.base_url, self.tmp, self.replicas, self.runs = base_url, tmp, replicas, 0
+        self.stack = AsyncExitStack()
+        self.copies: list[Any] = []
+        self.trajs: list[Any] = []  # the last run's records
+        self.gc: dict[str, Any] = dict(GC_PAUSE)  # the last run's GC pauses
+
+    async def __aenter__(self) -> RunnerX1:
+        from astra.client import OpenAIModel
+        from astra.client._runner import _Replicas
+
+        self.model = OpenAIModel("fake", base_url=self.base_url)
+        await self.stack.__aenter__()
+        self.copies = (await _Replicas.open(self.stack, [mcp_target()], self._config(1))).copies
         boost()
-        for rep in range(reps + 1):  # the first is a warm-up
-            tasks = [Task(id=f"{base_url}-r{rep}-{c}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
-            items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
-            out_path = f"{tmp}/runner-{base_url.rsplit(':', 1)[1].split('/')[0]}-{c}-{rep}.jsonl"
+        return self
 
-            async def shard(items: list[Any] = items, out_path: str = out_path) -> None:
-                written, errors = await run_shard(items, config, [], out_path, model=model, conns=replicated.copies)
-                assert written == n and not errors, errors[:3]
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stack.__aexit__(*exc)
 
-            _gc_reset()
-            result = await _timed(shard)
-            if rep:
-                out.append(result)
-            if trajs is not None:
-                trajs[:] = [json.loads(line) for line in Path(out_path).read_bytes().splitlines()]
-    return out
+    def _config(self, c: int) -> Any:
+        from astra.client._runner import EpisodeConfig
+
+        return EpisodeConfig(model_spec="openai:fake", model_options={"base_url": self.base_url},
+                             max_requests=STEPS + 1, concurrency=c, server_replicas=self.replicas)
+
+    async def run(self, n: int, c: int) -> Result:
+        from astra.client._runner import run_shard, trajectory_id
+        from astra.records import Task
+
+        self.runs += 1
+        config = self._config(c)
+        tasks = [Task(id=f"{self.base_url}-r{self.runs}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
+        items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
+        out_path = f"{self.tmp}/runner-{self.base_url.rsplit(':', 1)[1].split('/')[0]}-{self.runs}.jsonl"
+
+        async def shard() -> None:
+            written, errors = await run_shard(items, config, [], out_path, model=self.model, conns=self.copies)
+            assert written == n and not errors, errors[:3]
+
+        _gc_reset()
+        result = await _timed(shard)
+        self.gc = dict(GC_PAUSE)
+        self.trajs = [json.loads(line) for line in Path(out_path).read_bytes().splitlines()]
+        return result
 
 
-async def astra_workers(base_url: str, points: list[tuple[int, int]], workers: int, reps: int,
-                        tmp: str, replicas: int = 1) -> dict[tuple[int, int], list[Result]]:
-    from astra.client._runner import EpisodeConfig, RolloutWorkers, trajectory_id
-    from astra.records import Task
+class WorkersXW:
+    """The rollout runner's warm worker processes (``RolloutWorkers``), started before the clock."""
 
-    config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url}, max_requests=STEPS + 1,
-                           concurrency=max(1, max(c for _, c in points) // workers), server_replicas=replicas)
-    out: dict[tuple[int, int], list[Result]] = {}
-    t0 = time.perf_counter()
-    async with RolloutWorkers(workers, config, [mcp_target()]) as pool:
+    def __init__(self, base_url: str, tmp: str, workers: int, max_c: int, replicas: int) -> None:
+        from astra.client._runner import EpisodeConfig
+
+        self.base_url, self.tmp, self.workers, self.runs = base_url, tmp, workers, 0
+        self.config = EpisodeConfig(model_spec="openai:fake", model_options={"base_url": base_url},
+                                    max_requests=STEPS + 1, concurrency=max(1, max_c // workers),
+                                    server_replicas=replicas)
+
+    async def __aenter__(self) -> WorkersXW:
+        from astra.client._runner import RolloutWorkers
+
+        t0 = time.perf_counter()
+        self.pool = await RolloutWorkers(self.workers, self.config, [mcp_target()]).__aenter__()
         boost()
-        print(f"    {workers} warm workers started (servers launched, imports done) in "
+        print(f"    {self.workers} warm workers started (servers launched, imports done) in "
               f"{time.perf_counter() - t0:.2f} s", flush=True)
-        runs = 0
-        for n, c in points:
-            out[(n, c)] = []
-            for rep in range(reps + 1):  # the first is a warm-up
-                runs += 1
-                tasks = [Task(id=f"{base_url}-w{runs}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
-                items = [(trajectory_id(t.id, config.model_spec, 0), t, 0) for t in tasks]
-                out_path = f"{tmp}/{base_url.rsplit(':', 1)[1].split('/')[0]}-w{runs}.jsonl"  # one per endpoint and run
-                cpu0, server0 = time.process_time(), server_cpu_s()
-                start = time.perf_counter()
-                # C below the worker count: C workers, one episode each (C=1 measures the per-call overhead)
-                result = await pool.run(items, out_path, concurrency=max(1, c // workers),
-                                        workers=min(workers, c))
-                wall = time.perf_counter() - start
-                server = server_cpu_s() - server0
-                assert result.written == n and not result.errors, result.errors[:3]
-                assert result.by_termination == {"final_answer": n}, result.by_termination
-                if rep:
-                    out[(n, c)].append((wall, time.process_time() - cpu0 + result.worker_cpu_s, server))
-    return out
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.pool.__aexit__(*exc)
+
+    async def run(self, n: int, c: int) -> Result:
+        from astra.client._runner import trajectory_id
+        from astra.records import Task
+
+        self.runs += 1
+        tasks = [Task(id=f"{self.base_url}-w{self.runs}-{i}", user_turns=[f"episode {i}"]) for i in range(n)]
+        items = [(trajectory_id(t.id, self.config.model_spec, 0), t, 0) for t in tasks]
+        out_path = f"{self.tmp}/{self.base_url.rsplit(':', 1)[1].split('/')[0]}-w{self.runs}.jsonl"
+        cpu0, (server0, endpoint0) = time.process_time(), other_cpu_s()
+        start = time.perf_counter()
+        # C below the worker count: C workers, one episode each (C=1 measures the per-call overhead)
+        result = await self.pool.run(items, out_path, concurrency=max(1, c // self.workers),
+                                     workers=min(self.workers, c))
+        wall = time.perf_counter() - start
+        server_now, endpoint_now = other_cpu_s()
+        assert result.written == n and not result.errors, result.errors[:3]
+        assert result.by_termination == {"final_answer": n}, result.by_termination
+        return (wall, time.process_time() - cpu0 + result.worker_cpu_s, server_now - server0,
+                endpoint_now - endpoint0)
+
+
+async def paired(n: int, c: int, reps: int, one: RunnerX1 | None,
+                 many: WorkersXW | None) -> tuple[list[Result], list[Result]]:
+    """Reps of the one-process runner and of the workers, alternating (each pair under the same
+    machine load); a warm-up of each first."""
+    ones: list[Result] = []
+    manys: list[Result] = []
+    for rep in range(reps + 1):
+        if one is not None:
+            result = await one.run(n, c)
+            if rep:
+                ones.append(result)
+        if many is not None:
+            result = await many.run(n, c)
+            if rep:
+                manys.append(result)
+    return ones, manys
 
 
 def _line(name: str, runs: list[Result], n: int, ideal_rate: float, raw_rate: float | None) -> tuple[float, float]:
     wall = statistics.median(r[0] for r in runs)
     cpu = statistics.median(r[1] for r in runs)
     server = statistics.median(r[2] for r in runs)
+    endpoint = statistics.median(r[3] for r in runs)
     rate = n / wall
     vs_raw = f"{rate / raw_rate:5.2f}" if raw_rate else " 1.00"
     print(f"    {name:<10} {rate:7.2f} eps/s  vs raw {vs_raw}  of ideal {rate / ideal_rate:5.3f}  "
-          f"CPU {cpu / n * 1000:5.1f} ms/ep (MCP server {server / n * 1000:4.1f})  "
+          f"CPU {cpu / n * 1000:5.1f} ms/ep (MCP server {server / n * 1000:4.1f}, "
+          f"endpoint {endpoint / n * 1000:4.1f})  "
           f"[walls {', '.join(f'{r[0]:.2f}' for r in runs)}]", flush=True)
     return rate, cpu / n
+
+
+async def point(a: Any, base_url: str, latency_ms: int, n: int, c: int, one: RunnerX1 | None,
+                many: WorkersXW | None) -> list[str]:
+    """One (L, C) point: every harness asked for; returns its summary rows."""
+    only = set(a.only or ["raw", "astra", "runner", "workers"])
+    summary: list[str] = []
+    waves = -(-n // c)
+    ideal = n / (waves * (STEPS + 1) * latency_ms / 1000)
+    print(f"L={latency_ms} ms, C={c}, {n} episodes (ideal {ideal:.2f} eps/s)", flush=True)
+    raw_rate = raw_cpu = None
+    if "raw" in only:
+        raw_runs = await raw_loop(base_url, n, c, a.reps)
+        raw_rate, raw_cpu = _line("raw loop", raw_runs, n, ideal, None)
+    if "astra" in only:
+        prof = None
+        if a.profile:  # CPU time, not wall time: a busy machine preempts syscalls
+            import cProfile
+
+            prof = cProfile.Profile(time.process_time)
+        trajs: list[Any] = []
+        runs = await astra_loop(base_url, n, c, a.reps, prof, trajs)
+        if prof is not None:
+            prof.dump_stats(a.profile)
+        rate, cpu = _line("astra", runs, n, ideal, raw_rate)
+        print(f"               ({detail(trajs, latency_ms, GC_PAUSE)})", flush=True)
+        vs = rate / raw_rate if raw_rate else float("nan")
+        row = (f"L={latency_ms:<5} C={c:<4} astra x1: {vs:.2f} x raw, {rate / ideal:.3f} of ideal, "
+               f"CPU {cpu * 1000:.1f} ms/ep")
+        if raw_cpu:
+            row += f" (raw {raw_cpu * 1000:.1f}: {cpu / raw_cpu:.2f}x)"
+        if c == 1 and raw_rate:
+            row += f"; per-call wall vs raw {raw_rate / rate:.3f}"
+        summary.append(row)
+    ones, manys = await paired(n, c, a.reps, one, many)
+    if ones:
+        rate, cpu = _line("runner x1", ones, n, ideal, raw_rate)
+        assert one is not None
+        print(f"               ({detail(one.trajs, latency_ms, one.gc)})", flush=True)
+        summary.append(f"L={latency_ms:<5} C={c:<4} runner x1: "
+                       f"{rate / raw_rate if raw_rate else float('nan'):.2f} x raw, "
+                       f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep")
+    if manys:
+        rate, cpu = _line(f"astra x{a.workers}", manys, n, ideal, raw_rate)
+        vs = rate / raw_rate if raw_rate else float("nan")
+        row = (f"L={latency_ms:<5} C={c:<4} astra x{a.workers}: {vs:.2f} x raw, "
+               f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep")
+        if ones:  # the median of the paired ratios: each pair ran back to back, under the same load
+            ratios = sorted(o[0] / m[0] for o, m in zip(ones, manys, strict=True))
+            row += (f"; {statistics.median(ratios):.2f} x runner x1 (pairs {', '.join(f'{r:.2f}' for r in ratios)})")
+            print(f"               (x{a.workers} / runner x1, paired reps: {', '.join(f'{r:.2f}' for r in ratios)})")
+        summary.append(row)
+    return summary
 
 
 async def main() -> None:
@@ -372,52 +478,15 @@ async def main() -> None:
             endpoint = Endpoint(latency_ms / 1000)
             try:
                 at_l = [(max(a.episodes, 2 * c) if c > 1 else a.c1_episodes, c) for lm, c in points if lm == latency_ms]
-                pooled = {}
-                if "workers" in only and a.workers > 1:
-                    pooled = await astra_workers(endpoint.base_url, at_l, a.workers, a.reps, tmp, a.replicas)
-                for n, c in at_l:
-                    waves = -(-n // c)
-                    ideal = n / (waves * (STEPS + 1) * latency_ms / 1000)
-                    print(f"L={latency_ms} ms, C={c}, {n} episodes (ideal {ideal:.2f} eps/s)", flush=True)
-                    raw_rate = raw_cpu = None
-                    if "raw" in only:
-                        raw_runs = await raw_loop(endpoint.base_url, n, c, a.reps)
-                        raw_rate, raw_cpu = _line("raw loop", raw_runs, n, ideal, None)
-                    if "astra" in only:
-                        prof = None
-                        if a.profile:  # CPU time, not wall time: a busy machine preempts syscalls
-                            import cProfile
-
-                            prof = cProfile.Profile(time.process_time)
-                        trajs: list[Any] = []
-                        runs = await astra_loop(endpoint.base_url, n, c, a.reps, prof, trajs)
-                        if prof is not None:
-                            prof.dump_stats(a.profile)
-                        rate, cpu = _line("astra", runs, n, ideal, raw_rate)
-                        print(f"               ({detail(trajs, latency_ms, GC_PAUSE['s'])})", flush=True)
-                        vs = rate / raw_rate if raw_rate else float("nan")
-                        row = (f"L={latency_ms:<5} C={c:<4} astra x1: {vs:.2f} x raw, {rate / ideal:.3f} of ideal, "
-                               f"CPU {cpu * 1000:.1f} ms/ep")
-                        if raw_cpu:
-                            row += f" (raw {raw_cpu * 1000:.1f}: {cpu / raw_cpu:.2f}x)"
-                        if c == 1 and raw_rate:
-                            row += f"; per-call wall vs raw {raw_rate / rate:.3f}"
-                        summary.append(row)
-                    one_rate = None
+                async with AsyncExitStack() as stack:
+                    one = many = None
+                    if "workers" in only and a.workers > 1:
+                        many = await stack.enter_async_context(
+                            WorkersXW(endpoint.base_url, tmp, a.workers, max(c for _, c in at_l), a.replicas))
                     if "runner" in only:
-                        trajs = []
-                        one_runs = await astra_runner(endpoint.base_url, n, c, a.reps, tmp, a.replicas, trajs)
-                        one_rate, cpu = _line("runner x1", one_runs, n, ideal, raw_rate)
-                        print(f"               ({detail(trajs, latency_ms, GC_PAUSE['s'])})", flush=True)
-                        summary.append(f"L={latency_ms:<5} C={c:<4} runner x1: "
-                                       f"{one_rate / raw_rate if raw_rate else float('nan'):.2f} x raw, "
-                                       f"{one_rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep")
-                    if (n, c) in pooled:
-                        rate, cpu = _line(f"astra x{a.workers}", pooled[(n, c)], n, ideal, raw_rate)
-                        summary.append(f"L={latency_ms:<5} C={c:<4} astra x{a.workers}: "
-                                       f"{rate / raw_rate if raw_rate else float('nan'):.2f} x raw, "
-                                       f"{rate / ideal:.3f} of ideal, CPU {cpu * 1000:.1f} ms/ep"
-                                       + (f"; {rate / one_rate:.2f} x runner x1" if one_rate else ""))
+                        one = await stack.enter_async_context(RunnerX1(endpoint.base_url, tmp, a.replicas))
+                    for n, c in at_l:
+                        summary += await point(a, endpoint.base_url, latency_ms, n, c, one, many)
             finally:
                 endpoint.close()
     print(f"\nsummary (load average now {os.getloadavg()[0]:.1f})")

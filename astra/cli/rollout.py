@@ -50,6 +50,9 @@ def rollout(
     samples: Annotated[int, typer.Option("--samples", min=1)] = 1,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="concurrent episodes per process")] = 8,
     per_endpoint: Annotated[int | None, typer.Option("--per-endpoint-concurrency", min=1)] = None,
+    server_replicas: Annotated[int, typer.Option(
+        "--server-replicas", min=1, help="copies of each server per process, an episode pinned to one "
+        "(for servers whose state is per episode or none)")] = 1,
     executor: Annotated[str, typer.Option("--executor", help="local | ray")] = "local",
     workers: Annotated[int, typer.Option("--workers", min=1, help="local worker processes")] = 1,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="join this Ray cluster")] = None,
@@ -99,7 +102,8 @@ def rollout(
             summary = run_rollouts(
                 task_list, model, out,
                 servers=targets, samples=samples, concurrency=concurrency,
-                per_endpoint_concurrency=per_endpoint, executor=executor, workers=workers, ray_address=ray_address,
+                per_endpoint_concurrency=per_endpoint, server_replicas=server_replicas, executor=executor,
+                workers=workers, ray_address=ray_address,
                 progress=not json_out, home=home, model_options=model_options, max_requests=max_requests,
                 settings=ModelSettings(temperature=temperature) if temperature is not None else None,
                 call_timeout_s=call_timeout, system_prompt=system_prompt,
