@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from astra.records import EnvironmentSpec, HttpLaunch, StdioLaunch
+from astra.tools import ToolRef
 from astra.trainers._pool import stdio_launch
 
 SYSTEM_PROMPT = (
@@ -153,7 +154,7 @@ class Sample:
     prompt: list[dict[str, str]]
     tools: list[dict[str, Any]]
     truth: list[dict[str, Any]]
-    routes: dict[str, tuple[str, str]]  # exported tool name -> (server, tool on that server)
+    routes: dict[str, ToolRef]  # exported tool name -> where it runs (server, tool on that server)
     distractor_names: list[str]
 
 
@@ -163,7 +164,8 @@ def samples(envs: Sequence[ExportEnvironment], *, n_distractors: int = 0) -> lis
     for env in envs:
         picked = [(env, t.spec.name) for t in env.spec.tools] + distractors(env, envs, n_distractors)
         tools = [_openai_tool(e, tool, names[(e.name, tool)]) for e, tool in picked]
-        routes = {names[(e.name, tool)]: (e.name, tool) for e, tool in picked}
+        routes = {names[(e.name, tool)]: ToolRef(server=e.name, tool=tool, exposed=names[(e.name, tool)])
+                  for e, tool in picked}
         out.append(
             Sample(
                 env=env,
@@ -270,7 +272,8 @@ def verl_tool_config(all_samples: Sequence[Sample], *, call_timeout_s: float = 6
     for sample in all_samples:
         for tool in sample.tools:
             name = tool["function"]["name"]
-            server, server_tool = sample.routes[name]
+            ref = sample.routes[name]
+            server, server_tool = ref.server, ref.tool
             env = sample.env if server == sample.env.name else None
             if server not in servers:
                 source = env or next(s.env for s in all_samples if s.env.name == server)

@@ -133,7 +133,7 @@ def openenv_sample(sample: Any) -> dict[str, Any]:
     """The JSON an :class:`AstraOpenEnv` is built from (``sample``: :class:`astra.trainers.export.Sample`)."""
     servers = {}
     by_name = {sample.env.name: sample.env}
-    for server, _ in sample.routes.values():
+    for server in (ref.server for ref in sample.routes.values()):
         env = by_name.get(server)
         if env is None:
             raise ValueError(f"sample {sample.env.name!r} routes to {server!r}: pass its launch in servers")
@@ -141,7 +141,7 @@ def openenv_sample(sample: Any) -> dict[str, Any]:
     return {
         "question": sample.prompt[-1]["content"],
         "tools": sample.tools,
-        "routes": {k: list(v) for k, v in sample.routes.items()},
+        "routes": {k: [ref.server, ref.tool] for k, ref in sample.routes.items()},
         "servers": servers,
         "ground_truth": json.dumps(sample.truth),
     }

@@ -149,12 +149,12 @@ def trl_module_source(samples: Sequence[Any], *, call_timeout_s: float = 60.0) -
     names: dict[str, str] = {}
     class_names: set[str] = set()
     for sample in samples:
-        for _, (server, _) in sample.routes.items():
-            servers.setdefault(server, by_env[server].launch_config())
+        for ref in sample.routes.values():
+            servers.setdefault(ref.server, by_env[ref.server].launch_config())
         if sample.env.name not in names:  # distinct environments never share a class ('a-b' and 'a b')
             names[sample.env.name] = "Env_" + _identifier(sample.env.name, class_names)
         cls = names[sample.env.name]
-        routes = {name: tuple(route) for name, route in sample.routes.items()}
+        routes = {name: (ref.server, ref.tool) for name, ref in sample.routes.items()}
         methods = "\n".join(_method(t) for t in sample.tools)
         classes.append(
             f"class {cls}(AstraEnvironment):\n"
