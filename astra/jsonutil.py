@@ -1,7 +1,11 @@
-"""Lenient extraction of JSON from model text: bare JSON, fenced JSON, or JSON inside tags.
+"""JSON-shaped values: typed narrowing, and lenient extraction from model text.
 
-Small and weak models wrap JSON in prose, code fences or ``<tool_call>`` tags; these helpers
-find the first complete JSON value without guessing at its content.
+:func:`is_object` / :func:`is_array` narrow a decoded value (``Any``) to ``dict[str, Any]`` /
+``list[Any]``, what a bare ``isinstance(value, dict)`` leaves as ``dict[Unknown, Unknown]`` for the
+type checker (docs/ARCHITECTURE.md "Checks").
+
+Small and weak models wrap JSON in prose, code fences or ``<tool_call>`` tags; the extraction
+helpers find the first complete JSON value without guessing at its content.
 """
 
 from __future__ import annotations
@@ -10,7 +14,19 @@ import json
 import re
 from typing import Any
 
+from typing_extensions import TypeIs
+
 from astra.errors import AstraError
+
+
+def is_object(value: Any) -> TypeIs[dict[str, Any]]:
+    """Whether a decoded JSON value is an object (its keys are strings)."""
+    return isinstance(value, dict)
+
+
+def is_array(value: Any) -> TypeIs[list[Any]]:
+    """Whether a decoded JSON value is an array."""
+    return isinstance(value, list)
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 _TAG = re.compile(r"<(tool_call|json|answer)>\s*(.*?)\s*</\1>", re.DOTALL)

@@ -30,7 +30,7 @@ import anyio
 
 from astra.client._model import Model, ModelError, ModelResponse, ModelSettings, merge_settings
 from astra.client._schema import provider_schema
-from astra.jsonutil import JSONExtractionError, extract_all_json_objects, extract_json
+from astra.jsonutil import JSONExtractionError, extract_all_json_objects, extract_json, is_array, is_object
 from astra.records import ChatMessage, ToolCall, Usage
 from astra.tools import function_object, tool_definitions
 
@@ -97,15 +97,15 @@ def _close_models() -> None:
 
 
 def _bound_strings(node: Any, limit: int) -> Any:
-    if isinstance(node, list):
+    if is_array(node):
         return [_bound_strings(v, limit) for v in node]
-    if not isinstance(node, dict):
+    if not is_object(node):
         return node
     out = {k: _bound_strings(v, limit) for k, v in node.items()}
     types = out.get("type")
-    if (types == "string" or (isinstance(types, list) and "string" in types)) and "enum" not in out:
+    if (types == "string" or (is_array(types) and "string" in types)) and "enum" not in out:
         out["maxLength"] = min(int(out.get("maxLength", limit)), limit)
-    if (types == "array" or (isinstance(types, list) and "array" in types)):
+    if (types == "array" or (is_array(types) and "array" in types)):
         out["maxItems"] = min(int(out.get("maxItems", 8)), 8)
     return out
 
@@ -194,11 +194,11 @@ def parse_tool_reply(text: str | None, tool_names: Sequence[str]) -> tuple[str |
         values = extract_all_json_objects(text)
     flat: list[Any] = []
     for v in values:
-        flat.extend(v if isinstance(v, list) else [v])
+        flat.extend(v if is_array(v) else [v])
     calls: list[ToolCall] = []
     answer: str | None = None
     for i, obj in enumerate(flat):
-        if not isinstance(obj, dict):
+        if not is_object(obj):
             continue
         obj = function_object(obj)
         name = obj.get("tool") or obj.get("name") or obj.get("tool_name")

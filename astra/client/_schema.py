@@ -14,6 +14,7 @@ import hashlib
 import re
 from typing import Any
 
+from astra.jsonutil import is_array, is_object
 from astra.records import ToolSpec
 from astra.tools import ToolDefinition, tool_definition
 
@@ -33,9 +34,9 @@ def provider_tool_name(name: str) -> str:
 
 
 def _resolve_refs(node: Any, root: dict[str, Any], seen: tuple[str, ...] = ()) -> Any:
-    if isinstance(node, list):
+    if is_array(node):
         return [_resolve_refs(v, root, seen) for v in node]
-    if not isinstance(node, dict):
+    if not is_object(node):
         return node
     ref = node.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
@@ -43,26 +44,26 @@ def _resolve_refs(node: Any, root: dict[str, Any], seen: tuple[str, ...] = ()) -
             return {"description": node.get("description", f"(recursive {ref.rsplit('/', 1)[-1]})")}
         target: Any = root
         for part in ref[2:].split("/"):
-            target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
+            target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if is_object(target) else {}
         merged = {**copy.deepcopy(target), **{k: v for k, v in node.items() if k != "$ref"}}
         return _resolve_refs(merged, root, seen + (ref,))
     return {k: _resolve_refs(v, root, seen) for k, v in node.items() if k not in _DROP_KEYS}
 
 
 def _fix_node(node: Any) -> Any:
-    if isinstance(node, list):
+    if is_array(node):
         return [_fix_node(v) for v in node]
-    if not isinstance(node, dict):
+    if not is_object(node):
         return node
     out = {k: _fix_node(v) for k, v in node.items()}
     types = out.get("type")
-    is_array = types == "array" or (isinstance(types, list) and "array" in types)
-    is_object = types == "object" or (isinstance(types, list) and "object" in types)
-    if is_array and "items" not in out and "prefixItems" not in out:
+    array_type = types == "array" or (is_array(types) and "array" in types)
+    object_type = types == "object" or (is_array(types) and "object" in types)
+    if array_type and "items" not in out and "prefixItems" not in out:
         out["items"] = {}
-    if is_object and not isinstance(out.get("properties"), dict):
+    if object_type and not is_object(out.get("properties")):
         out["properties"] = {}
-    if "required" in out and isinstance(out.get("properties"), dict):
+    if "required" in out and is_object(out.get("properties")):
         out["required"] = [r for r in out["required"] if r in out["properties"]]
         if not out["required"]:
             del out["required"]
@@ -71,7 +72,7 @@ def _fix_node(node: Any) -> Any:
 
 def provider_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
     """A provider-acceptable copy of an MCP ``inputSchema`` (always ``type: object`` at the top)."""
-    if not isinstance(schema, dict):
+    if not is_object(schema):
         return {"type": "object", "properties": {}}
     root = copy.deepcopy(schema)
     out: dict[str, Any] = _fix_node(_resolve_refs(root, root))
@@ -82,9 +83,9 @@ def provider_schema(schema: dict[str, Any] | None) -> dict[str, Any]:
         else:  # a scalar or composite top level: wrap it as a single argument
             inner = {k: v for k, v in out.items()}
             out = {"type": "object", "properties": {"value": inner}, "required": ["value"]}
-    if isinstance(out.get("allOf"), list):  # fold object-shaped allOf parts into the top level
+    if is_array(out.get("allOf")):  # fold object-shaped allOf parts into the top level
         for part in out.pop("allOf"):
-            if isinstance(part, dict):
+            if is_object(part):
                 properties: dict[str, Any] = out.get("properties", {})
                 part_properties: dict[str, Any] = part.get("properties", {})
                 out["properties"] = {**properties, **part_properties}

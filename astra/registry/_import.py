@@ -49,6 +49,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from pydantic import BaseModel, Field
 
 from astra.errors import UserError
+from astra.jsonutil import is_array, is_object
 from astra.records import (
     HttpLaunch,
     ServerSpec,
@@ -153,7 +154,7 @@ def _optional_str(obj: dict[str, Any], key: str, field: str) -> str | None:
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
+    if not is_object(value):
         raise RecordError(field, f"expected an object, got {type(value).__name__}")
     return value
 
@@ -208,9 +209,9 @@ def json_too_deep(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict):
+        if is_object(node):
             children: Any = node.values()
-        elif isinstance(node, list):
+        elif is_array(node):
             children = node
         else:
             continue
@@ -257,7 +258,7 @@ def deep_field(doc: Any, limit: int, prefix: str = "", levels: int = 4) -> str |
         return None
     path = prefix
     for _ in range(levels):
-        children = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+        children = doc.items() if is_object(doc) else enumerate(doc) if is_array(doc) else ()
         for key, child in children:
             if json_too_deep(child, limit - 1):
                 path += f"[{key}]" if isinstance(key, int) else (f".{key}" if path else str(key))
@@ -309,7 +310,7 @@ def unwrap_mcp_info(doc: dict[str, Any]) -> dict[str, Any]:
     """An original-ASTRA intermediate record (``{"mcp_info": {"base_info", "call_info"?, "features"?},
     "graph", "chain_info", "query_info", ...}``) as the plain server record it wraps."""
     info = doc.get("mcp_info")
-    if not isinstance(info, dict):
+    if not is_object(info):
         raise RecordError("mcp_info", f"expected an object, got {type(info).__name__}")
     return info
 
@@ -342,7 +343,7 @@ def _parse_tool(raw: Any, field: str, server: str) -> ToolSpec:
             output_schema = _schema(tool[key], f"{field}.{key}")
             break
     annotations = tool.get("annotations") or {}
-    if not isinstance(annotations, dict):
+    if not is_object(annotations):
         raise RecordError(f"{field}.annotations", f"expected an object, got {type(annotations).__name__}")
     return ToolSpec(server=server, name=tool_name, title=_optional_str(tool, "title", field),
                     description=tool_description,
@@ -377,7 +378,7 @@ def _scrub_url(url: str, server: str, field: str, notices: list[str]) -> str:
 
 
 def _scrub_config(config: Any, server: str, field: str, notices: list[str], path: str = "") -> Any:
-    if isinstance(config, dict):
+    if is_object(config):
         out: dict[str, Any] = {}
         for key, value in config.items():
             here = f"{path}.{key}" if path else str(key)
@@ -388,7 +389,7 @@ def _scrub_config(config: Any, server: str, field: str, notices: list[str], path
             else:
                 out[key] = value
         return out
-    if isinstance(config, list):
+    if is_array(config):
         return [_scrub_config(v, server, field, notices, f"{path}[{i}]") for i, v in enumerate(config)]
     return config
 
@@ -413,7 +414,7 @@ def remote_of_call_info(
             raise RecordError("call_info.url",
                               "missing" if url is None else f"expected a URL, got {type(url).__name__}")
         headers = call_info.get("headers") or {}
-        if not isinstance(headers, dict):
+        if not is_object(headers):
             raise RecordError("call_info.headers", f"expected an object, got {type(headers).__name__}")
         clean_headers: dict[str, str] = {}
         for key, value in headers.items():
@@ -436,7 +437,7 @@ def remote_of_call_info(
                 config = json.loads(config) if config.strip() else {}
             except json.JSONDecodeError as exc:
                 raise RecordError("call_info.python_sdk_config", f"not JSON: {exc.msg}") from None
-        if not isinstance(config, dict):
+        if not is_object(config):
             raise RecordError("call_info.python_sdk_config", f"expected an object, got {type(config).__name__}")
         config = _scrub_config(config, server, "call_info.python_sdk_config", notices)
         url = _scrub_url(url.strip(), server, "call_info.python_sdk_url", notices)
@@ -483,7 +484,7 @@ def parse_astra_record(
         first_seen[tool.name] = i
         tools.append(tool)
     call_info = doc.get("call_info", base.get("call_info"))
-    if call_info is not None and not isinstance(call_info, dict):
+    if call_info is not None and not is_object(call_info):
         raise RecordError("call_info", f"expected an object, got {type(call_info).__name__}")
     remote = None
     if call_info is not None:
@@ -518,7 +519,7 @@ def _arguments(args: Any, field: str) -> list[str]:
     """server.json ``runtimeArguments``/``packageArguments``: fixed values only."""
     if args is None:
         return []
-    if not isinstance(args, list):
+    if not is_array(args):
         raise RecordError(field, f"expected a list, got {type(args).__name__}")
     out: list[str] = []
     for i, arg in enumerate(args):
@@ -553,7 +554,7 @@ def _headers(headers: Any, field: str) -> dict[str, str]:
 
     Entries without a value (secrets the user must supply) are left out.
     """
-    if headers is not None and not isinstance(headers, list):
+    if headers is not None and not is_array(headers):
         raise RecordError(field, f"expected a list, got {type(headers).__name__}")
     out: dict[str, str] = {}
     for i, h in enumerate(headers or []):
@@ -566,7 +567,7 @@ def _headers(headers: Any, field: str) -> dict[str, str]:
 
 def parse_server_json(doc: dict[str, Any], *, source: str | None = None) -> ServerSpec:
     """An MCP registry ``server.json`` as a ServerSpec with no tools (raises :class:`RecordError`)."""
-    if isinstance(doc.get("server"), dict) and "name" not in doc:
+    if is_object(doc.get("server")) and "name" not in doc:
         doc = doc["server"]
     name = _require(doc, "name", "").strip()
     description = _optional_str(doc, "description", "") or ""
@@ -574,9 +575,9 @@ def parse_server_json(doc: dict[str, Any], *, source: str | None = None) -> Serv
     _optional_str(doc, "version", "")
     packages = doc.get("packages") or []
     remotes = doc.get("remotes") or []
-    if not isinstance(packages, list):
+    if not is_array(packages):
         raise RecordError("packages", f"expected a list, got {type(packages).__name__}")
-    if not isinstance(remotes, list):
+    if not is_array(remotes):
         raise RecordError("remotes", f"expected a list, got {type(remotes).__name__}")
 
     launch: StdioLaunch | HttpLaunch | None = None
@@ -640,7 +641,7 @@ class _Parsed:
 
 
 def _parse_record(doc: Any, source: str, strict: bool = False) -> _Parsed:
-    if not isinstance(doc, dict):
+    if not is_object(doc):
         raise RecordError("record", f"expected a JSON object, got {type(doc).__name__}")
     if "base_info" in doc or "mcp_info" in doc:
         record = doc if "base_info" in doc else unwrap_mcp_info(doc)
@@ -648,7 +649,7 @@ def _parse_record(doc: Any, source: str, strict: bool = False) -> _Parsed:
         notices: list[str] = []
         spec = parse_astra_record(record, source=source, rejected_tools=None if strict else rejected, notices=notices)
         raw = dict(record)
-        if rejected and isinstance(raw.get("base_info"), dict):  # the stored copy: without what was left out
+        if rejected and is_object(raw.get("base_info")):  # the stored copy: without what was left out
             left_out = {int(m.group(1)) for e in rejected if (m := _TOOL_INDEX.match(e.field))}
             tools = raw["base_info"].get("tool_list")
             raw["base_info"] = {**raw["base_info"], "tool_list": [t for i, t in enumerate(tools) if i not in left_out]}
@@ -658,11 +659,11 @@ def _parse_record(doc: Any, source: str, strict: bool = False) -> _Parsed:
         assert isinstance(spec.launch, SimulatedLaunch)
         if "call_info" in raw:
             raw["call_info"] = spec.launch.call_info  # the stored copy never holds a secret
-        elif isinstance(raw.get("base_info"), dict) and "call_info" in raw["base_info"]:
+        elif is_object(raw.get("base_info")) and "call_info" in raw["base_info"]:
             raw["base_info"] = {**raw["base_info"], "call_info": spec.launch.call_info}
         return _Parsed(spec=spec, raw=raw, rejected_tools=rejected, notices=notices)
     server_json = "name" in doc and ("packages" in doc or "remotes" in doc or "$schema" in doc)
-    if server_json or isinstance(doc.get("server"), dict):
+    if server_json or is_object(doc.get("server")):
         too_deep = deep_field(doc, MAX_JSON_DEPTH)
         if too_deep is not None:
             raise RecordError(too_deep, f"nested deeper than {MAX_JSON_DEPTH} levels")
@@ -721,9 +722,9 @@ def _iter_json_document(
     if json_too_deep(doc, MAX_JSON_DEPTH + 2):  # (+2: a list of records in a {"servers": [...]} response)
         yield 1, RecordError("json", f"nested deeper than {MAX_JSON_DEPTH} levels"), None
         return
-    if isinstance(doc, dict) and isinstance(doc.get("servers"), list):
+    if is_object(doc) and is_array(doc.get("servers")):
         doc = doc["servers"]
-    if isinstance(doc, list):
+    if is_array(doc):
         for i, item in enumerate(doc):
             parsed = _safe_parse(item, f"{path}:1", strict)
             if isinstance(parsed, RecordError):

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from astra.errors import AstraError
+from astra.jsonutil import is_array, is_object
 
 try:  # optional fast path; the result is the same without it, only slower
     import jsonschema_rs as _rs
@@ -81,7 +82,7 @@ def _normalize_type(value: Any, field: str) -> Any:
     if isinstance(value, str):
         key = value.strip().lower()
         return TYPE_ALIASES.get(key, value)  # unknown names stay: validation names them
-    if isinstance(value, list):
+    if is_array(value):
         out: list[Any] = []
         for item in value:
             mapped = _normalize_type(item, field)
@@ -98,7 +99,7 @@ def _normalize_node(node: Any, field: str) -> Any:
     if isinstance(node, str):  # "items": "string" and similar shorthands
         mapped = _normalize_type(node, field)
         return {} if mapped is None else {"type": mapped}
-    if not isinstance(node, dict):
+    if not is_object(node):
         return node  # booleans are valid schemas; anything else fails validation with its path
     out: dict[str, Any] = {}
     for key, value in node.items():
@@ -107,16 +108,16 @@ def _normalize_node(node: Any, field: str) -> Any:
             if mapped is not None:
                 out["type"] = mapped
         elif key in _SUBSCHEMA:
-            if key == "items" and isinstance(value, list):  # draft-4 tuple form -> 2020-12 prefixItems
+            if key == "items" and is_array(value):  # draft-4 tuple form -> 2020-12 prefixItems
                 out["prefixItems"] = [_normalize_node(v, f"{field}.items[{i}]") for i, v in enumerate(value)]
             else:
                 out[key] = _normalize_node(value, f"{field}.{key}")
-        elif key in _SUBSCHEMA_LIST and isinstance(value, list):
+        elif key in _SUBSCHEMA_LIST and is_array(value):
             out[key] = [_normalize_node(v, f"{field}.{key}[{i}]") for i, v in enumerate(value)]
         elif key in _SUBSCHEMA_MAP:
             out[key] = _normalize_map(value, f"{field}.{key}") if key == "properties" else (
                 {k: _normalize_node(v, f"{field}.{key}.{k}") for k, v in value.items()}
-                if isinstance(value, dict) else value
+                if is_object(value) else value
             )
         elif isinstance(value, (dict, list)):
             out[key] = copy.deepcopy(value)
@@ -126,7 +127,7 @@ def _normalize_node(node: Any, field: str) -> Any:
     # OpenAPI 3.0 "nullable: true" -> a union with null
     nullable = out.pop("nullable", None)
     if nullable is True and "type" in out:
-        types = out["type"] if isinstance(out["type"], list) else [out["type"]]
+        types = out["type"] if is_array(out["type"]) else [out["type"]]
         if "null" not in types:
             out["type"] = [*types, "null"]
 
@@ -137,11 +138,11 @@ def _normalize_node(node: Any, field: str) -> Any:
         elif "items" in out or "prefixItems" in out:
             out["type"] = "array"
 
-    if isinstance(out.get("properties"), dict):
+    if is_object(out.get("properties")):
         required = _clean_required(out.get("required"), out["properties"])
         # per-property booleans (OpenAPI 2 / loose docs): "required": true, "optional": true
         for name, prop in out["properties"].items():
-            if isinstance(prop, dict):
+            if is_object(prop):
                 flag = prop.get("required")
                 if isinstance(flag, bool):
                     del prop["required"]
@@ -165,9 +166,9 @@ def _normalize_node(node: Any, field: str) -> Any:
 
 def _normalize_map(value: Any, field: str) -> Any:
     """``properties``: a name -> schema map, or a list of ``{"name": ..., ...}`` entries."""
-    if isinstance(value, list) and all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in value):
+    if is_array(value) and all(is_object(v) and isinstance(v.get("name"), str) for v in value):
         value = {v["name"]: {k: x for k, x in v.items() if k != "name"} for v in value}
-    if not isinstance(value, dict):
+    if not is_object(value):
         return value
     return {k: _normalize_node(v, f"{field}.{k}") for k, v in value.items()}
 
@@ -176,7 +177,7 @@ def _clean_required(required: Any, properties: dict[str, Any] | None) -> list[st
     """A list of unique property names; names of missing properties are dropped."""
     if isinstance(required, str):
         required = [required]
-    if not isinstance(required, list):
+    if not is_array(required):
         return []
     out: list[str] = []
     for name in required:
@@ -201,7 +202,7 @@ def normalize_schema(parameters: Any, *, field: str = "parameters", top_level_ob
     """
     if parameters is None:
         parameters = {}
-    if not isinstance(parameters, dict):
+    if not is_object(parameters):
         raise SchemaError(field, f"expected a JSON object (schema), got {type(parameters).__name__}")
     schema = _normalize_node(parameters, field)
     if top_level_object:
@@ -217,7 +218,7 @@ def normalize_schema(parameters: Any, *, field: str = "parameters", top_level_ob
 
 def validate_schema(schema: Any, *, field: str = "schema") -> None:
     """Check ``schema`` against the JSON Schema Draft 2020-12 metaschema; raise :class:`SchemaError`."""
-    if _rs is not None and not (isinstance(schema, dict) and "$schema" in schema):
+    if _rs is not None and not (is_object(schema) and "$schema" in schema):
         try:
             if _rs.meta.is_valid(schema):
                 return

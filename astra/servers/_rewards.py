@@ -63,6 +63,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from astra.jsonutil import is_array, is_object
 from astra.records import EnvironmentSpec, Trajectory, Verifier
 from astra.tools import ToolRef, function_object
 
@@ -201,8 +202,8 @@ def answers_match(got: Any, expected: Any) -> bool:
     (``12.5 km``, ``$1,200``) matches the same number with the same unit, or the bare number.
     """
     got, expected = _maybe_json(got), _maybe_json(expected)
-    if isinstance(expected, dict) or isinstance(got, dict):
-        if not (isinstance(expected, dict) and isinstance(got, dict)):
+    if is_object(expected) or is_object(got):
+        if not (is_object(expected) and is_object(got)):
             return False
         if {normalize_text(k) for k in got} != {normalize_text(k) for k in expected}:
             return False
@@ -244,7 +245,7 @@ def parse_tool_value(value: Any) -> Any:
             value = json.loads(text)
         except (ValueError, RecursionError):
             return text
-    if isinstance(value, dict):
+    if is_object(value):
         for key in ("structured_content", "structuredContent"):
             if value.get(key) is not None and set(value) <= {
                 key,
@@ -257,7 +258,7 @@ def parse_tool_value(value: Any) -> Any:
             }:
                 value = value[key]
                 break
-        if isinstance(value, dict) and set(value) == {"result"}:
+        if is_object(value) and set(value) == {"result"}:
             return value["result"]
     return value
 
@@ -269,9 +270,9 @@ def _close(a: Any, b: Any) -> bool:
         return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
     if isinstance(a, str) and isinstance(b, str):
         return a.strip() == b.strip()
-    if isinstance(a, dict) and isinstance(b, dict):
+    if is_object(a) and is_object(b):
         return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
+    if is_array(a) and is_array(b):
         return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
@@ -288,10 +289,10 @@ def _walk(value: Any, depth: int = 0) -> Iterable[Any]:
         return
     value = _maybe_json(value)
     yield value
-    if isinstance(value, dict):
+    if is_object(value):
         for v in value.values():
             yield from _walk(v, depth + 1)
-    elif isinstance(value, list):
+    elif is_array(value):
         for v in value:
             yield from _walk(v, depth + 1)
 
@@ -311,9 +312,9 @@ def answer_in_result(result: Any, expected: Any) -> bool:
     nodes = list(_walk(value))
     if any(answers_match(node, expected) for node in nodes):
         return True
-    if isinstance(expected, dict) and expected:
+    if is_object(expected) and expected:
         return any(
-            isinstance(node, dict)
+            is_object(node)
             and all(
                 any(normalize_text(k) == normalize_text(key) and answers_match(v, want) for k, v in node.items())
                 for key, want in expected.items()
@@ -411,7 +412,7 @@ def sub_questions(ground_truth: Any) -> list[SubQuestion]:
                 item = item.tolist()
             if isinstance(item, Mapping):  # {id: {sub_question, sub_answer, tool?}}
                 items.append({"id": str(key), **dict(item)})
-            elif isinstance(item, list):  # ASTRA-RL sub_qa_dict: {tool: [sub-answer, ...]}
+            elif is_array(item):  # ASTRA-RL sub_qa_dict: {tool: [sub-answer, ...]}
                 items.extend(
                     {"id": f"{key}#{k}", "sub_answer": answer, "tool": str(key)} for k, answer in enumerate(item)
                 )
@@ -420,7 +421,7 @@ def sub_questions(ground_truth: Any) -> list[SubQuestion]:
                     f"ground truth entry {key!r} is neither a sub-question object nor a list of sub-answers"
                 )
         value = items
-    if not isinstance(value, list):
+    if not is_array(value):
         raise ValueError("ground truth must be a list of {sub_question, sub_answer} objects")
     out = []
     for index, item in enumerate(value):
@@ -552,7 +553,7 @@ def score_calls(calls: Sequence[ToolCallRecord], ground_truth: Any) -> ProcessRe
 
 
 def _is_sub_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, SubQuestion) for v in value)
+    return is_array(value) and all(isinstance(v, SubQuestion) for v in value)
 
 
 # --------------------------------------------------------------------------- episodes -> calls
@@ -588,7 +589,7 @@ def _message_dict(message: Any) -> dict[str, Any]:
 
 
 def _content_text(content: Any) -> Any:
-    if isinstance(content, list):  # content parts
+    if is_array(content):  # content parts
         return "\n".join(str(p.get("text", "")) if isinstance(p, Mapping) else str(p) for p in content)
     return content
 
@@ -717,7 +718,7 @@ def _calls_in(payload: str) -> list[ToolCallRecord]:
     """Tool calls written as JSON (one object, a list, or objects one after another)."""
     calls = []
     for _, _, value in _json_values(payload):
-        for item in value if isinstance(value, list) else [value]:
+        for item in value if is_array(value) else [value]:
             call = _call_from_json(item)
             if call is not None:
                 calls.append(call)
@@ -801,7 +802,7 @@ def _plain_messages(text: str) -> list[Any] | None:
         value = json.loads(stripped)
     except (ValueError, RecursionError):
         return None
-    if isinstance(value, list) and value and all(isinstance(m, Mapping) and "role" in m for m in value):
+    if is_array(value) and value and all(isinstance(m, Mapping) and "role" in m for m in value):
         return value
     return None
 
@@ -847,7 +848,7 @@ def calls_from_text(text: str) -> list[ToolCallRecord]:
     for start, end, value in _json_values(text):
         if any(a <= start < b for a, b in covered):
             continue
-        items = value if isinstance(value, list) else [value]
+        items = value if is_array(value) else [value]
         found = [c for c in (_call_from_json(item) for item in items) if c is not None]
         if found and len(found) == len(items):
             for k, call in enumerate(found):

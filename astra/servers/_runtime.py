@@ -140,7 +140,7 @@ MAX_JSON_DEPTH = 100
 (a deeper reply is never answered, so the caller hangs), and replies wrap a value in a few levels more."""
 
 
-class EpisodeRefusal(str, enum.Enum):
+class EpisodeRefusal(enum.StrEnum):
     """Why a request's episode was refused (``MCPError.data["reason"]``)."""
 
     UNKNOWN = "unknown_episode"  # never minted, expired, closed, or someone else's: indistinguishable on purpose

@@ -44,7 +44,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from astra.errors import validation_problem
+from astra.jsonutil import is_array, is_object
 from astra.records import (
     ChainCall,
     Decomposition,
@@ -111,7 +112,7 @@ QUALITY_KEYS: dict[str, str] = {
 """The original's ``query_score_info.quality_scores`` (1-5) -> our task quality dimension ([0, 1])."""
 
 
-class OriginalKind(str, Enum):
+class OriginalKind(StrEnum):
     """Which of the original's files a record comes from (detected from its shape)."""
 
     SERVERS = "mcp_servers"
@@ -124,7 +125,7 @@ class OriginalKind(str, Enum):
     KNOWLEDGE = "knowledge_corpus"
 
 
-class Execution(str, Enum):
+class Execution(StrEnum):
     LIVE = "live"
     SIMULATED = "simulated"
 
@@ -156,7 +157,7 @@ def _lines(path: str | os.PathLike[str], out: OriginalFile) -> Iterator[tuple[in
         where = f"{path}:{lineno}"
         if isinstance(doc, RecordError):
             out.errors.append(f"{where}: {doc.field}: {doc.reason}")
-        elif not isinstance(doc, dict):
+        elif not is_object(doc):
             out.errors.append(f"{where}: record: expected a JSON object, got {type(doc).__name__}")
         else:
             yield lineno, where, doc
@@ -204,7 +205,7 @@ def _str(obj: dict[str, Any], key: str, where: str, *, required: bool = True) ->
 def _obj(value: Any, where: str) -> dict[str, Any]:
     if value is None:
         return {}
-    if not isinstance(value, dict):
+    if not is_object(value):
         raise RecordError(where, f"expected an object, got {type(value).__name__}")
     return value
 
@@ -215,7 +216,7 @@ def _names(value: Any, where: str) -> list[str]:
         return []
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
-    if not isinstance(value, list):
+    if not is_array(value):
         raise RecordError(where, f"expected a list of tool names, got {type(value).__name__}")
     for i, v in enumerate(value):
         if not isinstance(v, str) or not v.strip():
@@ -233,8 +234,8 @@ def detect_kind(doc: dict[str, Any]) -> OriginalKind | None:
         return OriginalKind.KNOWLEDGE
     if "question" in doc and "answer" not in doc and set(doc) <= {"question", "domain", "id", "uuid"}:
         return OriginalKind.QUESTIONS
-    graph: dict[str, Any] = found if isinstance(found := doc.get("graph"), dict) else {}
-    chain_info: dict[str, Any] = found if isinstance(found := doc.get("chain_info"), dict) else {}
+    graph: dict[str, Any] = found if is_object(found := doc.get("graph")) else {}
+    chain_info: dict[str, Any] = found if is_object(found := doc.get("chain_info")) else {}
     if "operator_results" in chain_info or "sub_chain" in chain_info:
         return OriginalKind.VERIFIED_CHAINS
     if "sub_chains" in graph:
@@ -375,7 +376,7 @@ def read_graph_detect(path: str | os.PathLike[str], *, name: str | None = None) 
             out.servers.setdefault(server.name, server)
             graph = _obj(doc.get("graph"), "graph")
             detected = graph.get("graph_detect", doc.get("graph_detect", []))
-            if not isinstance(detected, list):
+            if not is_array(detected):
                 raise RecordError("graph.graph_detect", f"expected a list, got {type(detected).__name__}")
         except (RecordError, ValueError) as exc:
             _fail(out, where, exc)
@@ -384,7 +385,7 @@ def read_graph_detect(path: str | os.PathLike[str], *, name: str | None = None) 
         nodes.update(f"{server.name}/{t}" for t in known)
         for i, item in enumerate(detected):
             field_ = f"graph.graph_detect[{i}]"
-            if not isinstance(item, dict):
+            if not is_object(item):
                 out.errors.append(f"{where}: {field_}: expected an object, got {type(item).__name__}")
                 continue
             if "new_chain" in item:  # the original's loader accepts this shape too
@@ -432,7 +433,7 @@ def read_sub_chains(path: str | os.PathLike[str]) -> OriginalFile:
             if server is None:
                 raise RecordError("mcp_info", "missing")
             subs = _obj(doc.get("graph"), "graph").get("sub_chains")
-            if not isinstance(subs, list):
+            if not is_array(subs):
                 raise RecordError("graph.sub_chains",
                                   "missing" if subs is None else f"expected a list, got {type(subs).__name__}")
             known = {t.name for t in server.tools}
@@ -454,12 +455,12 @@ def read_sub_chains(path: str | os.PathLike[str]) -> OriginalFile:
 
 def _operator_verdict(name: str, result: Any) -> tuple[bool | None, str]:
     """(passed, why) of one operator result of ``run_operators.py``; None: the operator failed."""
-    if not isinstance(result, dict):
+    if not is_object(result):
         return None, f"{name}: expected an object"
     if result.get("status") == "failed" or "error" in result and len(result) <= 2:
         return None, f"{name}: failed ({str(result.get('error'))[:80]})"
     if "vote_result" in result:
-        valid = result["vote_result"].get("is_valid") if isinstance(result["vote_result"], dict) else None
+        valid = result["vote_result"].get("is_valid") if is_object(result["vote_result"]) else None
         return (valid if isinstance(valid, bool) else None), f"{name}: vote is_valid={valid}"
     if "vote_valid" in result:
         valid = result["vote_valid"]
@@ -559,7 +560,7 @@ def read_env_results(path: str | os.PathLike[str]) -> OriginalFile:
             if answer is not None and not isinstance(answer, str):
                 raise RecordError("final_answer", f"expected str, got {type(answer).__name__}")
             trace = doc.get("decomposition_trace")
-            if not isinstance(trace, list) or not trace:
+            if not is_array(trace) or not trace:
                 raise RecordError("decomposition_trace", "missing" if trace is None else "expected a non-empty list")
             meta = _obj(doc.get("_metadata"), "_metadata")
             domain = meta.get("domain") if isinstance(meta.get("domain"), str) else None
@@ -570,7 +571,7 @@ def read_env_results(path: str | os.PathLike[str]) -> OriginalFile:
                 dep = step.get("dependency")
                 if dep in (None, "", "null", "None"):
                     dep = []
-                elif not isinstance(dep, list):
+                elif not is_array(dep):
                     dep = [dep]
                 hop = step.get("hop_level", 1)
                 if isinstance(hop, bool) or not isinstance(hop, int):

@@ -37,7 +37,7 @@ from astra.trainers.export import ExportEnvironment, ground_truth
 __all__ = ["HardeningCertificate", "HardeningCheck", "harden", "states_answer"]
 
 
-class HardeningCheck(str, enum.Enum):
+class HardeningCheck(enum.StrEnum):
     ORACLE = "oracle"
     NOOP = "noop"
     ANSWER_WITHOUT_TOOLS = "answer_without_tools"

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from astra.jsonutil import is_object
 from astra.records import Reward, Task, Trajectory
 from astra.synthesis._stage import Outcome
 from astra.synthesis.trajectories._config import RewardOptions
@@ -128,7 +129,7 @@ def hf_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     arguments = json.loads(raw or "{}") if isinstance(raw, str) else raw
                 except json.JSONDecodeError as exc:
                     raise ExportSkip(RenderIssue.ARGUMENTS_NOT_JSON, f"{c['function']['name']}: {exc.msg}") from exc
-                if not isinstance(arguments, dict):
+                if not is_object(arguments):
                     raise ExportSkip(RenderIssue.ARGUMENTS_NOT_JSON, f"{c['function']['name']}: not an object")
                 calls.append({"id": c.get("id") or "", "type": "function",
                               "function": {"name": c["function"]["name"], "arguments": arguments}})

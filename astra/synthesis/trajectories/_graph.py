@@ -34,6 +34,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from rapidfuzz import fuzz, process
 
+from astra.jsonutil import is_array, is_object
 from astra.records import GraphEdge, ServerSpec, ToolSpec, stable_id
 
 _STOP = frozenset(
@@ -260,10 +261,10 @@ class ToolProfile:
 
 
 def _schema_type(schema: Any) -> str | None:
-    if not isinstance(schema, dict):
+    if not is_object(schema):
         return None
     t = schema.get("type")
-    if isinstance(t, list):
+    if is_array(t):
         t = next((x for x in t if x != "null"), None)
     if t is None:
         for alt in schema.get("anyOf") or schema.get("oneOf") or ():
@@ -276,21 +277,21 @@ def _schema_type(schema: Any) -> str | None:
 def walk_schema(schema: Any, prefix: str = "", parent: tuple[str, ...] = (), depth: int = 0
           ) -> Iterable[tuple[str, tuple[str, ...], tuple[str, ...], str, Any, bool]]:
     """(path, leaf tokens, parent tokens, description, subschema, required) of each property, two levels deep."""
-    if not isinstance(schema, dict) or depth > 2:
+    if not is_object(schema) or depth > 2:
         return
     props = schema.get("properties")
-    if not isinstance(props, dict):
+    if not is_object(props):
         return
-    required = set(schema.get("required") or []) if isinstance(schema.get("required"), list) else set()
+    required = set(schema.get("required") or []) if is_array(schema.get("required")) else set()
     for name, sub in props.items():
-        if not isinstance(sub, dict):
+        if not is_object(sub):
             continue
         path = f"{prefix}{name}"
         leaf = _tokens(name)
         desc = found if isinstance(found := sub.get("description"), str) else ""
         yield path, leaf, parent, desc, sub, name in required or sub.get("required") is True
         inner = sub.get("items") if _schema_type(sub) == "array" else sub
-        if isinstance(inner, dict) and isinstance(inner.get("properties"), dict):
+        if is_object(inner) and is_object(inner.get("properties")):
             yield from walk_schema(inner, f"{path}[]." if inner is not sub else f"{path}.", leaf, depth + 1)
 
 
@@ -301,12 +302,12 @@ def _type_field(leaf: tuple[str, ...], parent: tuple[str, ...], desc: str, schem
     ``fallback``: when nothing names a type, an identifier-like name still gives ID / NAME of a
     subject, and any other name a FIELD that matches the same name only.
     """
-    if isinstance(schema, dict) and schema.get("enum"):
+    if is_object(schema) and schema.get("enum"):
         return None  # a choice among fixed values, never fed by another tool
     jtype = _schema_type(schema)
     if jtype == "boolean" or (leaf and leaf[-1] in _SETTING_WORDS):
         return None
-    fmt = schema.get("format") if isinstance(schema, dict) else None
+    fmt = schema.get("format") if is_object(schema) else None
     if fmt in ("uri", "url", "iri"):
         return SemType.URL, None, Evidence.NAME
     if fmt in ("date-time", "date", "time"):
@@ -423,7 +424,7 @@ def profile_tool(tool: ToolSpec, server_tokens: frozenset[str] = frozenset()) ->
 
     # ---- outputs (data edges): what a read tool returns
     if role is Role.READ:
-        schema_fields = list(walk_schema(tool.output_schema)) if isinstance(tool.output_schema, dict) else []
+        schema_fields = list(walk_schema(tool.output_schema)) if is_object(tool.output_schema) else []
         informative = False
         for path, leaf, parent, desc, sub, _req in schema_fields:
             if not parent and set(leaf) <= _GENERIC_OUTPUTS:
@@ -728,7 +729,7 @@ EDGE_SYSTEM = (
 def _tool_brief(tool: ToolSpec, *, outputs: bool) -> dict[str, Any]:
     brief: dict[str, Any] = {"name": tool.qualified_name, "description": (tool.description or "")[:300]}
     props = tool.input_schema.get("properties", {})
-    brief["parameters"] = {k: (v.get("type") if isinstance(v, dict) else None) for k, v in list(props.items())[:12]}
+    brief["parameters"] = {k: (v.get("type") if is_object(v) else None) for k, v in list(props.items())[:12]}
     if outputs:
         prof = profile_tool(tool)
         brief["returns"] = [f.describe() for f in prof.outputs][:8] or None
@@ -813,7 +814,7 @@ def chain_prompt(server: ServerSpec, max_tools: int = 60) -> str:
     for t in server.tools[:max_tools]:
         props = t.input_schema.get("properties", {})
         params = {k: {"type": v.get("type"), "description": (v.get("description") or "")[:160]}
-                  for k, v in list(props.items())[:12] if isinstance(v, dict)}
+                  for k, v in list(props.items())[:12] if is_object(v)}
         tool_lines.append(json.dumps({"name": t.name, "description": (t.description or "")[:400], "parameters": params},
                                      ensure_ascii=False))
     return (

@@ -35,6 +35,7 @@ import jsonschema
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from astra.client import Model
+from astra.jsonutil import is_array, is_object
 from astra.records import ChatMessage, Reward, Task, Trajectory, stable_id
 from astra.synthesis._llm import LLMOutputError, ask_json
 from astra.synthesis._stage import Outcome, model_calls
@@ -205,7 +206,7 @@ def _schemas(traj: Trajectory) -> dict[str, dict[str, Any]]:
 
 
 def args_valid(arguments: Any, schema: dict[str, Any] | None) -> bool:
-    if schema is None or not isinstance(arguments, dict):
+    if schema is None or not is_object(arguments):
         return False
     try:
         jsonschema.validate(arguments, schema)
@@ -240,7 +241,7 @@ def rule_items(task: Task, traj: Trajectory, found: Itemised) -> dict[str, ItemV
     errors = {s.call_id for s in traj.steps if s.is_error}
     for c in found.calls:
         args = _parse_args(c.arguments)
-        key = (c.name, json.dumps(args, sort_keys=True) if isinstance(args, dict) else str(args))
+        key = (c.name, json.dumps(args, sort_keys=True) if is_object(args) else str(args))
         if c.name not in schemas:
             out[c.ref] = ItemVerdict(kind=ItemKind.CALL, ref=c.ref, score=0.0, source=Source.RULE,
                                      reason=f"{c.name} is not one of the offered tools")
@@ -320,10 +321,10 @@ def rule_scores(task: Task, traj: Trajectory) -> tuple[dict[str, float], list[fl
 
 
 def _leaf_texts(value: Any) -> Iterable[str]:
-    if isinstance(value, dict):
+    if is_object(value):
         for v in value.values():
             yield from _leaf_texts(v)
-    elif isinstance(value, list):
+    elif is_array(value):
         for v in value:
             yield from _leaf_texts(v)
     elif isinstance(value, bool) or value is None:

@@ -24,6 +24,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from astra.jsonutil import is_array, is_object
 from astra.tools import function_object, tool_definitions
 
 # The special tokens the templates of the conformance matrix refer to (bos_token / eos_token are template
@@ -208,7 +209,7 @@ class ChatTemplate:
                     items, _ = decoder.raw_decode(text, match.end())
                 except json.JSONDecodeError:
                     continue
-                calls += [(item.get("name"), item.get("arguments")) for item in items if isinstance(item, dict)]
+                calls += [(item.get("name"), item.get("arguments")) for item in items if is_object(item)]
             return calls
         for segment in self._assistant_segments(text):
             if self.format is ToolCallFormat.LLAMA3_JSON:
@@ -216,7 +217,7 @@ class ChatTemplate:
                     value = json.loads(segment.strip())
                 except json.JSONDecodeError:
                     continue
-                if isinstance(value, dict) and "name" in value and "parameters" in value:
+                if is_object(value) and "name" in value and "parameters" in value:
                     calls.append((value["name"], value["parameters"]))
                 continue
             for body in re.findall(r"<tool_call>(.*?)</tool_call>", segment, re.DOTALL):
@@ -224,8 +225,8 @@ class ChatTemplate:
                     value = json.loads(body)
                 except json.JSONDecodeError:
                     continue
-                for item in value if isinstance(value, list) else [value]:
-                    if isinstance(item, dict) and "name" in item:
+                for item in value if is_array(value) else [value]:
+                    if is_object(item) and "name" in item:
                         calls.append((item["name"], item.get("arguments")))
         return calls
 
