@@ -34,12 +34,14 @@ import real_servers  # noqa: E402
 
 from astra.records import GraphEdge, ToolSpec  # noqa: E402
 from astra.synthesis._llm import LLMOutputError, ask_json  # noqa: E402
-from astra.synthesis.trajectories import (  # noqa: E402
-    _graph,  # noqa: E402
+from astra.synthesis.trajectories import _graph  # noqa: E402
+from astra.synthesis.trajectories._graph import (  # noqa: E402
+    EdgeMetrics,
     batch_candidates,
     generate_candidates,
+    measure_edges,
+    merge_edges,
 )
-from astra.synthesis.trajectories._graph import EdgeMetrics, measure_edges, merge_edges  # noqa: E402
 
 
 def _truth() -> dict[tuple[str, str], str]:

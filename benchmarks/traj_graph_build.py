@@ -26,8 +26,12 @@ sys.path.insert(0, str(HERE))
 from synthetic_corpus import generate  # noqa: E402
 
 from astra.registry import parse_astra_record  # noqa: E402
-from astra.synthesis.trajectories import batch_candidates, generate_candidates, server_pair_count  # noqa: E402
-from astra.synthesis.trajectories._graph import profile_servers  # noqa: E402
+from astra.synthesis.trajectories._graph import (  # noqa: E402
+    batch_candidates,
+    generate_candidates,
+    profile_servers,
+    server_pair_count,
+)
 
 
 def naive_pairs(profiles: list, sample: int, seed: int) -> tuple[int, float, int]:

@@ -20,8 +20,8 @@ from astra.client._connections import (
     ToolBinding,
     ToolResult,
 )
-from astra.client._local import LocalModel, parse_tool_reply, smollm2_path, tool_call_schema
-from astra.client._loop import AfterReply, EpisodeState, EpisodeTurn, LoopPolicy, play, run_episode, trajectory_id
+from astra.client._local import LocalModel
+from astra.client._loop import AfterReply, EpisodeState, EpisodeTurn, LoopPolicy, play, run_episode
 from astra.client._model import (
     FixedSettings,
     Model,
@@ -35,7 +35,6 @@ from astra.client._model import (
 )
 from astra.client._providers import AnthropicModel, OpenAIModel
 from astra.client._resolve import (
-    EchoModel,
     ModelSpec,
     Provider,
     model_endpoint,
@@ -43,12 +42,11 @@ from astra.client._resolve import (
     register_provider,
     register_script,
     registered_providers,
-    registered_scripts,
     resolve_model,
 )
 from astra.client._retry import RetryPolicy
 from astra.client._runner import RolloutSummary, arun_rollouts, run_rollouts
-from astra.client._schema import anthropic_tool, openai_tool, provider_schema
+from astra.client._schema import openai_tool
 
 __all__ = [
     "AfterReply",
@@ -57,7 +55,6 @@ __all__ = [
     "ConnectionFailed",
     "EpisodeUnavailable",
     "Connections",
-    "EchoModel",
     "EpisodeState",
     "EpisodeTurn",
     "FixedSettings",
@@ -78,23 +75,16 @@ __all__ = [
     "ServerTarget",
     "ToolBinding",
     "ToolResult",
-    "anthropic_tool",
     "arun_rollouts",
     "merge_settings",
     "model_endpoint",
     "openai_tool",
-    "parse_tool_reply",
     "play",
     "provider_of",
-    "provider_schema",
     "register_provider",
     "register_script",
     "registered_providers",
-    "registered_scripts",
     "resolve_model",
     "run_episode",
     "run_rollouts",
-    "smollm2_path",
-    "tool_call_schema",
-    "trajectory_id",
 ]

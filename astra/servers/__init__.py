@@ -24,24 +24,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec, Verifier
+from astra.records import EnvironmentSpec, ToolImplementation, Verifier
 
 from ._emit import emit, load_emitted, mcp_servers_block
 from ._rewards import (
-    CallCheck,
     EpisodeScore,
     ProcessReward,
     SubQuestion,
     ToolCallRecord,
-    answer_found,
     answer_in_result,
     answers_match,
     calls_from_messages,
     calls_from_text,
-    calls_from_trajectory,
     compute_score,
     process_reward,
-    result_matches,
     score_calls,
     score_episode,
     score_trajectory,
@@ -49,17 +45,13 @@ from ._rewards import (
 )
 from ._runtime import (
     CONTROL_EXTENSION,
-    DEFAULT_EPISODE,
     EPISODE_META_KEY,
     BindRefused,
     EnvironmentControl,
     EnvironmentRuntime,
     EnvironmentServer,
     EpisodeRefusal,
-    EpisodeRefused,
     SchemaCheck,
-    Snapshot,
-    ToolOutcome,
     build_class_server,
     build_server_from_dict,
     check_bind,
@@ -67,11 +59,9 @@ from ._runtime import (
     serve,
 )
 from ._runtime import EnvironmentError_ as EnvironmentSpecError
-from ._sandbox import ErrorKind as SandboxErrorKind
 from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult, SandboxUnavailable
 from ._validate import (
     Certification,
-    Check,
     CheckKind,
     ValidationReport,
     certify_client,
@@ -122,18 +112,14 @@ def build_server(
 
 __all__ = [
     "SAMPLES_DIR",
-    "CallCheck",
     "Certification",
-    "Check",
     "CheckKind",
     "EpisodeScore",
     "ValidationReport",
-    "answer_found",
     "answer_in_result",
     "answers_match",
     "calls_from_messages",
     "calls_from_text",
-    "calls_from_trajectory",
     "compute_score",
     "ProcessReward",
     "SubQuestion",
@@ -146,7 +132,6 @@ __all__ = [
     "load_sample",
     "mcp_servers_block",
     "process_reward",
-    "result_matches",
     "sample_path",
     "score_episode",
     "stdio_parameters",
@@ -155,12 +140,10 @@ __all__ = [
     "certify_emitted",
     "serve",
     "CONTROL_EXTENSION",
-    "DEFAULT_EPISODE",
     "EPISODE_META_KEY",
     "BindRefused",
     "EnvironmentControl",
     "EpisodeRefusal",
-    "EpisodeRefused",
     "EnvironmentRuntime",
     "EnvironmentServer",
     "EnvironmentSpec",
@@ -168,18 +151,13 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SandboxLimits",
-    "SandboxErrorKind",
     "SandboxResult",
     "SandboxUnavailable",
     "SchemaCheck",
-    "Snapshot",
     "ToolImplementation",
-    "ToolOutcome",
-    "ToolSpec",
     "Verifier",
     "build_class_server",
     "build_server",
-    "build_server_from_dict",
     "check_bind",
     "request_context",
 ]

@@ -33,7 +33,7 @@ from ._rewards import ToolCallRecord, answer_in_result, parse_tool_value, result
 from ._runtime import EnvironmentControl
 
 
-class CheckKind(str, enum.Enum):
+class CheckKind(enum.StrEnum):
     LISTING = "tools/list"  # a spec tool is listed with the spec's schema and description
     RESET = "reset"  # reset gives back the initial state
     CALL = "call"  # a reference call reproduces its expected result and sub-answer

@@ -6,7 +6,8 @@ import sys
 
 import anyio
 
-from astra.bfcl import BfclEntry, gold_model, load_entries, run_bfcl
+from astra.bfcl import BfclEntry, load_entries, run_bfcl
+from astra.bfcl._gold import gold_model
 from astra.client import Model
 
 

@@ -9,19 +9,12 @@ from typing import Any
 import anyio
 import pytest
 
-from astra.bfcl import (
-    ADDED_FUNCTIONS_PROMPT,
-    GOLD_MODEL,
-    BfclResult,
-    compare_with_direct_execution,
-    gold_model,
-    ground_truth_as_decoded,
-    load_entries,
-    run_bfcl,
-    run_entry,
-    score_decoded,
-    score_entry,
-)
+from astra.bfcl import GOLD_MODEL, BfclResult, ground_truth_as_decoded, load_entries, run_bfcl, score_decoded
+from astra.bfcl._data import ADDED_FUNCTIONS_PROMPT
+from astra.bfcl._episode import run_entry
+from astra.bfcl._gold import gold_model
+from astra.bfcl._run import score_entry
+from astra.bfcl._score import compare_with_direct_execution
 from astra.client import ModelError, ScriptedModel
 from astra.records import ChatMessage, ToolCall
 

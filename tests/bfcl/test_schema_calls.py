@@ -5,14 +5,9 @@ from __future__ import annotations
 import jsonschema
 import pytest
 
-from astra.bfcl import (
-    BACKEND_CLASSES,
-    CallParseError,
-    format_call,
-    function_docs,
-    function_input_schema,
-    parse_call,
-)
+from astra.bfcl._calls import CallParseError, format_call, parse_call
+from astra.bfcl._data import BACKEND_CLASSES, function_docs
+from astra.bfcl._schema import function_input_schema
 from astra.registry import SchemaError
 
 

@@ -8,14 +8,9 @@ import anyio
 import pytest
 from mcp.client import Client
 
-from astra.bfcl import (
-    BACKEND_CLASSES,
-    SERVER_IMPLEMENTATIONS,
-    BfclEpisodeServers,
-    function_docs,
-    load_entries,
-    server_name,
-)
+from astra.bfcl import SERVER_IMPLEMENTATIONS, load_entries, server_name
+from astra.bfcl._data import BACKEND_CLASSES, function_docs
+from astra.bfcl._servers import BfclEpisodeServers
 
 IMPLEMENTATIONS = pytest.mark.parametrize("implementation", SERVER_IMPLEMENTATIONS)
 

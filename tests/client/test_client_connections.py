@@ -9,7 +9,8 @@ import anyio
 import pytest
 from mcp_test_server import make_server
 
-from astra.client import ConnectionFailed, Connections, provider_schema
+from astra.client import ConnectionFailed, Connections
+from astra.client._schema import provider_schema
 from astra.records import StdioLaunch
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,8 @@ import pytest
 from conftest import free_port, wait_for_port
 from test_client_loop import assert_well_formed
 
-from astra.client import Connections, ModelSettings, resolve_model, run_episode, smollm2_path
+from astra.client import Connections, ModelSettings, resolve_model, run_episode
+from astra.client._local import smollm2_path
 from astra.records import Task
 
 pytestmark = [pytest.mark.local_model, pytest.mark.anyio]

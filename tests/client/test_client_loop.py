@@ -12,7 +12,8 @@ import pytest
 from conftest import free_port, start_test_server
 from mcp_test_server import make_server
 
-from astra.client import Connections, EpisodeTurn, ScriptedModel, run_episode, trajectory_id
+from astra.client import Connections, EpisodeTurn, ScriptedModel, run_episode
+from astra.client._loop import trajectory_id
 from astra.records import ChatMessage, HttpLaunch, Task, ToolCall, Trajectory
 
 pytestmark = pytest.mark.anyio

@@ -12,18 +12,18 @@ from mcp_test_server import make_server
 
 from astra.client import (
     AnthropicModel,
-    CachedModel,
     Connections,
     ModelError,
     ModelSettings,
     OpenAIModel,
     RetryPolicy,
     ScriptedModel,
-    parse_tool_reply,
     register_script,
     resolve_model,
     run_episode,
 )
+from astra.client._cache import CachedModel
+from astra.client._local import parse_tool_reply
 from astra.records import ChatMessage
 
 pytestmark = pytest.mark.anyio

@@ -16,7 +16,8 @@ from mcp_test_server import make_server
 from rollout_job import tasks
 from typer.testing import CliRunner
 
-from astra.client import ScriptedModel, register_script, run_rollouts, trajectory_id
+from astra.client import ScriptedModel, register_script, run_rollouts
+from astra.client._loop import trajectory_id
 from astra.records import ChatMessage, Task, ToolCall
 
 HERE = Path(__file__).parent

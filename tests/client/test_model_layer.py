@@ -12,7 +12,6 @@ import pytest
 from astra.client import (
     AnthropicModel,
     CachedModel,
-    EchoModel,
     FixedSettings,
     Model,
     ModelResponse,
@@ -27,6 +26,7 @@ from astra.client import (
     registered_providers,
     resolve_model,
 )
+from astra.client._resolve import EchoModel
 from astra.client._runner import _LimitedModel  # pyright: ignore[reportPrivateUsage]
 from astra.records import ChatMessage
 from astra.synthesis.trajectories import TrajectoryConfig

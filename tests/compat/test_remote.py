@@ -13,13 +13,9 @@ from typer.testing import CliRunner
 from astra.cli import app
 from astra.client import ScriptedModel, register_script
 from astra.records import HttpLaunch, SimulatedLaunch
-from astra.registry import (
-    MissingSecretError,
-    Registry,
-    import_file,
-    resolve_http_launch,
-    secret_env_name,
-)
+from astra.registry import MissingSecretError, Registry, import_file
+from astra.registry._discovery import resolve_http_launch
+from astra.registry._import import secret_env_name
 
 from .conftest import SECRET, task_line, write_jsonl
 

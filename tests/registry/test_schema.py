@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from astra.registry import SchemaError, normalize_schema, validate_schema
+from astra.registry import SchemaError, normalize_schema
+from astra.registry._schema import validate_schema
 
 
 def test_loose_type_names_become_json_schema_types() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from astra.records import EnvironmentSpec, ServerSpec, StdioLaunch, ToolImplementation, ToolSpec
-from astra.registry import MIGRATIONS, SCHEMA_VERSION, Registry, RegistryError
+from astra.registry import Registry, RegistryError
+from astra.registry._store import MIGRATIONS, SCHEMA_VERSION
 
 
 def server(name: str, n_tools: int = 2, domain: str | None = "d", **kw) -> ServerSpec:

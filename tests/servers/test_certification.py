@@ -10,7 +10,8 @@ import pytest
 
 from astra.records import EnvironmentSpec
 from astra.servers import Certification, CheckKind, certify_emitted, emit, validate_emitted
-from astra.synthesis.environments import Certificate, certify
+from astra.synthesis.environments._emit import certify
+from astra.synthesis.environments._models import Certificate
 
 pytestmark = pytest.mark.anyio
 

@@ -32,12 +32,12 @@ from astra.servers import (
     BindRefused,
     EnvironmentControl,
     EpisodeRefusal,
-    EpisodeRefused,
     build_server,
     check_bind,
     sample_path,
     stdio_parameters,
 )
+from astra.servers._runtime import EpisodeRefused
 
 pytestmark = pytest.mark.anyio
 

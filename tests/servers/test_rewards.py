@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from astra.cli import app
 from astra.records import EnvironmentSpec, Step, Trajectory
-from astra.servers import answer_found, process_reward, score_episode
+from astra.servers import process_reward, score_episode
+from astra.servers._rewards import answer_found
 
 
 def test_process_reward_values() -> None:

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from astra.records import Reward, Task
-from astra.synthesis.trajectories import DIMENSIONS, RewardOptions, write_exports
+from astra.synthesis.trajectories import RewardOptions, write_exports
 from astra.synthesis.trajectories._export import hf_messages, select
+from astra.synthesis.trajectories._reward import DIMENSIONS
 from astra.synthesis.trajectories._templates import mistral_call_id
 
 from ._matrix import sharegpt_alternation_ok

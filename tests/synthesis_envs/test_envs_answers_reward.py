@@ -3,8 +3,8 @@ import json
 import pytest
 
 from astra.records import Step, Trajectory
-from astra.synthesis.environments import answers_match, compute_score, f1_reward, score_trajectory
-from astra.synthesis.environments.reward import parse_ground_truth
+from astra.synthesis.environments._answers import answers_match
+from astra.synthesis.environments.reward import compute_score, f1_reward, parse_ground_truth, score_trajectory
 
 
 @pytest.mark.parametrize(

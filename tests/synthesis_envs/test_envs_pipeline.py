@@ -17,14 +17,9 @@ from mcp.client import Client
 
 from astra.client import ScriptedModel
 from astra.runs import JsonlLog
-from astra.synthesis.environments import (
-    STAGES,
-    EmittedEnvironment,
-    compute_score,
-    funnel_problems,
-    run_environment_pipeline,
-    sample_qa_path,
-)
+from astra.synthesis.environments import STAGES, funnel_problems, run_environment_pipeline, sample_qa_path
+from astra.synthesis.environments._models import EmittedEnvironment
+from astra.synthesis.environments.reward import compute_score
 
 from .envs_gold import oracle_model
 

@@ -13,14 +13,14 @@ from astra.records import Decomposition, QAItem
 from astra.synthesis.environments import (
     EnvironmentPipelineConfig,
     PipelineContext,
-    SynthesizedTool,
     _decompose,
     _necessity,
     _verify,
-    read_qa_jsonl,
     run_stage,
 )
 from astra.synthesis.environments._merge import cluster_tools, merge_cluster
+from astra.synthesis.environments._models import SynthesizedTool
+from astra.synthesis.environments._qa import read_qa_jsonl
 from astra.synthesis.environments._sandbox import SandboxRunner
 from astra.synthesis.environments._synthesize import synthesize_one
 
@@ -285,7 +285,7 @@ def test_synthesized_tool_may_return_a_record_holding_the_answer():
 
 def test_verification_rules_catch_compound_steps_and_dangling_steps():
     from astra.records import DecompositionStep
-    from astra.synthesis.environments import rule_scores
+    from astra.synthesis.environments._verify import rule_scores
 
     steps = [
         DecompositionStep(id="a", sub_question="What is 2+2 and what is 3+3?", sub_answer="4", needs_tool=True),
@@ -429,7 +429,7 @@ def test_generated_code_attacking_the_sandbox_is_contained(attack, config, tmp_p
 
 def _synth_tool(tid: str, t: dict, args: dict, expected: str) -> SynthesizedTool:
     from astra.records import ToolImplementation, ToolSpec
-    from astra.synthesis.environments import ReferenceCall
+    from astra.synthesis.environments._models import ReferenceCall
 
     impl = ToolImplementation(spec=ToolSpec(server="synthesized", name=t["name"], description=t["description"],
                                             input_schema=t["parameters"]), source=t["code"], entrypoint=t["name"])

@@ -15,7 +15,7 @@ from astra.client import ScriptedModel, register_script, resolve_model
 from astra.records import Reward, Task, Trajectory
 from astra.runs import RunDir
 from astra.synthesis._stage import Outcome, Stage
-from astra.synthesis.trajectories import DIMENSIONS, JudgeMode
+from astra.synthesis.trajectories import JudgeMode
 from astra.synthesis.trajectories._calibration import (
     Defect,
     calibrate,
@@ -23,7 +23,7 @@ from astra.synthesis.trajectories._calibration import (
     dimension_of_ref,
     load_calibration_set,
 )
-from astra.synthesis.trajectories._reward import itemise, rule_items
+from astra.synthesis.trajectories._reward import DIMENSIONS, itemise, rule_items
 
 from .conftest import judge_reply
 

@@ -7,23 +7,18 @@ import networkx as nx
 
 from astra.records import GraphEdge, ServerSpec, ToolGraph, ToolSpec
 from astra.registry import Registry, to_networkx
-from astra.synthesis.trajectories import (
-    TrajectoryConfig,
-    TrajectoryPipeline,
-    batch_candidates,
-    coverage,
-    generate_candidates,
-    sample_toolsets,
-    sample_walks,
-    server_pair_count,
-    tokens,
-)
+from astra.synthesis.trajectories import TrajectoryConfig, TrajectoryPipeline
+from astra.synthesis.trajectories._chains import coverage, sample_toolsets, sample_walks
 from astra.synthesis.trajectories._graph import (
     ChainDetection,
     ChainDetections,
     EdgeVerdict,
     EdgeVerdicts,
+    batch_candidates,
     chains_to_edges,
+    generate_candidates,
+    server_pair_count,
+    tokens,
     verdicts_to_edges,
 )
 
@@ -79,7 +74,7 @@ def test_verdicts_keep_real_params_and_count_the_rest():
             server="s", name="b", input_schema={"type": "object", "properties": {"item_id": {"type": "string"}}}
         ),
     }
-    from astra.synthesis.trajectories import Candidate
+    from astra.synthesis.trajectories._graph import Candidate
 
     batch = [Candidate(src="s/a", dst="s/b", score=0.6, bindings={"item_id": "id"}),
              Candidate(src="s/b", dst="s/a", score=0.4)]

@@ -13,8 +13,15 @@ import pytest
 
 from astra.records import GraphEdge, StdioLaunch
 from astra.registry import discover_tools_sync
-from astra.synthesis.trajectories import TrajectoryConfig, TrajectoryPipeline, generate_candidates
-from astra.synthesis.trajectories._graph import Role, SemType, measure_edges, merge_edges, profile_servers
+from astra.synthesis.trajectories import TrajectoryConfig, TrajectoryPipeline
+from astra.synthesis.trajectories._graph import (
+    Role,
+    SemType,
+    generate_candidates,
+    measure_edges,
+    merge_edges,
+    profile_servers,
+)
 from astra.synthesis.trajectories._graph_trace import read_only, trace_edges
 
 from .conftest import Router, router_model, time_server

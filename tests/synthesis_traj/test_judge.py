@@ -10,13 +10,8 @@ import pytest
 
 from astra.client import ScriptedModel
 from astra.records import ChatMessage, Step, Task, ToolCall, Trajectory
-from astra.synthesis.trajectories import (
-    DIMENSIONS,
-    JudgeMode,
-    original_keys,
-    reward_trajectory,
-)
-from astra.synthesis.trajectories._reward import itemise, score_trajectory
+from astra.synthesis.trajectories import JudgeMode
+from astra.synthesis.trajectories._reward import DIMENSIONS, itemise, original_keys, reward_trajectory, score_trajectory
 
 from .conftest import judge_reply
 
@@ -208,7 +203,7 @@ def test_pipeline_with_rules_judge_and_llm_judge_call_counts(tmp_path, home):
     rewards = TrajectoryPipeline(config, progress=False).stage("reward", Reward).outputs()
     assert rewards and all(r.mode == "rules" and r.judge_model == "rules" for r in rewards)
     assert result.exported > 0
-    from astra.synthesis.trajectories import SFTSample
+    from astra.synthesis.trajectories._export import SFTSample
 
     exported = TrajectoryPipeline(config, progress=False).stage("export", SFTSample).outputs()
     assert exported and all(s.judge == "rules" for s in exported)  # labelled rule-judged, never LLM-judged

@@ -21,18 +21,9 @@ from astra.records import (
     ToolSpec,
     Trajectory,
 )
-from astra.synthesis.trajectories import (
-    DIMENSIONS,
-    RewardOptions,
-    SFTSample,
-    SimulatedServer,
-    TaskOptions,
-    VerifyOptions,
-    rule_scores,
-    to_sharegpt,
-    write_exports,
-)
-from astra.synthesis.trajectories._export import select
+from astra.synthesis.trajectories import RewardOptions, SimulatedServer, TaskOptions, VerifyOptions, write_exports
+from astra.synthesis.trajectories._export import SFTSample, select, to_sharegpt
+from astra.synthesis.trajectories._reward import DIMENSIONS, rule_scores
 from astra.synthesis.trajectories._tasks import generate_tasks, load_personas, score_task
 from astra.synthesis.trajectories._verify import order_similarity, verify_chain
 
