@@ -16,8 +16,10 @@ Sub-questions
 
 What solves a sub-question
     A tool call solves a sub-question when (1) the call succeeded (an error result solves
-    nothing), (2) it called the sub-question's tool (the same name, or an aggregated name
-    ending in ``__tool``, ``/tool``, ``.tool``, ``:tool``), and (3) its result holds the
+    nothing), (2) it called the sub-question's tool: through the call's
+    :class:`~astra.tools.ToolRef` when the recorder knew where it went (the tool's own name,
+    ``server/tool`` or the exposed name), else the same name; never a guessed suffix of an
+    aggregated name, and (3) its result holds the
     sub-answer under :func:`answer_in_result`.
 
 How calls are matched
