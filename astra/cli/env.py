@@ -222,7 +222,7 @@ def score_cmd(
     from pydantic import ValidationError
 
     from astra.records import Trajectory
-    from astra.servers import score_episode
+    from astra.servers import EpisodeScore, score_episode
 
     spec, _ = _resolve(env, home)
     try:
@@ -235,7 +235,8 @@ def score_cmd(
         lines = [(1, stripped)]
     else:
         lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-    scores, errors = [], []
+    scores: list[EpisodeScore] = []
+    errors: list[str] = []
     for lineno, line in lines:
         try:
             trajectory = Trajectory.model_validate_json(line)

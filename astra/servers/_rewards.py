@@ -408,7 +408,7 @@ def sub_questions(ground_truth: Any) -> list[SubQuestion]:
             return sub_questions(value["sub_qa"])
         if "sub_qa_dict" in value:
             return sub_questions(value["sub_qa_dict"])
-        items = []
+        items: list[Any] = []
         for key, item in value.items():
             if hasattr(item, "tolist"):
                 item = item.tolist()
@@ -425,7 +425,7 @@ def sub_questions(ground_truth: Any) -> list[SubQuestion]:
         value = items
     if not is_array(value):
         raise ValueError("ground truth must be a list of {sub_question, sub_answer} objects")
-    out = []
+    out: list[SubQuestion] = []
     for index, item in enumerate(value):
         if isinstance(item, Verifier):
             if item.sub_question is None or item.expected_answer is None:

@@ -146,7 +146,7 @@ def itemise(task: Task, traj: Trajectory) -> Itemised:
         if msgs[i].role != "tool":
             i += 1
             continue
-        batch = []
+        batch: list[int] = []
         while i < len(msgs) and msgs[i].role == "tool":
             batch.append(i)
             i += 1
@@ -535,7 +535,7 @@ def judge_prompt(task: Task, traj: Trajectory, found: Itemised) -> str:
     tool_ref = {i: r for r, i in found.tool_messages}
     plan_ref = {i: r for r, i in found.plan_segments}
     batch_ref = {b[0]: r for r, b in found.understand_batches}
-    lines = []
+    lines: list[str] = []
     for i, m in enumerate(traj.messages):
         if m.role == "system":
             continue
