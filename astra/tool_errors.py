@@ -19,7 +19,8 @@ class ToolErrorKind(StrEnum):
     # the client harness (astra.client): what a trajectory's steps record
     tool_error = "tool_error"  # the tool answered with isError
     unknown_tool = "unknown_tool"  # no tool of that name (model side) / on that server
-    bad_arguments = "bad_arguments"  # arguments not a JSON object, or not matching the input schema
+    bad_json = "bad_json"  # the model's arguments are not valid JSON, or not a JSON object
+    bad_arguments = "bad_arguments"  # arguments that do not match the tool's input schema
     timeout = "timeout"  # no answer in time (a call; in the sandbox: its wall-clock limit)
     server_died = "server_died"  # the server's process or connection went away during the call
     server_unavailable = "server_unavailable"  # the server stayed down after its reconnects

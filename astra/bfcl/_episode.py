@@ -34,7 +34,7 @@ from astra.client import (
     ModelSettings,
     run_episode,
 )
-from astra.records import ChatMessage, Step, TerminationReason, ToolCall, Usage
+from astra.records import ChatMessage, Step, TerminationReason, ToolCall, ToolErrorKind, Usage
 
 
 class BfclEpisode(BaseModel):
@@ -117,7 +117,7 @@ class BfclPolicy(LoopPolicy):
         if binding is None:
             text = f"Error during execution: unknown function {call.name!r}"
             step = Step(turn=state.turn, call_id=call.id, tool=call.name, arguments=arguments, result=text,
-                        is_error=True, error_kind="unknown_tool")
+                        is_error=True, error_kind=ToolErrorKind.unknown_tool)
             return step, text
         result = await conns.call(call.name, arguments)
         step = Step(turn=state.turn, call_id=call.id, tool=call.name, server=binding.server,

@@ -103,7 +103,7 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 def _reached_a_server(step: dict[str, Any]) -> bool:
     """A call that a real (not simulated) MCP server received."""
     return bool(step.get("server")) and not step.get("simulated", False) and step.get("error_kind") not in (
-        ToolErrorKind.unknown_tool, ToolErrorKind.bad_arguments)
+        ToolErrorKind.unknown_tool, ToolErrorKind.bad_json, ToolErrorKind.bad_arguments)
 
 
 def _made(out: Path, summary: dict[str, Any]) -> list[dict[str, str]]:

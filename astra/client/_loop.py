@@ -59,6 +59,7 @@ from astra.records import (
     Task,
     TerminationReason,
     ToolCall,
+    ToolErrorKind,
     Trajectory,
     Usage,
     stable_id,
@@ -69,8 +70,11 @@ _END_FAULTS = {
     TerminationReason.timeout: InfraFault.timeout,
     TerminationReason.cancelled: InfraFault.cancelled,
 }
-_STEP_FAULTS = {"server_died": InfraFault.server_died, "server_unavailable": InfraFault.server_died,
-                "timeout": InfraFault.tool_timeout}
+_STEP_FAULTS: dict[str | None, InfraFault] = {  # keyed by value: a step read back may hold the plain string
+    ToolErrorKind.server_died: InfraFault.server_died,
+    ToolErrorKind.server_unavailable: InfraFault.server_died,
+    ToolErrorKind.timeout: InfraFault.tool_timeout,
+}
 
 
 def classify(termination: TerminationReason | str, steps: Sequence[Step] = (),
@@ -134,7 +138,7 @@ async def _execute(
     start = time.perf_counter()
     binding = conns.binding(call.name) if call.name in visible else None
 
-    def error(kind: str, text: str, arguments: Any) -> tuple[Step, str]:
+    def error(kind: ToolErrorKind, text: str, arguments: Any) -> tuple[Step, str]:
         step = Step(
             turn=turn, call_id=call.id, tool=call.name, arguments=arguments, result=text, is_error=True,
             error_kind=kind, latency_s=time.perf_counter() - start,
@@ -144,19 +148,22 @@ async def _execute(
 
     if binding is None:
         return error(
-            "unknown_tool",
+            ToolErrorKind.unknown_tool,
             f"unknown tool {call.name!r}; available: {', '.join(sorted(visible)) or 'none'}",
             call.arguments,
         )
     try:
         arguments = json.loads(call.arguments or "{}")
     except json.JSONDecodeError as exc:
-        return error("bad_json", f"arguments are not valid JSON ({exc.msg} at char {exc.pos})", call.arguments)
+        return error(ToolErrorKind.bad_json, f"arguments are not valid JSON ({exc.msg} at char {exc.pos})",
+                     call.arguments)
     if not isinstance(arguments, dict):
-        return error("bad_json", f"arguments must be a JSON object, got {type(arguments).__name__}", call.arguments)
+        return error(ToolErrorKind.bad_json, f"arguments must be a JSON object, got {type(arguments).__name__}",
+                     call.arguments)
     detail = conns.argument_errors(binding.name, arguments)
     if detail is not None:
-        return error("bad_arguments", f"arguments do not match the schema of {call.name!r}: {detail}", arguments)
+        return error(ToolErrorKind.bad_arguments, f"arguments do not match the schema of {call.name!r}: {detail}",
+                     arguments)
     result = await conns.call(binding.name, arguments, timeout_s=timeout_s, episode=episode)
     step = Step(
         turn=turn, call_id=call.id, tool=call.name, server=binding.server, server_tool=binding.tool.name,
@@ -254,7 +261,7 @@ class LoopPolicy:
     def after_reply(self, state: EpisodeState, response: ModelResponse, executed: Sequence[Step]) -> AfterReply:
         """Decide after a reply whose calls produced ``executed``; may end the episode (:meth:`EpisodeState.end`)."""
         calls = response.message.tool_calls
-        unavailable = next((s for s in executed if s.error_kind == "server_unavailable"), None)
+        unavailable = next((s for s in executed if s.error_kind == ToolErrorKind.server_unavailable), None)
         if unavailable is not None:
             state.end(TerminationReason.server_error, unavailable.result)
         elif not calls and response.finish_reason == "length":

@@ -30,6 +30,7 @@ from astra.records import (
     SimulatedLaunch,
     StdioLaunch,
     Task,
+    TerminationReason,
     ToolChain,
     ToolGraph,
     ToolSpec,
@@ -63,7 +64,8 @@ ROLLOUT_SYSTEM = (
     "You are a helpful assistant with tools. Use the tools to get the facts you need, one step at a time, "
     "then answer the user's request directly and concisely."
 )
-_FAILED_TERMINATIONS = {"model_error", "server_error", "timeout", "cancelled"}
+_FAILED_TERMINATIONS = {TerminationReason.model_error, TerminationReason.server_error, TerminationReason.timeout,
+                        TerminationReason.cancelled}
 
 
 class TimeoutModel(FixedSettings):
