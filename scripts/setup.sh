@@ -44,6 +44,23 @@ fi
 .venv/bin/python -m pip install -q "omegaconf>=2.3,<3"
 # OpenEnv's Environment base class and types (its full set pulls fastmcp, which pins another mcp).
 .venv/bin/python -m pip install -q --no-deps "openenv-core==0.3.0"
+# Prime Intellect verifiers 0.4 pins mcp==2.0.0, so it gets its own venv (.venv-verifiers; no torch): astra goes in
+# --no-deps (+ networkx) for the generated taskset packages, uv (PyPI) for verifiers' harness, which runs its chat
+# program as a PEP 723 script with `uv sync --script`; that script's dependencies are kept as wheels in
+# .ci/cache/vf-wheels so tests/trainers/test_verifiers.py resolves them offline. Skipped when the stamp matches.
+VF_STAMP="verifiers==0.4.0 uv==0.13.9 networkx>=3.2"
+if [ ! -f .venv-verifiers/.astra-stamp ] || [ "$(cat .venv-verifiers/.astra-stamp)" != "$VF_STAMP" ] \
+   || [ ! -d .ci/cache/vf-wheels ]; then
+  [ -x .venv-verifiers/bin/python ] || "$PY" -m venv .venv-verifiers
+  .venv-verifiers/bin/python -m pip install -q --upgrade pip
+  .venv-verifiers/bin/python -m pip install -q "verifiers==0.4.0" "uv==0.13.9" "networkx>=3.2"
+  .venv-verifiers/bin/python -m pip install -q --no-deps -e .
+  VF_CHAT_DEPS=$(.venv-verifiers/bin/python -c "import re; from verifiers.v1.harnesses.utils.launch import CHAT_PROGRAM as p
+print(' '.join(re.findall(r'\"([^\"]+)\"', p.split('dependencies = ', 1)[1].splitlines()[0])))")
+  # shellcheck disable=SC2086 # one word per requirement
+  .venv-verifiers/bin/python -m pip download -q -d .ci/cache/vf-wheels $VF_CHAT_DEPS
+  echo "$VF_STAMP" > .venv-verifiers/.astra-stamp
+fi
 if command -v npm >/dev/null 2>&1; then
   # The npm MCP servers and the Inspector, from a committed lock file: the same release of
   # server-everything lists other schemas depending on how npm hoists its zod copies, and the

@@ -3,8 +3,12 @@
 Trainers call tools from their own threads and event loops (verl's agent-loop worker loop, TRL's
 daemon loop for async tools and its main thread for ``reset``, OpenEnv's server). The pool owns
 one :class:`~astra.client.Connections` (one client per environment server, never one per call)
-on a private event loop in a daemon thread, and every adapter submits to it: ``*_sync`` methods
-from plain threads, the async ones from any asyncio loop.
+on one event loop, its *home*, and every adapter submits to it: ``*_sync`` methods from plain
+threads, the async ones from any asyncio loop. The home is a private loop in a daemon thread
+(:attr:`PoolLoop.THREAD`), or with :attr:`PoolLoop.CALLER` the loop of the first async caller
+(the trainer's own long-lived loop): its calls then run without a thread hop (two wake-ups per
+call, which cost most on a loaded machine), calls from other threads and loops still hop to it,
+and when that loop is closed the next caller starts the pool again (open episodes are gone).
 
 An :class:`Episode` is one trajectory's state on one environment server: a handle the server
 minted (``Connections.open_episode``), the calls made so far and the ground truth, so the
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import enum
 import json
 import logging
 import threading
@@ -57,6 +62,13 @@ def launch_from_config(config: dict[str, Any]) -> StdioLaunch | HttpLaunch:
     return StdioLaunch.model_validate(config)
 
 
+class PoolLoop(enum.Enum):
+    """Where an :class:`EpisodePool` keeps its connections (see the module docstring)."""
+
+    THREAD = "thread"  # a private loop in a daemon thread: any caller, always one thread hop
+    CALLER = "caller"  # the first async caller's loop: no hop for that loop's calls
+
+
 @dataclass
 class StepOutcome:
     """One call through the pool: what the model sees, and the reward bookkeeping."""
@@ -76,6 +88,7 @@ class Episode:
     handle: str
     closed: bool = False
     evicted: bool = False
+    lost: bool = False  # its connection went away with the loop that held it (never reopened silently)
 
 
 class EpisodeEvicted(AstraError):
@@ -103,6 +116,8 @@ class Rollout:
         if self.closed:
             raise RuntimeError("this rollout is closed: start a new one")
         episode = self.episodes.get(server)
+        if episode is not None and episode.lost:
+            raise RuntimeError(f"this rollout's episode on {server!r} was lost with the event loop that held the pool")
         if episode is not None and episode.closed:
             raise EpisodeEvicted(
                 f"the episode of this trajectory on {server!r} was closed: more than "
@@ -182,12 +197,16 @@ class EpisodePool:
         *,
         call_timeout_s: float = 60.0,
         max_open_episodes: int = DEFAULT_MAX_OPEN_EPISODES,
+        loop: PoolLoop = PoolLoop.THREAD,
     ) -> None:
         self.targets = list(targets)
         self.call_timeout_s = call_timeout_s
         self.max_open_episodes = max_open_episodes
+        self.loop_mode = loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._home: asyncio.Task[None] | None = None  # PoolLoop.CALLER: the task holding the connections
+        self._home_ready: asyncio.Event | None = None
         self._conns: Any = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -213,9 +232,41 @@ class EpisodePool:
 
     # ----------------------------------------------------------------- the private loop
 
+    def _home_gone(self) -> bool:
+        """The caller's loop that held the pool was closed or cancelled the pool's task: its
+        connections went with it."""
+        return self._home is not None and (self._home.done() or (self._loop is not None and self._loop.is_closed()))
+
+    def _reset(self) -> None:
+        for episode in self._open.values():
+            episode.closed = episode.lost = True
+        self._open.clear()
+        self._names.clear()
+        self._loop, self._thread, self._home, self._home_ready = None, None, None, None
+        self._conns, self._stop, self._start_error = None, None, None
+        self._ready = threading.Event()
+
+    async def _start_here(self, loop: asyncio.AbstractEventLoop) -> None:
+        """PoolLoop.CALLER: make ``loop`` (running this coroutine) the pool's home and wait until connected."""
+        with self._lock:
+            if self._home_gone():
+                self._reset()
+            if self._loop is None and self._thread is None:
+                self._loop = loop
+                self._home_ready = asyncio.Event()
+                self._home = loop.create_task(self._hold(), name="astra-episode-pool")
+                atexit.register(self.close)
+            ready = self._home_ready
+        if self._loop is loop and ready is not None:
+            await ready.wait()
+        if self._start_error is not None:
+            raise RuntimeError(f"the episode pool could not connect: {self._start_error}") from self._start_error
+
     def _start(self) -> None:
         with self._lock:  # the first caller starts the loop thread; every caller waits until it is connected
-            if self._thread is None:
+            if self._home_gone():
+                self._reset()
+            if self._thread is None and self._home is None:
                 self._thread = threading.Thread(target=self._run_loop, name="astra-episode-pool", daemon=True)
                 self._thread.start()
                 atexit.register(self.close)
@@ -238,18 +289,34 @@ class EpisodePool:
         try:
             async with Connections(self.targets, call_timeout_s=self.call_timeout_s) as conns:
                 self._conns = conns
-                self._ready.set()
+                self._set_ready()
                 await self._stop.wait()
                 for episode in list(self._open.values()):
                     await self._aclose(episode)
+        except asyncio.CancelledError:  # the home loop is shutting down: the connections closed with it
+            if self._home is None:
+                raise
         except BaseException as exc:  # noqa: BLE001 - reported to whoever waits for the pool
             self._start_error = exc
-            self._ready.set()
+            self._set_ready()
         finally:
             self._conns = None
 
+    def _set_ready(self) -> None:
+        self._ready.set()
+        if self._home_ready is not None:
+            self._home_ready.set()
+
+    def _on_home(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
     def _submit(self, coro: Awaitable[T]) -> concurrent.futures.Future[T]:
-        if not self._ready.is_set() or self._thread is None:
+        if not self._ready.is_set() or (self._thread is None and self._home is None) or self._home_gone():
+            if self._home is not None and not self._home_gone() and self._on_home():
+                raise RuntimeError("the episode pool is still connecting on this loop: await its async API")
             self._start()
         elif self._start_error is not None:
             raise RuntimeError(f"the episode pool could not connect: {self._start_error}")
@@ -258,10 +325,20 @@ class EpisodePool:
 
     def run(self, coro: Awaitable[T]) -> T:
         """Run ``coro`` on the pool's loop and wait (from a thread that is not running that loop)."""
+        if self._on_home():
+            raise RuntimeError("EpisodePool.run() on the pool's own loop would wait forever: await the async API")
         return self._submit(coro).result()
 
     async def arun(self, coro: Awaitable[T]) -> T:
-        """Run ``coro`` on the pool's loop and await it from another asyncio loop."""
+        """Run ``coro`` on the pool's loop: directly when this is its loop, else across threads."""
+        if self.loop_mode is PoolLoop.CALLER and (self._loop is None or self._home_gone()):
+            await self._start_here(asyncio.get_running_loop())
+        if self._home is not None and self._on_home():
+            if self._home_ready is not None and not self._home_ready.is_set():
+                await self._home_ready.wait()  # another caller on this loop is connecting it
+            if self._start_error is not None:
+                raise RuntimeError(f"the episode pool could not connect: {self._start_error}")
+            return await coro  # the pool's own loop: no thread hop
         return await asyncio.wrap_future(self._submit(coro))
 
     def close(self) -> None:
@@ -275,6 +352,25 @@ class EpisodePool:
             return
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+        elif self._home is not None and not self._on_home() and loop.is_running():
+            home = self._home
+
+            async def closed() -> None:
+                await asyncio.wait([home])
+
+            try:
+                asyncio.run_coroutine_threadsafe(closed(), loop).result(timeout=30)
+            except (RuntimeError, concurrent.futures.TimeoutError):
+                pass  # the loop stopped meanwhile
+
+    async def aclose(self) -> None:
+        """:meth:`close` from async code (on the pool's own loop: waits for it without blocking)."""
+        if self._home is not None and self._on_home():
+            if self._stop is not None:
+                self._stop.set()
+            await asyncio.wait([self._home])
+        else:
+            await asyncio.to_thread(self.close)
 
     # ----------------------------------------------------------------- episodes (on the pool's loop)
 
@@ -324,6 +420,8 @@ class EpisodePool:
     def tools(self, server: str) -> list[Any]:
         """The server's tools (ToolSpec records) as listed over the pooled connection."""
         if self._conns is None:
+            if self._on_home():
+                raise RuntimeError("the episode pool is still connecting on this loop")
             self._start()
         assert self._conns is not None  # _start opened them
         return [b.tool for b in self._conns.tools if b.server == server]

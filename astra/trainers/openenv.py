@@ -22,7 +22,7 @@ from openenv.core.env_server.interfaces import Environment
 from openenv.core.env_server.types import Action, Observation, State
 from pydantic import Field
 
-from astra.trainers._pool import EpisodePool, Rollout, launch_from_config
+from astra.trainers._pool import EpisodePool, PoolLoop, Rollout, launch_from_config
 
 __all__ = ["AstraAction", "AstraObservation", "AstraOpenEnv", "openenv_factory"]
 
@@ -56,7 +56,9 @@ class AstraOpenEnv(Environment[AstraAction, AstraObservation, State]):
         servers = sample["servers"]
         self.pool = EpisodePool.shared(
             EpisodePool.key_of({"servers": servers}),
-            lambda: EpisodePool([(n, launch_from_config(launch)) for n, launch in sorted(servers.items())]),
+            lambda: EpisodePool(  # the server's loop (step_async) skips the thread hop; sync step still hops
+                [(n, launch_from_config(launch)) for n, launch in sorted(servers.items())], loop=PoolLoop.CALLER
+            ),
         )
         self.routes = {name: tuple(route) for name, route in sample["routes"].items()}
         self._rollout: Rollout | None = None

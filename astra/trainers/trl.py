@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from astra.trainers._pool import EpisodePool, Rollout, launch_from_config
+from astra.trainers._pool import EpisodePool, PoolLoop, Rollout, launch_from_config
 
 __all__ = ["AstraEnvironment", "process_reward", "trl_module_source"]
 
@@ -31,6 +31,7 @@ def _pool(servers: dict[str, Any], call_timeout_s: float) -> EpisodePool:
         return EpisodePool(
             [(name, launch_from_config(launch)) for name, launch in sorted(servers.items())],
             call_timeout_s=call_timeout_s,
+            loop=PoolLoop.CALLER,  # TRL's loop for async tools: their calls skip the thread hop
         )
 
     return EpisodePool.shared(EpisodePool.key_of({"servers": servers, "timeout": call_timeout_s}), make)
@@ -116,7 +117,9 @@ def _one_line(text: str) -> str:
     return " ".join((text or "").split()) or "no description"
 
 
-def _method(tool: dict[str, Any]) -> str:
+def tool_method_source(tool: dict[str, Any]) -> str:
+    """One typed async method per tool (the tool schema as Python type hints and a Google docstring,
+    what TRL and verifiers turn back into the tool schema) returning ``await self._call(name, ...)``."""
     fn = tool["function"]
     name = fn["name"]
     if not name.isidentifier() or keyword.iskeyword(name):
@@ -155,7 +158,7 @@ def trl_module_source(samples: Sequence[Any], *, call_timeout_s: float = 60.0) -
             names[sample.env.name] = "Env_" + _identifier(sample.env.name, class_names)
         cls = names[sample.env.name]
         routes = {name: (ref.server, ref.tool) for name, ref in sample.routes.items()}
-        methods = "\n".join(_method(t) for t in sample.tools)
+        methods = "\n".join(tool_method_source(t) for t in sample.tools)
         classes.append(
             f"class {cls}(AstraEnvironment):\n"
             f"    {json.dumps(_one_line(sample.env.spec.description or sample.env.name))}\n\n"

@@ -27,7 +27,14 @@ from uuid import uuid4
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-from astra.trainers._pool import DEFAULT_MAX_OPEN_EPISODES, EpisodeEvicted, EpisodePool, Rollout, launch_from_config
+from astra.trainers._pool import (
+    DEFAULT_MAX_OPEN_EPISODES,
+    EpisodeEvicted,
+    EpisodePool,
+    PoolLoop,
+    Rollout,
+    launch_from_config,
+)
 
 __all__ = ["AstraTool"]
 
@@ -49,6 +56,7 @@ def _pool_for(config: dict[str, Any]) -> EpisodePool:
             targets,
             call_timeout_s=float(config.get("call_timeout_s", 60.0)),
             max_open_episodes=int(config.get("max_open_episodes", DEFAULT_MAX_OPEN_EPISODES)),
+            loop=PoolLoop.CALLER,  # verl's agent-loop worker loop: its calls skip the thread hop
         )
 
     return EpisodePool.shared(EpisodePool.key_of({"servers": servers, "timeout": config.get("call_timeout_s")}), make)

@@ -91,7 +91,9 @@ def test_full_scripted_run_emits_certified_servers_and_rlvr_data(tmp_path, confi
 
     # RLVR data: parquet loadable (pyarrow, and HF datasets where installed), rewards computable
     parquet = result.exports["verl_parquet"]
-    assert {"verl_tool_config", "trl_env", "trl_dataset", "mcp_json", "vscode_mcp_json"} <= set(result.exports)
+    assert {"verl_tool_config", "trl_env", "trl_dataset", "verifiers_env", "mcp_json", "vscode_mcp_json"} <= set(
+        result.exports
+    )
     rows = pq.read_table(parquet).to_pylist()
     assert len(rows) == 2 and {r["data_source"] for r in rows} == {"astra_env"}
     row = next(r for r in rows if r["extra_info"]["environment_id"] == alice.id)

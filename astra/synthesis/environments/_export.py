@@ -44,6 +44,7 @@ from astra.trainers.export import (
 from astra.trainers.hardening import harden
 from astra.trainers.hosts import write_host_configs
 from astra.trainers.trl import trl_module_source, trl_rows
+from astra.trainers.verifiers_package import write_verifiers_package
 
 __all__ = ["SYSTEM_PROMPT", "export_environment", "rl_sample", "run_export"]
 
@@ -114,6 +115,7 @@ async def run_export(ctx: PipelineContext) -> tuple[StageCounts, dict[str, Path]
         paths["trl_dataset"].write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in trl_rows(made)), "utf-8"
         )
+        paths["verifiers_env"] = write_verifiers_package(made, out / "verifiers_env")
         paths.update(write_host_configs([s.env for s in made], out))
     mcp = mcp_servers_block([env_by_id[i] for i in kept])
     (out / "mcp_servers.json").write_text(json.dumps(mcp, indent=2), "utf-8")
