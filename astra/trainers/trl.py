@@ -119,7 +119,7 @@ def _one_line(text: str) -> str:
 
 def tool_method_source(tool: dict[str, Any]) -> str:
     """One typed async method per tool (the tool schema as Python type hints and a Google docstring,
-    what TRL and verifiers turn back into the tool schema) returning ``await self._call(name, ...)``."""
+    what TRL and verifiers turn back into the tool schema) returning ``await self._call(name, {parameter: value})``."""
     fn = tool["function"]
     name = fn["name"]
     if not name.isidentifier() or keyword.iskeyword(name):

@@ -76,7 +76,7 @@ class AstraTools(vf.Toolset[AstraToolsConfig, AstraState]):
     """The export's tools over the emitted environment servers (see the module docstring).
     Generated subclasses set ``SERVERS`` (launch configs), ``ROUTES`` (exported tool name ->
     ``(server, tool)``), ``SELECTION`` (environment -> its tool names) and one typed async
-    method per tool that returns ``await self._call(name, **arguments)``."""
+    method per tool that returns ``await self._call(name, arguments)``."""
 
     TOOL_PREFIX: ClassVar[str | None] = None  # the exported names, as the ground truth names them
     SERVERS: ClassVar[dict[str, Any]] = {}
@@ -130,7 +130,7 @@ class AstraTools(vf.Toolset[AstraToolsConfig, AstraState]):
             oldest.close_soon()
         return rollout
 
-    async def _call(self, name: str, **arguments: Any) -> str:
+    async def _call(self, name: str, arguments: dict[str, Any]) -> str:  # a dict: 'name'/'self' may be parameters
         """Call ``name`` in this rollout's episode; the recorded calls go back into the state.
         A failed call is answered as text (an exception would skip verifiers' state write, and
         the reward counts failed calls)."""

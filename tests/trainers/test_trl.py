@@ -113,13 +113,13 @@ async def test_model_written_parameter_names_always_make_a_valid_distinct_signat
     """'self', names that fold to one identifier ('a b'/'a-b', 'a'/'ª' under NFKC, '1'/'p_1') once made the
     whole trl_env.py a SyntaxError (red-team R3-12); each parameter now has its own identifier and the
     call still sends the schema's real name."""
-    from astra.trainers.trl import _method
+    from astra.trainers.trl import tool_method_source
 
     props = {"self": {"type": "string"}, "a b": {}, "a-b": {}, "a": {}, "\u00aa": {}, "1": {}, "p_1": {}}
     tool = {"function": {"name": "lookup", "description": "d", "parameters": {"properties": props}}}
     namespace: dict[str, Any] = {}
     fake_call = "    async def _call(self, name, arguments):\n        return arguments\n"
-    exec("class Env:\n" + fake_call + _method(tool), namespace)
+    exec("class Env:\n" + fake_call + tool_method_source(tool), namespace)
     method = namespace["Env"].lookup
     params = [p for p in inspect.signature(method).parameters if p != "self"]
     assert len(params) == len(set(params)) == len(props)
