@@ -377,12 +377,13 @@ def test_model_written_parameter_names_never_break_the_generated_trl_module() ->
     made trl_env.py a SyntaxError for the whole export)."""
     import asyncio
 
-    from astra.trainers.trl import _method  # pyright: ignore[reportPrivateUsage]
+    from astra.trainers.trl import tool_method_source
 
     names = ["self", "tool", "a b", "a-b", "a", "\u00aa", "\ufb01le", "fi" + "le", "\uff41", "class", "None",
              "match", "__class__", "1", "p_1", "_", "kwargs", "\u2168", "IX", "x" * 300]
     props = {name: {"type": "string"} for name in names}
-    source = "class Env:\n    async def _call(self, tool, arguments):\n        return (tool, arguments)\n" + _method(
+    source = "class Env:\n    async def _call(self, tool, arguments):\n        return (tool, arguments)\n"
+    source += tool_method_source(
         {"function": {"name": "lookup", "parameters": {"type": "object", "properties": props, "required": names}}})
     namespace: dict[str, Any] = {}
     exec(compile(source, "trl_env.py", "exec"), namespace)  # noqa: S102 - the generated module, as TRL imports it
