@@ -22,8 +22,8 @@ Isolation (see ``bwrap_command``): the worker runs under ``bwrap`` (bubblewrap) 
   loads before the tool code runs (no exec, no fork, no signals to other processes, no sockets,
   no F_SETOWN, no PROT_EXEC mappings, no prlimit on other processes);
 - limits: per-call rlimits in the child (CPU, address space, file size, processes, open files, no
-  core), a wall-clock limit enforced by the warm parent (which runs no tool code) and a backstop
-  here, a pids cgroup when one can be created (root), bounded reply, output and state sizes.
+  core), a wall-clock limit kept here (past it the call's whole sandbox is killed and replaced),
+  a pids cgroup when one can be created (root), bounded reply, output and state sizes.
 The audit hook inside the worker is defence in depth only (``Sandbox(audit_hook=False)`` turns it
 off; the red-team suite runs both ways).
 
@@ -482,8 +482,10 @@ def _runtime_binds() -> list[str]:
     return args
 
 
-def bwrap_command(bwrap: str, *, seccomp_fd: int, scratch_bytes: int, worker_args: list[str]) -> list[str]:
-    """The bubblewrap command line that runs ``worker_args`` (the script at ``/astra/_worker.py``)."""
+def bwrap_command(bwrap: str, *, seccomp_fd: int, worker_fd: int, scratch_bytes: int,
+                  worker_args: list[str]) -> list[str]:
+    """The bubblewrap command line that runs ``worker_args`` (the script at ``/astra/_worker.py``, copied
+    from ``worker_fd`` into the sandbox rather than bound: no host path of it shows inside)."""
     return [
         bwrap,
         "--unshare-all", "--unshare-user", "--disable-userns", "--assert-userns-disabled",
@@ -496,13 +498,22 @@ def bwrap_command(bwrap: str, *, seccomp_fd: int, scratch_bytes: int, worker_arg
         "--dir", "/dev",
         "--dev-bind", "/dev/null", "/dev/null", "--dev-bind", "/dev/zero", "/dev/zero",
         "--dev-bind", "/dev/urandom", "/dev/urandom",
-        "--ro-bind", str(_WORKER.resolve()), "/astra/_worker.py",
+        "--ro-bind-data", str(worker_fd), "/astra/_worker.py",
         "--size", str(scratch_bytes), "--perms", "0700", "--tmpfs", "/tmp",
         "--remount-ro", "/",
         "--chdir", "/tmp",
         "--seccomp", str(seccomp_fd),
         "--", *worker_args,
     ]
+
+
+_WORKER_SOURCE: dict[str, bytes] = {}
+
+
+def _worker_source() -> bytes:
+    if "source" not in _WORKER_SOURCE:
+        _WORKER_SOURCE["source"] = _WORKER.read_bytes()
+    return _WORKER_SOURCE["source"]
 
 
 def _unavailable(cause: str) -> SandboxUnavailable:
@@ -654,9 +665,11 @@ class _Worker:
     ready: bool = False  # its parent reported ready
     readying: anyio.Event | None = None  # set once ``ready`` is known
     spares: deque[_Spare] = field(default_factory=deque)
-    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
-    previous: str | None = None  # the last call not reported done: the next call starts once it is
+    reports: dict[int, dict[str, Any]] = field(default_factory=dict)  # the parent's, by the child's pid
+    previous: int | None = None  # the last call's process until it is reported done (gone, scratch emptied)
+    previous_deadline: float = 0.0  # when its wall clock ran out
     dirty: bool = False  # the parent could not empty the scratch after a call: this sandbox is done
+    busy: bool = False  # a call is being exchanged with it
 
     def kill(self) -> None:
         self.alive = False
@@ -676,15 +689,6 @@ class _Worker:
                 await anyio.sleep(0.002)
         return self.popen.poll()
 
-    async def send(self, message: dict[str, Any]) -> None:
-        data = json.dumps(message).encode()
-        while True:
-            try:
-                self.control.send(data)
-                return
-            except BlockingIOError:
-                await anyio.wait_writable(self.control)
-
     def _file(self, data: bytes, fds: list[int]) -> dict[str, Any]:
         if not data:
             for fd in fds:
@@ -696,11 +700,11 @@ class _Worker:
         else:
             for fd in fds:
                 os.close(fd)
-            if message.get("op") == "done" and message.get("id"):
-                if message["id"] == self.previous:
+            if message.get("op") == "done" and isinstance(message.get("pid"), int):
+                if message["pid"] == self.previous:
                     self.previous = None
                     self.dirty = self.dirty or message.get("clean") is not True
-                self.reports[str(message["id"])] = message
+                self.reports[message["pid"]] = message
                 while len(self.reports) > 64:  # reports on calls whose reply was complete are not read
                     self.reports.pop(next(iter(self.reports)))
         return message
@@ -723,6 +727,14 @@ class _Worker:
                 continue
             return self._file(data, fds)
 
+    def settled(self) -> bool:
+        """Whether the previous call is reported done (without waiting)."""
+        try:
+            self.drain()
+        except (EOFError, OSError, ValueError):
+            return False
+        return self.previous is None
+
     async def settle(self) -> None:
         """Wait for the parent's report on the previous call: its process is gone and the scratch
         emptied (or ``dirty`` says it could not be)."""
@@ -734,11 +746,11 @@ class _Worker:
             await self.receive()
         return self.spares.popleft()
 
-    async def report(self, nonce: str) -> dict[str, Any]:
-        """The parent's report on call ``nonce`` (its exit status, CPU time, whether it timed out)."""
-        while nonce not in self.reports:
+    async def report(self, pid: int) -> dict[str, Any]:
+        """The parent's report on the call process ``pid`` (its exit status and CPU time)."""
+        while pid not in self.reports:
             await self.receive()
-        return self.reports.pop(nonce)
+        return self.reports.pop(pid)
 
 
 async def _write_all(fd: int, data: bytes) -> None:
@@ -907,7 +919,7 @@ class Sandbox:
         log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
         self._res.paths.add(log_path)
         host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        seccomp_fd = None
+        seccomp_fd = worker_fd = None
         scratch_dir: Path | None = None
         cgroup: Path | None = None
         tool_program = b""
@@ -936,10 +948,13 @@ class Sandbox:
                 seccomp_fd = os.memfd_create("astra-seccomp", 0)
                 os.write(seccomp_fd, sandbox_program)
                 os.lseek(seccomp_fd, 0, os.SEEK_SET)
+                worker_fd = os.memfd_create("astra-worker", 0)
+                os.write(worker_fd, _worker_source())
+                os.lseek(worker_fd, 0, os.SEEK_SET)
                 config = self._config(worker_end.fileno(), "/tmp", tool_program)
                 worker_args = [_interpreter(), "-I", "-S", "-B", "/astra/_worker.py", json.dumps(config)]
-                command = bwrap_command(bwrap, seccomp_fd=seccomp_fd, scratch_bytes=limits.scratch_mb * 1024 * 1024,
-                                        worker_args=worker_args)
+                command = bwrap_command(bwrap, seccomp_fd=seccomp_fd, worker_fd=worker_fd,
+                                        scratch_bytes=limits.scratch_mb * 1024 * 1024, worker_args=worker_args)
                 # max_procs for the call, 8 for bwrap, the parent and the spares
                 cgroup = _make_cgroup(f"{id(self):x}-{secrets.token_hex(3)}", limits.max_procs + 8)
                 if cgroup is not None:
@@ -947,7 +962,7 @@ class Sandbox:
                     command = ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" || exit 97; exec "$@"', str(cgroup),
                                *command]
                     self._res.cgroups.add(cgroup)
-                pass_fds = (worker_end.fileno(), seccomp_fd)
+                pass_fds = (worker_end.fileno(), seccomp_fd, worker_fd)
             env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
             with log_path.open("wb") as log_file:
                 try:
@@ -968,8 +983,9 @@ class Sandbox:
             raise
         finally:
             worker_end.close()
-            if seccomp_fd is not None:
-                os.close(seccomp_fd)
+            for fd in (seccomp_fd, worker_fd):
+                if fd is not None:
+                    os.close(fd)
         host_end.setblocking(False)
         self._res.pids.add(popen.pid)
         self.launches += 1
@@ -1040,6 +1056,13 @@ class Sandbox:
                 binding.ended = True
                 if binding.users == 0:
                     self._unbind(key, binding)
+        now = time.monotonic()
+        for worker in list(self._workers):  # a call's process lingering past its wall clock (it forged
+            # its reply and went on): its sandbox goes now, not at its episode's next call
+            if worker.previous is not None and not worker.busy and \
+                    now > worker.previous_deadline + _WIPE_S + _BACKSTOP_S:
+                if not worker.settled():
+                    self._discard(worker)
         for worker in list(self._dying):
             if worker.popen.poll() is None:
                 continue
@@ -1150,8 +1173,7 @@ class Sandbox:
         except (TypeError, ValueError, UnicodeEncodeError) as exc:
             return SandboxResult(ok=False, error_kind=ErrorKind.NOT_JSON,
                                  error=f"arguments or state are not JSON: {exc}")
-        if self._ended or self._dying:
-            self._reap()
+        self._reap()
         key, binding = self._binding(self._own if episode is None else episode)
         binding.users += 1
         try:
@@ -1191,12 +1213,22 @@ class Sandbox:
     async def _exchange(self, worker: _Worker, nonce: str, payload: bytes, *, stateful: bool) -> SandboxResult:
         limits = self.limits
         reply_limit = limits.max_result_bytes * 4 + limits.max_state_bytes * 4 + limits.max_output_bytes * 4 + 65536
+        worker.busy = True
+        try:
+            return await self._exchange_with(worker, nonce, payload, stateful=stateful, reply_limit=reply_limit)
+        finally:
+            worker.busy = False
+
+    async def _exchange_with(self, worker: _Worker, nonce: str, payload: bytes, *, stateful: bool,
+                             reply_limit: int) -> SandboxResult:
+        limits = self.limits
         try:  # the previous call's process gone (pids), the scratch emptied: before this call's wall clock
-            with anyio.fail_after(limits.wall_s + _WIPE_S + _BACKSTOP_S):
+            budget = max(0.0, worker.previous_deadline - time.monotonic()) + _WIPE_S + _BACKSTOP_S
+            with anyio.fail_after(budget):
                 worker.drain()
                 await worker.settle()
         except (TimeoutError, EOFError, OSError, ValueError) as exc:
-            raise _Unsettled(str(exc)) from exc
+            raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
         if worker.dirty:
             raise _Unsettled("the scratch directory could not be emptied in time")
         request_r = request_w = reply_r = reply_w = -1
@@ -1204,12 +1236,12 @@ class Sandbox:
         sent = completed = False
         report: dict[str, Any] | None = None
         try:
-            with anyio.fail_after(limits.wall_s + _BACKSTOP_S):
+            # the call's wall clock, here where tool code cannot reach it: past it the whole sandbox goes
+            with anyio.fail_after(limits.wall_s):
                 spare = await worker.spare()
                 request_r, request_w = os.pipe()
                 reply_r, reply_w = os.pipe()
-                await worker.send({"op": "start", "pid": spare.pid, "id": nonce})  # the parent's wall clock
-                worker.previous = nonce  # the next call waits for the parent's report on this one
+                worker.previous, worker.previous_deadline = spare.pid, time.monotonic() + limits.wall_s
                 socket.send_fds(spare.channel, [b"call"], [request_r, reply_w])
                 sent = True
                 spare.channel.close()
@@ -1225,11 +1257,14 @@ class Sandbox:
                 os.close(request_w)
                 request_w = -1
                 reply, overflow = await _read_until_eof(reply_r, reply_limit)
-                problem, data = (None, None) if overflow else _parse_reply(reply, nonce, limits)
                 if overflow:
-                    await worker.send({"op": "cancel", "pid": spare.pid, "id": nonce})
+                    self._replace(worker)  # the call's process goes with its sandbox
+                    return SandboxResult(ok=False, error_kind=ErrorKind.OUTPUT_LIMIT, restarted=True,
+                                         error="the tool's reply was larger than the output, result and state "
+                                               "limits allow; it was stopped")
+                problem, data = _parse_reply(reply, nonce, limits)
                 if data is None:
-                    report = await worker.report(nonce)
+                    report = await worker.report(spare.pid)
             completed = True
         except TimeoutError:
             self._replace(worker)
@@ -1249,16 +1284,13 @@ class Sandbox:
                         pass
             if spare is not None and not sent:
                 spare.channel.close()  # an unused spare exits when its channel closes
-            if spare is not None and sent and not completed and worker.alive:  # cancelled mid-call: stop the child
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    try:
-                        await worker.send({"op": "cancel", "pid": spare.pid, "id": nonce})
-                    except OSError:
-                        pass
-        worker.reports.pop(nonce, None)  # a complete reply's report is not needed
-        return self._judge(problem, data, overflow, report, stateful=stateful)
+            if sent and not completed and worker.alive:  # cancelled mid-call: the call goes with its sandbox
+                self._replace(worker)
+        if spare is not None:
+            worker.reports.pop(spare.pid, None)  # a complete reply's report is not needed
+        return self._judge(problem, data, report, stateful=stateful)
 
-    def _judge(self, problem: str | None, data: dict[str, Any] | None, overflow: bool, report: dict[str, Any] | None,
+    def _judge(self, problem: str | None, data: dict[str, Any] | None, report: dict[str, Any] | None,
                *, stateful: bool) -> SandboxResult:
         """The call's result from its reply frame and (when the frame is missing or bad) the parent's report."""
         limits = self.limits
@@ -1266,13 +1298,6 @@ class Sandbox:
             return self._from_frame(data, stateful=stateful)
         assert report is not None
         status = int(report.get("status", -1))
-        if report.get("timed_out"):
-            return SandboxResult(ok=False, error_kind=ErrorKind.TIMEOUT,
-                                 error=_timeout_message(limits))
-        if overflow:
-            return SandboxResult(ok=False, error_kind=ErrorKind.OUTPUT_LIMIT,
-                                 error="the tool's reply was larger than the output, result and state limits "
-                                       "allow; it was stopped")
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             cpu_limit = max(1, int(-(-limits.cpu_s // 1)))

@@ -15,18 +15,19 @@ before it waits: it closes every other descriptor, sets its rlimits (address spa
 processes, open files, no core), loads the tool-code seccomp filter (no exec, no fork, no signals
 to other processes, no sockets, no F_SETOWN, no executable mappings: nothing native can be loaded
 from scratch) and runs a harmless call of its own, so that the copy-on-write faults of a call's
-first steps are taken before the call arrives. Per call the host waits for the parent's report on
-the previous call, tells the parent ``{"op": "start", "pid", "id"}`` (the parent's wall clock
-starts: tool code cannot reach that timer), and sends the spare the read end of the request pipe
-and the write end of the reply pipe. The child closes its channel, sets its CPU limit, optionally
-installs the audit hook (defence in depth only), reads the request, runs the tool and writes one
-frame (4-byte big-endian length + UTF-8 JSON carrying the request's nonce) to the reply pipe, which
-the host checks: anything else on the pipe fails the call. The parent kills a child past its wall
-limit (or on ``{"op": "cancel"}``), reaps it, empties the scratch directory (outside every call's
-wall clock; ``clean`` false when it could not within its budget: the host then replaces the
-sandbox) and reports ``{"op": "done", "id", "pid", "status", "cpu_s", "timed_out", "cancelled",
-"clean"}``. A child dies with everything it changed: no global, builtin, module, patched function
-or scratch file reaches the next call.
+first steps are taken before the call arrives. Nothing per call reaches the parent: the host
+waits for the parent's report on the previous call, then sends the spare the read end of the
+request pipe and the write end of the reply pipe, and keeps the call's wall clock itself (where tool
+code cannot reach it; past it the whole sandbox is killed and replaced). The child closes its
+channel, marks its ``ran`` pipe (read by the parent only), sets its CPU limit, optionally installs
+the audit hook (defence in depth only), reads the request, runs the tool and writes one frame
+(4-byte big-endian length + UTF-8 JSON carrying the request's nonce) to the reply pipe, which the
+host checks: anything else on the pipe fails the call. When a child exits the parent reaps it,
+empties the scratch directory if it ran a call (outside every call's wall clock; ``clean`` false
+when it could not within its budget: the host then replaces the sandbox), forks its replacement
+(before reporting, so that pids do not depend on timing) and reports ``{"op": "done", "pid",
+"status", "cpu_s", "ran", "clean"}``. A child dies with everything it changed: no global, builtin,
+module, patched function or scratch file reaches the next call.
 """
 
 from __future__ import annotations
@@ -278,20 +279,24 @@ def _wipe(path: str, deadline: float) -> bool:
     return True
 
 
-def _child(config: dict[str, Any], channel: socket.socket, tool_filter: _Filter | None, guard: Any) -> None:
+def _child(config: dict[str, Any], channel: socket.socket, ran: int, tool_filter: _Filter | None,
+           guard: Any) -> None:
     """A spare child: confine itself, warm up, wait for its call, run it; never returns.
 
     It is forked before its call arrives (so a call does not wait for a fork) and takes no
     descriptor but ``channel`` into confinement; the host hands it the call's request and reply
     pipes there once the parent reported the previous call's process gone and the scratch
-    directory emptied; then it closes the channel and runs the call."""
+    directory emptied; then it closes the channel, marks ``ran`` (a pipe only the parent reads: the
+    scratch is emptied after this process, since it ran a call) and runs the call."""
     status = 0
     try:
         import resource
 
-        keep = channel.fileno()
-        os.closerange(3, keep)
-        os.closerange(keep + 1, 1 << 16)
+        low = 3
+        for keep in sorted((channel.fileno(), ran)):
+            os.closerange(low, keep)
+            low = keep + 1
+        os.closerange(low, 1 << 16)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
@@ -316,6 +321,8 @@ def _child(config: dict[str, Any], channel: socket.socket, tool_filter: _Filter 
         if len(fds) != 2:
             _exit(0)  # retired unused
         request_fd, reply_fd = fds
+        os.write(ran, b"1")  # before any tool code: the parent empties the scratch after this process
+        os.close(ran)
         used = resource.getrusage(resource.RUSAGE_SELF)
         cpu = max(1, round(used.ru_utime + used.ru_stime + float(config["cpu_s"])))  # whole seconds only
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -360,14 +367,18 @@ def _prefault(config: dict[str, Any]) -> None:
         pass
 
 
-def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any) -> tuple[int, socket.socket]:
+def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any) -> tuple[int, socket.socket, int]:
+    """A spare: its pid, the host's end of its channel, and the read end of its ``ran`` pipe."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ran_r, ran_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         ours.close()
-        _child(config, theirs, tool_filter, guard)
+        os.close(ran_r)
+        _child(config, theirs, ran_w, tool_filter, guard)
     theirs.close()
-    return pid, ours
+    os.close(ran_w)
+    return pid, ours, ran_r
 
 
 def _run(config: dict[str, Any], request: dict[str, Any], guard: Any) -> bytes:
@@ -476,15 +487,14 @@ def main() -> None:
     tool_filter = _Filter(program) if program else None
     for name in ("ctypes", "_ctypes", "ctypes._endian"):
         sys.modules.pop(name, None)
-    wall_s = float(config["wall_s"])
     _wipe(scratch, time.monotonic() + _WIPE_S)
     _warm_up(config)
     guard = _make_guard(scratch, guard_roots) if config.get("audit_hook", True) else None
     import gc
 
     gc.freeze()  # children's collections then skip the parent's objects (fewer copy-on-write faults)
-    # pid -> [our pidfd, call id or None (a spare), deadline or None, timed out, cancelled]
-    children: dict[int, list[Any]] = {}
+    # pid -> (pidfd, read end of its "ran" pipe)
+    children: dict[int, tuple[int, int]] = {}
 
     def fork_spares() -> None:
         # hand the host fresh spares: their channel (the host dispatches calls there itself). One
@@ -492,19 +502,18 @@ def main() -> None:
         # runs): a call's pid and its threads' ids depend on its episode's own history only, not on
         # timing (the pid namespace is the episode's)
         while len(children) < _SPARES:
-            pid, channel = _fork_spare(config, tool_filter, guard)
+            pid, channel, ran = _fork_spare(config, tool_filter, guard)
             socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [channel.fileno()])
             channel.close()
-            children[pid] = [os.pidfd_open(pid), None, None, False, False]
+            children[pid] = (os.pidfd_open(pid), ran)
 
     fork_spares()
     control.sendall(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
+    # Nothing per call reaches this process (the host enforces the wall clock and replaces the whole
+    # sandbox on a timeout): it wakes when a child exits, and when the host goes away.
     while True:
-        now = time.monotonic()
-        deadlines = [c[2] for c in children.values() if c[2] is not None]
-        timeout = max(0.0, min(deadlines) - now) if deadlines else None
-        by_fd = {c[0]: pid for pid, c in children.items()}
-        ready = select.select([control, *by_fd], [], [], timeout)[0]
+        by_fd = {pidfd: pid for pid, (pidfd, _ran) in children.items()}
+        ready = select.select([control, *by_fd], [], [])[0]
         if control in ready:
             message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 4)
             for fd in fds:
@@ -513,31 +522,23 @@ def main() -> None:
                 for pid in children:
                     os.kill(pid, signal.SIGKILL)
                 os._exit(0)  # the host went away
-            order = json.loads(message)
-            child = children.get(order.get("pid"))
-            if child is not None and order.get("op") == "start" and child[1] is None:
-                child[1], child[2] = order.get("id"), time.monotonic() + wall_s
-            elif child is not None and order.get("op") == "cancel" and child[1] == order.get("id"):
-                child[4] = True
-                os.kill(order["pid"], signal.SIGKILL)
-        now = time.monotonic()
-        for pid, child in children.items():
-            if child[2] is not None and now >= child[2] and not child[3]:
-                child[3] = True
-                os.kill(pid, signal.SIGKILL)
         for fd in ready:
-            pid = by_fd.get(fd)
+            pid = by_fd.get(fd) if isinstance(fd, int) else None
             if pid is None:
                 continue
             _pid, status, usage = os.wait4(pid, 0)
-            pidfd, call, _deadline, timed_out, cancelled = children.pop(pid)
+            pidfd, ran = children.pop(pid)
             os.close(pidfd)
+            try:
+                ran_call = os.read(ran, 1) == b"1"  # written before its tool code ran; the process is gone
+            finally:
+                os.close(ran)
             # what the call left in scratch goes now, before the next call starts and outside its wall
             # clock (a flood of inodes costs this sandbox, not the next call)
-            clean = call is None or _wipe(scratch, time.monotonic() + _WIPE_S)
+            clean = not ran_call or _wipe(scratch, time.monotonic() + _WIPE_S)
             fork_spares()
-            report = {"op": "done", "id": call, "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
-                      "timed_out": timed_out, "cancelled": cancelled, "clean": clean}
+            report = {"op": "done", "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "ran": ran_call, "clean": clean}
             control.sendall(json.dumps(report).encode())
 
 

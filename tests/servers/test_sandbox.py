@@ -338,6 +338,7 @@ def _attack_environment() -> EnvironmentSpec:
 async def test_failed_calls_leave_episode_state_unchanged_through_the_server() -> None:
     server = build_server(_attack_environment(), limits=LIMITS)
     try:
+        timeouts = 0
         async with Client(server) as client:
             assert (await client.call_tool("bump", {})).structured_content == {"result": 1}
             for attack in (
@@ -350,6 +351,7 @@ async def test_failed_calls_leave_episode_state_unchanged_through_the_server() -
                 result = await client.call_tool(attack, {})
                 assert result.is_error, attack
                 assert result.content[0].text.startswith("Error: "), attack
+                timeouts += "wall-clock limit" in result.content[0].text  # the loop, when CPU is scarce
                 assert (await client.call_tool("bump", {})).structured_content["result"] == 2 + [
                     "bump_then_loop",
                     "bump_then_bomb",
@@ -357,8 +359,8 @@ async def test_failed_calls_leave_episode_state_unchanged_through_the_server() -
                     "bump_then_raise",
                     "bump_then_object",
                 ].index(attack), attack
-        # a fresh process per call: nothing to restart
-        assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == 0
+        # a fresh process per call: nothing to restart but a sandbox whose call ran out of wall time
+        assert server.runtime._sandbox is not None and server.runtime._sandbox.restarts == timeouts
     finally:
         await server.runtime.aclose()
 
