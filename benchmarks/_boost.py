@@ -9,7 +9,7 @@ import os
 BOOST = {"on": False}
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -31,7 +31,7 @@ def boost() -> None:
     """With --boost: nice -20 for the autogroups of this process and all its descendants."""
     if not BOOST["on"]:
         return
-    for pid in [os.getpid(), *_descendants(os.getpid())]:
+    for pid in [os.getpid(), *descendants(os.getpid())]:
         try:
             with open(f"/proc/{pid}/autogroup", "w") as fh:
                 fh.write("-20")

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from _boost import BOOST, boost  # benchmarks/ is on sys.path when a benchmark runs as a script
+from _boost import BOOST, boost, descendants  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 HERE = Path(__file__).resolve().parent
 FAKE = HERE.parent / "tests" / "client" / "fake_openai.py"
@@ -113,12 +113,10 @@ Result = tuple[float, float, float, float]  # wall s, harness CPU s, MCP server 
 
 
 def other_cpu_s() -> tuple[float, float]:
-    """CPU seconds used so far by the live one-tool stdio MCP servers (``--serve-mcp``) and by
-    the fake endpoint, from /proc: they share the machine's cores with the harness."""
+    """CPU seconds used so far by this benchmark's live one-tool stdio MCP servers (``--serve-mcp``)
+    and fake endpoint, from /proc: they share the machine's cores with the harness."""
     totals = {b"--serve-mcp": 0, FAKE.name.encode(): 0}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry in map(str, descendants(os.getpid())):  # ours only: other runs of this script may be live
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
                 cmdline = fh.read()
