@@ -128,8 +128,8 @@ class SandboxLimits:
     max_output_bytes: int = 64 * 1024
     max_result_bytes: int = 256 * 1024
     max_state_bytes: int = 8 * 1024 * 1024
-    # one bubblewrap sandbox per episode: at most this many alive at once (~12 MB each plus what its
-    # scratch holds); at capacity the least recently used idle episode's sandbox is released
+    # one bubblewrap sandbox per episode: at most this many alive at once (~11 MB each; scratch is
+    # emptied after every call); at capacity the least recently used idle episode's sandbox is released
     max_sandboxes: int = 64
     spare_sandboxes: int = 2  # launched ahead, so that a new or reset episode does not wait for one
 
@@ -815,12 +815,12 @@ class Sandbox:
     Calls without ``episode`` share the sandbox's own default episode.
 
     Memory is bounded: at most ``SandboxLimits.max_sandboxes`` sandboxes (bound and spare) live at
-    once, each ~12 MB plus what its scratch tmpfs holds (<= ``scratch_mb``). At capacity the
-    least recently used idle episode loses its sandbox (its next call starts in a fresh one; its
-    state lives on the host and is not lost); when every sandbox is running a call, a new episode's
-    call waits for one to finish. Two episodes never share a sandbox. ``audit_hook=False`` leaves
-    out the in-process audit hook (the sandbox must hold without it); ``unsafe_no_sandbox=True``
-    (or ``ASTRA_UNSAFE_NO_SANDBOX=1``) runs without bubblewrap.
+    once, each ~11 MB (PSS; its scratch is emptied after every call, so only a running call holds up
+    to ``scratch_mb`` more). At capacity the least recently used idle episode loses its sandbox (its
+    next call starts in a fresh one; its state lives on the host and is not lost); when every
+    sandbox is running a call, a new episode's call waits for one to finish. Two episodes never share
+    a sandbox. ``audit_hook=False`` leaves out the in-process audit hook (the sandbox must hold
+    without it); ``unsafe_no_sandbox=True`` (or ``ASTRA_UNSAFE_NO_SANDBOX=1``) runs without bubblewrap.
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, audit_hook: bool | None = None,
