@@ -298,3 +298,18 @@ def test_server_replicas_pin_each_episode_to_one_copy_and_gc_is_restored(tmp_pat
     assert len({p[0] for p in pids}) == 2  # both copies served episodes
     # the runner's GC settings (frozen start-up objects, rarer young collections) end with the run
     assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
+
+
+def test_gc_settings_of_overlapping_runs_are_restored_when_the_last_ends():
+    import gc
+
+    from astra.client._runner import GC_YOUNG_THRESHOLD, _gc_for_rollouts
+
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    first, second = _gc_for_rollouts(), _gc_for_rollouts()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # runs of one process may end in any order
+    assert gc.get_threshold()[0] >= GC_YOUNG_THRESHOLD and gc.get_freeze_count() > 0  # the second still runs
+    second.__exit__(None, None, None)
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
