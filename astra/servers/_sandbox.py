@@ -824,7 +824,10 @@ class Sandbox:
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, audit_hook: bool | None = None,
-                 unsafe_no_sandbox: bool | None = None) -> None:
+                 unsafe_no_sandbox: bool | None = None, max_workers: int | None = None) -> None:
+        if max_workers is not None:  # the earlier shared pool's size: every episode now has a sandbox
+            warnings.warn("Sandbox(max_workers=...) no longer applies: every episode gets a sandbox of its own "
+                          "(SandboxLimits.max_sandboxes bounds them); it is ignored", FutureWarning, stacklevel=2)
         self.limits = limits or SandboxLimits.from_env()
         if self.limits.max_sandboxes < 1 or self.limits.spare_sandboxes < 0:
             raise ValueError("SandboxLimits: max_sandboxes must be >= 1 and spare_sandboxes >= 0")

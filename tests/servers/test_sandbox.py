@@ -562,3 +562,9 @@ async def test_inode_flood_costs_its_own_sandbox_not_the_next_call() -> None:
         after = await sandbox.call(COVERT, "recv", {}, state={}, episode=episode)
         assert after.ok, after  # neither "could not be emptied" nor a timeout
         assert after.value["free_inodes"] >= (await _covert(sandbox, "recv", _Episode()))["free_inodes"] - 2
+
+
+def test_the_old_max_workers_argument_is_ignored_with_a_warning() -> None:
+    with pytest.warns(FutureWarning, match="max_sandboxes"):
+        sandbox = Sandbox(limits=LIMITS, max_workers=2)
+    assert sandbox.open_sandboxes == 0  # nothing launched before start()
