@@ -35,9 +35,13 @@ LIMITS = SandboxLimits(cpu_s=1, wall_s=3, memory_mb=256, max_procs=16, scratch_m
 
 _NR = {
     "x86_64": {"clone3": 435, "pidfd_open": 434, "personality": 135, "kcmp": 312, "process_vm_readv": 310,
-               "name_to_handle_at": 303, "execveat": 322, "setsid": 112, "tgkill": 234, "socketpair": 53},
+               "name_to_handle_at": 303, "execveat": 322, "setsid": 112, "tgkill": 234, "socketpair": 53,
+               "msgget": 68, "shmget": 29, "semget": 64, "mq_open": 240, "inotify_init1": 294, "mincore": 27,
+               "listmount": 458, "modify_ldt": 154},
     "aarch64": {"clone3": 435, "pidfd_open": 434, "personality": 92, "kcmp": 272, "process_vm_readv": 270,
-                "name_to_handle_at": 264, "execveat": 281, "setsid": 157, "tgkill": 131, "socketpair": 199},
+                "name_to_handle_at": 264, "execveat": 281, "setsid": 157, "tgkill": 131, "socketpair": 199,
+                "msgget": 186, "shmget": 194, "semget": 190, "mq_open": 180, "inotify_init1": 26, "mincore": 232,
+                "listmount": 458},
 }.get(platform.machine(), {})
 
 SYSCALL_PRELUDE = f"""
@@ -60,7 +64,7 @@ out = raw('clone3', ctypes.byref(args), ctypes.sizeof(args))
 if out['rc'] == 0:
     os._exit(0)  # the child of an escaped clone3
 return out
-""", "ENOSYS", "sandbox filter: clone3 -> ENOSYS (its flags hide in a struct)"),
+""", "ENOSYS", "sandbox filter: clone3 -> ENOSYS (its flags hide in a struct); also the tool filter's >= 424"),
     "pidfd_open_parent": ("""
 return raw('pidfd_open', os.getppid(), 0)
 """, "EACCES", "tool filter: pidfd_open (then pidfd_getfd could take the warm parent's control socket)"),
@@ -99,6 +103,42 @@ return raw('tgkill', os.getppid(), os.getppid(), 0)
 fds = (ctypes.c_int * 2)()
 return raw('socketpair', 1, 1, 0, fds)
 """, "EACCES", "tool filter: socketpair (SCM_RIGHTS would pass descriptors)"),
+    # red team round 3: objects of the sandbox's ipc namespace outlive the call (R3-01: data across calls
+    # and past astra/restore; R3-02: GiBs of shared memory past the memory limit; R3-08: shmat(SHM_EXEC)
+    # maps attacker bytes executable), inotify crosses sandboxes (R3-09), newer syscalls leak host paths (R3-10)
+    "sysv_message_queue": ("""
+return raw('msgget', 0, 0o1000 | 0o600)
+""", "EACCES", "tool filter: msgget (R3-01)"),
+    "sysv_shared_memory": ("""
+return raw('shmget', 0, 1 << 20, 0o1000 | 0o600)
+""", "EACCES", "tool filter: shmget (R3-02, R3-08)"),
+    "sysv_semaphore": ("""
+return raw('semget', 0, 1, 0o1000 | 0o600)
+""", "EACCES", "tool filter: semget (R3-01)"),
+    "posix_message_queue": ("""
+return raw('mq_open', ctypes.c_char_p(b'astra-r3'), os.O_CREAT | os.O_RDWR, 0o600, None)
+""", "EACCES", "tool filter: mq_open (R3-01)"),
+    "inotify_on_host_files": ("""
+return raw('inotify_init1', 0)
+""", "EACCES", "tool filter: inotify_init1 (R3-09)"),
+    "mincore_page_cache_probe": ("""
+page = ctypes.create_string_buffer(3 * 4096)
+start = (ctypes.addressof(page) + 4095) // 4096 * 4096
+vec = ctypes.create_string_buffer(1)
+return raw('mincore', start, 4096, vec)
+""", "EACCES", "tool filter: mincore (R3-10)"),
+    "listmount_host_paths": ("""
+import struct
+req = ctypes.create_string_buffer(struct.pack('<IIQQQ', 32, 0, 0xFFFFFFFFFFFFFFFF, 0, 0))
+ids = (ctypes.c_uint64 * 16)()
+return raw('listmount', req, ids, 16, 0)
+""", "ENOSYS", "tool filter: every syscall from 424 on but a few is ENOSYS (listmount 458; R3-10)"),
+    "modify_ldt": ("""
+if 'modify_ldt' not in NR:
+    return {'rc': -1, 'errno': 'EACCES'}  # x86 only
+buf = ctypes.create_string_buffer(64)
+return raw('modify_ldt', 0, buf, 64)
+""", "EACCES", "tool filter: modify_ldt (R3-10)"),
 }
 
 
