@@ -5,7 +5,10 @@ One emitted environment (the bundled inventory sample, sandboxed, over stdio); e
 is part of the cost), measured side by side in interleaved blocks, medians over blocks, once
 with the tool code sandboxed (the default) and once trusted (so the adapters' own cost shows):
 
-- direct:  ``mcp.client.Client.call_tool`` on an open stdio session (its own episode);
+- direct:  ``mcp.client.Client.call_tool`` on an open stdio session (the session's one implicit episode, for every
+           trajectory: no episode is ever opened, so with sandboxed tool code no per-episode sandbox either);
+- direct-ep: the same session with a fresh server-minted episode per trajectory (``EnvironmentControl``: open,
+           calls with its handle, close): what any trainer pays for one state per trajectory, adapter or not;
 - pool:    ``Rollout.call`` on a pool with its own loop thread (``PoolLoop.THREAD``: one thread hop per call);
 - home:    ``Rollout.call`` on a pool homed on the caller's loop (``PoolLoop.CALLER``: what the adapters use);
 - verl:    ``AstraTool.create / execute / release`` per call, as verl's tool agent loop does
@@ -14,7 +17,8 @@ with the tool code sandboxed (the default) and once trusted (so the adapters' ow
 - openenv: ``AstraOpenEnv.step_async`` in a session (``reset`` every 10 calls; openenv-core's
            Environment, loaded without its fastmcp-importing package init).
 
-Target: adapter / direct <= 1.5.   Run: python benchmarks/trainers_overhead.py [blocks] [calls-per-block] [--boost]
+Target: adapter / direct-ep <= 1.5 (the adapters' own cost; "vs direct" adds the per-trajectory episode).
+Run: python benchmarks/trainers_overhead.py [blocks] [calls-per-block] [--boost]
 (``--boost``, root: nice -20 for the autogroups of the benchmark and every server and sandbox it starts, see
 ``benchmarks/_boost.py``; the load average is printed with the results).
 """
@@ -40,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from _boost import BOOST, boost  # noqa: E402 - benchmarks/ is on sys.path when a benchmark runs as a script
 
-from astra.servers import emit, load_sample, stdio_parameters  # noqa: E402
+from astra.servers import EnvironmentControl, emit, load_sample, stdio_parameters  # noqa: E402
 from astra.trainers import (  # noqa: E402
     EpisodePool,
     ExportEnvironment,
@@ -112,12 +116,21 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
 
     pool = EpisodePool([(env.name, stdio_launch(server_dir))])
     home = EpisodePool([(env.name, stdio_launch(server_dir))], loop=PoolLoop.CALLER)
-    timings: dict[str, list[float]] = {k: [] for k in ("direct", "pool", "home", "verl", "trl", "openenv")}
+    timings: dict[str, list[float]] = {
+        k: [] for k in ("direct", "direct-ep", "pool", "home", "verl", "trl", "openenv")
+    }
     async with Client(stdio_parameters(server_dir)) as client:
 
         async def direct(n: int) -> None:  # the session's own episode: no handle, no reward bookkeeping
             for _ in range(n):
                 await client.call_tool("get_item", ARGS)
+
+        async def direct_episode(n: int) -> None:  # a fresh episode per trajectory, no reward bookkeeping
+            control = EnvironmentControl(client)
+            await control.open()
+            for _ in range(n):
+                await control.call_tool("get_item", ARGS)
+            await control.close()
 
         async def pooled(n: int) -> None:
             rollout = pool.rollout(truth)
@@ -151,7 +164,8 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
                 await session.step_async(openenv.AstraAction(tool="get_item", arguments=ARGS))
 
         paths = {
-            "direct": direct, "pool": pooled, "home": homed, "verl": verl, "trl": trl, "openenv": openenv_session,
+            "direct": direct, "direct-ep": direct_episode, "pool": pooled, "home": homed,
+            "verl": verl, "trl": trl, "openenv": openenv_session,
         }
         for fn in paths.values():  # warm-up: servers started, sandboxes warm, imports done
             await fn(TRAJECTORY)
@@ -168,6 +182,7 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
         await p.aclose()
     EpisodePool._shared.clear()
     base = statistics.median(timings["direct"])
+    base_ep = statistics.median(timings["direct-ep"])
     mode = "sandboxed tool code (bubblewrap)" if sandboxed else "trusted in-process tool code"
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     print(
@@ -175,10 +190,10 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
         f"(trajectories of {TRAJECTORY}), stdio, {mode}; load average {load}"
         f"{', autogroups boosted to nice -20' if BOOST['on'] else ''}"
     )
-    print(f"{'path':<8} {'ms/call':>9} {'vs direct':>10}")
+    print(f"{'path':<10} {'ms/call':>9} {'vs direct':>10} {'vs direct-ep':>13}")
     for name, values in timings.items():
         m = statistics.median(values)
-        print(f"{name:<8} {m * 1000:>9.3f} {m / base:>9.2f}x")
+        print(f"{name:<10} {m * 1000:>9.3f} {m / base:>9.2f}x {m / base_ep:>12.2f}x")
 
 
 if __name__ == "__main__":

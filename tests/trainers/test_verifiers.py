@@ -2,7 +2,7 @@
 (``.venv-verifiers``, made by scripts/setup.sh: verifiers pins mcp==2.0.0): its null harness's chat
 loop over MCP, its taskset-scoped toolset server and per-rollout state channel, its interception
 and scoring, against a scripted fake OpenAI endpoint on 127.0.0.1. One ``vf-eval`` run, two
-environments x 3 rollouts, all concurrent: per environment two scripted oracles and one no-op."""
+environments x 8 rollouts, all 16 concurrent: per environment seven scripted oracles and one no-op."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ WHEELS = ROOT / ".ci" / "cache" / "vf-wheels"
 sys.path.insert(0, str(ROOT / "tests" / "client"))
 from fake_openai import FakeOpenAI, completion  # noqa: E402
 
-ROLLOUTS = 3
-ORACLES_PER_ENV = 2
+ROLLOUTS = 8
+ORACLES_PER_ENV = 7
 
 
 def _sse(body: dict[str, Any]) -> str:
@@ -46,8 +46,8 @@ def _sse(body: dict[str, Any]) -> str:
 
 
 class Script:
-    """The fake model: a rollout's first request decides its part (the first two per environment
-    replay the oracle, the third answers at once: a no-op); later turns continue the oracle."""
+    """The fake model: a rollout's first request decides its part (the first seven per environment
+    replay the oracle, the eighth answers at once: a no-op); later turns continue the oracle."""
 
     def __init__(self, oracle: dict[str, list[tuple[str, dict[str, Any]]]]) -> None:
         self.oracle = oracle
@@ -135,8 +135,8 @@ def test_vf_eval_oracle_scores_one_noop_zero_state_per_rollout(
         # the oracles: every call in the rollout's own episode (state kept across its calls) -> 1.0;
         # the no-op: no call -> 0
         assert sorted(by_env[env]) == [(0.0, 0.0)] + [(float(len(calls)), 1.0)] * ORACLES_PER_ENV
-        # two concurrent oracle rollouts on one environment, each from the initial state: both
-        # created ORD-1 and saw 11 claw hammers after receiving 10 (never the other rollout's)
+        # seven concurrent oracle rollouts on one environment, each from the initial state: every one
+        # created ORD-1 and saw 11 claw hammers after receiving 10 (never another rollout's)
         assert len(script.finished[env]) == ORACLES_PER_ENV
         for tool_results in script.finished[env]:
             assert json.loads(tool_results[2])["order_id"] == "ORD-1"
