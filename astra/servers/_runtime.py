@@ -654,6 +654,11 @@ class EnvironmentRuntime:
         """A copy of the episode's state (for class environments: ``state_view(instance)``)."""
         return self._state_of(self.episode(episode_id))
 
+    def _wire_state(self, episode: _Episode) -> Any:
+        """What astra/state and astra/snapshot send: a new JSON object, so a spec environment's state is
+        not deep-copied first (a second walk of it on the event loop)."""
+        return _jsonable(self._state_of(episode) if episode.instance is not None else episode.state)
+
     def _state_of(self, episode: _Episode) -> Any:
         if episode.instance is not None:
             if self.state_view is not None:
@@ -1277,8 +1282,7 @@ class _ControlExtension(Extension):
             episode = rt.resolve(ctx, params.episode)
             async with episode.lock:  # after the episode's call in flight, if any, has committed
                 snap = rt._snapshot_of(episode)
-                return ControlResult(episode=handle(episode), snapshot_id=snap.id,
-                                     state=_jsonable(rt._state_of(episode)))
+                return ControlResult(episode=handle(episode), snapshot_id=snap.id, state=rt._wire_state(episode))
 
         async def restore(ctx: Any, params: RestoreParams) -> ControlResult:
             episode = rt.resolve(ctx, params.episode)
@@ -1291,7 +1295,7 @@ class _ControlExtension(Extension):
 
         async def state(ctx: Any, params: EpisodeParams) -> ControlResult:
             episode = rt.resolve(ctx, params.episode)
-            return ControlResult(episode=handle(episode), state=_jsonable(rt._state_of(episode)),
+            return ControlResult(episode=handle(episode), state=rt._wire_state(episode),
                                  calls=_jsonable(list(episode.calls)), calls_dropped=episode.calls_dropped)
 
         async def close(ctx: Any, params: EpisodeParams) -> ControlResult:
@@ -1309,10 +1313,19 @@ class _ControlExtension(Extension):
 
 
 def _jsonable(value: Any) -> Any:
+    """``value`` as new, plain JSON data that can be sent (anything else by its repr, lone surrogates
+    escaped): one dumps and one loads in C; the per-item ``_scrub`` walk only where the text is not
+    valid Unicode (it cost seconds on the event loop for a legal state of millions of items: R3-14)."""
     try:
-        return _scrub(json.loads(json.dumps(value, default=repr)))
-    except (TypeError, ValueError):
+        text = json.dumps(value, default=repr, ensure_ascii=False)
+        data = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
         return repr(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _scrub(data)
+    return data
 
 
 def request_context(context: Any) -> Any:
