@@ -9,8 +9,11 @@ import fcntl
 import json
 import os
 import struct
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -19,7 +22,15 @@ from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
-from astra.servers import EnvironmentControl, EnvironmentRuntime, Sandbox, SandboxLimits, _sandbox, build_server
+from astra.servers import (
+    EnvironmentControl,
+    EnvironmentRuntime,
+    Sandbox,
+    SandboxLimits,
+    _sandbox,
+    build_server,
+    emit,
+)
 from astra.servers._runtime import DEFAULT_EPISODE
 from astra.servers._sandbox import _WORKER
 
@@ -543,3 +554,19 @@ def test_the_runtime_view_holds_what_the_interpreter_needs_only(sandbox: Sandbox
     works = anyio.run(lambda: sandbox.call(VIEW, "uses_the_stdlib", {}))
     assert works.ok, works
     assert works.value == ["2020-01-01T00:00:00+01:00", 36, "x", "y", "z", "e3b0c442", "0.25", "b"]
+
+
+# --------------------------------------------------------------------------- a spec that turns the sandbox off
+
+
+def test_server_py_says_loudly_that_the_spec_turned_the_sandbox_off(tmp_path: Path) -> None:
+    """A spec's ``"sandboxed": false`` (data, not the user's choice) is announced on stderr before serving."""
+    tool = ToolImplementation(spec=ToolSpec(server="host", name="noop", description="noop",
+                                            input_schema={"type": "object", "properties": {}}),
+                              source="def noop():\n    return 1\n")
+    for sandboxed in (False, True):
+        spec = EnvironmentSpec(id="env-trust", name="trust", tools=[tool], sandboxed=sandboxed)
+        directory = emit(spec, tmp_path / f"sandboxed-{sandboxed}")
+        run = subprocess.run([sys.executable, str(directory / "server.py")], input="", capture_output=True,
+                             text=True, timeout=120)
+        assert ("SANDBOX DISABLED BY THE SPEC" in run.stderr) is (not sandboxed), run.stderr[-2000:]
