@@ -17,8 +17,11 @@ this process. Two implementations (:data:`SERVER_IMPLEMENTATIONS`):
 from __future__ import annotations
 
 import copy
+import decimal
 import functools
 import json
+import threading
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +130,56 @@ def _tool_specs(class_name: str) -> tuple[dict[str, Any], ...]:
     )
 
 
+MAX_PRECISION_DIGITS = 1000
+"""The most digits a model may ask of MathAPI's ``logarithm``/``square_root`` on an astra server
+(BFCL's data asks at most 10; the results are floats). Past it the call is a tool error: the work
+is one long C call holding the GIL, which would stop every episode of the process."""
+
+_MPMATH_LOCK = threading.Lock()  # mpmath's precision is process-global: one call at a time sets it
+
+
+def _check_digits(name: str, value: Any) -> None:
+    # an integer-valued float passes the schema's "integer" too
+    if isinstance(value, int | float) and not 1 <= value <= MAX_PRECISION_DIGITS:
+        raise ValueError(f"{name} must be between 1 and {MAX_PRECISION_DIGITS} digits, got {value}")
+
+
+def _bounded_logarithm(self: Any, value: float, base: float, precision: int) -> Any:
+    _check_digits("precision", precision)
+    import mpmath  # pyright: ignore[reportMissingTypeStubs]
+
+    with _MPMATH_LOCK, mpmath.workprec(mpmath.mp.prec):  # BFCL's method assigns mp.dps; restored on exit
+        return type(self).logarithm(self, value, base, precision)
+
+
+def _bounded_square_root(self: Any, number: float, precision: int) -> Any:
+    _check_digits("precision", precision)
+    with decimal.localcontext():  # BFCL's method assigns getcontext().prec; restored on exit
+        return type(self).square_root(self, number, precision)
+
+
+_BOUNDED_METHODS: dict[str, dict[str, Callable[..., Any]]] = {
+    "MathAPI": {"logarithm": _bounded_logarithm, "square_root": _bounded_square_root},
+}
+"""Per class, the methods an astra server calls through a bound (and per-call precision): BFCL's own
+``MathAPI`` assigns the process-global ``mpmath.mp.dps`` / the thread's decimal context, which would
+change every later call's results in this process, and computes for as long as the digits asked."""
+
+
+def bounded_method_name(name: str) -> str:
+    """The private attribute of a backend object holding the bounded version of its method ``name``."""
+    return f"_astra_bounded_{name}"
+
+
+def bound_backend(class_name: str, instance: Any) -> Any:
+    """``instance`` (BFCL's own class, unchanged: BFCL's checker compares types) with the bounded
+    methods of :data:`_BOUNDED_METHODS` attached as private attributes, which the astra server calls."""
+    for name, function in _BOUNDED_METHODS.get(class_name, {}).items():
+        # a bound method: a snapshot's deep copy rebinds it to the copied object
+        setattr(instance, bounded_method_name(name), types.MethodType(function, instance))
+    return instance
+
+
 class _EpisodeSlot:
     """What a pooled server's factory needs for the episode it currently serves."""
 
@@ -149,7 +202,7 @@ def astra_backend_server(class_name: str) -> tuple[EnvironmentServer, _EpisodeSl
     slot = _EpisodeSlot()
 
     def factory(config: dict[str, Any]) -> Any:
-        instance = backend_class(class_name)()
+        instance = bound_backend(class_name, backend_class(class_name)())
         if not is_stateless(class_name):
             instance._load_scenario(config, long_context=slot.long_context)
         if slot.on_instance is not None:
@@ -159,6 +212,7 @@ def astra_backend_server(class_name: str) -> tuple[EnvironmentServer, _EpisodeSl
     server = build_class_server(
         server_name(class_name), factory, list(_tool_specs(class_name)),
         description=f"BFCL multi-turn backend {class_name} (bfcl-eval)",
+        method_names={name: bounded_method_name(name) for name in _BOUNDED_METHODS.get(class_name, {})},
     )
     return server, slot
 

@@ -271,6 +271,8 @@ class _Tool:
     entrypoint: str | None = None
     stateful: bool = False
     method: str | None = None
+    float_arguments: frozenset[str] = frozenset()
+    float_list_arguments: frozenset[str] = frozenset()
     validator: SchemaCheck | None = None
     output_validator: SchemaCheck | None = None
 
@@ -476,6 +478,42 @@ def _make_tool(spec: Mapping[str, Any], **extra: Any) -> _Tool:
         output_validator=output_validator,
         **extra,
     )
+
+
+def _is_number(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "number"
+
+
+def _float_fields(input_schema: Mapping[str, Any]) -> dict[str, frozenset[str]]:
+    """The top-level properties a trusted class tool declares ``number`` (and arrays of them)."""
+    properties = input_schema.get("properties")
+    if not isinstance(properties, dict):
+        return {}
+    numbers = [k for k, v in properties.items() if _is_number(v)]
+    lists = [k for k, v in properties.items()
+             if isinstance(v, dict) and v.get("type") == "array" and _is_number(v.get("items"))]
+    return {"float_arguments": frozenset(numbers), "float_list_arguments": frozenset(lists)}
+
+
+def _as_float(value: Any) -> float:
+    return float(value) if type(value) is int else value
+
+
+def _float_arguments(tool: _Tool, arguments: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``arguments`` (already schema-valid) with the integers given for ``number`` fields as floats.
+
+    Trusted code runs in this process, so a model's ``power(10, 3000000)`` on Python ints would be
+    one long C call holding the GIL (every episode and the call timeout wait); on floats it is
+    ``OverflowError`` at once. An integer too large for a float is refused."""
+    out = dict(arguments)
+    try:
+        for key in tool.float_arguments & out.keys():
+            out[key] = _as_float(out[key])
+        for key in tool.float_list_arguments & out.keys():
+            out[key] = [_as_float(v) for v in out[key]]
+    except OverflowError:
+        return arguments, f"invalid arguments for tool {tool.name!r}: an integer too large for a number"
+    return out, None
 
 
 async def _schema_error(tool: _Tool, arguments: Any) -> str | None:
@@ -887,6 +925,8 @@ class EnvironmentRuntime:
             return outcome
         too_deep = _depth_problem(arguments, "the arguments")
         problem = _unicode_problem(arguments, "the arguments") or too_deep or await _schema_error(tool, arguments)
+        if problem is None and (tool.float_arguments or tool.float_list_arguments):
+            arguments, problem = _float_arguments(tool, arguments)
         if problem is not None:
             recorded = _scrub(arguments) if isinstance(arguments, dict) and too_deep is None else {}
             outcome = ToolOutcome(name, recorded, ok=False, error_kind=ToolErrorKind.bad_arguments, error=problem)
@@ -1470,7 +1510,9 @@ def build_class_server(
     built = []
     for t in tools:
         data = t.model_dump() if hasattr(t, "model_dump") else dict(t)
-        built.append(_make_tool(data, method=method_names.get(data["name"], data["name"])))
+        # number fields reach the trusted code as floats (see _float_arguments)
+        built.append(_make_tool(data, method=method_names.get(data["name"], data["name"]),
+                                **_float_fields(data.get("input_schema") or {})))
     runtime = EnvironmentRuntime(
         name=name,
         description=description,

@@ -7,12 +7,13 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
 from mcp.client import Client
 
-from astra.records import EnvironmentSpec, ToolSpec
+from astra.records import EnvironmentSpec, ToolErrorKind, ToolSpec
 from astra.servers import (
     EnvironmentControl,
     EnvironmentSpecError,
@@ -288,3 +289,20 @@ def test_mcp_inspector_cli_lists_and_calls(emitted: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert json.loads(failed.stdout)["isError"] is True
+
+
+async def test_class_server_gives_trusted_code_floats_for_number_arguments() -> None:
+    # trusted class code runs in this process: int ** int from a model would hold the GIL (R3-15)
+    class Types:
+        def kinds(self, x: float, n: int, xs: list[float]) -> dict[str, Any]:
+            return {"x": type(x).__name__, "n": type(n).__name__, "xs": [type(v).__name__ for v in xs]}
+
+    schema = {"type": "object", "properties": {"x": {"type": "number"}, "n": {"type": "integer"},
+                                               "xs": {"type": "array", "items": {"type": "number"}}}}
+    server = build_class_server("types", lambda cfg: Types(), [{"name": "kinds", "input_schema": schema}])
+    runtime = server.runtime
+    episode = runtime.new_episode()
+    outcome = await runtime.call("kinds", {"x": 3, "n": 4, "xs": [1, 2.5]}, episode_id=episode)
+    assert outcome.ok and outcome.value == {"x": "float", "n": "int", "xs": ["float", "float"]}
+    huge = await runtime.call("kinds", {"x": 10**400, "n": 1, "xs": []}, episode_id=episode)
+    assert not huge.ok and huge.error_kind == ToolErrorKind.bad_arguments and "too large" in (huge.error or "")
