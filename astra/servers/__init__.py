@@ -99,8 +99,9 @@ def build_server(
     """An ``MCPServer`` for ``spec``: tools with the spec's input schemas and descriptions,
     ``structured_content`` results, per-episode state.
 
-    ``sandboxed=None`` follows ``spec.sandboxed``; ``sandboxed=False`` runs the tool code
-    in-process (only for trusted, hand-written environments). Serve it in-process with
+    ``sandboxed=None``: sandboxed, even for a spec marked ``sandboxed=False``, unless the user opted
+    in (``ASTRA_UNSAFE_NO_SANDBOX=1``); ``sandboxed=False`` runs the tool code in-process (only for
+    trusted, hand-written environments: the caller's choice, never the data's). Serve it in-process with
     ``mcp.client.Client(server)``, or over stdio / HTTP with ``astra.servers.serve``.
     ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s``, ``episode_memory_bytes``.
     """

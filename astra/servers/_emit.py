@@ -76,7 +76,9 @@ def _readme(spec: EnvironmentSpec, out_dir: Path) -> str:
         "file-size/wall-clock limits, a seccomp filter. Without bubblewrap the server refuses to start; "
         "`--unsafe-no-sandbox` (or ASTRA_UNSAFE_NO_SANDBOX=1) runs the tool code unsandboxed."
         if spec.sandboxed
-        else "Tool code runs in-process, unsandboxed: this environment is marked as trusted, hand-written code."
+        else "This environment is marked as trusted, hand-written code; its tools still run in the bubblewrap "
+        "sandbox unless you launch it with `--unsafe-no-sandbox` (or ASTRA_UNSAFE_NO_SANDBOX=1), which runs them "
+        "in-process, unsandboxed."
     )
     return f"""# {spec.name}
 
@@ -149,10 +151,11 @@ def emit(spec: EnvironmentSpec, out_dir: str | Path) -> Path:
     for name in _VENDORED:
         shutil.copyfile(here / name, package / name)
     shutil.copyfile(here.parent / "tool_errors.py", package / "_kinds.py")  # the one definition, standalone
-    if spec.sandboxed:
-        from ._sandbox import write_seccomp_programs
+    from ._sandbox import write_seccomp_programs
 
-        write_seccomp_programs(package)  # the emitted server then needs no libseccomp binding
+    # the emitted server then needs no libseccomp binding; a spec marked trusted is sandboxed too unless
+    # the user opts out when launching it
+    write_seccomp_programs(package)
     (package / "__init__.py").write_text(_PACKAGE_INIT, encoding="utf-8")
     (out / "environment.json").write_text(
         json.dumps(spec.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"

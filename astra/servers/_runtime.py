@@ -111,7 +111,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import AnyHttpUrl
 
 from ._kinds import ToolErrorKind
-from ._sandbox import UNSAFE_ENV, Sandbox, SandboxLimits, SandboxUnavailable
+from ._sandbox import UNSAFE_ENV, Sandbox, SandboxLimits, SandboxUnavailable, unsafe_opt_in
 
 try:  # optional: a compiled "is it valid" for the hot path; emitted servers run without it
     import jsonschema_rs as _rs
@@ -1432,6 +1432,24 @@ class EnvironmentServer(MCPServer):
 # --------------------------------------------------------------------------- builders
 
 
+def _sandboxed_by_default(name: str, marked: Any) -> bool:
+    """Whether a spec's tool code runs sandboxed when the caller did not say (see build_server_from_dict)."""
+    if marked is not False:
+        return True
+    if not unsafe_opt_in():
+        log.warning(
+            "environment %r is marked unsandboxed (trusted code); its tools run in the sandbox anyway. "
+            "To trust it, run with %s=1 / --unsafe-no-sandbox", name, UNSAFE_ENV,
+        )
+        return True
+    message = (f"SANDBOX DISABLED BY THE SPEC and the user ({name!r} is marked \"sandboxed\": false, and "
+               f"{UNSAFE_ENV}=1 / --unsafe-no-sandbox is set): its tool code runs in this process, WITHOUT bubblewrap "
+               "isolation: serve only environments you trust")
+    log.warning(message)
+    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+    return False
+
+
 def build_server_from_dict(
     spec: Mapping[str, Any],
     *,
@@ -1441,12 +1459,17 @@ def build_server_from_dict(
     public_url: str | None = None,
     **episode_options: Any,
 ) -> EnvironmentServer:
-    """Serve the JSON form of an ``EnvironmentSpec``. ``sandboxed=None`` follows the spec's flag.
-    ``episode_options``: ``max_episodes``, ``episode_ttl_s``, ``call_timeout_s``, ``episode_memory_bytes``
-    (see :class:`EnvironmentRuntime`)."""
+    """Serve the JSON form of an ``EnvironmentSpec``. ``episode_options``: ``max_episodes``,
+    ``episode_ttl_s``, ``call_timeout_s``, ``episode_memory_bytes`` (see :class:`EnvironmentRuntime`).
+
+    ``sandboxed=None``: sandboxed, also for a spec marked ``"sandboxed": false`` (trusted code), unless
+    the *user* opted in with ``ASTRA_UNSAFE_NO_SANDBOX=1`` / ``--unsafe-no-sandbox``: a spec is data, and
+    data must not be able to switch the sandbox off. ``sandboxed=False`` is the caller's own choice."""
     name = spec.get("name") or spec.get("id")
     if not name:
         raise EnvironmentError_("environment spec has no name")
+    if sandboxed is None:
+        sandboxed = _sandboxed_by_default(str(name), spec.get("sandboxed", True))
     tools = []
     for i, impl in enumerate(spec.get("tools") or []):
         if (
@@ -1471,7 +1494,7 @@ def build_server_from_dict(
         description=spec.get("description") or "",
         tools=tools,
         initial_state=dict(spec.get("initial_state") or {}),
-        sandboxed=bool(spec.get("sandboxed", True)) if sandboxed is None else sandboxed,
+        sandboxed=sandboxed,
         limits=limits,
         bearer_token=bearer_token,
         public_url=public_url,
@@ -1701,12 +1724,6 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
                         stream=sys.stderr)
     log.setLevel(logging.INFO)  # episode expiry is logged
     spec = json.loads(Path(spec_path).read_text(encoding="utf-8"))
-    if isinstance(spec, dict) and spec.get("sandboxed") is False and spec.get("tools"):
-        # the spec (data, not the user) asks for its code to run on this machine: say so loudly (red team R3-05)
-        message = (f"SANDBOX DISABLED BY THE SPEC ({spec_path}: \"sandboxed\": false): this environment's tool code "
-                   "runs on this machine WITHOUT bubblewrap isolation: serve only environments you trust")
-        log.warning(message)
-        print(f"WARNING: {message}", file=sys.stderr, flush=True)
     url = f"http://{args.host}:{args.port}/mcp"
     server = build_server_from_dict(
         spec, bearer_token=args.token if args.http else None, public_url=url, max_episodes=args.max_episodes,

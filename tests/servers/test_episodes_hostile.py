@@ -70,7 +70,7 @@ async def _count(control: EnvironmentControl) -> int:
 
 
 async def test_catastrophic_pattern_stalls_neither_server_nor_harness(unsandboxed_dir: Path, launch: Any) -> None:
-    with launch(unsandboxed_dir) as server:
+    with launch(unsandboxed_dir, "--unsafe-no-sandbox") as server:  # a spec marked trusted runs in-process only so
         headers = {"Authorization": f"Bearer {server.token}"}
         async with httpx2.AsyncClient(headers=headers) as http, \
                 Client(streamable_http_client(server.url, http_client=http)) as client:
@@ -103,7 +103,7 @@ async def test_catastrophic_pattern_stalls_neither_server_nor_harness(unsandboxe
 async def test_without_jsonschema_rs_patterns_are_checked_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_runtime, "_rs", None)
     monkeypatch.setattr(_runtime, "PATTERN_CHECK_S", 3.0)
-    server = build_server(hostile_spec(sandboxed=False))
+    server = build_server(hostile_spec(sandboxed=False), sandboxed=False)
     assert server.runtime.tools["lookup"].validator.fast is None
     async with Client(server) as client:
         evil, other = EnvironmentControl(client), EnvironmentControl(client)
@@ -130,7 +130,8 @@ async def test_without_jsonschema_rs_patterns_are_checked_off_the_loop(monkeypat
 async def test_a_hanging_tool_delays_only_its_own_episode(sandboxed: bool, unsandboxed_dir: Path, sandboxed_dir: Path,
                                                           launch: Any) -> None:
     directory = sandboxed_dir if sandboxed else unsandboxed_dir
-    with launch(directory, "--call-timeout", "2") as server:
+    trust = [] if sandboxed else ["--unsafe-no-sandbox"]
+    with launch(directory, "--call-timeout", "2", *trust) as server:
         headers = {"Authorization": f"Bearer {server.token}"}
         async with httpx2.AsyncClient(headers=headers) as http, \
                 Client(streamable_http_client(server.url, http_client=http)) as client:
@@ -155,8 +156,10 @@ async def test_a_hanging_tool_delays_only_its_own_episode(sandboxed: bool, unsan
 
 
 async def test_lone_surrogate_results_are_clean_tool_errors(sandboxed_dir: Path, unsandboxed_dir: Path) -> None:
-    for directory in (sandboxed_dir, unsandboxed_dir):
-        async with Client(stdio_parameters(directory)) as client:
+    for directory, trust in ((sandboxed_dir, []), (unsandboxed_dir, ["--unsafe-no-sandbox"])):
+        params = stdio_parameters(directory)
+        params.args.extend(trust)
+        async with Client(params) as client:
             bad, other = EnvironmentControl(client), EnvironmentControl(client)
             await bad.open()
             await other.open()
@@ -172,7 +175,7 @@ async def test_lone_surrogate_results_are_clean_tool_errors(sandboxed_dir: Path,
             assert (await other.state()).state == {"count": 1, "notes": []}
             assert (await other.call_tool("bump", {})).structured_content == {"count": 2}
     # in process no JSON parser stands between client and server: lone surrogates in arguments
-    server = build_server(hostile_spec(sandboxed=False))
+    server = build_server(hostile_spec(sandboxed=False), sandboxed=False)
     async with Client(server) as client:
         control = EnvironmentControl(client)
         await control.open()

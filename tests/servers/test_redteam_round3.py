@@ -478,23 +478,26 @@ def test_a_trajectory_evicted_from_the_pool_never_continues_in_a_fresh_world(tmp
 
 
 def test_server_py_warns_loudly_before_running_a_spec_that_turns_the_sandbox_off(tmp_path: Path) -> None:
-    """R3-05 (the part fixed on main). Protection: ``_runtime.main`` prints ``SANDBOX DISABLED BY THE SPEC``
-    before it builds (and so executes) unsandboxed tool code; before, a spec's ``"sandboxed": false`` ran its
-    code on the host without a word. (Still open: the user is not asked to opt in.)"""
+    """R3-05. Protection: a spec's ``"sandboxed": false`` is data: without the user's opt-in the server runs
+    its tools sandboxed and says nothing of trust; with ``--unsafe-no-sandbox`` it prints ``SANDBOX DISABLED
+    BY THE SPEC`` before it builds (and so executes) unsandboxed tool code. Before, the spec alone ran its
+    code on the host without a word."""
     import subprocess
     import sys
 
-    outputs: dict[bool, str] = {}
+    def stderr_of(out: Path, *flags: str) -> str:
+        return subprocess.run([sys.executable, str(out / "server.py"), *flags], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=120, env=stdio_parameters(out).env).stderr
+
+    dirs = {}
     for sandboxed in (False, True):
         spec = EnvironmentSpec(id=f"env-r3-trust-{sandboxed}", name="trust", sandboxed=sandboxed,
                                tools=[_tool("healthy", HEALTHY, "healthy")])
-        out = emit(spec, tmp_path / f"server-{sandboxed}")
-        run = subprocess.run([sys.executable, str(out / "server.py")], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=120, env=stdio_parameters(out).env)
-        outputs[sandboxed] = run.stderr
-    warning = outputs[False]
-    assert "SANDBOX DISABLED BY THE SPEC" in warning and "WITHOUT bubblewrap" in warning, warning[-2000:]
-    assert "SANDBOX DISABLED" not in outputs[True], outputs[True][-2000:]  # a sandboxed spec: no warning
+        dirs[sandboxed] = emit(spec, tmp_path / f"server-{sandboxed}")
+    trusted = stderr_of(dirs[False], "--unsafe-no-sandbox")
+    assert "SANDBOX DISABLED BY THE SPEC" in trusted and "WITHOUT bubblewrap" in trusted, trusted[-2000:]
+    for quiet in (stderr_of(dirs[False]), stderr_of(dirs[True])):  # sandboxed: no warning
+        assert "SANDBOX DISABLED" not in quiet, quiet[-2000:]
 
 
 if __name__ == "__main__":  # pragma: no cover

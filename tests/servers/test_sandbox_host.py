@@ -560,13 +560,16 @@ def test_the_runtime_view_holds_what_the_interpreter_needs_only(sandbox: Sandbox
 
 
 def test_server_py_says_loudly_that_the_spec_turned_the_sandbox_off(tmp_path: Path) -> None:
-    """A spec's ``"sandboxed": false`` (data, not the user's choice) is announced on stderr before serving."""
+    """A spec's ``"sandboxed": false`` (data, not the user's choice) takes effect only with the user's opt-in,
+    and is then announced on stderr before serving."""
     tool = ToolImplementation(spec=ToolSpec(server="host", name="noop", description="noop",
                                             input_schema={"type": "object", "properties": {}}),
                               source="def noop():\n    return 1\n")
     for sandboxed in (False, True):
         spec = EnvironmentSpec(id="env-trust", name="trust", tools=[tool], sandboxed=sandboxed)
         directory = emit(spec, tmp_path / f"sandboxed-{sandboxed}")
-        run = subprocess.run([sys.executable, str(directory / "server.py")], input="", capture_output=True,
-                             text=True, timeout=120)
-        assert ("SANDBOX DISABLED BY THE SPEC" in run.stderr) is (not sandboxed), run.stderr[-2000:]
+        for trust in ([], ["--unsafe-no-sandbox"]):  # the spec alone never turns the sandbox off: the user must too
+            run = subprocess.run([sys.executable, str(directory / "server.py"), *trust], input="",
+                                 capture_output=True, text=True, timeout=120)
+            disabled = not sandboxed and bool(trust)
+            assert ("SANDBOX DISABLED BY THE SPEC" in run.stderr) is disabled, run.stderr[-2000:]

@@ -118,7 +118,8 @@ def policy(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> ChatMess
 def run(out_dir: Path, n: int = 100) -> list[Trajectory]:
     """Roll the scripted agent over ``n`` tasks; returns every trajectory the runner wrote."""
     model = ScriptedModel([policy] * (2 * MAX_STEPS + 2), name="sft-matrix", per_conversation=True)
-    run_rollouts(tasks(n), model.name, out_dir, model=model, servers=[("travel", build_server(environment()))],
+    travel = build_server(environment(), sandboxed=False)  # trusted: the test's own code
+    run_rollouts(tasks(n), model.name, out_dir, model=model, servers=[("travel", travel)],
                  system_prompt=SYSTEM, samples=1, concurrency=8, max_requests=MAX_STEPS, progress=False)
     lines = (out_dir / "trajectories.jsonl").read_text(encoding="utf-8").splitlines()
     return [Trajectory.model_validate_json(line) for line in lines if line.strip()]

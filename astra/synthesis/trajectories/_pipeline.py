@@ -490,7 +490,7 @@ class TrajectoryPipeline:
                 from astra.servers import build_server
 
                 env = self._environments[spec.name]
-                targets.append((spec.name, build_server(env, sandboxed=env.sandboxed)))
+                targets.append((spec.name, build_server(env)))
             elif isinstance(spec.launch, EnvironmentLaunch):
                 found = self.registry.get_environment(spec.launch.environment_id)
                 if found is None:
@@ -499,7 +499,7 @@ class TrajectoryPipeline:
                     )
                 from astra.servers import build_server
 
-                targets.append((spec.name, build_server(found[0], sandboxed=found[0].sandboxed)))
+                targets.append((spec.name, build_server(found[0])))
             else:
                 assert isinstance(spec.launch, SimulatedLaunch)
                 from astra.synthesis._original import Execution, plan_servers
