@@ -145,7 +145,11 @@ def serve_cmd(
     port: Annotated[int, typer.Option("--port")] = 8000,
     host: Annotated[str, typer.Option(
         "--host", help="HTTP bind address (others than loopback need --token and --allow-remote)")] = "127.0.0.1",
-    token: Annotated[str | None, typer.Option("--token", help="require this bearer token (HTTP)")] = None,
+    token: Annotated[str | None, typer.Option(
+        "--token", help="require this bearer token (HTTP; visible in the process list: prefer --token-file or "
+        "ASTRA_ENV_TOKEN)")] = None,
+    token_file: Annotated[Path | None, typer.Option(
+        "--token-file", help="read the bearer token from this file (chmod 600)")] = None,
     unsafe_no_sandbox: Annotated[bool, typer.Option(
         "--unsafe-no-sandbox", help="run model-written tool code WITHOUT the bubblewrap sandbox (dangerous)")] = False,
     allow_remote: Annotated[bool, typer.Option(
@@ -160,10 +164,15 @@ def serve_cmd(
     from rich.markup import escape
 
     from astra.servers import BindRefused, build_server, check_bind, serve
+    from astra.servers._runtime import TokenError, resolve_token
     from astra.servers._sandbox import UNSAFE_ENV
 
     if unsafe_no_sandbox:
         os.environ[UNSAFE_ENV] = "1"
+    try:
+        token = resolve_token(token, token_file)
+    except TokenError as exc:
+        raise fail(escape(str(exc)), code=USAGE) from None
 
     if http:
         try:

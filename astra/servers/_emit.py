@@ -97,8 +97,9 @@ stdio (what MCP hosts launch):
 
     python {out_dir / 'server.py'}
 
-streamable HTTP on 127.0.0.1 (DNS-rebinding protection on; add `--token SECRET` to require
-`Authorization: Bearer SECRET`):
+streamable HTTP on 127.0.0.1 (DNS-rebinding protection on; add `--token-file FILE` (a chmod-600 file
+holding SECRET) or set ASTRA_ENV_TOKEN=SECRET to require `Authorization: Bearer SECRET`; `--token SECRET`
+works too but shows the secret to every local user in the process list):
 
     python {out_dir / 'server.py'} --http --port 8000
 
@@ -114,7 +115,8 @@ Check it (lists the tools, replays the verifiers' reference calls): `astra env v
 {block}
 ```
 
-A non-loopback `--host` is refused unless `--token SECRET` and `--allow-remote` are given.
+A non-loopback `--host` is refused unless a token (`--token-file`, ASTRA_ENV_TOKEN or `--token`) and
+`--allow-remote` are given.
 
 ## Episodes and the control channel
 

@@ -72,6 +72,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import os
 import secrets
 import sys
 import time
@@ -1688,6 +1689,39 @@ def serve(
     anyio.run(run)
 
 
+TOKEN_ENV = "ASTRA_ENV_TOKEN"
+
+
+class TokenError(ValueError):
+    """The bearer token options are contradictory or name an unusable file."""
+
+
+def resolve_token(token: str | None, token_file: str | Path | None) -> str | None:
+    """The HTTP bearer token: from ``--token-file`` (first line; a file readable by others is warned
+    about), else ``--token`` (visible to every local user in the process list: warned about), else the
+    ``ASTRA_ENV_TOKEN`` environment variable, else None."""
+    if token is not None and token_file is not None:
+        raise TokenError("give --token or --token-file, not both")
+    if token_file is not None:
+        path = Path(token_file).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise TokenError(f"--token-file {path}: {exc.strerror or exc}") from None
+        value = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not value:
+            raise TokenError(f"--token-file {path}: the file is empty")
+        if mode & 0o077:
+            print(f"warning: {path} is readable by other users (chmod 600 it)", file=sys.stderr, flush=True)
+        return value
+    if token is not None:
+        print(f"warning: --token is visible to every local user in the process list; prefer --token-file or "
+              f"{TOKEN_ENV}", file=sys.stderr, flush=True)
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
 def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
     """Entry point of an emitted ``server.py`` (see ``--help``)."""
     parser = argparse.ArgumentParser(description="Serve an ASTRA environment over MCP (stdio by default).")
@@ -1695,7 +1729,10 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP bind address (default 127.0.0.1; others need --token and --allow-remote)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    parser.add_argument("--token", default=None, help="require this bearer token on HTTP requests")
+    parser.add_argument("--token", default=None,
+                        help=f"require this bearer token on HTTP requests (visible in the process list: prefer "
+                             f"--token-file or {TOKEN_ENV})")
+    parser.add_argument("--token-file", default=None, help="read the bearer token from this file (chmod 600)")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help=f"run the tool code WITHOUT the bubblewrap sandbox (dangerous; same as {UNSAFE_ENV}=1)")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host (needs --token)")
@@ -1709,6 +1746,11 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
                         help="characters of call log and snapshots an episode keeps; the oldest call records "
                              f"give way first, snapshots beyond it are refused (default {EPISODE_MEMORY_BYTES})")
     args = parser.parse_args(argv)
+    explicit_token = args.token is not None or args.token_file is not None
+    try:
+        args.token = resolve_token(args.token, args.token_file)
+    except TokenError as exc:
+        parser.error(str(exc))
     if args.unsafe_no_sandbox:
         import os
 
@@ -1730,6 +1772,6 @@ def main(spec_path: str | Path, argv: Sequence[str] | None = None) -> None:
         episode_ttl_s=args.episode_ttl or None, call_timeout_s=args.call_timeout,
         episode_memory_bytes=args.episode_memory,
     )
-    if args.token and not args.http:
+    if explicit_token and not args.http:
         print("note: --token applies to --http only; stdio is not authenticated", file=sys.stderr)
     serve(server, http=args.http, host=args.host, port=args.port, allow_remote=args.allow_remote)
