@@ -801,6 +801,10 @@ class EnvironmentRuntime:
             too_deep = _depth_problem(state, "state")
             if too_deep is not None:  # it could not be sent back (astra/state would never be answered)
                 raise ValueError(too_deep)
+            size = len(json.dumps(state, ensure_ascii=False))
+            if size > self.limits.max_state_bytes:  # the bound every tool's state lives under
+                raise ValueError(f"state is {size} characters of JSON; at most {self.limits.max_state_bytes} "
+                                 "(max_state_bytes)")
             episode.state = copy.deepcopy(state)
         else:
             raise ValueError("restore needs a snapshot_id or a state")
