@@ -109,6 +109,7 @@ class Rollout:
         self.truth: list[SubQuestion] | None = None if truth is None else sub_questions(truth)
         self.tracker: RewardTracker | None = None if self.truth is None else RewardTracker(self.truth)
         self.calls: list[ToolCallRecord] = []
+        self._recorded: list[dict[str, Any]] = []  # self.calls as JSON, kept in step (adapters read it per call)
         self.episodes: dict[str, Episode] = {}
         self.closed = False
 
@@ -133,6 +134,7 @@ class Rollout:
             ref=ToolRef(server=server, tool=tool, exposed=name or tool),
         )
         self.calls.append(call)
+        self._recorded.append(call.model_dump(mode="json"))
         step = self.tracker.add(call) if self.tracker is not None else 0.0
         return StepOutcome(
             text=result.text, is_error=result.is_error, result=value, step_reward=step, latency_s=result.latency_s
@@ -156,7 +158,7 @@ class Rollout:
 
     def recorded_calls(self) -> list[dict[str, Any]]:
         """The calls as JSON (what verl hands the reward function as ``extra_info["astra_calls"]``)."""
-        return [c.model_dump(mode="json") for c in self.calls]
+        return list(self._recorded)  # dumped once per call: verl reads this after every call
 
     async def call(self, server: str, tool: str, arguments: dict[str, Any], name: str | None = None) -> StepOutcome:
         """Call ``tool`` on ``server`` in this trajectory's episode; ``name``: what the model called it
