@@ -90,7 +90,10 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="astra-bench-"))
     spec = load_sample("inventory").model_copy(update={"sandboxed": sandboxed})
     server_dir = emit(spec, tmp / "inventory")
-    env = ExportEnvironment(spec=spec, question="q", answer="354.0", server_dir=str(server_dir))
+    launch = stdio_launch(server_dir)
+    if not sandboxed:  # a spec marked trusted runs in-process only when the user says so too
+        launch.args.append("--unsafe-no-sandbox")
+    env = ExportEnvironment(spec=spec, question="q", answer="354.0", server_dir=str(server_dir), launch=launch)
     sample = samples([env])[0]
     truth = json.dumps(sample.truth)
     row = verl_row(sample, 0)
@@ -114,12 +117,14 @@ async def run(blocks: int, per_block: int, sandboxed: bool) -> None:
 
     session = openenv.openenv_factory(openenv.openenv_sample(sample))()
 
-    pool = EpisodePool([(env.name, stdio_launch(server_dir))])
-    home = EpisodePool([(env.name, stdio_launch(server_dir))], loop=PoolLoop.CALLER)
+    pool = EpisodePool([(env.name, launch)])
+    home = EpisodePool([(env.name, launch)], loop=PoolLoop.CALLER)
     timings: dict[str, list[float]] = {
         k: [] for k in ("direct", "direct-ep", "pool", "home", "verl", "trl", "openenv")
     }
-    async with Client(stdio_parameters(server_dir)) as client:
+    params = stdio_parameters(server_dir)
+    params.args = list(launch.args)
+    async with Client(params) as client:
 
         async def direct(n: int) -> None:  # the session's own episode: no handle, no reward bookkeeping
             for _ in range(n):
