@@ -87,12 +87,12 @@ class Episode:
     server: str
     handle: str
     closed: bool = False
-    evicted: bool = False
     lost: bool = False  # its connection went away with the loop that held it (never reopened silently)
 
 
-class EpisodeEvicted(AstraError):
-    """A live trajectory's episode was closed to stay within ``max_open_episodes``.
+class EpisodeEvicted(AstraError, RuntimeError):
+    """A live trajectory's episode is gone: closed to stay within ``max_open_episodes``, or lost with
+    the event loop that held the pool.
 
     The trajectory cannot go on: its environment state is gone, and continuing in a fresh
     episode would mix two worlds in one trajectory and its reward. An infrastructure failure,
@@ -117,13 +117,14 @@ class Rollout:
         if self.closed:
             raise RuntimeError("this rollout is closed: start a new one")
         episode = self.episodes.get(server)
-        if episode is not None and episode.lost:
-            raise RuntimeError(f"this rollout's episode on {server!r} was lost with the event loop that held the pool")
         if episode is not None and episode.closed:
+            why = (
+                "was lost with the event loop that held the pool" if episode.lost
+                else f"was closed: more than {self.pool.max_open_episodes} trajectories were open in this worker "
+                "(max_open_episodes)"
+            )
             raise EpisodeEvicted(
-                f"the episode of this trajectory on {server!r} was closed: more than "
-                f"{self.pool.max_open_episodes} trajectories were open in this worker (max_open_episodes); "
-                "the trajectory cannot go on in a fresh one"
+                f"the episode of this trajectory on {server!r} {why}; the trajectory cannot go on in a fresh one"
             )
         if episode is None:
             episode = self.episodes[server] = await self.pool._aopen(server)
@@ -388,7 +389,6 @@ class EpisodePool:
         self._open[handle] = episode
         while len(self._open) > self.max_open_episodes:
             _, oldest = self._open.popitem(last=False)
-            oldest.evicted = True
             log.warning(
                 "closed the least recently used episode %s... on %r: more than %d open (max_open_episodes); "
                 "its trajectory fails on its next call", oldest.handle[:8], oldest.server, self.max_open_episodes,

@@ -38,3 +38,25 @@ def test_the_verl_reward_refuses_a_rollout_the_adapter_marked_failed() -> None:
     calls = [{"name": "get_capital", "arguments": {}, "result": "Paris", "is_error": False}]
     with pytest.raises(RuntimeError, match="evicted"):
         compute_score("astra_env", "", truth, {"astra_calls": calls, "astra_error": "the episode was evicted"})
+
+
+def test_a_trajectory_whose_episode_went_with_its_loop_fails_the_same_way(
+    environments: list[ExportEnvironment],
+) -> None:
+    """A pool on the caller's loop loses its connections when that loop closes: the trajectory that
+    held an episode there fails with the same error the adapters refuse to score, never a fresh one."""
+    import asyncio
+
+    from astra.trainers._pool import PoolLoop
+
+    env = environments[0]
+    pool = EpisodePool([(env.name, stdio_launch(env.server_dir))], loop=PoolLoop.CALLER)
+    try:
+        a = pool.rollout()
+        made = asyncio.run(a.call(env.name, "create_order", {"sku": "HAM-2", "quantity": 2, "customer": "ACME"}))
+        assert not made.is_error, made.text
+        with pytest.raises(EpisodeEvicted, match="lost with the event loop"):
+            asyncio.run(a.call(env.name, "get_order", {"order_id": "ORD-1"}))
+        assert len(a.calls) == 1
+    finally:
+        pool.close()
