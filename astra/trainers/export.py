@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import keyword
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,13 +61,30 @@ class ExportEnvironment:
         return launch.model_dump(mode="json", exclude_defaults=False)
 
 
+def python_identifier(
+    name: str, *, prefix: str, max_len: int | None = None, reserved: frozenset[str] = frozenset()
+) -> str:
+    """``name`` as an ASCII Python identifier (``[A-Za-z0-9_]``: NFKC-folded letters would collide), at
+    most ``max_len`` characters; ``prefix`` goes in front of an empty, digit-led, keyword or ``reserved`` one."""
+    ident = re.sub(r"\W", "_", name, flags=re.ASCII)[:max_len]
+    if not ident or ident[0].isdigit() or keyword.iskeyword(ident) or ident in reserved:
+        ident = f"{prefix}{ident}"[:max_len]
+    return ident
+
+
+def unique_name(base: str, taken: set[str], make: Callable[[str], str] = str) -> str:
+    """``base``, or ``make(base_2)``, ``make(base_3)``... the first not in ``taken``, which it joins."""
+    name, k = base, 2
+    while name in taken:
+        name, k = make(f"{base}_{k}"), k + 1
+    taken.add(name)
+    return name
+
+
 def _safe(name: str) -> str:
     """A tool name every consumer accepts: provider-safe (``[A-Za-z0-9_]``, at most 64 characters)
     and a Python identifier (TRL's environment methods are the tools)."""
-    ident = re.sub(r"\W", "_", name, flags=re.ASCII)[:64]
-    if not ident or ident[0].isdigit() or keyword.iskeyword(ident):
-        ident = f"t_{ident}"[:64]
-    return ident
+    return python_identifier(name, prefix="t_", max_len=64)
 
 
 def export_tool_names(envs: Sequence[ExportEnvironment]) -> dict[tuple[str, str], str]:
@@ -81,11 +98,7 @@ def export_tool_names(envs: Sequence[ExportEnvironment]) -> dict[tuple[str, str]
     for env in envs:
         for t in env.spec.tools:
             base = _safe(t.spec.name if counts[t.spec.name] == 1 else f"{env.name}__{t.spec.name}")
-            name, k = base, 2
-            while name in used:
-                name, k = _safe(f"{base}_{k}"), k + 1
-            used.add(name)
-            out[(env.name, t.spec.name)] = name
+            out[(env.name, t.spec.name)] = unique_name(base, used, _safe)
     return out
 
 

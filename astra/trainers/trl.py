@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import keyword
-import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from astra.trainers._pool import EpisodePool, PoolLoop, Rollout, launch_from_config
+from astra.trainers.export import python_identifier, unique_name
 
 __all__ = ["AstraEnvironment", "process_reward", "trl_module_source"]
 
@@ -98,19 +98,10 @@ def _python_type(schema: dict[str, Any]) -> str:
 _RESERVED = frozenset({"self"})
 
 
-def _identifier(name: str, taken: set[str] | None = None) -> str:
-    """A Python identifier for a model-written name: ASCII only (the parser folds other letters with
-    NFKC, so 'ª' would collide with 'a'), never a keyword or a reserved name, and not in ``taken``
-    (a ``_2``, ``_3`` ... suffix), which it joins."""
-    ident = re.sub(r"[^0-9A-Za-z_]", "_", name)
-    if not ident or ident[0].isdigit() or keyword.iskeyword(ident) or ident in _RESERVED:
-        ident = f"p_{ident}"
-    if taken is not None:
-        base, n = ident, 2
-        while ident in taken:
-            ident, n = f"{base}_{n}", n + 1
-        taken.add(ident)
-    return ident
+def _identifier(name: str, taken: set[str]) -> str:
+    """A distinct Python identifier for a model-written name (joins ``taken``): 'self' is reserved,
+    'a b'/'a-b' and 'a'/'ª' get their own (``_2``, ``_3``... suffixes)."""
+    return unique_name(python_identifier(name, prefix="p_", reserved=_RESERVED), taken)
 
 
 def _one_line(text: str) -> str:
