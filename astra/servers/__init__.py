@@ -59,7 +59,7 @@ from ._runtime import (
     serve,
 )
 from ._runtime import EnvironmentError_ as EnvironmentSpecError
-from ._sandbox import Sandbox, SandboxError, SandboxLimits, SandboxResult, SandboxUnavailable
+from ._sandbox import ProcessScope, Sandbox, SandboxError, SandboxLimits, SandboxResult, SandboxUnavailable
 from ._validate import (
     Certification,
     CheckKind,
@@ -151,6 +151,7 @@ __all__ = [
     "EnvironmentSpecError",
     "Sandbox",
     "SandboxError",
+    "ProcessScope",
     "SandboxLimits",
     "SandboxResult",
     "SandboxUnavailable",

@@ -808,6 +808,8 @@ class EnvironmentRuntime:
             episode.state = copy.deepcopy(state)
         else:
             raise ValueError("restore needs a snapshot_id or a state")
+        if self._sandbox is not None:  # what the episode's tool process holds belongs to the state left behind
+            self._sandbox.renew(episode)
         return self._state_of(episode)
 
     # ----------------------------------------------------------------- the wire

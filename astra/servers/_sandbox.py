@@ -103,6 +103,13 @@ class ErrorKind(StrEnum):
     SANDBOX = "sandbox"  # the sandbox itself failed and was replaced
 
 
+class ProcessScope(StrEnum):
+    """What one process of tool code serves inside an episode's sandbox."""
+
+    EPISODE = "episode"  # every call of the episode (a real server's semantics; the fast default)
+    CALL = "call"  # one call: nothing a call leaves in the interpreter or scratch reaches the next
+
+
 _CHILD_KINDS = frozenset({ErrorKind.EXCEPTION, ErrorKind.FORBIDDEN, ErrorKind.NOT_JSON, ErrorKind.STATE_TOO_LARGE,
                           ErrorKind.MEMORY})
 
@@ -132,6 +139,27 @@ class SandboxLimits:
     # emptied after every call); at capacity the least recently used idle episode's sandbox is released
     max_sandboxes: int = 64
     spare_sandboxes: int = 2  # launched ahead, so that a new or reset episode does not wait for one
+    # EPISODE: one process serves all the calls of an episode (renewed on restore and after a breached
+    # limit); CALL: a fresh process per call (slower: a fork and an exit between calls)
+    process_scope: ProcessScope = ProcessScope.EPISODE
+    # CPU seconds an episode's process may use in all (the kernel's hard limit, which tool code cannot
+    # raise; each call still has ``cpu_s``); 0: ten calls' worth. The host renews the process before
+    # it runs short.
+    process_cpu_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "process_scope", ProcessScope(self.process_scope))
+
+    @property
+    def cpu_limit_s(self) -> int:
+        """``cpu_s`` as the kernel counts it (whole seconds, at least 1)."""
+        return max(1, round(self.cpu_s))
+
+    @property
+    def process_cpu_limit_s(self) -> int:
+        """The lifetime CPU limit of an episode's process, in whole seconds (at least two calls' worth)."""
+        wanted = self.process_cpu_s or 10 * self.cpu_limit_s
+        return max(2 * self.cpu_limit_s + 1, int(-(-wanted // 1)))
 
     @classmethod
     def from_env(cls) -> SandboxLimits:
@@ -195,6 +223,9 @@ _TOOL_DENIED = (
     # view of host activity (R3-09); the rest: host memory/page-cache probes and legacy calls (R3-10)
     "inotify_init", "inotify_init1", "inotify_add_watch", "modify_ldt", "mincore", "remap_file_pages", "move_pages",
     "migrate_pages", "sysfs", "ustat",
+    # a pipe's inode number comes from a machine-wide counter: one episode's pipes would move the numbers
+    # another episode sees (the call's own request and reply pipes come from the host)
+    "pipe", "pipe2",
 )
 # Syscalls numbered from 424 on have the same number on every architecture (Linux 5.1+). The tool filter
 # refuses all of them (ENOSYS, as from an older kernel: callers fall back) except these, so a syscall
@@ -670,6 +701,8 @@ class _Worker:
     previous_deadline: float = 0.0  # when its wall clock ran out
     dirty: bool = False  # the parent could not empty the scratch after a call: this sandbox is done
     busy: bool = False  # a call is being exchanged with it
+    current: _Spare | None = None  # ProcessScope.EPISODE: the process serving the episode's calls
+    current_cpu_s: float = 0.0  # the CPU time it reported having used before its last call
 
     def kill(self) -> None:
         self.alive = False
@@ -682,6 +715,24 @@ class _Worker:
         for spare in self.spares:
             spare.close()
         self.spares.clear()
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+    def retire(self) -> bool:
+        """End the episode's process (ProcessScope.EPISODE): the parent kills it whatever its tool code
+        does, empties the scratch and reports; the episode's next call waits for that and runs in a
+        fresh process."""
+        current, self.current = self.current, None
+        if current is None:
+            return
+        current.close()
+        self.previous, self.previous_deadline = current.pid, time.monotonic()
+        try:
+            self.control.send(json.dumps({"op": "retire", "pid": current.pid}).encode())
+        except OSError:
+            return False  # the sandbox is gone or stuck: the caller replaces it
+        return True
 
     async def wait(self, timeout: float = 10.0) -> int | None:
         with anyio.move_on_after(timeout):
@@ -701,6 +752,10 @@ class _Worker:
             for fd in fds:
                 os.close(fd)
             if message.get("op") == "done" and isinstance(message.get("pid"), int):
+                if self.current is not None and message["pid"] == self.current.pid:
+                    self.current.close()  # the episode's process died between calls: the next call takes a spare
+                    self.current = None
+                    self.dirty = self.dirty or message.get("clean") is not True
                 if message["pid"] == self.previous:
                     self.previous = None
                     self.dirty = self.dirty or message.get("clean") is not True
@@ -794,6 +849,7 @@ class _Binding:
     last_used: float = field(default_factory=time.monotonic)
     lock: anyio.Lock | None = None
     lock_token: object = None
+    renew: bool = False  # the episode was restored: its next call runs in a fresh process
 
     def holds(self, episode: object) -> bool:
         held = self.key() if isinstance(self.key, weakref.ref) else self.key
@@ -898,6 +954,13 @@ class Sandbox:
         if binding.users == 0:
             self._unbind(id(episode), binding)
 
+    def renew(self, episode: object) -> None:
+        """Give ``episode`` a fresh process for its next call (ProcessScope.EPISODE: what earlier calls
+        left in the interpreter and the scratch directory goes; the runtime calls this on a restore)."""
+        binding = self._bindings.get(id(episode))
+        if binding is not None and binding.holds(episode):
+            binding.renew = True
+
     @property
     def open_sandboxes(self) -> int:
         """Sandboxes alive now (bound to an episode or spare)."""
@@ -912,7 +975,8 @@ class Sandbox:
             "audit_hook": self.audit_hook, "cpu_s": limits.cpu_s, "wall_s": limits.wall_s,
             "memory_mb": limits.memory_mb, "max_procs": limits.max_procs, "file_size_mb": limits.file_size_mb,
             "max_output_bytes": limits.max_output_bytes, "max_result_bytes": limits.max_result_bytes,
-            "max_state_bytes": limits.max_state_bytes,
+            "max_state_bytes": limits.max_state_bytes, "process_scope": limits.process_scope.value,
+            "process_cpu_s": limits.process_cpu_limit_s,
         }
 
     def _launch(self) -> _Worker:
@@ -1001,6 +1065,7 @@ class Sandbox:
             "audit_hook": self.audit_hook,
             "pids_limit": "cgroup" if cgroup is not None else ("rlimit" if os.geteuid() != 0 else "none"),
             "sandbox_per_episode": True,
+            "process_scope": self.limits.process_scope.value,
         }
         return worker
 
@@ -1188,6 +1253,12 @@ class Sandbox:
                     if worker is None or not worker.alive:
                         binding.worker = None
                         worker = binding.worker = await self._acquire()
+                    if binding.renew:
+                        binding.renew = False
+                        if worker.current is not None and not worker.retire():
+                            self._replace(worker)
+                            binding.worker = None
+                            continue
                     try:
                         result = await self._exchange(worker, nonce, payload, stateful=state is not None)
                     except _Unsettled as exc:  # the call has not started: it runs in a fresh sandbox
@@ -1225,29 +1296,48 @@ class Sandbox:
     async def _exchange_with(self, worker: _Worker, nonce: str, payload: bytes, *, stateful: bool,
                              reply_limit: int) -> SandboxResult:
         limits = self.limits
-        try:  # the previous call's process gone (pids), the scratch emptied: before this call's wall clock
-            budget = max(0.0, worker.previous_deadline - time.monotonic()) + _WIPE_S + _BACKSTOP_S
-            with anyio.fail_after(budget):
-                worker.drain()
-                await worker.settle()
-        except (TimeoutError, EOFError, OSError, ValueError) as exc:
-            raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
-        if worker.dirty:
-            raise _Unsettled("the scratch directory could not be emptied in time")
+        per_episode = limits.process_scope is ProcessScope.EPISODE
+        if worker.current is not None:
+            try:
+                worker.drain()  # a report that the episode's process died since its last call
+            except (EOFError, OSError, ValueError) as exc:
+                raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
+        if worker.current is None:
+            try:  # the previous process gone (pids), the scratch emptied: before this call's wall clock
+                budget = max(0.0, worker.previous_deadline - time.monotonic()) + _WIPE_S + _BACKSTOP_S
+                with anyio.fail_after(budget):
+                    worker.drain()
+                    await worker.settle()
+            except (TimeoutError, EOFError, OSError, ValueError) as exc:
+                raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
+            if worker.dirty:
+                raise _Unsettled("the scratch directory could not be emptied in time")
         request_r = request_w = reply_r = reply_w = -1
-        spare: _Spare | None = None
+        process: _Spare | None = None
         sent = completed = False
         report: dict[str, Any] | None = None
         try:
             # the call's wall clock, here where tool code cannot reach it: past it the whole sandbox goes
             with anyio.fail_after(limits.wall_s):
-                spare = await worker.spare()
+                process = worker.current
+                if process is None:
+                    process = await worker.spare()
+                    if per_episode:
+                        worker.current, worker.current_cpu_s = process, 0.0
                 request_r, request_w = os.pipe()
                 reply_r, reply_w = os.pipe()
-                worker.previous, worker.previous_deadline = spare.pid, time.monotonic() + limits.wall_s
-                socket.send_fds(spare.channel, [b"call"], [request_r, reply_w])
+                if per_episode:  # the parent keeps the call's CPU limit (the process outlives its calls)
+                    worker.control.send(json.dumps({"op": "call", "pid": process.pid}).encode())
+                try:
+                    socket.send_fds(process.channel, [b"call"], [request_r, reply_w])
+                except OSError as exc:  # an episode's process that died between calls
+                    if worker.current is process:
+                        raise _Unsettled(f"the episode's process is gone ({exc})") from exc
+                    raise
                 sent = True
-                spare.channel.close()
+                if not per_episode:
+                    worker.previous, worker.previous_deadline = process.pid, time.monotonic() + limits.wall_s
+                    process.channel.close()
                 for fd in (request_r, reply_w):
                     os.close(fd)
                 request_r = reply_w = -1
@@ -1266,8 +1356,14 @@ class Sandbox:
                                          error="the tool's reply was larger than the output, result and state "
                                                "limits allow; it was stopped")
                 problem, data = _parse_reply(reply, nonce, limits)
+                if per_episode and data is not None:
+                    worker.control.send(json.dumps({"op": "idle", "pid": process.pid}).encode())
                 if data is None:
-                    report = await worker.report(spare.pid)
+                    # an episode's process that failed its call goes (it may still be running: the
+                    # parent kills it); its exit status says why the call failed
+                    if worker.current is process and not worker.retire():
+                        raise EOFError("the sandbox's control channel is closed")
+                    report = await worker.report(process.pid)
             completed = True
         except TimeoutError:
             self._replace(worker)
@@ -1285,17 +1381,36 @@ class Sandbox:
                         os.close(fd)
                     except OSError:
                         pass
-            if spare is not None and not sent:
-                spare.channel.close()  # an unused spare exits when its channel closes
+            if process is not None and not sent and worker.current is not process:
+                process.channel.close()  # an unused spare exits when its channel closes
             if sent and not completed and worker.alive:  # cancelled mid-call: the call goes with its sandbox
                 self._replace(worker)
-        if spare is not None:
-            worker.reports.pop(spare.pid, None)  # a complete reply's report is not needed
-        return self._judge(problem, data, report, stateful=stateful)
+        if process is not None and not per_episode:
+            worker.reports.pop(process.pid, None)  # a complete reply's report is not needed
+        result = self._judge(problem, data, report, stateful=stateful)
+        if per_episode and worker.current is process and data is not None:
+            self._after_episode_call(worker, data, result)
+        return result
+
+    def _after_episode_call(self, worker: _Worker, data: dict[str, Any], result: SandboxResult) -> None:
+        """ProcessScope.EPISODE: renew the episode's process after a failed call (what the call changed goes
+        with it, as its state changes do: a MemoryError or a patched builtin may have left the process
+        unhealthy) and before its lifetime CPU limit could end a call."""
+        try:
+            used = float(data.get("cpu_before") or 0.0)
+        except (TypeError, ValueError):
+            used = float("inf")  # a forged frame: renew
+        worker.current_cpu_s = used
+        limits = self.limits
+        short = limits.process_cpu_limit_s - used < 2 * limits.cpu_limit_s + 1
+        if not result.ok or short:
+            if not worker.retire():
+                self._replace(worker)
 
     def _judge(self, problem: str | None, data: dict[str, Any] | None, report: dict[str, Any] | None,
                *, stateful: bool) -> SandboxResult:
-        """The call's result from its reply frame and (when the frame is missing or bad) the parent's report."""
+        """The call's result from its reply frame and (when the frame is missing or bad) the parent's report
+        (``killed``: why the parent killed the process: "cpu" past a call's CPU limit, "retired" by the host)."""
         limits = self.limits
         if data is not None:
             return self._from_frame(data, stateful=stateful)
@@ -1304,9 +1419,13 @@ class Sandbox:
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             cpu_limit = max(1, int(-(-limits.cpu_s // 1)))
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and float(report.get("cpu_s", 0)) >= cpu_limit - 0.05):
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and report.get("killed") != "retired" and (
+                    report.get("killed") == "cpu" or float(report.get("cpu_s", 0)) >= cpu_limit - 0.05)):
                 return SandboxResult(ok=False, error_kind=ErrorKind.CPU,
                                      error=f"the tool used more than {limits.cpu_s:g} s of CPU; it was stopped")
+            if sig == signal.SIGKILL and report.get("killed") == "retired" and problem != "no reply":
+                return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
+                                     error=f"the tool's reply channel carried {problem}; the call was discarded")
             if sig == signal.SIGXFSZ:
                 return SandboxResult(ok=False, error_kind=ErrorKind.FILE_SIZE,
                                      error=f"the tool wrote a file larger than {limits.file_size_mb} MiB; "

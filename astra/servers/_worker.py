@@ -1,4 +1,4 @@
-"""The sandbox worker: a warm, pre-imported parent that forks a fresh child for every tool call.
+"""The sandbox worker: a warm, pre-imported parent that forks the processes tool code runs in.
 
 Started by :class:`astra.servers.Sandbox` as ``python -I -S -B _worker.py CONFIG_JSON`` inside
 bubblewrap (see ``_sandbox``: unprivileged uid, no capabilities, no new privileges, fresh user,
@@ -12,22 +12,31 @@ runs tool code and never sees a request or a reply: it forks spare children ahea
 and hands each to the host on the control socket (an inherited ``SOCK_SEQPACKET`` descriptor) as
 ``{"op": "spare", "pid"}`` with the spare's private channel. A spare confines itself and warms up
 before it waits: it closes every other descriptor, sets its rlimits (address space, file size,
-processes, open files, no core), loads the tool-code seccomp filter (no exec, no fork, no signals
-to other processes, no sockets, no F_SETOWN, no executable mappings: nothing native can be loaded
-from scratch) and runs a harmless call of its own, so that the copy-on-write faults of a call's
-first steps are taken before the call arrives. Nothing per call reaches the parent: the host
-waits for the parent's report on the previous call, then sends the spare the read end of the
-request pipe and the write end of the reply pipe, and keeps the call's wall clock itself (where tool
-code cannot reach it; past it the whole sandbox is killed and replaced). The child closes its
-channel, marks its ``ran`` pipe (read by the parent only), sets its CPU limit, optionally installs
-the audit hook (defence in depth only), reads the request, runs the tool and writes one frame
-(4-byte big-endian length + UTF-8 JSON carrying the request's nonce) to the reply pipe, which the
-host checks: anything else on the pipe fails the call. When a child exits the parent reaps it,
-empties the scratch directory if it ran a call (outside every call's wall clock; ``clean`` false
-when it could not within its budget: the host then replaces the sandbox), forks its replacement
-(before reporting, so that pids do not depend on timing) and reports ``{"op": "done", "pid",
-"status", "cpu_s", "ran", "clean"}``. A child dies with everything it changed: no global, builtin,
-module, patched function or scratch file reaches the next call.
+processes, open files, CPU, no core), loads the tool-code seccomp filter (no exec, no fork, no
+signals to other processes, no sockets, no pipes, no F_SETOWN, no executable mappings: nothing
+native can be loaded from scratch) and runs a harmless call of its own, so that the copy-on-write
+faults of a call's first steps are taken before the call arrives. The host sends a child a call
+as the read end of the request pipe and the write end of the reply pipe on its channel, and keeps
+the call's wall clock itself (where tool code cannot reach it; past it the whole sandbox is killed
+and replaced). The child marks its ``ran`` pipe (read by the parent only) before its first call,
+sets its CPU limit for the call, optionally installs the audit hook (defence in depth only), reads
+the request, runs the tool and writes one frame (4-byte big-endian length + UTF-8 JSON carrying
+the request's nonce) to the reply pipe, which the host checks: anything else on the pipe fails the
+call.
+
+``process_scope`` "episode" (the default): the child serves every call of its episode (a real
+server's semantics: what one call leaves in the interpreter or the scratch directory the next call
+of the same episode sees; nothing reaches another episode, whose sandbox is another). The host
+retires it (``{"op": "retire", "pid"}``: the parent kills it) on a restore or a breached limit,
+and the episode's next call runs in a fresh child. ``process_scope`` "call": the child closes its
+channel and exits after one call, so that no global, builtin, module, patched function or scratch
+file reaches the next call; the host waits for the parent's report on the previous call before the
+next.
+
+When a child exits the parent reaps it, empties the scratch directory if it ran a call (outside
+every call's wall clock; ``clean`` false when it could not within its budget: the host then
+replaces the sandbox), forks its replacement (before reporting, so that pids do not depend on
+timing) and reports ``{"op": "done", "pid", "status", "cpu_s", "ran", "clean"}``.
 """
 
 from __future__ import annotations
@@ -46,8 +55,12 @@ import time
 from typing import Any
 
 _HEADER = struct.Struct(">I")
-# what the runner needs after the tool code ran, held here (tool code may replace any builtin or module attribute)
+# what the runner needs after the tool code ran, held here (tool code may replace any builtin or module
+# attribute; an episode's process runs the episode's later calls after it): deeper tampering only
+# garbles the episode's own replies, and a bad reply retires the process
 _len, _pack, _write, _close, _exit = len, _HEADER.pack, os.write, os.close, os._exit
+_read, _dumps, _loads, _compile, _exec, _callable = os.read, json.dumps, json.loads, compile, exec, callable
+_recv_fds = socket.recv_fds
 _SPARES = 2  # children forked ahead of their call, so that a call does not wait for a fork
 _WIPE_S = 2.0  # the parent's budget to empty the scratch after a call; past it the sandbox is replaced
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -133,6 +146,7 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
     denied_imports = frozenset(_DENIED_IMPORTS)
     write_events, read_events = dict(_PATH_EVENTS_WRITE), dict(_PATH_EVENTS_READ)
     write_flags = _WRITE_FLAGS
+    rlimit_cpu = 0  # RLIMIT_CPU on Linux (resource is not imported here: the parent need not load it)
 
     def resolve(path: Any) -> str | None:
         """realpath() from captured primitives (posixpath's own globals are patchable)."""
@@ -198,6 +212,8 @@ def _make_guard(scratch: str, read_roots: list[str]):  # type: ignore[no-untyped
             if name.split(".")[0] in denied_imports:
                 deny(f"importing {name!r}")
             return
+        if event == "resource.setrlimit" and len_(args) and args[0] == rlimit_cpu:
+            return  # the runner sets each call's CPU limit (the kernel keeps it under the hard limit)
         if event in denied_events or event.startswith(denied_prefixes):
             deny(event)
         for events, roots, why in path_rules:
@@ -281,13 +297,15 @@ def _wipe(path: str, deadline: float) -> bool:
 
 def _child(config: dict[str, Any], channel: socket.socket, ran: int, tool_filter: _Filter | None,
            guard: Any) -> None:
-    """A spare child: confine itself, warm up, wait for its call, run it; never returns.
+    """A spare child: confine itself, warm up, wait for its call(s), run them; never returns.
 
     It is forked before its call arrives (so a call does not wait for a fork) and takes no
-    descriptor but ``channel`` into confinement; the host hands it the call's request and reply
-    pipes there once the parent reported the previous call's process gone and the scratch
-    directory emptied; then it closes the channel, marks ``ran`` (a pipe only the parent reads: the
-    scratch is emptied after this process, since it ran a call) and runs the call."""
+    descriptor but ``channel`` into confinement; the host hands it a call's request and reply
+    pipes there (once the parent reported the previous process gone and the scratch directory
+    emptied); it marks ``ran`` (a pipe only the parent reads: the scratch is emptied after this
+    process, since it ran a call) and runs the call. With ``process_scope`` "call" it closes the
+    channel first and exits after the one call; with "episode" it serves every call of its
+    episode the host sends on the channel, until the channel closes (or the parent kills it)."""
     status = 0
     try:
         import resource
@@ -305,39 +323,59 @@ def _child(config: dict[str, Any], channel: socket.socket, ran: int, tool_filter
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         mib = 1024 * 1024
+        per_episode = config.get("process_scope") == "episode"
+        # CPU: per call, the soft limit (set again before each call: SIGXCPU ends the process); the hard
+        # limit, which no process can raise, bounds the process's whole life (one call, or an episode)
+        cpu_hard = int(config["process_cpu_s"]) if per_episode else max(1, round(float(config["cpu_s"]))) + 1
         for which, soft, hard in (
             (resource.RLIMIT_CORE, 0, 0),
             (resource.RLIMIT_AS, int(config["memory_mb"]) * mib, int(config["memory_mb"]) * mib),
             (resource.RLIMIT_FSIZE, int(config["file_size_mb"]) * mib, int(config["file_size_mb"]) * mib),
             (resource.RLIMIT_NPROC, int(config["max_procs"]), int(config["max_procs"])),
             (resource.RLIMIT_NOFILE, 64, 64),
+            (resource.RLIMIT_CPU, cpu_hard, cpu_hard),
         ):
             resource.setrlimit(which, (soft, hard))
         if tool_filter is not None:
             tool_filter.load()
         _prefault(config)
-        _message, fds, _flags, _addr = socket.recv_fds(channel, 64, 2)
-        channel.close()
-        if len(fds) != 2:
-            _exit(0)  # retired unused
-        request_fd, reply_fd = fds
-        os.write(ran, b"1")  # before any tool code: the parent empties the scratch after this process
-        os.close(ran)
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = max(1, round(used.ru_utime + used.ru_stime + float(config["cpu_s"])))  # whole seconds only
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        chunks = []
+        getrusage, setrlimit = resource.getrusage, resource.setrlimit
+        rusage_self, rlimit_cpu, cpu_s = resource.RUSAGE_SELF, resource.RLIMIT_CPU, float(config["cpu_s"])
+        calls = 0
         while True:
-            chunk = os.read(request_fd, 1 << 20)
-            if not chunk:
+            try:
+                _message, fds, _flags, _addr = _recv_fds(channel, 64, 2)
+            except OSError:
+                fds = []
+            if _len(fds) != 2:
+                for fd in fds:
+                    _close(fd)
+                break  # retired (unused, or its episode is over)
+            request_fd, reply_fd = fds
+            if not per_episode:
+                channel.close()
+            if calls == 0:
+                os.write(ran, b"1")  # before any tool code: the parent empties the scratch after this process
+                os.close(ran)
+            calls += 1
+            used = getrusage(rusage_self)
+            used_s = used.ru_utime + used.ru_stime
+            soft = min(cpu_hard, max(1, round(used_s + cpu_s)))  # whole seconds only
+            setrlimit(rlimit_cpu, (soft, cpu_hard))
+            chunks = []
+            while True:
+                chunk = _read(request_fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            _close(request_fd)
+            reply = _run(config, _loads(b"".join(chunks)), guard, used_s)
+            view = memoryview(reply)
+            while view:
+                view = view[_write(reply_fd, view):]
+            _close(reply_fd)  # the host sees the end of the reply now, not after this process is torn down
+            if not per_episode:
                 break
-            chunks.append(chunk)
-        os.close(request_fd)
-        reply = _run(config, json.loads(b"".join(chunks)), guard)
-        view = memoryview(reply)
-        while view:
-            view = view[_write(reply_fd, view):]
-        _close(reply_fd)  # the host sees the end of the reply now, not after this process is torn down
     except BaseException:  # noqa: BLE001 - the host sees the missing reply and the exit status
         status = 70
     _exit(status)
@@ -381,16 +419,22 @@ def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any)
     return pid, ours, ran_r
 
 
-def _run(config: dict[str, Any], request: dict[str, Any], guard: Any) -> bytes:
-    """Run the tool code of one request; the reply frame (tool failures are replies too)."""
+_GUARD_INSTALLED: list[bool] = []
+
+
+def _run(config: dict[str, Any], request: dict[str, Any], guard: Any, cpu_before: float = 0.0) -> bytes:
+    """Run the tool code of one request; the reply frame (tool failures are replies too). ``cpu_before``:
+    the CPU seconds this process had used before the call (the host renews an episode's process
+    before its lifetime CPU limit would end a call)."""
     max_output, max_result = int(config["max_output_bytes"]), int(config["max_result_bytes"])
     max_state = int(config["max_state_bytes"])
-    dumps, loads = json.dumps, json.loads
+    dumps, loads = _dumps, _loads
     nonce = request["id"]
     stateful = bool(request.get("stateful"))
     state = request.get("state")
     sink = _BoundedText(max_output)
-    if guard is not None:
+    if guard is not None and not _GUARD_INSTALLED:
+        _GUARD_INSTALLED.append(True)
         sys.addaudithook(guard)
         for name in _DENIED_IMPORTS:
             sys.modules.pop(name, None)  # so that `import resource` etc. goes through the audit hook
@@ -398,9 +442,9 @@ def _run(config: dict[str, Any], request: dict[str, Any], guard: Any) -> bytes:
     try:
         sys.stdout = sys.stderr = sink
         ns = {"__name__": "astra_tool", "__builtins__": builtins}
-        exec(compile(request["source"], "<tool " + request["entrypoint"] + ">", "exec"), ns)
+        _exec(_compile(request["source"], "<tool " + request["entrypoint"] + ">", "exec"), ns)
         fn = ns.get(request["entrypoint"])
-        if not callable(fn):
+        if not _callable(fn):
             raise NameError(f"the tool source defines no function named {request['entrypoint']!r}")
         args = request.get("arguments") or {}
         value = fn(state, **args) if stateful else fn(**args)
@@ -452,6 +496,7 @@ def _run(config: dict[str, Any], request: dict[str, Any], guard: Any) -> bytes:
         reply = {"ok": False, "error_kind": kind, "error": message[:4000] + line}
     reply["stdout"] = sink.text()
     reply["id"] = nonce
+    reply["cpu_before"] = cpu_before
     try:
         data = dumps(reply, ensure_ascii=False).encode("utf-8")
     except BaseException as error:  # noqa: BLE001 - lone surrogates and the like
@@ -495,13 +540,15 @@ def main() -> None:
     gc.freeze()  # children's collections then skip the parent's objects (fewer copy-on-write faults)
     # pid -> (pidfd, read end of its "ran" pipe)
     children: dict[int, tuple[int, int]] = {}
+    # an episode's process serves all its calls: one spare covers the rare replacement (after a failure)
+    spares = 1 if config.get("process_scope") == "episode" else _SPARES
 
     def fork_spares() -> None:
         # hand the host fresh spares: their channel (the host dispatches calls there itself). One
         # child is forked for each that exits, before its exit is reported (so never while a call
         # runs): a call's pid and its threads' ids depend on its episode's own history only, not on
         # timing (the pid namespace is the episode's)
-        while len(children) < _SPARES:
+        while len(children) < spares:
             pid, channel, ran = _fork_spare(config, tool_filter, guard)
             socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [channel.fileno()])
             channel.close()
@@ -509,11 +556,30 @@ def main() -> None:
 
     fork_spares()
     control.sendall(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
-    # Nothing per call reaches this process (the host enforces the wall clock and replaces the whole
-    # sandbox on a timeout): it wakes when a child exits, and when the host goes away.
+    # The host enforces the wall clock (it replaces the whole sandbox on a timeout). With
+    # process_scope "episode" it also says when a call starts and ends ({"op": "call"/"idle", "pid"}):
+    # the process outlives its calls, so its kernel CPU limit covers its whole life, and tool code can
+    # ignore the per-call SIGXCPU; this process reads the child's CPU clock while a call runs and kills
+    # it past the call's CPU limit. Otherwise it wakes when a child exits and when the host goes away.
+    cpu_limit = max(1, round(float(config["cpu_s"])))
+    watched: dict[int, float] = {}  # pid -> its CPU seconds when its call started
+    killed: dict[int, str] = {}  # pid -> why this process killed it ("cpu", "retired")
+
+    def cpu_of(pid: int) -> float | None:
+        try:
+            return time.clock_gettime(((~pid) << 3) | 2)  # the process's CPU clock (CPUCLOCK_SCHED)
+        except OSError:
+            return None
+
     while True:
         by_fd = {pidfd: pid for pid, (pidfd, _ran) in children.items()}
-        ready = select.select([control, *by_fd], [], [])[0]
+        ready = select.select([control, *by_fd], [], [], 0.05 if watched else None)[0]
+        for pid, start in list(watched.items()):
+            used = cpu_of(pid)
+            if used is not None and used - start > cpu_limit and pid in children:
+                killed[pid] = "cpu"
+                del watched[pid]
+                os.kill(pid, signal.SIGKILL)
         if control in ready:
             message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 4)
             for fd in fds:
@@ -522,12 +588,31 @@ def main() -> None:
                 for pid in children:
                     os.kill(pid, signal.SIGKILL)
                 os._exit(0)  # the host went away
+            try:
+                order = json.loads(message)
+            except ValueError:
+                order = None
+            op, target = (order.get("op"), order.get("pid")) if isinstance(order, dict) else (None, None)
+            if target in children:
+                if op == "call":
+                    start = cpu_of(target)
+                    if start is not None:
+                        watched[target] = start
+                elif op == "idle":
+                    watched.pop(target, None)
+                elif op == "retire":
+                    # the host retires an episode's process (restore, a limit breached): it goes whatever
+                    # its tool code does; its exit is reported like a call's, after the scratch is emptied
+                    killed.setdefault(target, "retired")
+                    watched.pop(target, None)
+                    os.kill(target, signal.SIGKILL)
         for fd in ready:
             pid = by_fd.get(fd) if isinstance(fd, int) else None
             if pid is None:
                 continue
             _pid, status, usage = os.wait4(pid, 0)
             pidfd, ran = children.pop(pid)
+            watched.pop(pid, None)
             os.close(pidfd)
             try:
                 ran_call = os.read(ran, 1) == b"1"  # written before its tool code ran; the process is gone
@@ -538,9 +623,8 @@ def main() -> None:
             clean = not ran_call or _wipe(scratch, time.monotonic() + _WIPE_S)
             fork_spares()
             report = {"op": "done", "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
-                      "ran": ran_call, "clean": clean}
+                      "ran": ran_call, "clean": clean, "killed": killed.pop(pid, None)}
             control.sendall(json.dumps(report).encode())
-
 
 if __name__ == "__main__":
     main()

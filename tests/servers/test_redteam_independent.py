@@ -39,12 +39,15 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec, Verifier
-from astra.servers import EnvironmentControl, Sandbox, SandboxLimits, emit, stdio_parameters
+from astra.servers import EnvironmentControl, ProcessScope, Sandbox, SandboxLimits, emit, stdio_parameters
 from astra.servers._runtime import EPISODE_META_KEY, MAX_JSON_DEPTH
 from astra.servers._sandbox import AUDIT_HOOK_ENV, LIMITS_ENV
 
 LIMITS = SandboxLimits(cpu_s=1, wall_s=2, memory_mb=256, max_procs=16, scratch_mb=16, file_size_mb=8,
-                       max_output_bytes=4096, max_result_bytes=100_000, max_state_bytes=1_000_000)
+                       max_output_bytes=4096, max_result_bytes=100_000, max_state_bytes=1_000_000,
+                       # a probe after each attack checks that nothing crossed to the next call of the SAME
+                       # episode: the strict scope (test_sandbox_redteam.py runs both scopes)
+                       process_scope=ProcessScope.CALL)
 CANARY = "astra-answer-" + secrets.token_hex(8)
 MAGIC_TIME = 1_234_567_890
 

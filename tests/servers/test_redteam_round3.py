@@ -20,13 +20,13 @@ import pytest
 from mcp.client import Client
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
-from astra.servers import EnvironmentControl, Sandbox, SandboxLimits, emit, stdio_parameters
+from astra.servers import EnvironmentControl, ProcessScope, Sandbox, SandboxLimits, emit, stdio_parameters
 from astra.servers._sandbox import AUDIT_HOOK_ENV, LIMITS_ENV
 
 HEALTHY = "def healthy(state, x=21):\n    return {'double': 2 * x}\n"
 LIMITS = SandboxLimits(cpu_s=1, wall_s=3, memory_mb=256, max_procs=16, scratch_mb=16, file_size_mb=8,
                        max_output_bytes=4096, max_result_bytes=100_000, max_state_bytes=1_000_000,
-                       max_sandboxes=8, spare_sandboxes=1)
+                       max_sandboxes=8, spare_sandboxes=1, process_scope=ProcessScope.CALL)  # probes within an episode
 
 # --------------------------------------------------------------------------- raw system calls from tool code
 # Each attack calls the kernel directly (ctypes) with arguments the kernel itself would ACCEPT from an
@@ -318,15 +318,19 @@ FLOOD = ("import os, time\n"
          "    return n\n")
 
 
-def test_inode_flood_in_one_episode_never_fails_another_episodes_call(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scope", list(ProcessScope))
+def test_inode_flood_in_one_episode_never_fails_another_episodes_call(tmp_path: Path, scope: ProcessScope) -> None:
     """R3-03 through an emitted server over stdio, two episodes on handles. Protection: the per-episode
     sandbox and the parent's wipe after each call (before: the next call of ANY episode on the worker
-    paid the wipe inside its wall clock and failed with "scratch could not be emptied")."""
+    paid the wipe inside its wall clock and failed with "scratch could not be emptied"). With an
+    episode's process serving all its calls the flood stays in the attacker's scratch (its second
+    flood runs in a new episode)."""
     spec = EnvironmentSpec(id="env-r3-flood", name="flood",
                            tools=[_tool("flood", FLOOD, "flood"), _tool("healthy", HEALTHY, "healthy")])
     out = emit(spec, tmp_path / "server")
     params = stdio_parameters(out)
-    params.env = {**(params.env or {}), AUDIT_HOOK_ENV: "0", LIMITS_ENV: json.dumps({"wall_s": 3, "cpu_s": 2})}
+    params.env = {**(params.env or {}), AUDIT_HOOK_ENV: "0", LIMITS_ENV: json.dumps({"wall_s": 3, "cpu_s": 2,
+                                                                                      "process_scope": scope})}
 
     async def run() -> None:
         with anyio.fail_after(120):
@@ -336,6 +340,9 @@ def test_inode_flood_in_one_episode_never_fails_another_episodes_call(tmp_path: 
                 await victim.open()
                 assert not (await victim.call_tool("healthy", {"x": 1})).is_error
                 for _ in range(2):
+                    if scope is ProcessScope.EPISODE:
+                        attacker = EnvironmentControl(client)
+                        await attacker.open()
                     flooded = await attacker.call_tool("flood")
                     assert not flooded.is_error and flooded.structured_content["result"] > 1000, flooded.content
                     for control in (victim, attacker):  # neither pays for the flood with a failed call

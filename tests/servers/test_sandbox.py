@@ -1,9 +1,10 @@
 """The sandbox: attacks with the audit hook on, fail-closed start-up, the unsafe opt-in, fresh state
-per call, limits, cancellation. The red-team suite (hook off, API and emitted server) is
+per episode (and per call with ProcessScope.CALL), limits, cancellation. The red-team suite (hook off, API and emitted server) is
 test_sandbox_redteam.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -18,7 +19,7 @@ import pytest
 from mcp.client import Client
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
-from astra.servers import Sandbox, SandboxLimits, SandboxUnavailable, build_server, emit
+from astra.servers import ProcessScope, Sandbox, SandboxLimits, SandboxUnavailable, build_server, emit
 from astra.servers._sandbox import BWRAP_ENV, UNSAFE_ENV
 
 pytestmark = pytest.mark.anyio
@@ -210,26 +211,60 @@ async def test_huge_result_is_truncated_with_a_marker() -> None:
         assert len(result.value) < LIMITS.max_result_bytes + 200
 
 
+NOTE = ("import os\ndef note(state, text):\n    listed = sorted(os.listdir('.'))\n"
+        "    with open('notes.txt', 'a') as fh:\n        fh.write(text)\n"
+        "    state.setdefault('notes', []).append(text)\n    return [listed, open('notes.txt').read()]\n")
+
+
 async def test_scratch_is_writable_within_a_call_and_empty_in_the_next() -> None:
-    source = ("import os\ndef note(state, text):\n    listed = sorted(os.listdir('.'))\n"
-              "    with open('notes.txt', 'a') as fh:\n        fh.write(text)\n"
-              "    state.setdefault('notes', []).append(text)\n    return [listed, open('notes.txt').read()]\n")
-    async with Sandbox(limits=LIMITS) as sandbox:
-        first = await sandbox.call(source, "note", {"text": "a"}, state={})
-        second = await sandbox.call(source, "note", {"text": "b"}, state=first.state)
+    limits = dataclasses.replace(LIMITS, process_scope=ProcessScope.CALL)
+    async with Sandbox(limits=limits) as sandbox:
+        first = await sandbox.call(NOTE, "note", {"text": "a"}, state={})
+        second = await sandbox.call(NOTE, "note", {"text": "b"}, state=first.state)
     assert first.ok and first.value == [[], "a"]
     assert second.ok and second.value == [[], "b"] and second.state == {"notes": ["a", "b"]}
 
 
+async def test_scratch_lasts_the_episode_and_goes_with_it_or_a_restore() -> None:
+    async with Sandbox(limits=LIMITS) as sandbox:  # ProcessScope.EPISODE, the default
+        episode = _Episode()
+        first = await sandbox.call(NOTE, "note", {"text": "a"}, state={}, episode=episode)
+        second = await sandbox.call(NOTE, "note", {"text": "b"}, state=first.state, episode=episode)
+        other = await sandbox.call(NOTE, "note", {"text": "c"}, state={}, episode=_Episode())
+        sandbox.renew(episode)  # what a restore does
+        renewed = await sandbox.call(NOTE, "note", {"text": "d"}, state={}, episode=episode)
+    assert first.ok and first.value == [[], "a"]
+    assert second.ok and second.value == [["notes.txt"], "ab"] and second.state == {"notes": ["a", "b"]}
+    assert other.ok and other.value == [[], "c"]  # another episode never sees it
+    assert renewed.ok and renewed.value == [[], "d"]
+
+
+PLANT = ("import builtins, json, os\nCOUNTER = []\ndef plant():\n    builtins.PLANTED = 1\n    COUNTER.append(1)\n"
+         "    json.dumps = lambda *a, **k: 'patched'\n    os.getcwd = lambda: '/pwned'\n    return len(COUNTER)\n")
+LOOK = "import builtins, json, os\ndef look():\n    return [hasattr(builtins, 'PLANTED'), json.dumps(1), os.getcwd()]\n"
+
+
 async def test_no_interpreter_state_crosses_calls() -> None:
-    plant = ("import builtins, json, os\nCOUNTER = []\ndef plant():\n    builtins.PLANTED = 1\n    COUNTER.append(1)\n"
-             "    json.dumps = lambda *a, **k: 'patched'\n    os.getcwd = lambda: '/pwned'\n    return len(COUNTER)\n")
-    look = ("import builtins, json, os\ndef look():\n"
-            "    return [hasattr(builtins, 'PLANTED'), json.dumps(1), os.getcwd()]\n")
+    limits = dataclasses.replace(LIMITS, process_scope=ProcessScope.CALL)
+    async with Sandbox(limits=limits, audit_hook=False) as sandbox:
+        assert (await sandbox.call(PLANT, "plant", {})).value == 1
+        assert (await sandbox.call(PLANT, "plant", {})).value == 1  # module globals start afresh too
+        assert (await sandbox.call(LOOK, "look", {})).value == [False, "1", "/tmp"]
+
+
+async def test_interpreter_state_lasts_the_episode_only() -> None:
     async with Sandbox(limits=LIMITS, audit_hook=False) as sandbox:
-        assert (await sandbox.call(plant, "plant", {})).value == 1
-        assert (await sandbox.call(plant, "plant", {})).value == 1  # module globals start afresh too
-        assert (await sandbox.call(look, "look", {})).value == [False, "1", "/tmp"]
+        episode = _Episode()
+        assert (await sandbox.call(PLANT, "plant", {}, episode=episode)).value == 1
+        assert (await sandbox.call(PLANT, "plant", {}, episode=episode)).value == 1  # the module runs afresh
+        assert (await sandbox.call(LOOK, "look", {}, episode=episode)).value == [True, "patched", "/pwned"]
+        assert (await sandbox.call(LOOK, "look", {}, episode=_Episode())).value == [False, "1", "/tmp"]
+        sandbox.end_episode(episode)  # what a reset does
+        assert (await sandbox.call(LOOK, "look", {}, episode=episode)).value == [False, "1", "/tmp"]
+        again = _Episode()
+        await sandbox.call(PLANT, "plant", {}, episode=again)
+        sandbox.renew(again)  # what a restore does
+        assert (await sandbox.call(LOOK, "look", {}, episode=again)).value == [False, "1", "/tmp"]
 
 
 async def test_cpu_limit_is_a_clean_error_and_the_next_call_succeeds() -> None:
@@ -436,6 +471,11 @@ def send(state, secret):
     return secret
 
 def recv(state):
+    for path in ('/tmp/probe', '/tmp/probe-dir'):  # again within an episode whose process lasts
+        if os.path.isdir(path):
+            os.rmdir(path)
+        elif os.path.exists(path):
+            os.remove(path)
     open('/tmp/probe', 'w').close()
     os.mkdir('/tmp/probe-dir')
     ids = []
@@ -549,16 +589,20 @@ async def test_at_capacity_idle_episodes_lose_their_sandbox_and_none_is_ever_sha
         assert await _covert(sandbox, "recv", _Episode()) == fresh
 
 
-async def test_inode_flood_costs_its_own_sandbox_not_the_next_call() -> None:
-    """R3-03: the parent empties the scratch after a call, outside the next call's wall clock; past its
-    budget the sandbox is replaced and the next call (which has not run) runs in a fresh one."""
+@pytest.mark.parametrize("scope", list(ProcessScope))
+async def test_inode_flood_costs_its_own_sandbox_not_the_next_call(scope: ProcessScope) -> None:
+    """R3-03: the parent empties the scratch after a call (ProcessScope.CALL) or after the episode's
+    process is renewed (EPISODE: a restore), outside the next call's wall clock; past its budget the
+    sandbox is replaced and the next call (which has not run) runs in a fresh one."""
     flood = ("import os, time\ndef flood(state):\n    end = time.monotonic() + 2.0\n    n = 0\n"
              "    while time.monotonic() < end:\n        os.mkdir(f'/tmp/{n}')\n        n += 1\n    return n\n")
-    limits = SandboxLimits(cpu_s=3, wall_s=3, memory_mb=256)  # emptying what 2 s made takes about the 2 s budget
+    # emptying what 2 s made takes about the 2 s budget
+    limits = SandboxLimits(cpu_s=3, wall_s=3, memory_mb=256, process_scope=scope)
     async with Sandbox(limits=limits, audit_hook=False) as sandbox:
         episode = _Episode()
         made = await sandbox.call(flood, "flood", {}, state={}, episode=episode)
         assert made.ok and made.value > 1000, made
+        sandbox.renew(episode)  # no-op for CALL: every call has a fresh process
         after = await sandbox.call(COVERT, "recv", {}, state={}, episode=episode)
         assert after.ok, after  # neither "could not be emptied" nor a timeout
         assert after.value["free_inodes"] >= (await _covert(sandbox, "recv", _Episode()))["free_inodes"] - 2

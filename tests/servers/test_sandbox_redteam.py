@@ -9,6 +9,7 @@ One sandbox and one server process serve the whole module (attacks are parametri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ import pytest
 from mcp.client import Client
 
 from astra.records import EnvironmentSpec, ToolImplementation, ToolSpec
-from astra.servers import EnvironmentControl, Sandbox, SandboxLimits, emit, stdio_parameters
+from astra.servers import EnvironmentControl, ProcessScope, Sandbox, SandboxLimits, emit, stdio_parameters
 from astra.servers._sandbox import AUDIT_HOOK_ENV, LIMITS_ENV
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -116,9 +117,13 @@ def canaries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Canaries]:
 # --------------------------------------------------------------------------- the sandbox API
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    box = Sandbox(limits=LIMITS, audit_hook=False)
+class _Episode:
+    """An episode key for the Sandbox API."""
+
+
+@pytest.fixture(scope="module", params=list(ProcessScope))
+def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    box = Sandbox(limits=dataclasses.replace(LIMITS, process_scope=request.param), audit_hook=False)
     anyio.run(box.start)
     assert box.isolation["bubblewrap"] and box.isolation["seccomp"] and not box.isolation["audit_hook"]
     yield box
@@ -127,9 +132,15 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_attack_through_the_sandbox_api(name: str, sandbox: Sandbox, canaries: Canaries) -> None:
+    """ProcessScope.CALL: the probe runs in the attack's own episode (nothing crosses calls).
+    EPISODE: what an attack leaves may last its episode (a real server's semantics), so the probe
+    runs in another episode, and in the attack's episode once it was renewed (a restore)."""
+    per_call = sandbox.limits.process_scope is ProcessScope.CALL
+
     async def run() -> None:
+        episode = _Episode()
         state = {"n": 1}
-        result = await sandbox.call(ATTACKS[name], "attack", {"ctx": canaries.ctx()}, state=state)
+        result = await sandbox.call(ATTACKS[name], "attack", {"ctx": canaries.ctx()}, state=state, episode=episode)
         seen = json.dumps([result.value, result.error, result.stdout, result.state], default=str)
         assert not _leaked(seen, canaries), (name, result)
         if name in MUST_FAIL:
@@ -137,9 +148,11 @@ def test_attack_through_the_sandbox_api(name: str, sandbox: Sandbox, canaries: C
         if not result.ok:
             assert result.error_kind is not None and result.state is None, result
         assert state == {"n": 1}  # the caller's state object is never touched
-        probe = await sandbox.call(PROBE, "probe", {"ctx": canaries.ctx()}, state={"n": 0})
-        assert probe.ok and probe.value == "CLEAN", (name, probe)
-        healthy = await sandbox.call(HEALTHY, "healthy", {}, state={"x": 4})
+        for where in ([episode] if per_call else [_Episode(), episode]):
+            probe = await sandbox.call(PROBE, "probe", {"ctx": canaries.ctx()}, state={"n": 0}, episode=where)
+            assert probe.ok and probe.value == "CLEAN", (name, probe)
+            sandbox.renew(episode)
+        healthy = await sandbox.call(HEALTHY, "healthy", {}, state={"x": 4}, episode=episode)
         assert healthy.ok and healthy.value == {"double": 8}, (name, healthy)
 
     anyio.run(run)
@@ -156,8 +169,8 @@ def _tool(name: str, source: str, entrypoint: str) -> ToolImplementation:
 
 
 class Served:
-    def __init__(self, portal: anyio.from_thread.BlockingPortal, client: Client) -> None:
-        self.portal, self.client = portal, client
+    def __init__(self, portal: anyio.from_thread.BlockingPortal, client: Client, scope: ProcessScope) -> None:
+        self.portal, self.client, self.scope = portal, client, scope
         self.control = EnvironmentControl(client)
 
     def call(self, tool: str, arguments: dict[str, Any]) -> Any:
@@ -167,18 +180,19 @@ class Served:
         return self.portal.call(self.control.reset)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+@pytest.fixture(scope="module", params=list(ProcessScope))
+def served(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Served]:
     tools = [_tool(f"attack_{name}", source, "attack") for name, source in ATTACKS.items()]
     tools += [_tool("probe", PROBE, "probe"), _tool("bump", BUMP, "bump"), _tool("healthy", HEALTHY, "healthy")]
     spec = EnvironmentSpec(id="env-redteam", name="redteam", tools=tools, initial_state={"n": 0, "x": 21})
     directory = emit(spec, tmp_path_factory.mktemp("redteam") / "server")
     params = stdio_parameters(directory)
-    params.env = {**(params.env or {}), AUDIT_HOOK_ENV: "0", LIMITS_ENV: json.dumps(LIMITS.__dict__),
+    limits = {**LIMITS.__dict__, "process_scope": request.param}
+    params.env = {**(params.env or {}), AUDIT_HOOK_ENV: "0", LIMITS_ENV: json.dumps(limits),
                   "ASTRA_CANARY_SECRET": "CANARY-hunter2"}
     with anyio.from_thread.start_blocking_portal() as portal:
         with portal.wrap_async_context_manager(Client(params)) as client:
-            yield Served(portal, client)
+            yield Served(portal, client, ProcessScope(request.param))
 
 
 def _text(result: Any) -> str:
@@ -199,9 +213,10 @@ def test_attack_through_an_emitted_server(name: str, served: Served, canaries: C
     # forged with its own call's nonce is just that call's own result: state n = 10**6)
     expected = 10**6 + 1 if name == "forged_own_nonce" else n + (1 if result.is_error else 101)
     assert after.structured_content["result"] == expected, (name, _text(result))
-    probe = served.call("probe", {"ctx": canaries.ctx()})
-    assert _text(probe).startswith("CLEAN"), (name, _text(probe))
-    if name in PERSISTENCE:
+    if served.scope is ProcessScope.CALL:  # nothing crosses calls; with EPISODE, only episodes (reset below)
+        probe = served.call("probe", {"ctx": canaries.ctx()})
+        assert _text(probe).startswith("CLEAN"), (name, _text(probe))
+    if name in PERSISTENCE or served.scope is ProcessScope.EPISODE:
         state = served.reset()
         assert state["n"] == 0
         probe = served.call("probe", {"ctx": canaries.ctx()})
