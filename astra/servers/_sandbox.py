@@ -725,7 +725,7 @@ class _Worker:
         fresh process."""
         current, self.current = self.current, None
         if current is None:
-            return
+            return True
         current.close()
         self.previous, self.previous_deadline = current.pid, time.monotonic()
         try:

@@ -1,6 +1,6 @@
 """The sandbox: attacks with the audit hook on, fail-closed start-up, the unsafe opt-in, fresh state
-per episode (and per call with ProcessScope.CALL), limits, cancellation. The red-team suite (hook off, API and emitted server) is
-test_sandbox_redteam.py."""
+per episode (and per call with ProcessScope.CALL), limits, cancellation. The red-team suite (hook off,
+API and emitted server) is test_sandbox_redteam.py."""
 
 from __future__ import annotations
 
