@@ -72,7 +72,7 @@ def _readme(spec: EnvironmentSpec, out_dir: Path) -> str:
     )
     mode = (
         "Tool code runs in a bubblewrap sandbox (needs `bwrap`: `apt-get install bubblewrap`, and user "
-        "namespaces): no network, no host files, no /proc, a fresh process per call, CPU/memory/process/"
+        "namespaces): no network, no host files, no /proc, a sandbox per episode, CPU/memory/process/"
         "file-size/wall-clock limits, a seccomp filter. Without bubblewrap the server refuses to start; "
         "`--unsafe-no-sandbox` (or ASTRA_UNSAFE_NO_SANDBOX=1) runs the tool code unsandboxed."
         if spec.sandboxed

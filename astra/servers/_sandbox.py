@@ -32,12 +32,16 @@ Where the sandbox cannot be set up (no bubblewrap, user namespaces refused, no l
 needs an explicit, loud opt-in: ``ASTRA_UNSAFE_NO_SANDBOX=1`` (or ``--unsafe-no-sandbox``).
 
 Every episode runs in a bubblewrap sandbox of its own (a fresh pid namespace, scratch tmpfs and
-warm parent, taken from a small pool of spares launched ahead), and every call in a child forked
-from that parent: nothing a call changes (globals, builtins, modules, patched functions, scratch
-files) reaches another call, and nothing at all -- not even the pid or inode counters of its
-namespaces -- reaches another episode or survives a reset. The reply comes on a pipe of its own
-as one frame tied to the request's nonce; anything else fails the call. Episodes run in parallel,
-so a call that hangs delays only its own episode.
+warm parent, taken from a small pool of spares launched ahead): nothing at all -- not even the pid
+or inode counters of its namespaces -- reaches another episode or survives a reset. Inside it
+(``SandboxLimits.process_scope``) one child forked from that parent serves all the episode's calls
+(``ProcessScope.EPISODE``, the default: a real server's semantics and no fork between calls; the
+child is renewed after a failed call, on ``renew`` (a restore) and before its lifetime CPU limit,
+and the parent enforces each call's CPU limit from the child's CPU clock), or every call runs in a
+fresh child (``ProcessScope.CALL``: nothing a call changes -- globals, builtins, modules, patched
+functions, scratch files -- reaches the next call). The reply comes on a pipe of its own as one
+frame tied to the request's nonce; anything else fails the call. Episodes run in parallel, so a
+call that hangs delays only its own episode.
 """
 
 from __future__ import annotations
@@ -202,6 +206,7 @@ def unsafe_opt_in() -> bool:
 
 _CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080)
 _CLONE_THREAD = 0x00010000
+_CLONE_PIDFD = 0x00001000
 _SANDBOX_DENIED = (
     "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "ptrace", "process_vm_readv",
     "process_vm_writev", "kcmp", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
@@ -281,6 +286,9 @@ def _build_programs() -> tuple[bytes, bytes]:
         if number not in named and number not in _NEW_SYSCALLS_ALLOWED:
             tool.add_rule(sc.ERRNO(errno.ENOSYS), number)
     rule(tool, eperm, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_THREAD, 0))  # threads yes, processes no
+    # a pidfd's inode number comes from a machine-wide counter (every task created anywhere moves it): a
+    # thread made with CLONE_PIDFD would read other episodes' activity (red team round 4: R4-01)
+    rule(tool, eperm, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_PIDFD, _CLONE_PIDFD))
     prot_exec = 0x4
     for name in ("mmap", "mprotect", "pkey_mprotect"):
         rule(tool, eacces, name, sc.Arg(2, sc.MASKED_EQ, prot_exec, prot_exec))
@@ -515,7 +523,7 @@ def _runtime_binds() -> list[str]:
 
 def bwrap_command(bwrap: str, *, seccomp_fd: int, worker_fd: int, scratch_bytes: int,
                   worker_args: list[str]) -> list[str]:
-    """The bubblewrap command line that runs ``worker_args`` (the script at ``/astra/_worker.py``, copied
+    """The bubblewrap command line that runs ``worker_args`` (the compiled worker at ``WORKER_PATH``, copied
     from ``worker_fd`` into the sandbox rather than bound: no host path of it shows inside)."""
     return [
         bwrap,
@@ -529,7 +537,7 @@ def bwrap_command(bwrap: str, *, seccomp_fd: int, worker_fd: int, scratch_bytes:
         "--dir", "/dev",
         "--dev-bind", "/dev/null", "/dev/null", "--dev-bind", "/dev/zero", "/dev/zero",
         "--dev-bind", "/dev/urandom", "/dev/urandom",
-        "--ro-bind-data", str(worker_fd), "/astra/_worker.py",
+        "--ro-bind-data", str(worker_fd), WORKER_PATH,
         "--size", str(scratch_bytes), "--perms", "0700", "--tmpfs", "/tmp",
         "--remount-ro", "/",
         "--chdir", "/tmp",
@@ -539,11 +547,20 @@ def bwrap_command(bwrap: str, *, seccomp_fd: int, worker_fd: int, scratch_bytes:
 
 
 _WORKER_SOURCE: dict[str, bytes] = {}
+WORKER_PATH = "/astra/_worker.pyc"  # where the worker is inside the sandbox
 
 
 def _worker_source() -> bytes:
+    """The worker compiled once here (a ``.pyc`` image: every sandbox launch skips compiling it; the
+    sandbox runs this very interpreter, ``_interpreter``, so the bytecode matches)."""
     if "source" not in _WORKER_SOURCE:
-        _WORKER_SOURCE["source"] = _WORKER.read_bytes()
+        import importlib.util
+        import marshal
+
+        source = _WORKER.read_bytes()
+        code = compile(source, WORKER_PATH[:-1], "exec", dont_inherit=True)
+        header = importlib.util.MAGIC_NUMBER + struct.pack("<III", 0, 0, len(source) & 0xFFFFFFFF)
+        _WORKER_SOURCE["source"] = header + marshal.dumps(code)
     return _WORKER_SOURCE["source"]
 
 
@@ -1019,7 +1036,7 @@ class Sandbox:
                 os.write(worker_fd, _worker_source())
                 os.lseek(worker_fd, 0, os.SEEK_SET)
                 config = self._config(worker_end.fileno(), "/tmp", tool_program)
-                worker_args = [_interpreter(), "-I", "-S", "-B", "/astra/_worker.py", json.dumps(config)]
+                worker_args = [_interpreter(), "-I", "-S", "-B", WORKER_PATH, json.dumps(config)]
                 command = bwrap_command(bwrap, seccomp_fd=seccomp_fd, worker_fd=worker_fd,
                                         scratch_bytes=limits.scratch_mb * 1024 * 1024, worker_args=worker_args)
                 # max_procs for the call, 8 for bwrap, the parent and the spares
@@ -1260,7 +1277,9 @@ class Sandbox:
                             binding.worker = None
                             continue
                     try:
-                        result = await self._exchange(worker, nonce, payload, stateful=state is not None)
+                        # calls without an episode are independent of each other: a fresh process each
+                        result = await self._exchange(worker, nonce, payload, stateful=state is not None,
+                                                      reuse=episode is not None)
                     except _Unsettled as exc:  # the call has not started: it runs in a fresh sandbox
                         log.info("sandbox replaced before a call: %s", exc)
                         self._replace(worker)
@@ -1284,19 +1303,24 @@ class Sandbox:
         self._discard(worker)
         self.restarts += 1
 
-    async def _exchange(self, worker: _Worker, nonce: str, payload: bytes, *, stateful: bool) -> SandboxResult:
+    async def _exchange(self, worker: _Worker, nonce: str, payload: bytes, *, stateful: bool,
+                        reuse: bool) -> SandboxResult:
         limits = self.limits
         reply_limit = limits.max_result_bytes * 4 + limits.max_state_bytes * 4 + limits.max_output_bytes * 4 + 65536
         worker.busy = True
         try:
-            return await self._exchange_with(worker, nonce, payload, stateful=stateful, reply_limit=reply_limit)
+            return await self._exchange_with(worker, nonce, payload, stateful=stateful, reply_limit=reply_limit,
+                                             reuse=reuse)
         finally:
             worker.busy = False
 
     async def _exchange_with(self, worker: _Worker, nonce: str, payload: bytes, *, stateful: bool,
-                             reply_limit: int) -> SandboxResult:
+                             reply_limit: int, reuse: bool) -> SandboxResult:
         limits = self.limits
-        per_episode = limits.process_scope is ProcessScope.EPISODE
+        # the episode's process serves its next call too; the parent watches the call's CPU (a process of
+        # ProcessScope.EPISODE has a lifetime CPU limit, not a per-call one, even when used once)
+        watched = limits.process_scope is ProcessScope.EPISODE
+        per_episode = watched and reuse
         if worker.current is not None:
             try:
                 worker.drain()  # a report that the episode's process died since its last call
@@ -1326,7 +1350,7 @@ class Sandbox:
                         worker.current, worker.current_cpu_s = process, 0.0
                 request_r, request_w = os.pipe()
                 reply_r, reply_w = os.pipe()
-                if per_episode:  # the parent keeps the call's CPU limit (the process outlives its calls)
+                if watched:  # the parent keeps the call's CPU limit
                     worker.control.send(json.dumps({"op": "call", "pid": process.pid}).encode())
                 try:
                     socket.send_fds(process.channel, [b"call"], [request_r, reply_w])
@@ -1356,7 +1380,7 @@ class Sandbox:
                                          error="the tool's reply was larger than the output, result and state "
                                                "limits allow; it was stopped")
                 problem, data = _parse_reply(reply, nonce, limits)
-                if per_episode and data is not None:
+                if watched and data is not None:
                     worker.control.send(json.dumps({"op": "idle", "pid": process.pid}).encode())
                 if data is None:
                     # an episode's process that failed its call goes (it may still be running: the
@@ -1420,7 +1444,7 @@ class Sandbox:
             sig = os.WTERMSIG(status)
             cpu_limit = max(1, int(-(-limits.cpu_s // 1)))
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and report.get("killed") != "retired" and (
-                    report.get("killed") == "cpu" or float(report.get("cpu_s", 0)) >= cpu_limit - 0.05)):
+                    report.get("killed") in ("cpu", "idle_cpu") or float(report.get("cpu_s", 0)) >= cpu_limit - 0.05)):
                 return SandboxResult(ok=False, error_kind=ErrorKind.CPU,
                                      error=f"the tool used more than {limits.cpu_s:g} s of CPU; it was stopped")
             if sig == signal.SIGKILL and report.get("killed") == "retired" and problem != "no reply":

@@ -63,6 +63,9 @@ _read, _dumps, _loads, _compile, _exec, _callable = os.read, json.dumps, json.lo
 _recv_fds = socket.recv_fds
 _SPARES = 2  # children forked ahead of their call, so that a call does not wait for a fork
 _WIPE_S = 2.0  # the parent's budget to empty the scratch after a call; past it the sandbox is replaced
+_WATCH_S = 0.02  # how often the parent reads the CPU clock of a process running a call
+_IDLE_WATCH_S = 0.1  # ... and of an episode's process between its calls
+_IDLE_CPU_S = 0.25  # CPU an episode's process may use between its calls (none, but for the runner's own work)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # Pre-imported in the parent: the child cannot map new native code (no PROT_EXEC mappings), so the
 # extension modules tool code may need must already be loaded; pure-Python modules load on demand.
@@ -360,7 +363,7 @@ def _child(config: dict[str, Any], channel: socket.socket, ran: int, tool_filter
             calls += 1
             used = getrusage(rusage_self)
             used_s = used.ru_utime + used.ru_stime
-            soft = min(cpu_hard, max(1, round(used_s + cpu_s)))  # whole seconds only
+            soft = min(cpu_hard, max(1, -int(-(used_s + cpu_s) // 1)))  # whole seconds, rounded up: never short
             setrlimit(rlimit_cpu, (soft, cpu_hard))
             chunks = []
             while True:
@@ -563,7 +566,10 @@ def main() -> None:
     # it past the call's CPU limit. Otherwise it wakes when a child exits and when the host goes away.
     cpu_limit = max(1, round(float(config["cpu_s"])))
     watched: dict[int, float] = {}  # pid -> its CPU seconds when its call started
-    killed: dict[int, str] = {}  # pid -> why this process killed it ("cpu", "retired")
+    # pid -> its CPU seconds when its call ended: a thread left running (or a call that replied early
+    # and went on) burns no CPU between calls past _IDLE_CPU_S; the process is killed and replaced
+    idle: dict[int, float] = {}
+    killed: dict[int, str] = {}  # pid -> why this process killed it ("cpu", "idle_cpu", "retired")
 
     def cpu_of(pid: int) -> float | None:
         try:
@@ -573,13 +579,14 @@ def main() -> None:
 
     while True:
         by_fd = {pidfd: pid for pid, (pidfd, _ran) in children.items()}
-        ready = select.select([control, *by_fd], [], [], 0.05 if watched else None)[0]
-        for pid, start in list(watched.items()):
-            used = cpu_of(pid)
-            if used is not None and used - start > cpu_limit and pid in children:
-                killed[pid] = "cpu"
-                del watched[pid]
-                os.kill(pid, signal.SIGKILL)
+        ready = select.select([control, *by_fd], [], [], _WATCH_S if watched else _IDLE_WATCH_S if idle else None)[0]
+        for table, budget, why in ((watched, cpu_limit, "cpu"), (idle, _IDLE_CPU_S, "idle_cpu")):
+            for pid, start in list(table.items()):
+                used = cpu_of(pid)
+                if used is not None and used - start > budget and pid in children:
+                    killed[pid] = why
+                    del table[pid]
+                    os.kill(pid, signal.SIGKILL)
         if control in ready:
             message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 4)
             for fd in fds:
@@ -594,17 +601,18 @@ def main() -> None:
                 order = None
             op, target = (order.get("op"), order.get("pid")) if isinstance(order, dict) else (None, None)
             if target in children:
-                if op == "call":
+                if op in ("call", "idle"):
                     start = cpu_of(target)
-                    if start is not None:
-                        watched[target] = start
-                elif op == "idle":
                     watched.pop(target, None)
+                    idle.pop(target, None)
+                    if start is not None:
+                        (watched if op == "call" else idle)[target] = start
                 elif op == "retire":
                     # the host retires an episode's process (restore, a limit breached): it goes whatever
                     # its tool code does; its exit is reported like a call's, after the scratch is emptied
                     killed.setdefault(target, "retired")
                     watched.pop(target, None)
+                    idle.pop(target, None)
                     os.kill(target, signal.SIGKILL)
         for fd in ready:
             pid = by_fd.get(fd) if isinstance(fd, int) else None
@@ -613,6 +621,7 @@ def main() -> None:
             _pid, status, usage = os.wait4(pid, 0)
             pidfd, ran = children.pop(pid)
             watched.pop(pid, None)
+            idle.pop(pid, None)
             os.close(pidfd)
             try:
                 ran_call = os.read(ran, 1) == b"1"  # written before its tool code ran; the process is gone

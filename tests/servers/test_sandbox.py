@@ -612,3 +612,74 @@ def test_the_old_max_workers_argument_is_ignored_with_a_warning() -> None:
     with pytest.warns(FutureWarning, match="max_sandboxes"):
         sandbox = Sandbox(limits=LIMITS, max_workers=2)
     assert sandbox.open_sandboxes == 0  # nothing launched before start()
+
+
+# --------------------------------------------------------------------------- ProcessScope.EPISODE specifics
+
+PLANT_TOOL = ("import builtins\ndef plant(state):\n    builtins.PLANTED = state.get('n', 0)\n    state['n'] = 1\n"
+              "    open('/tmp/planted', 'w').write('x')\n    return 'planted'\n")
+LOOK_TOOL = ("import builtins, os\ndef look(state):\n"
+             "    return [getattr(builtins, 'PLANTED', None), os.path.exists('/tmp/planted')]\n")
+
+
+def _scope_environment() -> EnvironmentSpec:
+    schema = {"type": "object", "properties": {}}
+    tools = [ToolImplementation(spec=ToolSpec(server="scope", name=name, description=name, input_schema=schema),
+                                source=source, stateful=True)
+             for name, source in (("plant", PLANT_TOOL), ("look", LOOK_TOOL))]
+    return EnvironmentSpec(id="env-scope", name="scope", tools=tools, initial_state={"n": 0})
+
+
+async def test_a_restore_gives_the_episode_a_fresh_process() -> None:
+    """What the episode's process held belongs to the state left behind: a restore (to a snapshot or a
+    state) renews it, as a reset gives a fresh sandbox."""
+    runtime = build_server(_scope_environment(), limits=LIMITS).runtime
+    try:
+        episode = runtime.new_episode()
+        snapshot = runtime.snapshot(episode)
+        assert (await runtime.call("plant", {}, episode_id=episode)).ok
+        assert (await runtime.call("look", {}, episode_id=episode)).value == [0, True]  # the episode's own
+        runtime.restore(episode, snapshot_id=snapshot.id)
+        assert (await runtime.call("look", {}, episode_id=episode)).value == [None, False]
+        assert (await runtime.call("plant", {}, episode_id=episode)).ok
+        runtime.restore(episode, state={"n": 5})
+        assert (await runtime.call("look", {}, episode_id=episode)).value == [None, False]
+        other = runtime.new_episode()
+        assert (await runtime.call("look", {}, episode_id=other)).value == [None, False]
+    finally:
+        await runtime.aclose()
+
+
+async def test_a_long_episode_never_fails_a_call_on_its_lifetime_cpu_limit() -> None:
+    """An episode's process has a lifetime CPU limit (the kernel's hard limit, which tool code cannot
+    raise); the host renews the process before it runs short, so calls that each stay under the per-call
+    limit all succeed however many there are."""
+    burn = "import time\ndef burn(state):\n    end = time.process_time() + 0.6\n    while time.process_time() < end:\n" \
+           "        pass\n    state['n'] = state.get('n', 0) + 1\n    return state['n']\n"
+    limits = SandboxLimits(cpu_s=1, wall_s=30, process_cpu_s=3)  # 0.6 s a call: the limit is met on call 5
+    async with Sandbox(limits=limits, audit_hook=False) as sandbox:
+        episode, state = _Episode(), {}
+        for n in range(1, 9):
+            result = await sandbox.call(burn, "burn", {}, state=state, episode=episode)
+            assert result.ok and result.value == n, (n, result)
+            state = result.state
+        assert sandbox.restarts == 0
+
+
+async def test_a_call_over_its_cpu_limit_is_stopped_even_when_it_ignores_sigxcpu_and_uses_threads() -> None:
+    """The soft RLIMIT_CPU is per call but tool code can ignore SIGXCPU, and the episode's process has
+    a lifetime budget far above one call's: the warm parent watches the process's CPU clock during the
+    call and stops it at the call's limit (here 1 s, with 4 threads spinning: 3 s of wall clock would
+    allow 12 s of CPU)."""
+    spin = ("import signal, threading\ndef spin(state):\n    signal.signal(signal.SIGXCPU, signal.SIG_IGN)\n"
+            "    def loop():\n        while True:\n            pass\n"
+            "    for _ in range(3):\n        threading.Thread(target=loop, daemon=True).start()\n    loop()\n")
+    limits = SandboxLimits(cpu_s=1, wall_s=20, process_cpu_s=60)
+    async with Sandbox(limits=limits, audit_hook=False) as sandbox:
+        episode = _Episode()
+        result = await sandbox.call(spin, "spin", {}, state={}, episode=episode)
+        assert not result.ok and result.error_kind == "cpu", result
+        assert result.latency_s < 10, result  # stopped near 1 s of CPU, not at the lifetime limit or the wall
+        healthy = await sandbox.call(HEALTHY, "healthy", {"x": 3}, episode=episode)
+        assert healthy.ok and healthy.value == {"double": 6}
+        assert sandbox.restarts == 0  # the process went, not the sandbox

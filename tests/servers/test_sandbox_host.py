@@ -90,7 +90,7 @@ def test_tool_code_cannot_wait_on_a_lock_the_host_holds(sandbox: Sandbox) -> Non
         fcntl.flock(fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.lockf(fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
         fcntl.flock(fds[1], fcntl.LOCK_EX | fcntl.LOCK_NB)
-        result = anyio.run(lambda: sandbox.call(LOCKER, "lock", {"paths": ["/astra/_worker.py", OS_FILE],
+        result = anyio.run(lambda: sandbox.call(LOCKER, "lock", {"paths": ["/astra/_worker.pyc", OS_FILE],
                                                                  "hold_s": 0}))
     finally:
         for fd in fds:
@@ -111,7 +111,7 @@ def test_a_lock_taken_by_tool_code_does_not_stall_host_processes(sandbox: Sandbo
 
         async def call() -> None:
             nonlocal result
-            result = await sandbox.call(LOCKER, "lock", {"paths": ["/astra/_worker.py", OS_FILE], "hold_s": 1.5})
+            result = await sandbox.call(LOCKER, "lock", {"paths": ["/astra/_worker.pyc", OS_FILE], "hold_s": 1.5})
             finished.set()
 
         async with anyio.create_task_group() as tg:
