@@ -3,7 +3,8 @@
 Public API
 - :class:`Sandbox`, :class:`SandboxLimits`, :class:`SandboxResult`: model-written tool code
   under bubblewrap + seccomp, a sandbox per episode and in it a process forked from a warm parent
-  that serves the episode's calls (:class:`ProcessScope`: or a fresh one per call; see ``_sandbox``); :class:`SandboxUnavailable` when it cannot be set up (fails closed).
+  that serves the episode's calls (:class:`ProcessScope`: or a fresh one per call; see ``_sandbox``);
+  :class:`SandboxUnavailable` when it cannot be set up (fails closed).
 - :func:`build_server` (an ``EnvironmentSpec``) and :func:`build_class_server` (a trusted
   Python class, e.g. BFCL's backends) return an :class:`EnvironmentServer` (an
   ``MCPServer``) for ``mcp.client.Client(server)`` in-process, stdio or HTTP; its

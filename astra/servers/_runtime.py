@@ -808,9 +808,15 @@ class EnvironmentRuntime:
             episode.state = copy.deepcopy(state)
         else:
             raise ValueError("restore needs a snapshot_id or a state")
-        if self._sandbox is not None:  # what the episode's tool process holds belongs to the state left behind
-            self._sandbox.renew(episode)
+        self._renew_process(episode)  # what the episode's tool process holds belongs to the state left behind
         return self._state_of(episode)
+
+    def _renew_process(self, episode: _Episode) -> None:
+        """The episode's next sandboxed call runs in a fresh process (``ProcessScope.EPISODE``): after a
+        restore, and after a call this runtime failed although the sandbox passed it (what such a call
+        left in the interpreter and scratch goes, as its state change does)."""
+        if self._sandbox is not None:
+            self._sandbox.renew(episode)
 
     # ----------------------------------------------------------------- the wire
 
@@ -952,6 +958,7 @@ class EnvironmentRuntime:
                         error = await tool.output_validator.first_error_bounded(structured)
                         if error is not None:  # a failed call leaves the state as it was
                             new_state = None
+                            self._renew_process(episode)
                             outcome = ToolOutcome(
                                 name, arguments, ok=False, error_kind=ToolErrorKind.bad_output,
                                 error=f"the tool's result does not match its output schema: {error.message}")
@@ -1041,6 +1048,7 @@ class EnvironmentRuntime:
         problem = (_depth_problem(result.value, "the tool's result")
                    or _depth_problem(result.state, "the tool's new state"))
         if problem is not None:
+            self._renew_process(episode)
             return ToolOutcome(tool.name, arguments, ok=False, error_kind=ToolErrorKind.bad_output, error=problem), None
         outcome = ToolOutcome(tool.name, arguments, ok=True, value=result.value, truncated=result.truncated)
         return outcome, result.state if tool.stateful else None

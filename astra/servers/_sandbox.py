@@ -231,6 +231,11 @@ _TOOL_DENIED = (
     # a pipe's inode number comes from a machine-wide counter: one episode's pipes would move the numbers
     # another episode sees (the call's own request and reply pipes come from the host)
     "pipe", "pipe2",
+    # machine-wide figures other episodes move: sysinfo's shared memory counts every sandbox's scratch
+    # pages and its process count every task (red team round 4: R4-09)
+    "sysinfo",
+    # FIFOs made in scratch would hold pipe buffers (kernel memory outside the call's memory limit)
+    "mknod", "mknodat",
 )
 # Syscalls numbered from 424 on have the same number on every architecture (Linux 5.1+). The tool filter
 # refuses all of them (ENOSYS, as from an older kernel: callers fall back) except these, so a syscall
@@ -289,6 +294,9 @@ def _build_programs() -> tuple[bytes, bytes]:
     # a pidfd's inode number comes from a machine-wide counter (every task created anywhere moves it): a
     # thread made with CLONE_PIDFD would read other episodes' activity (red team round 4: R4-01)
     rule(tool, eperm, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_PIDFD, _CLONE_PIDFD))
+    # statx reports a mount's unique id from a machine-wide counter (every sandbox launched moves it: R4-08);
+    # the C library and CPython stat with newfstatat, and callers of statx fall back on ENOSYS
+    rule(tool, sc.ERRNO(errno.ENOSYS), "statx")
     prot_exec = 0x4
     for name in ("mmap", "mprotect", "pkey_mprotect"):
         rule(tool, eacces, name, sc.Arg(2, sc.MASKED_EQ, prot_exec, prot_exec))
@@ -539,6 +547,7 @@ def bwrap_command(bwrap: str, *, seccomp_fd: int, worker_fd: int, scratch_bytes:
         "--dev-bind", "/dev/urandom", "/dev/urandom",
         "--ro-bind-data", str(worker_fd), WORKER_PATH,
         "--size", str(scratch_bytes), "--perms", "0700", "--tmpfs", "/tmp",
+        "--size", str(FIFO_DIR_BYTES), "--perms", "0700", "--tmpfs", FIFO_DIR,
         "--remount-ro", "/",
         "--chdir", "/tmp",
         "--seccomp", str(seccomp_fd),
@@ -548,6 +557,9 @@ def bwrap_command(bwrap: str, *, seccomp_fd: int, worker_fd: int, scratch_bytes:
 
 _WORKER_SOURCE: dict[str, bytes] = {}
 WORKER_PATH = "/astra/_worker.pyc"  # where the worker is inside the sandbox
+# a small tmpfs of the sandbox's own where the parent makes each process's request and reply FIFOs
+# (numbered by this file system, not by the machine-wide counter of pipes and sockets)
+FIFO_DIR, FIFO_DIR_BYTES = "/run", 1024 * 1024
 
 
 def _worker_source() -> bytes:
@@ -687,14 +699,33 @@ def _release(res: _Resources) -> None:
 
 @dataclass
 class _Spare:
-    """A child forked ahead of its call, confined and warm: its private channel (closing it unused
-    makes it exit)."""
+    """A child forked ahead of its call, confined and warm: the host's ends of its request and reply
+    FIFOs (closing the request FIFO unused makes it exit)."""
 
     pid: int
-    channel: socket.socket
+    request: int  # write end, non-blocking; -1 once closed
+    reply: int  # read end, non-blocking; -1 once closed
+
+    def close_request(self) -> None:
+        if self.request >= 0:
+            os.close(self.request)
+            self.request = -1
 
     def close(self) -> None:
-        self.channel.close()
+        self.close_request()
+        if self.reply >= 0:
+            os.close(self.reply)
+            self.reply = -1
+
+    def pending(self) -> bool:
+        """Whether anything waits on the reply FIFO between calls (bytes a call's tool code left, or
+        the end of the stream: the process is gone or closed it): the process cannot take a call."""
+        try:
+            return bool(os.read(self.reply, 1) or True)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
 
 
 class _Unsettled(Exception):
@@ -736,6 +767,10 @@ class _Worker:
             self.current.close()
             self.current = None
 
+    def serving(self) -> _Spare | None:
+        """The episode's process (ProcessScope.EPISODE), if it has one now."""
+        return self.current
+
     def retire(self) -> bool:
         """End the episode's process (ProcessScope.EPISODE): the parent kills it whatever its tool code
         does, empties the scratch and reports; the episode's next call waits for that and runs in a
@@ -763,8 +798,10 @@ class _Worker:
                 os.close(fd)
             raise EOFError("the sandbox worker closed its control channel")
         message = json.loads(data)
-        if message.get("op") == "spare" and len(fds) == 1:
-            self.spares.append(_Spare(int(message["pid"]), socket.socket(fileno=fds[0])))
+        if message.get("op") == "spare" and len(fds) == 2:
+            for fd in fds:
+                os.set_blocking(fd, False)
+            self.spares.append(_Spare(int(message["pid"]), request=fds[0], reply=fds[1]))
         else:
             for fd in fds:
                 os.close(fd)
@@ -832,6 +869,32 @@ async def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
         except BlockingIOError:
             await anyio.wait_writable(fd)
+
+
+async def _read_frame(fd: int, limit: int) -> tuple[bytes, bool]:
+    """One frame (4-byte length + body) from a FIFO that stays open between calls, and whatever else is
+    already waiting behind it (a frame must be alone: the extra bytes fail the call); or what came before
+    the end of the stream. True with the first ``limit`` bytes when the frame claims more."""
+    buffer = bytearray()
+    want = _HEADER.size
+    while len(buffer) < want:
+        try:
+            chunk = os.read(fd, min(1 << 16, want - len(buffer)))
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+            continue
+        if not chunk:
+            return bytes(buffer), False
+        buffer += chunk
+        if want == _HEADER.size and len(buffer) == want:
+            want += _HEADER.unpack_from(buffer)[0]
+            if want > limit:
+                return bytes(buffer), True
+    try:
+        extra = os.read(fd, 1 << 16)
+    except BlockingIOError:
+        extra = b""
+    return bytes(buffer + extra), False
 
 
 async def _read_until_eof(fd: int, limit: int) -> tuple[bytes, bool]:
@@ -985,10 +1048,10 @@ class Sandbox:
 
     # ------------------------------------------------------------------ sandboxes
 
-    def _config(self, control_fd: int, scratch: str, tool_filter: bytes) -> dict[str, Any]:
+    def _config(self, control_fd: int, scratch: str, tool_filter: bytes, fifo_dir: str = FIFO_DIR) -> dict[str, Any]:
         limits = self.limits
         return {
-            "control_fd": control_fd, "scratch": scratch, "tool_filter": tool_filter.hex(),
+            "control_fd": control_fd, "scratch": scratch, "tool_filter": tool_filter.hex(), "fifo_dir": fifo_dir,
             "audit_hook": self.audit_hook, "cpu_s": limits.cpu_s, "wall_s": limits.wall_s,
             "memory_mb": limits.memory_mb, "max_procs": limits.max_procs, "file_size_mb": limits.file_size_mb,
             "max_output_bytes": limits.max_output_bytes, "max_result_bytes": limits.max_result_bytes,
@@ -1015,7 +1078,10 @@ class Sandbox:
                     tool_program = b""
                 scratch_dir = Path(tempfile.mkdtemp(prefix="astra-unsafe-scratch-"))
                 self._res.paths.add(scratch_dir)
-                config = self._config(worker_end.fileno(), str(scratch_dir), tool_program)
+                fifo_dir = scratch_dir.with_name(scratch_dir.name + "-fifos")
+                fifo_dir.mkdir(mode=0o700)
+                self._res.paths.add(fifo_dir)
+                config = self._config(worker_end.fileno(), str(scratch_dir), tool_program, str(fifo_dir))
                 command = [_interpreter(), "-I", "-S", "-B", str(_WORKER), json.dumps(config)]
                 if not self._warned:
                     self._warned = True
@@ -1057,7 +1123,8 @@ class Sandbox:
                     raise _unavailable(f"cannot run {command[0]}: {exc}") from exc
         except BaseException:
             host_end.close()
-            for path in (log_path, scratch_dir):
+            fifos = scratch_dir.with_name(scratch_dir.name + "-fifos") if scratch_dir is not None else None
+            for path in (log_path, scratch_dir, fifos):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                     self._res.paths.discard(path)
@@ -1153,7 +1220,8 @@ class Sandbox:
                 continue
             self._dying.remove(worker)
             self._res.pids.discard(worker.popen.pid)
-            for path in (worker.scratch, worker.log):
+            fifos = worker.scratch.with_name(worker.scratch.name + "-fifos") if worker.scratch is not None else None
+            for path in (worker.scratch, fifos, worker.log):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                     self._res.paths.discard(path)
@@ -1326,6 +1394,10 @@ class Sandbox:
                 worker.drain()  # a report that the episode's process died since its last call
             except (EOFError, OSError, ValueError) as exc:
                 raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
+            # bytes a call's tool code left on the reply FIFO, or the process gone: it takes no more calls
+            current = worker.serving()  # drain() drops a process reported dead
+            if current is not None and current.pending() and not worker.retire():
+                raise _Unsettled("the sandbox's control channel is closed")
         if worker.current is None:
             try:  # the previous process gone (pids), the scratch emptied: before this call's wall clock
                 budget = max(0.0, worker.previous_deadline - time.monotonic()) + _WIPE_S + _BACKSTOP_S
@@ -1336,7 +1408,6 @@ class Sandbox:
                 raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
             if worker.dirty:
                 raise _Unsettled("the scratch directory could not be emptied in time")
-        request_r = request_w = reply_r = reply_w = -1
         process: _Spare | None = None
         sent = completed = False
         report: dict[str, Any] | None = None
@@ -1348,32 +1419,20 @@ class Sandbox:
                     process = await worker.spare()
                     if per_episode:
                         worker.current, worker.current_cpu_s = process, 0.0
-                request_r, request_w = os.pipe()
-                reply_r, reply_w = os.pipe()
                 if watched:  # the parent keeps the call's CPU limit
                     worker.control.send(json.dumps({"op": "call", "pid": process.pid}).encode())
-                try:
-                    socket.send_fds(process.channel, [b"call"], [request_r, reply_w])
-                except OSError as exc:  # an episode's process that died between calls
-                    if worker.current is process:
-                        raise _Unsettled(f"the episode's process is gone ({exc})") from exc
-                    raise
                 sent = True
                 if not per_episode:
                     worker.previous, worker.previous_deadline = process.pid, time.monotonic() + limits.wall_s
-                    process.channel.close()
-                for fd in (request_r, reply_w):
-                    os.close(fd)
-                request_r = reply_w = -1
-                os.set_blocking(request_w, False)
-                os.set_blocking(reply_r, False)
                 try:
-                    await _write_all(request_w, payload)
+                    await _write_all(process.request, _HEADER.pack(len(payload)) + payload)
                 except BrokenPipeError:
                     pass  # the child died before reading: its status says why
-                os.close(request_w)
-                request_w = -1
-                reply, overflow = await _read_until_eof(reply_r, reply_limit)
+                if per_episode:
+                    reply, overflow = await _read_frame(process.reply, reply_limit)
+                else:
+                    process.close_request()
+                    reply, overflow = await _read_until_eof(process.reply, reply_limit)
                 if overflow:
                     self._replace(worker)  # the call's process goes with its sandbox
                     return SandboxResult(ok=False, error_kind=ErrorKind.OUTPUT_LIMIT, restarted=True,
@@ -1399,14 +1458,8 @@ class Sandbox:
                                  error=f"the sandbox failed during the call ({type(exc).__name__}: {exc}); "
                                        "it was restarted")
         finally:
-            for fd in (request_r, request_w, reply_r, reply_w):
-                if fd >= 0:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            if process is not None and not sent and worker.current is not process:
-                process.channel.close()  # an unused spare exits when its channel closes
+            if process is not None and worker.current is not process:
+                process.close()  # a spare never sent a call exits at the end of its request FIFO
             if sent and not completed and worker.alive:  # cancelled mid-call: the call goes with its sandbox
                 self._replace(worker)
         if process is not None and not per_episode:
@@ -1447,7 +1500,7 @@ class Sandbox:
                     report.get("killed") in ("cpu", "idle_cpu") or float(report.get("cpu_s", 0)) >= cpu_limit - 0.05)):
                 return SandboxResult(ok=False, error_kind=ErrorKind.CPU,
                                      error=f"the tool used more than {limits.cpu_s:g} s of CPU; it was stopped")
-            if sig == signal.SIGKILL and report.get("killed") == "retired" and problem != "no reply":
+            if sig == signal.SIGKILL and report.get("killed") == "retired":  # the host ended it after a bad reply
                 return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
                                      error=f"the tool's reply channel carried {problem}; the call was discarded")
             if sig == signal.SIGXFSZ:

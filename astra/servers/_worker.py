@@ -60,7 +60,6 @@ _HEADER = struct.Struct(">I")
 # garbles the episode's own replies, and a bad reply retires the process
 _len, _pack, _write, _close, _exit = len, _HEADER.pack, os.write, os.close, os._exit
 _read, _dumps, _loads, _compile, _exec, _callable = os.read, json.dumps, json.loads, compile, exec, callable
-_recv_fds = socket.recv_fds
 _SPARES = 2  # children forked ahead of their call, so that a call does not wait for a fork
 _WIPE_S = 2.0  # the parent's budget to empty the scratch after a call; past it the sandbox is replaced
 _WATCH_S = 0.02  # how often the parent reads the CPU clock of a process running a call
@@ -298,23 +297,35 @@ def _wipe(path: str, deadline: float) -> bool:
     return True
 
 
-def _child(config: dict[str, Any], channel: socket.socket, ran: int, tool_filter: _Filter | None,
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    """``size`` bytes from ``fd``, or None at the end of the stream before them."""
+    chunks, left = [], size
+    while left:
+        chunk = _read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= _len(chunk)
+    return b"".join(chunks)
+
+
+def _child(config: dict[str, Any], request_fd: int, reply_fd: int, ran: int, tool_filter: _Filter | None,
            guard: Any) -> None:
     """A spare child: confine itself, warm up, wait for its call(s), run them; never returns.
 
     It is forked before its call arrives (so a call does not wait for a fork) and takes no
-    descriptor but ``channel`` into confinement; the host hands it a call's request and reply
-    pipes there (once the parent reported the previous process gone and the scratch directory
-    emptied); it marks ``ran`` (a pipe only the parent reads: the scratch is emptied after this
-    process, since it ran a call) and runs the call. With ``process_scope`` "call" it closes the
-    channel first and exits after the one call; with "episode" it serves every call of its
-    episode the host sends on the channel, until the channel closes (or the parent kills it)."""
+    descriptor but its request and reply FIFOs and ``ran`` into confinement. A request is a frame
+    (4-byte big-endian length + UTF-8 JSON); the child marks ``ran`` before its first call (a pipe
+    only the parent reads, closed before any tool code runs: the scratch is emptied after this
+    process) and answers with one frame. With ``process_scope`` "call" it exits after one call; with
+    "episode" it serves the episode's calls until the host closes the request FIFO (or the parent
+    kills it)."""
     status = 0
     try:
         import resource
 
         low = 3
-        for keep in sorted((channel.fileno(), ran)):
+        for keep in sorted((request_fd, reply_fd, ran)):
             os.closerange(low, keep)
             low = keep + 1
         os.closerange(low, 1 << 16)
@@ -337,6 +348,9 @@ def _child(config: dict[str, Any], channel: socket.socket, ran: int, tool_filter
             (resource.RLIMIT_NPROC, int(config["max_procs"]), int(config["max_procs"])),
             (resource.RLIMIT_NOFILE, 64, 64),
             (resource.RLIMIT_CPU, cpu_hard, cpu_hard),
+            # queued signals and POSIX timers (each holds one) count against the sandbox user, whose
+            # count reaches the host user's: bounded here so that one episode cannot exhaust it (R4-10)
+            (resource.RLIMIT_SIGPENDING, 64, 64),
         ):
             resource.setrlimit(which, (soft, hard))
         if tool_filter is not None:
@@ -344,40 +358,31 @@ def _child(config: dict[str, Any], channel: socket.socket, ran: int, tool_filter
         _prefault(config)
         getrusage, setrlimit = resource.getrusage, resource.setrlimit
         rusage_self, rlimit_cpu, cpu_s = resource.RUSAGE_SELF, resource.RLIMIT_CPU, float(config["cpu_s"])
+        unpack = _HEADER.unpack
         calls = 0
         while True:
-            try:
-                _message, fds, _flags, _addr = _recv_fds(channel, 64, 2)
-            except OSError:
-                fds = []
-            if _len(fds) != 2:
-                for fd in fds:
-                    _close(fd)
+            header = _read_exactly(request_fd, 4)
+            if header is None:
                 break  # retired (unused, or its episode is over)
-            request_fd, reply_fd = fds
+            request = _read_exactly(request_fd, unpack(header)[0])
+            if request is None:
+                break
             if not per_episode:
-                channel.close()
+                _close(request_fd)  # one call: tool code keeps no descriptor but its reply FIFO
             if calls == 0:
-                os.write(ran, b"1")  # before any tool code: the parent empties the scratch after this process
-                os.close(ran)
+                _write(ran, b"1")  # before any tool code: the parent empties the scratch after this process
+                _close(ran)
             calls += 1
             used = getrusage(rusage_self)
             used_s = used.ru_utime + used.ru_stime
             soft = min(cpu_hard, max(1, -int(-(used_s + cpu_s) // 1)))  # whole seconds, rounded up: never short
             setrlimit(rlimit_cpu, (soft, cpu_hard))
-            chunks = []
-            while True:
-                chunk = _read(request_fd, 1 << 20)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            _close(request_fd)
-            reply = _run(config, _loads(b"".join(chunks)), guard, used_s)
+            reply = _run(config, _loads(request), guard, used_s)
             view = memoryview(reply)
             while view:
                 view = view[_write(reply_fd, view):]
-            _close(reply_fd)  # the host sees the end of the reply now, not after this process is torn down
             if not per_episode:
+                _close(reply_fd)  # the host sees the end of the reply now, not after this process is torn down
                 break
     except BaseException:  # noqa: BLE001 - the host sees the missing reply and the exit status
         status = 70
@@ -408,18 +413,37 @@ def _prefault(config: dict[str, Any]) -> None:
         pass
 
 
-def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any) -> tuple[int, socket.socket, int]:
-    """A spare: its pid, the host's end of its channel, and the read end of its ``ran`` pipe."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any,
+                serial: int) -> tuple[int, int, int, int]:
+    """A spare: its pid, the host's ends of its request and reply FIFOs, and the read end of its ``ran`` pipe.
+
+    The FIFOs are made on the sandbox's own small tmpfs (``fifo_dir``) and unlinked at once: their inode
+    numbers come from that file system's counter, which only this sandbox moves. Pipes and sockets would
+    number theirs from a machine-wide counter that every episode's calls move (red team round 4: R4-02);
+    the ``ran`` pipe is closed before any tool code runs."""
+    base = os.path.join(config["fifo_dir"], str(serial))
+    request_path, reply_path = base + ".request", base + ".reply"
+    os.mkfifo(request_path, 0o600)
+    os.mkfifo(reply_path, 0o600)
+    try:
+        request_r = os.open(request_path, os.O_RDONLY | os.O_NONBLOCK)
+        request_w = os.open(request_path, os.O_WRONLY | os.O_NONBLOCK)
+        reply_r = os.open(reply_path, os.O_RDONLY | os.O_NONBLOCK)
+        reply_w = os.open(reply_path, os.O_WRONLY | os.O_NONBLOCK)
+    finally:
+        os.unlink(request_path)
+        os.unlink(reply_path)
     ran_r, ran_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        ours.close()
-        os.close(ran_r)
-        _child(config, theirs, ran_w, tool_filter, guard)
-    theirs.close()
-    os.close(ran_w)
-    return pid, ours, ran_r
+        for fd in (request_w, reply_r, ran_r):
+            os.close(fd)
+        os.set_blocking(request_r, True)
+        os.set_blocking(reply_w, True)
+        _child(config, request_r, reply_w, ran_w, tool_filter, guard)
+    for fd in (request_r, reply_w, ran_w):
+        os.close(fd)
+    return pid, request_w, reply_r, ran_r
 
 
 _GUARD_INSTALLED: list[bool] = []
@@ -545,16 +569,20 @@ def main() -> None:
     children: dict[int, tuple[int, int]] = {}
     # an episode's process serves all its calls: one spare covers the rare replacement (after a failure)
     spares = 1 if config.get("process_scope") == "episode" else _SPARES
+    serial = [0]
+    fifo_dir = config["fifo_dir"]
 
     def fork_spares() -> None:
-        # hand the host fresh spares: their channel (the host dispatches calls there itself). One
+        # hand the host fresh spares: their FIFOs (the host dispatches calls there itself). One
         # child is forked for each that exits, before its exit is reported (so never while a call
         # runs): a call's pid and its threads' ids depend on its episode's own history only, not on
         # timing (the pid namespace is the episode's)
         while len(children) < spares:
-            pid, channel, ran = _fork_spare(config, tool_filter, guard)
-            socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [channel.fileno()])
-            channel.close()
+            serial[0] += 1
+            pid, request_w, reply_r, ran = _fork_spare(config, tool_filter, guard, serial[0])
+            socket.send_fds(control, [json.dumps({"op": "spare", "pid": pid}).encode()], [request_w, reply_r])
+            os.close(request_w)
+            os.close(reply_r)
             children[pid] = (os.pidfd_open(pid), ran)
 
     fork_spares()
@@ -629,7 +657,8 @@ def main() -> None:
                 os.close(ran)
             # what the call left in scratch goes now, before the next call starts and outside its wall
             # clock (a flood of inodes costs this sandbox, not the next call)
-            clean = not ran_call or _wipe(scratch, time.monotonic() + _WIPE_S)
+            clean = not ran_call or (_wipe(scratch, time.monotonic() + _WIPE_S)
+                                     and _wipe(fifo_dir, time.monotonic() + _WIPE_S))
             fork_spares()
             report = {"op": "done", "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
                       "ran": ran_call, "clean": clean, "killed": killed.pop(pid, None)}

@@ -181,7 +181,8 @@ async def test_isolation_is_reported_and_real() -> None:
     assert result.ok, result
     assert result.value["uid"] == 65534 and result.value["gid"] == 65534
     assert not result.value["proc"]
-    expected_root = {"astra", "bin", "dev", "lib", "lib32", "lib64", "root", "tmp", "usr"}
+    # run: the small tmpfs of each process's request and reply FIFOs (unlinked: empty)
+    expected_root = {"astra", "bin", "dev", "lib", "lib32", "lib64", "root", "run", "tmp", "usr"}
     assert set(result.value["root"]) <= expected_root, result.value
 
 
@@ -654,8 +655,8 @@ async def test_a_long_episode_never_fails_a_call_on_its_lifetime_cpu_limit() -> 
     """An episode's process has a lifetime CPU limit (the kernel's hard limit, which tool code cannot
     raise); the host renews the process before it runs short, so calls that each stay under the per-call
     limit all succeed however many there are."""
-    burn = "import time\ndef burn(state):\n    end = time.process_time() + 0.6\n    while time.process_time() < end:\n" \
-           "        pass\n    state['n'] = state.get('n', 0) + 1\n    return state['n']\n"
+    burn = "import time\ndef burn(state):\n    end = time.process_time() + 0.6\n" \
+           "    while time.process_time() < end:\n        pass\n    state['n'] = state.get('n', 0) + 1\n    return state['n']\n"
     limits = SandboxLimits(cpu_s=1, wall_s=30, process_cpu_s=3)  # 0.6 s a call: the limit is met on call 5
     async with Sandbox(limits=limits, audit_hook=False) as sandbox:
         episode, state = _Episode(), {}
