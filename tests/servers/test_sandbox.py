@@ -656,7 +656,8 @@ async def test_a_long_episode_never_fails_a_call_on_its_lifetime_cpu_limit() -> 
     raise); the host renews the process before it runs short, so calls that each stay under the per-call
     limit all succeed however many there are."""
     burn = "import time\ndef burn(state):\n    end = time.process_time() + 0.6\n" \
-           "    while time.process_time() < end:\n        pass\n    state['n'] = state.get('n', 0) + 1\n    return state['n']\n"
+           "    while time.process_time() < end:\n        pass\n" \
+           "    state['n'] = state.get('n', 0) + 1\n    return state['n']\n"
     limits = SandboxLimits(cpu_s=1, wall_s=30, process_cpu_s=3)  # 0.6 s a call: the limit is met on call 5
     async with Sandbox(limits=limits, audit_hook=False) as sandbox:
         episode, state = _Episode(), {}
