@@ -167,7 +167,9 @@ async def resets(relaunches: int, count: int, episode_ms: float) -> None:
 
 
 def _counter_spec() -> EnvironmentSpec:
-    source = ("import builtins\ndef bump(state, episode):\n    assert not hasattr(builtins, 'SEEN')\n"
+    # a mark left in the interpreter: an episode's own calls may see it (one process serves an episode),
+    # another episode's never
+    source = ("import builtins\ndef bump(state, episode):\n    assert getattr(builtins, 'SEEN', episode) == episode\n"
               "    builtins.SEEN = episode\n    state['n'] += 1\n    state['mine'] = episode\n    return state\n")
     tool = ToolImplementation(spec=ToolSpec(server="bench", name="bump", description="bump",
                                             input_schema={"type": "object", "required": ["episode"],
