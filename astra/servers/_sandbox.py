@@ -142,7 +142,9 @@ class SandboxLimits:
     # one bubblewrap sandbox per episode: at most this many alive at once (~11 MB each; scratch is
     # emptied after every call); at capacity the least recently used idle episode's sandbox is released
     max_sandboxes: int = 64
-    spare_sandboxes: int = 2  # launched ahead, so that a new or reset episode does not wait for one
+    # launched ahead, so that a new or reset episode does not wait for one (a launch takes ~30-50 ms, most of
+    # it waiting: four cover resets back to back on two cores)
+    spare_sandboxes: int = 4
     # EPISODE: one process serves all the calls of an episode (renewed on restore and after a breached
     # limit); CALL: a fresh process per call (slower: a fork and an exit between calls)
     process_scope: ProcessScope = ProcessScope.EPISODE
@@ -1278,8 +1280,7 @@ class Sandbox:
         while True:
             self._reap()
             if self._spares:
-                worker = self._spares.popleft()
-                self._refill()
+                worker = self._spares.popleft()  # replaced once the call is answered (Sandbox.call)
                 await self._until_ready(worker)
                 return worker
             if len(self._workers) < self.limits.max_sandboxes:
@@ -1364,6 +1365,7 @@ class Sandbox:
             elif binding.users == 0:
                 self._notify_freed()
         result.latency_s = time.perf_counter() - start
+        self._refill()  # the spares a new episode took, launched after its call rather than before
         return result
 
     def _replace(self, worker: _Worker) -> None:
