@@ -209,6 +209,7 @@ def unsafe_opt_in() -> bool:
 _CLONE_NAMESPACES = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000, 0x00000080)
 _CLONE_THREAD = 0x00010000
 _CLONE_PIDFD = 0x00001000
+_FUTEX_PRIVATE_FLAG = 128
 _SANDBOX_DENIED = (
     "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "ptrace", "process_vm_readv",
     "process_vm_writev", "kcmp", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
@@ -247,11 +248,8 @@ _NEW_SYSCALLS_ALLOWED = (
     436,  # close_range
     439,  # faccessat2
     441,  # epoll_pwait2
-    449,  # futex_waitv
-    452,  # fchmodat2
     453,  # map_shadow_stack
-    454, 455, 456,  # futex_wake, futex_wait, futex_requeue
-)
+)  # not futex_waitv/futex_wake/futex_wait/futex_requeue (449, 454-456): shared futexes (below); libc uses futex
 _PROGRAMS: dict[str, tuple[bytes, bytes]] = {}
 
 
@@ -276,6 +274,7 @@ def _build_programs() -> tuple[bytes, bytes]:
                 raise
 
     eperm, eacces = sc.ERRNO(errno.EPERM), sc.ERRNO(errno.EACCES)
+    succeed_noop = sc.ERRNO(0)  # the call returns 0 and does nothing
     sandbox = sc.SyscallFilter(sc.ALLOW)
     for name in _SANDBOX_DENIED:
         rule(sandbox, eperm, name)
@@ -296,6 +295,10 @@ def _build_programs() -> tuple[bytes, bytes]:
     # a pidfd's inode number comes from a machine-wide counter (every task created anywhere moves it): a
     # thread made with CLONE_PIDFD would read other episodes' activity (red team round 4: R4-01)
     rule(tool, eperm, "clone", sc.Arg(0, sc.MASKED_EQ, _CLONE_PIDFD, _CLONE_PIDFD))
+    # Only process-private futexes: a shared one is keyed by the file's inode and offset, and the runtime files
+    # are the host's inodes bound into every sandbox, so a FUTEX_WAIT in one episode and a FUTEX_WAKE in another
+    # meet (red team round 5: R5-01). The C library and CPython use private futexes only.
+    rule(tool, eperm, "futex", sc.Arg(1, sc.MASKED_EQ, _FUTEX_PRIVATE_FLAG, 0))
     # statx reports a mount's unique id from a machine-wide counter (every sandbox launched moves it: R4-08);
     # the C library and CPython stat with newfstatat, and callers of statx fall back on ENOSYS
     rule(tool, sc.ERRNO(errno.ENOSYS), "statx")
@@ -304,18 +307,42 @@ def _build_programs() -> tuple[bytes, bytes]:
         rule(tool, eacces, name, sc.Arg(2, sc.MASKED_EQ, prot_exec, prot_exec))
     # F_SETOWN, F_SETSIG, F_SETOWN_EX: SIGIO to another process; F_SETLEASE: a lease on a host file
     # (the runtime is bound from the host) would stall the host's writers of that file
-    for command in (8, 10, 15, 1024):
+    # F_NOTIFY (dnotify on a runtime directory: the inotify channel again, R5-07); F_SETPIPE_SZ (pipe pages
+    # are charged to the host user, machine-wide: R5-03)
+    for command in (8, 10, 15, 1024, 1026, 1031):
         rule(tool, eperm, "fcntl", sc.Arg(1, sc.EQ, command))
+        rule(tool, eperm, "fcntl64", sc.Arg(1, sc.EQ, command))
+    # The device nodes (/dev/null, /dev/zero, /dev/urandom) are the host's inodes, bound writable, and when
+    # the host runs as root the sandbox's user owns them: changing their mode, owner or times would change
+    # the host's (a tool could make the host's /dev/null unusable; stamped times are a channel: R5-06). Mode
+    # and time changes succeed without doing anything (shutil.copy2 and friends keep working on scratch
+    # files), owner changes are refused (an unprivileged user cannot make them anyway).
+    for name in ("chmod", "fchmod", "fchmodat", "utime", "utimes", "utimensat", "futimesat"):
+        rule(tool, succeed_noop, name)
+    for name in ("chown", "fchown", "lchown", "fchownat"):
+        rule(tool, eperm, name)
+    # Flushing: sync/syncfs write back every dirty page of the host (a disk-I/O DoS that no CPU watch sees:
+    # R5-08); scratch is a tmpfs, so none of them has anything to do for tool code.
+    for name in ("sync", "syncfs", "fsync", "fdatasync", "sync_file_range"):
+        rule(tool, succeed_noop, name)
+    # The host's page cache of the runtime files: evicting (fadvise DONTNEED, MADV_COLD/PAGEOUT) and probing
+    # without reading (RWF_NOWAIT) would make it a channel between episodes and a view of the host (R5-05)
+    for name in ("fadvise64", "readahead"):
+        rule(tool, succeed_noop, name)
+    for advice in (20, 21):  # MADV_COLD, MADV_PAGEOUT
+        rule(tool, eperm, "madvise", sc.Arg(2, sc.EQ, advice))
+    rwf_nowait = 0x8
+    for name in ("preadv2", "pwritev2"):
+        rule(tool, eperm, name, sc.Arg(5, sc.MASKED_EQ, rwf_nowait, rwf_nowait))
     # Advisory locks: the runtime files are the host's inodes, so a lock taken on one would stall host
     # processes locking it. Taking a lock succeeds without doing anything (flock; F_SETLK, F_SETLKW,
     # F_OFD_SETLK, F_OFD_SETLKW; fcntl64's F_SETLK64/F_SETLKW64): the only files tool code may lock legitimately
     # are its own scratch files, seen by one process (the call's) that exists for one call, so a lock has
     # nothing to exclude but the call's own threads; code that locks them keeps working (no ENOLCK).
-    succeed = sc.ERRNO(0)
-    rule(tool, succeed, "flock")
+    rule(tool, succeed_noop, "flock")
     for name, commands in (("fcntl", (6, 7, 37, 38)), ("fcntl64", (6, 7, 13, 14, 37, 38))):
         for command in commands:
-            rule(tool, succeed, name, sc.Arg(1, sc.EQ, command))
+            rule(tool, succeed_noop, name, sc.Arg(1, sc.EQ, command))
     rule(tool, eperm, "prlimit64", sc.Arg(0, sc.NE, 0))
     # scheduling of other processes (the warm parent, the spares that run later calls): one call
     # must not slow every later call of every episode (same uid, so the kernel allows it)
@@ -1505,6 +1532,9 @@ class Sandbox:
             if sig == signal.SIGKILL and report.get("killed") == "retired":  # the host ended it after a bad reply
                 return SandboxResult(ok=False, error_kind=ErrorKind.BAD_REPLY,
                                      error=f"the tool's reply channel carried {problem}; the call was discarded")
+            if sig == signal.SIGKILL and report.get("killed") == "inodes":
+                return SandboxResult(ok=False, error_kind=ErrorKind.FILE_SIZE,
+                                     error="the tool kept too many files in its scratch directory; it was stopped")
             if sig == signal.SIGXFSZ:
                 return SandboxResult(ok=False, error_kind=ErrorKind.FILE_SIZE,
                                      error=f"the tool wrote a file larger than {limits.file_size_mb} MiB; "

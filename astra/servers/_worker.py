@@ -65,6 +65,9 @@ _WIPE_S = 2.0  # the parent's budget to empty the scratch after a call; past it 
 _WATCH_S = 0.02  # how often the parent reads the CPU clock of a process running a call
 _IDLE_WATCH_S = 0.1  # ... and of an episode's process between its calls
 _IDLE_CPU_S = 0.25  # CPU an episode's process may use between its calls (none, but for the runner's own work)
+# files and directories an episode's process may keep in its scratch: tmpfs bounds bytes, not inodes (each
+# ~1 KB of kernel memory outside every other limit), and an episode's scratch lasts across its calls
+_MAX_INODES = 20000
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
 # Pre-imported in the parent: the child cannot map new native code (no PROT_EXEC mappings), so the
 # extension modules tool code may need must already be loaded; pure-Python modules load on demand.
@@ -423,16 +426,24 @@ def _fork_spare(config: dict[str, Any], tool_filter: _Filter | None, guard: Any,
     the ``ran`` pipe is closed before any tool code runs."""
     base = os.path.join(config["fifo_dir"], str(serial))
     request_path, reply_path = base + ".request", base + ".reply"
-    os.mkfifo(request_path, 0o600)
-    os.mkfifo(reply_path, 0o600)
+    # the directory is writable only while the parent makes the FIFOs (tool code cannot change modes: its
+    # chmod is a no-op), so that tool code keeps nothing there
+    os.chmod(config["fifo_dir"], 0o700)
+    try:
+        os.mkfifo(request_path, 0o600)
+        os.mkfifo(reply_path, 0o600)
+    finally:
+        os.chmod(config["fifo_dir"], 0o500)
     try:
         request_r = os.open(request_path, os.O_RDONLY | os.O_NONBLOCK)
         request_w = os.open(request_path, os.O_WRONLY | os.O_NONBLOCK)
         reply_r = os.open(reply_path, os.O_RDONLY | os.O_NONBLOCK)
         reply_w = os.open(reply_path, os.O_WRONLY | os.O_NONBLOCK)
     finally:
+        os.chmod(config["fifo_dir"], 0o700)
         os.unlink(request_path)
         os.unlink(reply_path)
+        os.chmod(config["fifo_dir"], 0o500)
     ran_r, ran_w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -571,6 +582,7 @@ def main() -> None:
     spares = 1 if config.get("process_scope") == "episode" else _SPARES
     serial = [0]
     fifo_dir = config["fifo_dir"]
+    os.chmod(fifo_dir, 0o500)  # writable only while the parent makes a process's FIFOs
 
     def fork_spares() -> None:
         # hand the host fresh spares: their FIFOs (the host dispatches calls there itself). One
@@ -599,6 +611,16 @@ def main() -> None:
     idle: dict[int, float] = {}
     killed: dict[int, str] = {}  # pid -> why this process killed it ("cpu", "idle_cpu", "retired")
 
+    def inodes_used() -> int:
+        total = 0
+        for path in (scratch, fifo_dir):
+            try:
+                fs = os.statvfs(path)
+            except OSError:
+                continue
+            total += fs.f_files - fs.f_ffree
+        return total
+
     def cpu_of(pid: int) -> float | None:
         try:
             return time.clock_gettime(((~pid) << 3) | 2)  # the process's CPU clock (CPUCLOCK_SCHED)
@@ -615,6 +637,13 @@ def main() -> None:
                     killed[pid] = why
                     del table[pid]
                     os.kill(pid, signal.SIGKILL)
+        if (watched or idle) and inodes_used() > _MAX_INODES:
+            for pid in [*watched, *idle]:  # the processes that can have made them (a spare ran no tool code)
+                if pid in children:
+                    killed[pid] = "inodes"
+                    os.kill(pid, signal.SIGKILL)
+            watched.clear()
+            idle.clear()
         if control in ready:
             message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 4)
             for fd in fds:
@@ -659,6 +688,7 @@ def main() -> None:
             # clock (a flood of inodes costs this sandbox, not the next call)
             clean = not ran_call or (_wipe(scratch, time.monotonic() + _WIPE_S)
                                      and _wipe(fifo_dir, time.monotonic() + _WIPE_S))
+            os.chmod(fifo_dir, 0o500)  # _wipe leaves it writable
             fork_spares()
             report = {"op": "done", "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
                       "ran": ran_call, "clean": clean, "killed": killed.pop(pid, None)}
