@@ -943,7 +943,7 @@ async def _read_until_eof(fd: int, limit: int) -> tuple[bytes, bool]:
 
 
 class _EpisodeToken:
-    """The episode of calls made without one (``Sandbox.call(..., episode=None)``)."""
+    """The episode of one call made without one (``Sandbox.call(..., episode=None)``)."""
 
 
 @dataclass(eq=False)
@@ -977,7 +977,7 @@ class Sandbox:
     a sandbox. Inside its sandbox every call runs in a fresh child of the parent (one call at a time
     per episode; episodes run in parallel). An episode's sandbox is released by ``end_episode``, or
     when the episode object is garbage-collected (the runtime's episodes: on reset, close, expiry).
-    Calls without ``episode`` share the sandbox's own default episode.
+    A call without ``episode`` is an episode of its own (a sandbox for that call alone).
 
     Memory is bounded: at most ``SandboxLimits.max_sandboxes`` sandboxes (bound and spare) live at
     once, each ~11 MB (PSS; its scratch is emptied after every call, so only a running call holds up
@@ -1003,7 +1003,6 @@ class Sandbox:
         self._dying: list[_Worker] = []  # killed, not reaped yet
         self._bindings: dict[int, _Binding] = {}  # id(episode object) -> its binding
         self._ended: list[int] = []  # ids of episode objects collected since the last call (weakref callbacks)
-        self._own = _EpisodeToken()
         self._freed: anyio.Event | None = None
         self._freed_token: object = None
         self.restarts = 0  # sandboxes replaced after a failed call
@@ -1355,7 +1354,11 @@ class Sandbox:
             return SandboxResult(ok=False, error_kind=ErrorKind.NOT_JSON,
                                  error=f"arguments or state are not JSON: {exc}")
         self._reap()
-        key, binding = self._binding(self._own if episode is None else episode)
+        # a call without an episode is an episode of its own: a sandbox (from the spares) for that one call,
+        # released after it, so that such calls (the synthesis pipeline's checks of candidate tools) share
+        # neither an interpreter nor counters nor a wait for each other's processes (R4-05, R5-09, R5-10)
+        ephemeral = _EpisodeToken() if episode is None else None
+        key, binding = self._binding(ephemeral if episode is None else episode)
         binding.users += 1
         try:
             async with self._lock(binding):
@@ -1391,6 +1394,8 @@ class Sandbox:
                 self._unbind(key, binding)
             elif binding.users == 0:
                 self._notify_freed()
+        if ephemeral is not None:
+            self.end_episode(ephemeral)
         result.latency_s = time.perf_counter() - start
         self._refill()  # the spares a new episode took, launched after its call rather than before
         return result
