@@ -239,6 +239,9 @@ _TOOL_DENIED = (
     "sysinfo",
     # FIFOs made in scratch would hold pipe buffers (kernel memory outside the call's memory limit)
     "mknod", "mknodat",
+    # native AIO reserves events from a machine-wide pool (fs.aio-max-nr): one episode could exhaust it for
+    # every process of the host, and the free count is a channel (red team round 5: R5-11)
+    "io_setup", "io_destroy", "io_submit", "io_cancel", "io_getevents", "io_pgetevents",
 )
 # Syscalls numbered from 424 on have the same number on every architecture (Linux 5.1+). The tool filter
 # refuses all of them (ENOSYS, as from an older kernel: callers fall back) except these, so a syscall
@@ -1591,6 +1594,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN / Infinity: the worker never sends them (allow_nan=False)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400: a number the worker never writes (allow_nan=False)
+        raise ValueError(f"{text[:40]} is out of a float's range")
+    return value
+
+
 def _json_length(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False))
 
@@ -1630,7 +1640,7 @@ def _parse_reply(
     if most is not None and len(text) > most:
         return f"a frame of {len(text)} characters, more than the {most} the worker writes under its limits", None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except ValueError:
         return "a frame that is not JSON", None
     except RecursionError:  # a forged frame nested deeper than the host's parser goes
