@@ -703,18 +703,20 @@ def _make_cgroup(name: str, max_tasks: int) -> Path | None:
 class _Resources:
     """What a sandbox's workers hold outside Python: released by ``aclose`` or, failing that, by a finalizer."""
 
-    pids: set[int] = field(default_factory=set)
+    # the bubblewrap processes, as Popen objects: killed through them, never by a bare pid, which the system
+    # may have given to another process once its own was reaped
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     cgroups: set[Path] = field(default_factory=set)
     paths: set[Path] = field(default_factory=set)  # logs, unsafe-mode scratch directories
 
 
 def _release(res: _Resources) -> None:
-    for pid in res.pids:
+    for process in res.processes:
         try:
-            os.kill(pid, signal.SIGKILL)
+            process.kill()  # polls first: a process already reaped is not signalled
         except (ProcessLookupError, PermissionError):
             pass
-    res.pids.clear()
+    res.processes.clear()
     for path in res.paths:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -903,12 +905,14 @@ async def _write_all(fd: int, data: bytes) -> None:
             await anyio.wait_writable(fd)
 
 
-async def _read_frame(fd: int, limit: int) -> tuple[bytes, bool]:
-    """One frame (4-byte length + body) from a FIFO that stays open between calls, and whatever else is
-    already waiting behind it (a frame must be alone: the extra bytes fail the call); or what came before
-    the end of the stream. True with the first ``limit`` bytes when the frame claims more."""
+async def _read_reply(fd: int, limit: int, *, framed: bool) -> tuple[bytes, bool]:
+    """A call's reply and whether it claimed more than ``limit`` bytes (then its first ``limit`` bytes).
+
+    ``framed`` (a reply FIFO that stays open between calls): one frame (4-byte length + body) and whatever
+    already waits behind it (a frame must be alone: extra bytes fail the call). Otherwise everything written
+    until the writer closes. Either way, what came before the end of the stream when it ends early."""
     buffer = bytearray()
-    want = _HEADER.size
+    want = _HEADER.size if framed else limit + 1
     while len(buffer) < want:
         try:
             chunk = os.read(fd, min(1 << 16, want - len(buffer)))
@@ -918,31 +922,17 @@ async def _read_frame(fd: int, limit: int) -> tuple[bytes, bool]:
         if not chunk:
             return bytes(buffer), False
         buffer += chunk
-        if want == _HEADER.size and len(buffer) == want:
+        if framed and want == _HEADER.size and len(buffer) == want:
             want += _HEADER.unpack_from(buffer)[0]
-            if want > limit:
-                return bytes(buffer), True
+        if want > limit + (0 if framed else 1):
+            return bytes(buffer[:limit]), True
+    if not framed:
+        return bytes(buffer[:limit]), True
     try:
         extra = os.read(fd, 1 << 16)
     except BlockingIOError:
         extra = b""
     return bytes(buffer + extra), False
-
-
-async def _read_until_eof(fd: int, limit: int) -> tuple[bytes, bool]:
-    """Everything written to the pipe until its writer closes it, or the first ``limit`` bytes and True."""
-    buffer = bytearray()
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except BlockingIOError:
-            await anyio.wait_readable(fd)
-            continue
-        if not chunk:
-            return bytes(buffer), False
-        buffer += chunk
-        if len(buffer) > limit:
-            return bytes(buffer[:limit]), True
 
 
 class _EpisodeToken:
@@ -1094,7 +1084,9 @@ class Sandbox:
         """Start a sandbox (bubblewrap and the warm parent in it) without waiting for it to be ready:
         it warms up in the background while the episodes already bound run their calls."""
         limits = self.limits
-        log_path = Path(tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")[1])
+        log_fd, log_name = tempfile.mkstemp(prefix="astra-sandbox-", suffix=".log")
+        os.close(log_fd)  # reopened for the launch below (this descriptor leaked once per launch)
+        log_path = Path(log_name)
         self._res.paths.add(log_path)
         host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         seccomp_fd = worker_fd = None
@@ -1113,6 +1105,7 @@ class Sandbox:
                 fifo_dir.mkdir(mode=0o700)
                 self._res.paths.add(fifo_dir)
                 config = self._config(worker_end.fileno(), str(scratch_dir), tool_program, str(fifo_dir))
+                config["inode_budget"] = False  # host directories: their file systems count the host's files
                 command = [_interpreter(), "-I", "-S", "-B", str(_WORKER), json.dumps(config)]
                 if not self._warned:
                     self._warned = True
@@ -1169,7 +1162,7 @@ class Sandbox:
                 if fd is not None:
                     os.close(fd)
         host_end.setblocking(False)
-        self._res.pids.add(popen.pid)
+        self._res.processes.append(popen)
         self.launches += 1
         worker = _Worker(popen=popen, control=host_end, log=log_path, scratch=scratch_dir, cgroup=cgroup)
         self._workers.append(worker)
@@ -1250,7 +1243,8 @@ class Sandbox:
             if worker.popen.poll() is None:
                 continue
             self._dying.remove(worker)
-            self._res.pids.discard(worker.popen.pid)
+            if worker.popen in self._res.processes:
+                self._res.processes.remove(worker.popen)
             fifos = worker.scratch.with_name(worker.scratch.name + "-fifos") if worker.scratch is not None else None
             for path in (worker.scratch, fifos, worker.log):
                 if path is not None:
@@ -1465,11 +1459,9 @@ class Sandbox:
                     await _write_all(process.request, _HEADER.pack(len(payload)) + payload)
                 except BrokenPipeError:
                     pass  # the child died before reading: its status says why
-                if per_episode:
-                    reply, overflow = await _read_frame(process.reply, reply_limit)
-                else:
+                if not per_episode:
                     process.close_request()
-                    reply, overflow = await _read_until_eof(process.reply, reply_limit)
+                reply, overflow = await _read_reply(process.reply, reply_limit, framed=per_episode)
                 if overflow:
                     self._replace(worker)  # the call's process goes with its sandbox
                     return SandboxResult(ok=False, error_kind=ErrorKind.OUTPUT_LIMIT, restarted=True,

@@ -583,6 +583,8 @@ def main() -> None:
     serial = [0]
     fifo_dir = config["fifo_dir"]
     os.chmod(fifo_dir, 0o500)  # writable only while the parent makes a process's FIFOs
+    # the scratch and FIFO file systems are the sandbox's own tmpfs (off without bubblewrap: host directories)
+    max_inodes = _MAX_INODES if config.get("inode_budget", True) else 0
 
     def fork_spares() -> None:
         # hand the host fresh spares: their FIFOs (the host dispatches calls there itself). One
@@ -627,9 +629,16 @@ def main() -> None:
         except OSError:
             return None
 
+    control_fd = control.fileno()
     while True:
+        # poll, not select: the descriptors' numbers come from the host (the control socket keeps its
+        # number), and select() refuses any at or above FD_SETSIZE (1024)
         by_fd = {pidfd: pid for pid, (pidfd, _ran) in children.items()}
-        ready = select.select([control, *by_fd], [], [], _WATCH_S if watched else _IDLE_WATCH_S if idle else None)[0]
+        poller = select.poll()
+        for fd in (control_fd, *by_fd):
+            poller.register(fd, select.POLLIN)
+        timeout = _WATCH_S if watched else _IDLE_WATCH_S if idle else None
+        ready = [fd for fd, _event in poller.poll(None if timeout is None else timeout * 1000)]
         for table, budget, why in ((watched, cpu_limit, "cpu"), (idle, _IDLE_CPU_S, "idle_cpu")):
             for pid, start in list(table.items()):
                 used = cpu_of(pid)
@@ -637,14 +646,14 @@ def main() -> None:
                     killed[pid] = why
                     del table[pid]
                     os.kill(pid, signal.SIGKILL)
-        if (watched or idle) and inodes_used() > _MAX_INODES:
+        if (watched or idle) and max_inodes and inodes_used() > max_inodes:
             for pid in [*watched, *idle]:  # the processes that can have made them (a spare ran no tool code)
                 if pid in children:
                     killed[pid] = "inodes"
                     os.kill(pid, signal.SIGKILL)
             watched.clear()
             idle.clear()
-        if control in ready:
+        if control_fd in ready:
             message, fds, _flags, _addr = socket.recv_fds(control, 1 << 16, 4)
             for fd in fds:
                 os.close(fd)
@@ -672,7 +681,7 @@ def main() -> None:
                     idle.pop(target, None)
                     os.kill(target, signal.SIGKILL)
         for fd in ready:
-            pid = by_fd.get(fd) if isinstance(fd, int) else None
+            pid = by_fd.get(fd)
             if pid is None:
                 continue
             _pid, status, usage = os.wait4(pid, 0)

@@ -708,3 +708,28 @@ async def test_tool_code_cannot_change_the_hosts_device_nodes_or_flush_its_disks
     finally:
         if os.stat("/dev/zero").st_mode != before.st_mode:  # the protection failed: put the host right
             os.chmod("/dev/zero", before.st_mode & 0o7777)
+
+
+async def test_a_host_with_over_a_thousand_descriptors_open_still_runs_sandboxes() -> None:
+    """The sandbox's control socket keeps its number from the host; a host process with many files open
+    (a long test run, a trainer) hands it a number >= 1024, which select() refuses: the warm parent polls.
+    And launching a sandbox leaves no descriptor behind in the host (one leaked per launch before)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the host's descriptor limit is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        async with Sandbox(limits=dataclasses.replace(LIMITS, spare_sandboxes=1)) as sandbox:
+            before = len(os.listdir("/proc/self/fd"))
+            for x in range(3):
+                result = await sandbox.call(HEALTHY, "healthy", {"x": x})  # a sandbox launched for each
+                assert result.ok and result.value == {"double": 2 * x}, result
+            await anyio.sleep(0.5)
+            assert len(os.listdir("/proc/self/fd")) <= before  # the live spare's channel, no more
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
