@@ -594,6 +594,11 @@ WORKER_PATH = "/astra/_worker.pyc"  # where the worker is inside the sandbox
 FIFO_DIR, FIFO_DIR_BYTES = "/run", 1024 * 1024
 
 
+def _fifo_dir_beside(scratch: Path) -> Path:
+    """Without bubblewrap (unsafe mode): the host directory of a sandbox's FIFOs, beside its scratch."""
+    return scratch.with_name(scratch.name + "-fifos")
+
+
 def _worker_source() -> bytes:
     """The worker compiled once here (a ``.pyc`` image: every sandbox launch skips compiling it; the
     sandbox runs this very interpreter, ``_interpreter``, so the bytecode matches)."""
@@ -755,11 +760,12 @@ class _Spare:
         """Whether anything waits on the reply FIFO between calls (bytes a call's tool code left, or
         the end of the stream: the process is gone or closed it): the process cannot take a call."""
         try:
-            return bool(os.read(self.reply, 1) or True)
+            os.read(self.reply, 1)  # a byte, or b"" at the end of the stream: either way not ready
         except BlockingIOError:
             return False
         except OSError:
-            return True
+            pass
+        return True
 
 
 class _Unsettled(Exception):
@@ -784,7 +790,6 @@ class _Worker:
     dirty: bool = False  # the parent could not empty the scratch after a call: this sandbox is done
     busy: bool = False  # a call is being exchanged with it
     current: _Spare | None = None  # ProcessScope.EPISODE: the process serving the episode's calls
-    current_cpu_s: float = 0.0  # the CPU time it reported having used before its last call
 
     def kill(self) -> None:
         self.alive = False
@@ -800,10 +805,6 @@ class _Worker:
         if self.current is not None:
             self.current.close()
             self.current = None
-
-    def serving(self) -> _Spare | None:
-        """The episode's process (ProcessScope.EPISODE), if it has one now."""
-        return self.current
 
     def retire(self) -> bool:
         """End the episode's process (ProcessScope.EPISODE): the parent kills it whatever its tool code
@@ -840,12 +841,15 @@ class _Worker:
             for fd in fds:
                 os.close(fd)
             if message.get("op") == "done" and isinstance(message.get("pid"), int):
-                if self.current is not None and message["pid"] == self.current.pid:
+                pid = message["pid"]
+                serving = False
+                if self.current is not None and pid == self.current.pid:
                     self.current.close()  # the episode's process died between calls: the next call takes a spare
-                    self.current = None
-                    self.dirty = self.dirty or message.get("clean") is not True
-                if message["pid"] == self.previous:
+                    self.current, serving = None, True
+                waited_for = pid == self.previous
+                if waited_for:
                     self.previous = None
+                if serving or waited_for:
                     self.dirty = self.dirty or message.get("clean") is not True
                 self.reports[message["pid"]] = message
                 while len(self.reports) > 64:  # reports on calls whose reply was complete are not read
@@ -1073,7 +1077,8 @@ class Sandbox:
         limits = self.limits
         return {
             "control_fd": control_fd, "scratch": scratch, "tool_filter": tool_filter.hex(), "fifo_dir": fifo_dir,
-            "audit_hook": self.audit_hook, "cpu_s": limits.cpu_s, "wall_s": limits.wall_s,
+            "audit_hook": self.audit_hook, "cpu_s": limits.cpu_s, "cpu_limit_s": limits.cpu_limit_s,
+            "wall_s": limits.wall_s,
             "memory_mb": limits.memory_mb, "max_procs": limits.max_procs, "file_size_mb": limits.file_size_mb,
             "max_output_bytes": limits.max_output_bytes, "max_result_bytes": limits.max_result_bytes,
             "max_state_bytes": limits.max_state_bytes, "process_scope": limits.process_scope.value,
@@ -1101,7 +1106,7 @@ class Sandbox:
                     tool_program = b""
                 scratch_dir = Path(tempfile.mkdtemp(prefix="astra-unsafe-scratch-"))
                 self._res.paths.add(scratch_dir)
-                fifo_dir = scratch_dir.with_name(scratch_dir.name + "-fifos")
+                fifo_dir = _fifo_dir_beside(scratch_dir)
                 fifo_dir.mkdir(mode=0o700)
                 self._res.paths.add(fifo_dir)
                 config = self._config(worker_end.fileno(), str(scratch_dir), tool_program, str(fifo_dir))
@@ -1147,8 +1152,7 @@ class Sandbox:
                     raise _unavailable(f"cannot run {command[0]}: {exc}") from exc
         except BaseException:
             host_end.close()
-            fifos = scratch_dir.with_name(scratch_dir.name + "-fifos") if scratch_dir is not None else None
-            for path in (log_path, scratch_dir, fifos):
+            for path in (log_path, scratch_dir, scratch_dir and _fifo_dir_beside(scratch_dir)):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                     self._res.paths.discard(path)
@@ -1245,8 +1249,7 @@ class Sandbox:
             self._dying.remove(worker)
             if worker.popen in self._res.processes:
                 self._res.processes.remove(worker.popen)
-            fifos = worker.scratch.with_name(worker.scratch.name + "-fifos") if worker.scratch is not None else None
-            for path in (worker.scratch, fifos, worker.log):
+            for path in (worker.scratch, worker.scratch and _fifo_dir_beside(worker.scratch), worker.log):
                 if path is not None:
                     shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
                     self._res.paths.discard(path)
@@ -1420,20 +1423,18 @@ class Sandbox:
         # ProcessScope.EPISODE has a lifetime CPU limit, not a per-call one, even when used once)
         watched = limits.process_scope is ProcessScope.EPISODE
         per_episode = watched and reuse
-        if worker.current is not None:
-            try:
-                worker.drain()  # a report that the episode's process died since its last call
-            except (EOFError, OSError, ValueError) as exc:
-                raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
-            # bytes a call's tool code left on the reply FIFO, or the process gone: it takes no more calls
-            current = worker.serving()  # drain() drops a process reported dead
-            if current is not None and current.pending() and not worker.retire():
-                raise _Unsettled("the sandbox's control channel is closed")
+        try:
+            worker.drain()  # reports already waiting (an episode's process that died since its last call goes)
+        except (EOFError, OSError, ValueError) as exc:
+            raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
+        current = worker.current
+        # bytes a call's tool code left on the reply FIFO, or the process gone: it takes no more calls
+        if current is not None and current.pending() and not worker.retire():
+            raise _Unsettled("the sandbox's control channel is closed")
         if worker.current is None:
             try:  # the previous process gone (pids), the scratch emptied: before this call's wall clock
                 budget = max(0.0, worker.previous_deadline - time.monotonic()) + _WIPE_S + _BACKSTOP_S
                 with anyio.fail_after(budget):
-                    worker.drain()
                     await worker.settle()
             except (TimeoutError, EOFError, OSError, ValueError) as exc:
                 raise _Unsettled(f"{type(exc).__name__}: {exc}") from exc
@@ -1449,7 +1450,7 @@ class Sandbox:
                 if process is None:
                     process = await worker.spare()
                     if per_episode:
-                        worker.current, worker.current_cpu_s = process, 0.0
+                        worker.current = process
                 if watched:  # the parent keeps the call's CPU limit
                     worker.control.send(json.dumps({"op": "call", "pid": process.pid}).encode())
                 sent = True
@@ -1506,7 +1507,6 @@ class Sandbox:
             used = float(data.get("cpu_before") or 0.0)
         except (TypeError, ValueError):
             used = float("inf")  # a forged frame: renew
-        worker.current_cpu_s = used
         limits = self.limits
         short = limits.process_cpu_limit_s - used < 2 * limits.cpu_limit_s + 1
         if not result.ok or short:

@@ -10,33 +10,33 @@ One worker serves one episode (the host launches a bubblewrap sandbox per episod
 namespace, the scratch tmpfs and this parent are the episode's own). The parent (``main``) never
 runs tool code and never sees a request or a reply: it forks spare children ahead of their calls
 and hands each to the host on the control socket (an inherited ``SOCK_SEQPACKET`` descriptor) as
-``{"op": "spare", "pid"}`` with the spare's private channel. A spare confines itself and warms up
+``{"op": "spare", "pid"}`` with the host's ends of the spare's request and reply FIFOs (made on the
+sandbox's own tmpfs, see ``_fork_spare``). A spare confines itself and warms up
 before it waits: it closes every other descriptor, sets its rlimits (address space, file size,
 processes, open files, CPU, no core), loads the tool-code seccomp filter (no exec, no fork, no
 signals to other processes, no sockets, no pipes, no F_SETOWN, no executable mappings: nothing
 native can be loaded from scratch) and runs a harmless call of its own, so that the copy-on-write
-faults of a call's first steps are taken before the call arrives. The host sends a child a call
-as the read end of the request pipe and the write end of the reply pipe on its channel, and keeps
-the call's wall clock itself (where tool code cannot reach it; past it the whole sandbox is killed
-and replaced). The child marks its ``ran`` pipe (read by the parent only) before its first call,
-sets its CPU limit for the call, optionally installs the audit hook (defence in depth only), reads
-the request, runs the tool and writes one frame (4-byte big-endian length + UTF-8 JSON carrying
-the request's nonce) to the reply pipe, which the host checks: anything else on the pipe fails the
-call.
+faults of a call's first steps are taken before the call arrives. The host writes a call to the
+child's request FIFO as a frame (4-byte big-endian length + UTF-8 JSON) and keeps the call's wall
+clock itself (where tool code cannot reach it; past it the whole sandbox is killed and replaced).
+The child marks its ``ran`` pipe (read by the parent only) before its first call, sets its CPU
+limit for the call, optionally installs the audit hook (defence in depth only), reads the request,
+runs the tool and writes one frame (carrying the request's nonce) to its reply FIFO, which the host
+checks: anything else on the FIFO fails the call.
 
 ``process_scope`` "episode" (the default): the child serves every call of its episode (a real
 server's semantics: what one call leaves in the interpreter or the scratch directory the next call
 of the same episode sees; nothing reaches another episode, whose sandbox is another). The host
 retires it (``{"op": "retire", "pid"}``: the parent kills it) on a restore or a breached limit,
 and the episode's next call runs in a fresh child. ``process_scope`` "call": the child closes its
-channel and exits after one call, so that no global, builtin, module, patched function or scratch
-file reaches the next call; the host waits for the parent's report on the previous call before the
-next.
+request FIFO once it has read its call and exits after it, so that no global, builtin, module,
+patched function or scratch file reaches the next call; the host waits for the parent's report on
+the previous call before the next.
 
 When a child exits the parent reaps it, empties the scratch directory if it ran a call (outside
 every call's wall clock; ``clean`` false when it could not within its budget: the host then
 replaces the sandbox), forks its replacement (before reporting, so that pids do not depend on
-timing) and reports ``{"op": "done", "pid", "status", "cpu_s", "ran", "clean"}``.
+timing) and reports ``{"op": "done", "pid", "status", "cpu_s", "ran", "clean", "killed"}``.
 """
 
 from __future__ import annotations
@@ -343,7 +343,7 @@ def _child(config: dict[str, Any], request_fd: int, reply_fd: int, ran: int, too
         per_episode = config.get("process_scope") == "episode"
         # CPU: per call, the soft limit (set again before each call: SIGXCPU ends the process); the hard
         # limit, which no process can raise, bounds the process's whole life (one call, or an episode)
-        cpu_hard = int(config["process_cpu_s"]) if per_episode else max(1, round(float(config["cpu_s"]))) + 1
+        cpu_hard = int(config["process_cpu_s"]) if per_episode else int(config["cpu_limit_s"]) + 1
         for which, soft, hard in (
             (resource.RLIMIT_CORE, 0, 0),
             (resource.RLIMIT_AS, int(config["memory_mb"]) * mib, int(config["memory_mb"]) * mib),
@@ -606,12 +606,16 @@ def main() -> None:
     # the process outlives its calls, so its kernel CPU limit covers its whole life, and tool code can
     # ignore the per-call SIGXCPU; this process reads the child's CPU clock while a call runs and kills
     # it past the call's CPU limit. Otherwise it wakes when a child exits and when the host goes away.
-    cpu_limit = max(1, round(float(config["cpu_s"])))
+    cpu_limit = int(config["cpu_limit_s"])  # SandboxLimits.cpu_limit_s
     watched: dict[int, float] = {}  # pid -> its CPU seconds when its call started
     # pid -> its CPU seconds when its call ended: a thread left running (or a call that replied early
     # and went on) burns no CPU between calls past _IDLE_CPU_S; the process is killed and replaced
     idle: dict[int, float] = {}
     killed: dict[int, str] = {}  # pid -> why this process killed it ("cpu", "idle_cpu", "retired")
+
+    def unwatch(pid: int) -> None:
+        watched.pop(pid, None)
+        idle.pop(pid, None)
 
     def inodes_used() -> int:
         total = 0
@@ -669,16 +673,14 @@ def main() -> None:
             if target in children:
                 if op in ("call", "idle"):
                     start = cpu_of(target)
-                    watched.pop(target, None)
-                    idle.pop(target, None)
+                    unwatch(target)
                     if start is not None:
                         (watched if op == "call" else idle)[target] = start
                 elif op == "retire":
                     # the host retires an episode's process (restore, a limit breached): it goes whatever
                     # its tool code does; its exit is reported like a call's, after the scratch is emptied
                     killed.setdefault(target, "retired")
-                    watched.pop(target, None)
-                    idle.pop(target, None)
+                    unwatch(target)
                     os.kill(target, signal.SIGKILL)
         for fd in ready:
             pid = by_fd.get(fd)
@@ -686,8 +688,7 @@ def main() -> None:
                 continue
             _pid, status, usage = os.wait4(pid, 0)
             pidfd, ran = children.pop(pid)
-            watched.pop(pid, None)
-            idle.pop(pid, None)
+            unwatch(pid)
             os.close(pidfd)
             try:
                 ran_call = os.read(ran, 1) == b"1"  # written before its tool code ran; the process is gone
@@ -702,6 +703,7 @@ def main() -> None:
             report = {"op": "done", "pid": pid, "status": status, "cpu_s": usage.ru_utime + usage.ru_stime,
                       "ran": ran_call, "clean": clean, "killed": killed.pop(pid, None)}
             control.sendall(json.dumps(report).encode())
+
 
 if __name__ == "__main__":
     main()
